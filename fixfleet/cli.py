@@ -1,0 +1,244 @@
+"""The `fixfleet` command: submit and steer tasks on the store and queues directly (no Ray needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from fixfleet.config import Settings
+from fixfleet.embedded import EmbeddedError
+from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
+from fixfleet.outbox import OutboxRelay
+from fixfleet.services import ServiceUnavailable, Services, open_services
+from fixfleet.store import StoreError
+
+app = typer.Typer(help="fixfleet: production errors and tickets in, tested pull requests out.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+TaskRef = Annotated[str, typer.Argument(help="Task key (FF-12) or id.")]
+Actor = Annotated[str, typer.Option("--as", help="Who is acting (recorded in the audit trail).")]
+
+
+class CliError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'setting'}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid configuration: {problems}")
+        raise  # unreachable; keeps type checkers calm
+
+
+def with_services(work: Callable[[Services], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Run `work` with the store and queues open; every expected failure becomes one line."""
+
+    async def main() -> T:
+        async with open_services(load_settings(), migrate=migrate, pool_size=2) as services:
+            result = await work(services)
+            await OutboxRelay(services.store, services.queues).drain()
+            return result
+
+    try:
+        return asyncio.run(main())
+    except (StoreError, ServiceUnavailable, EmbeddedError, CliError, ValueError) as exc:
+        fail(str(exc))
+        raise
+
+
+def emit(as_json: bool, payload: Any, render: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(payload, default=str))
+    else:
+        render()
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return task.model_dump(mode="json")
+
+
+@app.command()
+def submit(
+    repo: Annotated[str, typer.Argument(help="Repository URL (https, ssh, file://).")],
+    title: Annotated[str, typer.Option("--title", "-t", help="One line: what is wrong.")],
+    body: Annotated[str, typer.Option("--body", "-b", help="Details, stack trace, steps.")] = "",
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help="Read the body from this file ('-' for stdin).")
+    ] = None,
+    priority: Annotated[Priority, typer.Option("--priority", "-p")] = Priority.NORMAL,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a task; it is queued for planning. Prints its key."""
+    if body_file is not None:
+        body = _read_body(body_file)
+    try:
+        new = NewTask(source=Source.CLI, repo=repo, title=title, body=body, priority=priority)
+    except ValidationError as exc:
+        fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+        raise
+    task = with_services(lambda s: _create(s, new))
+    emit(as_json, task_json(task), lambda: out.print(task.key))
+
+
+def _read_body(path: Path) -> str:
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text()
+    except OSError as exc:
+        fail(f"cannot read --body-file {path}: {exc.strerror}")
+        raise
+
+
+async def _create(services: Services, new: NewTask) -> Task:
+    task, _ = await services.store.create_task(new, actor="cli")
+    return task
+
+
+@app.command("tasks")
+def list_tasks(
+    status: Annotated[list[TaskStatus] | None, typer.Option("--status", "-s", help="Only these states.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks, newest first."""
+    tasks = with_services(lambda s: s.store.list_tasks(statuses=status, limit=limit, offset=offset))
+
+    def render() -> None:
+        table = Table("key", "status", "priority", "repo", "title", "updated")
+        for t in tasks:
+            table.add_row(t.key, t.status, t.priority, t.repo, t.title, f"{t.updated_at:%Y-%m-%d %H:%M:%S}")
+        out.print(table if tasks else "no tasks")
+
+    emit(as_json, [task_json(t) for t in tasks], render)
+
+
+@app.command()
+def status(ref: TaskRef, as_json: JsonFlag = False) -> None:
+    """Show one task and its timeline of events."""
+
+    async def load(s: Services) -> tuple[Task, list[TaskEvent]]:
+        return await s.store.get_task(ref), await s.store.events(ref)
+
+    task, events = with_services(load)
+
+    def render() -> None:
+        out.print(f"[bold]{task.key}[/bold] {task.title}\n{task.status} · {task.priority} · {task.repo}")
+        if task.branch or task.pr_url:
+            out.print(f"branch {task.branch or '-'} · PR {task.pr_url or '-'}")
+        out.print(f"attempts {task.attempts} · plan v{task.plan_version} · cost ${task.cost_usd:.4f}")
+        table = Table("when", "from", "to", "actor", "reason")
+        for e in events:
+            table.add_row(f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.from_status or "", e.to_status or "", e.actor, e.reason)
+        out.print(table)
+
+    emit(as_json, {"task": task_json(task), "events": [e.model_dump(mode="json") for e in events]}, render)
+
+
+def _move(ref: str, target: TaskStatus, actor: str, reason: str, as_json: bool, **kwargs: Any) -> None:
+    task = with_services(lambda s: s.store.transition(ref, target, actor=f"cli:{actor}", reason=reason, **kwargs))
+    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
+
+
+@app.command()
+def approve(
+    ref: TaskRef,
+    actor: Actor,
+    plan_version: Annotated[
+        int | None, typer.Option("--plan-version", help="Refuse if the plan changed since this version.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve the task's plan: it is queued for execution."""
+
+    async def run(s: Services) -> Task:
+        task = await s.store.get_task(ref)
+        if plan_version is not None and task.plan_version != plan_version:
+            raise CliError(f"{task.key}: plan is now v{task.plan_version}, not v{plan_version}; review it again")
+        return await s.store.transition(
+            task.id, TaskStatus.APPROVED, actor=f"cli:{actor}", reason="approved",
+            data={"plan_version": task.plan_version}, expected_version=task.version,
+        )
+
+    task = with_services(run)
+    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
+
+
+@app.command()
+def reject(ref: TaskRef, actor: Actor, reason: Annotated[str, typer.Option(help="Why.")] = "", as_json: JsonFlag = False) -> None:
+    """Reject the task's plan."""
+    _move(ref, TaskStatus.REJECTED, actor, reason or "rejected", as_json)
+
+
+@app.command()
+def cancel(ref: TaskRef, actor: Actor = "operator", reason: Annotated[str, typer.Option(help="Why.")] = "", as_json: JsonFlag = False) -> None:
+    """Cancel a task that has not ended."""
+    _move(ref, TaskStatus.CANCELLED, actor, reason or "cancelled", as_json)
+
+
+@app.command()
+def retry(ref: TaskRef, actor: Actor = "operator", as_json: JsonFlag = False) -> None:
+    """Retry a FAILED task: execution again if its plan was approved, else planning from scratch."""
+
+    async def run(s: Services) -> Task:
+        events = await s.store.events(ref)
+        was_approved = any(e.to_status == TaskStatus.APPROVED for e in events)
+        target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
+        return await s.store.transition(ref, target, actor=f"cli:{actor}", reason="retry requested")
+
+    task = with_services(run)
+    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
+
+
+@app.command()
+def migrate(as_json: JsonFlag = False) -> None:
+    """Apply database migrations (also done at every start)."""
+
+    async def run(s: Services) -> dict[str, list[str]]:
+        applied = await s.store.migrate()
+        return {"applied": applied, "current": await s.store.applied_migrations()}
+
+    result = with_services(run, migrate=False)
+    emit(as_json, result, lambda: out.print(f"applied {result['applied'] or 'nothing'}; at {result['current'][-1]}"))
+
+
+@app.command()
+def config(as_json: JsonFlag = False) -> None:
+    """Print the effective configuration, secrets masked."""
+    shown = load_settings().masked()
+
+    def render() -> None:
+        table = Table("setting", "value")
+        for name, value in shown.items():
+            table.add_row(name, "-" if value is None else str(value))
+        out.print(table)
+
+    emit(as_json, shown, render)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Every setting of fixfleet, read from the environment or a `.env` file.
+
+Names follow the deployment's conventions: platform settings carry the `FIXFLEET_` prefix,
+the URLs and third-party credentials keep the names their own tools use.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str) -> Any:
+    """A field read from exactly this environment name (no prefix)."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FIXFLEET_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # Where state lives. No URL means: start the embedded server under `home`.
+    database_url: SecretStr | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    redis_url: SecretStr | None = Field(None, validation_alias=_env("REDIS_URL"))
+    home: Path = DEFAULT_HOME
+
+    # Webhook secrets; each may hold several values separated by commas (rotation).
+    github_webhook_secret: SecretStr | None = None
+    sentry_client_secret: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    jira_webhook_secret: SecretStr | None = None
+    api_tokens: SecretStr | None = None  # JSON list of {"name", "token", "scopes"}
+
+    # Third-party credentials.
+    github_token: SecretStr | None = Field(None, validation_alias=_env("GITHUB_TOKEN"))
+    jira_base_url: str | None = Field(None, validation_alias=_env("JIRA_BASE_URL"))
+    jira_email: str | None = Field(None, validation_alias=_env("JIRA_EMAIL"))
+    jira_api_token: SecretStr | None = Field(None, validation_alias=_env("JIRA_API_TOKEN"))
+    sentry_auth_token: SecretStr | None = Field(None, validation_alias=_env("SENTRY_AUTH_TOKEN"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    claude_code_oauth_token: SecretStr | None = Field(
+        None, validation_alias=_env("CLAUDE_CODE_OAUTH_TOKEN")
+    )
+    anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
+
+    # Agent limits.
+    max_turns: int = Field(40, ge=1)
+    max_budget_usd: float = Field(5.0, gt=0)
+    session_timeout_s: float = Field(1800.0, gt=0)
+
+    # Queue behaviour.
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt
+    retry_backoff_max_s: float = Field(600.0, ge=0)
+    lease_s: float = Field(60.0, gt=0)  # a claim idle longer than this is taken over
+    task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
+    outbox_poll_s: float = Field(0.5, gt=0)
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand_home(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, (str, Path)) else value
+
+    @staticmethod
+    def secret_values(secret: SecretStr | None) -> list[str]:
+        """All values of a rotating secret: `new,old` accepts both while clients move over."""
+        if secret is None:
+            return []
+        return [part.strip() for part in secret.get_secret_value().split(",") if part.strip()]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration, safe to print: secrets and URL passwords hidden."""
+        shown: dict[str, Any] = {}
+        for name, value in self:
+            if name in ("database_url", "redis_url") and value is not None:
+                shown[name] = mask_url(value.get_secret_value())
+            elif isinstance(value, SecretStr):
+                shown[name] = "**********"
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """`postgres://u:secret@h/db` -> `postgres://u:****@h/db`."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:****@", url)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

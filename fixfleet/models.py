@@ -1,0 +1,136 @@
+"""The domain both sides share: tasks, their states and the legal moves between them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskStatus(StrEnum):
+    RECEIVED = "RECEIVED"
+    PLANNING = "PLANNING"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    REVISING = "REVISING"
+    APPROVED = "APPROVED"
+    EXECUTING = "EXECUTING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+S = TaskStatus
+_ACTIVE = {S.RECEIVED, S.PLANNING, S.AWAITING_APPROVAL, S.REVISING, S.APPROVED, S.EXECUTING}
+
+# Every legal edge, keyed by the target state: the set of states it may be entered from.
+# PLANNING->PLANNING and EXECUTING->EXECUTING are takeovers: another agent resumes a task
+# whose first agent died or whose attempt is being retried.
+ALLOWED_FROM: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.RECEIVED: frozenset({S.FAILED}),  # retry from scratch
+    S.PLANNING: frozenset({S.RECEIVED, S.REVISING, S.PLANNING}),
+    S.AWAITING_APPROVAL: frozenset({S.PLANNING}),
+    S.REVISING: frozenset({S.AWAITING_APPROVAL}),
+    S.APPROVED: frozenset({S.AWAITING_APPROVAL, S.FAILED}),  # FAILED: retry the execution
+    S.EXECUTING: frozenset({S.APPROVED, S.EXECUTING}),
+    S.COMPLETED: frozenset({S.EXECUTING}),
+    S.FAILED: frozenset(_ACTIVE - {S.AWAITING_APPROVAL}),
+    S.REJECTED: frozenset({S.AWAITING_APPROVAL}),
+    S.CANCELLED: frozenset(_ACTIVE),
+}
+
+TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REJECTED, S.CANCELLED})
+
+# States in which a task sits in a queue, waiting for an agent, and that queue's name.
+QUEUED_IN: dict[TaskStatus, str] = {
+    S.RECEIVED: "planning",
+    S.REVISING: "planning",
+    S.APPROVED: "execution",
+}
+# States in which an agent holds the task; its queue entry stays pending until it finishes.
+CLAIMED_IN: dict[TaskStatus, str] = {S.PLANNING: "planning", S.EXECUTING: "execution"}
+
+
+def is_legal(source: TaskStatus, target: TaskStatus) -> bool:
+    return source in ALLOWED_FROM[target]
+
+
+class Priority(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return list(Priority).index(self)
+
+
+class Source(StrEnum):
+    API = "api"
+    CLI = "cli"
+    GITHUB = "github"
+    JIRA = "jira"
+    SENTRY = "sentry"
+    SLACK = "slack"
+
+
+class NewTask(BaseModel):
+    """What a submitter provides; everything else is the platform's."""
+
+    source: Source = Source.CLI
+    repo: str = Field(min_length=1)
+    title: str = Field(min_length=1, max_length=500)
+    body: str = ""
+    priority: Priority = Priority.NORMAL
+    external_ids: dict[str, str] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    key: str
+    source: Source
+    external_ids: dict[str, str]
+    repo: str
+    title: str
+    body: str
+    priority: Priority
+    status: TaskStatus
+    version: int
+    attempts: int
+    plan: dict[str, Any] | None
+    plan_version: int
+    branch: str | None
+    pr_url: str | None
+    cost_usd: float
+    tokens: int
+    context: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskEvent(BaseModel):
+    id: int
+    task_id: int
+    from_status: TaskStatus | None
+    to_status: TaskStatus | None
+    actor: str
+    reason: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class QueuedTask(BaseModel):
+    """A message on a queue: which task, where, and when it may no longer run."""
+
+    task_id: int
+    queue: str
+    priority: Priority
+    attempt: int = 1
+    enqueued_at: float
+    expires_at: float | None = None

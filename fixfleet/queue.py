@@ -1,0 +1,308 @@
+"""Work queues on Redis Streams: priorities, leases, delayed retries, a dead letter.
+
+A queue (`planning`, `execution`) is four streams, one per priority, read by one consumer
+group. Delivery is at least once: read -> handle -> ack. A consumer working long renews
+its claim (`heartbeat`); an entry whose claim went idle past the lease is taken over by the
+next consumer that asks (XAUTOCLAIM). Failed handling is retried after an exponential
+backoff (a sorted set of due times, promoted back into the stream when due) until the last
+attempt, then the entry goes to the dead-letter stream. Works on Redis 6.2 and newer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from fixfleet.models import Priority, QueuedTask
+
+QUEUES = ("planning", "execution")
+GROUP = "agents"
+
+# Promote due retries, then take (1) an entry whose claim expired, else (2) a new entry,
+# scanning priorities from the highest: one round trip, and never a lower priority first.
+# KEYS: delayed zset, then one stream per priority (highest first).
+# ARGV: group, consumer, now (epoch seconds), lease_ms, reclaim ('1' to look for expired claims).
+# Returns {stream index (1-based), entry id, job json, delivery count} or false.
+_CLAIM_NEXT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 100)
+for _, member in ipairs(due) do
+  local rank = cjson.decode(member)['rank']
+  redis.call('XADD', KEYS[rank + 2], '*', 'job', member)
+  redis.call('ZREM', KEYS[1], member)
+end
+for i = 2, (ARGV[5] == '1') and #KEYS or 1 do
+  local claimed = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[4], '0-0', 'COUNT', 1)
+  for _, entry in ipairs(claimed[2]) do
+    if entry and entry ~= false and entry[2] then
+      local info = redis.call('XPENDING', KEYS[i], ARGV[1], entry[1], entry[1], 1)
+      return {i - 1, entry[1], entry[2][2], info[1][4]}
+    end
+  end
+end
+for i = 2, #KEYS do
+  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
+  if read then
+    local entry = read[1][2][1]
+    return {i - 1, entry[1], entry[2][2], 1}
+  end
+end
+return false
+"""
+
+# Renew or finish a claim only while this consumer still holds it: after a takeover the
+# old holder must not ack (or keep alive) an entry another consumer now owns.
+# KEYS: stream. ARGV: group, entry id, consumer, mode ('renew' | 'ack').
+_IF_OWNER = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+if ARGV[4] == 'renew' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+else
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+class LeaseLost(Exception):
+    """This consumer's claim on an entry was taken over by another consumer."""
+
+
+class Job(BaseModel):
+    """A claimed queue entry: the task message plus where it sits in Redis."""
+
+    message: QueuedTask
+    stream: str
+    entry_id: str
+    consumer: str
+    deliveries: int = 1
+
+    @property
+    def task_id(self) -> int:
+        return self.message.task_id
+
+    def expired(self, now: float | None = None) -> bool:
+        expires = self.message.expires_at
+        return expires is not None and (now or time.time()) > expires
+
+
+@dataclass(frozen=True)
+class Depth:
+    waiting: int  # in the stream, not yet claimed
+    pending: int  # claimed by a consumer, not yet acked
+    delayed: int  # waiting for their retry time
+    dead: int  # gave up after the last attempt
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    dead: bool
+    delay_s: float = 0.0
+    attempt: int = 0
+
+
+class Queue:
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        *,
+        lease_s: float = 60.0,
+        max_attempts: int = 3,
+        backoff_s: float = 5.0,
+        backoff_max_s: float = 600.0,
+        ttl_s: float | None = None,
+        prefix: str = "fixfleet",
+    ) -> None:
+        if name not in QUEUES:
+            raise ValueError(f"unknown queue {name!r}; queues are {', '.join(QUEUES)}")
+        self.redis, self.name = redis, name
+        self.lease_s, self.max_attempts = lease_s, max_attempts
+        self.backoff_s, self.backoff_max_s, self.ttl_s = backoff_s, backoff_max_s, ttl_s
+        self.streams = [f"{prefix}:{name}:{p.value}" for p in Priority]
+        self.delayed_key = f"{prefix}:{name}:delayed"
+        self.dead_key = f"{prefix}:{name}:dead"
+        self._claim_next = redis.register_script(_CLAIM_NEXT)
+        self._if_owner = redis.register_script(_IF_OWNER)
+        self._groups_ready = False
+        self._next_reclaim = 0.0
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every stream (idempotent; also after a FLUSHALL)."""
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except Exception as exc:  # BUSYGROUP: it exists already
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    # --- producing ----------------------------------------------------------------------------
+
+    def message(self, task_id: int, priority: Priority | str, attempt: int = 1) -> QueuedTask:
+        now = time.time()
+        return QueuedTask(
+            task_id=task_id,
+            queue=self.name,
+            priority=Priority(priority),
+            attempt=attempt,
+            enqueued_at=now,
+            expires_at=now + self.ttl_s if self.ttl_s else None,
+        )
+
+    async def enqueue(self, task_id: int, priority: Priority | str = Priority.NORMAL) -> str:
+        return (await self.enqueue_many([(task_id, priority)]))[0]
+
+    async def enqueue_many(self, items: list[tuple[int, Priority | str]]) -> list[str]:
+        if not self._groups_ready:
+            await self.ensure_groups()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, priority in items:
+                message = self.message(task_id, priority)
+                pipe.xadd(self.streams[message.priority.rank], {"job": _encode(message)})
+            return [i.decode() if isinstance(i, bytes) else i for i in await pipe.execute()]
+
+    # --- consuming ----------------------------------------------------------------------------
+
+    async def dequeue(self, consumer: str, *, block_s: float = 1.0) -> Job | None:
+        """The next job for this consumer, highest priority first; None after `block_s` idle."""
+        if not self._groups_ready:
+            await self.ensure_groups()
+        job = await self._claim(consumer)
+        if job is not None or block_s <= 0:
+            return job
+        wait_ms = max(1, int(min(block_s, await self._next_due_in(), self.lease_s / 2) * 1000))
+        read = await self.redis.xreadgroup(
+            GROUP, consumer, {s: ">" for s in self.streams}, count=1, block=wait_ms
+        )
+        if not read:
+            return await self._claim(consumer)
+        return await self._keep_highest(consumer, read)
+
+    async def _claim(self, consumer: str) -> Job | None:
+        try:
+            found = await self._claim_next(
+                keys=[self.delayed_key, *self.streams],
+                args=[GROUP, consumer, repr(time.time()), int(self.lease_s * 1000), self._reclaim_due()],
+            )
+        except Exception as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()  # Redis lost its data: recreate and try once more
+            return await self._claim(consumer)
+        if not found:
+            return None
+        rank, entry_id, payload, deliveries = found
+        return self._job(self.streams[int(rank) - 1], entry_id, payload, consumer, int(deliveries))
+
+    async def _keep_highest(self, consumer: str, read: list) -> Job:
+        """A blocking read over all priorities may return several entries at once (a race
+        between our scan and the block): keep the highest, put the others back in line."""
+        by_stream = {_text(stream): entries[0] for stream, entries in read}
+        ordered = [s for s in self.streams if s in by_stream]
+        keep, rest = ordered[0], ordered[1:]
+        for stream in rest:
+            entry_id, fields = by_stream[stream]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(stream, {"job": fields[b"job"]})
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+        entry_id, fields = by_stream[keep]
+        return self._job(keep, entry_id, fields[b"job"], consumer, 1)
+
+    def _job(self, stream: str, entry_id: object, payload: object, consumer: str, deliveries: int) -> Job:
+        message = QueuedTask.model_validate_json(_text(payload))
+        return Job(message=message, stream=stream, entry_id=_text(entry_id), consumer=consumer, deliveries=deliveries)
+
+    def _reclaim_due(self) -> str:
+        """Expired claims are looked for a few times per lease, not on every claim: that scan
+        is the costly part of a claim under load, and a takeover waits a lease anyway."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return "0"
+        self._next_reclaim = now + self.lease_s / 4
+        return "1"
+
+    async def heartbeat(self, job: Job) -> None:
+        """Renew the claim: resets its idle time so no other consumer takes it over."""
+        if not await self._if_owner(keys=[job.stream], args=[GROUP, job.entry_id, job.consumer, "renew"]):
+            raise LeaseLost(f"task {job.task_id}: entry {job.entry_id} is no longer held by {job.consumer}")
+
+    async def ack(self, job: Job) -> bool:
+        """Finish the job. False when the claim had been taken over (the new holder finishes)."""
+        return bool(await self._if_owner(keys=[job.stream], args=[GROUP, job.entry_id, job.consumer, "ack"]))
+
+    async def retry(self, job: Job, error: str) -> RetryDecision:
+        """Schedule another attempt after an exponential backoff, or dead-letter after the last."""
+        if job.message.attempt >= self.max_attempts:
+            await self.dead_letter(job, error)
+            return RetryDecision(dead=True, attempt=job.message.attempt)
+        delay = min(self.backoff_s * 2 ** (job.message.attempt - 1), self.backoff_max_s)
+        message = job.message.model_copy(update={"attempt": job.message.attempt + 1})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.delayed_key, {_encode(message): time.time() + delay})
+            pipe.xack(job.stream, GROUP, job.entry_id)
+            pipe.xdel(job.stream, job.entry_id)
+            await pipe.execute()
+        return RetryDecision(dead=False, delay_s=delay, attempt=message.attempt)
+
+    async def dead_letter(self, job: Job, reason: str) -> None:
+        record = {"job": job.message.model_dump_json(), "reason": reason[:4000], "failed_at": str(time.time())}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_key, record)
+            pipe.xack(job.stream, GROUP, job.entry_id)
+            pipe.xdel(job.stream, job.entry_id)
+            await pipe.execute()
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        entries = await self.redis.xrevrange(self.dead_key, count=count)
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
+
+    # --- inspecting ---------------------------------------------------------------------------
+
+    async def depth(self) -> Depth:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xlen(stream)
+            for stream in self.streams:
+                pipe.xpending(stream, GROUP)
+            pipe.zcard(self.delayed_key)
+            pipe.xlen(self.dead_key)
+            results = await pipe.execute(raise_on_error=False)
+        n = len(self.streams)
+        length = sum(_int(r) for r in results[:n])
+        pending = sum(r["pending"] if isinstance(r, dict) else 0 for r in results[n : 2 * n])
+        return Depth(waiting=length - pending, pending=pending, delayed=_int(results[-2]), dead=_int(results[-1]))
+
+    async def task_ids(self) -> set[int]:
+        """Every task with an entry here: waiting, claimed or delayed (for the reconciler)."""
+        ids: set[int] = set()
+        for stream in self.streams:
+            for _, fields in await self.redis.xrange(stream):
+                ids.add(QueuedTask.model_validate_json(_text(fields[b"job"])).task_id)
+        for member in await self.redis.zrange(self.delayed_key, 0, -1):
+            ids.add(QueuedTask.model_validate_json(_text(member)).task_id)
+        return ids
+
+    async def _next_due_in(self) -> float:
+        first = await self.redis.zrange(self.delayed_key, 0, 0, withscores=True)
+        return max(0.0, first[0][1] - time.time()) if first else float("inf")
+
+
+def _encode(message: QueuedTask) -> str:
+    # `rank` lets the promotion script pick the stream without knowing the priority names.
+    return json.dumps({**message.model_dump(mode="json"), "rank": message.priority.rank})
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0

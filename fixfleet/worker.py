@@ -1,0 +1,93 @@
+"""The consumer loop every agent runs: claim -> (expired? fail) -> handle with heartbeat -> ack.
+
+A failure is retried with backoff by the queue; after the last attempt the entry is
+dead-lettered and the task marked FAILED with the reason. Handlers must be idempotent per
+task (the store's guarded transitions make a second delivery a no-op): delivery is at least
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+from fixfleet.queue import Job, LeaseLost, Queue
+from fixfleet.store import Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], Awaitable[None]]
+
+
+class Worker:
+    def __init__(self, queue: Queue, store: Store, handler: Handler, consumer: str) -> None:
+        self.queue, self.store, self.handler, self.consumer = queue, store, handler, consumer
+        self.heartbeat_s = max(0.05, queue.lease_s / 3)
+        self.busy_with: int | None = None
+
+    async def run(self, stop: asyncio.Event, *, block_s: float = 1.0) -> None:
+        while not stop.is_set():
+            await self.run_once(block_s=block_s)
+
+    async def run_once(self, *, block_s: float = 1.0) -> Job | None:
+        """Handle at most one job; returns it (None when the queue stayed empty)."""
+        job = await self.queue.dequeue(self.consumer, block_s=block_s)
+        if job is None:
+            return None
+        if job.expired():
+            await self._give_up(job, "expired: the task waited past its TTL and was not run")
+            await self.queue.ack(job)
+            return job
+        self.busy_with = job.task_id
+        try:
+            await self._handle_with_heartbeat(job)
+        except LeaseLost as exc:
+            log.warning("%s; the new holder finishes it", exc)
+        except Exception as exc:  # any handler failure is retried, never lost
+            await self._retry(job, exc)
+        else:
+            await self.queue.ack(job)
+        finally:
+            self.busy_with = None
+        return job
+
+    async def _handle_with_heartbeat(self, job: Job) -> None:
+        handling = asyncio.create_task(self.handler(job))
+        beating = asyncio.create_task(self._beat(job))
+        done, _ = await asyncio.wait({handling, beating}, return_when=asyncio.FIRST_COMPLETED)
+        if beating in done:  # the claim was lost: stop working on someone else's entry
+            handling.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await handling
+            beating.result()
+        beating.cancel()
+        with suppress(asyncio.CancelledError):
+            await beating
+        handling.result()
+
+    async def _beat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self.queue.heartbeat(job)
+
+    async def _retry(self, job: Job, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        decision = await self.queue.retry(job, reason)
+        if decision.dead:
+            await self._give_up(job, f"failed after {decision.attempt} attempts: {reason}", dead_lettered=True)
+        else:
+            log.warning("task %s attempt %s failed (%s); retry in %.1fs", job.task_id, job.message.attempt, reason, decision.delay_s)
+            await self.store.record_event(
+                job.task_id,
+                actor=self.consumer,
+                reason=f"attempt {job.message.attempt} failed; retry in {decision.delay_s:.0f}s",
+                data={"error": reason[:2000], "attempt": job.message.attempt},
+            )
+
+    async def _give_up(self, job: Job, reason: str, *, dead_lettered: bool = False) -> None:
+        log.error("task %s: %s", job.task_id, reason)
+        await self.store.fail(
+            job.task_id, actor=self.consumer, reason=reason, data={"queue": job.message.queue, "dead_letter": dead_lettered}
+        )

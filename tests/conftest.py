@@ -1,0 +1,122 @@
+"""Shared fixtures: a private database per test run on the real Postgres, the real Redis.
+
+DATABASE_URL / REDIS_URL name the servers; without them the embedded servers are started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from fixfleet.config import Settings
+from fixfleet.embedded import EmbeddedServers
+from fixfleet.queue import Queue
+from fixfleet.services import make_queues
+from fixfleet.store import Store
+
+# Tests commit in throwaway repositories: give git an identity on machines with none.
+for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "tests@fixfleet.invalid",
+                      "GIT_COMMITTER_NAME": "fixfleet tests", "GIT_COMMITTER_EMAIL": "tests@fixfleet.invalid"}.items():
+    os.environ.setdefault(_name, _value)
+
+TEST_REDIS_DB = 13  # a database of its own so the suite never touches real data
+TABLES = "tasks, task_events, webhook_deliveries, outbox"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
+    servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(embedded: EmbeddedServers) -> str:
+    return os.environ.get("DATABASE_URL") or embedded.postgres_url()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(embedded: EmbeddedServers) -> str:
+    return os.environ.get("REDIS_URL") or embedded.redis_url()
+
+
+async def create_database(server_url: str) -> str:
+    name = f"fixfleet_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    url = asyncio.run(create_database(postgres_server_url))
+    yield url
+    asyncio.run(drop_database(postgres_server_url, url))
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server_url: str) -> str:
+    parts = urlsplit(redis_server_url)
+    if parts.scheme == "unix":
+        return f"{redis_server_url.split('?')[0]}?db={TEST_REDIS_DB}"
+    return urlunsplit(parts._replace(path=f"/{TEST_REDIS_DB}"))
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        home=tmp_path / "home",
+        lease_s=1.0,
+        retry_backoff_s=0.05,
+        retry_backoff_max_s=0.2,
+        max_attempts=3,
+    )
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = await Store.connect(database_url, max_size=8)
+    await store.pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def queues(redis: Redis, settings: Settings) -> dict[str, Queue]:
+    return make_queues(redis, settings)

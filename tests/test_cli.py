@@ -1,0 +1,116 @@
+"""The `fixfleet` command as a user runs it: real processes, real Postgres and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixfleet.store import Store
+
+pytestmark = pytest.mark.usefixtures("store")  # a clean database for each test
+
+
+def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fixfleet.cli", *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
+    return clean | {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(tmp_path / "home")}
+
+
+def test_submit_status_and_lifecycle(env: dict[str, str], tmp_path: Path) -> None:
+    body = tmp_path / "body.txt"
+    body.write_text("Traceback: ZeroDivisionError in stats.mean")
+    submitted = run(["submit", "file:///srv/repo.git", "--title", "mean() crashes", "--body-file", str(body), "-p", "high"], env)
+    assert submitted.returncode == 0, submitted.stderr
+    key = submitted.stdout.strip()
+    assert key.startswith("FF-")
+
+    listed = json.loads(run(["tasks", "--json", "--status", "RECEIVED"], env).stdout)
+    assert [(t["key"], t["priority"], t["body"]) for t in listed] == [(key, "high", body.read_text())]
+
+    refused = run(["approve", key, "--as", "alice"], env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith("error:") and "RECEIVED" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    cancelled = json.loads(run(["cancel", key, "--as", "bob", "--reason", "duplicate", "--json"], env).stdout)
+    assert cancelled["status"] == "CANCELLED"
+    shown = json.loads(run(["status", key, "--json"], env).stdout)
+    assert [(e["to_status"], e["actor"]) for e in shown["events"]] == [("RECEIVED", "cli"), ("CANCELLED", "cli:bob")]
+
+
+async def test_approve_and_retry_move_the_task(env: dict[str, str], store: Store) -> None:
+    key = run(["submit", "file:///srv/repo.git", "-t", "boom"], env).stdout.strip()
+    for status in ("PLANNING", "AWAITING_APPROVAL"):
+        await store.transition(key, status, actor="planner")
+    await store.update_fields(key, plan_version=2)
+    stale = run(["approve", key, "--as", "alice", "--plan-version", "1"], env)
+    assert stale.returncode == 1 and "v2" in stale.stderr
+    approved = json.loads(run(["approve", key, "--as", "alice", "--plan-version", "2", "--json"], env).stdout)
+    assert approved["status"] == "APPROVED"
+    await store.transition(key, "EXECUTING", actor="executor")
+    await store.transition(key, "FAILED", actor="executor", reason="suite broke")
+    retried = json.loads(run(["retry", key, "--json"], env).stdout)
+    assert retried["status"] == "APPROVED"  # the approved plan is executed again, not re-planned
+
+
+def test_bad_input_is_one_clear_line(env: dict[str, str]) -> None:
+    unknown = run(["status", "FF-424242"], env)
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "error: no task FF-424242"
+    bad_priority = run(["submit", "file:///r", "-t", "x", "-p", "urgent"], env)
+    assert bad_priority.returncode == 2 and "urgent" in bad_priority.stderr
+    missing = run(["submit", "file:///r", "-t", "x", "--body-file", "/nonexistent/body"], env)
+    assert missing.returncode == 1 and "cannot read --body-file" in missing.stderr
+    down = run(["tasks"], env | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
+    assert down.returncode == 1 and "DATABASE_URL" in down.stderr and "Traceback" not in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
+    bad_setting = run(["tasks"], env | {"FIXFLEET_MAX_TURNS": "lots"})
+    assert bad_setting.returncode == 1 and "max_turns" in bad_setting.stderr
+
+
+def test_config_masks_every_secret(env: dict[str, str]) -> None:
+    secrets = {
+        "GITHUB_TOKEN": "ghp_canary123",
+        "FIXFLEET_GITHUB_WEBHOOK_SECRET": "hook-canary",
+        "ANTHROPIC_API_KEY": "sk-ant-canary",
+        "SLACK_BOT_TOKEN": "xoxb-canary",
+    }
+    shown = run(["config", "--json"], env | secrets | {"DATABASE_URL": "postgresql://u:pw-canary@db/x"})
+    assert shown.returncode == 0
+    assert "canary" not in shown.stdout
+    config = json.loads(shown.stdout)
+    assert config["github_token"] == "**********" and config["database_url"] == "postgresql://u:****@db/x"
+    assert config["home"] == env["FIXFLEET_HOME"]
+
+
+def test_embedded_default_round_trip(tmp_path: Path) -> None:
+    """No DATABASE_URL or REDIS_URL: private servers start under FIXFLEET_HOME and serve the CLI."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("FIXFLEET_")}
+    env["FIXFLEET_HOME"] = str(tmp_path / "ff")
+    submitted = run(["submit", "file:///srv/repo.git", "-t", "embedded works", "--json"], env)
+    assert submitted.returncode == 0, submitted.stderr
+    key = json.loads(submitted.stdout)["key"]
+    shown = run(["status", key, "--json"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["task"]["title"] == "embedded works"
+    assert (tmp_path / "ff" / "postgres").is_dir()
+
+
+def test_embedded_failure_says_what_to_set(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data directory should be")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("FIXFLEET_")}
+    failed = run(["tasks"], env | {"FIXFLEET_HOME": str(blocker)})
+    assert failed.returncode == 1
+    assert "DATABASE_URL" in failed.stderr and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

@@ -1,0 +1,70 @@
+"""The durable store: migrations, keys, deliveries, the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fixfleet.models import NewTask, Priority, Source, TaskStatus
+from fixfleet.store import Delivery, Store
+from tests.conftest import create_database, drop_database
+
+
+async def test_migrations_twice_and_concurrently(postgres_server_url: str) -> None:
+    url = await create_database(postgres_server_url)
+    try:
+        stores = await asyncio.gather(*(Store.connect(url, migrate=False) for _ in range(4)))
+        applied = await asyncio.gather(*(s.migrate() for s in stores))
+        assert sorted(len(a) for a in applied) == [0, 0, 0, 1]  # exactly one process applied it
+        assert await stores[0].migrate() == []  # and a second run applies nothing
+        rows = await stores[0].pool.fetch("SELECT version FROM schema_migrations")
+        assert [r["version"] for r in rows] == ["0001_tasks"]
+        for s in stores:
+            await s.close()
+    finally:
+        await drop_database(postgres_server_url, url)
+
+
+async def test_create_task_keys_event_and_outbox(store: Store) -> None:
+    first, created = await store.create_task(NewTask(repo="file:///r", title="a", priority=Priority.HIGH))
+    second, _ = await store.create_task(NewTask(repo="file:///r", title="b"))
+    assert created and first.key == f"FF-{first.id}" and second.id == first.id + 1
+    assert first.status == TaskStatus.RECEIVED and first.version == 1
+    assert (await store.get_task(first.key)).id == first.id
+    assert (await store.get_task("ff-%d" % first.id)).id == first.id
+    events = await store.events(first.id)
+    assert [(e.from_status, e.to_status) for e in events] == [(None, TaskStatus.RECEIVED)]
+    outbox = await store.pool.fetch("SELECT task_id, queue, priority FROM outbox ORDER BY id")
+    assert [tuple(r) for r in outbox] == [(first.id, "planning", "high"), (second.id, "planning", "normal")]
+
+
+async def test_same_delivery_twice_is_one_task(store: Store) -> None:
+    delivery = Delivery("sentry", "req-1")
+    new = NewTask(source=Source.SENTRY, repo="file:///r", title="KeyError")
+    results = await asyncio.gather(*(store.create_task(new, delivery=delivery) for _ in range(5)))
+    assert len({task.id for task, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert await store.pool.fetchval("SELECT count(*) FROM tasks") == 1
+    assert await store.pool.fetchval("SELECT count(*) FROM outbox") == 1
+    again, created = await store.create_task(new, delivery=delivery)
+    assert not created and again.id == results[0][0].id
+
+
+async def test_transition_records_changes_and_reason(store: Store) -> None:
+    task, _ = await store.create_task(NewTask(repo="file:///r", title="a"))
+    await store.transition(task.id, TaskStatus.PLANNING, actor="planner-1", reason="claimed")
+    plan = {"root_cause": "off by one", "confidence": 0.8}
+    done = await store.transition(
+        task.id, TaskStatus.AWAITING_APPROVAL, actor="planner-1", reason="plan ready",
+        data={"pr": 7}, changes={"plan": plan, "plan_version": 1, "branch": "fixfleet/FF-1"},
+    )
+    assert done.plan == plan and done.plan_version == 1 and done.branch == "fixfleet/FF-1"
+    last = (await store.events(task.id))[-1]
+    assert (last.actor, last.reason, last.data) == ("planner-1", "plan ready", {"pr": 7})
+
+
+async def test_find_open_task_by_external_id(store: Store) -> None:
+    new = NewTask(source=Source.SENTRY, repo="file:///r", title="a", external_ids={"sentry_issue": "42"})
+    task, _ = await store.create_task(new)
+    assert (await store.find_task(external_key="sentry_issue", external_id="42")).id == task.id
+    await store.transition(task.id, TaskStatus.CANCELLED, actor="t")
+    assert await store.find_task(external_key="sentry_issue", external_id="42") is None

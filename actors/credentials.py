@@ -75,7 +75,7 @@ class TokenManager:
     def __init__(self, settings: Settings, secret_file: Path | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._settings = settings
-        configured = secret_file or getattr(settings, "credentials_file", None)
+        configured = secret_file or settings.credentials_file
         self.secret_file: Path | None = Path(configured) if configured else None
         self._clock = clock
         self._lock = threading.Lock()

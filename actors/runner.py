@@ -149,10 +149,9 @@ class SessionRunner:
         self.credentials = credentials
         self.claude_dir = self.home / "claude"  # the CLI's HOME and CLAUDE_CONFIG_DIR
         self.transcripts_dir = self.home / "transcripts"
-        # Optional settings the lead may add later; read defensively until then.
-        self.model = model or getattr(settings, "agent_model", None)
+        self.model = model or settings.agent_model
         self.deny_patterns = list(deny_patterns if deny_patterns is not None
-                                  else getattr(settings, "agent_deny_patterns", None) or [])
+                                  else settings.agent_deny_patterns or [])
         self.api_max_retries = api_max_retries
         self.mcp_template = mcp_template  # None: skills/mcp.json
         # Default: scrub when bubblewrap is there to do it (the CLI needs it for scrubbing).

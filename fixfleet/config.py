@@ -53,7 +53,26 @@ class Settings(BaseSettings):
     )
     anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
 
+    # Model credentials may also come from a mounted file, re-read when it changes (rotation).
+    credentials_file: Path | None = None
+
+    # Ingress: which repositories may be named, how sources map to repositories, who approves.
+    repo_allowlist: list[str] = Field(default_factory=lambda: ["*"])  # glob patterns over repo URLs
+    local_repo_roots: list[Path] = Field(default_factory=list)  # file:// URLs must lie under one
+    default_repo: str | None = None  # for alerts whose project maps to no repository
+    sentry_project_repos: dict[str, str] = Field(default_factory=dict)  # sentry project slug -> repo URL
+    jira_project_repos: dict[str, str] = Field(default_factory=dict)  # jira project key -> repo URL
+    jira_projects: list[str] = Field(default_factory=list)  # tickets of these projects become tasks
+    jira_labels: list[str] = Field(default_factory=lambda: ["fixfleet"])  # ... or with one of these labels
+    github_label: str = "fixfleet"  # an issue with this label becomes a task
+    github_bot_login: str = "fixfleet[bot]"  # our own comments are ignored
+    github_api_url: str = "https://api.github.com"
+    slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
+    max_body_bytes: int = 1024 * 1024
+
     # Agent limits.
+    agent_model: str | None = None  # None: the CLI's default model
+    agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)
     max_budget_usd: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(1800.0, gt=0)
@@ -66,7 +85,7 @@ class Settings(BaseSettings):
     task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
     outbox_poll_s: float = Field(0.5, gt=0)
 
-    @field_validator("home", mode="before")
+    @field_validator("home", "credentials_file", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value
@@ -88,6 +107,8 @@ class Settings(BaseSettings):
                 shown[name] = "**********"
             elif isinstance(value, Path):
                 shown[name] = str(value)
+            elif isinstance(value, list):
+                shown[name] = [str(v) for v in value]
             else:
                 shown[name] = value
         return shown

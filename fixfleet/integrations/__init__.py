@@ -1,0 +1,1 @@
+"""Clients of the SaaS APIs fixfleet talks to (GitHub, Jira, Sentry, Slack), over httpx."""

@@ -1,0 +1,43 @@
+"""The FastAPI application: every HTTP endpoint of fixfleet, built in one place.
+
+`create_app()` is what both Ray Serve (serve_app/deployment.py) and plain uvicorn run.
+Bad input is answered with a 4xx and a reason, never a 500.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from fixfleet.approvals import Refused, StaleApproval
+from fixfleet.config import Settings
+from fixfleet.integrations.http import IntegrationError
+from fixfleet.repos import InvalidRepo
+from fixfleet.store import IllegalTransition, StaleVersion, TaskNotFound
+from serve_app import ops, tasks_api, webhooks
+from serve_app.context import lifespan_for
+
+ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, IllegalTransition: 409, StaleVersion: 409, Refused: 403, InvalidRepo: 422,
+                IntegrationError: 502}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="fixfleet",
+        version="0.1.0",
+        description="Production errors and tickets in, tested pull requests out.",
+        lifespan=lifespan_for(settings),
+    )
+    app.include_router(webhooks.router)
+    app.include_router(tasks_api.router)
+    app.include_router(ops.router)
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, _answer_with(status))
+    return app
+
+
+def _answer_with(status: int):  # noqa: ANN202 - a Starlette exception handler
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler

@@ -1,0 +1,71 @@
+"""What every route needs, opened once per process (replica) in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+
+from actors.credentials import TokenManager
+from fixfleet.approvals import Approvals
+from fixfleet.config import Settings
+from fixfleet.integrations.github import GitHubClient
+from fixfleet.metrics import Metrics
+from fixfleet.outbox import OutboxRelay
+from fixfleet.services import Services, open_services
+from serve_app.tokens import ApiToken, load_tokens
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    services: Services
+    github: GitHubClient | None
+    approvals: Approvals
+    tokens: list[ApiToken]
+    metrics: Metrics
+    credentials: TokenManager
+
+
+@asynccontextmanager
+async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
+    tokens = load_tokens(settings.api_tokens)
+    async with open_services(settings, pool_size=20) as services:
+        github = GitHubClient(settings.github_token, api_url=settings.github_api_url) if settings.github_token else None
+        ctx = AppContext(
+            settings=settings,
+            services=services,
+            github=github,
+            approvals=Approvals(services.store, settings, github),
+            tokens=tokens,
+            metrics=Metrics(),
+            credentials=TokenManager(settings),
+        )
+        # Each replica relays the outbox too: SKIP LOCKED lets several relays share it.
+        stop = asyncio.Event()
+        relay = asyncio.create_task(OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s).run(stop))
+        try:
+            yield ctx
+        finally:
+            stop.set()
+            with suppress(Exception):
+                await asyncio.wait_for(relay, 5)
+            if github is not None:
+                await github.aclose()
+
+
+def lifespan_for(settings: Settings | None):  # noqa: ANN201 - FastAPI's lifespan type
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with app_context(settings or Settings()) as ctx:
+            app.state.ctx = ctx
+            yield
+
+    return lifespan
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx

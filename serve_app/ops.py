@@ -1,0 +1,71 @@
+"""Operations: /health (each dependency with a status; 503 when one is down) and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends, Response
+
+from serve_app.context import AppContext, get_ctx
+from serve_app.schemas import CheckOut, HealthOut
+
+router = APIRouter(tags=["operations"])
+AGENTS_KEY = "fixfleet:agents"  # hash: agent name -> last heartbeat (epoch s), written by the actors
+CRITICAL = ("postgres", "redis")
+
+
+async def _check(probe) -> CheckOut:  # noqa: ANN001 - an awaitable factory
+    try:
+        detail = await asyncio.wait_for(probe(), 2.0)
+        return CheckOut(status="ok", detail=detail)
+    except Exception as exc:  # a health check reports every failure, it never raises
+        return CheckOut(status="down", detail=f"{type(exc).__name__}: {exc}"[:300])
+
+
+async def _agents(ctx: AppContext) -> CheckOut:
+    try:
+        beats = await ctx.services.redis.hgetall(AGENTS_KEY)
+    except Exception as exc:  # redis down is reported by its own check
+        return CheckOut(status="unknown", detail=str(exc)[:200])
+    if not beats:
+        return CheckOut(status="none", detail="no agent has reported yet")
+    alive = [k.decode() for k, v in beats.items() if time.time() - float(v) < 3 * ctx.settings.lease_s]
+    return CheckOut(status="ok" if alive else "stale", detail=f"{len(alive)} of {len(beats)} agents alive")
+
+
+def _credentials(ctx: AppContext) -> CheckOut:
+    status = ctx.credentials.status()
+    if not status.get("usable"):
+        return CheckOut(status="missing", detail=status.get("error"))
+    left = status.get("seconds_left")
+    detail = f"{status['kind']} from {status['source']}" + (f", {int(left)} s left" if left is not None else "")
+    if left is not None:
+        ctx.metrics.credential_seconds_left.set(left)
+    return CheckOut(status="ok", detail=detail)
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> HealthOut:
+    services = ctx.services
+
+    async def postgres() -> str:
+        await services.store.pool.fetchval("SELECT 1")
+        return "answering"
+
+    async def redis() -> str:
+        await services.redis.ping()
+        return "answering"
+
+    checks = {"postgres": await _check(postgres), "redis": await _check(redis), "agents": await _agents(ctx),
+              "model_credentials": _credentials(ctx)}
+    down = [name for name in CRITICAL if checks[name].status != "ok"]
+    if down:
+        response.status_code = 503
+    return HealthOut(status="down" if down else "ok", checks=checks)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(ctx: AppContext = Depends(get_ctx)) -> Response:
+    body = await ctx.metrics.render(ctx.services.store, ctx.services.queues)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,96 @@
+"""Request and response models of the HTTP API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from fixfleet.models import Priority, Task, TaskEvent, TaskStatus
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class TaskIn(BaseModel):
+    repo: str = Field(min_length=1, max_length=2000, description="git URL: https://, ssh:// or file://")
+    title: str = Field(min_length=1, max_length=500)
+    body: str = Field("", max_length=200_000)
+    priority: Priority = Priority.NORMAL
+
+
+class TaskOut(BaseModel):
+    id: int
+    key: str
+    source: str
+    repo: str
+    title: str
+    body: str
+    priority: Priority
+    status: TaskStatus
+    version: int
+    attempts: int
+    plan: dict[str, Any] | None
+    plan_version: int
+    branch: str | None
+    pr_url: str | None
+    cost_usd: float
+    tokens: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, task: Task) -> TaskOut:
+        return cls.model_validate(task.model_dump())
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class EventOut(BaseModel):
+    id: int
+    from_status: TaskStatus | None
+    to_status: TaskStatus | None
+    actor: str
+    reason: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: TaskEvent) -> EventOut:
+        return cls.model_validate(event.model_dump())
+
+
+class ApproveIn(BaseModel):
+    plan_version: int = Field(ge=0, description="the plan version being approved; refused if the plan changed")
+
+
+class ReasonIn(BaseModel):
+    reason: str = Field("", max_length=10_000)
+
+
+class ReviseIn(BaseModel):
+    feedback: str = Field(min_length=1, max_length=50_000)
+
+
+class WebhookOut(BaseModel):
+    status: str = Field(description="created, duplicate, attached, command, ignored or pong")
+    task: str | None = None
+    detail: str | None = None
+    text: str | None = Field(None, description="a reply to show the person (Slack displays it)")
+
+
+class CheckOut(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, CheckOut]

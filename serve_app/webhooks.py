@@ -1,0 +1,196 @@
+"""Webhook routes: verify the signature, parse to a typed event, persist (with its outbox row), answer.
+
+Nothing else happens here: planning and execution run in the agents. A redelivery (same
+source and delivery id) answers 200 with the task it made the first time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, Response
+
+from fixfleet.events import (
+    CommandRequest,
+    Ignored,
+    ParseError,
+    Ping,
+    SlackAction,
+    TaskRequest,
+    delivery_id,
+    parse_github,
+    parse_jira,
+    parse_sentry,
+    parse_slack_command,
+    parse_slack_interaction,
+)
+from fixfleet.config import Settings
+from fixfleet.repos import InvalidRepo, validate_repo
+from fixfleet.store import Delivery
+from serve_app.commands import CommandHandler
+from serve_app.context import AppContext, get_ctx
+from serve_app.schemas import ErrorOut, WebhookOut
+from serve_app.signatures import SignatureError, verify_github, verify_jira, verify_sentry, verify_slack
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422)}
+JSON, FORM = "application/json", "application/x-www-form-urlencoded"
+
+
+async def read_body(request: Request, ctx: AppContext, content_type: str) -> bytes:
+    """The raw body, checked for size and type before anything reads it."""
+    limit = ctx.settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body over {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise HTTPException(413, f"body over {limit} bytes")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != content_type:
+        raise HTTPException(415, f"content type must be {content_type}")
+    return body
+
+
+def verified(verify: Callable[[], None]) -> None:
+    try:
+        verify()
+    except SignatureError as exc:
+        raise HTTPException(401, exc.reason) from exc
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"malformed JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise HTTPException(400, "the JSON body must be an object")
+    return payload
+
+
+@router.post("/github", response_model=WebhookOut, responses=ERRORS)
+async def github(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    body = await read_body(request, ctx, JSON)
+    verified(lambda: verify_github(Settings.secret_values(ctx.settings.github_webhook_secret), body, request.headers.get("x-hub-signature-256")))
+    payload = json_object(body)
+    event = request.headers.get("x-github-event", "")
+    delivery = Delivery("github", delivery_id("github", request.headers, payload))
+    return await route_event(ctx, response, background, delivery, lambda: parse_github(event, payload, ctx.settings))
+
+
+@router.post("/sentry", response_model=WebhookOut, responses=ERRORS)
+async def sentry(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    body = await read_body(request, ctx, JSON)
+    verified(lambda: verify_sentry(Settings.secret_values(ctx.settings.sentry_client_secret), body, request.headers.get("sentry-hook-signature")))
+    payload = json_object(body)
+    resource = request.headers.get("sentry-hook-resource", "")
+    delivery = Delivery("sentry", delivery_id("sentry", request.headers, payload))
+    return await route_event(ctx, response, background, delivery, lambda: parse_sentry(resource, payload, ctx.settings))
+
+
+@router.post("/jira", response_model=WebhookOut, responses=ERRORS)
+async def jira(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    body = await read_body(request, ctx, JSON)
+    if ctx.settings.jira_webhook_secret is not None:
+        verified(lambda: verify_jira(Settings.secret_values(ctx.settings.jira_webhook_secret), body, request.headers.get("x-hub-signature")))
+    payload = json_object(body)
+    delivery = Delivery("jira", delivery_id("jira", request.headers, payload))
+    return await route_event(ctx, response, background, delivery, lambda: parse_jira(payload, ctx.settings))
+
+
+async def slack_form(request: Request, ctx: AppContext) -> tuple[dict[str, str], bytes]:
+    body = await read_body(request, ctx, FORM)
+    verified(
+        lambda: verify_slack(
+            Settings.secret_values(ctx.settings.slack_signing_secret),
+            body,
+            request.headers.get("x-slack-request-timestamp"),
+            request.headers.get("x-slack-signature"),
+        )
+    )
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+    return form, body
+
+
+@router.post("/slack/interactions", response_model=WebhookOut, responses=ERRORS)
+async def slack_interactions(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    form, _ = await slack_form(request, ctx)
+    if "payload" not in form:
+        raise HTTPException(400, "a Slack interaction carries a payload field")
+    payload = json_object(form["payload"].encode())
+    delivery = Delivery("slack", delivery_id("slack", request.headers, payload))
+    return await route_event(ctx, response, background, delivery, lambda: parse_slack_interaction(payload))
+
+
+@router.post("/slack/commands", response_model=WebhookOut, responses=ERRORS)
+async def slack_commands(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    form, _ = await slack_form(request, ctx)
+    delivery = Delivery("slack", delivery_id("slack", request.headers, form))
+    return await route_event(ctx, response, background, delivery, lambda: parse_slack_command(form))
+
+
+async def route_event(
+    ctx: AppContext, response: Response, background: BackgroundTasks, delivery: Delivery, parse: Callable[[], Any]
+) -> WebhookOut:
+    try:
+        event = parse()
+    except ParseError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    source = delivery.source
+    if isinstance(event, Ping):
+        ctx.metrics.webhooks.labels(source, "pong").inc()
+        return WebhookOut(status="pong")
+    if isinstance(event, Ignored):
+        await ctx.services.store.record_delivery(delivery)
+        ctx.metrics.webhooks.labels(source, "ignored").inc()
+        return WebhookOut(status="ignored", detail=event.reason)
+    if isinstance(event, TaskRequest):
+        return await accept_task(ctx, response, delivery, event)
+    if not await ctx.services.store.record_delivery(delivery):
+        ctx.metrics.webhooks.labels(source, "duplicate").inc()
+        return WebhookOut(status="duplicate")
+    handler = CommandHandler(ctx)
+    if isinstance(event, SlackAction):
+        outcome = await handler.slack_action(event, background)
+    else:
+        assert isinstance(event, CommandRequest)
+        outcome = await handler.comment(event, background)
+    ctx.metrics.webhooks.labels(source, "command").inc()
+    return outcome
+
+
+async def accept_task(ctx: AppContext, response: Response, delivery: Delivery, event: TaskRequest) -> WebhookOut:
+    store = ctx.services.store
+    source = delivery.source
+    try:
+        validate_repo(event.new_task.repo, ctx.settings)
+    except InvalidRepo as exc:
+        raise HTTPException(422, str(exc)) from exc
+    if event.dedupe is not None:
+        key, value = event.dedupe
+        existing = await store.find_task(external_key=key, external_id=value)
+        if existing is not None:
+            first = await store.record_delivery(delivery, existing.id)
+            if first:
+                await attach(ctx, existing.id, event)
+            status = "attached" if first else "duplicate"
+            ctx.metrics.webhooks.labels(source, status).inc()
+            return WebhookOut(status=status, task=existing.key)
+    task, created = await store.create_task(event.new_task, delivery=delivery, actor=f"webhook:{source}")
+    ctx.metrics.webhooks.labels(source, "created" if created else "duplicate").inc()
+    response.status_code = 202 if created else 200
+    return WebhookOut(status="created" if created else "duplicate", task=task.key)
+
+
+async def attach(ctx: AppContext, task_id: int, event: TaskRequest) -> None:
+    """A repeat alert for a task still open: count it instead of opening another task."""
+    store = ctx.services.store
+    task = await store.get_task(task_id)
+    seen = dict(task.context)
+    seen["event_count"] = int(seen.get("event_count", 1)) + 1
+    seen["last_seen"] = event.new_task.context.get("last_seen") or event.new_task.context.get("timestamp")
+    await store.update_fields(task_id, context=seen)
+    await store.record_event(task_id, actor="webhook", reason="another alert for this issue", data={"event_count": seen["event_count"]})

@@ -1,0 +1,753 @@
+"""Warm workspaces against real git: mirrors, spares, worktrees, eviction, credentials.
+
+The credential tests serve a repository over HTTPS (self-signed certificate, `git
+http-backend` as CGI behind a server that demands a Basic token), so the token path runs
+for real; the suite then greps every file under the workspace root for the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import os
+import ssl
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from actors.workspace import WorkspaceError, WorkspaceManager, Worktree, disk_usage
+
+BIG_BUDGET = 10**12
+TOKEN = "ghp_FAKEtoken0123456789abcdefSECRET"
+BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+@dataclass
+class Upstream:
+    """A bare repository standing for the forge, plus a clone to push commits from."""
+
+    bare: Path
+    seed: Path
+
+    @property
+    def url(self) -> str:
+        return self.bare.as_uri()
+
+    def commit(self, files: dict[str, str], branch: str = "main", message: str = "change") -> str:
+        git("fetch", "-q", "origin", cwd=self.seed)
+        start = branch if self.has(branch) else "main" if self.has("main") else None
+        if start:  # new branches start from main; the very first commit needs no checkout
+            git("checkout", "-q", "-B", branch, f"origin/{start}", cwd=self.seed)
+        for name, text in files.items():
+            (self.seed / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.seed / name).write_text(text)
+        git("add", "-A", cwd=self.seed)
+        git("commit", "-q", "-m", message, cwd=self.seed)
+        git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.seed)
+        git("fetch", "-q", "origin", cwd=self.seed)
+        return self.sha(branch)
+
+    def has(self, branch: str) -> bool:
+        refs = git("for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", cwd=self.bare)
+        return bool(refs)
+
+    def sha(self, ref: str) -> str:
+        return git("rev-parse", ref, cwd=self.bare)
+
+
+def make_upstream(directory: Path, files: dict[str, str] | None = None) -> Upstream:
+    bare, seed = directory / "upstream.git", directory / "seed"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    git("clone", "-q", str(bare), str(seed))
+    upstream = Upstream(bare, seed)
+    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=seed)
+    upstream.commit(files or {"README.md": "hello\n", "src/app.py": "print('v1')\n"},
+                    message="initial")
+    return upstream
+
+
+def worktree_paths(mirror: Path) -> list[str]:
+    listing = git("worktree", "list", "--porcelain", cwd=mirror)
+    return [line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")]
+
+
+def local_branches(mirror: Path) -> list[str]:
+    return git("for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=mirror).split()
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+            hits.append(path)
+    return hits
+
+
+@pytest.fixture(autouse=True)
+def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user config leaks in; commits in tests get an identity."""
+    (tmp_path / "gitconfig").write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    return make_upstream(tmp_path / "forge")
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[WorkspaceManager]:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET)
+    yield workspace
+    await workspace.close()
+
+
+@pytest.fixture
+async def cold_manager(tmp_path: Path) -> AsyncIterator[WorkspaceManager]:
+    """No spares: every worktree is a cold `git worktree add` (and sizes stay exact)."""
+    workspace = WorkspaceManager(tmp_path / "cold", BIG_BUDGET, warm_spares=0)
+    yield workspace
+    await workspace.close()
+
+
+# -- mirrors ------------------------------------------------------------------------------
+
+
+async def test_clones_once_then_fetches(manager: WorkspaceManager, upstream: Upstream) -> None:
+    mirror = await manager.ensure_mirror(upstream.url)
+    inode = os.stat(mirror / "objects").st_ino
+    new_sha = upstream.commit({"src/app.py": "print('v2')\n"})
+
+    assert await manager.ensure_mirror(upstream.url) == mirror
+    assert os.stat(mirror / "objects").st_ino == inode  # same repository, not re-cloned
+    assert (manager.stats.clones, manager.stats.fetches) == (1, 1)
+    assert git("rev-parse", "refs/remotes/origin/main", cwd=mirror) == new_sha
+    assert git("rev-parse", "refs/remotes/origin/HEAD", cwd=mirror) == new_sha
+
+
+async def test_concurrent_calls_share_one_clone(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    mirrors = await asyncio.gather(*(manager.ensure_mirror(upstream.url) for _ in range(6)))
+    assert len(set(mirrors)) == 1
+    assert manager.stats.clones == 1
+    assert manager.stats.fetches == 0  # the five latecomers joined the clone in flight
+    assert not list(manager.mirrors_dir.glob(".partial-*"))
+
+
+async def test_fetch_prunes_deleted_upstream_branches(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    upstream.commit({"f.txt": "x\n"}, branch="short-lived")
+    mirror = await manager.ensure_mirror(upstream.url)
+    assert "origin/short-lived" in git("branch", "-r", cwd=mirror)
+    git("push", "-q", "origin", "--delete", "short-lived", cwd=upstream.seed)
+    await manager.ensure_mirror(upstream.url)
+    assert "origin/short-lived" not in git("branch", "-r", cwd=mirror)
+
+
+async def test_failed_clone_leaves_nothing_behind(
+    manager: WorkspaceManager, tmp_path: Path
+) -> None:
+    with pytest.raises(WorkspaceError) as raised:
+        await manager.ensure_mirror((tmp_path / "missing.git").as_uri())
+    assert "does not appear to be a git repository" in raised.value.stderr
+    assert not list(manager.mirrors_dir.iterdir())
+
+
+# -- worktrees ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spares", [0, 1], ids=["cold", "spare"])
+async def test_worktree_is_fresh_and_isolated(
+    tmp_path: Path, upstream: Upstream, spares: int
+) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=spares)
+    try:
+        await workspace.warm(upstream.url)
+        first = await workspace.create_worktree(upstream.url, "fixfleet/1")
+        await workspace.warm(upstream.url)  # the next spare, if any
+        second = await workspace.create_worktree(upstream.url, "fixfleet/2")
+
+        assert first.from_spare == second.from_spare == bool(spares)
+        head = upstream.sha("main")
+        for wt, branch in ((first, "fixfleet/1"), (second, "fixfleet/2")):
+            assert wt.base_sha == head
+            assert wt.path.parent == workspace.worktrees_dir
+            assert git("rev-parse", "HEAD", cwd=wt.path) == head
+            assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == branch
+            assert git("status", "--porcelain", cwd=wt.path) == ""
+            assert (wt.path / "src/app.py").read_text() == "print('v1')\n"
+
+        (first.path / "src/app.py").write_text("print('changed in task 1')\n")
+        (first.path / "new.txt").write_text("task 1 only\n")
+        git("add", "-A", cwd=first.path)
+        git("commit", "-q", "-m", "task 1", cwd=first.path)
+        assert (second.path / "src/app.py").read_text() == "print('v1')\n"
+        assert not (second.path / "new.txt").exists()
+        assert git("rev-parse", "HEAD", cwd=second.path) == head
+    finally:
+        await workspace.close()
+
+
+async def test_concurrent_tasks_fetches_and_spare_builds_on_one_mirror(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    # A fetch walks every registered worktree; a concurrent `worktree add` used to break it.
+    await manager.ensure_mirror(upstream.url)
+    results = await asyncio.gather(
+        *(manager.create_worktree(upstream.url, f"fixfleet/c{i}") for i in range(4)),
+        *(manager.ensure_mirror(upstream.url) for _ in range(3)),
+    )
+    worktrees = [wt for wt in results if isinstance(wt, Worktree)]
+    assert len({wt.path for wt in worktrees}) == 4
+    for wt in worktrees:
+        assert git("status", "--porcelain", cwd=wt.path) == ""
+        assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == wt.branch
+    await asyncio.gather(*(manager.remove_worktree(wt) for wt in worktrees))
+    assert list(manager.worktrees_dir.iterdir()) == []
+
+
+async def test_spare_follows_a_moved_default_branch(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    await manager.warm(upstream.url)  # spare checked out at the first commit
+    moved = upstream.commit({"src/app.py": "print('v2')\n", "docs/new.md": "new\n"})
+
+    wt = await manager.create_worktree(upstream.url, "fixfleet/3")
+
+    assert wt.from_spare and wt.base_sha == moved
+    assert git("rev-parse", "HEAD", cwd=wt.path) == moved
+    assert (wt.path / "src/app.py").read_text() == "print('v2')\n"
+    assert (wt.path / "docs/new.md").exists()
+    assert git("status", "--porcelain", cwd=wt.path) == ""
+
+
+async def test_base_may_be_a_branch_tag_or_commit(
+    cold_manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    first = upstream.sha("main")
+    feature = upstream.commit({"feature.txt": "f\n"}, branch="feature")
+    git("push", "-q", "origin", f"{first}:refs/tags/v1.0", cwd=upstream.seed)
+
+    by_branch = await cold_manager.create_worktree(upstream.url, "t/branch", base="feature")
+    by_tag = await cold_manager.create_worktree(upstream.url, "t/tag", base="v1.0")
+    by_sha = await cold_manager.create_worktree(upstream.url, "t/sha", base=feature[:12])
+
+    assert (by_branch.base_sha, by_tag.base_sha, by_sha.base_sha) == (feature, first, feature)
+    assert (by_branch.path / "feature.txt").exists() and not (by_tag.path / "feature.txt").exists()
+    with pytest.raises(WorkspaceError, match="not found"):
+        await cold_manager.create_worktree(upstream.url, "t/none", base="no-such-branch")
+
+
+async def test_remove_leaves_no_worktree_or_branch(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    mirror = await manager.warm(upstream.url)
+    wt = await manager.create_worktree(upstream.url, "fixfleet/4")
+    (wt.path / "scratch.txt").write_text("untracked\n")
+
+    await manager.remove_worktree(wt)
+
+    assert not wt.path.exists()
+    assert str(wt.path) not in worktree_paths(mirror)
+    assert "fixfleet/4" not in local_branches(mirror)
+    assert not (mirror / "worktrees" / wt.path.name).exists()
+    assert list(manager.worktrees_dir.iterdir()) == []
+
+
+async def test_same_branch_twice_is_refused_while_live(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    await manager.create_worktree(upstream.url, "fixfleet/5")
+    with pytest.raises(WorkspaceError, match="in use"):
+        await manager.create_worktree(upstream.url, "fixfleet/5")
+
+
+async def test_leftover_of_a_crashed_process_is_replaced(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    crashed = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
+    old = await crashed.create_worktree(upstream.url, "fixfleet/6")
+    (old.path / "half-done.txt").write_text("left behind\n")
+
+    restarted = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
+    new = await restarted.create_worktree(upstream.url, "fixfleet/6")
+
+    assert new.path == old.path
+    assert not (new.path / "half-done.txt").exists()
+    assert git("status", "--porcelain", cwd=new.path) == ""
+
+
+@pytest.mark.parametrize("spares", [0, 1], ids=["cold", "spare"])
+async def test_existing_remote_branch_is_checked_out(
+    tmp_path: Path, upstream: Upstream, spares: int
+) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=spares)
+    try:
+        await workspace.warm(upstream.url)
+        pr_head = upstream.commit({"PLAN.md": "# plan\n"}, branch="fixfleet/7")
+
+        wt = await workspace.create_worktree(upstream.url, "fixfleet/7", existing=True)
+
+        assert wt.base_sha == pr_head and wt.from_spare == bool(spares)
+        assert git("rev-parse", "HEAD", cwd=wt.path) == pr_head
+        assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == "fixfleet/7"
+        assert (wt.path / "PLAN.md").read_text() == "# plan\n"
+        assert git("status", "--porcelain", cwd=wt.path) == ""
+        with pytest.raises(WorkspaceError, match="not found on the remote"):
+            await workspace.create_worktree(upstream.url, "fixfleet/none", existing=True)
+    finally:
+        await workspace.close()
+
+
+async def test_existing_branch_pushed_after_a_recent_fetch_is_found(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # With a long freshness window the mirror would not fetch; a missing branch forces it.
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0,
+                                 fetch_max_age_s=3600)
+    await workspace.ensure_mirror(upstream.url)
+    pr_head = upstream.commit({"PLAN.md": "# plan\n"}, branch="fixfleet/8")
+    wt = await workspace.create_worktree(upstream.url, "fixfleet/8", existing=True)
+    assert wt.base_sha == pr_head
+
+
+# -- push ---------------------------------------------------------------------------------
+
+
+async def test_push_to_a_file_remote(manager: WorkspaceManager, upstream: Upstream) -> None:
+    wt = await manager.create_worktree(upstream.url, "fixfleet/9")
+    (wt.path / "src/app.py").write_text("print('fixed')\n")
+    git("commit", "-q", "-am", "fix: the bug", cwd=wt.path)
+
+    sha = await manager.push(wt, "fixfleet/9")
+
+    assert upstream.sha("fixfleet/9") == sha == git("rev-parse", "HEAD", cwd=wt.path)
+    mirror = await manager.ensure_mirror(upstream.url)
+    assert git("rev-parse", "refs/remotes/origin/fixfleet/9", cwd=mirror) == sha
+
+
+async def test_push_refuses_to_lose_someone_elses_commits(
+    cold_manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    wt = await cold_manager.create_worktree(upstream.url, "fixfleet/10")
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=wt.path)
+    await cold_manager.push(wt, "fixfleet/10")
+    theirs = upstream.commit({"human.txt": "pushed by a human\n"}, branch="fixfleet/10")
+    git("commit", "-q", "--amend", "--allow-empty", "-m", "one, amended", cwd=wt.path)
+
+    with pytest.raises(WorkspaceError, match="push"):
+        await cold_manager.push(wt, "fixfleet/10")  # not a fast-forward
+    with pytest.raises(WorkspaceError, match="push"):
+        await cold_manager.push(wt, "fixfleet/10", force=True)  # lease: mirror is stale
+    assert upstream.sha("fixfleet/10") == theirs
+
+
+# -- eviction -----------------------------------------------------------------------------
+
+
+async def test_lru_eviction_spares_mirrors_with_live_worktrees(
+    cold_manager: WorkspaceManager, tmp_path: Path
+) -> None:
+    repos = {name: make_upstream(tmp_path / name) for name in ("a", "b", "c")}
+    # a: least recently used but holds a live worktree; then b, then c.
+    live = await cold_manager.create_worktree(repos["a"].url, "fixfleet/11")
+    mirror_b = await cold_manager.ensure_mirror(repos["b"].url)
+    mirror_c = await cold_manager.ensure_mirror(repos["c"].url)
+    mirror_a = await cold_manager.ensure_mirror(repos["a"].url)
+    (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')  # back to oldest
+
+    sizes = {path: disk_usage(path) for path in (mirror_a, mirror_b, mirror_c)}
+    cold_manager.disk_budget_bytes = sum(sizes.values()) - 1
+
+    evicted = await cold_manager.enforce_budget()
+
+    assert evicted == [mirror_b]  # a is older but busy
+    assert mirror_a.exists() and mirror_c.exists() and not mirror_b.exists()
+    assert cold_manager.stats.evictions == 1
+
+    # Once the worktree is gone, a is fair game.
+    await cold_manager.remove_worktree(live)
+    (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')
+    cold_manager.disk_budget_bytes = sizes[mirror_c]
+    assert await cold_manager.enforce_budget() == [mirror_a]
+
+    # An evicted repository is simply cloned again on next use.
+    await cold_manager.ensure_mirror(repos["b"].url)
+    assert cold_manager.stats.clones == 4
+
+
+async def test_eviction_respects_worktrees_of_an_earlier_process(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    before = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
+    wt = await before.create_worktree(upstream.url, "fixfleet/12")
+    after = WorkspaceManager(tmp_path / "agent", 1, warm_spares=0)  # restart, tiny budget
+    assert await after.enforce_budget() == []
+    assert wt.path.exists() and git("status", "--porcelain", cwd=wt.path) == ""
+
+
+async def test_spares_count_against_the_budget(tmp_path: Path, upstream: Upstream) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET)
+    try:
+        first = await workspace.warm(upstream.url)
+        assert (workspace.spares_dir / first.name).is_dir()
+        other = make_upstream(tmp_path / "other")
+        workspace.disk_budget_bytes = 1  # everything not in use must go
+        second = await workspace.warm(other.url)
+        assert not first.exists() and not (workspace.spares_dir / first.name).exists()
+        assert list(workspace.mirrors_dir.iterdir()) == [second]
+        assert len(list(workspace.spares_dir.rglob("README.md"))) == 1  # second's spare
+    finally:
+        await workspace.close()
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if marker in cmdline and entry.name != str(os.getpid()):
+            found.append(cmdline)
+    return found
+
+
+async def test_close_stops_a_spare_build_and_leaves_no_process(tmp_path: Path) -> None:
+    big = make_upstream(tmp_path / "big", {f"d{i // 100}/f{i}.txt": f"{i}\n" for i in range(1500)})
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET)
+    await workspace.ensure_mirror(big.url)  # starts building a spare in the background
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(workspace.close(), timeout=10)
+    assert processes_mentioning(str(tmp_path / "agent")) == []
+    leftover = set(workspace.spares_dir.glob("*/*"))
+    complete = {spare.path for state in workspace._states.values() for spare in state.spares}
+    assert leftover <= complete  # a half-built spare is removed, a finished one may stay
+
+
+async def test_a_hung_remote_times_out_and_its_processes_are_killed(tmp_path: Path) -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, network_timeout_s=0.5)
+    try:
+        with pytest.raises(WorkspaceError, match="timed out"):
+            await workspace.ensure_mirror(f"http://127.0.0.1:{port}/acme/api.git")
+        assert processes_mentioning(f"127.0.0.1:{port}") == []
+        assert not list(workspace.mirrors_dir.iterdir())
+    finally:
+        silent.close()
+
+
+# -- safety -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("branch", [
+    "-b", "--upload-pack=touch pwned", "-", "a..b", "HEAD", "@{-1}", "x y", "x\ny", "a~1",
+    "refs/../x", "x.lock", "", "a:b",
+])
+async def test_rejects_bad_branch_names(
+    manager: WorkspaceManager, upstream: Upstream, branch: str
+) -> None:
+    with pytest.raises(WorkspaceError, match="invalid"):
+        await manager.create_worktree(upstream.url, branch)
+    assert not list(manager.mirrors_dir.iterdir())  # rejected before any fetch
+
+
+@pytest.mark.parametrize("url", [
+    "-oProxyCommand=touch pwned", "--upload-pack=touch pwned", "ext::sh -c touch% pwned",
+    "fd::3", "ssh://-oProxyCommand=touch%20pwned/repo", "git@-oProxyCommand=x:repo",
+    "https://user:hunter2@github.com/acme/api.git", f"https://{TOKEN}@github.com/acme/api.git",
+    "ftp://example.com/repo.git", "", "https://github.com/acme/api.git\n",
+])
+async def test_rejects_bad_urls(manager: WorkspaceManager, url: str) -> None:
+    with pytest.raises(WorkspaceError, match="invalid repository URL") as raised:
+        await manager.ensure_mirror(url)
+    assert "hunter2" not in str(raised.value) and TOKEN not in str(raised.value)
+    assert not list(manager.mirrors_dir.iterdir())
+
+
+@pytest.mark.parametrize("base", ["--output=/tmp/pwned", "-", "main@{1}"])
+async def test_rejects_option_like_base(
+    manager: WorkspaceManager, upstream: Upstream, base: str
+) -> None:
+    with pytest.raises(WorkspaceError, match="invalid base"):
+        await manager.create_worktree(upstream.url, "fixfleet/13", base=base)
+
+
+async def test_push_rejects_option_like_target(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
+    wt = await manager.create_worktree(upstream.url, "fixfleet/14")
+    with pytest.raises(WorkspaceError, match="invalid branch"):
+        await manager.push(wt, "--mirror")
+
+
+async def test_removal_only_touches_its_own_worktrees(
+    manager: WorkspaceManager, upstream: Upstream, tmp_path: Path
+) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("keep me\n")
+    wt = await manager.create_worktree(upstream.url, "fixfleet/16")
+    for path in (precious, manager.worktrees_dir / ".." / "mirrors", Path("/")):
+        with pytest.raises(WorkspaceError, match="not a worktree of this workspace"):
+            await manager.remove_worktree(wt.model_copy(update={"path": path}))
+    assert (precious / "data.txt").exists() and wt.path.exists()
+
+
+async def test_plain_paths_are_accepted(manager: WorkspaceManager, upstream: Upstream) -> None:
+    wt = await manager.create_worktree(str(upstream.bare), "fixfleet/15")
+    assert wt.repo_url == str(upstream.bare) and (wt.path / "README.md").exists()
+
+
+# -- credentials over real HTTPS ----------------------------------------------------------
+
+
+@dataclass
+class GitHttpsServer:
+    """`git http-backend` over HTTPS that answers 401 unless the expected token is sent."""
+
+    root: Path
+    cert: Path
+    token: str
+    port: int = 0
+    seen_auth: list[str | None] = field(default_factory=list)
+
+    def url(self, repo: str, host: str = "127.0.0.1") -> str:
+        return f"https://{host}:{self.port}/{repo}"
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    pytest.importorskip("cryptography")  # present here; not a declared dependency
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def make_handler(server: GitHttpsServer) -> type[BaseHTTPRequestHandler]:
+    expected = "Basic " + base64.b64encode(f"x-access-token:{server.token}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def do_GET(self) -> None:
+            self.handle_git()
+
+        def do_POST(self) -> None:
+            self.handle_git()
+
+        def read_body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while size := int(self.rfile.readline().strip() or b"0", 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def handle_git(self) -> None:
+            auth = self.headers.get("Authorization")
+            server.seen_auth.append(auth)
+            body = self.read_body()
+            if auth != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="fake-github"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            path, _, query = self.path.partition("?")
+            env = {
+                "PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(server.root),
+                "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": "x-access-token",
+                "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": self.command,
+                "PATH_INFO": path, "QUERY_STRING": query,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            }
+            cgi = subprocess.run(["git", "http-backend"], input=body, env=env,
+                                 capture_output=True, check=False)
+            head, _, payload = cgi.stdout.partition(b"\r\n\r\n")
+            headers = [line.split(":", 1) for line in head.decode().split("\r\n") if ":" in line]
+            status = next((int(v.split()[0]) for k, v in headers if k.lower() == "status"), 200)
+            self.send_response(status)
+            for key, value in headers:
+                if key.lower() != "status":
+                    self.send_header(key, value.strip())
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@pytest.fixture
+def https_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream: Upstream
+) -> Iterator[GitHttpsServer]:
+    served = tmp_path / "served"
+    served.mkdir()
+    git("clone", "-q", "--bare", str(upstream.bare), str(served / "acme" / "api.git"))
+    git("config", "http.receivepack", "true", cwd=served / "acme" / "api.git")
+    cert, key = self_signed_certificate(tmp_path)
+    state = GitHttpsServer(root=served, cert=cert, token=TOKEN)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    state.port = httpd.server_address[1]
+    monkeypatch.setenv("GIT_SSL_CAINFO", str(cert))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def record_commands(workspace: WorkspaceManager) -> list[tuple[list[str], dict[str, str]]]:
+    """Every git command line and environment the manager uses, for the tests to inspect."""
+    seen: list[tuple[list[str], dict[str, str]]] = []
+    spawn = workspace._spawn
+
+    async def recording(
+        argv: list[str], cwd: Path | None, env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        seen.append((argv, env))
+        return await spawn(argv, cwd, env)
+
+    workspace._spawn = recording  # type: ignore[method-assign]
+    return seen
+
+
+def assert_token_nowhere(root: Path, commands: list[tuple[list[str], dict[str, str]]]) -> None:
+    for needle in (TOKEN.encode(), BASIC.encode()):
+        assert files_containing(root, needle) == []
+    for argv, _ in commands:  # command lines are visible to every user (ps)
+        assert all(TOKEN not in arg and BASIC not in arg for arg in argv)
+    for config in root.rglob("config"):
+        assert "extraheader" not in config.read_text().lower()
+
+
+async def test_https_token_works_and_is_never_written(
+    tmp_path: Path, https_server: GitHttpsServer
+) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, SecretStr(TOKEN),
+                                 token_hosts=("127.0.0.1",))
+    commands = record_commands(workspace)
+    try:
+        url = https_server.url("acme/api.git")
+        mirror = await workspace.warm(url)
+        wt = await workspace.create_worktree(url, "fixfleet/20")
+        (wt.path / "fix.txt").write_text("fixed\n")
+        git("add", "fix.txt", cwd=wt.path)
+        git("commit", "-q", "-m", "fix", cwd=wt.path)
+        sha = await workspace.push(wt, "fixfleet/20")
+
+        served = https_server.root / "acme" / "api.git"
+        assert git("rev-parse", "refs/heads/fixfleet/20", cwd=served) == sha
+        assert git("config", "remote.origin.url", cwd=mirror) == url  # no credentials in it
+        assert_token_nowhere(tmp_path / "agent", commands)
+        # The token travels only in the environment of commands that talk to the network.
+        header = f"Authorization: Basic {BASIC}"
+        with_token = [argv for argv, env in commands if header in env.values()]
+        assert with_token and all({"fetch", "push"} & set(argv) for argv in with_token)
+        assert len(with_token) < len(commands)
+    finally:
+        await workspace.close()
+
+
+async def test_https_token_goes_only_to_its_host(
+    tmp_path: Path, https_server: GitHttpsServer
+) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, SecretStr(TOKEN),
+                                 token_hosts=("127.0.0.1",))
+    with pytest.raises(WorkspaceError) as raised:  # same server, another host name
+        await workspace.ensure_mirror(https_server.url("acme/api.git", host="localhost"))
+    assert https_server.seen_auth and all(auth is None for auth in https_server.seen_auth)
+    assert TOKEN not in str(raised.value)
+
+
+async def test_https_failures_never_reveal_the_token(
+    tmp_path: Path, https_server: GitHttpsServer
+) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, SecretStr(TOKEN),
+                                 token_hosts=("127.0.0.1",))
+    commands = record_commands(workspace)
+    failures = []
+    for url in (https_server.url("acme/missing.git"),  # 404 behind valid auth
+                "https://127.0.0.1:1/acme/api.git"):  # connection refused
+        with pytest.raises(WorkspaceError) as raised:
+            await workspace.ensure_mirror(url)
+        failures.append(raised.value)
+
+    wrong = WorkspaceManager(tmp_path / "wrong", BIG_BUDGET, SecretStr(TOKEN + "x"),
+                             token_hosts=("127.0.0.1",))
+    with pytest.raises(WorkspaceError) as raised:  # 401: git reports the URL, not the header
+        await wrong.ensure_mirror(https_server.url("acme/api.git"))
+    failures.append(raised.value)
+
+    for error in failures:
+        text = f"{error} {error.stderr} {error!r}"
+        assert TOKEN not in text and BASIC not in text
+    assert "authentication failed" in failures[-1].message
+    assert_token_nowhere(tmp_path, commands)
+
+
+async def test_worktree_model_round_trips(manager: WorkspaceManager, upstream: Upstream) -> None:
+    wt = await manager.create_worktree(upstream.url, "fixfleet/21", task_id="task-21")
+    again = Worktree.model_validate_json(wt.model_dump_json())  # e.g. through Ray or a DB
+    assert again == wt and "task-21" in wt.path.name
+    await manager.remove_worktree(again)
+    assert not wt.path.exists()

@@ -1,32 +1,113 @@
-"""GitHub REST: what the platform needs of it (permissions, comments; more as the agents land)."""
+"""GitHub REST (plus the one GraphQL mutation REST lacks): what the platform needs of a forge.
+
+Permissions (for approvals), refs, contents, pull requests (create, update, mark ready) and issue
+comments. Every write is idempotent, so a step retried after a crash changes nothing twice:
+`create_branch` accepts an existing ref, `put_file` skips unchanged content, `create_pull` returns
+the open PR of the branch, `upsert_comment` finds its own comment by a hidden marker.
+"""
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from fixfleet.integrations.http import IntegrationError, request
+from fixfleet.integrations.base import (
+    ApiClient,
+    AuthenticationError,
+    NotFoundError,
+    RejectedError,
+    ResponseError,
+    secret_value,
+)
+from fixfleet.integrations.http import IntegrationError
 
 WRITE_PERMISSIONS = {"admin", "maintain", "write"}
+GITHUB_API_URL = "https://api.github.com"
+MAX_PAGES = 30  # x 100 items: enough for any PR thread fixfleet takes part in
+_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+_MARKER = re.compile(r"^[\w.:/-]+$")
+
+MARK_READY = """
+mutation($id: ID!) {
+  markPullRequestReadyForReview(input: {pullRequestId: $id}) {
+    pullRequest { id number isDraft }
+  }
+}
+"""
 
 
-class GitHubClient:
-    def __init__(self, token: SecretStr | None, *, api_url: str = "https://api.github.com", permission_ttl_s: float = 60.0) -> None:
+class GraphQLError(ResponseError):
+    """GitHub's GraphQL answered 200 with an `errors` list."""
+
+
+def comment_marker(marker: str) -> str:
+    """The hidden HTML comment that identifies fixfleet's comment for one step."""
+    if not _MARKER.match(marker) or "--" in marker:
+        raise ValueError(f"marker {marker!r}: use letters, digits and . _ : / - (no '--')")
+    return f"<!-- fixfleet:{marker} -->"
+
+
+def graphql_url(api_url: str) -> str:
+    """api.github.com -> /graphql; GitHub Enterprise `https://host/api/v3` -> `https://host/api/graphql`."""
+    api_url = api_url.rstrip("/")
+    return api_url[: -len("v3")] + "graphql" if api_url.endswith("/api/v3") else api_url + "/graphql"
+
+
+async def _secondary_rate_limit_as_429(response: httpx.Response) -> None:
+    """GitHub says "rate limited" with 403 + Retry-After or x-ratelimit-remaining: 0; make it a 429
+    so the shared `request()` waits and retries it like any other."""
+    if response.status_code != 403:
+        return
+    headers = response.headers
+    if "retry-after" not in headers and headers.get("x-ratelimit-remaining") != "0":
+        return
+    if "retry-after" not in headers:
+        try:
+            headers["retry-after"] = str(max(1, int(headers.get("x-ratelimit-reset", "0")) - int(time.time())))
+        except ValueError:
+            pass
+    response.status_code = 429
+
+
+def _repo(repo_full_name: str) -> str:
+    if not _REPO.match(repo_full_name or ""):
+        raise ValueError(f"{repo_full_name!r} is not an owner/name repository")
+    return repo_full_name
+
+
+class GitHubClient(ApiClient):
+    service = "github"
+
+    def __init__(
+        self,
+        token: SecretStr | str | None,
+        *,
+        api_url: str = GITHUB_API_URL,
+        permission_ttl_s: float = 60.0,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        timeout_s: float = 10.0,
+    ) -> None:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-        self.http = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers=headers, timeout=10.0)
+        plain = secret_value(token)
+        if plain is not None:
+            headers["Authorization"] = f"Bearer {plain}"
+        super().__init__(
+            base_url=api_url, headers=headers, secrets=[plain], attempts=attempts, backoff_s=backoff_s,
+            max_wait_s=max_wait_s, timeout_s=timeout_s, event_hooks={"response": [_secondary_rate_limit_as_429]},
+        )
+        self.graphql_url = graphql_url(api_url)
         self.permission_ttl_s = permission_ttl_s
         self._permissions: dict[tuple[str, str], tuple[float, str]] = {}
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await request(self.http, "github", method, path, **kwargs)
+    # --- permissions and plain comments (used by the ingress) ----------------------------------
 
     async def permission(self, repo_full_name: str, user: str) -> str:
         """The user's permission on the repository (admin, maintain, write, triage, read, none).
@@ -39,8 +120,8 @@ class GitHubClient:
         if cached and time.monotonic() - cached[0] < self.permission_ttl_s:
             return cached[1]
         try:
-            response = await self._call("GET", f"/repos/{repo_full_name}/collaborators/{user}/permission")
-            body = response.json()
+            response = await self._call("GET", f"/repos/{repo_full_name}/collaborators/{quote(user)}/permission")
+            body = self._json(response)
             level = body.get("role_name") or body.get("permission") or "none"
         except IntegrationError as exc:
             if exc.status != 404:  # 404: not a collaborator; other errors must not grant anything
@@ -54,4 +135,212 @@ class GitHubClient:
 
     async def comment(self, repo_full_name: str, issue_number: int, body: str) -> dict[str, Any]:
         response = await self._call("POST", f"/repos/{repo_full_name}/issues/{issue_number}/comments", json={"body": body})
-        return response.json()
+        return self._json(response)
+
+    # --- repository and refs ------------------------------------------------------------------
+
+    async def get_repo(self, repo_full_name: str) -> dict[str, Any]:
+        return self._json(await self._call("GET", f"/repos/{_repo(repo_full_name)}"))
+
+    async def default_branch(self, repo_full_name: str) -> str:
+        return (await self.get_repo(repo_full_name))["default_branch"]
+
+    async def get_branch_sha(self, repo_full_name: str, branch: str) -> str | None:
+        """The commit the branch points at, or None when there is no such branch."""
+        try:
+            response = await self._call("GET", f"/repos/{_repo(repo_full_name)}/git/ref/heads/{quote(branch)}")
+        except NotFoundError:
+            return None
+        data = self._json(response)
+        if isinstance(data, list):  # an old-style prefix match: only the exact ref counts
+            data = next((r for r in data if r.get("ref") == f"refs/heads/{branch}"), None)
+            if data is None:
+                return None
+        return data["object"]["sha"]
+
+    async def create_branch(self, repo_full_name: str, branch: str, from_sha: str) -> str:
+        """Create `branch` at `from_sha`; an existing branch is fine (left where it is).
+        Returns the commit the branch points at."""
+        repo = _repo(repo_full_name)
+        try:
+            await self._call("POST", f"/repos/{repo}/git/refs", json={"ref": f"refs/heads/{branch}", "sha": from_sha})
+            return from_sha
+        except RejectedError as exc:
+            if exc.status != 422:
+                raise
+            existing = await self.get_branch_sha(repo, branch)  # "Reference already exists"
+            if existing is None:
+                raise
+            return existing
+
+    # --- contents -----------------------------------------------------------------------------
+
+    async def get_file(self, repo_full_name: str, path: str, ref: str | None = None) -> tuple[str, str] | None:
+        """(text, blob sha) of a file at `ref` (branch, tag or commit; default branch if None),
+        or None when it does not exist there."""
+        repo = _repo(repo_full_name)
+        params = {"ref": ref} if ref else None
+        try:
+            response = await self._call("GET", f"/repos/{repo}/contents/{quote(path.lstrip('/'))}", params=params)
+        except NotFoundError:
+            return None
+        data = self._json(response)
+        if not isinstance(data, dict) or data.get("type") != "file":
+            raise RejectedError(self.service, f"{repo}:{path} is not a file", 200)
+        content = data.get("content") or ""
+        if data.get("encoding") == "none" or (not content and data.get("size")):
+            # Files over 1 MB come without content: read the blob instead.
+            blob = self._json(await self._call("GET", f"/repos/{repo}/git/blobs/{data['sha']}"))
+            content = blob.get("content") or ""
+        try:
+            text = base64.b64decode(content).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise ResponseError(self.service, f"{repo}:{path} is not UTF-8 text") from None
+        return text, data["sha"]
+
+    async def put_file(self, repo_full_name: str, path: str, branch: str, text: str, message: str) -> str | None:
+        """Create or update a file on `branch` with one commit. Returns the new commit's sha, or
+        None when the file already holds exactly `text` (no commit made)."""
+        repo = _repo(repo_full_name)
+        url = f"/repos/{repo}/contents/{quote(path.lstrip('/'))}"
+        for attempt in range(2):
+            current = await self.get_file(repo, path, branch)
+            if current is not None and current[0] == text:
+                return None
+            payload: dict[str, Any] = {
+                "message": message,
+                "content": base64.b64encode(text.encode("utf-8")).decode("ascii"),
+                "branch": branch,
+            }
+            if current is not None:
+                payload["sha"] = current[1]
+            try:
+                response = await self._call("PUT", url, json=payload)
+            except RejectedError as exc:
+                if exc.status in (409, 422) and attempt == 0:
+                    continue  # the file changed between read and write: read again
+                raise
+            return self._json(response)["commit"]["sha"]
+        raise AssertionError("unreachable")
+
+    # --- pull requests ------------------------------------------------------------------------
+
+    async def get_pull(self, repo_full_name: str, number: int) -> dict[str, Any]:
+        return self._json(await self._call("GET", f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}"))
+
+    async def find_pull(self, repo_full_name: str, head_branch: str) -> dict[str, Any] | None:
+        """The open pull request whose head is `owner:head_branch` (same-repository branch)."""
+        repo = _repo(repo_full_name)
+        owner = repo.split("/")[0]
+        head = head_branch if ":" in head_branch else f"{owner}:{head_branch}"
+        branch = head.split(":", 1)[1]
+        pulls = await self._paginate(f"/repos/{repo}/pulls", {"head": head, "state": "open"})
+        for pull in pulls:
+            if pull.get("state") == "open" and (pull.get("head") or {}).get("ref") == branch:
+                return pull
+        return None
+
+    async def create_pull(
+        self, repo_full_name: str, head: str, base: str, title: str, body: str, draft: bool = True
+    ) -> dict[str, Any]:
+        """Open a pull request from branch `head` into `base`, or return the one already open."""
+        repo = _repo(repo_full_name)
+        existing = await self.find_pull(repo, head)
+        if existing is not None:
+            return existing
+        payload = {"title": title, "head": head, "base": base, "body": body, "draft": draft}
+        try:
+            return self._json(await self._call("POST", f"/repos/{repo}/pulls", json=payload))
+        except RejectedError as exc:
+            if exc.status == 422 and "already exists" in str(exc):  # opened meanwhile
+                existing = await self.find_pull(repo, head)
+                if existing is not None:
+                    return existing
+            raise
+
+    async def update_pull(
+        self, repo_full_name: str, number: int, title: str | None = None, body: str | None = None
+    ) -> dict[str, Any]:
+        changes = {key: value for key, value in (("title", title), ("body", body)) if value is not None}
+        if not changes:
+            return await self.get_pull(repo_full_name, number)
+        url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}"
+        return self._json(await self._call("PATCH", url, json=changes))
+
+    async def mark_ready(self, repo_full_name: str, pull: dict[str, Any] | int) -> dict[str, Any]:
+        """Take a draft pull request out of draft (GraphQL: REST cannot). `pull` is the PR as
+        returned by the API, or its number. Returns the PR as it is afterwards."""
+        pr = pull if isinstance(pull, dict) else await self.get_pull(repo_full_name, pull)
+        if not pr.get("draft"):
+            return pr
+        try:
+            await self.graphql(MARK_READY, {"id": pr["node_id"]})
+        except GraphQLError:
+            fresh = await self.get_pull(repo_full_name, pr["number"])
+            if fresh.get("draft"):
+                raise
+            return fresh  # someone else marked it ready meanwhile
+        return await self.get_pull(repo_full_name, pr["number"])
+
+    async def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST {api}/graphql; GraphQL errors (answered with 200) raise typed errors too."""
+        response = await self._call("POST", self.graphql_url, json={"query": query, "variables": variables or {}})
+        data = self._json(response)
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if errors:
+            kinds = {e.get("type") for e in errors if isinstance(e, dict)}
+            message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:500]
+            cls = (
+                _GraphQLNotFound if "NOT_FOUND" in kinds
+                else _GraphQLForbidden if kinds & {"FORBIDDEN", "UNAUTHORIZED"}
+                else GraphQLError
+            )
+            raise cls(self.service, f"graphql: {message}", response.status_code)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            raise ResponseError(self.service, "graphql: answer without data", response.status_code)
+        return data["data"]
+
+    # --- issue comments -----------------------------------------------------------------------
+
+    async def list_comments(self, repo_full_name: str, issue_number: int) -> list[dict[str, Any]]:
+        return await self._paginate(f"/repos/{_repo(repo_full_name)}/issues/{int(issue_number)}/comments", {})
+
+    async def upsert_comment(self, repo_full_name: str, issue_number: int, marker: str, body: str) -> dict[str, Any]:
+        """One comment per `marker` on the issue or PR: updated in place when it exists (found by
+        the hidden `<!-- fixfleet:{marker} -->`), created otherwise. Unchanged text: no write."""
+        tag = comment_marker(marker)
+        full = f"{body.rstrip()}\n\n{tag}"
+        for existing in await self.list_comments(repo_full_name, issue_number):
+            if tag in (existing.get("body") or ""):
+                if existing.get("body") == full:
+                    return existing
+                url = f"/repos/{_repo(repo_full_name)}/issues/comments/{existing['id']}"
+                return self._json(await self._call("PATCH", url, json={"body": full}))
+        return await self.comment(repo_full_name, issue_number, full)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _paginate(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a list endpoint, following `Link: rel="next"`."""
+        items: list[dict[str, Any]] = []
+        url: str | None = path
+        query: dict[str, Any] | None = {**params, "per_page": 100}
+        for _ in range(MAX_PAGES):
+            response = await self._call("GET", url, params=query)
+            page = self._json(response)
+            if not isinstance(page, list):
+                raise ResponseError(self.service, f"GET {path}: expected a list", response.status_code)
+            items.extend(page)
+            url = response.links.get("next", {}).get("url")
+            if not url:
+                break
+            query = None  # the next link carries the query
+        return items
+
+
+class _GraphQLNotFound(GraphQLError, NotFoundError):
+    pass
+
+
+class _GraphQLForbidden(GraphQLError, AuthenticationError):
+    pass

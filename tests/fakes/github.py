@@ -1,40 +1,398 @@
-"""GitHub REST stand-in: collaborator permissions and issue comments (more as the agents land)."""
+"""GitHub REST stand-in: permissions, repositories, refs, contents (with real commits), pull
+requests, issue comments, and the GraphQL `markPullRequestReadyForReview` mutation.
+
+It checks what GitHub checks (Bearer token; base64 content; the blob sha on updates; one open PR
+per head and base; no PR without commits) and answers with GitHub's statuses and shapes.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import itertools
 import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
 
-from tests.fakes.base import Call, FakeService, Reply
+from tests.fakes.base import Call, Reply
+from tests.fakes.faults import FakeAPI
 
 LEGACY = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
+REPO = r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
 
 
-class FakeGitHub(FakeService):
-    def __init__(self, token: str) -> None:
+def blob_sha(text: str) -> str:
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _validation(message: str, error: dict[str, Any] | None = None) -> Reply:
+    """422 as GitHub words it: `message`, plus an `errors` entry when `error` is given."""
+    body: dict[str, Any] = {"message": message, "documentation_url": "https://docs.github.com/rest"}
+    if error:
+        body["errors"] = [{"resource": "PullRequest", **error}]
+    return Reply(422, body)
+
+
+@dataclass
+class Commit:
+    sha: str
+    tree: dict[str, str]  # path -> text
+    parents: list[str]
+    message: str
+
+
+@dataclass
+class Repo:
+    full_name: str
+    default_branch: str
+    id: int
+    refs: dict[str, str] = field(default_factory=dict)  # branch -> commit sha
+    commits: dict[str, Commit] = field(default_factory=dict)
+    numbers: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def resolve(self, ref: str | None) -> Commit | None:
+        ref = ref or self.default_branch
+        ref = ref.removeprefix("refs/heads/").removeprefix("heads/")
+        sha = self.refs.get(ref, ref)
+        return self.commits.get(sha)
+
+
+class FakeGitHub(FakeAPI):
+    def __init__(self, token: str, *, bot_login: str = "fixfleet[bot]") -> None:
         super().__init__()
         self.token = token
+        self.bot_login = bot_login
         self.permissions: dict[tuple[str, str], str] = {}  # (owner/repo, login) -> role
         self.comments: list[dict] = []
+        self.repos: dict[str, Repo] = {}
+        self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
+        self.commit_log: list[tuple[str, str, str]] = []  # (repo, branch, message) per commit made via the API
         self._ids = itertools.count(1000)
-        self.route("GET", r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/collaborators/(?P<user>[^/]+)/permission", self._permission)
-        self.route("POST", r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/issues/(?P<number>\d+)/comments", self._comment)
+        self._shas = itertools.count(1)
+        self.route("GET", rf"{REPO}/collaborators/(?P<user>[^/]+)/permission", self._permission)
+        self.route("POST", rf"{REPO}/issues/(?P<number>\d+)/comments", self._comment)
+        self.route("GET", rf"{REPO}/issues/(?P<number>\d+)/comments", self._list_comments)
+        self.route("PATCH", rf"{REPO}/issues/comments/(?P<id>\d+)", self._edit_comment)
+        self.route("GET", REPO, self._get_repo)
+        self.route("GET", rf"{REPO}/git/ref/(?P<ref>.+)", self._get_ref)
+        self.route("POST", rf"{REPO}/git/refs", self._create_ref)
+        self.route("GET", rf"{REPO}/git/blobs/(?P<sha>[0-9a-f]{{40}})", self._get_blob)
+        self.route("GET", rf"{REPO}/contents/(?P<path>.+)", self._get_contents)
+        self.route("PUT", rf"{REPO}/contents/(?P<path>.+)", self._put_contents)
+        self.route("GET", rf"{REPO}/pulls", self._list_pulls)
+        self.route("POST", rf"{REPO}/pulls", self._create_pull)
+        self.route("GET", rf"{REPO}/pulls/(?P<number>\d+)", self._get_pull)
+        self.route("PATCH", rf"{REPO}/pulls/(?P<number>\d+)", self._update_pull)
+        self.route("POST", r"/graphql", self._graphql)
 
     def authorized(self, call: Call) -> bool:
         return call.headers.get("authorization") == f"Bearer {self.token}"
 
+    # --- test set-up ----------------------------------------------------------------------------
+
     def grant(self, repo: str, user: str, role: str) -> None:
         self.permissions[(repo.lower(), user.lower())] = role
 
+    def add_repo(self, full_name: str, files: dict[str, str] | None = None, default_branch: str = "main") -> str:
+        """A repository with one commit holding `files` on `default_branch`; returns its sha."""
+        with self.lock:
+            repo = Repo(full_name, default_branch, id=next(self._ids))
+            self.repos[full_name.lower()] = repo
+            sha = self._commit(repo, {}, dict(files or {"README.md": "# sample\n"}), "initial commit")
+            repo.refs[default_branch] = sha
+            return sha
+
+    def push(self, full_name: str, branch: str, files: dict[str, str], message: str = "push") -> str:
+        """A commit on `branch` (as `git push` would make), outside the API; returns its sha."""
+        with self.lock:
+            repo = self.repos[full_name.lower()]
+            parent = repo.resolve(branch) or repo.resolve(None)
+            assert parent is not None
+            sha = self._commit(repo, parent.tree, files, message, [parent.sha])
+            repo.refs[branch] = sha
+            return sha
+
+    def files(self, full_name: str, ref: str | None = None) -> dict[str, str]:
+        commit = self.repos[full_name.lower()].resolve(ref)
+        return dict(commit.tree) if commit else {}
+
+    def pull(self, full_name: str, number: int) -> dict[str, Any]:
+        return self._pull_view(self.repos[full_name.lower()], self.pulls[(full_name.lower(), number)])
+
+    def comments_on(self, full_name: str, number: int) -> list[dict]:
+        return [c for c in self.comments if c["repo"].lower() == full_name.lower() and c["issue"] == number]
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _commit(self, repo: Repo, base: dict[str, str], changes: dict[str, str], message: str,
+                parents: list[str] | None = None) -> str:
+        sha = hashlib.sha1(f"{repo.full_name}:{next(self._shas)}:{message}".encode()).hexdigest()
+        repo.commits[sha] = Commit(sha, {**base, **changes}, parents or [], message)
+        return sha
+
+    def _repo(self, m: re.Match) -> Repo | None:
+        return self.repos.get(f"{m['owner']}/{m['repo']}".lower())
+
+    @staticmethod
+    def _not_found(message: str = "Not Found") -> Reply:
+        return Reply(404, {"message": message, "documentation_url": "https://docs.github.com/rest"})
+
+    # --- permissions and comments ---------------------------------------------------------------
+
     def _permission(self, call: Call, m: re.Match) -> Reply:
-        role = self.permissions.get((f"{m['owner']}/{m['repo']}".lower(), m["user"].lower()))
+        user = unquote(m["user"])
+        role = self.permissions.get((f"{m['owner']}/{m['repo']}".lower(), user.lower()))
         if role is None:
-            return Reply(404, {"message": f"{m['user']} is not a user"})
-        return Reply(200, {"permission": LEGACY[role], "role_name": role, "user": {"login": m["user"]}})
+            return Reply(404, {"message": f"{user} is not a user"})
+        return Reply(200, {"permission": LEGACY[role], "role_name": role, "user": {"login": user}})
 
     def _comment(self, call: Call, m: re.Match) -> Reply:
         if not isinstance(call.body, dict) or not isinstance(call.body.get("body"), str):
             return Reply(422, {"message": "body is required"})
-        comment = {"id": next(self._ids), "body": call.body["body"], "repo": f"{m['owner']}/{m['repo']}", "issue": int(m["number"])}
+        repo, number, cid = f"{m['owner']}/{m['repo']}", int(m["number"]), next(self._ids)
+        comment = {
+            "id": cid, "node_id": f"IC_{cid}", "body": call.body["body"], "repo": repo, "issue": number,
+            "user": {"login": self.bot_login, "type": "Bot"},
+            "html_url": f"https://github.com/{repo}/issues/{number}#issuecomment-{cid}",
+        }
         self.comments.append(comment)
         return Reply(201, comment)
+
+    def _list_comments(self, call: Call, m: re.Match) -> Reply:
+        repo, number = f"{m['owner']}/{m['repo']}", int(m["number"])
+        found = self.comments_on(repo, number)
+        per_page = min(int((call.query.get("per_page") or ["30"])[0]), 100)
+        page = int((call.query.get("page") or ["1"])[0])
+        chunk = found[(page - 1) * per_page: page * per_page]
+        headers = {}
+        if page * per_page < len(found):
+            headers["Link"] = f'<{self.url}{call.path}?per_page={per_page}&page={page + 1}>; rel="next"'
+        return Reply(200, chunk, headers)
+
+    def _edit_comment(self, call: Call, m: re.Match) -> Reply:
+        if not isinstance(call.body, dict) or not isinstance(call.body.get("body"), str):
+            return Reply(422, {"message": "body is required"})
+        for comment in self.comments:
+            if comment["id"] == int(m["id"]) and comment["repo"].lower() == f"{m['owner']}/{m['repo']}".lower():
+                comment["body"] = call.body["body"]
+                return Reply(200, comment)
+        return self._not_found()
+
+    # --- repository, refs, contents -------------------------------------------------------------
+
+    def _get_repo(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        owner, name = repo.full_name.split("/")
+        return Reply(200, {
+            "id": repo.id, "node_id": f"R_{repo.id}", "name": name, "full_name": repo.full_name,
+            "owner": {"login": owner}, "private": False, "default_branch": repo.default_branch,
+            "html_url": f"https://github.com/{repo.full_name}", "clone_url": f"https://github.com/{repo.full_name}.git",
+        })
+
+    def _ref_view(self, repo: Repo, branch: str) -> dict[str, Any]:
+        sha = repo.refs[branch]
+        return {"ref": f"refs/heads/{branch}", "node_id": f"REF_{branch}",
+                "object": {"sha": sha, "type": "commit"}}
+
+    def _get_ref(self, call: Call, m: re.Match) -> Reply:
+        repo, ref = self._repo(m), unquote(m["ref"])
+        if repo is None or not ref.startswith("heads/") or ref.removeprefix("heads/") not in repo.refs:
+            return self._not_found()
+        return Reply(200, self._ref_view(repo, ref.removeprefix("heads/")))
+
+    def _create_ref(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else {}
+        ref, sha = body.get("ref"), body.get("sha")
+        if not isinstance(ref, str) or not ref.startswith("refs/") or ref.count("/") < 2:
+            return _validation("Reference name must start with 'refs/' and have at least two slashes.")
+        if not isinstance(sha, str) or sha not in repo.commits:
+            return _validation("Object does not exist")
+        branch = ref.removeprefix("refs/heads/")
+        if branch in repo.refs:
+            return _validation("Reference already exists")
+        repo.refs[branch] = sha
+        return Reply(201, self._ref_view(repo, branch))
+
+    def _get_blob(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        for commit in (repo.commits.values() if repo else []):
+            for text in commit.tree.values():
+                if blob_sha(text) == m["sha"]:
+                    return Reply(200, {"sha": m["sha"], "encoding": "base64", "size": len(text.encode()),
+                                       "content": base64.encodebytes(text.encode()).decode()})
+        return self._not_found()
+
+    def _file_view(self, repo: Repo, path: str, text: str, *, with_content: bool = True) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "type": "file", "name": path.rsplit("/", 1)[-1], "path": path, "sha": blob_sha(text),
+            "size": len(text.encode()), "html_url": f"https://github.com/{repo.full_name}/blob/{repo.default_branch}/{path}",
+        }
+        if with_content:  # GitHub wraps base64 at 60 characters
+            view.update(encoding="base64", content=base64.encodebytes(text.encode()).decode())
+        return view
+
+    def _get_contents(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        ref = (call.query.get("ref") or [None])[0]
+        commit = repo.resolve(ref)
+        if commit is None:
+            return self._not_found(f"No commit found for the ref {ref}")
+        path = unquote(m["path"]).strip("/")
+        if path in commit.tree:
+            return Reply(200, self._file_view(repo, path, commit.tree[path]))
+        listing = [self._file_view(repo, p, t, with_content=False) for p, t in commit.tree.items()
+                   if p.startswith(path + "/") and "/" not in p[len(path) + 1:]]
+        return Reply(200, listing) if listing else self._not_found()
+
+    def _put_contents(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else {}
+        message, content, sha = body.get("message"), body.get("content"), body.get("sha")
+        branch = body.get("branch") or repo.default_branch
+        if not isinstance(message, str) or not message:
+            return _validation('Invalid request.\n\n"message" wasn\'t supplied.')
+        if not isinstance(content, str):
+            return _validation('Invalid request.\n\n"content" wasn\'t supplied.')
+        try:
+            text = base64.b64decode(content.replace("\n", ""), validate=True).decode()
+        except (binascii.Error, ValueError):
+            return _validation("content is not valid Base64")
+        if branch not in repo.refs:
+            return self._not_found(f"Branch {branch} not found")
+        parent = repo.commits[repo.refs[branch]]
+        path = unquote(m["path"]).strip("/")
+        existing = parent.tree.get(path)
+        if existing is not None and sha is None:
+            return _validation('Invalid request.\n\n"sha" wasn\'t supplied.')
+        if existing is not None and sha != blob_sha(existing):
+            return Reply(409, {"message": f"{path} does not match {sha}"})
+        commit = self._commit(repo, parent.tree, {path: text}, message, [parent.sha])
+        repo.refs[branch] = commit
+        self.commit_log.append((repo.full_name, branch, message))
+        return Reply(201 if existing is None else 200, {
+            "content": self._file_view(repo, path, text, with_content=False),
+            "commit": {"sha": commit, "message": message},
+        })
+
+    # --- pull requests --------------------------------------------------------------------------
+
+    def _pull_view(self, repo: Repo, pr: dict[str, Any]) -> dict[str, Any]:
+        owner = repo.full_name.split("/")[0]
+        head, base = pr["head_ref"], pr["base_ref"]
+        return {
+            "id": pr["id"], "node_id": pr["node_id"], "number": pr["number"], "state": pr["state"],
+            "draft": pr["draft"], "title": pr["title"], "body": pr["body"],
+            "html_url": f"https://github.com/{repo.full_name}/pull/{pr['number']}",
+            "url": f"{self.url}/repos/{repo.full_name}/pulls/{pr['number']}",
+            "user": {"login": self.bot_login},
+            "head": {"ref": head, "label": f"{owner}:{head}", "sha": repo.refs.get(head),
+                     "repo": {"full_name": repo.full_name}},
+            "base": {"ref": base, "label": f"{owner}:{base}", "sha": repo.refs.get(base),
+                     "repo": {"full_name": repo.full_name}},
+        }
+
+    def _list_pulls(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        state = (call.query.get("state") or ["open"])[0]
+        head = (call.query.get("head") or [None])[0]
+        base = (call.query.get("base") or [None])[0]
+        owner = repo.full_name.split("/")[0]
+        found = []
+        for (name, _), pr in sorted(self.pulls.items(), key=lambda item: -item[0][1]):
+            if name != repo.full_name.lower() or (state != "all" and pr["state"] != state):
+                continue
+            if head is not None and head.lower() != f"{owner}:{pr['head_ref']}".lower():
+                continue
+            if base is not None and base != pr["base_ref"]:
+                continue
+            found.append(self._pull_view(repo, pr))
+        return Reply(200, found)
+
+    def _create_pull(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else {}
+        title, head, base = body.get("title"), body.get("head"), body.get("base")
+        text, draft = body.get("body"), body.get("draft", False)
+        if not isinstance(title, str) or not title.strip():
+            return _validation("Validation Failed", {"field": "title", "code": "missing_field"})
+        if not isinstance(head, str) or not isinstance(base, str):
+            return _validation("Validation Failed", {"field": "head", "code": "missing_field"})
+        if text is not None and not isinstance(text, str) or not isinstance(draft, bool):
+            return _validation("Invalid request: body must be a string and draft a boolean.")
+        owner = repo.full_name.split("/")[0]
+        head_branch = head.split(":", 1)[1] if ":" in head else head
+        if head_branch not in repo.refs:
+            return _validation("Validation Failed", {"field": "head", "code": "invalid"})
+        if base not in repo.refs:
+            return _validation("Validation Failed", {"field": "base", "code": "invalid"})
+        for (name, _), pr in self.pulls.items():
+            if name == repo.full_name.lower() and pr["state"] == "open" and pr["head_ref"] == head_branch and pr["base_ref"] == base:
+                return _validation("Validation Failed", {
+                    "code": "custom", "message": f"A pull request already exists for {owner}:{head_branch}."})
+        if repo.refs[head_branch] == repo.refs[base]:
+            return _validation("Validation Failed", {"code": "custom", "message": f"No commits between {base} and {head_branch}"})
+        number, pid = next(repo.numbers), next(self._ids)
+        pr = {"id": pid, "node_id": f"PR_kwfake{pid}", "number": number, "state": "open", "draft": draft,
+              "title": title, "body": text, "head_ref": head_branch, "base_ref": base}
+        self.pulls[(repo.full_name.lower(), number)] = pr
+        return Reply(201, self._pull_view(repo, pr))
+
+    def _get_pull(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        return Reply(200, self._pull_view(repo, pr)) if repo and pr else self._not_found()
+
+    def _update_pull(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        if repo is None or pr is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else None
+        if body is None:
+            return Reply(400, {"message": "Problems parsing JSON"})
+        for key in ("title", "body"):
+            if key in body and body[key] is not None and not isinstance(body[key], str):
+                return _validation(f"Invalid request: {key} must be a string.")
+        if body.get("state") not in (None, "open", "closed"):
+            return _validation("Invalid request: state must be open or closed.")
+        for key in ("title", "body", "state"):
+            if key in body:
+                pr[key] = body[key]
+        # Like GitHub's REST API, a `draft` field here is ignored: only GraphQL takes a PR out of draft.
+        return Reply(200, self._pull_view(repo, pr))
+
+    # --- GraphQL --------------------------------------------------------------------------------
+
+    def _graphql(self, call: Call, m: re.Match) -> Reply:
+        body = call.body
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            return Reply(400, {"message": "Problems parsing JSON"})
+        query, variables = body["query"], body.get("variables") or {}
+        if "markPullRequestReadyForReview" not in query:
+            return Reply(200, {"errors": [{"message": "the fake answers markPullRequestReadyForReview only"}]})
+        arg = re.search(r'pullRequestId\s*:\s*(?:\$(\w+)|"([^"]*)")', query)
+        node_id = (variables.get(arg[1]) if arg[1] else arg[2]) if arg else None
+        for (name, _), pr in self.pulls.items():
+            if pr["node_id"] == node_id:
+                pr["draft"] = False
+                return Reply(200, {"data": {"markPullRequestReadyForReview": {
+                    "pullRequest": {"id": pr["node_id"], "number": pr["number"], "isDraft": False}}}})
+        return Reply(200, {"data": {"markPullRequestReadyForReview": None}, "errors": [{
+            "type": "NOT_FOUND", "path": ["markPullRequestReadyForReview"],
+            "message": f"Could not resolve to a node with the global id of '{node_id}'"}]})

@@ -1,0 +1,175 @@
+"""Slack Web API: the plan message with Approve / Reject buttons, its updates, and replies to a
+`response_url`.
+
+Slack answers HTTP 200 with `{"ok": false, "error": "..."}` when a call fails: that becomes a
+SlackError carrying the code (SlackAuthError for credential problems). Rate limits come as HTTP
+429 with Retry-After, which the shared `request()` honours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from fixfleet.events import slack_action_value
+from fixfleet.integrations.base import (
+    ApiClient,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitedError,
+    RejectedError,
+    secret_value,
+)
+
+SLACK_API_URL = "https://slack.com/api"
+RESPONSE_URL_HOSTS = {"hooks.slack.com"}
+MAX_SECTION_TEXT = 3000
+AUTH_ERRORS = {"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
+               "missing_scope", "not_allowed_token_type", "no_permission"}
+NOT_FOUND_ERRORS = {"channel_not_found", "message_not_found", "not_in_channel", "thread_not_found"}
+
+
+class SlackError(RejectedError):
+    """Slack said `ok: false`; `error` is Slack's code (e.g. channel_not_found, invalid_blocks)."""
+
+    def __init__(self, service: str, message: str, status: int | None = None, error: str = "unknown") -> None:
+        super().__init__(service, message, status)
+        self.error = error
+
+
+class SlackAuthError(SlackError, AuthenticationError):
+    pass
+
+
+class SlackNotFoundError(SlackError, NotFoundError):
+    pass
+
+
+class SlackRateLimitedError(SlackError, RateLimitedError):
+    pass
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters in mrkdwn / plain text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plan_blocks(task_key: str, plan_version: int | None, title: str, summary: str, pr_url: str | None) -> list[dict[str, Any]]:
+    """A section with the plan and an actions block with Approve (primary) and Reject buttons
+    whose value is `slack_action_value(task_key, plan_version)`, as the ingress parses it."""
+    value = slack_action_value(task_key, plan_version)
+    version = f" · plan v{plan_version}" if plan_version is not None else ""
+    head = f"*{escape(task_key)}{version}: {escape(title)}*"
+    link = f"\n<{pr_url.replace('|', '%7C').replace('>', '%3E')}|Pull request>" if pr_url else ""
+    room = MAX_SECTION_TEXT - len(head) - len(link) - 1
+    text = head + ("\n" + _clip(escape(summary.strip()), max(room, 0)) if summary.strip() and room > 1 else "") + link
+    return [
+        {"type": "section", "block_id": "plan", "text": {"type": "mrkdwn", "text": _clip(text, MAX_SECTION_TEXT)}},
+        {
+            "type": "actions",
+            "block_id": "decision",
+            "elements": [
+                {
+                    "type": "button", "action_id": "approve", "style": "primary", "value": value,
+                    "text": {"type": "plain_text", "text": "Approve"},
+                },
+                {
+                    "type": "button", "action_id": "reject", "style": "danger", "value": value,
+                    "text": {"type": "plain_text", "text": "Reject"},
+                    "confirm": {
+                        "title": {"type": "plain_text", "text": "Reject this plan?"},
+                        "text": {"type": "plain_text", "text": _clip(f"{task_key} will not be fixed by fixfleet.", 300)},
+                        "confirm": {"type": "plain_text", "text": "Reject"},
+                        "deny": {"type": "plain_text", "text": "Cancel"},
+                    },
+                },
+            ],
+        },
+    ]
+
+
+class SlackClient(ApiClient):
+    service = "slack"
+
+    def __init__(
+        self,
+        bot_token: SecretStr | str,
+        api_url: str = SLACK_API_URL,
+        *,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        plain = secret_value(bot_token) or ""
+        super().__init__(
+            base_url=api_url, headers={"Authorization": f"Bearer {plain}"}, secrets=[plain],
+            attempts=attempts, backoff_s=backoff_s, max_wait_s=max_wait_s, timeout_s=timeout_s,
+        )
+        # response_urls need no token: a client without one, so it never leaves for such a URL.
+        self._hooks = httpx.AsyncClient(timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self._hooks.aclose()
+        await super().aclose()
+
+    async def api(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Call a Web API method with a JSON body; `ok: false` raises a SlackError."""
+        response = await self._call("POST", f"/{method}", json=payload,
+                                    headers={"Content-Type": "application/json; charset=utf-8"})
+        data = self._json(response)
+        if not isinstance(data, dict) or not data.get("ok"):
+            error = str(data.get("error") if isinstance(data, dict) else "not_an_object")
+            cls = (
+                SlackAuthError if error in AUTH_ERRORS
+                else SlackNotFoundError if error in NOT_FOUND_ERRORS
+                else SlackRateLimitedError if error == "ratelimited"
+                else SlackError
+            )
+            raise cls(self.service, f"{method}: {error}", response.status_code, error=error)
+        return data
+
+    async def post_message(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+                           *, thread_ts: str | None = None) -> dict[str, Any]:
+        """chat.postMessage; returns Slack's answer (`channel` is the channel's id, `ts` the message's)."""
+        payload: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if blocks is not None:
+            payload["blocks"] = blocks
+        if thread_ts:
+            payload["thread_ts"] = thread_ts
+        return await self.api("chat.postMessage", payload)
+
+    async def post_plan(self, channel: str, task_key: str, plan_version: int | None, title: str,
+                        summary: str, pr_url: str | None) -> str:
+        """The plan message with Approve / Reject; returns its `ts` (keep it to update the message)."""
+        version = f" v{plan_version}" if plan_version is not None else ""
+        fallback = f"{task_key}: plan{version} awaits approval: {title}"
+        answer = await self.post_message(channel, fallback, plan_blocks(task_key, plan_version, title, summary, pr_url))
+        return str(answer["ts"])
+
+    async def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """chat.update. Without `blocks` the message becomes `text` alone (its buttons go);
+        `channel` must be the channel's id (as `post_message` answers), not its name."""
+        payload: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if blocks is not None:
+            payload["blocks"] = blocks
+        return await self.api("chat.update", payload)
+
+    async def respond(self, response_url: str, text: str, *, replace_original: bool = False,
+                      response_type: str = "ephemeral") -> None:
+        """Answer an interaction or slash command through its response_url (no token sent)."""
+        parts, api = urlsplit(response_url), urlsplit(self.base_url)
+        allowed = (parts.scheme == "https" and parts.netloc in RESPONSE_URL_HOSTS) or (
+            (parts.scheme, parts.netloc) == (api.scheme, api.netloc)
+        )
+        if not allowed:
+            raise ValueError("response_url is not a Slack hooks URL")
+        payload = {"text": text, "replace_original": replace_original, "response_type": response_type}
+        await self._call("POST", response_url, client=self._hooks, extra_secrets=[response_url, parts.path], json=payload)

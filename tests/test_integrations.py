@@ -1,0 +1,619 @@
+"""The GitHub, Jira, Sentry and Slack clients against their local stand-ins: every method, the
+idempotency a retried step relies on, retries and typed errors, and the registry."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from fixfleet.config import Settings
+from fixfleet.events import adf_to_text, parse_slack_interaction, slack_action_value
+from fixfleet.integrations.base import (
+    AuthenticationError,
+    NotFoundError,
+    RateLimitedError,
+    RejectedError,
+    UnavailableError,
+)
+from fixfleet.integrations.github import GitHubClient, graphql_url
+from fixfleet.integrations.http import IntegrationError
+from fixfleet.integrations.jira import JiraClient, TransitionNotFoundError, text_to_adf
+from fixfleet.integrations.registry import from_settings, reset_skip_log
+from fixfleet.integrations.sentry import SentryClient
+from fixfleet.integrations.slack import SlackAuthError, SlackClient, SlackError, SlackNotFoundError
+from tests.fakes.github import FakeGitHub
+from tests.fakes.jira import FakeJira
+from tests.fakes.sentry import FakeSentry
+from tests.fakes.slack import FakeSlack
+
+GITHUB_TOKEN = "ghp_integrationTestToken0123456789"
+JIRA_EMAIL, JIRA_TOKEN = "bot@acme.test", "jira-api-token-0123456789"
+SENTRY_TOKEN = "sntrys_integrationTestToken0123"
+SLACK_TOKEN = "xoxb-1111-2222-integrationTestToken"
+FAST = {"attempts": 3, "backoff_s": 0.01, "max_wait_s": 2.0}
+REPO = "acme/api"
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(GITHUB_TOKEN) as fake:
+        fake.add_repo(REPO, {"app/calc.py": "def div(a, b):\n    return a / b\n", "README.md": "# api\n"})
+        yield fake
+
+
+@pytest.fixture
+async def github(fake_github: FakeGitHub) -> AsyncIterator[GitHubClient]:
+    client = GitHubClient(GITHUB_TOKEN, api_url=fake_github.url, **FAST)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def fake_jira() -> Iterator[FakeJira]:
+    with FakeJira(JIRA_EMAIL, JIRA_TOKEN) as fake:
+        fake.add_issue("OPS-7", "Division by zero in calc")
+        yield fake
+
+
+@pytest.fixture
+async def jira(fake_jira: FakeJira) -> AsyncIterator[JiraClient]:
+    client = JiraClient(fake_jira.url, JIRA_EMAIL, JIRA_TOKEN, **FAST)
+    yield client
+    await client.aclose()
+
+
+FRAMES = [
+    {"filename": "app/main.py", "abs_path": "/srv/app/main.py", "function": "handler", "lineno": 12,
+     "in_app": True, "context_line": "    return div(total, count)", "pre_context": ["def handler():"]},
+    {"filename": "app/calc.py", "abs_path": "/srv/app/calc.py", "function": "div", "lineno": 2,
+     "in_app": True, "context_line": "    return a / b", "post_context": [""]},
+]
+
+
+@pytest.fixture
+def fake_sentry() -> Iterator[FakeSentry]:
+    with FakeSentry(SENTRY_TOKEN) as fake:
+        fake.add_issue("4242", "ZeroDivisionError: division by zero", FRAMES)
+        yield fake
+
+
+@pytest.fixture
+async def sentry(fake_sentry: FakeSentry) -> AsyncIterator[SentryClient]:
+    client = SentryClient(SENTRY_TOKEN, f"{fake_sentry.url}/api/0", **FAST)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack(SLACK_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def slack(fake_slack: FakeSlack) -> AsyncIterator[SlackClient]:
+    client = SlackClient(SLACK_TOKEN, fake_slack.api_url, **FAST)
+    yield client
+    await client.aclose()
+
+
+def assert_no_secret(exc: BaseException, *secrets: str) -> None:
+    text = f"{exc} {exc!r} {exc.args}"
+    for secret in secrets:
+        assert secret not in text
+
+
+# --- GitHub -----------------------------------------------------------------------------------
+
+
+async def test_github_existing_methods_still_work(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    fake_github.grant(REPO, "maintainer", "maintain")
+    assert await github.permission(REPO, "maintainer") == "maintain"
+    assert await github.can_write(REPO, "maintainer")
+    assert not await github.can_write(REPO, "stranger")  # 404: not a collaborator
+    comment = await github.comment(REPO, 3, "hello")
+    assert comment["body"] == "hello" and fake_github.comments_on(REPO, 3) == [comment]
+
+
+async def test_github_default_branch_and_branches(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    assert await github.default_branch(REPO) == "main"
+    main = await github.get_branch_sha(REPO, "main")
+    assert main == fake_github.repos[REPO].refs["main"]
+    assert await github.get_branch_sha(REPO, "fixfleet/FF-1") is None
+
+    assert await github.create_branch(REPO, "fixfleet/FF-1", main) == main
+    assert await github.get_branch_sha(REPO, "fixfleet/FF-1") == main
+    # Again, even from another commit: the existing branch is kept, not an error.
+    other = fake_github.push(REPO, "main", {"x.txt": "x"})
+    assert await github.create_branch(REPO, "fixfleet/FF-1", other) == main
+    assert fake_github.repos[REPO].refs["fixfleet/FF-1"] == main
+    with pytest.raises(RejectedError):
+        await github.create_branch(REPO, "fixfleet/FF-2", "0" * 40)  # no such commit
+
+
+async def test_github_files_create_update_and_unchanged(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    main = await github.get_branch_sha(REPO, "main")
+    await github.create_branch(REPO, "fixfleet/FF-1", main)
+    assert await github.get_file(REPO, "PLAN.md", "fixfleet/FF-1") is None
+
+    plan = "# Plan v1\n\nRoot cause: division by zero — ünïcode ✓\n"
+    first = await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan, "docs: plan v1")
+    assert first is not None and fake_github.repos[REPO].refs["fixfleet/FF-1"] == first
+    put = fake_github.calls_to(r"/contents/PLAN\.md$", "PUT")[-1]
+    assert base64.b64decode(put.body["content"]).decode() == plan and "sha" not in put.body
+    text, sha = await github.get_file(REPO, "PLAN.md", "fixfleet/FF-1")
+    assert text == plan
+    assert await github.get_file(REPO, "PLAN.md", "main") is None  # only on the branch
+
+    commits = len(fake_github.commit_log)
+    puts = len(fake_github.calls_to(r"/contents/", "PUT"))
+    assert await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan, "docs: plan v1") is None
+    assert len(fake_github.commit_log) == commits and len(fake_github.calls_to(r"/contents/", "PUT")) == puts
+
+    second = await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan + "v2\n", "docs: plan v2")
+    assert second not in (None, first)
+    assert fake_github.calls_to(r"/contents/PLAN\.md$", "PUT")[-1].body["sha"] == sha
+    assert fake_github.files(REPO, "fixfleet/FF-1")["PLAN.md"] == plan + "v2\n"
+    assert fake_github.commit_log[-2:] == [(REPO, "fixfleet/FF-1", "docs: plan v1"), (REPO, "fixfleet/FF-1", "docs: plan v2")]
+
+
+async def test_github_put_file_rereads_after_a_conflict(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    fake_github.fail_next(r"/contents/app/calc\.py$", 409, method="PUT")
+    assert await github.put_file(REPO, "app/calc.py", "main", "fixed\n", "fix: calc") is not None
+    assert len(fake_github.calls_to(r"/contents/app/calc\.py$", "PUT")) == 2
+    assert fake_github.files(REPO)["app/calc.py"] == "fixed\n"
+
+
+async def test_github_fake_refuses_bad_content(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    with pytest.raises(RejectedError) as caught:
+        await github._call("PUT", f"/repos/{REPO}/contents/a.txt",
+                           json={"message": "m", "content": "not base64!!", "branch": "main"})
+    assert caught.value.status == 422
+    with pytest.raises(RejectedError):  # an existing file without its sha
+        await github._call("PUT", f"/repos/{REPO}/contents/README.md",
+                           json={"message": "m", "content": base64.b64encode(b"x").decode(), "branch": "main"})
+
+
+async def test_github_pull_requests_are_idempotent(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    main = await github.get_branch_sha(REPO, "main")
+    await github.create_branch(REPO, "fixfleet/FF-1", main)
+    with pytest.raises(RejectedError, match="No commits between"):
+        await github.create_pull(REPO, "fixfleet/FF-1", "main", "FF-1", "body")
+    await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", "# Plan\n", "docs: plan")
+    assert await github.find_pull(REPO, "fixfleet/FF-1") is None
+    refused = len(fake_github.calls_to(r"/pulls$", "POST"))
+
+    pr = await github.create_pull(REPO, "fixfleet/FF-1", "main", "fix: FF-1", "the plan", draft=True)
+    again = await github.create_pull(REPO, "fixfleet/FF-1", "main", "fix: FF-1", "the plan", draft=True)
+    assert again["number"] == pr["number"] and pr["draft"] is True
+    assert len(fake_github.pulls) == 1 and len(fake_github.calls_to(r"/pulls$", "POST")) == refused + 1
+    assert fake_github.calls_to(r"/pulls$", "GET")[-1].query["head"] == ["acme:fixfleet/FF-1"]
+    found = await github.find_pull(REPO, "fixfleet/FF-1")
+    assert found is not None and found["number"] == pr["number"]
+    assert await github.find_pull(REPO, "fixfleet/FF-9") is None
+
+    updated = await github.update_pull(REPO, pr["number"], body="the plan\n\n## Evidence\nRED 1, GREEN 0")
+    assert updated["body"].endswith("GREEN 0") and updated["title"] == "fix: FF-1"
+    assert (await github.update_pull(REPO, pr["number"], title="fix: divide safely"))["body"] == updated["body"]
+    assert fake_github.pull(REPO, pr["number"])["title"] == "fix: divide safely"
+
+
+async def test_github_mark_ready_flips_draft(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    fake_github.push(REPO, "fixfleet/FF-3", {"PLAN.md": "# Plan\n"})
+    pr = await github.create_pull(REPO, "fixfleet/FF-3", "main", "fix: FF-3", "plan")
+    assert fake_github.pull(REPO, pr["number"])["draft"] is True
+
+    ready = await github.mark_ready(REPO, pr)
+    assert ready["draft"] is False and fake_github.pull(REPO, pr["number"])["draft"] is False
+    mutation = fake_github.calls_to(r"^/graphql$")[-1]
+    assert "markPullRequestReadyForReview" in mutation.body["query"]
+    assert mutation.body["variables"] == {"id": pr["node_id"]}
+
+    assert (await github.mark_ready(REPO, pr["number"]))["draft"] is False  # already ready: no mutation
+    assert len(fake_github.calls_to(r"^/graphql$")) == 1
+    fake_github.push(REPO, "fixfleet/FF-4", {"PLAN.md": "# Plan 4\n"})
+    other = await github.create_pull(REPO, "fixfleet/FF-4", "main", "fix: FF-4", "plan")
+    with pytest.raises(NotFoundError, match="Could not resolve"):  # a GraphQL error answered with 200
+        await github.mark_ready(REPO, {**other, "node_id": "PR_nope"})
+    assert fake_github.pull(REPO, other["number"])["draft"] is True
+
+
+def test_graphql_url_for_github_and_enterprise() -> None:
+    assert graphql_url("https://api.github.com") == "https://api.github.com/graphql"
+    assert graphql_url("https://ghe.acme.test/api/v3/") == "https://ghe.acme.test/api/graphql"
+
+
+async def test_github_upsert_comment_makes_one_comment(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    first = await github.upsert_comment(REPO, 5, "plan", "Plan v1 is ready.")
+    second = await github.upsert_comment(REPO, 5, "plan", "Plan v2 is ready.")
+    same = await github.upsert_comment(REPO, 5, "plan", "Plan v2 is ready.")
+    comments = fake_github.comments_on(REPO, 5)
+    assert len(comments) == 1 and first["id"] == second["id"] == same["id"]
+    assert comments[0]["body"] == "Plan v2 is ready.\n\n<!-- fixfleet:plan -->"
+    assert len(fake_github.calls_to(r"/issues/comments/\d+$", "PATCH")) == 1  # unchanged text: no write
+
+    await github.upsert_comment(REPO, 5, "evidence", "RED/GREEN")
+    assert len(fake_github.comments_on(REPO, 5)) == 2
+    with pytest.raises(ValueError):
+        await github.upsert_comment(REPO, 5, "bad -- marker", "x")
+
+
+async def test_github_upsert_comment_finds_its_comment_on_a_later_page(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    for n in range(130):
+        await github.comment(REPO, 8, f"chatter {n}")
+    await github.upsert_comment(REPO, 8, "plan", "v1")
+    for n in range(20):
+        await github.comment(REPO, 8, f"more {n}")
+    await github.upsert_comment(REPO, 8, "plan", "v2")
+    assert len(fake_github.comments_on(REPO, 8)) == 151
+    assert [c["body"] for c in fake_github.comments_on(REPO, 8) if "fixfleet:plan" in c["body"]] == ["v2\n\n<!-- fixfleet:plan -->"]
+    assert len(fake_github.calls_to(r"/issues/8/comments$", "GET")) >= 2 + 2  # two pages, twice
+
+
+async def test_retry_after_429_then_success(fake_github: FakeGitHub) -> None:
+    client = GitHubClient(GITHUB_TOKEN, api_url=fake_github.url, attempts=3, backoff_s=0.01, max_wait_s=5)
+    try:
+        fake_github.fail_next(r"/git/ref/heads/main$", 429, retry_after=0.3)
+        started = time.monotonic()
+        assert await client.get_branch_sha(REPO, "main") is not None
+        assert time.monotonic() - started >= 0.3  # waited as told, not the 0.01 s backoff
+        assert len(fake_github.calls_to(r"/git/ref/heads/main$")) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_github_secondary_rate_limit_403_is_retried(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    fake_github.fail_next(r"^/repos/acme/api$", 403, retry_after=0.05,
+                          body={"message": "You have exceeded a secondary rate limit."})
+    assert await github.default_branch(REPO) == "main"
+    assert len(fake_github.calls_to(r"^/repos/acme/api$")) == 2
+
+
+async def test_github_primary_rate_limit_waits_for_the_reset(fake_github: FakeGitHub) -> None:
+    client = GitHubClient(GITHUB_TOKEN, api_url=fake_github.url, attempts=2, backoff_s=0.01, max_wait_s=0.05)
+    try:
+        fake_github.fail_next(r"^/repos/acme/api$", 403, headers={
+            "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 3600)})
+        assert await client.default_branch(REPO) == "main"  # waited (capped) and retried
+        fake_github.fail_next(r"^/repos/acme/api$", 403, times=None, headers={"x-ratelimit-remaining": "0"})
+        with pytest.raises(RateLimitedError):
+            await client.default_branch(REPO)
+        fake_github.clear_faults()
+        fake_github.fail_next(r"^/repos/acme/api$", 403, body={"message": "Resource not accessible by integration"})
+        with pytest.raises(AuthenticationError):  # a plain 403 is not retried
+            await client.default_branch(REPO)
+        assert len(fake_github.calls_to(r"^/repos/acme/api$")) == 2 + 2 + 1
+    finally:
+        await client.aclose()
+
+
+async def test_unreachable_api_is_unavailable() -> None:
+    client = GitHubClient(GITHUB_TOKEN, api_url="http://127.0.0.1:9", **FAST)
+    try:
+        with pytest.raises(UnavailableError) as caught:
+            await client.default_branch(REPO)
+        assert caught.value.status is None
+        assert_no_secret(caught.value, GITHUB_TOKEN)
+    finally:
+        await client.aclose()
+
+
+async def test_500_forever_raises_after_the_attempts(github: GitHubClient, fake_github: FakeGitHub) -> None:
+    fake_github.fail_next(r"^/repos/acme/api$", 500, times=None)
+    with pytest.raises(UnavailableError) as caught:
+        await github.default_branch(REPO)
+    assert isinstance(caught.value, IntegrationError) and caught.value.status == 500
+    assert len(fake_github.calls_to(r"^/repos/acme/api$")) == FAST["attempts"]
+
+
+async def test_429_forever_is_rate_limited_error(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    fake_slack.fail_next(r"chat\.postMessage", 429, retry_after=0.01, times=None, body={"ok": False, "error": "ratelimited"})
+    with pytest.raises(RateLimitedError):
+        await slack.post_message("C0PLANS", "hi")
+    assert len(fake_slack.calls_to(r"chat\.postMessage")) == FAST["attempts"]
+
+
+async def test_github_wrong_token_is_typed_and_secret_free(fake_github: FakeGitHub) -> None:
+    wrong = "ghp_wrongTokenWrongToken0123456789"
+    client = GitHubClient(wrong, api_url=fake_github.url, **FAST)
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.default_branch(REPO)
+        assert caught.value.status == 401 and "Bad credentials" in str(caught.value)
+        assert_no_secret(caught.value, wrong, GITHUB_TOKEN)
+        assert wrong not in repr(client)
+        # An API that echoes the credential back: the message is scrubbed.
+        fake_github.fail_next(r"^/repos/", 401, body={"message": f"token {wrong} is revoked"})
+        with pytest.raises(AuthenticationError) as echoed:
+            await client.default_branch(REPO)
+        assert "[redacted]" in str(echoed.value)
+        assert_no_secret(echoed.value, wrong)
+        assert echoed.value.__cause__ is None and echoed.value.__context__ is None
+    finally:
+        await client.aclose()
+
+
+async def test_github_missing_repo_is_not_found(github: GitHubClient) -> None:
+    with pytest.raises(NotFoundError):
+        await github.default_branch("acme/nothing")
+    with pytest.raises(ValueError):
+        await github.default_branch("not a repo")
+
+
+# --- Jira -------------------------------------------------------------------------------------
+
+
+async def test_jira_get_issue(jira: JiraClient, fake_jira: FakeJira) -> None:
+    issue = await jira.get_issue("OPS-7")
+    assert issue["key"] == "OPS-7" and issue["fields"]["summary"] == "Division by zero in calc"
+    assert (await jira.get_issue("OPS-7", fields=["status"]))["fields"].keys() == {"status"}
+    with pytest.raises(NotFoundError):
+        await jira.get_issue("OPS-999")
+    assert fake_jira.calls[0].path == "/rest/api/3/issue/OPS-7"
+
+
+async def test_jira_comment_is_adf_and_made_once(jira: JiraClient, fake_jira: FakeJira) -> None:
+    text = "Plan ready: https://github.com/acme/api/pull/1\n\n- add a test\n- fix div\n\n```\npytest -q\n```"
+    first = await jira.add_comment("OPS-7", text, "plan-v1")
+    again = await jira.add_comment("OPS-7", "something else entirely", "plan-v1")
+    assert first["id"] == again["id"] and len(fake_jira.comments("OPS-7")) == 1
+    assert len(fake_jira.calls_to(r"/comment$", "POST")) == 1
+    body = fake_jira.calls_to(r"/comment$", "POST")[0].body["body"]
+    assert body["type"] == "doc" and body["version"] == 1
+    assert [node["type"] for node in body["content"]] == ["paragraph", "bulletList", "codeBlock", "paragraph"]
+    rendered = adf_to_text(body)
+    assert "https://github.com/acme/api/pull/1" in rendered and "[fixfleet:plan-v1]" in rendered
+    assert {"type": "link", "attrs": {"href": "https://github.com/acme/api/pull/1"}} in body["content"][0]["content"][1]["marks"]
+
+    await jira.add_comment("OPS-7", "Done.", "done")
+    assert len(fake_jira.comments("OPS-7")) == 2
+    with pytest.raises(ValueError):
+        await jira.add_comment("OPS-7", "   ", "empty")
+
+
+async def test_jira_comment_marker_found_on_a_later_page(jira: JiraClient, fake_jira: FakeJira) -> None:
+    fake_jira.comment_page_size = 2
+    for n in range(5):
+        await jira.add_comment("OPS-7", f"note {n}", f"note-{n}")
+    await jira.add_comment("OPS-7", "note 4 again", "note-4")
+    assert len(fake_jira.comments("OPS-7")) == 5
+
+
+async def test_jira_fake_refuses_a_non_adf_body(jira: JiraClient) -> None:
+    with pytest.raises(RejectedError, match="Atlassian Document"):
+        await jira._call("POST", "/issue/OPS-7/comment", json={"body": "plain wiki text"})
+    with pytest.raises(RejectedError):
+        await jira._call("POST", "/issue/OPS-7/comment",
+                         json={"body": {"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [{"type": "text", "text": ""}]}]}})
+
+
+def test_text_to_adf_never_makes_empty_text_nodes() -> None:
+    doc = text_to_adf("\n\n```\n```\n- \n\nhttps://a.test/x\n")
+    stack = list(doc["content"])
+    while stack:
+        node = stack.pop()
+        assert node.get("type") != "text" or node["text"]
+        stack.extend(node.get("content") or [])
+
+
+async def test_jira_transition_by_name(jira: JiraClient, fake_jira: FakeJira) -> None:
+    taken = await jira.transition("OPS-7", "start PROGRESS")  # the transition's name, any case
+    assert taken is not None and taken["id"] == "21" and fake_jira.status("OPS-7") == "In Progress"
+    taken = await jira.transition("OPS-7", "in review")  # or the status it leads to
+    assert taken is not None and fake_jira.status("OPS-7") == "In Review"
+    posts = len(fake_jira.calls_to(r"/transitions$", "POST"))
+    assert await jira.transition("OPS-7", "In Review") is None  # already there: nothing posted
+    assert len(fake_jira.calls_to(r"/transitions$", "POST")) == posts
+    assert fake_jira.calls_to(r"/transitions$", "POST")[0].body == {"transition": {"id": "21"}}
+
+    with pytest.raises(TransitionNotFoundError) as caught:
+        await jira.transition("OPS-7", "Deploy")
+    assert "Done" in caught.value.available and "Start Progress" in str(caught.value)
+    assert isinstance(caught.value, IntegrationError)
+
+
+async def test_jira_wrong_token_is_typed_and_secret_free(fake_jira: FakeJira) -> None:
+    wrong = "wrong-jira-token-0123456789"
+    client = JiraClient(fake_jira.url, JIRA_EMAIL, wrong, **FAST)
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get_issue("OPS-7")
+        basic = base64.b64encode(f"{JIRA_EMAIL}:{wrong}".encode()).decode()
+        assert_no_secret(caught.value, wrong, basic)
+        assert wrong not in repr(client)
+    finally:
+        await client.aclose()
+
+
+async def test_jira_retries_a_503(jira: JiraClient, fake_jira: FakeJira) -> None:
+    fake_jira.fail_next(r"/transitions$", 503, method="POST")
+    await jira.transition("OPS-7", "Done")
+    assert fake_jira.status("OPS-7") == "Done" and len(fake_jira.calls_to(r"/transitions$", "POST")) == 2
+
+
+# --- Sentry -----------------------------------------------------------------------------------
+
+
+async def test_sentry_issue_and_latest_event_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
+    issue = await sentry.get_issue("4242")
+    assert issue["title"].startswith("ZeroDivisionError") and issue["project"]["slug"] == "backend"
+    frames = await sentry.latest_event("4242")
+    assert frames == [
+        {"filename": "app/main.py", "abs_path": "/srv/app/main.py", "function": "handler", "lineno": 12,
+         "in_app": True, "context_line": "    return div(total, count)"},
+        {"filename": "app/calc.py", "abs_path": "/srv/app/calc.py", "function": "div", "lineno": 2,
+         "in_app": True, "context_line": "    return a / b"},
+    ]
+    details = await sentry.latest_event_details(4242)
+    assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["frames"] == frames
+    assert fake_sentry.calls[-1].path == "/api/0/issues/4242/events/latest/"
+
+
+async def test_sentry_frames_match_the_webhook_parser(sentry: SentryClient) -> None:
+    from fixfleet.events import _sentry_exceptions
+
+    webhook_event = {"exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
+                                               "stacktrace": {"frames": FRAMES}}]}}
+    assert await sentry.latest_event("4242") == _sentry_exceptions(webhook_event)[0]["frames"]
+
+
+async def test_sentry_message_event_has_no_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
+    fake_sentry.add_issue("77", "Something logged", None)
+    assert await sentry.latest_event("77") == []
+    with pytest.raises(NotFoundError):
+        await sentry.get_issue("78")
+
+
+async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:
+    client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", **FAST)
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.latest_event("4242")
+        assert_no_secret(caught.value, "sntrys_wrong_0123456789")
+    finally:
+        await client.aclose()
+
+
+# --- Slack ------------------------------------------------------------------------------------
+
+
+async def test_slack_post_plan_with_buttons(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    ts = await slack.post_plan("C0PLANS", "FF-12", 2, "Divide <safely> & soundly", "Guard b == 0.",
+                               "https://github.com/acme/api/pull/1")
+    message = fake_slack.message("C0PLANS", ts)
+    assert message is not None and "FF-12" in message["text"]
+    section, actions = message["blocks"]
+    assert section["type"] == "section" and "&lt;safely&gt; &amp;" in section["text"]["text"]
+    assert "<https://github.com/acme/api/pull/1|Pull request>" in section["text"]["text"]
+    approve, reject = actions["elements"]
+    assert (approve["action_id"], approve["style"], approve["value"]) == ("approve", "primary", slack_action_value("FF-12", 2))
+    assert (reject["action_id"], reject["value"]) == ("reject", "FF-12:v2")
+    call = fake_slack.calls_to(r"chat\.postMessage")[-1]
+    assert call.headers["authorization"] == f"Bearer {SLACK_TOKEN}"
+
+    # The ingress reads a click on that button back to the task and plan version.
+    click = {"type": "block_actions", "user": {"id": "U1", "username": "ada"}, "response_url": fake_slack.response_url(),
+             "actions": [{"action_id": approve["action_id"], "value": approve["value"]}]}
+    action = parse_slack_interaction(click)
+    assert (action.action, action.task_key, action.plan_version) == ("approve", "FF-12", 2)
+
+
+async def test_slack_long_summary_fits_the_block_limit(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    ts = await slack.post_plan("C0PLANS", "FF-1", 1, "t", "x" * 10_000, None)
+    assert len(fake_slack.message("C0PLANS", ts)["blocks"][0]["text"]["text"]) <= 3000
+
+
+async def test_slack_update_replaces_the_buttons(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    ts = await slack.post_plan("C0PLANS", "FF-12", 1, "title", "summary", None)
+    await slack.update("C0PLANS", ts, "FF-12 approved by ada")
+    message = fake_slack.message("C0PLANS", ts)
+    assert message["text"] == "FF-12 approved by ada" and message["blocks"] == [] and message["edits"] == 1
+    done = [{"type": "section", "text": {"type": "mrkdwn", "text": "*FF-12* completed"}}]
+    await slack.update("C0PLANS", ts, "FF-12 completed", blocks=done)
+    assert fake_slack.message("C0PLANS", ts)["blocks"] == done
+    with pytest.raises(SlackNotFoundError):
+        await slack.update("C0PLANS", "1.2", "nothing there")
+
+
+async def test_slack_respond_sends_no_token(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    url = fake_slack.response_url()
+    await slack.respond(url, "Approved FF-12")
+    assert fake_slack.responses[-1]["text"] == "Approved FF-12"
+    assert fake_slack.responses[-1]["authorization"] is None
+    with pytest.raises(ValueError):
+        await slack.respond("https://evil.test/actions/x", "no")
+    fake_slack.fail_next(r"^/actions/", 404, body="expired_url")
+    with pytest.raises(NotFoundError) as caught:
+        await slack.respond(url, "late")
+    assert url not in str(caught.value)  # the response_url is a credential of sorts too
+
+
+async def test_slack_ok_false_is_typed(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    with pytest.raises(SlackError) as caught:
+        await slack.post_message("C0NOPE", "hi")
+    assert caught.value.error == "channel_not_found" and caught.value.status == 200
+    with pytest.raises(SlackError) as bad_blocks:
+        await slack.post_message("C0PLANS", "hi", blocks=[{"type": "section"}])
+    assert bad_blocks.value.error == "invalid_blocks"
+
+
+async def test_slack_wrong_token_is_auth_error(fake_slack: FakeSlack) -> None:
+    wrong = "xoxb-9999-wrong-token"
+    client = SlackClient(wrong, fake_slack.api_url, **FAST)
+    try:
+        with pytest.raises(SlackAuthError) as caught:
+            await client.post_plan("C0PLANS", "FF-1", 1, "t", "s", None)
+        assert isinstance(caught.value, AuthenticationError) and caught.value.error == "invalid_auth"
+        assert_no_secret(caught.value, wrong)
+    finally:
+        await client.aclose()
+
+
+async def test_slack_ratelimited_429_honours_retry_after(slack: SlackClient, fake_slack: FakeSlack) -> None:
+    fake_slack.fail_next(r"chat\.postMessage", 429, retry_after=0.2, body={"ok": False, "error": "ratelimited"})
+    started = time.monotonic()
+    ts = await slack.post_plan("C0PLANS", "FF-4", 1, "t", "s", None)
+    assert time.monotonic() - started >= 0.2
+    assert fake_slack.message("C0PLANS", ts) is not None
+    assert len(fake_slack.calls_to(r"chat\.postMessage")) == 2 and len(fake_slack.messages) == 1
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+ENV_NAMES = ["GITHUB_TOKEN", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "SENTRY_AUTH_TOKEN", "SLACK_BOT_TOKEN"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    reset_skip_log()
+    yield
+    reset_skip_log()
+
+
+async def test_registry_skips_unconfigured_services_once(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
+    found = from_settings(Settings(_env_file=None))
+    assert (found.github, found.jira, found.sentry, found.slack) == (None, None, None, None)
+    assert found.configured == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert "jira not configured (JIRA_BASE_URL, JIRA_EMAIL, JIRA_API_TOKEN): skipped" in messages
+    assert "slack not configured (SLACK_BOT_TOKEN): skipped" in messages
+    assert len(messages) == 4
+    from_settings(Settings(_env_file=None))
+    assert len(caplog.records) == 4  # said once
+    await found.aclose()
+
+
+async def test_registry_builds_configured_clients(clean_env: None, caplog: pytest.LogCaptureFixture,
+                                                  fake_jira: FakeJira) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
+    settings = Settings(_env_file=None, github_token="ghp_x123456", jira_base_url=fake_jira.url,
+                        jira_email=JIRA_EMAIL, jira_api_token=JIRA_TOKEN, slack_bot_token="xoxb-1-2-3")
+    found = from_settings(settings, **FAST)
+    try:
+        assert isinstance(found.github, GitHubClient) and isinstance(found.jira, JiraClient)
+        assert isinstance(found.slack, SlackClient) and found.sentry is None
+        assert found.configured == ["github", "jira", "slack"]
+        assert (await found.jira.get_issue("OPS-7"))["key"] == "OPS-7"
+        assert [r.getMessage() for r in caplog.records] == ["sentry not configured (SENTRY_AUTH_TOKEN): skipped"]
+        assert not any(secret in r.getMessage() for r in caplog.records for secret in (JIRA_TOKEN, "ghp_x123456"))
+    finally:
+        await found.aclose()
+
+
+async def test_registry_names_what_a_partial_config_lacks(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
+    found = from_settings(Settings(_env_file=None, jira_base_url="https://acme.atlassian.net", jira_email="a@b.c"))
+    assert found.jira is None
+    jira_lines = [r for r in caplog.records if r.getMessage().startswith("jira")]
+    assert jira_lines[0].levelno == logging.WARNING and "missing JIRA_API_TOKEN" in jira_lines[0].getMessage()
+    await found.aclose()

@@ -236,6 +236,53 @@ def config(as_json: JsonFlag = False) -> None:
     emit(as_json, shown, render)
 
 
+@app.command()
+def demo(
+    live: Annotated[bool, typer.Option("--live", help="Use the real model (ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN).")] = False,
+    http_port: Annotated[int, typer.Option(help="Port of the Serve ingress.")] = 8000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Offline walk-through: a Sentry alert about a real bug becomes a tested fix on a branch."""
+    from fixfleet.demo import Demo, DemoFailed
+
+    settings = load_settings()
+    if live and not (settings.anthropic_api_key or settings.claude_code_oauth_token):
+        fail("--live needs ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN")
+    if not live:
+        settings = settings.model_copy(update={"anthropic_api_key": None, "claude_code_oauth_token": None})
+    say = (lambda line: err.print(f"[dim]demo:[/dim] {line}", highlight=False)) if as_json else (lambda line: out.print(f"[cyan]demo:[/cyan] {line}", highlight=False))
+    try:
+        result = Demo(settings, live=live, http_port=http_port, progress=say).run()
+    except (DemoFailed, EmbeddedError, ServiceUnavailable) as exc:
+        fail(str(exc))
+        return
+    summary = {k: v for k, v in vars(result).items() if k != "root_cause"}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(f"\n[bold green]{result.task} {result.status}[/bold green] in {result.seconds:.0f}s, ${result.cost_usd:.4f}")
+    out.print(f"root cause: {result.root_cause}")
+    out.print(f"RED exit {result.red_exit_code} · GREEN exit {result.green_exit_code} · suite exit {result.suite_exit_code}")
+    out.print(f"branch {result.branch} on {result.remote}:")
+    for commit in result.commits:
+        out.print(f"  {commit}")
+
+
+@app.command()
+def up(
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
+    http_port: Annotated[int, typer.Option(help="Port of the Serve ingress.")] = 8000,
+    executors: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Run the platform: the Serve ingress, the planner and the executors. Ctrl-C stops it."""
+    from fixfleet.up import run_up
+
+    try:
+        run_up(load_settings(), address=address, http_port=http_port, executors=executors, console=out)
+    except (EmbeddedError, ServiceUnavailable) as exc:
+        fail(str(exc))
+
+
 def main() -> None:
     app()
 

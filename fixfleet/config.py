@@ -72,6 +72,9 @@ class Settings(BaseSettings):
 
     # Agent limits.
     agent_model: str | None = None  # None: the CLI's default model
+    mcp_config: Path | None = None  # MCP servers template for the planner; None: skills/mcp.json
+    suite_command: str | None = None  # the repository's whole test suite; None: the plan's test command
+    slack_channel: str | None = None  # where plans are posted for approval
     agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)
     max_budget_usd: float = Field(5.0, gt=0)
@@ -85,7 +88,7 @@ class Settings(BaseSettings):
     task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
     outbox_poll_s: float = Field(0.5, gt=0)
 
-    @field_validator("home", "credentials_file", mode="before")
+    @field_validator("home", "credentials_file", "mcp_config", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value

@@ -30,7 +30,7 @@ MIGRATION_LOCK_ID = 0x6669786665  # "fixfe": one advisory lock for all migrators
 OUTBOX_CHANNEL = "fixfleet_outbox"
 
 # Columns a transition may change along with the status.
-_CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "cost_usd", "tokens", "attempts", "context"}
+_CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "cost_usd", "tokens", "attempts", "context", "external_ids"}
 _JSON_COLUMNS = {"plan", "context", "external_ids"}
 
 

@@ -19,11 +19,15 @@ from fixfleet.store import Store
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Job], Awaitable[None]]
+GiveUpHook = Callable[[int, str], Awaitable[None]]
 
 
 class Worker:
-    def __init__(self, queue: Queue, store: Store, handler: Handler, consumer: str) -> None:
+    def __init__(
+        self, queue: Queue, store: Store, handler: Handler, consumer: str, *, on_give_up: GiveUpHook | None = None
+    ) -> None:
         self.queue, self.store, self.handler, self.consumer = queue, store, handler, consumer
+        self.on_give_up = on_give_up  # told (task id, reason) when a task is failed for good
         self.heartbeat_s = max(0.05, queue.lease_s / 3)
         self.busy_with: int | None = None
 
@@ -88,6 +92,11 @@ class Worker:
 
     async def _give_up(self, job: Job, reason: str, *, dead_lettered: bool = False) -> None:
         log.error("task %s: %s", job.task_id, reason)
-        await self.store.fail(
+        failed = await self.store.fail(
             job.task_id, actor=self.consumer, reason=reason, data={"queue": job.message.queue, "dead_letter": dead_lettered}
         )
+        if failed is not None and self.on_give_up is not None:
+            try:
+                await self.on_give_up(job.task_id, reason)
+            except Exception as exc:  # the failure is recorded; a lost notification must not hide it
+                log.warning("task %s: failure notification not sent: %s", job.task_id, exc)

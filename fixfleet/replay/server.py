@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
@@ -310,16 +311,27 @@ async def answer(server: ReplayServer, request: web.Request, body: dict[str, Any
     return await stream_message(server, request, message, choice, failure)
 
 
+_WORKING_DIRECTORY = re.compile(r"[Ww]orking directory: ([^\s\"\\]+)")
+
+
+def request_variables(server: ReplayServer, body: dict[str, Any]) -> dict[str, str]:
+    """The server's variables plus `{cwd}`: the session's working directory, as the CLI states
+    it in its prompt ("Primary working directory: …"), so one scenario serves any worktree."""
+    found = _WORKING_DIRECTORY.search(json.dumps(body.get("messages", [])[:2]) + json.dumps(body.get("system")))
+    return ({"cwd": found.group(1)} if found else {}) | server.variables
+
+
 def build_message(server: ReplayServer, body: dict[str, Any], choice: Choice) -> dict[str, Any]:
     content = []
+    variables = request_variables(server, body)
     for block in choice.content:
         if block.text is not None:
-            content.append({"type": "text", "text": fill(block.text, server.variables)})
+            content.append({"type": "text", "text": fill(block.text, variables)})
         else:
             assert block.tool_use is not None
             content.append({
                 "type": "tool_use", "id": block.tool_use.id or _id("toolu"),
-                "name": block.tool_use.name, "input": fill(block.tool_use.input, server.variables),
+                "name": block.tool_use.name, "input": fill(block.tool_use.input, variables),
             })
     return {
         "id": _id("msg"), "type": "message", "role": "assistant",

@@ -1,0 +1,129 @@
+"""What every agent actor is: a loop over its queue with warm workspaces and a Claude session runner.
+
+`AgentLoop` is plain Python (testable without Ray); `actors/planner.py` and
+`actors/executor.py` give it a `handle(job)` and wrap it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+from actors.credentials import TokenManager
+from actors.publish import Publisher
+from actors.runner import SessionRunner
+from actors.workspace import WorkspaceManager, WorkspaceError, Worktree
+from fixfleet.config import Settings
+from fixfleet.models import Task
+from fixfleet.queue import Job
+from fixfleet.services import Services, open_services
+from fixfleet.worker import Worker
+
+log = logging.getLogger(__name__)
+AGENTS_KEY = "fixfleet:agents"  # hash: agent name -> last heartbeat; read by /health and `up`
+MIRROR_BUDGET_BYTES = 20 * 1024**3
+
+
+class AgentLoop:
+    role: str = ""
+    queue_name: str = ""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name, self.settings = name, settings
+        self.home: Path = settings.home / "agents" / name
+        self.done = 0
+        self.failed = 0
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
+        self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
+        self.tokens = TokenManager(self.settings)
+        self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token)
+        self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, mcp_template=self.settings.mcp_config)
+        self.publisher = Publisher(self.settings, self.store)
+        self._stack.push_async_callback(self.publisher.aclose)
+        self.worker = Worker(self.queue, self.store, self._handle_counted, self.name, on_give_up=self.publisher.task_failed)
+        self._tasks = [asyncio.create_task(self.worker.run(self._stop)), asyncio.create_task(self._heartbeat())]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        with suppress(Exception):
+            await self.services.redis.hdel(AGENTS_KEY, self.name)
+        await self._stack.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "done": self.done,
+                "failed": self.failed}
+
+    async def _heartbeat(self) -> None:
+        while True:
+            with suppress(Exception):
+                await self.services.redis.hset(AGENTS_KEY, self.name, time.time())
+            await asyncio.sleep(max(1.0, self.settings.lease_s / 3))
+
+    async def _handle_counted(self, job: Job) -> None:
+        try:
+            await self.handle(job)
+        except Exception:
+            self.failed += 1
+            raise
+        self.done += 1
+
+    async def handle(self, job: Job) -> None:  # pragma: no cover - each role implements it
+        raise NotImplementedError
+
+    # --- helpers for the roles --------------------------------------------------------------
+
+    async def worktree(self, task: Task, branch: str, *, existing: bool, purpose: str) -> Worktree:
+        """A fresh worktree; `existing` checks out the pushed branch, falling back to a new one
+        when it was never pushed (a first attempt that died before pushing)."""
+        task_dir = f"{task.key}-{purpose}"
+        if existing:
+            try:
+                return await self.workspaces.create_worktree(task.repo, branch, existing=True, task_id=task_dir)
+            except WorkspaceError as exc:
+                log.info("%s: no pushed branch %s yet (%s); starting from the default branch", task.key, branch, exc.message)
+        return await self.workspaces.create_worktree(task.repo, branch, task_id=task_dir)
+
+    async def add_cost(self, task_id: int, cost_usd: float, tokens: int) -> Task:
+        task = await self.store.get_task(task_id)
+        return await self.store.update_fields(task_id, cost_usd=task.cost_usd + cost_usd, tokens=task.tokens + tokens)
+
+
+class AgentActor:
+    """Shared body of the Ray agent actors; subclasses name their loop class."""
+
+    loop_class: type[AgentLoop] = AgentLoop
+
+    def __init__(self, name: str, overrides: dict[str, Any] | None = None) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.loop = self.loop_class(name, Settings(**(overrides or {})))
+        self.started = False
+
+    async def start(self) -> bool:
+        if not self.started:
+            await self.loop.start()
+            self.started = True
+        return True
+
+    async def status(self) -> dict[str, Any]:
+        await self.start()  # after Ray restarts a dead actor, the next status poll starts it again
+        return self.loop.status()
+
+    async def stop(self) -> None:
+        if self.started:
+            await self.loop.stop()
+            self.started = False

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from actors.credentials import TokenManager
 from actors.publish import Publisher
@@ -44,6 +47,7 @@ class AgentLoop:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        reap_orphans(self.home)
         self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
         self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
         self.tokens = TokenManager(self.settings)
@@ -103,6 +107,23 @@ class AgentLoop:
         return await self.store.update_fields(task_id, cost_usd=task.cost_usd + cost_usd, tokens=task.tokens + tokens)
 
 
+def reap_orphans(home: Path) -> list[int]:
+    """Kill what a previous incarnation of this agent left running (a claude CLI working in
+    one of its worktrees when the actor was killed): it must not touch the next attempt."""
+    reaped = []
+    for process in psutil.process_iter(["pid", "cwd"]):
+        try:
+            cwd = process.info["cwd"]
+            if cwd and process.pid != os.getpid() and Path(cwd).is_relative_to(home):
+                process.kill()
+                reaped.append(process.pid)
+        except (psutil.Error, ValueError):
+            continue
+    if reaped:
+        log.warning("killed %d process(es) left by a previous run of this agent: %s", len(reaped), reaped)
+    return reaped
+
+
 class AgentActor:
     """Shared body of the Ray agent actors; subclasses name their loop class."""
 
@@ -127,3 +148,6 @@ class AgentActor:
         if self.started:
             await self.loop.stop()
             self.started = False
+
+    def pid(self) -> int:
+        return os.getpid()

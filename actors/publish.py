@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 GITHUB_REPO = re.compile(r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 
 
-def github_repo(url: str) -> str | None:
+def github_repo(url: str, settings: Settings) -> str | None:
+    """owner/name when the repository is reviewed on GitHub, else None (a plain git remote)."""
+    if url in settings.github_repos:
+        return settings.github_repos[url]
     match = GITHUB_REPO.match(url)
     return match["name"] if match else None
 
@@ -32,7 +35,7 @@ def github_repo(url: str) -> str | None:
 class Publisher:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
-        self.clients = from_settings(settings)
+        self.clients = from_settings(settings, sentry_api_url=settings.sentry_api_url, slack_api_url=settings.slack_api_url)
 
     async def aclose(self) -> None:
         await self.clients.aclose()
@@ -52,7 +55,7 @@ class Publisher:
 
     async def fix_ready(self, task: Task, evidence: dict[str, Any], commits: list[str], cost_usd: float) -> str | None:
         body = render_evidence(task, evidence, commits=commits, cost_usd=cost_usd)
-        repo = github_repo(task.repo)
+        repo = github_repo(task.repo, self.settings)
         if self.clients.github and repo and task.external_ids.get("github_pr"):
             number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])
             pull = await self.clients.github.update_pull(repo, number, body=body)
@@ -68,7 +71,7 @@ class Publisher:
     async def task_failed(self, task_id: int, reason: str) -> None:
         task = await self.store.get_task(task_id)
         text = f"fixfleet gave up on {task.key}: {reason[:500]}"
-        repo = github_repo(task.repo)
+        repo = github_repo(task.repo, self.settings)
         if self.clients.github and repo and task.external_ids.get("github_pr"):
             number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])
             await self.clients.github.upsert_comment(repo, number, f"{task.key}-failed", text)
@@ -77,7 +80,7 @@ class Publisher:
         await self._slack_update(task, text)
 
     async def _draft_pull(self, task: Task, branch: str, version: int, plan: dict[str, Any]) -> str | None:
-        repo = github_repo(task.repo)
+        repo = github_repo(task.repo, self.settings)
         github = self.clients.github
         if github is None or repo is None:
             return None  # a plain git remote: the pushed branch is the publication

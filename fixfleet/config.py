@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     github_label: str = "fixfleet"  # an issue with this label becomes a task
     github_bot_login: str = "fixfleet[bot]"  # our own comments are ignored
     github_api_url: str = "https://api.github.com"
+    # A repository cloned from elsewhere (a mirror, a file:// remote) but reviewed on GitHub:
+    # repo URL -> owner/name, so its plan and fix go to pull requests there.
+    github_repos: dict[str, str] = Field(default_factory=dict)
+    sentry_api_url: str = "https://sentry.io/api/0"
+    slack_api_url: str = "https://slack.com/api"
     slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
     max_body_bytes: int = 1024 * 1024
 

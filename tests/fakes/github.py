@@ -7,6 +7,9 @@ per head and base; no PR without commits) and answers with GitHub's statuses and
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import base64
 import binascii
 import hashlib
@@ -69,6 +72,7 @@ class FakeGitHub(FakeAPI):
         self.comments: list[dict] = []
         self.repos: dict[str, Repo] = {}
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
+        self.git_remotes: dict[str, Path] = {}
         self.commit_log: list[tuple[str, str, str]] = []  # (repo, branch, message) per commit made via the API
         self._ids = itertools.count(1000)
         self._shas = itertools.count(1)
@@ -95,6 +99,25 @@ class FakeGitHub(FakeAPI):
 
     def grant(self, repo: str, user: str, role: str) -> None:
         self.permissions[(repo.lower(), user.lower())] = role
+
+    def link_git_remote(self, full_name: str, git_dir: Path) -> None:
+        """Branches pushed to this real git remote count as the repository's branches (a mirror)."""
+        self.git_remotes[full_name] = git_dir
+
+    def _in_git_remote(self, full_name: str, branch: str) -> bool:
+        """Mirror a branch of the linked git remote into the fake's state when it exists there."""
+        git_dir = self.git_remotes.get(full_name)
+        if git_dir is None:
+            return False
+        found = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+                               capture_output=True, text=True)
+        if found.returncode != 0:
+            return False
+        repo = self.repos[full_name.lower()]
+        sha = found.stdout.strip()
+        repo.commits.setdefault(sha, Commit(sha=sha, tree={}, parents=[], message="pushed to the git remote"))
+        repo.refs[branch] = sha
+        return True
 
     def add_repo(self, full_name: str, files: dict[str, str] | None = None, default_branch: str = "main") -> str:
         """A repository with one commit holding `files` on `default_branch`; returns its sha."""
@@ -337,7 +360,7 @@ class FakeGitHub(FakeAPI):
             return _validation("Invalid request: body must be a string and draft a boolean.")
         owner = repo.full_name.split("/")[0]
         head_branch = head.split(":", 1)[1] if ":" in head else head
-        if head_branch not in repo.refs:
+        if head_branch not in repo.refs and not self._in_git_remote(repo.full_name, head_branch):
             return _validation("Validation Failed", {"field": "head", "code": "invalid"})
         if base not in repo.refs:
             return _validation("Validation Failed", {"field": "base", "code": "invalid"})

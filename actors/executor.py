@@ -9,7 +9,6 @@ Jira and Slack. A change that breaks the suite is never pushed.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 
-log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.APPROVED, TaskStatus.EXECUTING}
 
 
@@ -33,15 +31,10 @@ class Executor(AgentLoop):
     role, queue_name = "executor", "execution"
 
     async def handle(self, job: Job) -> None:
-        task = await self.store.get_task(job.task_id)
-        if task.status not in CLAIMABLE:
-            log.info("%s is %s: nothing to execute", task.key, task.status)
+        task = await self.claimable(job, CLAIMABLE)
+        if task is None:
             return
-        task = await self.store.transition(
-            task.id, TaskStatus.EXECUTING, actor=self.name,
-            reason="takeover" if task.status == TaskStatus.EXECUTING else "executing",
-            expected_version=task.version, changes={"attempts": task.attempts + 1},
-        )
+        task = await self.claim(task, TaskStatus.EXECUTING)
         worktree = await self.worktree(task, task.branch or f"fixfleet/{task.key}", existing=True, purpose="exec")
         try:
             report = await self._execute(task, worktree.path)

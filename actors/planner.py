@@ -9,7 +9,6 @@ AWAITING_APPROVAL with the plan and its new version.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import ray
@@ -21,7 +20,6 @@ from fixfleet.models import Task, TaskStatus
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
 
-log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 BOT = ("-c", "user.name=fixfleet", "-c", "user.email=fixfleet@users.noreply.local")
 
@@ -34,17 +32,12 @@ class Planner(AgentLoop):
     role, queue_name = "planner", "planning"
 
     async def handle(self, job: Job) -> None:
-        task = await self.store.get_task(job.task_id)
-        if task.status not in CLAIMABLE:
-            log.info("%s is %s: nothing to plan", task.key, task.status)
+        task = await self.claimable(job, CLAIMABLE)
+        if task is None:
             return
         feedback = await self._feedback_thread(task)
         branch = task.branch or f"fixfleet/{task.key}"
-        task = await self.store.transition(
-            task.id, TaskStatus.PLANNING, actor=self.name,
-            reason="takeover" if task.status == TaskStatus.PLANNING else "planning",
-            expected_version=task.version, changes={"attempts": task.attempts + 1, "branch": branch},
-        )
+        task = await self.claim(task, TaskStatus.PLANNING, branch=branch)
         worktree = await self.worktree(task, branch, existing=task.plan_version > 0 or task.attempts > 1, purpose="plan")
         try:
             plan = await self._plan(task, worktree.path, feedback)

@@ -712,10 +712,11 @@ class WorkspaceManager:
         try:
             await self._git("worktree", "add", "--quiet", "--detach", "--", str(path), sha,
                             cwd=state.path, background=True)
-        except BaseException:
+            size = await asyncio.to_thread(disk_usage, path)
+        except BaseException:  # cancelled (close) or failed: leave nothing half-known
             await asyncio.shield(self._remove_checkout(state, path))
             raise
-        return Spare(path=path, sha=sha, size=await asyncio.to_thread(disk_usage, path))
+        return Spare(path=path, sha=sha, size=size)
 
     # -- eviction ------------------------------------------------------------------------
 

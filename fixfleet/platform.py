@@ -50,7 +50,7 @@ class Platform:
         progress("starting Ray")
         local = self.options.address is None
         ray.init(
-            address=self.options.address,
+            address=self.options.address or "local",  # "local": never attach to a cluster `ray start` left running
             namespace=APP_NAME,
             resources={"planning_slot": 1, "executor_slot": self.options.executors} if local else None,
             include_dashboard=False,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from fixfleet.queue import Job, LeaseLost, Queue
-from fixfleet.store import Store
+from fixfleet.store import Store, TaskNotFound
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,15 @@ class Worker:
         self.busy_with: int | None = None
 
     async def run(self, stop: asyncio.Event, *, block_s: float = 1.0) -> None:
+        """Consume until stopped; an outage of Redis or Postgres pauses the loop, never ends it."""
         while not stop.is_set():
-            await self.run_once(block_s=block_s)
+            try:
+                await self.run_once(block_s=block_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the entry stays pending and is retried after its lease
+                log.exception("%s: consumer loop error (%s); retrying in 1s", self.consumer, exc)
+                await asyncio.sleep(1.0)
 
     async def run_once(self, *, block_s: float = 1.0) -> Job | None:
         """Handle at most one job; returns it (None when the queue stayed empty)."""
@@ -92,9 +99,13 @@ class Worker:
 
     async def _give_up(self, job: Job, reason: str, *, dead_lettered: bool = False) -> None:
         log.error("task %s: %s", job.task_id, reason)
-        failed = await self.store.fail(
-            job.task_id, actor=self.consumer, reason=reason, data={"queue": job.message.queue, "dead_letter": dead_lettered}
-        )
+        try:
+            failed = await self.store.fail(
+                job.task_id, actor=self.consumer, reason=reason, data={"queue": job.message.queue, "dead_letter": dead_lettered}
+            )
+        except TaskNotFound:  # an entry for a task this database does not have: nothing to mark
+            log.error("task %s is not in the store; its entry was dropped", job.task_id)
+            return
         if failed is not None and self.on_give_up is not None:
             try:
                 await self.on_give_up(job.task_id, reason)

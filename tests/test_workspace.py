@@ -649,7 +649,8 @@ def https_server(
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     state.port = httpd.server_address[1]
     monkeypatch.setenv("GIT_SSL_CAINFO", str(cert))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield state
     httpd.shutdown()

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     jira_project_repos: dict[str, str] = Field(default_factory=dict)  # jira project key -> repo URL
     jira_projects: list[str] = Field(default_factory=list)  # tickets of these projects become tasks
     jira_labels: list[str] = Field(default_factory=lambda: ["fixfleet"])  # ... or with one of these labels
+    jira_ip_allowlist: list[str] = Field(default_factory=list)  # CIDRs Jira webhooks may come from; empty: any
     github_label: str = "fixfleet"  # an issue with this label becomes a task
     github_bot_login: str = "fixfleet[bot]"  # our own comments are ignored
     github_api_url: str = "https://api.github.com"

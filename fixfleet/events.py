@@ -346,12 +346,25 @@ def _github_review(payload: dict[str, Any], settings: Settings) -> CommandReques
     return _github_command(
         payload, settings,
         item=_obj(payload.get("review")),
-        text=_dig(payload, "review", "body"),  # null for a bare approval: nothing to read
+        text=_review_text(_obj(payload.get("review"))),
         number=pull.get("number"),
         is_pull_request=True,
         pr_url=pull.get("html_url"),
         head_ref=_dig(pull, "head", "ref"),
     )
+
+
+def _review_text(review: dict[str, Any]) -> Any:
+    """A review that requests changes is feedback on the plan: it reads as `@agent revise …`
+    unless it already holds a command. The body is null for a bare approval: nothing to read."""
+    body = review.get("body")
+    if review.get("state") != "changes_requested" or not isinstance(body, str) or not body.strip():
+        return body
+    from fixfleet.commands import parse_commands  # late: the command language is optional here
+
+    if parse_commands(body):
+        return body
+    return "@agent revise " + " ".join(body.split())
 
 
 _GITHUB_HANDLERS = {

@@ -6,6 +6,7 @@ source and delivery id) answers 200 with the task it made the first time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,19 @@ async def read_body(request: Request, ctx: AppContext, content_type: str) -> byt
     return body
 
 
+def check_source_address(request: Request, allowed: list[str]) -> None:
+    """With an allowlist (Atlassian publishes its egress ranges), other senders get 403."""
+    if not allowed:
+        return
+    client = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        raise HTTPException(403, "sender address unknown; FIXFLEET_JIRA_IP_ALLOWLIST is set") from None
+    if not any(address in ipaddress.ip_network(net, strict=False) for net in allowed):
+        raise HTTPException(403, f"{client} is not in FIXFLEET_JIRA_IP_ALLOWLIST")
+
+
 def verified(verify: Callable[[], None]) -> None:
     try:
         verify()
@@ -93,6 +107,7 @@ async def sentry(request: Request, response: Response, background: BackgroundTas
 
 @router.post("/jira", response_model=WebhookOut, responses=ERRORS)
 async def jira(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> WebhookOut:
+    check_source_address(request, ctx.settings.jira_ip_allowlist)
     body = await read_body(request, ctx, JSON)
     if ctx.settings.jira_webhook_secret is not None:
         verified(lambda: verify_jira(Settings.secret_values(ctx.settings.jira_webhook_secret), body, request.headers.get("x-hub-signature")))

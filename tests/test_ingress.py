@@ -361,3 +361,36 @@ def test_schemathesis_finds_no_server_error(api: str) -> None:
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+async def test_jira_ip_allowlist(settings: Settings, store: Store) -> None:
+    from serve_app.signatures import sign_jira
+
+    payload = {"webhookEvent": "jira:issue_created", "issue": {"key": "OPS-1", "fields": {
+        "summary": "boom", "project": {"key": "OPS"}, "labels": ["fixfleet"]}}}
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": "j-1",
+               "X-Hub-Signature": sign_jira("jira-secret", body)}
+    for allowlist, status in ((["10.0.0.0/8"], 403), (["127.0.0.0/8"], 202)):
+        configured = Settings.model_validate(settings.model_dump() | {
+            "jira_webhook_secret": "jira-secret", "jira_ip_allowlist": allowlist, "default_repo": REPO,
+            "database_url": settings.database_url.get_secret_value(), "redis_url": settings.redis_url.get_secret_value()})
+        with running_ingress(configured) as url:
+            answer = httpx.post(f"{url}/webhooks/jira", content=body, headers=headers)
+        assert answer.status_code == status, answer.text
+    assert await count(store, "tasks") == 1
+
+
+async def test_review_requesting_changes_sends_the_plan_back(api: str, store: Store) -> None:
+    task = await awaiting_task(store)
+    payload = json.loads((CORPUS / "github-webhooks" / "pull_request_review.submitted.payload.json").read_text())
+    payload["repository"]["full_name"], payload["repository"]["clone_url"] = "acme/api", REPO
+    payload["pull_request"]["head"]["ref"] = f"fixfleet/{task.key}"
+    payload["review"].update({"state": "changes_requested", "body": "Please also cover\nnegative numbers.",
+                              "user": {"login": "maintainer", "type": "User"},
+                              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))})
+    payload["sender"] = payload["review"]["user"]
+    assert post_github(api, "pull_request_review", payload, "r1").status_code == 200
+    revised = await store.get_task(task.id)
+    assert revised.status == TaskStatus.REVISING
+    assert (await store.events(task.id))[-1].data["feedback"] == "Please also cover negative numbers."

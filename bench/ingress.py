@@ -1,0 +1,429 @@
+"""Ingress benchmark: signed Sentry webhooks through Ray Serve and through plain uvicorn.
+
+`python -m bench.ingress [--seconds 20] [--concurrency 32] [--target both|serve|uvicorn]
+                         [--ingress haproxy|proxy] [--replicas N] [--serve-env RAY_SERVE_X=1 ...]`
+
+Every request is a signed Sentry `event_alert` with its own `Request-ID` and its own Sentry
+issue id, so each one makes a task: verify, parse, one Postgres transaction (delivery + task +
+audit + outbox rows), 202; the outbox relay in the app's lifespan publishes it to the Redis
+stream. The same app runs (a) as the Serve deployment of cluster/serve_config.yaml, deployed the
+way `serve run cluster/serve_config.yaml` does it on a private local Ray node with the node
+environment of `serve_app.deployment.SERVE_NODE_ENV`, and (b) under plain uvicorn in a
+subprocess. Both are up side by side (own database, own Redis db each); the load alternates
+between them in slices (A B B A ...) so that the background load of a shared machine touches
+both alike. The load generator is a process of its own (aiohttp on uvloop, `--concurrency`
+keep-alive connections).
+
+Then, with the apps still running so their relays drain the outbox, every accepted delivery
+(202) is looked up: `lost` counts accepted deliveries without their delivery + task rows in
+Postgres or without their entry in the planning stream; `duplicated` counts a delivery accepted
+twice, extra task rows for one Sentry issue, and extra stream entries for one task.
+
+DATABASE_URL / REDIS_URL name the servers (else the embedded ones); the databases are dropped
+and Redis dbs 10 and 11 flushed at the end. Ray never takes port 6379 and is shut down, with every
+process it started. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path("/work/shared/corpus")
+if not CORPUS.is_dir():  # the corpus may also sit next to the repository
+    CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
+CONFIG = ROOT / "cluster" / "serve_config.yaml"
+REPO = "https://github.com/example/front-end"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# --- the load generator (runs in its own process) ------------------------------------------
+
+
+def body_template() -> bytes:
+    """The corpus event_alert with placeholders where each request puts its own issue id."""
+    payload = json.loads(CORPUS.read_text())
+    event = payload["data"]["event"]
+    event["issue_id"] = "__ISSUE__"
+    event["issue_url"] = "https://sentry.io/api/0/issues/__ISSUE__/"
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def run_phase(url: str, key: bytes, template: bytes, warmup: float, seconds: float, concurrency: int,
+                    tag: str, result: dict[str, Any]) -> None:
+    """`concurrency` keep-alive connections posting back to back: `warmup` s unmeasured, then `seconds`."""
+    import aiohttp
+
+    t0 = time.perf_counter()
+    measure_from, stop_at = t0 + warmup, t0 + warmup + seconds
+    issue_base = int(time.time() * 1000) * 1000
+
+    async def worker(w: int, session: aiohttp.ClientSession) -> None:
+        n = 0
+        while time.perf_counter() < stop_at:
+            n += 1
+            request_id = f"bench-{tag}-{w}-{n}"
+            body = template.replace(b"__ISSUE__", str(issue_base + w * 10_000_000 + n).encode())
+            headers = {
+                "Content-Type": "application/json",
+                "Sentry-Hook-Resource": "event_alert",
+                "Sentry-Hook-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
+                "Request-ID": request_id,
+            }
+            start = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    payload = await response.read()
+                    status = response.status
+            except Exception as exc:  # a refused or reset connection is a result, not a crash
+                result["failures"][type(exc).__name__] += 1
+                await asyncio.sleep(0.01)
+                continue
+            end = time.perf_counter()
+            result["statuses"][status] += 1
+            if status == 202:
+                result["accepted"].append((request_id, json.loads(payload)["task"]))
+            if measure_from <= end <= stop_at:  # completed inside the measured window
+                result["latencies"].append((end - start) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await asyncio.gather(*(worker(w, session) for w in range(concurrency)))
+    result["seconds"] += seconds
+
+
+async def generate(plan_path: Path, out: Path) -> None:
+    """Run the plan's phases one after another; per target: req/s, latencies, accepted deliveries."""
+    plan = json.loads(plan_path.read_text())
+    template = body_template()
+    results = {name: {"latencies": [], "statuses": Counter(), "failures": Counter(), "accepted": [], "seconds": 0.0}
+               for name in plan["targets"]}
+    for n, (name, warmup, seconds) in enumerate(plan["phases"]):
+        target = plan["targets"][name]
+        await run_phase(target["url"], target["secret"].encode(), template, warmup, seconds, plan["concurrency"],
+                        f"{uuid.uuid4().hex[:6]}-{n}", results[name])
+    summary = {}
+    for name, r in results.items():
+        ms = r["latencies"]
+        summary[name] = {
+            "rps": len(ms) / r["seconds"],
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
+            "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+            "statuses": {str(k): v for k, v in r["statuses"].items()},
+            "failures": dict(r["failures"]),
+            "accepted": r["accepted"],
+        }
+    out.write_text(json.dumps(summary))
+
+
+def load_plan(names: list[str], args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """Slices of load alternating between the targets (A B B A A B ...), so that a change in the
+    machine's background load during the run touches both alike; each slice starts with a short
+    unmeasured warm-up. Every target gets `args.seconds` of measured load in all."""
+    phases = []
+    for n in range(args.slices):
+        order = names if n % 2 == 0 else list(reversed(names))
+        phases += [(name, args.warmup, args.seconds / args.slices) for name in order]
+    return phases
+
+
+def run_generator(targets: dict[str, dict[str, str]], args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        plan, out = Path(tmp) / "plan.json", Path(tmp) / "out.json"
+        phases = load_plan(list(targets), args)
+        plan.write_text(json.dumps({"targets": targets, "phases": phases, "concurrency": args.concurrency}))
+        budget = sum(w + s for _, w, s in phases) + 120
+        subprocess.run([sys.executable, "-m", "bench.ingress", "--generate", str(plan), "--out", str(out)],
+                       cwd=ROOT, check=True, timeout=budget)
+        return json.loads(out.read_text())
+
+
+# --- state: throwaway databases, the checks ------------------------------------------------
+
+
+def server_urls(stack: ExitStack) -> tuple[str, str]:
+    """DATABASE_URL / REDIS_URL, else the embedded servers (stopped when `stack` closes)."""
+    from fixfleet.config import Settings
+    from fixfleet.embedded import EmbeddedServers
+    from fixfleet.services import resolve_urls
+
+    settings = Settings()
+    embedded = EmbeddedServers(settings.home)
+    stack.callback(embedded.stop)
+    return resolve_urls(settings, embedded)
+
+
+def redis_db_url(server: str, db: int) -> str:
+    parts = urlsplit(server)
+    if parts.scheme == "unix":
+        return f"{server.split('?')[0]}?db={db}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+async def create_database(server: str) -> str:
+    import asyncpg
+
+    name = f"fixfleet_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+
+
+async def drop_database(server: str, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def flush_redis(url: str) -> None:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+
+
+async def verify(database_url: str, redis_url: str, accepted: list[tuple[str, str]], drain_s: float = 60) -> dict[str, int]:
+    """Every accepted delivery stored once in Postgres and enqueued once (after the relay drains)."""
+    import asyncpg
+    from redis.asyncio import Redis
+
+    from fixfleet.models import QueuedTask
+    from fixfleet.queue import Queue
+
+    conn = await asyncpg.connect(database_url)
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + drain_s
+        while await conn.fetchval("SELECT count(*) FROM outbox") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        stuck = await conn.fetchval("SELECT count(*) FROM outbox")
+        rows = await conn.fetch(
+            "SELECT d.delivery_id, t.key FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id WHERE d.source = 'sentry'"
+        )
+        stored = {r["delivery_id"]: r["key"] for r in rows}
+        per_issue = await conn.fetch(
+            "SELECT count(*) AS n FROM tasks GROUP BY external_ids->>'sentry_issue' HAVING count(*) > 1"
+        )
+        tasks = await conn.fetchval("SELECT count(*) FROM tasks")
+        keys = {r["key"]: r["id"] for r in await conn.fetch("SELECT id, key FROM tasks")}
+        queue = Queue(redis, "planning")
+        entries: Counter[int] = Counter()
+        for stream in queue.streams:
+            for _, fields in await redis.xrange(stream):
+                entries[QueuedTask.model_validate_json(fields[b"job"]).task_id] += 1
+    finally:
+        await conn.close()
+        await redis.aclose()
+    accepted_ids = Counter(request_id for request_id, _ in accepted)
+    not_stored = sum(1 for request_id, key in accepted if stored.get(request_id) != key)
+    not_enqueued = sum(1 for _, key in accepted if keys.get(key) is None or entries[keys[key]] == 0)
+    return {
+        "accepted": len(accepted),
+        "tasks": tasks,
+        "stream_entries": sum(entries.values()),
+        "not_stored": not_stored,
+        "not_enqueued": not_enqueued,
+        "lost": not_stored + not_enqueued,
+        "duplicated": sum(n - 1 for n in accepted_ids.values())  # one delivery answered 202 twice
+        + sum(r["n"] - 1 for r in per_issue)  # one Sentry issue stored as several tasks
+        + sum(n - 1 for n in entries.values() if n > 1),  # one task enqueued several times
+        "outbox_left": stuck,
+    }
+
+
+# --- the two targets ------------------------------------------------------------------------
+
+
+def app_env(database_url: str, redis_url: str, secret: str, home: Path) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FIXFLEET_SENTRY_CLIENT_SECRET": secret,
+        "FIXFLEET_DEFAULT_REPO": REPO,
+        "FIXFLEET_REPO_ALLOWLIST": '["*"]',
+        "FIXFLEET_HOME": str(home),
+    }
+
+
+def wait_healthy(url: str, timeout_s: float, alive: Any = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if (alive is not None and not alive()) or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become healthy")
+        time.sleep(0.2)
+
+
+@contextmanager
+def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
+    """The same app under plain uvicorn (one process, uvloop + httptools), in a subprocess."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "serve_app.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
+    process = subprocess.Popen(command, cwd=ROOT, env=clean | env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, 60, alive=lambda: process.poll() is None)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def serve_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
+    """The Serve config file deployed as `serve run` does it, on a private local Ray node."""
+    from serve_app.deployment import LOCAL_NODE_ENV, SERVE_NODE_ENV, load_config, running_config
+
+    port = free_port()
+    config = load_config(args.config, http_port=port, http_host="127.0.0.1", env_vars=env,
+                         num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing)
+    node_env = dict(LOCAL_NODE_ENV) | (SERVE_NODE_ENV if args.ingress == "haproxy" else {})
+    for item in args.serve_env:
+        name, _, value = item.partition("=")
+        node_env[name] = value
+    with running_config(config, node_env=node_env, num_cpus=args.ray_cpus) as local:
+        wait_healthy(local.url, 120)
+        yield local.url
+
+
+TARGETS = {"uvicorn": (uvicorn_target, 10), "serve": (serve_target, 11)}  # name -> (start it, Redis db)
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Both targets up side by side, each on its own database and Redis db; alternating load; checks."""
+    names = list(TARGETS) if args.target == "both" else [args.target]
+    with ExitStack() as servers:
+        server, redis_server = server_urls(servers)
+        results = measure(names, server, redis_server, args)
+    for result in results.values():
+        print(json.dumps(result), flush=True)
+    return results
+
+
+def measure(names: list[str], server: str, redis_server: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    state: dict[str, dict[str, str]] = {}
+    ready: dict[str, float] = {}
+    try:
+        with ExitStack() as stack:
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            for name in names:
+                start, db = TARGETS[name]
+                item = state[name] = {"secret": uuid.uuid4().hex, "redis_url": redis_db_url(redis_server, db)}
+                item["database_url"] = asyncio.run(create_database(server))
+                asyncio.run(flush_redis(item["redis_url"]))
+                env = app_env(item["database_url"], item["redis_url"], item["secret"], home / name)
+                started = time.perf_counter()
+                item["url"] = stack.enter_context(start(env, args))
+                ready[name] = time.perf_counter() - started
+            load = run_generator({n: {"url": f"{state[n]['url']}/webhooks/sentry", "secret": state[n]["secret"]}
+                                  for n in names}, args)
+            results = {}
+            for name in names:  # checked while the apps still run: their relays drain the outbox
+                accepted = [tuple(a) for a in load[name].pop("accepted")]
+                checks = asyncio.run(verify(state[name]["database_url"], state[name]["redis_url"], accepted))
+                results[name] = {"target": name, "ready_s": round(ready[name], 1),
+                                 **{k: round(v, 2) if isinstance(v, float) else v for k, v in load[name].items()},
+                                 **checks}
+    finally:
+        for item in state.values():
+            if "database_url" in item:
+                asyncio.run(drop_database(server, item["database_url"]))
+            asyncio.run(flush_redis(item["redis_url"]))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds of load per target")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--slices", type=int, default=4, help="alternate the targets this many times")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each slice")
+    parser.add_argument("--target", choices=("both", "serve", "uvicorn"), default="both")
+    parser.add_argument("--replicas", type=int, default=None, help="override num_replicas of the config")
+    parser.add_argument("--max-ongoing", type=int, default=None, help="override max_ongoing_requests")
+    parser.add_argument("--ray-cpus", type=float, default=None, help="logical CPUs of the local Ray node")
+    parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                        help="haproxy (default): SERVE_NODE_ENV of serve_app/deployment.py, HAProxy in front of "
+                        "the replicas' own HTTP servers; proxy: Serve's Python HTTP proxy actor")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="more environment of the Ray node (RAY_SERVE_* knobs); repeatable")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the Serve config file to deploy")
+    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)  # internal: be the load generator
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.generate:
+        import uvloop
+
+        uvloop.run(generate(args.generate, args.out))
+        return
+
+    results = run(args)
+    serve, plain = results.get("serve"), results.get("uvicorn")
+    print(json.dumps({
+        "serve_rps": round(serve["rps"], 1) if serve else None,
+        "uvicorn_rps": round(plain["rps"], 1) if plain else None,
+        "ratio": round(serve["rps"] / plain["rps"], 3) if serve and plain and plain["rps"] else None,
+        "serve_p99_ms": round(serve["p99_ms"], 2) if serve else None,
+        "uvicorn_p99_ms": round(plain["p99_ms"], 2) if plain else None,
+        "lost": sum(r["lost"] for r in results.values()),
+        "duplicated": sum(r["duplicated"] for r in results.values()),
+    }))
+
+
+if __name__ == "__main__":
+    main()

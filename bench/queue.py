@@ -1,6 +1,8 @@
 """Queue benchmark: tasks through submit -> outbox relay -> enqueue -> claim -> ack.
 
-`python -m bench.queue [--tasks N] [--consumers C]`. Uses DATABASE_URL / REDIS_URL (or the
+`python -m bench.queue [--tasks N] [--consumers C] [--rate R]`. Tasks are offered at R per
+second (default 2,200, as webhooks would arrive; 0 = as fast as possible, which measures
+queueing in a saturated system rather than the claim). Uses DATABASE_URL / REDIS_URL (or the
 embedded servers) with a throwaway database and Redis key prefix. Submitters, the relay and
 the consumers share one event loop (uvloop). Claim latency is the time from the entry's
 XADD to its claim. Last line: one JSON object.
@@ -32,11 +34,16 @@ SUBMITTERS = 16
 RELAY_BATCH = 50  # small batches: a big one sits in the stream while consumers catch up
 
 
-async def submit_all(store: Store, count: int) -> None:
+async def submit_all(store: Store, count: int, rate: float) -> None:
+    """Submit `count` tasks; with a rate, task n is submitted no earlier than n / rate seconds in
+    (an offered load, as webhooks arrive), else as fast as the submitters can."""
     numbers = iter(range(count))
+    started = time.perf_counter()
 
     async def submitter() -> None:
         for n in numbers:
+            if rate > 0 and (wait := started + n / rate - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
             await store.create_task(NewTask(repo="file:///bench/repo", title=f"bench task {n}"))
 
     await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
@@ -60,7 +67,7 @@ def database_url_for(server_url: str, name: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
-async def run(tasks: int, consumers: int) -> dict[str, float | int]:
+async def run(tasks: int, consumers: int, rate: float) -> dict[str, float | int]:
     settings = Settings()
     embedded = EmbeddedServers(settings.home)
     server_url, redis_url = resolve_urls(settings, embedded)
@@ -82,7 +89,7 @@ async def run(tasks: int, consumers: int) -> dict[str, float | int]:
         consuming = [
             asyncio.create_task(consume(queues["planning"], f"c{i}", done, latencies, tasks)) for i in range(consumers)
         ]
-        await submit_all(store, tasks)
+        await submit_all(store, tasks, rate)
         submitted_s = time.perf_counter() - started
         await asyncio.wait_for(asyncio.gather(*consuming), timeout=300)
         elapsed = time.perf_counter() - started
@@ -100,7 +107,7 @@ async def run(tasks: int, consumers: int) -> dict[str, float | int]:
         embedded.stop()
     ms = [x * 1000 for x in latencies]
     print(
-        f"{tasks} tasks, {consumers} consumers: {tasks / elapsed:,.0f} tasks/s end to end "
+        f"{tasks} tasks, {consumers} consumers, offered {rate or 'max'}/s: {tasks / elapsed:,.0f} tasks/s end to end "
         f"(submit phase {tasks / submitted_s:,.0f}/s); claim latency p50 {percentile(ms, 50):.2f} ms, "
         f"p99 {percentile(ms, 99):.2f} ms; stored {stored}, acked {len(done)}"
     )
@@ -116,8 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=2200.0, help="offered tasks/s (webhooks arriving); 0 = as fast as possible")
     args = parser.parse_args()
-    print(json.dumps(uvloop.run(run(args.tasks, args.consumers))))
+    print(json.dumps(uvloop.run(run(args.tasks, args.consumers, args.rate))))
 
 
 if __name__ == "__main__":

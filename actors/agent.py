@@ -19,15 +19,15 @@ import psutil
 from actors.credentials import TokenManager
 from actors.publish import Publisher
 from actors.runner import SessionRunner
+from actors.session_models import SessionRequest
 from actors.workspace import WorkspaceManager, WorkspaceError, Worktree
 from fixfleet.config import Settings
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
-from fixfleet.services import Services, open_services
+from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
 
 log = logging.getLogger(__name__)
-AGENTS_KEY = "fixfleet:agents"  # hash: agent name -> last heartbeat; read by /health and `up`
 MIRROR_BUDGET_BYTES = 20 * 1024**3
 
 
@@ -117,6 +117,18 @@ class AgentLoop:
             except WorkspaceError as exc:
                 log.info("%s: no pushed branch %s yet (%s); starting from the default branch", task.key, branch, exc.message)
         return await self.workspaces.create_worktree(task.repo, branch, task_id=task_dir)
+
+    async def run_session(self, task: Task, request: SessionRequest, failure: type[Exception], missing: str) -> dict[str, Any]:
+        """Run one Claude session for the task, book its cost and audit row, and hand back its
+        structured output; a session that ends without one raises `failure`."""
+        result = await self.runner.run(request)
+        await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
+        await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
+                                      data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
+                                            "denials": [d.model_dump() for d in result.denials]})
+        if result.outcome != "success" or not result.structured_output:
+            raise failure(f"{self.role} session ended {result.subtype}: {result.error or missing}")
+        return result.structured_output
 
     async def add_cost(self, task_id: int, cost_usd: float, tokens: int) -> Task:
         task = await self.store.get_task(task_id)

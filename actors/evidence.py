@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 OUTPUT_TAIL = 2000
+BOT_IDENTITY = ("-c", "user.name=fixfleet", "-c", "user.email=fixfleet@users.noreply.local")  # platform commits
 SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
@@ -137,7 +138,6 @@ async def commit_change(worktree: Path, evidence: Evidence, *, task_key: str, su
         (evidence.fix_files, f"fix: {subject} ({task_key})"),
     ):
         await git(worktree, "add", "--", *files)
-        await git(worktree, "-c", "user.name=fixfleet", "-c", "user.email=fixfleet@users.noreply.local",
-                  "commit", "--no-verify", "-m", message, "--", *files)
+        await git(worktree, *BOT_IDENTITY, "commit", "--no-verify", "-m", message, "--", *files)
         shas.append((await git(worktree, "rev-parse", "HEAD")).strip())
     return shas

@@ -55,14 +55,7 @@ class Executor(AgentLoop):
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),
                                  context={"task": task.key, "title": task.title, "plan": task.plan,
                                           "plan_version": task.plan_version})
-        result = await self.runner.run(request)
-        await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
-        await self.store.record_event(task.id, actor=self.name, reason=f"executor session: {result.subtype}",
-                                      data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
-                                            "denials": [d.model_dump() for d in result.denials]})
-        if result.outcome != "success" or not result.structured_output:
-            raise ExecutionFailed(f"executor session ended {result.subtype}: {result.error or 'no report'}")
-        return result.structured_output
+        return await self.run_session(task, request, ExecutionFailed, "no report")
 
     async def _verify(self, task: Task, worktree: Path, report: dict[str, Any]) -> Any:
         plan = task.plan or {}

@@ -14,14 +14,13 @@ from typing import Any
 import ray
 
 from actors.agent import AgentActor, AgentLoop
-from actors.evidence import git
+from actors.evidence import BOT_IDENTITY, git
 from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
 
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
-BOT = ("-c", "user.name=fixfleet", "-c", "user.email=fixfleet@users.noreply.local")
 
 
 class PlanningFailed(RuntimeError):
@@ -44,7 +43,7 @@ class Planner(AgentLoop):
             version = task.plan_version + 1
             (worktree.path / "PLAN.md").write_text(render_plan(task, plan, version))
             await git(worktree.path, "add", "PLAN.md")
-            await git(worktree.path, *BOT, "commit", "--no-verify", "-m", f"docs: plan v{version} for {task.key}")
+            await git(worktree.path, *BOT_IDENTITY, "commit", "--no-verify", "-m", f"docs: plan v{version} for {task.key}")
             await self.workspaces.push(worktree, branch)
             task = await self.store.get_task(task.id)
             pr_url = await self.publisher.plan_ready(task, plan, version, branch)
@@ -59,14 +58,7 @@ class Planner(AgentLoop):
     async def _plan(self, task: Task, worktree: Any, feedback: list[dict[str, Any]]) -> dict[str, Any]:
         request = SessionRequest(role="planner", worktree=worktree, prompt=planner_prompt(task, feedback),
                                  context=task_context(task, feedback))
-        result = await self.runner.run(request)
-        await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
-        await self.store.record_event(task.id, actor=self.name, reason=f"planner session: {result.subtype}",
-                                      data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
-                                            "denials": [d.model_dump() for d in result.denials]})
-        if result.outcome != "success" or not result.structured_output:
-            raise PlanningFailed(f"planner session ended {result.subtype}: {result.error or 'no plan submitted'}")
-        return result.structured_output
+        return await self.run_session(task, request, PlanningFailed, "no plan submitted")
 
     async def _feedback_thread(self, task: Task) -> list[dict[str, Any]]:
         """Every revise request so far, oldest first: the planner answers all of them."""

@@ -200,13 +200,7 @@ def cancel(ref: TaskRef, actor: Actor = "operator", reason: Annotated[str, typer
 def retry(ref: TaskRef, actor: Actor = "operator", as_json: JsonFlag = False) -> None:
     """Retry a FAILED task: execution again if its plan was approved, else planning from scratch."""
 
-    async def run(s: Services) -> Task:
-        events = await s.store.events(ref)
-        was_approved = any(e.to_status == TaskStatus.APPROVED for e in events)
-        target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
-        return await s.store.transition(ref, target, actor=f"cli:{actor}", reason="retry requested")
-
-    task = with_services(run)
+    task = with_services(lambda s: s.store.retry(ref, actor=f"cli:{actor}"))
     emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
 
 

@@ -14,6 +14,9 @@ from fixfleet.queue import QUEUES, Queue
 from fixfleet.store import Store
 
 
+AGENTS_KEY = "fixfleet:agents"  # Redis hash: agent name -> last heartbeat (epoch s); read by /health
+
+
 class ServiceUnavailable(RuntimeError):
     """Postgres or Redis did not answer; the message names which and where."""
 

@@ -255,6 +255,12 @@ class Store:
         except IllegalTransition:
             return None
 
+    async def retry(self, ref: int | str, *, actor: str) -> Task:
+        """Send a FAILED task back: to execution if its plan was approved, else to planning."""
+        was_approved = any(e.to_status == TaskStatus.APPROVED for e in await self.events(ref))
+        target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
+        return await self.transition(ref, target, actor=actor, reason="retry requested")
+
     async def update_fields(self, ref: int | str, **changes: Any) -> Task:
         """Change data (plan, costs, ...) without a status change; the version still moves."""
         unknown = set(changes) - _CHANGEABLE

@@ -7,11 +7,11 @@ import time
 
 from fastapi import APIRouter, Depends, Response
 
+from fixfleet.services import AGENTS_KEY
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import CheckOut, HealthOut
 
 router = APIRouter(tags=["operations"])
-AGENTS_KEY = "fixfleet:agents"  # hash: agent name -> last heartbeat (epoch s), written by the actors
 CRITICAL = ("postgres", "redis")
 
 

@@ -105,7 +105,4 @@ async def cancel(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("sub
 
 @router.post("/{ref}/retry", response_model=TaskOut, responses=ERRORS)
 async def retry(ref: str, token: ApiToken = Depends(caller("submit")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    store = ctx.services.store
-    was_approved = any(e.to_status == TaskStatus.APPROVED for e in await store.events(ref))
-    target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
-    return TaskOut.of(await store.transition(ref, target, actor=f"api:{token.name}", reason="retry requested"))
+    return TaskOut.of(await ctx.services.store.retry(ref, actor=f"api:{token.name}"))

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class TaskStatus(StrEnum):
@@ -65,7 +65,11 @@ class Priority(StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(Priority).index(self)
+        """0 for the highest priority."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {priority: rank for rank, priority in enumerate(Priority)}
 
 
 class Source(StrEnum):
@@ -134,3 +138,8 @@ class QueuedTask(BaseModel):
     attempt: int = 1
     enqueued_at: float
     expires_at: float | None = None
+
+    @computed_field  # in the JSON so the queue's scripts can pick the stream by number
+    @property
+    def rank(self) -> int:
+        return self.priority.rank

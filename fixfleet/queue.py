@@ -10,11 +10,9 @@ attempt, then the entry goes to the dead-letter stream. Works on Redis 6.2 and n
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
-from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from fixfleet.models import Priority, QueuedTask
@@ -22,12 +20,34 @@ from fixfleet.models import Priority, QueuedTask
 QUEUES = ("planning", "execution")
 GROUP = "agents"
 
-# Promote due retries, then take (1) an entry whose claim expired, else (2) a new entry,
-# scanning priorities from the highest: one round trip, and never a lower priority first.
+# Finish a claim only while this consumer still holds it: after a takeover the old holder
+# must not ack an entry another consumer now owns.
+_OWNED = """
+local function owned(stream, group, id, consumer)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  return #p > 0 and p[1][2] == consumer
+end
+local function ack_if_owned(stream, group, id, consumer)
+  if not owned(stream, group, id, consumer) then return 0 end
+  redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  return 1
+end
+"""
+
+# Ack the job just finished (if any), promote due retries, then take (1) an entry whose claim
+# expired, else (2) a new entry, scanning priorities from the highest: one round trip, and
+# never a lower priority first.
 # KEYS: delayed zset, then one stream per priority (highest first).
-# ARGV: group, consumer, now (epoch seconds), lease_ms, reclaim ('1' to look for expired claims).
-# Returns {stream index (1-based), entry id, job json, delivery count} or false.
-_CLAIM_NEXT = """
+# ARGV: group, consumer, now (epoch seconds), lease_ms, reclaim ('1' to look for expired
+# claims), finished entry's stream index (1-based, '0' for none), finished entry id.
+# Returns {stream index (1-based), entry id, job json, delivery count}, or when there is
+# nothing {0, due time of the next delayed retry ('' if none)} so the caller knows how long
+# it may block without a second round trip.
+_CLAIM_NEXT = _OWNED + """
+if ARGV[6] ~= '0' then
+  ack_if_owned(KEYS[tonumber(ARGV[6]) + 1], ARGV[1], ARGV[7], ARGV[2])
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, member in ipairs(due) do
   local rank = cjson.decode(member)['rank']
@@ -50,21 +70,26 @@ for i = 2, #KEYS do
     return {i - 1, entry[1], entry[2][2], 1}
   end
 end
-return false
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, next_due[2] or ''}
 """
 
-# Renew or finish a claim only while this consumer still holds it: after a takeover the
-# old holder must not ack (or keep alive) an entry another consumer now owns.
-# KEYS: stream. ARGV: group, entry id, consumer, mode ('renew' | 'ack').
-_IF_OWNER = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
-if ARGV[4] == 'renew' then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-else
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
+# Add a batch of entries in one command (a pipeline of XADDs costs a command each).
+# KEYS: one stream per priority (highest first). ARGV: job json, each with its `rank`.
+_ADD = """
+local ids = {}
+for i, job in ipairs(ARGV) do
+  ids[i] = redis.call('XADD', KEYS[cjson.decode(job)['rank'] + 1], '*', 'job', job)
 end
+return ids
+"""
+
+# Renew (reset the idle time of) or finish a claim this consumer still holds.
+# KEYS: stream. ARGV: group, entry id, consumer, mode ('renew' | 'ack').
+_IF_OWNER = _OWNED + """
+if ARGV[4] == 'ack' then return ack_if_owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) end
+if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
 
@@ -73,7 +98,8 @@ class LeaseLost(Exception):
     """This consumer's claim on an entry was taken over by another consumer."""
 
 
-class Job(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Job:
     """A claimed queue entry: the task message plus where it sits in Redis."""
 
     message: QueuedTask
@@ -129,6 +155,9 @@ class Queue:
         self.dead_key = f"{prefix}:{name}:dead"
         self._claim_next = redis.register_script(_CLAIM_NEXT)
         self._if_owner = redis.register_script(_IF_OWNER)
+        self._add = redis.register_script(_ADD)
+        self._claim_keys = [k.encode() for k in (self.delayed_key, *self.streams)]  # bytes: sent as they are
+        self._lease_ms = int(lease_s * 1000)
         self._groups_ready = False
         self._next_reclaim = 0.0
 
@@ -161,48 +190,57 @@ class Queue:
     async def enqueue_many(self, items: list[tuple[int, Priority | str]]) -> list[str]:
         if not self._groups_ready:
             await self.ensure_groups()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id, priority in items:
-                message = self.message(task_id, priority)
-                pipe.xadd(self.streams[message.priority.rank], {"job": _encode(message)})
-            return [i.decode() if isinstance(i, bytes) else i for i in await pipe.execute()]
+        jobs = [self.message(task_id, priority).model_dump_json() for task_id, priority in items]
+        return [_text(entry_id) for entry_id in await self._add(keys=self.streams, args=jobs)]
 
     # --- consuming ----------------------------------------------------------------------------
 
-    async def dequeue(self, consumer: str, *, block_s: float = 1.0) -> Job | None:
-        """The next job for this consumer, highest priority first; None after `block_s` idle."""
+    async def dequeue(self, consumer: str, *, block_s: float = 1.0, ack: Job | None = None) -> Job | None:
+        """The next job for this consumer, highest priority first; None after `block_s` idle.
+
+        `ack`: the job this consumer just finished, acked in the same round trip (a consumer
+        loop's usual step; `ack()` does it alone)."""
         if not self._groups_ready:
             await self.ensure_groups()
-        job = await self._claim(consumer)
+        job, next_due_in = await self._claim(consumer, ack)
         if job is not None or block_s <= 0:
             return job
-        wait_ms = max(1, int(min(block_s, await self._next_due_in(), self.lease_s / 2) * 1000))
         read = await self.redis.xreadgroup(
-            GROUP, consumer, {s: ">" for s in self.streams}, count=1, block=wait_ms
+            GROUP, consumer, {s: ">" for s in self.streams}, count=1, block=self._block_ms(min(block_s, next_due_in))
         )
-        if not read:
-            return await self._claim(consumer)
-        return await self._keep_highest(consumer, read)
+        return await self._take(consumer, read)
 
-    async def _claim(self, consumer: str) -> Job | None:
+    def _block_ms(self, block_s: float) -> int:
+        return max(1, int(min(block_s, self.lease_s / 2) * 1000))
+
+    async def _claim(self, consumer: str, ack: Job | None = None) -> tuple[Job | None, float]:
+        """A job, or None and the seconds until the next delayed retry is due."""
+        if ack is not None and ack.consumer != consumer:
+            await self.ack(ack)
+            ack = None
+        finished = (str(self.streams.index(ack.stream) + 1), ack.entry_id) if ack else ("0", "")
         try:
             found = await self._claim_next(
-                keys=[self.delayed_key, *self.streams],
-                args=[GROUP, consumer, repr(time.time()), int(self.lease_s * 1000), self._reclaim_due()],
+                keys=self._claim_keys,
+                args=[GROUP, consumer, repr(time.time()), self._lease_ms, self._reclaim_due(), *finished],
             )
         except Exception as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self.ensure_groups()  # Redis lost its data: recreate and try once more
-            return await self._claim(consumer)
-        if not found:
-            return None
-        rank, entry_id, payload, deliveries = found
-        return self._job(self.streams[int(rank) - 1], entry_id, payload, consumer, int(deliveries))
+            return await self._claim(consumer, ack)
+        rank = int(found[0])
+        if rank == 0:
+            due = _text(found[1])
+            return None, max(0.0, float(due) - time.time()) if due else float("inf")
+        _, entry_id, payload, deliveries = found
+        return self._job(self.streams[rank - 1], entry_id, payload, consumer, int(deliveries)), 0.0
 
-    async def _keep_highest(self, consumer: str, read: list) -> Job:
-        """A blocking read over all priorities may return several entries at once (a race
+    async def _take(self, consumer: str, read: list | None) -> Job | None:
+        """The job from a blocking read over all priorities. Several may come back (a race
         between our scan and the block): keep the highest, put the others back in line."""
+        if not read:
+            return (await self._claim(consumer))[0]
         by_stream = {_text(stream): entries[0] for stream, entries in read}
         ordered = [s for s in self.streams if s in by_stream]
         keep, rest = ordered[0], ordered[1:]
@@ -246,7 +284,7 @@ class Queue:
         delay = min(self.backoff_s * 2 ** (job.message.attempt - 1), self.backoff_max_s)
         message = job.message.model_copy(update={"attempt": job.message.attempt + 1})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.delayed_key, {_encode(message): time.time() + delay})
+            pipe.zadd(self.delayed_key, {message.model_dump_json(): time.time() + delay})
             pipe.xack(job.stream, GROUP, job.entry_id)
             pipe.xdel(job.stream, job.entry_id)
             await pipe.execute()
@@ -289,15 +327,6 @@ class Queue:
         for member in await self.redis.zrange(self.delayed_key, 0, -1):
             ids.add(QueuedTask.model_validate_json(_text(member)).task_id)
         return ids
-
-    async def _next_due_in(self) -> float:
-        first = await self.redis.zrange(self.delayed_key, 0, 0, withscores=True)
-        return max(0.0, first[0][1] - time.time()) if first else float("inf")
-
-
-def _encode(message: QueuedTask) -> str:
-    # `rank` lets the promotion script pick the stream without knowing the priority names.
-    return json.dumps({**message.model_dump(mode="json"), "rank": message.priority.rank})
 
 
 def _text(value: object) -> str:

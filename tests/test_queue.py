@@ -197,3 +197,27 @@ async def test_unknown_queue_name_is_refused(redis: Redis) -> None:
         assert "planning" in str(exc)
     else:
         raise AssertionError("a typo in a queue name must not create a new queue")
+
+
+async def test_dequeue_acks_the_finished_job_in_the_same_call(redis: Redis) -> None:
+    queue = make_queue(redis, lease_s=30)
+    await queue.enqueue_many([(1, "low"), (2, "critical"), (3, "normal")])
+    first = await queue.dequeue("c", block_s=0)
+    second = await queue.dequeue("c", block_s=0, ack=first)
+    third = await queue.dequeue("c", block_s=0, ack=second)
+    assert [first.task_id, second.task_id, third.task_id] == [2, 3, 1]
+    assert (await queue.depth()).pending == 1  # only the job in hand
+    assert await queue.dequeue("c", block_s=0, ack=third) is None
+    assert await queue.depth() == type(await queue.depth())(0, 0, 0, 0)
+
+
+async def test_a_taken_over_job_is_not_acked_by_its_old_holder(redis: Redis) -> None:
+    queue = make_queue(redis, lease_s=0.2)
+    await queue.enqueue(1)
+    stale = await queue.dequeue("a", block_s=0)
+    await asyncio.sleep(0.3)  # a works past its lease without a heartbeat
+    taken = await queue.dequeue("b", block_s=0)
+    assert taken is not None and taken.task_id == 1
+    assert await queue.dequeue("a", block_s=0, ack=stale) is None  # its ack is refused...
+    assert (await queue.depth()).pending == 1  # ...and b still holds the entry
+    assert await queue.ack(taken)

@@ -17,7 +17,7 @@ from rich.table import Table
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedError
 from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
-from fixfleet.outbox import OutboxRelay
+from fixfleet.outbox import OutboxRelay, ReconcileReport, reconcile
 from fixfleet.services import ServiceUnavailable, Services, open_services
 from fixfleet.store import StoreError
 
@@ -214,6 +214,25 @@ def migrate(as_json: JsonFlag = False) -> None:
 
     result = with_services(run, migrate=False)
     emit(as_json, result, lambda: out.print(f"applied {result['applied'] or 'nothing'}; at {result['current'][-1]}"))
+
+
+@app.command("reconcile")
+def reconcile_queues(as_json: JsonFlag = False) -> None:
+    """Put back in its queue every task Postgres says is waiting but Redis lost (after a Redis
+    restart, say). Running services do this by themselves every FIXFLEET_RECONCILE_S."""
+
+    async def run(s: Services) -> ReconcileReport:
+        return await reconcile(s.store, s.queues, claimed_stale_s=2 * s.settings.lease_s)
+
+    report = with_services(run)
+    if report.skipped:
+        fail("another process is reconciling right now; try again in a moment")
+
+    def render() -> None:
+        keys = ", ".join(f"FF-{i}" for i in report.requeued)
+        out.print(f"checked {report.checked} queued task(s); " + (f"put back: {keys}" if keys else "none was missing"))
+
+    emit(as_json, {"checked": report.checked, "requeued": report.requeued}, render)
 
 
 @app.command()

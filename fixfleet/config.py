@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(60.0, gt=0)  # a claim idle longer than this is taken over
     task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
     outbox_poll_s: float = Field(0.5, gt=0)
+    reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres
 
     @field_validator("home", "credentials_file", "mcp_config", mode="before")
     @classmethod

@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from fixfleet.models import CLAIMED_IN, QUEUED_IN
+from fixfleet.models import CLAIMED_IN, QUEUED_IN, TaskStatus
 from fixfleet.queue import Queue
 from fixfleet.store import OUTBOX_CHANNEL, Store
 
 log = logging.getLogger(__name__)
+RECONCILE_LOCK_ID = 0x6669786672  # "fixfr": one reconciler at a time across processes
 
 
 class OutboxRelay:
-    def __init__(self, store: Store, queues: Mapping[str, Queue], *, poll_s: float = 0.5, batch: int = 500) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queues: Mapping[str, Queue],
+        *,
+        poll_s: float = 0.5,
+        batch: int = 500,
+        gather_s: float = 0.002,
+        reconcile_every_s: float | None = None,
+        claimed_stale_s: float = 120.0,
+    ) -> None:
         self.store, self.queues, self.poll_s, self.batch = store, queues, poll_s, batch
+        # After a wake-up, wait this long so commits arriving together go out as one batch: a
+        # batch costs four round trips however many rows it carries.
+        self.gather_s = gather_s
+        # With a period, the relay also reconciles (at start, then every period): a Redis that
+        # restarted empty is refilled without anyone asking.
+        self.reconcile_every_s, self.claimed_stale_s = reconcile_every_s, claimed_stale_s
+        self._next_reconcile = 0.0
         self._wake = asyncio.Event()
 
     async def relay_once(self) -> int:
@@ -38,26 +57,42 @@ class OutboxRelay:
             return len(items)
 
     async def drain(self) -> int:
+        """Relay until a batch comes back short: the outbox was empty as of that read (later
+        commits wake the relay again)."""
         total = 0
-        while n := await self.relay_once():
+        while True:
+            n = await self.relay_once()
             total += n
-        return total
+            if n < self.batch:
+                return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until stopped: woken by NOTIFY from each committing transaction, polling as a fallback."""
+        """Relay until stopped: woken by commits in this process, by NOTIFY from other
+        processes' commits, and by a poll as the fallback."""
         async with self.store.pool.acquire() as listener:
             await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            self.store.relay_wake = self._wake.set
             try:
                 while not stop.is_set():
+                    self._wake.clear()  # before draining: a commit during the drain wakes us again
                     try:
                         await self.drain()
+                        await self._reconcile_when_due()
                     except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
                         log.warning("outbox relay: %s; retrying", exc)
-                    self._wake.clear()
                     await wait_any(self._wake, stop, timeout=self.poll_s)
+                    if self._wake.is_set() and not stop.is_set():
+                        await asyncio.sleep(self.gather_s)
             finally:
+                self.store.relay_wake = None
                 with suppress(Exception):
                     await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+
+    async def _reconcile_when_due(self) -> None:
+        if self.reconcile_every_s is None or time.monotonic() < self._next_reconcile:
+            return
+        await reconcile(self.store, self.queues, claimed_stale_s=self.claimed_stale_s)
+        self._next_reconcile = time.monotonic() + self.reconcile_every_s
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -77,6 +112,7 @@ async def wait_any(*events: asyncio.Event, timeout: float) -> None:
 class ReconcileReport:
     requeued: list[int] = field(default_factory=list)
     checked: int = 0
+    skipped: bool = False  # another process was reconciling at the same moment
 
 
 async def reconcile(store: Store, queues: Mapping[str, Queue], *, claimed_stale_s: float) -> ReconcileReport:
@@ -84,22 +120,36 @@ async def reconcile(store: Store, queues: Mapping[str, Queue], *, claimed_stale_
 
     Waiting states (RECEIVED, REVISING, APPROVED) must have an entry. A claimed state
     (PLANNING, EXECUTING) whose entry vanished is re-enqueued once it has been quiet for
-    `claimed_stale_s` (its agent is gone); the next agent takes it over.
+    `claimed_stale_s` (its agent is gone); the next agent takes it over. One process
+    reconciles at a time.
     """
-    present: set[int] = await store.outbox_task_ids()
-    for queue in queues.values():
+    async with store.try_lock(RECONCILE_LOCK_ID) as held:
+        if not held:
+            return ReconcileReport(skipped=True)
+        return await _reconcile(store, queues, claimed_stale_s)
+
+
+async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s: float) -> ReconcileReport:
+    watched = [*QUEUED_IN, *CLAIMED_IN]
+    # States first, then where the entries are: a task that is published meanwhile leaves
+    # the outbox only after its entry is in the stream, so it is seen in one or the other.
+    states = await store.task_states(watched)
+    present: set[tuple[str, int]] = await store.outbox_entries()
+    for name, queue in queues.items():
         await queue.ensure_groups()
-        present |= await queue.task_ids()
-    report = ReconcileReport()
-    for state in await store.task_states([*QUEUED_IN, *CLAIMED_IN]):
-        report.checked += 1
-        if state.id in present:
-            continue
+        present |= {(name, task_id) for task_id in await queue.task_ids()}
+    report = ReconcileReport(checked=len(states))
+    missing = [state.id for state in states if (_queue_for(state.status), state.id) not in present]
+    # A fresh look at the few that seem lost: one may have moved on (claimed, acked) meanwhile.
+    for state in await store.task_states(watched, ids=missing) if missing else []:
         if state.status in CLAIMED_IN and state.seconds_since_update < claimed_stale_s:
             continue
-        queue_name = QUEUED_IN.get(state.status) or CLAIMED_IN[state.status]
-        await queues[queue_name].enqueue(state.id, state.priority)
+        await queues[_queue_for(state.status)].enqueue(state.id, state.priority)
         report.requeued.append(state.id)
     if report.requeued:
         log.warning("reconciler re-enqueued %d task(s): %s", len(report.requeued), report.requeued)
     return report
+
+
+def _queue_for(status: TaskStatus) -> str:
+    return QUEUED_IN.get(status) or CLAIMED_IN[status]

@@ -8,7 +8,7 @@ an outbox row so the task reaches its queue only after the transaction commits.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from fixfleet.batcher import Batcher
 from fixfleet.models import (
     ALLOWED_FROM,
     QUEUED_IN,
@@ -73,6 +74,34 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class _Creation:
+    """One create_task call waiting for its batch."""
+
+    new: NewTask
+    delivery: Delivery | None
+    actor: str
+
+    @property
+    def delivery_key(self) -> tuple[str, str] | None:
+        return (self.delivery.source, self.delivery.delivery_id) if self.delivery else None
+
+    def row(self) -> tuple[Any, ...]:
+        """The values of _CREATE_TASKS' per-task arrays."""
+        new = self.new
+        return (
+            new.source.value,
+            new.external_ids,
+            new.repo,
+            new.title,
+            new.body,
+            new.priority.value,
+            new.context,
+            self.actor,
+            {"source": new.source.value},
+        )
+
+
+@dataclass(frozen=True)
 class TaskState:
     id: int
     status: TaskStatus
@@ -83,6 +112,12 @@ class TaskState:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for codec in ("json", "jsonb"):
         await conn.set_type_codec(codec, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on every release: it doubles the round trips of a one-query
+    call, and nothing here leaves session state behind (the advisory lock and LISTEN are
+    undone where they are taken)."""
 
 
 def _task(row: asyncpg.Record) -> Task:
@@ -104,10 +139,17 @@ def parse_ref(ref: int | str) -> int:
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._creations: Batcher[_Creation, tuple[Task, bool]] = Batcher(self._create_batch)
+        # Set by an outbox relay running in this process: commits wake it directly. Without
+        # one, each commit that fills the outbox sends NOTIFY, which serialises commits
+        # (Postgres takes a global lock to queue a notification).
+        self.relay_wake: Callable[[], None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        )
         store = cls(pool)
         if migrate:
             await store.migrate()
@@ -152,28 +194,88 @@ class Store:
         """Store a new task (RECEIVED, queued for planning). Returns (task, created).
 
         With a delivery, a redelivery of the same (source, id) returns the first task and
-        creates nothing.
+        creates nothing. Concurrent calls are written together (one statement, one commit:
+        see `fixfleet.batcher`); each returns once its task is committed.
         """
-        args = _create_args(new, actor)
-        if delivery is None:  # one statement, atomic on its own
-            return _task(await self.pool.fetchrow(_CREATE_TASK, *args)), True
+        task, created = await self._creations.submit(_Creation(new, delivery, actor))
+        if created:
+            self._wake_local_relay()
+        return task, created
+
+    async def _create_batch(self, batch: list[_Creation]) -> list[tuple[Task, bool] | BaseException]:
+        try:
+            return await self._create_together(batch)
+        except asyncpg.PostgresConnectionError:
+            raise  # did it commit? unknown: writing again could make a second task
+        except asyncpg.PostgresError:
+            if len(batch) == 1:
+                raise
+        # The server refused the batch (so none of it committed): one bad task must not sink
+        # the others, so each is written alone and only the bad one fails.
+        return [await _outcome(self._create_together([creation])) for creation in batch]
+
+    async def _create_together(self, batch: list[_Creation]) -> list[tuple[Task, bool]]:
+        if not any(c.delivery for c in batch):  # one statement, atomic on its own
+            return [(task, True) for task in await self._insert_tasks(self.pool, batch)]
         async with self.pool.acquire() as conn, conn.transaction():
-            first = await conn.fetchval(
-                "INSERT INTO webhook_deliveries (source, delivery_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING 1",
-                delivery.source,
-                delivery.delivery_id,
+            return await self._create_delivered(conn, batch)
+
+    async def _create_delivered(self, conn: asyncpg.Connection, batch: list[_Creation]) -> list[tuple[Task, bool]]:
+        """Tasks from webhook deliveries: a delivery seen before returns its first task."""
+        keys = [c.delivery_key for c in batch if c.delivery_key]
+        fresh = {
+            (r["source"], r["delivery_id"])
+            for r in await conn.fetch(
+                "INSERT INTO webhook_deliveries (source, delivery_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING source, delivery_id",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
             )
-            if first is None and (existing := await self._delivery_task(conn, delivery)) is not None:
-                return existing, False
-            task = _task(await conn.fetchrow(_CREATE_TASK, *args))
+        }
+        seen = await self._delivery_tasks(conn, set(keys) - fresh)
+        makers: dict[tuple[str, str] | None, int] = {}  # delivery -> the batch index that creates its task
+        to_create = []
+        for i, creation in enumerate(batch):
+            key = creation.delivery_key
+            if key not in seen and (key is None or key not in makers):
+                makers[key] = i
+                to_create.append(i)
+        created = dict(zip(to_create, await self._insert_tasks(conn, [batch[i] for i in to_create]), strict=True))
+        if linked := [(*batch[i].delivery_key, task.id) for i, task in created.items() if batch[i].delivery_key]:
             await conn.execute(
-                "UPDATE webhook_deliveries SET task_id = $3 WHERE source = $1 AND delivery_id = $2",
-                delivery.source,
-                delivery.delivery_id,
-                task.id,
+                "UPDATE webhook_deliveries d SET task_id = u.task_id"
+                " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source, delivery_id, task_id)"
+                " WHERE d.source = u.source AND d.delivery_id = u.delivery_id",
+                *map(list, zip(*linked, strict=True)),
             )
-            return task, True
+        results = []
+        for i, creation in enumerate(batch):
+            key = creation.delivery_key
+            if i in created:
+                results.append((created[i], True))
+            else:  # seen in an earlier delivery, or earlier in this batch
+                results.append((seen[key] if key in seen else created[makers[key]], False))
+        return results
+
+    async def _insert_tasks(self, db: asyncpg.Pool | asyncpg.Connection, batch: list[_Creation]) -> list[Task]:
+        if not batch:
+            return []
+        columns = [list(column) for column in zip(*(c.row() for c in batch), strict=True)]
+        rows = await db.fetch(_CREATE_TASKS, *columns, QUEUED_IN[TaskStatus.RECEIVED], self._notify_channel())
+        return [_task(row) for row in sorted(rows, key=lambda r: r["n"])]
+
+    async def _delivery_tasks(self, conn: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Task]:
+        if not keys:
+            return {}
+        rows = await conn.fetch(
+            "SELECT d.source AS delivery_source, d.delivery_id, t.* FROM webhook_deliveries d"
+            " JOIN tasks t ON t.id = d.task_id"
+            " JOIN unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
+            " ON d.source = k.source AND d.delivery_id = k.delivery_id",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return {(r["delivery_source"], r["delivery_id"]): _task(r) for r in rows}
 
     async def record_delivery(self, delivery: Delivery, task_id: int | None = None) -> bool:
         """Remember a delivery that made no new task; False when it was seen before."""
@@ -185,15 +287,6 @@ class Store:
             task_id,
         )
         return first is not None
-
-    async def _delivery_task(self, conn: asyncpg.Connection, delivery: Delivery) -> Task | None:
-        row = await conn.fetchrow(
-            "SELECT t.* FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id"
-            " WHERE d.source = $1 AND d.delivery_id = $2",
-            delivery.source,
-            delivery.delivery_id,
-        )
-        return _task(row) if row else None
 
     async def transition(
         self,
@@ -232,7 +325,9 @@ class Store:
             await self._event(conn, task_id, TaskStatus(row["old"]), target, actor, reason, data or {})
             if target in QUEUED_IN:
                 await self._to_outbox(conn, task_id, QUEUED_IN[target], task.priority.value)
-            return task
+        if target in QUEUED_IN:
+            self._wake_local_relay()
+        return task
 
     async def _raise_refusal(
         self, conn: asyncpg.Connection, task_id: int, target: TaskStatus, expected_version: int | None
@@ -324,13 +419,26 @@ class Store:
         rows = await self.pool.fetch("SELECT * FROM task_events WHERE task_id = $1 ORDER BY id", task.id)
         return [TaskEvent.model_validate(dict(r)) for r in rows]
 
-    async def task_states(self, statuses: Iterable[TaskStatus]) -> list[TaskState]:
+    async def task_states(self, statuses: Iterable[TaskStatus], *, ids: list[int] | None = None) -> list[TaskState]:
         rows = await self.pool.fetch(
             "SELECT id, status, priority, extract(epoch FROM now() - updated_at) AS age"
-            " FROM tasks WHERE status = ANY($1::text[])",
+            " FROM tasks WHERE status = ANY($1::text[]) AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
             [s.value for s in statuses],
+            ids,
         )
         return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"])) for r in rows]
+
+    @asynccontextmanager
+    async def try_lock(self, lock_id: int) -> AsyncIterator[bool]:
+        """Hold a lock shared by every process on this database for the block, unless another
+        holds it already; yields whether this one holds it."""
+        async with self.pool.acquire() as conn:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
 
     # --- outbox -----------------------------------------------------------------------------
 
@@ -349,8 +457,9 @@ class Store:
             )
             yield [OutboxItem(r["id"], r["task_id"], r["queue"], r["priority"]) for r in rows]
 
-    async def outbox_task_ids(self) -> set[int]:
-        return {r["task_id"] for r in await self.pool.fetch("SELECT task_id FROM outbox")}
+    async def outbox_entries(self) -> set[tuple[str, int]]:
+        """(queue, task id) of every row still to publish."""
+        return {(r["queue"], r["task_id"]) for r in await self.pool.fetch("SELECT queue, task_id FROM outbox")}
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -375,45 +484,53 @@ class Store:
             json.loads(json.dumps(data, default=str)),
         )
 
-    @staticmethod
-    async def _to_outbox(conn: asyncpg.Connection, task_id: int, queue: str, priority: str) -> None:
+    async def _to_outbox(self, conn: asyncpg.Connection, task_id: int, queue: str, priority: str) -> None:
         await conn.execute(
             "INSERT INTO outbox (task_id, queue, priority) VALUES ($1, $2, $3)", task_id, queue, priority
         )
-        await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        if channel := self._notify_channel():
+            await conn.execute("SELECT pg_notify($1, '')", channel)
+
+    def _notify_channel(self) -> str | None:
+        """Relays in other processes hear of new outbox rows by NOTIFY; a local one directly."""
+        return None if self.relay_wake else OUTBOX_CHANNEL
+
+    def _wake_local_relay(self) -> None:
+        if self.relay_wake:
+            self.relay_wake()
 
 
-# One round trip: the task, its first audit row, its outbox row and the relay's wake-up.
-_CREATE_TASK = """
-WITH task AS (
-    INSERT INTO tasks (source, external_ids, repo, title, body, priority, context)
-    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *
+# One round trip for a batch of tasks: each task, its first audit row, its outbox row and,
+# when the relay is in another process, the relay's wake-up ($11: the NOTIFY channel, or
+# NULL). Ids are drawn first so each returned row can be matched to its input (`n`).
+_CREATE_TASKS = """
+WITH input AS (
+    SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, i.*
+    FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                $8::text[], $9::jsonb[])
+         WITH ORDINALITY AS i(source, external_ids, repo, title, body, priority, context, actor, data, n)
+), task AS (
+    INSERT INTO tasks (id, source, external_ids, repo, title, body, priority, context)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, source, external_ids, repo, title, body, priority, context FROM input
+    RETURNING *
 ), event AS (
     INSERT INTO task_events (task_id, from_status, to_status, actor, reason, data)
-    SELECT id, NULL, 'RECEIVED', $8, 'task received', $9 FROM task
+    SELECT id, NULL, 'RECEIVED', actor, 'task received', data FROM input
 ), queued AS (
-    INSERT INTO outbox (task_id, queue, priority) SELECT id, $10, priority FROM task
+    INSERT INTO outbox (task_id, queue, priority) SELECT id, $10, priority FROM input
 ), notified AS (
-    SELECT pg_notify($11, '')
+    SELECT pg_notify($11, '') WHERE $11::text IS NOT NULL
 )
-SELECT task.* FROM task, notified
+SELECT task.*, input.n FROM task JOIN input USING (id) LEFT JOIN notified ON true
 """
 
 
-def _create_args(new: NewTask, actor: str) -> tuple[Any, ...]:
-    return (
-        new.source.value,
-        new.external_ids,
-        new.repo,
-        new.title,
-        new.body,
-        new.priority.value,
-        new.context,
-        actor,
-        {"source": new.source.value},
-        QUEUED_IN[TaskStatus.RECEIVED],
-        OUTBOX_CHANNEL,
-    )
+async def _outcome(result: Awaitable[list[tuple[Task, bool]]]) -> tuple[Task, bool] | BaseException:
+    try:
+        return (await result)[0]
+    except Exception as exc:
+        return exc
 
 
 def _migration_files() -> list[tuple[str, str]]:

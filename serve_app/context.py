@@ -44,15 +44,23 @@ async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
             metrics=Metrics(),
             credentials=TokenManager(settings),
         )
-        # Each replica relays the outbox too: SKIP LOCKED lets several relays share it.
+        # Each replica relays the outbox too (SKIP LOCKED lets several relays share it) and
+        # reconciles the queues with Postgres (an advisory lock keeps that to one at a time).
         stop = asyncio.Event()
-        relay = asyncio.create_task(OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s).run(stop))
+        relay = OutboxRelay(
+            services.store,
+            services.queues,
+            poll_s=settings.outbox_poll_s,
+            reconcile_every_s=settings.reconcile_s,
+            claimed_stale_s=2 * settings.lease_s,
+        )
+        relaying = asyncio.create_task(relay.run(stop))
         try:
             yield ctx
         finally:
             stop.set()
             with suppress(Exception):
-                await asyncio.wait_for(relay, 5)
+                await asyncio.wait_for(relaying, 5)
             if github is not None:
                 await github.aclose()
 

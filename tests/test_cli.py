@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from fixfleet.store import Store
 
@@ -114,3 +115,13 @@ def test_embedded_failure_says_what_to_set(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "DATABASE_URL" in failed.stderr and "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+async def test_reconcile_puts_back_what_redis_lost(env: dict[str, str], redis: Redis) -> None:
+    key = run(["submit", "file:///srv/repo.git", "-t", "lost in a Redis restart"], env).stdout.strip()
+    streams = [k async for k in redis.scan_iter("fixfleet:planning:*")]
+    assert streams and await redis.delete(*streams)
+    first = run(["reconcile", "--json"], env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["requeued"] == [int(key.removeprefix("FF-"))]
+    assert "none was missing" in run(["reconcile"], env).stdout

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.models import NewTask, Priority, TaskStatus
-from fixfleet.outbox import OutboxRelay, reconcile
+from fixfleet.outbox import RECONCILE_LOCK_ID, OutboxRelay, reconcile
 from fixfleet.queue import Queue
 from fixfleet.services import make_queues
-from fixfleet.store import Store
+from fixfleet.store import OUTBOX_CHANNEL, Store
 
 
 async def test_task_reaches_queue_only_after_commit(store: Store, queues: dict[str, Queue]) -> None:
@@ -36,16 +37,49 @@ async def test_task_reaches_queue_only_after_commit(store: Store, queues: dict[s
     assert await relay.drain() == 0  # published once
 
 
-async def test_relay_loop_wakes_on_notify(store: Store, queues: dict[str, Queue]) -> None:
-    relay = OutboxRelay(store, queues, poll_s=30)  # only NOTIFY can be this quick
+async def test_relay_loop_wakes_on_a_commit_in_its_own_process_without_notify(
+    store: Store, database_url: str, queues: dict[str, Queue]
+) -> None:
+    relay = OutboxRelay(store, queues, poll_s=30)  # only a wake-up can be this quick
+    heard: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(OUTBOX_CHANNEL, lambda *args: heard.append(args[-1]))
     stop = asyncio.Event()
     running = asyncio.create_task(relay.run(stop))
-    await asyncio.sleep(0.2)
-    task, _ = await store.create_task(NewTask(repo="file:///r", title="t"))
-    job = await queues["planning"].dequeue("c", block_s=3)
-    stop.set()
-    await asyncio.wait_for(running, 3)
-    assert job is not None and job.task_id == task.id
+    try:
+        await asyncio.sleep(0.2)
+        task, _ = await store.create_task(NewTask(repo="file:///r", title="t"))
+        job = await queues["planning"].dequeue("c", block_s=3)
+        assert job is not None and job.task_id == task.id
+        await asyncio.sleep(0.1)
+        assert heard == []  # no NOTIFY: it would serialise every commit on a global lock
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 3)
+        await listener.close()
+
+
+async def test_relay_loop_wakes_on_notify_from_another_process(
+    store: Store, database_url: str, queues: dict[str, Queue]
+) -> None:
+    relay = OutboxRelay(store, queues, poll_s=30)  # only NOTIFY can be this quick
+    other_process = await Store.connect(database_url, max_size=2)  # e.g. the CLI
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.sleep(0.2)
+        task, _ = await other_process.create_task(NewTask(repo="file:///r", title="from the CLI"))
+        approved = await other_process.create_task(NewTask(repo="file:///r", title="to approve"))
+        first = await queues["planning"].dequeue("c", block_s=3)
+        assert first is not None and first.task_id == task.id
+        for status in ("PLANNING", "AWAITING_APPROVAL", "APPROVED"):
+            await other_process.transition(approved[0].id, TaskStatus(status), actor="t")
+        second = await queues["execution"].dequeue("c", block_s=3)
+        assert second is not None and second.task_id == approved[0].id
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 3)
+        await other_process.close()
 
 
 async def test_flushall_then_reconcile_brings_every_queued_task_back(
@@ -86,3 +120,37 @@ async def test_flushall_then_reconcile_brings_every_queued_task_back(
     finally:
         await redis.flushall()
         await redis.aclose()
+
+
+async def test_a_running_relay_refills_a_flushed_redis_by_itself(
+    store: Store, embedded: EmbeddedServers, settings: Settings
+) -> None:
+    redis = Redis.from_url(embedded.redis_url())  # a private server: FLUSHALL touches nothing else
+    queues = make_queues(redis, settings)
+    relay = OutboxRelay(store, queues, poll_s=0.05, reconcile_every_s=0.2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        task, _ = await store.create_task(NewTask(repo="file:///r", title="survives a Redis restart"))
+        for _ in range(50):
+            if task.id in await queues["planning"].task_ids():
+                break
+            await asyncio.sleep(0.05)
+        await redis.flushall()
+        job = await queues["planning"].dequeue("c", block_s=3)
+        assert job is not None and job.task_id == task.id
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 3)
+        await redis.flushall()
+        await redis.aclose()
+
+
+async def test_one_reconciler_at_a_time(store: Store, queues: dict[str, Queue]) -> None:
+    await store.create_task(NewTask(repo="file:///r", title="waiting"))
+    async with store.try_lock(RECONCILE_LOCK_ID) as held:
+        assert held
+        busy = await reconcile(store, queues, claimed_stale_s=600)
+    assert busy.skipped and busy.requeued == []
+    done = await reconcile(store, queues, claimed_stale_s=600)
+    assert not done.skipped and done.checked == 1

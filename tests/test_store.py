@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from fixfleet.models import NewTask, Priority, Source, TaskStatus
 from fixfleet.store import Delivery, Store
 from tests.conftest import create_database, drop_database
@@ -68,3 +70,42 @@ async def test_find_open_task_by_external_id(store: Store) -> None:
     assert (await store.find_task(external_key="sentry_issue", external_id="42")).id == task.id
     await store.transition(task.id, TaskStatus.CANCELLED, actor="t")
     assert await store.find_task(external_key="sentry_issue", external_id="42") is None
+
+
+async def test_concurrent_creates_are_written_together_each_caller_gets_its_task(store: Store) -> None:
+    news = [NewTask(repo=f"file:///r{i}", title=f"task {i}", priority=list(Priority)[i % 4]) for i in range(40)]
+    results = await asyncio.gather(*(store.create_task(new, actor=f"api:{i}") for i, new in enumerate(news)))
+    assert all(created for _, created in results)
+    assert [(t.title, t.repo, t.priority) for t, _ in results] == [(n.title, n.repo, n.priority) for n in news]
+    assert len({t.id for t, _ in results}) == 40
+    events = await store.pool.fetch("SELECT task_id, actor FROM task_events ORDER BY task_id")
+    by_task = {t.id: i for i, (t, _) in enumerate(results)}
+    assert sorted((by_task[r["task_id"]], r["actor"]) for r in events) == [(i, f"api:{i}") for i in range(40)]
+    outbox = await store.pool.fetch("SELECT task_id, priority FROM outbox")
+    assert sorted((r["task_id"], r["priority"]) for r in outbox) == sorted((t.id, t.priority.value) for t, _ in results)
+
+
+async def test_deliveries_in_one_batch_new_repeated_and_seen_before(store: Store) -> None:
+    old, _ = await store.create_task(NewTask(source=Source.GITHUB, repo="file:///r", title="old"), delivery=Delivery("github", "d-old"))
+    calls = [("d-old", "old again"), ("d-1", "one"), ("d-1", "one again"), (None, "plain"), ("d-2", "two")]
+    results = await asyncio.gather(*(
+        store.create_task(NewTask(source=Source.GITHUB, repo="file:///r", title=title),
+                          delivery=Delivery("github", key) if key else None)
+        for key, title in calls
+    ))
+    (again, c0), (one, c1), (one_again, c2), (plain, c3), (two, c4) = results
+    assert (c0, c1, c2, c3, c4) == (False, True, False, True, True)
+    assert again.id == old.id and one_again.id == one.id and one.title == "one"
+    assert plain.title == "plain" and two.title == "two"
+    assert await store.pool.fetchval("SELECT count(*) FROM tasks") == 4
+    linked = await store.pool.fetch("SELECT delivery_id, task_id FROM webhook_deliveries ORDER BY delivery_id")
+    assert [tuple(r) for r in linked] == [("d-1", one.id), ("d-2", two.id), ("d-old", old.id)]
+
+
+async def test_a_task_postgres_refuses_fails_alone(store: Store) -> None:
+    good = [NewTask(repo="file:///r", title=f"good {i}") for i in range(5)]
+    bad = NewTask(repo="file:///r", title="nul \x00 byte")  # Postgres text cannot hold NUL
+    results = await asyncio.gather(*(store.create_task(n) for n in [*good[:3], bad, *good[3:]]), return_exceptions=True)
+    assert isinstance(results[3], asyncpg.PostgresError)
+    assert [t.title for t, _ in results[:3] + results[4:]] == [n.title for n in good]
+    assert await store.pool.fetchval("SELECT count(*) FROM tasks") == 5

@@ -114,12 +114,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(codec, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query on every release: it doubles the round trips of a one-query
-    call, and nothing here leaves session state behind (the advisory lock and LISTEN are
-    undone where they are taken)."""
-
-
 def _task(row: asyncpg.Record) -> Task:
     data = dict(row)
     data["cost_usd"] = float(data["cost_usd"])
@@ -147,9 +141,7 @@ class Store:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
-        )
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
         store = cls(pool)
         if migrate:
             await store.migrate()

@@ -27,6 +27,7 @@ from fixfleet.platform import Platform, PlatformOptions
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
 from serve_app.signatures import sign_github, sign_jira, sign_sentry
+from tests.conftest import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.slack import FakeSlack
@@ -60,6 +61,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[World]:
+    clean_slate(database_url, redis_url)
     root = tmp_path_factory.mktemp("e2e")
     remote = make_sample_repo(root)
     saved_env = dict(os.environ)

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from fixfleet.models import CLAIMED_IN, QUEUED_IN, TaskStatus
 from fixfleet.queue import Queue
 from fixfleet.store import OUTBOX_CHANNEL, Store
@@ -78,7 +76,7 @@ class OutboxRelay:
                     try:
                         await self.drain()
                         await self._reconcile_when_due()
-                    except (OSError, asyncpg.PostgresError, ConnectionError) as exc:
+                    except Exception as exc:  # an outage of Postgres or Redis pauses the relay, never ends it
                         log.warning("outbox relay: %s; retrying", exc)
                     await wait_any(self._wake, stop, timeout=self.poll_s)
                     if self._wake.is_set() and not stop.is_set():
@@ -91,8 +89,8 @@ class OutboxRelay:
     async def _reconcile_when_due(self) -> None:
         if self.reconcile_every_s is None or time.monotonic() < self._next_reconcile:
             return
+        self._next_reconcile = time.monotonic() + self.reconcile_every_s  # also after a failed pass
         await reconcile(self.store, self.queues, claimed_stale_s=self.claimed_stale_s)
-        self._next_reconcile = time.monotonic() + self.reconcile_every_s
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

@@ -14,6 +14,7 @@ from fixfleet.outbox import RECONCILE_LOCK_ID, OutboxRelay, reconcile
 from fixfleet.queue import Queue
 from fixfleet.services import make_queues
 from fixfleet.store import OUTBOX_CHANNEL, Store
+from tests.ingress_server import free_port
 
 
 async def test_task_reaches_queue_only_after_commit(store: Store, queues: dict[str, Queue]) -> None:
@@ -154,3 +155,19 @@ async def test_one_reconciler_at_a_time(store: Store, queues: dict[str, Queue]) 
     assert busy.skipped and busy.requeued == []
     done = await reconcile(store, queues, claimed_stale_s=600)
     assert not done.skipped and done.checked == 1
+
+
+async def test_relay_outlives_a_redis_outage(store: Store, settings: Settings) -> None:
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    relay = OutboxRelay(store, make_queues(unreachable, settings), poll_s=0.05, reconcile_every_s=0.1)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        task, _ = await store.create_task(NewTask(repo="file:///r", title="waits for Redis"))
+        await asyncio.sleep(0.5)
+        assert not running.done()  # still relaying: every pass failed and was retried
+        assert await store.outbox_entries() == {("planning", task.id)}  # nothing lost meanwhile
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 3)
+        await unreachable.aclose()

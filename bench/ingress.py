@@ -192,28 +192,6 @@ def redis_db_url(server: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-async def create_database(server: str) -> str:
-    import asyncpg
-
-    name = f"fixfleet_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-
-
-async def drop_database(server: str, url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def flush_redis(url: str) -> None:
     from redis.asyncio import Redis
 
@@ -355,6 +333,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def measure(names: list[str], server: str, redis_server: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from fixfleet.scratch import create_database, drop_database
+
     state: dict[str, dict[str, str]] = {}
     ready: dict[str, float] = {}
     try:
@@ -363,7 +343,7 @@ def measure(names: list[str], server: str, redis_server: str, args: argparse.Nam
             for name in names:
                 start, db = TARGETS[name]
                 item = state[name] = {"secret": uuid.uuid4().hex, "redis_url": redis_db_url(redis_server, db)}
-                item["database_url"] = asyncio.run(create_database(server))
+                item["database_url"] = asyncio.run(create_database(server, "fixfleet_bench"))
                 asyncio.run(flush_redis(item["redis_url"]))
                 env = app_env(item["database_url"], item["redis_url"], item["secret"], home / name)
                 started = time.perf_counter()

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Semaphore
 from queue import Queue as ResultQueue
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import uvloop
 from redis.asyncio import Redis
 
@@ -34,6 +32,7 @@ from fixfleet.embedded import EmbeddedServers
 from fixfleet.models import NewTask
 from fixfleet.outbox import OutboxRelay
 from fixfleet.queue import QUEUES, Queue
+from fixfleet.scratch import create_database, drop_database
 from fixfleet.services import resolve_urls
 from fixfleet.store import Store
 
@@ -104,22 +103,16 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def database_url_for(server_url: str, name: str) -> str:
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
 async def run(tasks: int, consumers: int, rate: float, processes: int) -> dict[str, float | int]:
     settings = Settings()
     embedded = EmbeddedServers(settings.home)
     server_url, redis_url = resolve_urls(settings, embedded)
-    database = f"fixfleet_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    store = await Store.connect(database_url_for(server_url, database), min_size=4, max_size=SUBMITTERS + 2)
+    database_url = await create_database(server_url, "fixfleet_bench")
+    store = await Store.connect(database_url, min_size=4, max_size=SUBMITTERS + 2)
     redis = Redis.from_url(redis_url)
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     queues = {name: Queue(redis, name, lease_s=30, prefix=prefix) for name in QUEUES}
-    relay, stop = OutboxRelay(store, queues, poll_s=0.05, batch=RELAY_BATCH, gather_s=0.002), asyncio.Event()
+    relay, stop = OutboxRelay(store, queues, poll_s=0.05, batch=RELAY_BATCH), asyncio.Event()
     try:
         for queue in queues.values():
             await queue.ensure_groups()
@@ -152,8 +145,7 @@ async def run(tasks: int, consumers: int, rate: float, processes: int) -> dict[s
             await redis.delete(*keys)
         await redis.aclose()
         await store.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(server_url, database_url)
         embedded.stop()
     latencies = [x for r in reports for x in r.latencies]
     claims = [t for r in reports for t in r.task_ids]

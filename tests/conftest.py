@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.queue import Queue
+from fixfleet.scratch import create_database, drop_database
 from fixfleet.services import make_queues
 from fixfleet.store import Store
 
@@ -29,11 +28,6 @@ for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "
 
 TEST_REDIS_DB = 13  # a database of its own so the suite never touches real data
 TABLES = "tasks, task_events, webhook_deliveries, outbox"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -51,25 +45,6 @@ def postgres_server_url(embedded: EmbeddedServers) -> str:
 @pytest.fixture(scope="session")
 def redis_server_url(embedded: EmbeddedServers) -> str:
     return os.environ.get("REDIS_URL") or embedded.redis_url()
-
-
-async def create_database(server_url: str) -> str:
-    name = f"fixfleet_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(server_url, name)
-
-
-async def drop_database(server_url: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from redis import Redis
 
+from fixfleet.scratch import create_database, drop_database
 from serve_app.deployment import CONFIG_PATH, DEPLOYMENT_NAME, LocalServe, build_app, load_config, running_config
 from serve_app.signatures import sign_sentry
-from tests.conftest import create_database, drop_database
 from tests.ingress_server import free_port
 
 CORPUS = Path("/work/shared/corpus/sentry-webhooks/event_alert.triggered.json")

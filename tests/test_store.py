@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 
 from fixfleet.models import NewTask, Priority, Source, TaskStatus
+from fixfleet.scratch import create_database, drop_database
 from fixfleet.store import Delivery, Store
-from tests.conftest import create_database, drop_database
 
 
 async def test_migrations_twice_and_concurrently(postgres_server_url: str) -> None:

@@ -1,0 +1,34 @@
+"""Throwaway databases on a Postgres server, for the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def create_database(server_url: str, prefix: str = "fixfleet_test") -> str:
+    """Create an empty database with a fresh name; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    """Drop the database `url` names, closing its connections."""
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 from pydantic import SecretStr
@@ -80,6 +80,15 @@ def secret_value(value: SecretStr | str | None) -> str | None:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return value or None
+
+
+class RetryOptions(TypedDict, total=False):
+    """How a client retries and waits; each client takes these as keywords (`**retry`)."""
+
+    attempts: int  # default 4
+    backoff_s: float  # default 0.5
+    max_wait_s: float  # default 30
+    timeout_s: float  # default 10, per request
 
 
 class ApiClient:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -23,6 +23,7 @@ from fixfleet.integrations.base import (
     NotFoundError,
     RejectedError,
     ResponseError,
+    RetryOptions,
     secret_value,
 )
 from fixfleet.integrations.http import IntegrationError
@@ -90,18 +91,15 @@ class GitHubClient(ApiClient):
         *,
         api_url: str = GITHUB_API_URL,
         permission_ttl_s: float = 60.0,
-        attempts: int = 4,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        timeout_s: float = 10.0,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
         plain = secret_value(token)
         if plain is not None:
             headers["Authorization"] = f"Bearer {plain}"
         super().__init__(
-            base_url=api_url, headers=headers, secrets=[plain], attempts=attempts, backoff_s=backoff_s,
-            max_wait_s=max_wait_s, timeout_s=timeout_s, event_hooks={"response": [_secondary_rate_limit_as_429]},
+            base_url=api_url, headers=headers, secrets=[plain], event_hooks={"response": [_secondary_rate_limit_as_429]},
+            **retry,
         )
         self.graphql_url = graphql_url(api_url)
         self.permission_ttl_s = permission_ttl_s

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
 from fixfleet.events import adf_to_text
-from fixfleet.integrations.base import ApiClient, RejectedError, secret_value
+from fixfleet.integrations.base import ApiClient, RejectedError, RetryOptions, secret_value
 
 MAX_COMMENT_PAGES = 40
 MARKER_COLOR = "#97a0af"
@@ -133,11 +133,7 @@ class JiraClient(ApiClient):
         base_url: str,
         email: str,
         token: SecretStr | str,
-        *,
-        attempts: int = 4,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        timeout_s: float = 10.0,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         plain = secret_value(token) or ""
         basic = base64.b64encode(f"{email}:{plain}".encode()).decode()
@@ -146,7 +142,7 @@ class JiraClient(ApiClient):
             headers={"Accept": "application/json"},
             auth=httpx.BasicAuth(email, plain),
             secrets=[plain, basic],
-            attempts=attempts, backoff_s=backoff_s, max_wait_s=max_wait_s, timeout_s=timeout_s,
+            **retry,
         )
         self.site_url = base_url.rstrip("/")
 

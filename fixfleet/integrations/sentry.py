@@ -7,13 +7,13 @@ The API spells frames in camelCase (`absPath`, `lineNo`, `inApp`, `context` as [
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 from pydantic import SecretStr
 
 from fixfleet.events import MAX_CONTEXT_LINE, MAX_FRAMES
-from fixfleet.integrations.base import ApiClient, secret_value
+from fixfleet.integrations.base import ApiClient, RetryOptions, secret_value
 
 SENTRY_API_URL = "https://sentry.io/api/0"
 
@@ -83,16 +83,12 @@ class SentryClient(ApiClient):
         self,
         token: SecretStr | str,
         api_url: str = SENTRY_API_URL,
-        *,
-        attempts: int = 4,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        timeout_s: float = 10.0,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         plain = secret_value(token) or ""
         super().__init__(
             base_url=api_url, headers={"Authorization": f"Bearer {plain}", "Accept": "application/json"},
-            secrets=[plain], attempts=attempts, backoff_s=backoff_s, max_wait_s=max_wait_s, timeout_s=timeout_s,
+            secrets=[plain], **retry,
         )
 
     async def get_issue(self, issue_id: str | int) -> dict[str, Any]:

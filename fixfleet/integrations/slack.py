@@ -8,7 +8,7 @@ SlackError carrying the code (SlackAuthError for credential problems). Rate limi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,6 +21,7 @@ from fixfleet.integrations.base import (
     NotFoundError,
     RateLimitedError,
     RejectedError,
+    RetryOptions,
     secret_value,
 )
 
@@ -102,19 +103,14 @@ class SlackClient(ApiClient):
         self,
         bot_token: SecretStr | str,
         api_url: str = SLACK_API_URL,
-        *,
-        attempts: int = 4,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        timeout_s: float = 10.0,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         plain = secret_value(bot_token) or ""
         super().__init__(
-            base_url=api_url, headers={"Authorization": f"Bearer {plain}"}, secrets=[plain],
-            attempts=attempts, backoff_s=backoff_s, max_wait_s=max_wait_s, timeout_s=timeout_s,
+            base_url=api_url, headers={"Authorization": f"Bearer {plain}"}, secrets=[plain], **retry,
         )
         # response_urls need no token: a client without one, so it never leaves for such a URL.
-        self._hooks = httpx.AsyncClient(timeout=timeout_s)
+        self._hooks = httpx.AsyncClient(timeout=self.http.timeout)
 
     async def aclose(self) -> None:
         await self._hooks.aclose()

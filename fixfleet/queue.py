@@ -158,6 +158,7 @@ class Queue:
         self._add = redis.register_script(_ADD)
         self._claim_keys = [k.encode() for k in (self.delayed_key, *self.streams)]  # bytes: sent as they are
         self._lease_ms = int(lease_s * 1000)
+        self._new_in_every_stream = {stream: ">" for stream in self.streams}  # what a blocking read asks for
         self._groups_ready = False
         self._next_reclaim = 0.0
 
@@ -206,7 +207,7 @@ class Queue:
         if job is not None or block_s <= 0:
             return job
         read = await self.redis.xreadgroup(
-            GROUP, consumer, {s: ">" for s in self.streams}, count=1, block=self._block_ms(min(block_s, next_due_in))
+            GROUP, consumer, self._new_in_every_stream, count=1, block=self._block_ms(min(block_s, next_due_in))
         )
         return await self._take(consumer, read)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from fixfleet.models import Priority, QueuedTask
+from fixfleet.redis_line import Line
 
 QUEUES = ("planning", "execution")
 GROUP = "agents"
@@ -158,9 +159,9 @@ class Queue:
         self._add = redis.register_script(_ADD)
         self._claim_keys = [k.encode() for k in (self.delayed_key, *self.streams)]  # bytes: sent as they are
         self._lease_ms = int(lease_s * 1000)
-        self._new_in_every_stream = {stream: ">" for stream in self.streams}  # what a blocking read asks for
         self._groups_ready = False
         self._next_reclaim = 0.0
+        self._lines: dict[str, Line] = {}  # consumer -> its own connection for claims
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every stream (idempotent; also after a FLUSHALL)."""
@@ -206,10 +207,16 @@ class Queue:
         job, next_due_in = await self._claim(consumer, ack)
         if job is not None or block_s <= 0:
             return job
-        read = await self.redis.xreadgroup(
-            GROUP, consumer, self._new_in_every_stream, count=1, block=self._block_ms(min(block_s, next_due_in))
+        block_ms = self._block_ms(min(block_s, next_due_in))
+        read = await self._line(consumer).call(
+            "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", 1, "BLOCK", block_ms, "STREAMS", *self.streams, *[">"] * len(self.streams)
         )
         return await self._take(consumer, read)
+
+    def _line(self, consumer: str) -> Line:
+        if (line := self._lines.get(consumer)) is None:
+            line = self._lines[consumer] = Line(self.redis)
+        return line
 
     def _block_ms(self, block_s: float) -> int:
         return max(1, int(min(block_s, self.lease_s / 2) * 1000))
@@ -221,9 +228,11 @@ class Queue:
             ack = None
         finished = (str(self.streams.index(ack.stream) + 1), ack.entry_id) if ack else ("0", "")
         try:
-            found = await self._claim_next(
-                keys=self._claim_keys,
-                args=[GROUP, consumer, repr(time.time()), self._lease_ms, self._reclaim_due(), *finished],
+            found = await self._line(consumer).evalsha(
+                self._claim_next.sha,
+                self._claim_next.script,
+                self._claim_keys,
+                [GROUP, consumer, repr(time.time()), self._lease_ms, self._reclaim_due(), *finished],
             )
         except Exception as exc:
             if "NOGROUP" not in str(exc):
@@ -237,23 +246,25 @@ class Queue:
         _, entry_id, payload, deliveries = found
         return self._job(self.streams[rank - 1], entry_id, payload, consumer, int(deliveries)), 0.0
 
-    async def _take(self, consumer: str, read: list | None) -> Job | None:
-        """The job from a blocking read over all priorities. Several may come back (a race
-        between our scan and the block): keep the highest, put the others back in line."""
+    async def _take(self, consumer: str, read: object) -> Job | None:
+        """The job from a blocking read over all priorities (its raw reply: a list of
+        [stream, entries] pairs, or a map under RESP3). Several may come back (a race between
+        our scan and the block): keep the highest, put the others back in line."""
         if not read:
             return (await self._claim(consumer))[0]
-        by_stream = {_text(stream): entries[0] for stream, entries in read}
+        pairs = read.items() if isinstance(read, dict) else read
+        by_stream = {_text(stream): _job_field(entries[0]) for stream, entries in pairs}
         ordered = [s for s in self.streams if s in by_stream]
         keep, rest = ordered[0], ordered[1:]
         for stream in rest:
-            entry_id, fields = by_stream[stream]
+            entry_id, payload = by_stream[stream]
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(stream, {"job": fields[b"job"]})
+                pipe.xadd(stream, {"job": payload})
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
                 await pipe.execute()
-        entry_id, fields = by_stream[keep]
-        return self._job(keep, entry_id, fields[b"job"], consumer, 1)
+        entry_id, payload = by_stream[keep]
+        return self._job(keep, entry_id, payload, consumer, 1)
 
     def _job(self, stream: str, entry_id: object, payload: object, consumer: str, deliveries: int) -> Job:
         message = QueuedTask.model_validate_json(_text(payload))
@@ -328,6 +339,12 @@ class Queue:
         for member in await self.redis.zrange(self.delayed_key, 0, -1):
             ids.add(QueuedTask.model_validate_json(_text(member)).task_id)
         return ids
+
+
+def _job_field(entry: list) -> tuple[bytes, bytes]:
+    """(entry id, job json) of a raw stream entry: [id, [field, value, ...]]."""
+    entry_id, fields = entry
+    return entry_id, fields[fields.index(b"job") + 1]
 
 
 def _text(value: object) -> str:

@@ -221,3 +221,43 @@ async def test_a_taken_over_job_is_not_acked_by_its_old_holder(redis: Redis) -> 
     assert await queue.dequeue("a", block_s=0, ack=stale) is None  # its ack is refused...
     assert (await queue.depth()).pending == 1  # ...and b still holds the entry
     assert await queue.ack(taken)
+
+
+async def test_claims_go_on_after_script_flush_and_dropped_connections(redis: Redis) -> None:
+    """A Redis restart forgets the Lua scripts and drops every connection: a consumer's next
+    claim reloads and reconnects by itself instead of failing."""
+    queue = make_queue(redis, lease_s=30)
+    await queue.enqueue(1)
+    assert (await queue.dequeue("c", block_s=0)).task_id == 1
+    await redis.script_flush()
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    await queue.enqueue(2)
+    job = await queue.dequeue("c", block_s=0)
+    assert job is not None and job.task_id == 2
+
+
+async def test_cancelled_blocking_claim_leaves_the_consumer_usable(redis: Redis) -> None:
+    queue = make_queue(redis, lease_s=30)
+    waiting = asyncio.create_task(queue.dequeue("c", block_s=5))
+    await asyncio.sleep(0.2)
+    waiting.cancel()  # an agent stopping mid-wait
+    await asyncio.gather(waiting, return_exceptions=True)
+    await queue.enqueue(3)
+    job = await queue.dequeue("c", block_s=1)
+    assert job is not None and job.task_id == 3
+
+
+async def test_blocking_claim_works_on_either_protocol(redis_url: str) -> None:
+    """The claim loop reads raw replies: RESP2 lists and RESP3 maps both come back as jobs."""
+    for protocol in (2, 3):
+        client = Redis.from_url(redis_url, protocol=protocol)
+        try:
+            queue = make_queue(client, lease_s=30)
+            waiting = asyncio.create_task(queue.dequeue(f"c{protocol}", block_s=5))
+            await asyncio.sleep(0.2)
+            await queue.enqueue(protocol, Priority.HIGH)
+            job = await asyncio.wait_for(waiting, 2)
+            assert job is not None and job.task_id == protocol and job.message.priority is Priority.HIGH
+            assert await queue.ack(job)
+        finally:
+            await client.aclose()

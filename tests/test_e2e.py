@@ -122,7 +122,11 @@ def wait_for(world: World, key: str, statuses: set[str], timeout_s: float = 180)
         world.platform.agent_status()  # also restarts the loop of an actor Ray brought back
         time.sleep(0.5)
     events = api(world, "GET", f"/tasks/{key}/events")
-    raise AssertionError(f"{key} stuck at {task['status']}: {[(e['to_status'], e['reason']) for e in events[-5:]]}")
+    health = httpx.get(f"{world.url}/health", timeout=30).json()  # queue depths and agents: where it stopped
+    raise AssertionError(
+        f"{key} stuck at {task['status']}: {[(e['to_status'], e['reason']) for e in events[-5:]]}; "
+        f"agents {world.platform.agent_status()}; health {health}"
+    )
 
 
 def post_alert(world: World) -> str:

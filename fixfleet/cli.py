@@ -18,6 +18,7 @@ from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedError
 from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
 from fixfleet.outbox import OutboxRelay, ReconcileReport, reconcile
+from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.services import ServiceUnavailable, Services, open_services
 from fixfleet.store import StoreError
 
@@ -92,8 +93,12 @@ def submit(
         body = _read_body(body_file)
     try:
         new = NewTask(source=Source.CLI, repo=repo, title=title, body=body, priority=priority)
+        validate_repo(repo, load_settings(), any_local_path=True)
     except ValidationError as exc:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+        raise
+    except InvalidRepo as exc:
+        fail(str(exc))
         raise
     task = with_services(lambda s: _create(s, new))
     emit(as_json, task_json(task), lambda: out.print(task.key))

@@ -22,8 +22,11 @@ class InvalidRepo(ValueError):
     """The repository URL is not acceptable; the message says why."""
 
 
-def validate_repo(url: str, settings: Settings) -> str:
-    """Return the URL if fixfleet may work on it, else raise InvalidRepo with the reason."""
+def validate_repo(url: str, settings: Settings, *, any_local_path: bool = False) -> str:
+    """Return the URL if fixfleet may work on it, else raise InvalidRepo with the reason.
+
+    `any_local_path`: the operator at the CLI may name any local repository; requests from
+    outside (webhooks, the API) only those under FIXFLEET_LOCAL_REPO_ROOTS."""
     url = url.strip()
     if not url or url.startswith("-") or any(c.isspace() or ord(c) < 32 for c in url):
         raise InvalidRepo("a repository must be a git URL (https://, ssh:// or file://) without spaces")
@@ -36,7 +39,7 @@ def validate_repo(url: str, settings: Settings) -> str:
     elif parts.scheme == "ssh":
         _check_remote(parts, url, allow_user=True)
     elif parts.scheme == "file":
-        _check_local(parts.path, settings)
+        _check_local(parts.path, settings, any_local_path)
     else:
         raise InvalidRepo(f"unsupported repository URL scheme {parts.scheme or '(none)'!r}: use https, ssh or file")
     _check_allowlist(url, settings)
@@ -51,9 +54,11 @@ def _check_remote(parts, url: str, *, allow_user: bool = False) -> None:  # noqa
         raise InvalidRepo(f"{url!r} is not a repository URL like https://github.com/owner/repo.git")
 
 
-def _check_local(path: str, settings: Settings) -> None:
+def _check_local(path: str, settings: Settings, any_local_path: bool) -> None:
     if not path.startswith("/") or ".." in Path(path).parts:
         raise InvalidRepo("a file:// repository needs an absolute path without '..'")
+    if any_local_path:
+        return
     roots = [r.resolve() for r in settings.local_repo_roots]
     if not any(Path(path).resolve().is_relative_to(root) for root in roots):
         raise InvalidRepo("file:// repositories must lie under FIXFLEET_LOCAL_REPO_ROOTS")

@@ -70,6 +70,13 @@ def test_bad_input_is_one_clear_line(env: dict[str, str]) -> None:
     assert unknown.returncode == 1 and unknown.stderr.strip() == "error: no task FF-424242"
     bad_priority = run(["submit", "file:///r", "-t", "x", "-p", "urgent"], env)
     assert bad_priority.returncode == 2 and "urgent" in bad_priority.stderr
+    for repo, reason in [("not-a-url", "scheme"), ("https://github.com/acme/app.git --upload-pack=x", "spaces"),
+                         ("https://bob:pw@github.com/acme/app.git", "credentials")]:
+        refused = run(["submit", repo, "-t", "x"], env)
+        assert refused.returncode == 1 and reason in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    outside = run(["submit", "https://gitlab.example/acme/app.git", "-t", "x"], env | {"FIXFLEET_REPO_ALLOWLIST": '["https://github.com/acme/*"]'})
+    assert outside.returncode == 1 and "FIXFLEET_REPO_ALLOWLIST" in outside.stderr
+    assert json.loads(run(["tasks", "--json"], env).stdout) == []  # nothing refused was stored
     missing = run(["submit", "file:///r", "-t", "x", "--body-file", "/nonexistent/body"], env)
     assert missing.returncode == 1 and "cannot read --body-file" in missing.stderr
     down = run(["tasks"], env | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})

@@ -4,12 +4,14 @@ A claim is the hot path of every agent: under load each consumer sends one comma
 Through `Redis.execute_command` each command also pays for a pool checkout and return, retry
 wrapping and telemetry hooks: about 150 µs of CPU on these machines, against about 85 µs
 for the same command sent packed by hiredis on a connection of its own. A consumer runs one
-command at a time, so it needs no pool: it keeps one connection (from the client's pool, so
+command at a time (a lock keeps it so), so it needs no pool: it keeps one connection (from the client's pool, so
 URL options such as the protocol, TLS and credentials apply) and reconnects on the next call
 after a failure.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from hiredis import pack_command
 from redis.asyncio import Redis
@@ -23,6 +25,8 @@ class Line:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._conn: AbstractConnection | None = None
+        # One command at a time: two callers on one connection would read each other's replies.
+        self._lock = asyncio.Lock()
 
     async def call(self, *args: str | bytes | int) -> object:
         """Send one command and return its raw reply (bytes, lists, and maps under RESP3).
@@ -36,14 +40,15 @@ class Line:
             return await self._send(args)
 
     async def _send(self, args: tuple[str | bytes | int, ...]) -> object:
-        if self._conn is None:
-            # Taken from the client's pool and never given back: it stays counted there, so
-            # closing the client closes it too.
-            self._conn = await self._redis.connection_pool.get_connection()
-        # redis-py disconnects on any failure (and on cancellation, which may leave a reply
-        # unread), so the next send starts on a fresh connection.
-        await self._conn.send_packed_command(pack_command(args), check_health=False)
-        return await self._conn.read_response()
+        async with self._lock:
+            if self._conn is None:
+                # Taken from the client's pool and never given back: it stays counted there,
+                # so closing the client closes it too.
+                self._conn = await self._redis.connection_pool.get_connection()
+            # redis-py disconnects on any failure (and on cancellation, which may leave a
+            # reply unread), so the next send starts on a fresh connection.
+            await self._conn.send_packed_command(pack_command(args), check_health=False)
+            return await self._conn.read_response()
 
     async def evalsha(self, script_sha: str, script: bytes | str, keys: list[bytes], args: list[str | bytes | int]) -> object:
         """Run a Lua script by its SHA, loading it first when Redis does not know it (a restart)."""

@@ -261,3 +261,11 @@ async def test_blocking_claim_works_on_either_protocol(redis_url: str) -> None:
             assert await queue.ack(job)
         finally:
             await client.aclose()
+
+
+async def test_one_consumer_claiming_twice_at_once_gets_two_jobs(redis: Redis) -> None:
+    """Calls for one consumer share its connection: overlapping ones must not mix replies."""
+    queue = make_queue(redis, lease_s=30)
+    await queue.enqueue_many([(1, Priority.NORMAL), (2, Priority.NORMAL)])
+    first, second = await asyncio.gather(queue.dequeue("c", block_s=1), queue.dequeue("c", block_s=1))
+    assert {first.task_id, second.task_id} == {1, 2}

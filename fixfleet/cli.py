@@ -92,8 +92,8 @@ def submit(
     if body_file is not None:
         body = _read_body(body_file)
     try:
+        repo = validate_repo(repo, load_settings(), any_local_path=True)
         new = NewTask(source=Source.CLI, repo=repo, title=title, body=body, priority=priority)
-        validate_repo(repo, load_settings(), any_local_path=True)
     except ValidationError as exc:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
         raise

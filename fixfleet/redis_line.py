@@ -4,9 +4,9 @@ A claim is the hot path of every agent: under load each consumer sends one comma
 Through `Redis.execute_command` each command also pays for a pool checkout and return, retry
 wrapping and telemetry hooks: about 150 µs of CPU on these machines, against about 85 µs
 for the same command sent packed by hiredis on a connection of its own. A consumer runs one
-command at a time (a lock keeps it so), so it needs no pool: it keeps one connection (from the client's pool, so
-URL options such as the protocol, TLS and credentials apply) and reconnects on the next call
-after a failure.
+command at a time (a lock keeps it so), so it needs no pool: it keeps one connection, taken
+from the client's pool so that URL options (protocol, TLS, credentials) apply, and
+reconnects on the next call after a failure.
 """
 
 from __future__ import annotations

@@ -161,11 +161,15 @@ class AgentActor:
         logging.basicConfig(level=logging.INFO)
         self.loop = self.loop_class(name, Settings(**(overrides or {})))
         self.started = False
+        # Calls on an async actor interleave: a status poll arriving while a start is under way
+        # must wait for it, not start a second loop beside it.
+        self._lifecycle = asyncio.Lock()
 
     async def start(self) -> bool:
-        if not self.started:
-            await self.loop.start()
-            self.started = True
+        async with self._lifecycle:
+            if not self.started:
+                await self.loop.start()
+                self.started = True
         return True
 
     async def status(self) -> dict[str, Any]:
@@ -173,9 +177,10 @@ class AgentActor:
         return self.loop.status()
 
     async def stop(self) -> None:
-        if self.started:
-            await self.loop.stop()
-            self.started = False
+        async with self._lifecycle:
+            if self.started:
+                await self.loop.stop()
+                self.started = False
 
     def pid(self) -> int:
         return os.getpid()

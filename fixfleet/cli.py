@@ -227,7 +227,7 @@ def reconcile_queues(as_json: JsonFlag = False) -> None:
     restart, say). Running services do this by themselves every FIXFLEET_RECONCILE_S."""
 
     async def run(s: Services) -> ReconcileReport:
-        return await reconcile(s.store, s.queues, claimed_stale_s=2 * s.settings.lease_s)
+        return await reconcile(s.store, s.queues, claimed_stale_s=s.settings.claimed_stale_s)
 
     report = with_services(run)
     if report.skipped:

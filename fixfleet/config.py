@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     outbox_poll_s: float = Field(0.5, gt=0)
     reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres
 
+    @property
+    def claimed_stale_s(self) -> float:
+        """A claimed task (PLANNING, EXECUTING) whose queue entry vanished and that has been
+        quiet this long has lost its agent (two leases): the reconciler queues it again."""
+        return 2 * self.lease_s
+
     @field_validator("home", "credentials_file", "mcp_config", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:

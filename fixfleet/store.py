@@ -220,8 +220,7 @@ class Store:
             for r in await conn.fetch(
                 "INSERT INTO webhook_deliveries (source, delivery_id)"
                 " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING source, delivery_id",
-                [k[0] for k in keys],
-                [k[1] for k in keys],
+                *_columns(keys),
             )
         }
         seen = await self._delivery_tasks(conn, set(keys) - fresh)
@@ -238,7 +237,7 @@ class Store:
                 "UPDATE webhook_deliveries d SET task_id = u.task_id"
                 " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source, delivery_id, task_id)"
                 " WHERE d.source = u.source AND d.delivery_id = u.delivery_id",
-                *map(list, zip(*linked, strict=True)),
+                *_columns(linked),
             )
         results = []
         for i, creation in enumerate(batch):
@@ -252,7 +251,7 @@ class Store:
     async def _insert_tasks(self, db: asyncpg.Pool | asyncpg.Connection, batch: list[_Creation]) -> list[Task]:
         if not batch:
             return []
-        columns = [list(column) for column in zip(*(c.row() for c in batch), strict=True)]
+        columns = _columns([c.row() for c in batch])
         rows = await db.fetch(_CREATE_TASKS, *columns, QUEUED_IN[TaskStatus.RECEIVED], self._notify_channel())
         return [_task(row) for row in sorted(rows, key=lambda r: r["n"])]
 
@@ -264,8 +263,7 @@ class Store:
             " JOIN tasks t ON t.id = d.task_id"
             " JOIN unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
             " ON d.source = k.source AND d.delivery_id = k.delivery_id",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
+            *_columns(keys),
         )
         return {(r["delivery_source"], r["delivery_id"]): _task(r) for r in rows}
 
@@ -516,6 +514,11 @@ WITH input AS (
 )
 SELECT task.*, input.n FROM task JOIN input USING (id) LEFT JOIN notified ON true
 """
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows turned into one list per column: the arrays an unnest($1, $2, ...) takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def _outcome(result: Awaitable[list[tuple[Task, bool]]]) -> tuple[Task, bool] | BaseException:

@@ -52,7 +52,7 @@ async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
             services.queues,
             poll_s=settings.outbox_poll_s,
             reconcile_every_s=settings.reconcile_s,
-            claimed_stale_s=2 * settings.lease_s,
+            claimed_stale_s=settings.claimed_stale_s,
         )
         relaying = asyncio.create_task(relay.run(stop))
         try:

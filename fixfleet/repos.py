@@ -1,7 +1,11 @@
-"""Which repositories a request may name: a real git URL, allowed by FIXFLEET_REPO_ALLOWLIST.
+"""Repository URLs: the one rule for what git may be given, and which repositories fixfleet works on.
 
-Nothing from a request reaches git where it could be read as an option: URLs starting with
-`-`, carrying whitespace or control characters, or credentials are refused here.
+Two levels, one module:
+- `check_git_url`: what may reach git at all. Nothing git could read as an option (a leading
+  `-`, a host or user starting with `-`), no whitespace or control characters, no credentials,
+  no remote helpers (`ext::`, `fd::`), only known transports. Plain paths are made absolute.
+- `validate_repo`: what a request may name: a checked URL over https, ssh or file (under
+  FIXFLEET_LOCAL_REPO_ROOTS unless the local operator asks), inside FIXFLEET_REPO_ALLOWLIST.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from urllib.parse import urlsplit
 
 from fixfleet.config import Settings
 
-_SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[A-Za-z0-9._/~-]+)$")
+GIT_SCHEMES = {"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"}
+REQUEST_SCHEMES = {"https", "ssh", "file"}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^/:]+):(?P<path>.+)$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/~-]+$")
 
@@ -22,36 +30,63 @@ class InvalidRepo(ValueError):
     """The repository URL is not acceptable; the message says why."""
 
 
+def check_git_url(url: str) -> str:
+    """The URL if git may be given it (credential-free, never an option); plain paths absolute."""
+    if not isinstance(url, str) or not url or _CONTROL.search(url):
+        raise InvalidRepo("invalid repository URL: empty, or contains spaces or control characters")
+    if url.startswith("-"):
+        raise InvalidRepo("invalid repository URL: starts with '-'")
+    scheme = _SCHEME.match(url)
+    if scheme:
+        return _check_scheme_url(url, scheme.group(1).lower())
+    if "::" in url:  # <transport>::<address> runs a remote helper
+        raise InvalidRepo("invalid repository URL: remote-helper syntax is not allowed")
+    scp = _SCP_LIKE.match(url)
+    if scp and "/" not in url.split(":", 1)[0]:
+        if scp["host"].startswith("-") or (scp["user"] or "").startswith("-"):
+            raise InvalidRepo("invalid repository URL: host starts with '-'")
+        return url
+    return str(Path(url).expanduser().absolute())
+
+
+def _check_scheme_url(url: str, scheme: str) -> str:
+    if scheme not in GIT_SCHEMES:
+        raise InvalidRepo(f"invalid repository URL: transport {scheme!r} is not allowed")
+    parts = urlsplit(url)
+    if parts.password is not None or (scheme in ("http", "https") and parts.username):
+        raise InvalidRepo("invalid repository URL: credentials do not belong in it; configure GITHUB_TOKEN instead")
+    if scheme != "file" and (not parts.hostname or parts.hostname.startswith("-")):
+        raise InvalidRepo("invalid repository URL: missing host or host starts with '-'")
+    if (parts.username or "").startswith("-"):
+        raise InvalidRepo("invalid repository URL: user starts with '-'")
+    return url
+
+
 def validate_repo(url: str, settings: Settings, *, any_local_path: bool = False) -> str:
     """Return the URL if fixfleet may work on it, else raise InvalidRepo with the reason.
 
     `any_local_path`: the operator at the CLI may name any local repository; requests from
     outside (webhooks, the API) only those under FIXFLEET_LOCAL_REPO_ROOTS."""
-    url = url.strip()
-    if not url or url.startswith("-") or any(c.isspace() or ord(c) < 32 for c in url):
-        raise InvalidRepo("a repository must be a git URL (https://, ssh:// or file://) without spaces")
-    if _SCP_LIKE.match(url):
+    url = url.strip() if isinstance(url, str) else url
+    try:
+        check_git_url(url)
+    except InvalidRepo as exc:
+        raise InvalidRepo(f"a repository must be a git URL (https://, ssh:// or file://): {exc}") from None
+    if not _SCHEME.match(url):
+        if not _SCP_LIKE.match(url):
+            raise InvalidRepo("unsupported repository URL scheme (none): use https://, ssh:// or file://")
         _check_allowlist(url, settings)
         return url
     parts = urlsplit(url)
-    if parts.scheme == "https":
-        _check_remote(parts, url)
-    elif parts.scheme == "ssh":
-        _check_remote(parts, url, allow_user=True)
-    elif parts.scheme == "file":
+    if parts.scheme not in REQUEST_SCHEMES:
+        raise InvalidRepo(f"unsupported repository URL scheme {parts.scheme!r}: use https, ssh or file")
+    if parts.scheme == "file":
         _check_local(parts.path, settings, any_local_path)
-    else:
-        raise InvalidRepo(f"unsupported repository URL scheme {parts.scheme or '(none)'!r}: use https, ssh or file")
+    elif not _HOST.match(parts.netloc.rsplit("@", 1)[-1]) or not _PATH.match(parts.path or "") \
+            or parts.query or parts.fragment:
+        raise InvalidRepo(f"{url!r} is not a repository URL like https://github.com/owner/repo.git")
     _check_allowlist(url, settings)
     return url
-
-
-def _check_remote(parts, url: str, *, allow_user: bool = False) -> None:  # noqa: ANN001 - SplitResult
-    if parts.password is not None or (parts.username and not allow_user):
-        raise InvalidRepo("credentials do not belong in a repository URL; configure GITHUB_TOKEN instead")
-    host = parts.netloc.rsplit("@", 1)[-1]
-    if not _HOST.match(host) or not _PATH.match(parts.path or "") or parts.query or parts.fragment:
-        raise InvalidRepo(f"{url!r} is not a repository URL like https://github.com/owner/repo.git")
 
 
 def _check_local(path: str, settings: Settings, any_local_path: bool) -> None:

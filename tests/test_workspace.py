@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from actors.workspace import WorkspaceError, WorkspaceManager, Worktree, disk_usage
+from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceError, WorkspaceManager, disk_usage
 
 BIG_BUDGET = 10**12
 TOKEN = "ghp_FAKEtoken0123456789abcdefSECRET"
@@ -87,10 +87,6 @@ def worktree_paths(mirror: Path) -> list[str]:
     return [line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")]
 
 
-def local_branches(mirror: Path) -> list[str]:
-    return git("for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=mirror).split()
-
-
 def files_containing(root: Path, needle: bytes) -> list[Path]:
     hits = []
     for path in root.rglob("*"):
@@ -145,9 +141,7 @@ async def test_clones_once_then_fetches(manager: WorkspaceManager, upstream: Ups
     assert git("rev-parse", "refs/remotes/origin/HEAD", cwd=mirror) == new_sha
 
 
-async def test_concurrent_calls_share_one_clone(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
+async def test_concurrent_calls_share_one_clone(manager: WorkspaceManager, upstream: Upstream) -> None:
     mirrors = await asyncio.gather(*(manager.ensure_mirror(upstream.url) for _ in range(6)))
     assert len(set(mirrors)) == 1
     assert manager.stats.clones == 1
@@ -155,228 +149,237 @@ async def test_concurrent_calls_share_one_clone(
     assert not list(manager.mirrors_dir.glob(".partial-*"))
 
 
-async def test_fetch_prunes_deleted_upstream_branches(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
+async def test_fetch_prunes_deleted_upstream_branches(manager: WorkspaceManager, upstream: Upstream) -> None:
     upstream.commit({"f.txt": "x\n"}, branch="short-lived")
     mirror = await manager.ensure_mirror(upstream.url)
     assert "origin/short-lived" in git("branch", "-r", cwd=mirror)
     git("push", "-q", "origin", "--delete", "short-lived", cwd=upstream.seed)
     await manager.ensure_mirror(upstream.url)
     assert "origin/short-lived" not in git("branch", "-r", cwd=mirror)
+    assert await manager.branch_head(upstream.url, "short-lived") is None
 
 
-async def test_failed_clone_leaves_nothing_behind(
-    manager: WorkspaceManager, tmp_path: Path
-) -> None:
+async def test_failed_clone_leaves_nothing_behind(manager: WorkspaceManager, tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError) as raised:
         await manager.ensure_mirror((tmp_path / "missing.git").as_uri())
     assert "does not appear to be a git repository" in raised.value.stderr
     assert not list(manager.mirrors_dir.iterdir())
 
 
-# -- worktrees ----------------------------------------------------------------------------
+async def test_files_are_read_from_the_mirror_as_data(manager: WorkspaceManager, upstream: Upstream) -> None:
+    sha = upstream.commit({"pyproject.toml": "[project]\nname = 'x'\n", "bin/run": "#!/bin/sh\n"})
+    await manager.ensure_mirror(upstream.url)
+    files = await manager.read_files(upstream.url, sha, ["pyproject.toml", "README.md", "missing.txt", "src"])
+    assert files == {"pyproject.toml": b"[project]\nname = 'x'\n", "README.md": b"hello\n"}
+    tree = await manager.list_tree(upstream.url, sha)
+    assert set(tree) == {"README.md", "src/app.py", "pyproject.toml", "bin/run"}
+
+
+# -- checkouts ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("spares", [0, 1], ids=["cold", "spare"])
-async def test_worktree_is_fresh_and_isolated(
+async def test_checkout_is_a_plain_tree_cut_loose_from_the_mirror(
     tmp_path: Path, upstream: Upstream, spares: int
 ) -> None:
     workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=spares)
     try:
-        await workspace.warm(upstream.url)
-        first = await workspace.create_worktree(upstream.url, "fixfleet/1")
+        mirror = await workspace.warm(upstream.url)
+        head = await workspace.resolve(upstream.url)
+        first = await workspace.checkout(upstream.url, head, "FF-1-exec")
         await workspace.warm(upstream.url)  # the next spare, if any
-        second = await workspace.create_worktree(upstream.url, "fixfleet/2")
+        second = await workspace.checkout(upstream.url, head, "FF-2-exec")
 
         assert first.from_spare == second.from_spare == bool(spares)
-        head = upstream.sha("main")
-        for wt, branch in ((first, "fixfleet/1"), (second, "fixfleet/2")):
-            assert wt.base_sha == head
-            assert wt.path.parent == workspace.worktrees_dir
-            assert git("rev-parse", "HEAD", cwd=wt.path) == head
-            assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == branch
-            assert git("status", "--porcelain", cwd=wt.path) == ""
-            assert (wt.path / "src/app.py").read_text() == "print('v1')\n"
+        for checkout in (first, second):
+            assert checkout.sha == head == upstream.sha("main")
+            assert checkout.path.parent == workspace.checkouts_dir
+            assert not (checkout.path / ".git").exists()  # nothing points back at the mirror
+            assert (checkout.path / "src/app.py").read_text() == "print('v1')\n"
+        assert worktree_paths(mirror) == [str(mirror)]  # no registration left behind
 
         (first.path / "src/app.py").write_text("print('changed in task 1')\n")
         (first.path / "new.txt").write_text("task 1 only\n")
-        git("add", "-A", cwd=first.path)
-        git("commit", "-q", "-m", "task 1", cwd=first.path)
         assert (second.path / "src/app.py").read_text() == "print('v1')\n"
         assert not (second.path / "new.txt").exists()
-        assert git("rev-parse", "HEAD", cwd=second.path) == head
     finally:
         await workspace.close()
 
 
-async def test_concurrent_tasks_fetches_and_spare_builds_on_one_mirror(
+async def test_the_agents_private_git_is_shallow_and_knows_nothing_of_the_mirror(
     manager: WorkspaceManager, upstream: Upstream
 ) -> None:
-    # A fetch walks every registered worktree; a concurrent `worktree add` used to break it.
+    first = upstream.sha("main")
+    second = upstream.commit({"src/app.py": "print('v2')\n"}, message="second")
+    third = upstream.commit({"src/app.py": "print('v3')\n"}, message="third")
+    mirror = await manager.ensure_mirror(upstream.url)
+    git("config", "core.hooksPath", "/nonexistent", cwd=mirror)  # the mirror's config stays the mirror's
+
+    checkout = await manager.checkout(upstream.url, third, "FF-3-plan", history=2, branch="fixfleet/FF-3")
+
+    tree = checkout.path
+    assert git("status", "--porcelain", cwd=tree) == ""
+    assert git("symbolic-ref", "--short", "HEAD", cwd=tree) == "fixfleet/FF-3"
+    assert git("log", "--format=%H", cwd=tree).split() == [third, second]  # two commits, no more
+    assert first not in git("log", "--all", "--format=%H", cwd=tree)
+    assert git("remote", cwd=tree) == ""
+    assert "hooksPath" not in (tree / ".git" / "config").read_text()
+    (tree / "src/app.py").write_text("print('fixed')\n")
+    assert "-print('v3')" in git("diff", cwd=tree)
+
+
+async def test_concurrent_checkouts_fetches_and_spare_builds_on_one_mirror(
+    manager: WorkspaceManager, upstream: Upstream
+) -> None:
     await manager.ensure_mirror(upstream.url)
+    head = upstream.sha("main")
     results = await asyncio.gather(
-        *(manager.create_worktree(upstream.url, f"fixfleet/c{i}") for i in range(4)),
+        *(manager.checkout(upstream.url, head, f"FF-c{i}", history=1) for i in range(4)),
         *(manager.ensure_mirror(upstream.url) for _ in range(3)),
     )
-    worktrees = [wt for wt in results if isinstance(wt, Worktree)]
-    assert len({wt.path for wt in worktrees}) == 4
-    for wt in worktrees:
-        assert git("status", "--porcelain", cwd=wt.path) == ""
-        assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == wt.branch
-    await asyncio.gather(*(manager.remove_worktree(wt) for wt in worktrees))
-    assert list(manager.worktrees_dir.iterdir()) == []
+    checkouts = [c for c in results if isinstance(c, Checkout)]
+    assert len({c.path for c in checkouts}) == 4
+    for checkout in checkouts:
+        assert git("status", "--porcelain", cwd=checkout.path) == ""
+    await asyncio.gather(*(manager.discard(c) for c in checkouts))
+    assert list(manager.checkouts_dir.iterdir()) == []
 
 
-async def test_spare_follows_a_moved_default_branch(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
+async def test_spare_follows_a_moved_default_branch(manager: WorkspaceManager, upstream: Upstream) -> None:
     await manager.warm(upstream.url)  # spare checked out at the first commit
     moved = upstream.commit({"src/app.py": "print('v2')\n", "docs/new.md": "new\n"})
 
-    wt = await manager.create_worktree(upstream.url, "fixfleet/3")
+    checkout = await manager.checkout(upstream.url, await manager.resolve(upstream.url), "FF-3")
 
-    assert wt.from_spare and wt.base_sha == moved
-    assert git("rev-parse", "HEAD", cwd=wt.path) == moved
-    assert (wt.path / "src/app.py").read_text() == "print('v2')\n"
-    assert (wt.path / "docs/new.md").exists()
-    assert git("status", "--porcelain", cwd=wt.path) == ""
+    assert checkout.from_spare and checkout.sha == moved
+    assert (checkout.path / "src/app.py").read_text() == "print('v2')\n"
+    assert (checkout.path / "docs/new.md").exists()
 
 
-async def test_base_may_be_a_branch_tag_or_commit(
-    cold_manager: WorkspaceManager, upstream: Upstream
-) -> None:
+async def test_base_may_be_a_branch_tag_or_commit(cold_manager: WorkspaceManager, upstream: Upstream) -> None:
     first = upstream.sha("main")
     feature = upstream.commit({"feature.txt": "f\n"}, branch="feature")
     git("push", "-q", "origin", f"{first}:refs/tags/v1.0", cwd=upstream.seed)
 
-    by_branch = await cold_manager.create_worktree(upstream.url, "t/branch", base="feature")
-    by_tag = await cold_manager.create_worktree(upstream.url, "t/tag", base="v1.0")
-    by_sha = await cold_manager.create_worktree(upstream.url, "t/sha", base=feature[:12])
-
-    assert (by_branch.base_sha, by_tag.base_sha, by_sha.base_sha) == (feature, first, feature)
-    assert (by_branch.path / "feature.txt").exists() and not (by_tag.path / "feature.txt").exists()
+    assert await cold_manager.resolve(upstream.url, "feature") == feature
+    assert await cold_manager.resolve(upstream.url, "v1.0") == first
+    assert await cold_manager.resolve(upstream.url, feature[:12]) == feature
+    assert await cold_manager.resolve(upstream.url, "feature", branch=True) == feature
     with pytest.raises(WorkspaceError, match="not found"):
-        await cold_manager.create_worktree(upstream.url, "t/none", base="no-such-branch")
+        await cold_manager.resolve(upstream.url, "no-such-branch")
+    with pytest.raises(WorkspaceError, match="not found"):
+        await cold_manager.resolve(upstream.url, "v1.0", branch=True)  # a tag is not a branch
 
 
-async def test_remove_leaves_no_worktree_or_branch(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
-    mirror = await manager.warm(upstream.url)
-    wt = await manager.create_worktree(upstream.url, "fixfleet/4")
-    (wt.path / "scratch.txt").write_text("untracked\n")
-
-    await manager.remove_worktree(wt)
-
-    assert not wt.path.exists()
-    assert str(wt.path) not in worktree_paths(mirror)
-    assert "fixfleet/4" not in local_branches(mirror)
-    assert not (mirror / "worktrees" / wt.path.name).exists()
-    assert list(manager.worktrees_dir.iterdir()) == []
+async def test_discard_leaves_nothing(manager: WorkspaceManager, upstream: Upstream) -> None:
+    checkout = await manager.checkout(upstream.url, await manager.resolve(upstream.url), "FF-4", history=1)
+    (checkout.path / "scratch.txt").write_text("untracked\n")
+    os.chmod(checkout.path / "src", 0o500)  # an agent may leave read-only directories
+    await manager.discard(checkout)
+    assert not checkout.path.exists()
+    assert list(manager.checkouts_dir.iterdir()) == []
 
 
-async def test_same_branch_twice_is_refused_while_live(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
-    await manager.create_worktree(upstream.url, "fixfleet/5")
+async def test_same_name_twice_is_refused_while_live(manager: WorkspaceManager, upstream: Upstream) -> None:
+    head = await manager.resolve(upstream.url)
+    live = await manager.checkout(upstream.url, head, "FF-5")
     with pytest.raises(WorkspaceError, match="in use"):
-        await manager.create_worktree(upstream.url, "fixfleet/5")
+        await manager.checkout(upstream.url, head, "FF-5")
+    assert (live.path / "README.md").exists()  # the refused call did not touch it
 
 
-async def test_leftover_of_a_crashed_process_is_replaced(
-    tmp_path: Path, upstream: Upstream
-) -> None:
+async def test_leftover_of_a_crashed_process_is_replaced(tmp_path: Path, upstream: Upstream) -> None:
     crashed = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
-    old = await crashed.create_worktree(upstream.url, "fixfleet/6")
+    old = await crashed.checkout(upstream.url, await crashed.resolve(upstream.url), "FF-6")
     (old.path / "half-done.txt").write_text("left behind\n")
 
     restarted = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
-    new = await restarted.create_worktree(upstream.url, "fixfleet/6")
+    new = await restarted.checkout(upstream.url, old.sha, "FF-6")
 
     assert new.path == old.path
     assert not (new.path / "half-done.txt").exists()
-    assert git("status", "--porcelain", cwd=new.path) == ""
 
 
-@pytest.mark.parametrize("spares", [0, 1], ids=["cold", "spare"])
-async def test_existing_remote_branch_is_checked_out(
-    tmp_path: Path, upstream: Upstream, spares: int
-) -> None:
-    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=spares)
-    try:
-        await workspace.warm(upstream.url)
-        pr_head = upstream.commit({"PLAN.md": "# plan\n"}, branch="fixfleet/7")
-
-        wt = await workspace.create_worktree(upstream.url, "fixfleet/7", existing=True)
-
-        assert wt.base_sha == pr_head and wt.from_spare == bool(spares)
-        assert git("rev-parse", "HEAD", cwd=wt.path) == pr_head
-        assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == "fixfleet/7"
-        assert (wt.path / "PLAN.md").read_text() == "# plan\n"
-        assert git("status", "--porcelain", cwd=wt.path) == ""
-        with pytest.raises(WorkspaceError, match="not found on the remote"):
-            await workspace.create_worktree(upstream.url, "fixfleet/none", existing=True)
-    finally:
-        await workspace.close()
-
-
-async def test_existing_branch_pushed_after_a_recent_fetch_is_found(
-    tmp_path: Path, upstream: Upstream
-) -> None:
+async def test_a_branch_pushed_after_a_recent_fetch_is_found(tmp_path: Path, upstream: Upstream) -> None:
     # With a long freshness window the mirror would not fetch; a missing branch forces it.
-    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0,
-                                 fetch_max_age_s=3600)
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0, fetch_max_age_s=3600)
     await workspace.ensure_mirror(upstream.url)
     pr_head = upstream.commit({"PLAN.md": "# plan\n"}, branch="fixfleet/8")
-    wt = await workspace.create_worktree(upstream.url, "fixfleet/8", existing=True)
-    assert wt.base_sha == pr_head
+    assert await workspace.branch_head(upstream.url, "fixfleet/8") == pr_head
 
 
-# -- push ---------------------------------------------------------------------------------
+# -- commits and pushes -------------------------------------------------------------------
 
 
-async def test_push_to_a_file_remote(manager: WorkspaceManager, upstream: Upstream) -> None:
-    wt = await manager.create_worktree(upstream.url, "fixfleet/9")
-    (wt.path / "src/app.py").write_text("print('fixed')\n")
-    git("commit", "-q", "-am", "fix: the bug", cwd=wt.path)
-
-    sha = await manager.push(wt, "fixfleet/9")
-
-    assert upstream.sha("fixfleet/9") == sha == git("rev-parse", "HEAD", cwd=wt.path)
-    mirror = await manager.ensure_mirror(upstream.url)
-    assert git("rev-parse", "refs/remotes/origin/fixfleet/9", cwd=mirror) == sha
-
-
-async def test_push_refuses_to_lose_someone_elses_commits(
-    cold_manager: WorkspaceManager, upstream: Upstream
+async def test_a_commit_is_made_from_data_without_running_anything(
+    manager: WorkspaceManager, upstream: Upstream, tmp_path: Path
 ) -> None:
-    wt = await cold_manager.create_worktree(upstream.url, "fixfleet/10")
-    git("commit", "-q", "--allow-empty", "-m", "one", cwd=wt.path)
-    await cold_manager.push(wt, "fixfleet/10")
+    base = await manager.resolve(upstream.url)
+    mirror = await manager.ensure_mirror(upstream.url)
+    canary = tmp_path / "hook-ran"
+    hooks = mirror / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for name in ("pre-commit", "post-commit", "pre-push", "reference-transaction", "post-index-change"):
+        (hooks / name).write_text(f"#!/bin/sh\ntouch {canary}\n")
+        (hooks / name).chmod(0o755)
+    git("config", "filter.evil.clean", f"touch {canary}", cwd=mirror)
+    files = {"src/app.py": FileContent(content=b"print('fixed')\n"),
+             "bin/tool": FileContent(content=b"#!/bin/sh\necho hi\n", mode="100755"),
+             "link": FileContent(content=b"src/app.py", mode="120000"),
+             ".gitattributes": FileContent(content=b"* filter=evil\n"),
+             "README.md": FileContent(content=None)}
+
+    sha = await manager.commit(upstream.url, base, files, "fix: the bug (FF-1)")
+    await manager.push(upstream.url, sha, "fixfleet/FF-1", expected=None)
+
+    assert upstream.sha("fixfleet/FF-1") == sha and not canary.exists()
+    assert git("log", "-1", "--format=%s%n%an <%ae>%n%P", sha, cwd=upstream.bare).splitlines() == [
+        "fix: the bug (FF-1)", "fixfleet <fixfleet@users.noreply.local>", base]
+    listing = git("ls-tree", "-r", sha, cwd=upstream.bare)
+    assert "100755 blob" in next(line for line in listing.splitlines() if line.endswith("bin/tool"))
+    assert "120000 blob" in next(line for line in listing.splitlines() if line.endswith("link"))
+    assert "README.md" not in listing
+    assert git("show", f"{sha}:src/app.py", cwd=upstream.bare) == "print('fixed')"
+    assert git("rev-parse", "refs/remotes/origin/fixfleet/FF-1", cwd=mirror) == sha
+
+
+async def test_push_goes_to_fixfleet_branches_only(manager: WorkspaceManager, upstream: Upstream) -> None:
+    base = await manager.resolve(upstream.url)
+    sha = await manager.commit(upstream.url, base, {"x": FileContent(content=b"x")}, "x")
+    for branch in ("main", "release/1.0", "fixfleet"):
+        with pytest.raises(WorkspaceError, match="refused to push"):
+            await manager.push(upstream.url, sha, branch, expected=base)
+    assert upstream.sha("main") == base
+
+
+async def test_push_refuses_to_lose_someone_elses_commits(cold_manager: WorkspaceManager, upstream: Upstream) -> None:
+    base = await cold_manager.resolve(upstream.url)
+    ours = await cold_manager.commit(upstream.url, base, {"a.txt": FileContent(content=b"a")}, "one")
+    await cold_manager.push(upstream.url, ours, "fixfleet/10", expected=None)
     theirs = upstream.commit({"human.txt": "pushed by a human\n"}, branch="fixfleet/10")
-    git("commit", "-q", "--amend", "--allow-empty", "-m", "one, amended", cwd=wt.path)
+    again = await cold_manager.commit(upstream.url, ours, {"b.txt": FileContent(content=b"b")}, "two")
 
     with pytest.raises(WorkspaceError, match="push"):
-        await cold_manager.push(wt, "fixfleet/10")  # not a fast-forward
+        await cold_manager.push(upstream.url, again, "fixfleet/10", expected=ours)  # the lease no longer holds
     with pytest.raises(WorkspaceError, match="push"):
-        await cold_manager.push(wt, "fixfleet/10", force=True)  # lease: mirror is stale
+        await cold_manager.push(upstream.url, again, "fixfleet/10", expected=None)  # it exists now
     assert upstream.sha("fixfleet/10") == theirs
 
 
 # -- eviction -----------------------------------------------------------------------------
 
 
-async def test_lru_eviction_spares_mirrors_with_live_worktrees(
-    cold_manager: WorkspaceManager, tmp_path: Path
-) -> None:
+async def test_lru_eviction_spares_mirrors_with_live_checkouts(cold_manager: WorkspaceManager, tmp_path: Path) -> None:
     repos = {name: make_upstream(tmp_path / name) for name in ("a", "b", "c")}
-    # a: least recently used but holds a live worktree; then b, then c.
-    live = await cold_manager.create_worktree(repos["a"].url, "fixfleet/11")
+    # a: least recently used but holds a live checkout; then b, then c.
+    live = await cold_manager.checkout(repos["a"].url, await cold_manager.resolve(repos["a"].url), "FF-11")
     mirror_b = await cold_manager.ensure_mirror(repos["b"].url)
     mirror_c = await cold_manager.ensure_mirror(repos["c"].url)
     mirror_a = await cold_manager.ensure_mirror(repos["a"].url)
     (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')  # back to oldest
+    env_b = cold_manager.envs_dir / mirror_b.name / "some-env"
+    env_b.mkdir(parents=True)
+    (env_b / "pyvenv.cfg").write_text("home = /usr/bin\n")
 
     sizes = {path: disk_usage(path) for path in (mirror_a, mirror_b, mirror_c)}
     cold_manager.disk_budget_bytes = sum(sizes.values()) - 1
@@ -385,10 +388,11 @@ async def test_lru_eviction_spares_mirrors_with_live_worktrees(
 
     assert evicted == [mirror_b]  # a is older but busy
     assert mirror_a.exists() and mirror_c.exists() and not mirror_b.exists()
+    assert not env_b.exists()  # its environments go with it
     assert cold_manager.stats.evictions == 1
 
-    # Once the worktree is gone, a is fair game.
-    await cold_manager.remove_worktree(live)
+    # Once the checkout is gone, a is fair game.
+    await cold_manager.discard(live)
     (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')
     cold_manager.disk_budget_bytes = sizes[mirror_c]
     assert await cold_manager.enforce_budget() == [mirror_a]
@@ -398,14 +402,12 @@ async def test_lru_eviction_spares_mirrors_with_live_worktrees(
     assert cold_manager.stats.clones == 4
 
 
-async def test_eviction_respects_worktrees_of_an_earlier_process(
-    tmp_path: Path, upstream: Upstream
-) -> None:
+async def test_a_checkout_outlives_its_evicted_mirror(tmp_path: Path, upstream: Upstream) -> None:
     before = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
-    wt = await before.create_worktree(upstream.url, "fixfleet/12")
+    checkout = await before.checkout(upstream.url, await before.resolve(upstream.url), "FF-12")
     after = WorkspaceManager(tmp_path / "agent", 1, warm_spares=0)  # restart, tiny budget
-    assert await after.enforce_budget() == []
-    assert wt.path.exists() and git("status", "--porcelain", cwd=wt.path) == ""
+    assert len(await after.enforce_budget()) == 1
+    assert (checkout.path / "src/app.py").read_text() == "print('v1')\n"  # a plain tree needs no mirror
 
 
 async def test_spares_count_against_the_budget(tmp_path: Path, upstream: Upstream) -> None:
@@ -465,18 +467,36 @@ async def test_a_hung_remote_times_out_and_its_processes_are_killed(tmp_path: Pa
         silent.close()
 
 
+async def test_git_gets_no_platform_secret_and_no_inherited_descriptor(
+    manager: WorkspaceManager, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pg-canary@db/x")
+    monkeypatch.setenv("GIT_DIR", "/somewhere/else")  # would point git at another repository
+    commands = record_commands(manager)
+    await manager.ensure_mirror(upstream.url)
+    assert commands and all("GITHUB_TOKEN" not in env and "DATABASE_URL" not in env and "GIT_DIR" not in env
+                            for _, env in commands)
+    assert all(env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null" for _, env in commands)
+
+
 # -- safety -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["-b", "--upload-pack=touch pwned", "-", "HEAD", "@{-1}", "x y", "x\ny", ""])
+async def test_rejects_bad_commits_and_names(manager: WorkspaceManager, upstream: Upstream, name: str) -> None:
+    with pytest.raises(WorkspaceError, match="invalid"):
+        await manager.checkout(upstream.url, name, "FF-13")
+    assert not list(manager.mirrors_dir.iterdir())  # rejected before any fetch
 
 
 @pytest.mark.parametrize("branch", [
     "-b", "--upload-pack=touch pwned", "-", "a..b", "HEAD", "@{-1}", "x y", "x\ny", "a~1",
     "refs/../x", "x.lock", "", "a:b",
 ])
-async def test_rejects_bad_branch_names(
-    manager: WorkspaceManager, upstream: Upstream, branch: str
-) -> None:
+async def test_rejects_bad_branch_names(manager: WorkspaceManager, upstream: Upstream, branch: str) -> None:
     with pytest.raises(WorkspaceError, match="invalid"):
-        await manager.create_worktree(upstream.url, branch)
+        await manager.resolve(upstream.url, branch, branch=True)
     assert not list(manager.mirrors_dir.iterdir())  # rejected before any fetch
 
 
@@ -494,37 +514,33 @@ async def test_rejects_bad_urls(manager: WorkspaceManager, url: str) -> None:
 
 
 @pytest.mark.parametrize("base", ["--output=/tmp/pwned", "-", "main@{1}"])
-async def test_rejects_option_like_base(
-    manager: WorkspaceManager, upstream: Upstream, base: str
-) -> None:
+async def test_rejects_option_like_base(manager: WorkspaceManager, upstream: Upstream, base: str) -> None:
     with pytest.raises(WorkspaceError, match="invalid base"):
-        await manager.create_worktree(upstream.url, "fixfleet/13", base=base)
+        await manager.resolve(upstream.url, base)
 
 
-async def test_push_rejects_option_like_target(
-    manager: WorkspaceManager, upstream: Upstream
-) -> None:
-    wt = await manager.create_worktree(upstream.url, "fixfleet/14")
+async def test_push_rejects_option_like_target(manager: WorkspaceManager, upstream: Upstream) -> None:
+    base = await manager.resolve(upstream.url)
     with pytest.raises(WorkspaceError, match="invalid branch"):
-        await manager.push(wt, "--mirror")
+        await manager.push(upstream.url, base, "--mirror", expected=None)
 
 
-async def test_removal_only_touches_its_own_worktrees(
+async def test_discard_only_touches_its_own_checkouts(
     manager: WorkspaceManager, upstream: Upstream, tmp_path: Path
 ) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.txt").write_text("keep me\n")
-    wt = await manager.create_worktree(upstream.url, "fixfleet/16")
-    for path in (precious, manager.worktrees_dir / ".." / "mirrors", Path("/")):
-        with pytest.raises(WorkspaceError, match="not a worktree of this workspace"):
-            await manager.remove_worktree(wt.model_copy(update={"path": path}))
-    assert (precious / "data.txt").exists() and wt.path.exists()
+    checkout = await manager.checkout(upstream.url, await manager.resolve(upstream.url), "FF-16")
+    for path in (precious, manager.checkouts_dir / ".." / "mirrors", Path("/")):
+        with pytest.raises(WorkspaceError, match="not a checkout of this workspace"):
+            await manager.discard(checkout.model_copy(update={"path": path}))
+    assert (precious / "data.txt").exists() and checkout.path.exists()
 
 
 async def test_plain_paths_are_accepted(manager: WorkspaceManager, upstream: Upstream) -> None:
-    wt = await manager.create_worktree(str(upstream.bare), "fixfleet/15")
-    assert wt.repo_url == str(upstream.bare) and (wt.path / "README.md").exists()
+    checkout = await manager.checkout(str(upstream.bare), await manager.resolve(str(upstream.bare)), "FF-15")
+    assert checkout.repo_url == str(upstream.bare) and (checkout.path / "README.md").exists()
 
 
 # -- credentials over real HTTPS ----------------------------------------------------------
@@ -660,15 +676,14 @@ def https_server(
 def record_commands(workspace: WorkspaceManager) -> list[tuple[list[str], dict[str, str]]]:
     """Every git command line and environment the manager uses, for the tests to inspect."""
     seen: list[tuple[list[str], dict[str, str]]] = []
-    spawn = workspace._spawn
+    spawn = workspace.git.spawn
 
-    async def recording(
-        argv: list[str], cwd: Path | None, env: dict[str, str]
-    ) -> asyncio.subprocess.Process:
+    async def recording(argv: list[str], cwd: Path | None, env: dict[str, str],
+                        with_stdin: bool = False) -> asyncio.subprocess.Process:
         seen.append((argv, env))
-        return await spawn(argv, cwd, env)
+        return await spawn(argv, cwd, env, with_stdin)
 
-    workspace._spawn = recording  # type: ignore[method-assign]
+    workspace.git.spawn = recording  # type: ignore[method-assign]
     return seen
 
 
@@ -690,16 +705,16 @@ async def test_https_token_works_and_is_never_written(
     try:
         url = https_server.url("acme/api.git")
         mirror = await workspace.warm(url)
-        wt = await workspace.create_worktree(url, "fixfleet/20")
-        (wt.path / "fix.txt").write_text("fixed\n")
-        git("add", "fix.txt", cwd=wt.path)
-        git("commit", "-q", "-m", "fix", cwd=wt.path)
-        sha = await workspace.push(wt, "fixfleet/20")
+        base = await workspace.resolve(url)
+        checkout = await workspace.checkout(url, base, "FF-20", history=1)
+        sha = await workspace.commit(url, base, {"fix.txt": FileContent(content=b"fixed\n")}, "fix")
+        sha = await workspace.push(url, sha, "fixfleet/20", expected=None)
 
         served = https_server.root / "acme" / "api.git"
         assert git("rev-parse", "refs/heads/fixfleet/20", cwd=served) == sha
-        assert git("config", "remote.origin.url", cwd=mirror) == url  # no credentials in it
+        assert "url" not in (mirror / "config").read_text()  # no remote, no credentials in the config
         assert_token_nowhere(tmp_path / "agent", commands)
+        assert not files_containing(checkout.path, TOKEN.encode())
         # The token travels only in the environment of commands that talk to the network.
         header = f"Authorization: Basic {BASIC}"
         with_token = [argv for argv, env in commands if header in env.values()]
@@ -746,9 +761,9 @@ async def test_https_failures_never_reveal_the_token(
     assert_token_nowhere(tmp_path, commands)
 
 
-async def test_worktree_model_round_trips(manager: WorkspaceManager, upstream: Upstream) -> None:
-    wt = await manager.create_worktree(upstream.url, "fixfleet/21", task_id="task-21")
-    again = Worktree.model_validate_json(wt.model_dump_json())  # e.g. through Ray or a DB
-    assert again == wt and "task-21" in wt.path.name
-    await manager.remove_worktree(again)
-    assert not wt.path.exists()
+async def test_checkout_model_round_trips(manager: WorkspaceManager, upstream: Upstream) -> None:
+    checkout = await manager.checkout(upstream.url, await manager.resolve(upstream.url), "task-21")
+    again = Checkout.model_validate_json(checkout.model_dump_json())  # e.g. through Ray or a DB
+    assert again == checkout and "task-21" in checkout.path.name
+    await manager.discard(again)
+    assert not checkout.path.exists()

@@ -1,0 +1,631 @@
+"""The sandbox's only two ways out: an allowlisting CONNECT proxy and the model-API proxy.
+
+Agents and repository test code run in a bubblewrap sandbox without a network
+(`--unshare-net`). Two platform-side proxies listen on Unix sockets that are bind-mounted into
+the sandbox, where a socat bridge exposes each as `127.0.0.1:<port>`:
+
+* `EgressProxy` — HTTP CONNECT (and plain absolute-form HTTP) to an allowlist of hosts, for
+  package registries and the like. It resolves names itself and refuses a host whose addresses
+  are loopback, link-local (cloud metadata), multicast or unspecified, so an allowed name cannot
+  be pointed at the platform's own services; then it connects to the very address it checked.
+* `ModelProxy` — the only path to the Messages API. The CLI inside holds a per-session dummy key;
+  the proxy swaps it for the real credential, which therefore never enters the sandbox, and
+  streams the answer back as it arrives.
+
+Both are plain asyncio objects: start them on the event loop that should serve them
+(`async with`, or `await start()` / `await close()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+from pydantic import BaseModel, Field
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+CredentialKind = Literal["api_key", "oauth_token"]
+Credential = tuple[CredentialKind, str]
+
+MAX_HEAD_BYTES = 16 * 1024
+DEFAULT_PORTS = frozenset({80, 443})
+ANTHROPIC_API = "https://api.anthropic.com"
+OAUTH_BETA = "oauth-2025-04-20"
+SESSION_KEY_PREFIX = "sk-ant-fixfleet-session-"
+MAX_MODEL_REQUEST_BYTES = 64 * 1024 * 1024  # long contexts; aiohttp's default 1 MiB is too small
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+_PIPE_CHUNK = 64 * 1024
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # bare CR/LF/NUL would smuggle headers upstream
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.x.x to the local host
+# Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+
+
+# -- hosts and the allowlist -------------------------------------------------------------------
+
+
+def normalize_host(host: str) -> str:
+    """Lower case, no trailing dot or IPv6 brackets, IP literals in canonical form.
+
+    Raises ValueError for anything that is neither a DNS name nor an IP literal, so odd bytes
+    never reach the resolver or a log line."""
+    host = host.strip().lower()
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host.removesuffix(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed or len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"not a host name: {host[:80]!r}") from None
+        return host
+    return str(address)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 literal -> (host, port or None)."""
+    if text.startswith("["):
+        inner, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"malformed address: {text[:80]!r}")
+        host, port_text = f"[{inner}]", rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # a name, or an IPv6 literal without brackets
+    return normalize_host(host), None if port_text is None else parse_port(port_text)
+
+
+def parse_port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise ValueError(f"not a port: {text[:10]!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    host: str  # normalized; for a wildcard, the suffix after "*."
+    wildcard: bool
+    ports: frozenset[int]
+
+    @classmethod
+    def parse(cls, entry: str) -> AllowRule:
+        text = entry.strip()
+        wildcard = text.startswith("*.")
+        host, port = split_host_port(text[2:] if wildcard else text)
+        if wildcard and is_ip(host):
+            raise ValueError(f"a wildcard cannot cover IP addresses: {entry!r}")
+        return cls(host, wildcard, frozenset({port}) if port else DEFAULT_PORTS)
+
+    def permits(self, host: str, port: int) -> bool:
+        if port not in self.ports:
+            return False
+        if not self.wildcard:
+            return host == self.host
+        # "*.example.org" covers its subdomains, not the apex; IP literals only match exactly.
+        return host.endswith("." + self.host) and not is_ip(host)
+
+
+class Allowlist:
+    """Which host:port pairs the sandbox may reach (exact names, `*.suffix`, optional port)."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.rules = tuple(AllowRule.parse(entry) for entry in entries)
+
+    def permits(self, host: str, port: int) -> bool:
+        try:
+            host = normalize_host(host)
+        except ValueError:
+            return False
+        return any(rule.permits(host, port) for rule in self.rules)
+
+
+def forbidden_reason(address: IPAddress, *, allow_loopback: bool = False) -> str | None:
+    """Why connecting to `address` would reach what the sandbox must not, or None.
+
+    Private (RFC 1918) ranges stay allowed: corporate registries live there."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address.is_loopback:
+        return None if allow_loopback else "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_unspecified or address in _THIS_NETWORK:
+        return "unspecified"
+    return None
+
+
+# -- the egress proxy --------------------------------------------------------------------------
+
+
+class Refusal(BaseModel):
+    host: str
+    port: int
+    status: int
+    reason: str
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, host: str = "", port: int = 0) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.host, self.port = status, reason, host, port
+
+
+@dataclass
+class ProxyRequest:
+    method: str
+    host: str
+    port: int
+    version: str
+    target: str  # origin-form path for plain HTTP, "" for CONNECT
+    headers: list[tuple[str, str]]
+
+
+def parse_head(head: bytes) -> ProxyRequest:
+    """A CONNECT or absolute-form request head (up to and including the blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    if any(_CONTROL.search(line) for line in lines):
+        raise _Refused(400, "control characters in the request head")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _Refused(400, "malformed request line")
+    method, target, version = parts
+    headers = [_header(line) for line in lines[1:] if line]
+    if method == "CONNECT":
+        host, port = _authority(target)
+        return ProxyRequest(method, host, port, version, "", headers)
+    host, port, path = _absolute_url(target)
+    return ProxyRequest(method, host, port, version, path, headers)
+
+
+def _header(line: str) -> tuple[str, str]:
+    name, colon, value = line.partition(":")
+    if not colon or not _TOKEN.fullmatch(name):  # also rejects obsolete line folding
+        raise _Refused(400, "malformed header line")
+    return name, value.strip()
+
+
+def _authority(target: str) -> tuple[str, int]:
+    try:
+        host, port = split_host_port(target)
+    except ValueError:
+        raise _Refused(400, "malformed CONNECT target") from None
+    if port is None:
+        raise _Refused(400, "CONNECT needs host:port", host)
+    return host, port
+
+
+def _absolute_url(target: str) -> tuple[str, int, str]:
+    try:
+        url = urlsplit(target)
+        scheme, netloc = url.scheme.lower(), url.netloc
+        port = 80 if url.port is None else url.port
+        host = normalize_host(url.hostname or "")
+    except ValueError:
+        raise _Refused(400, "not a CONNECT or an absolute http:// request") from None
+    if scheme == "https":
+        raise _Refused(400, "https goes through CONNECT", host, 443)
+    if scheme != "http" or "@" in netloc:
+        raise _Refused(400, "not a CONNECT or an absolute http:// request")
+    return host, port, (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def _named_by_connection(values: Iterable[str]) -> set[str]:
+    """Headers a `Connection:` header declares hop-by-hop for this one connection."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def origin_head(request: ProxyRequest) -> bytes:
+    """The head to send upstream: origin-form target, our Host, one request per connection."""
+    host = f"[{request.host}]" if ":" in request.host else request.host
+    host = host if request.port == 80 else f"{host}:{request.port}"
+    connection = _named_by_connection(v for n, v in request.headers if n.lower() == "connection")
+    # Transfer-Encoding stays: the body is piped through raw, framing and all.
+    drop = (HOP_BY_HOP - {"transfer-encoding"}) | connection | {"host"}
+    lines = [f"{request.method} {request.target} {request.version}", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in request.headers if name.lower() not in drop]
+    lines += ["Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class EgressProxy:
+    """HTTP CONNECT / absolute-form HTTP proxy on a Unix socket, limited to an allowlist.
+
+        async with EgressProxy(sock, ["pypi.org", "*.pythonhosted.org"]) as proxy:
+            ...  # HTTPS_PROXY=http://127.0.0.1:<bridged port> inside the sandbox
+        proxy.refused  # what the sandbox tried and was denied
+    """
+
+    def __init__(self, socket_path: Path, allow: Sequence[str], *, allow_loopback: bool = False,
+                 connect_timeout_s: float = 15, head_timeout_s: float = 10) -> None:
+        self.socket_path = Path(socket_path)
+        self.allowlist = Allowlist(allow)
+        self.allow_loopback = allow_loopback
+        self.connect_timeout_s = connect_timeout_s
+        self.head_timeout_s = head_timeout_s
+        self.allowed: list[tuple[str, int]] = []
+        self.refused: list[Refusal] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[object]] = set()
+
+    def __repr__(self) -> str:
+        return (f"EgressProxy(socket={str(self.socket_path)!r}, rules={len(self.allowlist.rules)}, "
+                f"open={len(self._connections)})")
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> EgressProxy:
+        prepare_socket_path(self.socket_path)
+        # The reader's limit bounds the request head (readuntil raises past it).
+        self._server = await asyncio.start_unix_server(
+            self._handle, path=str(self.socket_path), limit=MAX_HEAD_BYTES)
+        log.info("egress proxy listening on %s", self.socket_path)
+        return self
+
+    async def close(self) -> None:
+        """Stop listening and cut every open tunnel (3.11's wait_closed would not)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()
+        self.socket_path.unlink(missing_ok=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except _Refused as refused:
+            self._refuse(writer, refused)
+        except Exception as error:  # a bug must cost one connection, not the proxy
+            log.exception("egress proxy: unexpected %s", type(error).__name__)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await self._read_head(reader)
+        if head is None:
+            return
+        request = parse_head(head)
+        if not self.allowlist.permits(request.host, request.port):
+            raise _Refused(403, f"{request.host}:{request.port} is not on the egress allowlist",
+                           request.host, request.port)
+        upstream_reader, upstream_writer = await self._connect(request.host, request.port)
+        self.allowed.append((request.host, request.port))
+        log.info("egress %s %s:%d", request.method, request.host, request.port)
+        try:
+            if request.method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                upstream_writer.write(origin_head(request))
+            await pipe(reader, writer, upstream_reader, upstream_writer)
+        finally:
+            upstream_writer.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout_s)
+        except asyncio.IncompleteReadError as error:
+            if not error.partial:
+                return None  # connected and left (a probe): nothing to refuse
+            raise _Refused(400, "connection closed inside the request head") from None
+        except asyncio.LimitOverrunError:
+            raise _Refused(431, f"request head over {MAX_HEAD_BYTES} bytes") from None
+        except TimeoutError:
+            raise _Refused(408, f"no request head within {self.head_timeout_s:g} s") from None
+
+    async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to a checked address of `host`, never to the name (no DNS rebinding)."""
+        addresses = await self._resolve(host, port)
+        error: OSError | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                for address in addresses:
+                    try:
+                        return await asyncio.open_connection(address, port, limit=_PIPE_CHUNK)
+                    except OSError as failed:
+                        error = failed
+        except TimeoutError:
+            raise _Refused(504, f"connecting to {host}:{port} timed out", host, port) from None
+        detail = (error.strerror if error is not None else None) or type(error).__name__
+        raise _Refused(502, f"cannot connect to {host}:{port}: {detail}", host, port)
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise _Refused(504, f"resolving {host} timed out", host, port) from None
+        except OSError:
+            raise _Refused(502, f"cannot resolve {host}", host, port) from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            ip = ipaddress.ip_address(address.partition("%")[0])  # drop an IPv6 scope id
+            reason = forbidden_reason(ip, allow_loopback=self.allow_loopback)
+            if reason is not None:
+                raise _Refused(403, f"{host} resolves to a {reason} address ({ip})", host, port)
+        return addresses
+
+    def _refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
+        self.refused.append(Refusal(host=refused.host, port=refused.port, status=refused.status,
+                                    reason=refused.reason))
+        log.warning("egress refused %s:%d (%d): %s", refused.host or "-", refused.port,
+                    refused.status, refused.reason)
+        body = f"{refused.reason}\n".encode()
+        writer.write(
+            f"HTTP/1.1 {refused.status} {HTTPStatus(refused.status).phrase}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode() + body)
+
+
+async def pipe(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
+               b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+    """Copy both ways until either side closes; the caller closes both writers (which flushes)."""
+    pumps = {asyncio.create_task(_pump(a_reader, b_writer)),
+             asyncio.create_task(_pump(b_reader, a_writer))}
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(_PIPE_CHUNK):
+            writer.write(chunk)
+            await writer.drain()  # back-pressure: never buffer a whole download
+    except ConnectionError:
+        pass
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Create the directory and clear a socket left by a crashed run (never a regular file).
+
+    No chmod: the sandbox's root is our own uid mapped, so the default mode serves it."""
+    if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+        raise ValueError(f"Unix socket path longer than {_UNIX_PATH_MAX} bytes: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    path.unlink()
+
+
+# -- the model proxy ---------------------------------------------------------------------------
+
+
+def api_error(status: int, kind: str, message: str) -> web.Response:
+    """An error exactly as the Messages API words it, so the CLI reports it sensibly."""
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}},
+                             status=status)
+
+
+def upstream_headers(incoming: MultiMapping[str], kind: CredentialKind, secret: str) -> CIMultiDict[str]:
+    """The client's headers minus its (dummy) auth and hop-by-hop ones, plus the real credential."""
+    connection = _named_by_connection(incoming.getall("connection", []))
+    drop = HOP_BY_HOP | connection | {"host", "content-length", "x-api-key", "authorization",
+                                      "accept-encoding"}
+    headers = CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in drop)
+    headers["accept-encoding"] = "identity"  # bytes pass through untouched, nothing to re-encode
+    if kind == "api_key":
+        headers["x-api-key"] = secret
+        return headers
+    headers["authorization"] = f"Bearer {secret}"
+    betas = [beta.strip() for value in headers.popall("anthropic-beta", [])
+             for beta in value.split(",") if beta.strip()]
+    headers["anthropic-beta"] = ",".join(betas + ([OAUTH_BETA] if OAUTH_BETA not in betas else []))
+    return headers
+
+
+def response_headers(incoming: MultiMapping[str]) -> CIMultiDict[str]:
+    """Upstream's headers for the client. Content-Encoding passes through with the raw bytes."""
+    connection = _named_by_connection(incoming.getall("connection", []))
+    drop = HOP_BY_HOP | connection | {"content-length"}
+    return CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in drop)
+
+
+def forwardable(path: str) -> bool:
+    return path.startswith("/v1/") and ".." not in path.split("/")
+
+
+class ModelProxy:
+    """The Messages API as the sandbox sees it: dummy session keys in, the real credential out.
+
+        async with ModelProxy(sock, None, lambda: ("api_key", vault.key())) as proxy:
+            key = proxy.add_session()  # ANTHROPIC_API_KEY=key inside the sandbox
+            ...
+            proxy.remove_session(key)
+
+    `credential()` is called per request (keys rotate) and may be sync or async; it must not
+    block the loop. The secret is never stored, logged or shown in repr.
+    """
+
+    def __init__(self, socket_path: Path, upstream: str | None,
+                 credential: Callable[[], Credential | Awaitable[Credential]], *,
+                 connect_timeout_s: float = 15, trust_env: bool = False) -> None:
+        self.socket_path = Path(socket_path)
+        self.upstream = URL(upstream or ANTHROPIC_API)
+        self.connect_timeout_s = connect_timeout_s
+        self.trust_env = trust_env  # True: honour HTTPS_PROXY on the platform side
+        self.requests: dict[str, int] = {}
+        self._credential = credential
+        self._sessions: set[str] = set()
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        upstream = self.upstream.with_user(None).with_query(None)
+        return (f"ModelProxy(socket={str(self.socket_path)!r}, upstream={str(upstream)!r}, "
+                f"sessions={len(self._sessions)})")
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def add_session(self) -> str:
+        key = SESSION_KEY_PREFIX + secrets.token_urlsafe(24)
+        self._sessions.add(key)
+        self.requests[key] = 0
+        return key
+
+    def remove_session(self, key: str) -> int:
+        """Revoke a dummy key; returns how many requests it forwarded."""
+        self._sessions.discard(key)
+        return self.requests.pop(key, 0)
+
+    async def start(self) -> ModelProxy:
+        prepare_socket_path(self.socket_path)
+        self._client = aiohttp.ClientSession(
+            # No total timeout: a session streams for minutes. Connecting must be quick.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s,
+                                          sock_connect=self.connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=0),  # a pool cap would queue live sessions
+            auto_decompress=False, trust_env=self.trust_env, skip_auto_headers=("User-Agent",))
+        app = web.Application(client_max_size=MAX_MODEL_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a client that goes away cancels its handler, which closes the
+        # upstream stream at once instead of at its next chunk.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, str(self.socket_path)).start()
+        log.info("model proxy listening on %s for %s", self.socket_path, self.upstream.host)
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        self.socket_path.unlink(missing_ok=True)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        key = self._session_of(request)
+        if key is None:
+            log.warning("model proxy: %s %s without a session key", request.method, request.path)
+            return api_error(401, "authentication_error",
+                             "invalid x-api-key: not a session key issued by the fixfleet proxy")
+        if not forwardable(request.path):
+            return api_error(404, "not_found_error", f"{request.method} {request.path} is not forwarded")
+        try:
+            kind, secret = await self._current_credential()
+        except Exception as error:  # noqa: BLE001 - its message might quote the secret: type only
+            log.error("model proxy: credential() failed (%s)", type(error).__name__)
+            return api_error(500, "api_error", "the platform has no usable model credential")
+        headers = upstream_headers(request.headers, kind, secret)
+        body = await request.read()
+        return await self._forward(request, key, headers, body)
+
+    async def _forward(self, request: web.Request, key: str, headers: CIMultiDict[str],
+                       body: bytes) -> web.StreamResponse:
+        assert self._client is not None
+        url = URL(str(self.upstream).rstrip("/") + request.raw_path, encoded=True)
+        try:
+            upstream = await self._client.request(request.method, url, headers=headers,
+                                                  data=body or None, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("model proxy: %s unreachable (%s)", self.upstream.host, type(error).__name__)
+            return api_error(502, "api_error", f"model API unreachable ({type(error).__name__})")
+        if key in self.requests:
+            self.requests[key] += 1
+        log.debug("model proxy: %s %s -> %d", request.method, request.path, upstream.status)
+        async with upstream:
+            return await relay(request, upstream)
+
+    def _session_of(self, request: web.Request) -> str | None:
+        """The registered dummy key the request carries; None if any key it shows is unknown."""
+        presented = request.headers.getall("x-api-key", [])
+        for value in request.headers.getall("authorization", []):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            presented.append(token)
+        presented = [key.strip() for key in presented]
+        if not presented or any(key not in self._sessions for key in presented):
+            return None
+        return presented[0]
+
+    async def _current_credential(self) -> Credential:
+        result = self._credential()
+        kind, secret = await result if inspect.isawaitable(result) else result
+        secret = secret.strip()  # a key file's trailing newline would be an invalid header
+        usable = secret.isascii() and secret.isprintable() and " " not in secret
+        if kind not in ("api_key", "oauth_token") or not secret or not usable:
+            raise ValueError("unusable credential")  # no detail: it would be the secret
+        return kind, secret
+
+
+async def relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Stream upstream's answer to the client chunk by chunk, as it arrives (SSE)."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=response_headers(upstream.headers))
+    finished = False
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        finished = True
+    except ConnectionResetError:
+        log.debug("model proxy: client left mid-stream")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        log.warning("model proxy: upstream stream broke (%s)", type(error).__name__)
+        if request.transport is not None:
+            request.transport.abort()  # the client must see a cut stream, not a clean end
+    finally:
+        if not finished:
+            upstream.close()  # stop reading upstream (also when the handler is cancelled)
+    return response

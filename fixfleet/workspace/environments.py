@@ -1,0 +1,284 @@
+"""The repository's own environment: built once per dependency spec, in the sandbox, kept warm.
+
+    envs/<repo>/<hash>/          what the sandbox mounts read-only at /env: a virtualenv, or
+                                 node_modules; `.fixfleet/env.json` says how it was made
+    envs/<repo>/<hash>.lock      held while it is built (two agents never build it twice)
+    envs/<repo>/cache/           uv's and npm's download caches for this repository only
+
+The hash covers what decides the contents: the setup plan (commands, runner, interpreter) and
+the bytes of the dependency files (pyproject.toml, requirements*.txt, lockfiles, ...). A
+change to any of them, the agent's included, means a new environment; an unchanged one is
+found by one stat. The build runs the plan's commands in the sandbox on a clean checkout at
+/workspace, with /env writable and only the registries the plan names reachable. Files the
+setup generates in the checkout (a setuptools-scm `_version.py`, `*.egg-info`) are kept with
+the environment and laid into every checkout that uses it; they are never part of a change.
+The directory goes with the mirror when the mirror is evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from fixfleet.workspace.egress import EgressProxy
+from fixfleet.workspace.changes import apply_files
+from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager, remove_tree
+from fixfleet.workspace.repo_config import SPEC_FILES, RepoConfig, SetupPlan, resolve
+from fixfleet.workspace.sandbox import Bridge, RunResult, Sandbox, SandboxSpec, base_python_prefix
+
+log = logging.getLogger(__name__)
+RECIPE_VERSION = "1"
+META = ".fixfleet"
+PROXY_PORT = 3128
+SETUP_TAIL = 4000
+PRETEND_VERSION = "0.0.0"  # setuptools-scm / hatch-vcs need a version and there is no .git
+
+
+class SetupFailed(RuntimeError):
+    """The repository could not be set up; carries the tail of the setup log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n{log_tail}".rstrip())
+        self.message, self.log_tail = message, log_tail
+
+
+class Environment(BaseModel):
+    """A ready environment: where it is, how it was made, what a checkout must receive."""
+
+    path: Path
+    hash: str
+    plan: SetupPlan
+    python_prefix: Path | None = None
+    generated: list[str] = Field(default_factory=list)  # files the setup made in the checkout
+    built_s: float = 0.0  # the build's own time (0 when reused)
+    reused: bool = False
+
+    @property
+    def mounts_node_modules(self) -> bool:
+        return (self.path / "node_modules").is_dir()
+
+    def sandbox_env(self) -> dict[str, str]:
+        path = "/env/bin:" if self.plan.language == "python" else "/workspace/node_modules/.bin:"
+        extra = {"VIRTUAL_ENV": "/env"} if self.plan.language == "python" else {}
+        return {"PATH": path + "/usr/local/bin:/usr/bin:/bin", **extra, **self.plan.env}
+
+
+class EnvironmentBuilder:
+    def __init__(self, workspaces: WorkspaceManager, sandbox: Sandbox,
+                 configs: Mapping[str, RepoConfig] | None = None, default_suite_command: str | None = None) -> None:
+        self.workspaces, self.sandbox = workspaces, sandbox
+        self.configs = dict(configs or {})  # operator settings per repository URL
+        self.default_suite_command = default_suite_command
+
+    async def plan_for(self, url: str, files: Mapping[str, bytes]) -> SetupPlan:
+        return resolve(files, self.configs.get(url), self.default_suite_command)
+
+    async def spec_files_at(self, url: str, sha: str) -> dict[str, bytes]:
+        return await self.workspaces.read_files(url, sha, SPEC_FILES)
+
+    @staticmethod
+    def spec_files_in(tree: Path) -> dict[str, bytes]:
+        found = {}
+        for name in SPEC_FILES:
+            path = tree / name
+            if path.is_file() and not path.is_symlink():
+                found[name] = path.read_bytes()
+        return found
+
+    async def ensure(self, url: str, sha: str, *, overlay: Mapping[str, FileContent] | None = None) -> Environment:
+        """The environment for the repository at `sha`, with `overlay` (a change to its
+        dependency files) laid on top; built if needed. Raises SetupFailed with the log's tail."""
+        overlay = dict(overlay or {})
+        files = await self.spec_files_at(url, sha)
+        for path, change in overlay.items():
+            if change.content is None:
+                files.pop(path, None)
+            else:
+                files[path] = change.content
+        plan = await self.plan_for(url, files)
+        python = self._python_prefix(plan)
+        digest = environment_hash(plan, files, python)
+        directory = self.workspaces.envs_dir / self.workspaces.mirror_key(url)
+        final = directory / digest
+        if (final / META / "env.json").exists():
+            return self._load(final, plan, python, reused=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        async with _file_lock(directory / f"{digest}.lock"):
+            if (final / META / "env.json").exists():  # built by someone else while we waited
+                return self._load(final, plan, python, reused=True)
+            return await self._build(url, sha, plan, python, directory, final, overlay)
+
+    def prepare(self, env: Environment, checkout: Checkout) -> list[str]:
+        """Lay the setup's generated files into a checkout, and the mount point for node_modules.
+        Returns the paths the platform placed there (never part of a change)."""
+        placed = []
+        source = env.path / META / "generated"
+        for relative in env.generated:
+            target = checkout.path / relative
+            if not target.exists() and not target.is_symlink():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / relative, target, follow_symlinks=False)
+            placed.append(relative)
+        if env.mounts_node_modules:
+            (checkout.path / "node_modules").mkdir(exist_ok=True)
+            placed.append("node_modules")
+        return placed
+
+    def spec(self, env: Environment, checkout: Checkout, **kwargs: object) -> SandboxSpec:
+        """The sandbox of a session or a test run in `checkout` with this environment."""
+        spec = SandboxSpec(workspace=checkout.path, env_dir=env.path, python_prefix=env.python_prefix,
+                           env=env.sandbox_env(), **kwargs)  # type: ignore[arg-type]
+        if env.mounts_node_modules:
+            spec.read_only["/workspace/node_modules"] = env.path / "node_modules"
+        return spec
+
+    # -- building ----------------------------------------------------------------------
+
+    async def _build(self, url: str, sha: str, plan: SetupPlan, python: Path | None,
+                     directory: Path, final: Path, overlay: Mapping[str, FileContent]) -> Environment:
+        started = time.monotonic()
+        partial = directory / f".partial-{uuid.uuid4().hex[:8]}"
+        partial.mkdir()
+        cache = directory / "cache"
+        cache.mkdir(exist_ok=True)
+        checkout = await self.workspaces.checkout(url, sha, f"setup-{final.name[:12]}-{uuid.uuid4().hex[:6]}")
+        apply_files(checkout.path, overlay)
+        before = set(_files(checkout.path))
+        try:
+            result = await self._run_setup(plan, python, checkout.path, partial, cache)
+            if result.exit_code != 0:
+                raise SetupFailed(f"setting up the repository failed (exit {result.exit_code}): "
+                                  f"{plan.steps[-1] if plan.steps else ''}", result.output_tail[-SETUP_TAIL:])
+            generated = self._keep_generated(checkout.path, partial, before)
+            seconds = round(time.monotonic() - started, 2)
+            meta = {"plan": plan.model_dump(), "python": str(python) if python else None, "generated": generated,
+                    "built_s": seconds, "built_at": time.time(), "log_tail": result.output_tail[-SETUP_TAIL:]}
+            (partial / META).mkdir(exist_ok=True)
+            (partial / META / "env.json").write_text(json.dumps(meta, indent=2))
+            os.rename(partial, final)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(remove_tree, partial))
+            raise
+        finally:
+            await self.workspaces.discard(checkout)
+        log.info("built the environment %s for %s in %.1fs", final.name, url, seconds)
+        env = self._load(final, plan, python, reused=False)
+        return env.model_copy(update={"built_s": seconds})
+
+    async def _run_setup(self, plan: SetupPlan, python: Path | None, tree: Path, env_dir: Path,
+                         cache: Path) -> RunResult:
+        socket_dir = Path(os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")) / f"ff-{uuid.uuid4().hex[:10]}"
+        socket_dir.mkdir(mode=0o700)
+        try:
+            async with EgressProxy(socket_dir / "egress.sock", plan.setup_domains) as proxy:
+                spec = SandboxSpec(workspace=tree, env_dir=env_dir, env_writable=True, python_prefix=python,
+                                   writable={"/cache": cache},
+                                   read_only={"/opt/fixfleet/bin/uv": Path(_uv_binary())},
+                                   bridges=[Bridge(socket=socket_dir / "egress.sock", port=PROXY_PORT)],
+                                   env=self._setup_env(plan, python))
+                script = "set -e\n" + "\n".join(f"echo '+ {step}'\n{step}" for step in plan.steps)
+                result = await self.sandbox.run(spec, ["/bin/bash", "-c", script], timeout_s=plan.timeouts.setup_s)
+                if proxy.refused:
+                    refused = ", ".join(sorted({f"{r.host}:{r.port}" for r in proxy.refused}))
+                    result.output_tail += f"\n[fixfleet] the setup tried to reach {refused}: not in network.setup"
+                return result
+        finally:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+    def _setup_env(self, plan: SetupPlan, python: Path | None) -> dict[str, str]:
+        proxy = f"http://127.0.0.1:{PROXY_PORT}"
+        interpreter = python / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}" if python else ""
+        path = "/env/bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin" if plan.language == "python" else \
+            "/workspace/node_modules/.bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin"
+        return {"PATH": path, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy,
+                "http_proxy": proxy, "NO_PROXY": "127.0.0.1,localhost", "UV_CACHE_DIR": "/cache/uv",
+                "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
+                "VIRTUAL_ENV": "/env", "FIXFLEET_PYTHON": str(interpreter),
+                "npm_config_cache": "/cache/npm", "npm_config_update_notifier": "false",
+                "SETUPTOOLS_SCM_PRETEND_VERSION": PRETEND_VERSION, **plan.env}
+
+    @staticmethod
+    def _keep_generated(tree: Path, env_dir: Path, before: set[str]) -> list[str]:
+        """Move node_modules into the environment; keep copies of other files the setup made."""
+        if (tree / "node_modules").is_dir():
+            os.rename(tree / "node_modules", env_dir / "node_modules")
+        generated = sorted(p for p in _files(tree) if p not in before and not p.startswith("node_modules/"))
+        store = env_dir / META / "generated"
+        for relative in generated:
+            (store / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tree / relative, store / relative, follow_symlinks=False)
+        return generated
+
+    def _load(self, final: Path, plan: SetupPlan, python: Path | None, *, reused: bool) -> Environment:
+        meta = json.loads((final / META / "env.json").read_text())
+        return Environment(path=final, hash=final.name, plan=plan, python_prefix=python,
+                           generated=meta.get("generated", []), built_s=meta.get("built_s", 0.0), reused=reused)
+
+    @staticmethod
+    def _python_prefix(plan: SetupPlan) -> Path | None:
+        """The interpreter environments are made with: the platform's base installation
+        (mounted with its site-packages hidden), or an absolute path the repository names."""
+        if plan.language != "python":
+            return None
+        if plan.python and plan.python.startswith("/"):
+            return Path(plan.python).resolve().parent.parent
+        return base_python_prefix()
+
+
+def environment_hash(plan: SetupPlan, files: Mapping[str, bytes], python: Path | None) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"recipe {RECIPE_VERSION}\n".encode())
+    digest.update(json.dumps(plan.model_dump(exclude={"reasons", "source"}), sort_keys=True).encode())
+    digest.update(f"\npython {python} {sys.version_info[:3]}\n".encode())
+    for name in sorted(files):
+        digest.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _files(tree: Path) -> list[str]:
+    found = []
+    for directory, dirnames, filenames in os.walk(tree):
+        rel = os.path.relpath(directory, tree)
+        if rel == "node_modules" or rel.startswith("node_modules/"):
+            dirnames.clear()
+            continue
+        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".git")]
+        found += [name if rel == "." else f"{rel}/{name}" for name in filenames]
+    return found
+
+
+def _uv_binary() -> str:
+    found = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(found).exists():
+        raise SetupFailed("uv is not installed on the platform's side (pip install uv): it builds "
+                          "repository environments")
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path):  # noqa: ANN202 - an async context manager
+    """An exclusive lock across processes, waited for without blocking the event loop."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.2)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock

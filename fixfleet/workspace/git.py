@@ -1,0 +1,179 @@
+"""The one way the platform runs git: hardened, with nothing of the platform's but what git needs.
+
+Every git command of fixfleet goes through `GitRunner.run`:
+- an environment built from an allowlist (locale, proxies, CA bundle, ssh agent), never the
+  platform's own: no token, database URL or webhook secret can reach git or anything it starts;
+- no system or global config (`GIT_CONFIG_NOSYSTEM`, `GIT_CONFIG_GLOBAL=/dev/null`), hooks and
+  fsmonitor off, only known transports, no terminal prompt;
+- its own session and process group, file descriptors closed (an actor's event loop holds
+  sockets a child must not inherit), a timeout after which the whole group is killed;
+- a GitHub token only for the one network command that needs it, as an `http.extraHeader`
+  scoped to the token's hosts, handed over in the environment (`GIT_CONFIG_KEY_n`): never on a
+  command line (`ps`), in a config file, a remote URL, a log or an error message.
+
+The platform only runs git in directories the agent never could write: its bare mirrors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"  # GIT_ALLOW_PROTOCOL: no ext::, fd::, ...
+HARDENING = (
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("protocol.ext.allow", "never"),
+    ("core.askPass", ""),
+    ("credential.helper", ""),
+)
+# Taken from the platform's environment: what git and ssh need to reach a remote, nothing else.
+INHERITED_ENV = (
+    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME",
+    "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy",
+    "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK",
+    "GIT_SSH_COMMAND",
+)
+IDENTITY = {"GIT_AUTHOR_NAME": "fixfleet", "GIT_AUTHOR_EMAIL": "fixfleet@users.noreply.local",
+            "GIT_COMMITTER_NAME": "fixfleet", "GIT_COMMITTER_EMAIL": "fixfleet@users.noreply.local"}
+AUTH_FAILURE = re.compile(r"Authentication failed|could not read (Username|Password)|"
+                          r"terminal prompts disabled|Permission denied \(publickey")
+NICE = shutil.which("nice")
+STDERR_TAIL_CHARS = 2000
+
+
+class GitError(RuntimeError):
+    """A git command failed; carries the (redacted) tail of its stderr."""
+
+    def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None):
+        self.message = message
+        self.stderr = stderr[-STDERR_TAIL_CHARS:]
+        self.returncode = returncode
+        super().__init__(f"{message}\n{self.stderr}".rstrip() if self.stderr else message)
+
+
+class GitCredentials:
+    """Turns a GitHub token into per-command config, and scrubs it from any text."""
+
+    def __init__(self, token: SecretStr | None = None, hosts: Collection[str] = ("github.com",)):
+        self._token = token.get_secret_value() if token else None
+        self._hosts = {host.lower() for host in hosts}
+        self.secrets: list[str] = []
+        if self._token:
+            basic = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
+            self._header = f"Authorization: Basic {basic}"
+            self.secrets = [self._token, basic, base64.b64encode(self._token.encode()).decode()]
+
+    def applies_to(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return bool(self._token) and parts.scheme == "https" and (
+            (parts.hostname or "").lower() in self._hosts)
+
+    def config_for(self, url: str) -> list[tuple[str, str]]:
+        if not self.applies_to(url):
+            return []
+        scope = f"https://{urlsplit(url).netloc}/"  # the header goes to this host only
+        return [(f"http.{scope}.extraHeader", self._header), ("http.sslVerify", "true")]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        text = re.sub(r"(?i)(authorization:\s*\w+\s+)\S+", r"\1***", text)
+        return re.sub(r"(://[^/@:\s]*:)[^@/\s]+@", r"\1***@", text)
+
+
+class GitRunner:
+    """Runs git; stdout on success, GitError (redacted stderr tail) otherwise."""
+
+    def __init__(self, credentials: GitCredentials | None = None, *,
+                 network_timeout_s: float = 900.0, local_timeout_s: float = 300.0) -> None:
+        self.credentials = credentials or GitCredentials()
+        self.network_timeout_s = network_timeout_s
+        self.local_timeout_s = local_timeout_s
+
+    async def run(self, *args: str, cwd: Path | None = None, url: str | None = None,
+                  background: bool = False, stdin: bytes | None = None,
+                  env: Mapping[str, str] | None = None) -> str:
+        out = await self.run_bytes(*args, cwd=cwd, url=url, background=background, stdin=stdin, env=env)
+        return out.decode(errors="replace")
+
+    async def run_bytes(self, *args: str, cwd: Path | None = None, url: str | None = None,
+                        background: bool = False, stdin: bytes | None = None,
+                        env: Mapping[str, str] | None = None) -> bytes:
+        """`url` marks a network command: it gets the credentials and the longer timeout.
+        `background` work runs niced so it never slows a task's own commands."""
+        timeout = self.network_timeout_s if url else self.local_timeout_s
+        argv = ["git", *args]
+        if background and NICE:
+            argv = [NICE, "-n", "10", *argv]
+        try:
+            process = await self.spawn(argv, cwd, self.environment(url, env), stdin is not None)
+        except OSError as error:  # git missing, or cwd gone
+            raise GitError(f"could not run git {args[0]}: {error}") from None
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout)
+        except BaseException as error:
+            await asyncio.shield(kill_group(process))
+            if isinstance(error, TimeoutError):
+                raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+            raise
+        if process.returncode != 0:
+            raise self._failure(args, process.returncode, stderr.decode(errors="replace"))
+        return stdout
+
+    def environment(self, url: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env |= {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+                "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+                "LC_ALL": "C", **IDENTITY, **(extra or {})}
+        config = [*HARDENING, *(self.credentials.config_for(url) if url else [])]
+        env["GIT_CONFIG_COUNT"] = str(len(config))
+        for index, (key, value) in enumerate(config):
+            env[f"GIT_CONFIG_KEY_{index}"] = key
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
+        return env
+
+    def _failure(self, args: tuple[str, ...], returncode: int, stderr: str) -> GitError:
+        what = f"git {args[0]} failed (exit {returncode})"
+        if AUTH_FAILURE.search(stderr):
+            what = f"git {args[0]}: authentication failed (no token, or it lacks access)"
+        redact = self.credentials.redact
+        return GitError(redact(f"{what}: git {' '.join(args)}"), stderr=redact(stderr),
+                        returncode=returncode)
+
+    @staticmethod
+    async def spawn(argv: list[str], cwd: Path | None, env: dict[str, str],
+                    with_stdin: bool = False) -> asyncio.subprocess.Process:
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env,
+            stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: a kill reaches its helpers
+            close_fds=True,  # uvloop's children would otherwise inherit the actor's sockets
+        ))
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # Cancelling a spawn half way can hang forever on CPython 3.11 (the pipes never
+            # connect: python/cpython#103847): let it finish, then kill it.
+            with contextlib.suppress(Exception):
+                await kill_group(await spawn)
+            raise
+
+
+async def kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()

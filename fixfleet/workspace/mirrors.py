@@ -1,0 +1,693 @@
+"""Warm workspaces: a bare mirror per repository, plain checkouts for the agents, commits made as data.
+
+An agent actor keeps, under its data directory:
+
+    root/mirrors/<repo>/     bare mirror: cloned once, `git fetch --prune` afterwards
+    root/spares/<repo>/<id>  spare checkouts made ahead of time at the default branch
+    root/checkouts/<name>    plain trees handed to a session or a verification run
+    root/envs/<repo>/        the repository's environments (fixfleet/workspace/environments.py)
+
+The trust boundary: the platform's git only ever runs in its mirrors, which no sandbox mounts.
+A checkout is a plain tree, no `.git` in it: made as a git worktree (fast, and a spare can be
+taken with a rename and a switch that rewrites only the files that differ), then cut loose
+from the mirror before anyone else sees it. What an agent changes comes back as data
+(fixfleet/workspace/changes.py); `commit` turns data into a commit with plumbing on the bare
+mirror (no working tree, no hooks, no filters), and `push` sends exactly that commit to the
+task's branch, refusing any other.
+
+Everything runs git as an asyncio subprocess through the one hardened runner
+(fixfleet/workspace/git.py): the manager lives inside Ray actors' event loops, so nothing
+here blocks the loop (directory walks and deletes go to a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from fixfleet.repos import InvalidRepo, check_git_url
+from fixfleet.workspace.git import GitCredentials, GitError, GitRunner
+
+log = logging.getLogger("fixfleet.workspace")
+
+# Upstream branches land in refs/remotes/origin/*, so nothing of ours can be pruned or
+# overwritten by a fetch; HEAD is fetched too so the default branch is known.
+FETCH_REFSPECS = (
+    "+refs/heads/*:refs/remotes/origin/*",
+    "+refs/tags/*:refs/tags/*",
+    "+HEAD:refs/remotes/origin/HEAD",
+)
+DEFAULT_BRANCH_REF = "refs/remotes/origin/HEAD"
+# manyFiles = index v4 + untracked cache: cheaper checkouts of a large tree.
+MIRROR_CONFIG = (("feature.manyFiles", "true"), ("core.logAllRefUpdates", "false"),
+                 ("advice.detachedHead", "false"), ("gc.auto", "0"))
+CONTROL_CHARS = re.compile(r"[\x00-\x20\x7f]")
+META_FILE = "fixfleet-mirror.json"
+ZERO_OID = "0" * 40
+FILE_MODES = {"100644", "100755", "120000"}
+
+
+# A workspace operation failed; carries the (redacted) tail of git's stderr when git failed.
+WorkspaceError = GitError
+
+
+class Checkout(BaseModel):
+    """A plain tree of one commit (no `.git`): what a session or a verification run works in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    sha: str
+    repo_url: str
+    from_spare: bool = False
+
+
+class TreeEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mode: str
+    oid: str
+
+
+class FileContent(BaseModel):
+    """A file as the platform commits it: bytes (a symlink's target for mode 120000), or None: deleted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: bytes | None
+    mode: str = "100644"
+
+
+@dataclass
+class WorkspaceStats:
+    clones: int = 0
+    fetches: int = 0
+    fetches_coalesced: int = 0
+    spare_hits: int = 0
+    spare_misses: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class Spare:
+    path: Path
+    sha: str
+    size: int
+
+
+@dataclass
+class MirrorState:
+    """What this process knows about one mirror; the disk stays the source of truth."""
+
+    key: str
+    path: Path
+    # Held by anything that writes the mirror's refs or worktree registry: git is not safe
+    # against a concurrent `worktree add` walking the same registry.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pins: int = 0  # operations in flight that need the mirror to stay
+    live: set[Path] = field(default_factory=set)  # checkouts handed out, not yet discarded
+    spares: list[Spare] = field(default_factory=list)
+    spare_task: asyncio.Task[None] | None = None
+    last_fetch_started: float | None = None  # monotonic
+    generation: int = 0  # completed clones/fetches
+    spares_swept: bool = False
+
+    def busy(self) -> bool:
+        building = self.spare_task is not None and not self.spare_task.done()
+        return self.pins > 0 or self.lock.locked() or bool(self.live) or building
+
+
+def validate_url(url: str) -> str:
+    try:
+        return check_git_url(url)
+    except InvalidRepo as exc:
+        raise WorkspaceError(str(exc)) from None
+
+
+def validate_ref_text(value: str, what: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise WorkspaceError(f"invalid {what}: empty or too long")
+    if value.startswith("-"):
+        raise WorkspaceError(f"invalid {what}: starts with '-'")
+    if CONTROL_CHARS.search(value) or "@{" in value or value in ("HEAD", "@"):
+        raise WorkspaceError(f"invalid {what}: {value!r}")
+
+
+def repo_key(url: str) -> str:
+    """A directory name for the repository: readable part plus a hash of the URL."""
+    normalized = url.rstrip("/").removesuffix(".git")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", normalized.split("://", 1)[-1]).strip("-.")
+    digest = hashlib.sha256(normalized.encode()).hexdigest()[:10]
+    return f"{readable[-60:].lstrip('-.') or 'repo'}-{digest}"
+
+
+def safe_name(text: str, salt: str = "") -> str:
+    """`FF-42-exec` -> `FF-42-exec-1a2b3c4d`; the hash keeps distinct inputs distinct."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "task"
+    return f"{readable}-{hashlib.sha256(f'{salt}/{text}'.encode()).hexdigest()[:8]}"
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated on disk under path (st_blocks, not apparent size)."""
+    total = 0
+    for directory, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def read_last_used(mirror: Path) -> float:
+    try:
+        return float(json.loads((mirror / META_FILE).read_text())["last_used"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return mirror.stat().st_mtime
+        except OSError:
+            return 0.0
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree an agent may have made read-only or filled with odd modes."""
+    def unlock_and_retry(function, target, _exc):  # noqa: ANN001 - shutil's onerror signature
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            function(target)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=unlock_and_retry)
+
+
+class WorkspaceManager:
+    """Mirror cache, spares and checkouts under one root directory (one manager per actor)."""
+
+    def __init__(self, root: Path, disk_budget_bytes: int, github_token: SecretStr | None = None, *,
+                 token_hosts: Collection[str] = ("github.com",), warm_spares: int = 1,
+                 fetch_max_age_s: float = 0.0, network_timeout_s: float = 900.0,
+                 local_timeout_s: float = 300.0, branch_prefix: str = "fixfleet/"):
+        self.root = Path(root).absolute()
+        self.mirrors_dir = self.root / "mirrors"
+        self.spares_dir = self.root / "spares"
+        self.checkouts_dir = self.root / "checkouts"
+        self.envs_dir = self.root / "envs"
+        self.trash_dir = self.root / "trash"
+        self.tmp_dir = self.root / "tmp"
+        self.disk_budget_bytes = disk_budget_bytes
+        self.warm_spares = warm_spares
+        self.fetch_max_age_s = fetch_max_age_s
+        self.branch_prefix = branch_prefix
+        self.stats = WorkspaceStats()
+        self.git = GitRunner(GitCredentials(github_token, token_hosts),
+                             network_timeout_s=network_timeout_s, local_timeout_s=local_timeout_s)
+        self._states: dict[str, MirrorState] = {}
+        self._evict_lock = asyncio.Lock()
+        for directory in (self.mirrors_dir, self.spares_dir, self.checkouts_dir, self.envs_dir,
+                          self.trash_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- mirrors and refs ----------------------------------------------------------------
+
+    async def ensure_mirror(self, url: str) -> Path:
+        """The repository's mirror, cloned on first use and fetched (coalesced) afterwards."""
+        url = validate_url(url)
+        state = self._state(url)
+        state.pins += 1
+        try:
+            await self._refresh(state, url)
+            await self.enforce_budget()  # while pinned: never evicts the mirror it returns
+        finally:
+            state.pins -= 1
+        self._schedule_spares(state)
+        return state.path
+
+    async def warm(self, url: str) -> Path:
+        """Mirror ready and spares built: what an actor calls ahead of its tasks."""
+        path = await self.ensure_mirror(url)
+        state = self._state(validate_url(url))
+        if state.spare_task is not None:
+            await asyncio.shield(state.spare_task)
+        return path
+
+    def mirror_key(self, url: str) -> str:
+        return repo_key(validate_url(url))
+
+    async def resolve(self, url: str, ref: str | None = None, *, branch: bool = False) -> str:
+        """The commit of `ref` after a fetch: a remote branch (`branch=True`: only that), a tag,
+        a commit, or the remote's default branch (None)."""
+        url = validate_url(url)
+        if ref is not None:
+            validate_ref_text(ref, "branch name" if branch else "base")
+        if branch:
+            await self._check_branch(ref or "")
+        state = self._state(url)
+        state.pins += 1
+        try:
+            if await self._refresh(state, url):
+                await self.enforce_budget()
+            candidates = [f"refs/remotes/origin/{ref}"] if branch else self._base_candidates(ref)
+            sha = await self._first_commit(state, candidates)
+            if sha is None and ref is not None:  # pushed after our last fetch (by another actor)
+                await self._refresh(state, url, force=True)
+                sha = await self._first_commit(state, candidates)
+        finally:
+            state.pins -= 1
+        if sha is None:
+            what = f"branch {ref!r}" if branch else f"base {ref or 'default branch'!r}"
+            raise WorkspaceError(f"{what} not found on the remote")
+        self._schedule_spares(state)
+        return sha
+
+    async def branch_head(self, url: str, branch: str) -> str | None:
+        """Where the remote branch is, or None when it does not exist (yet)."""
+        try:
+            return await self.resolve(url, branch, branch=True)
+        except WorkspaceError as exc:
+            if "not found" in exc.message:
+                return None
+            raise
+
+    async def list_tree(self, url: str, sha: str) -> dict[str, TreeEntry]:
+        """Every file of the commit: path -> mode and blob id (submodules left out)."""
+        state = self._state(validate_url(url))
+        out = await self.git.run_bytes("ls-tree", "-r", "-z", "--full-tree", "--end-of-options", sha,
+                                       cwd=state.path)
+        entries = {}
+        for record in filter(None, out.split(b"\0")):
+            meta, _, path = record.partition(b"\t")
+            mode, kind, oid = meta.decode().split()
+            if kind == "blob":
+                entries[path.decode("utf-8", "surrogateescape")] = TreeEntry(mode=mode, oid=oid)
+        return entries
+
+    async def read_files(self, url: str, sha: str, paths: Collection[str]) -> dict[str, bytes]:
+        """The content of those files at `sha` that exist (one `cat-file --batch`)."""
+        if not paths:
+            return {}
+        state = self._state(validate_url(url))
+        wanted = [p for p in paths if "\n" not in p]
+        out = await self.git.run_bytes("cat-file", "--batch", cwd=state.path,
+                                       stdin="".join(f"{sha}:{p}\n" for p in wanted).encode())
+        found, offset = {}, 0
+        for path in wanted:
+            end = out.index(b"\n", offset)
+            header = out[offset:end].split()
+            offset = end + 1
+            if len(header) == 3 and header[1] == b"blob":
+                size = int(header[2])
+                found[path] = out[offset:offset + size]
+                offset += size + 1
+            elif len(header) == 3:  # a tree or a submodule: skip its body
+                offset += int(header[2]) + 1
+        return found
+
+    # -- checkouts -----------------------------------------------------------------------
+
+    async def checkout(self, url: str, sha: str, name: str, *, history: int = 0, branch: str | None = None) -> Checkout:
+        """A plain tree of commit `sha` under checkouts/: taken from a spare when one is ready,
+        else checked out cold; then cut loose from the mirror. With `history` > 0 it gets a
+        `.git` of its own for the agent (see `_private_git`); the platform never uses it."""
+        url = validate_url(url)
+        validate_ref_text(sha, "commit")
+        state = self._state(url)
+        target = self.checkouts_dir / safe_name(name, salt=state.key)
+        state.pins += 1
+        try:
+            async with state.lock:
+                await self._clear_stale(state, target)
+                try:
+                    from_spare = await self._take_spare(state, target, sha)
+                    if not from_spare:
+                        await self.git.run("worktree", "add", "--quiet", "--detach", "--", str(target), sha,
+                                           cwd=state.path)
+                    index = await self._detach(state, target)
+                    if history > 0:
+                        await self._private_git(state, target, sha, history, branch, index)
+                except BaseException:
+                    await asyncio.shield(self._remove_worktree(state, target))
+                    raise
+            state.live.add(target)
+        finally:
+            state.pins -= 1
+        self._touch(state, url)
+        self._schedule_spares(state)
+        return Checkout(path=target, sha=sha, repo_url=url, from_spare=from_spare)
+
+    async def discard(self, checkout: Checkout) -> None:
+        """Delete a checkout (only ones under this manager's checkouts/)."""
+        self._check_owned(checkout.path)
+        state = self._state(validate_url(checkout.repo_url))
+        try:
+            await asyncio.to_thread(remove_tree, checkout.path)
+        finally:
+            state.live.discard(checkout.path)
+
+    def _check_owned(self, path: Path) -> None:
+        """A Checkout may come back from a database or a request: only ours get deleted."""
+        if Path(path).resolve().parent != self.checkouts_dir.resolve():
+            raise WorkspaceError(f"not a checkout of this workspace: {path}")
+
+    # -- commits and pushes --------------------------------------------------------------
+
+    async def commit(self, url: str, parent: str, files: Mapping[str, FileContent], message: str) -> str:
+        """A commit of `parent` plus `files`, built with plumbing in the bare mirror from data:
+        no working tree, so nothing an agent wrote can run. Returns its sha."""
+        state = self._state(validate_url(url))
+        validate_ref_text(parent, "commit")
+        index = self.tmp_dir / f"index-{uuid.uuid4().hex}"
+        env = {"GIT_INDEX_FILE": str(index)}
+        state.pins += 1
+        try:
+            await self.git.run("read-tree", "--end-of-options", parent, cwd=state.path, env=env)
+            lines = []
+            for path, change in files.items():
+                if change.content is None:
+                    lines.append(f"0 {ZERO_OID}\t{path}")
+                    continue
+                if change.mode not in FILE_MODES:
+                    raise WorkspaceError(f"invalid file mode {change.mode} for {path}")
+                oid = (await self.git.run("hash-object", "-w", "--stdin", cwd=state.path,
+                                          stdin=change.content)).strip()
+                lines.append(f"{change.mode} {oid}\t{path}")
+            await self.git.run("update-index", "--index-info", cwd=state.path, env=env,
+                               stdin="".join(line + "\n" for line in lines).encode())
+            tree = (await self.git.run("write-tree", cwd=state.path, env=env)).strip()
+            return (await self.git.run("commit-tree", tree, "-p", parent, "-F", "-", cwd=state.path,
+                                       stdin=message.encode())).strip()
+        finally:
+            state.pins -= 1
+            index.unlink(missing_ok=True)
+
+    async def push(self, url: str, sha: str, branch: str, *, expected: str | None) -> str:
+        """Send commit `sha` to `branch` on the remote, only if the branch is still at `expected`
+        (None: it must not exist yet), so a human's concurrent push is never lost. Only the
+        platform's own branches (`branch_prefix`) may be pushed."""
+        url = validate_url(url)
+        await self._check_branch(branch)
+        if not branch.startswith(self.branch_prefix):
+            raise WorkspaceError(f"refused to push {branch!r}: only {self.branch_prefix}* branches are fixfleet's")
+        validate_ref_text(sha, "commit")
+        state = self._state(url)
+        state.pins += 1
+        try:
+            lease = f"--force-with-lease=refs/heads/{branch}:{expected or ''}"
+            await self.git.run("push", "--porcelain", "--no-verify", lease, "--", url,
+                               f"{sha}:refs/heads/{branch}", cwd=state.path, url=url)
+            # Pushing to a URL (not a named remote) leaves remote-tracking refs alone.
+            await self.git.run("update-ref", f"refs/remotes/origin/{branch}", sha, cwd=state.path)
+        finally:
+            state.pins -= 1
+        self._touch(state, url)
+        return sha
+
+    # -- eviction ------------------------------------------------------------------------
+
+    async def enforce_budget(self) -> list[Path]:
+        """Evict least recently used mirrors (with their spares and environments) until the
+        total fits the disk budget; never one in use (pinned, handed-out checkouts, building)."""
+        async with self._evict_lock:
+            recorded = {key: sum(spare.size for spare in state.spares)
+                        for key, state in self._states.items() if state.spares_swept}
+            scan = await asyncio.to_thread(self._scan_mirrors, recorded)
+            total = sum(footprint for _, _, footprint in scan)
+            evicted: list[Path] = []
+            for path, _, footprint in sorted(scan, key=lambda item: item[1]):
+                if total <= self.disk_budget_bytes:
+                    break
+                state = self._states.get(path.name)
+                if state is not None and state.busy():
+                    continue
+                self._evict(path)
+                evicted.append(path)
+                total -= footprint
+            if total > self.disk_budget_bytes:
+                log.warning("workspace over budget: %d > %d bytes, nothing left to evict",
+                            total, self.disk_budget_bytes)
+        if evicted:
+            await asyncio.to_thread(self._empty_trash)
+        return evicted
+
+    async def close(self) -> None:
+        """Stop background spare builds (their git processes are killed)."""
+        tasks = [s.spare_task for s in self._states.values() if s.spare_task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _scan_mirrors(self, spare_bytes: dict[str, int]) -> list[tuple[Path, float, int]]:
+        """(mirror, last used, bytes with its spares and environments) per mirror. Spare sizes
+        measured when they were built are reused: walking every spare on every check costs."""
+        found = []
+        for mirror in self.mirrors_dir.iterdir():
+            if mirror.name.startswith(".") or not mirror.is_dir():
+                continue
+            spares, envs = self.spares_dir / mirror.name, self.envs_dir / mirror.name
+            footprint = disk_usage(mirror) + (disk_usage(envs) if envs.is_dir() else 0)
+            if mirror.name in spare_bytes:
+                footprint += spare_bytes[mirror.name]
+            elif spares.is_dir():
+                footprint += disk_usage(spares)
+            found.append((mirror, read_last_used(mirror), footprint))
+        return found
+
+    def _evict(self, mirror: Path) -> None:
+        """Synchronous on purpose: no other coroutine can start using it half way."""
+        log.info("evicting mirror %s (least recently used, over budget)", mirror.name)
+        self._states.pop(mirror.name, None)
+        for path in (mirror, self.spares_dir / mirror.name, self.envs_dir / mirror.name):
+            if path.exists():
+                os.rename(path, self.trash_dir / f"{path.name}-{uuid.uuid4().hex[:8]}")
+        self.stats.evictions += 1
+
+    def _empty_trash(self) -> None:
+        for path in self.trash_dir.iterdir():
+            remove_tree(path)
+
+    # -- mirrors: clone and fetch --------------------------------------------------------
+
+    def _state(self, url: str) -> MirrorState:
+        key = repo_key(url)
+        if key not in self._states:
+            self._states[key] = MirrorState(key=key, path=self.mirrors_dir / key)
+        return self._states[key]
+
+    async def _refresh(self, state: MirrorState, url: str, *, force: bool = False) -> bool:
+        """Clone or fetch, shared by every caller that asked while it was queued or running.
+        `force` insists on a fetch that started after the call. True if it cloned."""
+        asked_at, seen_generation = time.monotonic(), state.generation
+        async with state.lock:
+            if self._fresh_enough(state, asked_at, seen_generation, force):
+                self.stats.fetches_coalesced += 1
+                return False
+            state.last_fetch_started = time.monotonic()
+            cloned = not (state.path / "HEAD").exists()
+            if cloned:
+                await self._clone(state, url)
+                self.stats.clones += 1
+            else:
+                await self._fetch(state.path, url)
+                self.stats.fetches += 1
+            state.generation += 1
+        self._touch(state, url)
+        return cloned
+
+    def _fresh_enough(self, state: MirrorState, asked_at: float, seen_generation: int, force: bool) -> bool:
+        started = state.last_fetch_started
+        if force:
+            return started is not None and started >= asked_at
+        if state.generation > seen_generation:  # one finished since we asked: join it
+            return True
+        return started is not None and started >= asked_at - self.fetch_max_age_s
+
+    async def _clone(self, state: MirrorState, url: str) -> None:
+        """Clone into a temporary directory, renamed into place only once complete."""
+        partial = self.mirrors_dir / f".partial-{state.key}-{uuid.uuid4().hex[:8]}"
+        try:
+            await self.git.run("init", "--quiet", "--bare", "--", str(partial))
+            for key, value in MIRROR_CONFIG:
+                await self.git.run("config", "--", key, value, cwd=partial)
+            await self._fetch(partial, url)
+            if state.path.exists():  # a broken leftover without HEAD: set it aside
+                os.rename(state.path, self.trash_dir / f"{state.key}-{uuid.uuid4().hex[:8]}")
+            os.rename(partial, state.path)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, partial, True))
+            raise
+        log.info("cloned mirror %s", state.path.name)
+
+    async def _fetch(self, mirror: Path, url: str) -> None:
+        await self.git.run("fetch", "--quiet", "--prune", "--no-tags", "--no-write-fetch-head",
+                           "--", url, *FETCH_REFSPECS, cwd=mirror, url=url)
+
+    def _touch(self, state: MirrorState, url: str) -> None:
+        """Record last use (persisted, so LRU order survives a restart)."""
+        if not state.path.is_dir():
+            return
+        meta = state.path / META_FILE
+        partial = meta.with_suffix(".tmp")
+        partial.write_text(json.dumps({"url": self.git.credentials.redact(url), "last_used": time.time()}))
+        os.replace(partial, meta)
+
+    async def _check_branch(self, branch: str) -> None:
+        validate_ref_text(branch, "branch name")
+        try:
+            await self.git.run("check-ref-format", "--branch", branch)
+        except GitError as error:
+            raise WorkspaceError(f"invalid branch name: {branch!r}") from error
+
+    @staticmethod
+    def _base_candidates(base: str | None) -> list[str]:
+        if base is None:
+            return [DEFAULT_BRANCH_REF]
+        candidates = [f"refs/remotes/origin/{base}", f"refs/tags/{base}"]
+        if re.fullmatch(r"[0-9a-fA-F]{4,64}", base):
+            candidates.append(base)
+        return candidates
+
+    async def _first_commit(self, state: MirrorState, refs: list[str]) -> str | None:
+        for ref in refs:
+            try:
+                out = await self.git.run("rev-parse", "--verify", "--quiet", "--end-of-options",
+                                         f"{ref}^{{commit}}", cwd=state.path)
+            except GitError:
+                continue
+            if out.strip():
+                return out.strip()
+        return None
+
+    # -- checkouts: spares and detaching (with state.lock held) --------------------------
+
+    async def _clear_stale(self, state: MirrorState, target: Path) -> None:
+        """A directory left by a crashed earlier attempt is removed; a live one is refused."""
+        if target in state.live:
+            raise WorkspaceError(f"checkout {target.name} is in use by another task")
+        if target.exists() or target.is_symlink():
+            log.warning("removing stale checkout %s", target)
+            await asyncio.to_thread(remove_tree, target)
+        await self.git.run("worktree", "prune", cwd=state.path)
+
+    async def _take_spare(self, state: MirrorState, target: Path, sha: str) -> bool:
+        spare = state.spares.pop(0) if state.spares else None  # no await: no double handout
+        if spare is None:
+            self.stats.spare_misses += 1
+            return False
+        try:
+            await self.git.run("worktree", "move", "--", str(spare.path), str(target), cwd=state.path)
+            if sha != spare.sha:  # rewrites only the files that differ between the two commits
+                await self.git.run("checkout", "--quiet", "--detach", sha, cwd=target)
+        except GitError as error:
+            log.warning("spare unusable, checking out cold: %s", error.message)
+            await self._remove_worktree(state, spare.path)
+            await self._remove_worktree(state, target)
+            self.stats.spare_misses += 1
+            return False
+        self.stats.spare_hits += 1
+        return True
+
+    async def _detach(self, state: MirrorState, target: Path) -> bytes:
+        """Cut a fresh worktree loose: drop its `.git` file and its registration in the mirror.
+        Returns its index (valid for the tree as checked out)."""
+        admin = (target / ".git").read_text().removeprefix("gitdir:").strip()
+        admin_dir = Path(admin)
+        if admin_dir.parent.resolve() != (state.path / "worktrees").resolve():
+            raise WorkspaceError(f"unexpected worktree registration {admin}")
+        index = (admin_dir / "index").read_bytes()
+        (target / ".git").unlink()
+        await asyncio.to_thread(shutil.rmtree, admin_dir, True)
+        return index
+
+    async def _private_git(self, state: MirrorState, target: Path, sha: str, depth: int,
+                           branch: str | None, index: bytes) -> None:
+        """A shallow repository of its own in the checkout (the last `depth` commits, nothing
+        of the mirror's config or other refs), so the agent can `git status`, `diff`, `log`
+        and `blame`. Built in a platform directory and moved in before anyone runs in it."""
+        staging = self.tmp_dir / f"git-{uuid.uuid4().hex}"
+        try:
+            await self.git.run("init", "--quiet", "--bare", "--", str(staging))
+            objects = await self.git.run_bytes("rev-list", "--objects", f"--max-count={depth}", "--end-of-options",
+                                               sha, cwd=state.path)
+            await self.git.run("pack-objects", "--quiet", "--window=0", "--depth=0", "--",
+                               str(staging / "objects" / "pack" / "pack"), cwd=state.path, stdin=objects)
+            parents = await self.git.run("rev-list", "--parents", f"--max-count={depth}", "--end-of-options", sha,
+                                         cwd=state.path)
+            kept = {line.split()[0] for line in parents.splitlines()}
+            shallow = [line.split()[0] for line in parents.splitlines() if set(line.split()[1:]) - kept]
+            (staging / "shallow").write_text("".join(f"{commit}\n" for commit in shallow))
+            head = f"refs/heads/{branch}" if branch else None
+            if head:
+                (staging / head).parent.mkdir(parents=True, exist_ok=True)
+                (staging / head).write_text(f"{sha}\n")
+            (staging / "HEAD").write_text(f"ref: {head}\n" if head else f"{sha}\n")
+            (staging / "index").write_bytes(index)
+            config = (staging / "config").read_text().replace("bare = true", "bare = false")
+            (staging / "config").write_text(config)
+            os.rename(staging, target / ".git")
+        except BaseException:
+            await asyncio.to_thread(remove_tree, staging)
+            raise
+
+    async def _remove_worktree(self, state: MirrorState, path: Path) -> None:
+        try:
+            await self.git.run("worktree", "remove", "--force", "--force", "--", str(path), cwd=state.path)
+        except GitError:
+            await asyncio.to_thread(remove_tree, path)
+        await self.git.run("worktree", "prune", cwd=state.path)
+
+    def _schedule_spares(self, state: MirrorState) -> None:
+        if len(state.spares) >= self.warm_spares or not (state.path / "HEAD").exists():
+            return
+        if state.spare_task is not None and not state.spare_task.done():
+            return
+        state.spare_task = asyncio.create_task(self._fill_spares(state), name=f"spares:{state.key}")
+
+    async def _fill_spares(self, state: MirrorState) -> None:
+        state.pins += 1
+        try:
+            while len(state.spares) < self.warm_spares:
+                async with state.lock:
+                    if not state.spares_swept:
+                        await self._sweep_spares(state)
+                    state.spares.append(await self._build_spare(state))
+            await self.enforce_budget()
+        except GitError as error:
+            log.warning("could not build a spare checkout for %s: %s", state.key, error)
+        finally:
+            state.pins -= 1
+
+    async def _sweep_spares(self, state: MirrorState) -> None:
+        """Spares left by an earlier process may be half built: discard them."""
+        directory = self.spares_dir / state.key
+        known = {spare.path for spare in state.spares}
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if path not in known:
+                    await self._remove_worktree(state, path)
+        state.spares_swept = True
+
+    async def _build_spare(self, state: MirrorState) -> Spare:
+        sha = await self._first_commit(state, [DEFAULT_BRANCH_REF])
+        if sha is None:
+            raise WorkspaceError("the remote has no default branch")
+        path = self.spares_dir / state.key / uuid.uuid4().hex[:12]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.git.run("worktree", "add", "--quiet", "--detach", "--", str(path), sha,
+                               cwd=state.path, background=True)
+            size = await asyncio.to_thread(disk_usage, path)
+        except BaseException:  # cancelled (close) or failed: leave nothing half-known
+            await asyncio.shield(self._remove_worktree(state, path))
+            raise
+        return Spare(path=path, sha=sha, size=size)

@@ -20,12 +20,15 @@ from actors.credentials import TokenManager
 from actors.publish import Publisher
 from actors.runner import SessionRunner
 from actors.session_models import SessionRequest
-from actors.workspace import WorkspaceManager, WorkspaceError, Worktree
 from fixfleet.config import Settings
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
+from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed
+from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
+from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
+from fixfleet.workspace.verify import Verifier
 
 log = logging.getLogger(__name__)
 MIRROR_BUDGET_BYTES = 20 * 1024**3
@@ -34,6 +37,7 @@ MIRROR_BUDGET_BYTES = 20 * 1024**3
 class AgentLoop:
     role: str = ""
     queue_name: str = ""
+    git_history: int = 1  # commits of the branch the agent's private git holds
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
@@ -48,11 +52,20 @@ class AgentLoop:
 
     async def start(self) -> None:
         reap_orphans(self.home)
+        self.sandbox = Sandbox(self.home / "sandbox", enabled=self.settings.sandbox_enabled)
+        await self.sandbox.check()  # where the sandbox cannot start, agents refuse to run: it says why
+        if not self.sandbox.enabled:
+            log.warning("FIXFLEET_SANDBOX=off: %s runs agents and repository code WITHOUT a sandbox", self.name)
         self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
         self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
         self.tokens = TokenManager(self.settings)
         self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token)
-        self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, mcp_template=self.settings.mcp_config)
+        self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
+                                               self.settings.suite_command)
+        self.verifier = Verifier(self.workspaces, self.environments, self.sandbox)
+        self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
+                                    mcp_template=self.settings.mcp_config)
+        self._stack.push_async_callback(self.runner.close)
         self.publisher = Publisher(self.settings, self.store)
         self._stack.push_async_callback(self.publisher.aclose)
         self.worker = Worker(self.queue, self.store, self._handle_counted, self.name, on_give_up=self.publisher.task_failed)
@@ -107,21 +120,30 @@ class AgentLoop:
         log.info("%s is %s: nothing for the %s to do", task.key, task.status, self.role)
         return None
 
-    async def worktree(self, task: Task, branch: str, *, existing: bool, purpose: str) -> Worktree:
-        """A fresh worktree; `existing` checks out the pushed branch, falling back to a new one
-        when it was never pushed (a first attempt that died before pushing)."""
-        task_dir = f"{task.key}-{purpose}"
-        if existing:
-            try:
-                return await self.workspaces.create_worktree(task.repo, branch, existing=True, task_id=task_dir)
-            except WorkspaceError as exc:
-                log.info("%s: no pushed branch %s yet (%s); starting from the default branch", task.key, branch, exc.message)
-        return await self.workspaces.create_worktree(task.repo, branch, task_id=task_dir)
+    async def environment(self, task: Task, sha: str) -> Environment:
+        """The repository's environment at `sha`; a repository that cannot be set up fails the
+        task early, with the setup log's tail in its audit trail."""
+        try:
+            return await self.environments.ensure(task.repo, sha)
+        except SetupFailed as exc:
+            await self.store.record_event(task.id, actor=self.name, reason=f"setup failed: {exc.message}",
+                                          data={"setup_log_tail": self.runner.redactor.text(exc.log_tail)})
+            raise
 
-    async def run_session(self, task: Task, request: SessionRequest, failure: type[Exception], missing: str) -> dict[str, Any]:
-        """Run one Claude session for the task, book its cost and audit row, and hand back its
-        structured output; a session that ends without one raises `failure`."""
-        result = await self.runner.run(request)
+    async def session_checkout(self, task: Task, env: Environment, sha: str, purpose: str, *,
+                               writable: bool) -> tuple[Checkout, SandboxSpec, list[str]]:
+        """A fresh checkout of `sha` for a session, the sandbox it runs in, and the paths the
+        platform placed in it (never part of a change)."""
+        checkout = await self.workspaces.checkout(task.repo, sha, f"{task.key}-{purpose}", history=self.git_history,
+                                                  branch=task.branch)
+        placed = self.environments.prepare(env, checkout)
+        return checkout, self.environments.spec(env, checkout, workspace_writable=writable), placed
+
+    async def run_session(self, task: Task, request: SessionRequest, spec: SandboxSpec,
+                          failure: type[Exception], missing: str) -> dict[str, Any]:
+        """Run one Claude session for the task in its sandbox, book its cost and audit row, and
+        hand back its structured output; a session that ends without one raises `failure`."""
+        result = await self.runner.run(request, spec)
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,

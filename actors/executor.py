@@ -1,9 +1,11 @@
 """ExecutorAgent: a Ray actor that turns an approved plan into tested commits on the PR branch.
 
-After the executor session, the platform verifies the change itself (actors/evidence.py):
-the new tests fail on the base code and pass with the fix, and the whole suite passes. Only
-then does it commit (`test: …`, `fix: …`), push, update the PR with the evidence, and tell
-Jira and Slack. A change that breaks the suite is never pushed.
+The session runs in the sandbox on a writable checkout of the plan's branch. What it changed
+comes out as data and is checked (fixfleet/workspace/changes.py); the platform then proves it
+on a fresh checkout (fixfleet/workspace/verify.py): the new tests fail on the base code and pass
+with the fix, and the whole suite passes. Only then does it make the commits itself, from that
+same data on its own mirror (`test: …`, `fix: …`), push them to the task's branch, update the PR
+with the evidence, and tell Jira and Slack. A change that does not prove itself is never pushed.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import ray
 
 from actors.agent import AgentActor, AgentLoop
-from actors.evidence import EvidenceError, commit_change, verify
 from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
+from fixfleet.workspace.changes import ChangeRefused, ChangeSet, extract, snapshot
+from fixfleet.workspace.sandbox import SandboxSpec
+from fixfleet.workspace.verify import Evidence, EvidenceError
 
 CLAIMABLE = {TaskStatus.APPROVED, TaskStatus.EXECUTING}
 
@@ -35,38 +39,60 @@ class Executor(AgentLoop):
         if task is None:
             return
         task = await self.claim(task, TaskStatus.EXECUTING)
-        worktree = await self.worktree(task, task.branch or f"fixfleet/{task.key}", existing=True, purpose="exec")
+        branch = task.branch or f"fixfleet/{task.key}"
+        head = await self.workspaces.branch_head(task.repo, branch)  # the plan's commit
+        base = head or await self.workspaces.resolve(task.repo)
+        env = await self.environment(task, base)
+        checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
         try:
-            report = await self._execute(task, worktree.path)
-            evidence = await self._verify(task, worktree.path, report)
-            commits = await commit_change(worktree.path, evidence, task_key=task.key, summary=report.get("summary", ""))
-            await self.workspaces.push(worktree, worktree.branch)
-            task = await self.store.get_task(task.id)
-            proof = evidence.model_dump()
-            await self.publisher.fix_ready(task, proof, commits, task.cost_usd)
-            await self.store.transition(
-                task.id, TaskStatus.COMPLETED, actor=self.name, reason="tests pass; pushed",
-                data={"commits": commits, "evidence": proof}, changes={"context": task.context | {"evidence": proof, "commits": commits}},
-            )
+            before = snapshot(checkout.path)
+            report = await self._execute(task, checkout.path, spec)
+            change = await self._change(task, checkout.path, base, before, placed)
         finally:
-            await self.workspaces.remove_worktree(worktree)
+            await self.workspaces.discard(checkout)
+        evidence = await self._verify(task, change, report)
+        commits = await self._commit(task, change, evidence, report.get("summary", ""))
+        await self.workspaces.push(task.repo, commits[-1], branch, expected=head)
+        task = await self.store.get_task(task.id)
+        proof = self.runner.redactor.value(evidence.model_dump())
+        await self.publisher.fix_ready(task, proof, commits, task.cost_usd)
+        await self.store.transition(
+            task.id, TaskStatus.COMPLETED, actor=self.name, reason="tests pass; pushed",
+            data={"commits": commits, "evidence": proof}, changes={"context": task.context | {"evidence": proof, "commits": commits}},
+        )
 
-    async def _execute(self, task: Task, worktree: Path) -> dict[str, Any]:
+    async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec) -> dict[str, Any]:
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),
                                  context={"task": task.key, "title": task.title, "plan": task.plan,
                                           "plan_version": task.plan_version})
-        return await self.run_session(task, request, ExecutionFailed, "no report")
+        return await self.run_session(task, request, spec, ExecutionFailed, "no report")
 
-    async def _verify(self, task: Task, worktree: Path, report: dict[str, Any]) -> Any:
-        plan = task.plan or {}
-        test_command = report.get("test_command") or plan.get("test_command") or "python -m pytest -q"
-        suite_command = self.settings.suite_command or "python -m pytest -q"
+    async def _change(self, task: Task, tree: Path, base: str, before: dict, placed: list[str]) -> ChangeSet:
+        """The agent's work as checked data; a change that breaks a rule fails the task."""
         try:
-            return await verify(worktree, test_command=test_command, suite_command=suite_command)
+            return extract(tree, base, await self.workspaces.list_tree(task.repo, base), before=before,
+                           mount_points=placed)
+        except ChangeRefused as exc:
+            await self.store.record_event(task.id, actor=self.name, reason=f"change refused: {exc}")
+            raise ExecutionFailed(f"change refused: {exc}") from exc
+
+    async def _verify(self, task: Task, change: ChangeSet, report: dict[str, Any]) -> Evidence:
+        try:
+            return await self.verifier.verify(task.repo, change, name=task.key,
+                                              agent_test_command=report.get("test_command"))
         except EvidenceError as exc:
             await self.store.record_event(task.id, actor=self.name, reason=f"verification failed: {exc}",
-                                          data={"evidence": exc.evidence})
+                                          data={"evidence": self.runner.redactor.value(exc.evidence)})
             raise
+
+    async def _commit(self, task: Task, change: ChangeSet, evidence: Evidence, summary: str) -> list[str]:
+        """Two conventional commits made from the verified data: the tests, then the fix."""
+        subject = summary.strip().splitlines()[0][:60] if summary.strip() else "fix the reported bug"
+        tests = await self.workspaces.commit(task.repo, change.base_sha, change.subset(evidence.test_files),
+                                             f"test: reproduce {task.key}")
+        fix = await self.workspaces.commit(task.repo, tests, change.subset(evidence.fix_files),
+                                           f"fix: {subject} ({task.key})")
+        return [tests, fix]
 
 
 def executor_prompt(task: Task) -> str:
@@ -77,7 +103,7 @@ def executor_prompt(task: Task) -> str:
         json.dumps(task.plan or {}, indent=2),
         "",
         "Follow the `tdd-workflow` skill: write the failing test first, run it and see it fail, fix the code,",
-        "run the tests and see them pass, then the whole suite. Do not commit or push: the platform does.",
+        "run the tests and see them pass, then the whole suite. Do not commit: the platform verifies your files and commits.",
         "Hand back your work with the report_result tool.",
     ])
 

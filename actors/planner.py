@@ -1,9 +1,11 @@
 """PlanningAgent: a long-lived Ray actor that turns a task into PLAN.md on a branch and asks a human.
 
-It claims the task (RECEIVED/REVISING -> PLANNING), runs a planner session in a warm
-worktree, and then the platform (not the agent) writes PLAN.md, commits and pushes it on
-`fixfleet/<task-key>`, opens the draft PR, tells Jira and Slack, and moves the task to
-AWAITING_APPROVAL with the plan and its new version.
+It claims the task (RECEIVED/REVISING -> PLANNING), makes sure the repository's environment
+exists (a repository that cannot be set up fails here, with the setup log), runs a planner
+session in the sandbox on a read-only checkout, and then the platform (not the agent) writes
+PLAN.md as a commit made from data on its own mirror, pushes it on `fixfleet/<task-key>`, opens
+the draft PR, tells Jira and Slack, and moves the task to AWAITING_APPROVAL with the plan and
+its new version.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any
 import ray
 
 from actors.agent import AgentActor, AgentLoop
-from actors.evidence import BOT_IDENTITY, git
 from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
+from fixfleet.workspace.mirrors import FileContent
+from fixfleet.workspace.sandbox import SandboxSpec
 
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 
@@ -29,6 +32,7 @@ class PlanningFailed(RuntimeError):
 
 class Planner(AgentLoop):
     role, queue_name = "planner", "planning"
+    git_history = 50  # discovery reads history: `git log -p`, `git blame`
 
     async def handle(self, job: Job) -> None:
         task = await self.claimable(job, CLAIMABLE)
@@ -37,28 +41,31 @@ class Planner(AgentLoop):
         feedback = await self._feedback_thread(task)
         branch = task.branch or f"fixfleet/{task.key}"
         task = await self.claim(task, TaskStatus.PLANNING, branch=branch)
-        worktree = await self.worktree(task, branch, existing=task.plan_version > 0 or task.attempts > 1, purpose="plan")
+        head = await self.workspaces.branch_head(task.repo, branch)  # a plan pushed before (revise, retry)
+        base = head or await self.workspaces.resolve(task.repo)
+        env = await self.environment(task, base)
+        checkout, spec, _ = await self.session_checkout(task, env, base, "plan", writable=False)
         try:
-            plan = await self._plan(task, worktree.path, feedback)
-            version = task.plan_version + 1
-            (worktree.path / "PLAN.md").write_text(render_plan(task, plan, version))
-            await git(worktree.path, "add", "PLAN.md")
-            await git(worktree.path, *BOT_IDENTITY, "commit", "--no-verify", "-m", f"docs: plan v{version} for {task.key}")
-            await self.workspaces.push(worktree, branch)
-            task = await self.store.get_task(task.id)
-            pr_url = await self.publisher.plan_ready(task, plan, version, branch)
-            await self.store.transition(
-                task.id, TaskStatus.AWAITING_APPROVAL, actor=self.name, reason=f"plan v{version} ready",
-                data={"branch": branch, "pr_url": pr_url},
-                changes={"plan": plan, "plan_version": version, "pr_url": pr_url or task.pr_url},
-            )
+            plan = await self._plan(task, checkout.path, spec, feedback)
         finally:
-            await self.workspaces.remove_worktree(worktree)
+            await self.workspaces.discard(checkout)
+        version = task.plan_version + 1
+        document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
+        commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
+                                              f"docs: plan v{version} for {task.key}")
+        await self.workspaces.push(task.repo, commit, branch, expected=head)
+        task = await self.store.get_task(task.id)
+        pr_url = await self.publisher.plan_ready(task, plan, version, branch)
+        await self.store.transition(
+            task.id, TaskStatus.AWAITING_APPROVAL, actor=self.name, reason=f"plan v{version} ready",
+            data={"branch": branch, "pr_url": pr_url, "setup": env.plan.describe()},
+            changes={"plan": plan, "plan_version": version, "pr_url": pr_url or task.pr_url},
+        )
 
-    async def _plan(self, task: Task, worktree: Any, feedback: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _plan(self, task: Task, worktree: Any, spec: SandboxSpec, feedback: list[dict[str, Any]]) -> dict[str, Any]:
         request = SessionRequest(role="planner", worktree=worktree, prompt=planner_prompt(task, feedback),
                                  context=task_context(task, feedback))
-        return await self.run_session(task, request, PlanningFailed, "no plan submitted")
+        return await self.run_session(task, request, spec, PlanningFailed, "no plan submitted")
 
     async def _feedback_thread(self, task: Task) -> list[dict[str, Any]]:
         """Every revise request so far, oldest first: the planner answers all of them."""

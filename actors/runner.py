@@ -1,21 +1,23 @@
-"""One Claude Code session: claude-agent-sdk driving the bundled claude CLI in a worktree.
+"""One Claude Code session: claude-agent-sdk driving the bundled claude CLI inside the sandbox.
 
-    runner = SessionRunner(home=data_dir, settings=settings, credentials=token_manager)
-    result = await runner.run(SessionRequest(role="executor", worktree=tree, prompt="Fix ..."))
+    runner = SessionRunner(home=data_dir, settings=settings, credentials=token_manager, sandbox=sandbox)
+    result = await runner.run(SessionRequest(role="executor", worktree=tree, prompt="Fix ..."), spec)
 
 What a session gets, and why:
-- its own CLI home (`<home>/claude`, as HOME and CLAUDE_CONFIG_DIR) holding the role's skills,
-  the CLI's settings and session files, so actors never share state;
-- an environment built from nothing: the SDK merges the platform's `os.environ` into the CLI's,
-  so the CLI is started through a small wrapper that drops every variable the runner did not
-  choose (no GITHUB_TOKEN, database URL or FIXFLEET_* secret can reach the agent);
-- the role's tools only, every call checked by `PermissionPolicy` (PreToolUse hook for all
-  calls, `can_use_tool` for the ones the CLI would prompt for);
+- the sandbox (fixfleet/workspace/sandbox.py): the CLI and everything it starts run in
+  bubblewrap with the checkout at /workspace (read-only for the planner), the repository's
+  environment at /env, a home of its own for this session only (skills, the CLI's state), and
+  no network: its model requests go to 127.0.0.1, bridged to the platform's model proxy,
+  which adds the real key. The CLI holds a per-session dummy key, nothing else;
+- the SaaS MCP servers run on this side with their tokens (actors/mcp_bridge.py); the CLI
+  sees them as in-process servers, through the protocol only;
+- the role's tools only, every call checked by `PermissionPolicy` (a tripwire that tells the
+  agent why; the mounts are the boundary);
 - one in-process MCP tool to hand back its work (`submit_plan` / `report_result`), validated
   with pydantic, so nothing is parsed out of prose;
 - max turns and budget enforced by the CLI, wall-clock timeout enforced here by killing the
-  CLI's whole process tree;
-- a JSONL transcript, one SDK message per line, with secrets redacted.
+  sandbox (and with it everything in it);
+- a JSONL transcript on the platform's side, one SDK message per line, redacted.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import dataclasses
 import json
 import logging
 import os
-import re
+import shlex
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -45,56 +48,30 @@ from claude_agent_sdk import (
     create_sdk_mcp_server,
     tool,
 )
+from claude_agent_sdk._version import __version__ as SDK_VERSION
 from claude_agent_sdk.types import PermissionResultAllow, PermissionResultDeny
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from actors.mcp import render_mcp_servers
+from actors.mcp_bridge import McpBridge
 from actors.permissions import CLI_TOOLS, PermissionPolicy
-from actors.session_models import (
-    OUTPUT_TOOLS,
-    Denial,
-    SessionLimits,
-    SessionRequest,
-    SessionResult,
-    Subtype,
-)
+from actors.session_models import OUTPUT_TOOLS, Denial, SessionLimits, SessionRequest, SessionResult, Subtype
 from actors.skills import install_skills
 from fixfleet.config import Settings
+from fixfleet.redact import Redactor
+from fixfleet.workspace.egress import ModelProxy
+from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
 
 log = logging.getLogger(__name__)
 
 BUNDLED_CLI = Path(sys.modules["claude_agent_sdk"].__file__ or "").parent / "_bundled" / "claude"
+CLI_INSIDE = "/opt/claude/claude"
+MODEL_PORT = 8790  # inside the sandbox's own network namespace: no clash with anything
 OUTPUT_SERVER = "fixfleet"  # the in-process MCP server holding the structured-output tool
-KILL_GRACE_S = 10.0  # after the watchdog kills the CLI, how long the SDK gets to notice
-# Variables the SDK sets itself on the CLI's environment; the wrapper keeps them too.
-SDK_ENV = ("CLAUDE_CODE_ENTRYPOINT", "CLAUDE_AGENT_SDK_VERSION", "CLAUDE_AGENT_SDK_CLIENT_APP",
-           "CLAUDE_AGENT_SDK_DERIVED_CLIENT_APP", "CLAUDE_CODE_SDK_READS_SESSION_STATE",
-           "CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING", "PWD", "TRACEPARENT", "TRACESTATE")
-# Harmless platform variables the CLI may need to reach the model API behind a proxy.
-PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ", "TMPDIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
-                   "https_proxy", "http_proxy", "no_proxy", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
-KEEP_VAR = "FIXFLEET_CLI_ENV_KEEP"  # names the wrapper keeps; dropped itself
-WRAPPER = """#!/bin/bash
-# Written by fixfleet's SessionRunner. claude-agent-sdk merges the platform's environment into
-# the CLI's; this keeps only the variables the runner chose (listed in ${KEEP}) and execs the CLI.
-keep=()
-for name in ${KEEP}; do
-  [[ -v $name ]] && keep+=("$name=${!name}")
-done
-exec env -i "${keep[@]}" "${CLI}" "$@"
-"""
-SECRET_PATTERNS = [
-    re.compile(r"gh[pousr]_[A-Za-z0-9]{16,}"),
-    re.compile(r"github_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"xox[abposr]-[A-Za-z0-9-]{8,}"),
-    re.compile(r"sk-ant-[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"AKIA[0-9A-Z]{16}"),
-    re.compile(r"sntrys_[A-Za-z0-9_=+/-]{16,}"),
-    re.compile(r"ATATT[A-Za-z0-9_=-]{16,}"),  # Atlassian API tokens
-    re.compile(r"(?i)(postgres(ql)?|redis|rediss|mysql)://[^\s:@/]*:[^\s@/]+@"),
-]
-REDACTED = "[REDACTED]"
+KILL_GRACE_S = 10.0  # after the watchdog kills the sandbox, how long the SDK gets to notice
+CLI_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           "CLAUDE_CODE_DISABLE_BUNDLED_SKILLS": "1",  # the role's skills only: a bundled one would shadow ours
+           "CLAUDE_CODE_ENTRYPOINT": "sdk-py", "CLAUDE_AGENT_SDK_VERSION": SDK_VERSION}
 
 
 class CredentialSource(Protocol):
@@ -103,97 +80,74 @@ class CredentialSource(Protocol):
     def current(self) -> Any: ...
 
 
-class Redactor:
-    """Replaces known secret values and common token shapes in any JSON-like value."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        # Longest first so a secret containing another is replaced whole; tiny values skipped
-        # because redacting "abc" everywhere would shred the transcript.
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-    def text(self, value: str) -> str:
-        for secret in self.secrets:
-            value = value.replace(secret, REDACTED)
-        for pattern in SECRET_PATTERNS:
-            value = pattern.sub(REDACTED, value)
-        return value
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, list):
-            return [self.value(item) for item in value]
-        if isinstance(value, dict):
-            return {key: self.value(item) for key, item in value.items()}
-        return value
-
-
-def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret value Settings holds (each part of a rotating `new,old` secret too)."""
-    values: list[str] = []
-    for _, field_value in settings:
-        if isinstance(field_value, SecretStr):
-            raw = field_value.get_secret_value()
-            values += [raw, *Settings.secret_values(field_value)]
-    return values
-
-
 class SessionRunner:
-    def __init__(self, home: Path, settings: Settings, credentials: CredentialSource, *,
+    def __init__(self, home: Path, settings: Settings, credentials: CredentialSource, *, sandbox: Sandbox,
                  model: str | None = None, deny_patterns: list[str] | None = None,
-                 api_max_retries: int | None = None,
-                 scrub_subprocess_env: bool | None = None,
-                 mcp_template: Path | None = None) -> None:
+                 api_max_retries: int | None = None, mcp_template: Path | None = None) -> None:
         self.home = Path(home)
         self.settings = settings
         self.credentials = credentials
-        self.claude_dir = self.home / "claude"  # the CLI's HOME and CLAUDE_CONFIG_DIR
+        self.sandbox = sandbox
+        self.sessions_dir = self.home / "sessions"
         self.transcripts_dir = self.home / "transcripts"
         self.model = model or settings.agent_model
-        self.deny_patterns = list(deny_patterns if deny_patterns is not None
-                                  else settings.agent_deny_patterns or [])
+        self.deny_patterns = list(deny_patterns if deny_patterns is not None else settings.agent_deny_patterns or [])
         self.api_max_retries = api_max_retries
         self.mcp_template = mcp_template  # None: skills/mcp.json
-        # Default: scrub when bubblewrap is there to do it (the CLI needs it for scrubbing).
-        self.scrub_subprocess_env = (shutil.which("bwrap") is not None
-                                     if scrub_subprocess_env is None else scrub_subprocess_env)
-        self.cli_path = self._write_wrapper()
+        self.redactor = Redactor.from_settings(settings)
+        self.model_proxy: ModelProxy | None = None
+        self._socket_dir: Path | None = None
 
-    async def run(self, request: SessionRequest) -> SessionResult:
+    async def run(self, request: SessionRequest, spec: SandboxSpec | None = None) -> SessionResult:
+        """`spec`: what the session's sandbox mounts (its checkout and the repository's
+        environment); None: the checkout alone, with the toolchain."""
         credential = self.credentials.current()  # raises with none: refuse to start
-        session = _Session(self, request, credential)
+        if self.sandbox.enabled:
+            await self._start_model_proxy()
+        session = _Session(self, request, credential, spec or SandboxSpec(workspace=request.worktree))
         return await session.run()
 
-    def _write_wrapper(self) -> Path:
-        """The CLI launcher that strips the environment; rewritten only when it changes."""
-        path = self.home / "bin" / "claude"
-        content = WRAPPER.replace("${KEEP}", "$" + KEEP_VAR).replace("${CLI}", str(BUNDLED_CLI))
-        if not path.exists() or path.read_text() != content:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(content)
-            temporary.chmod(0o755)
-            temporary.replace(path)  # atomic: a concurrent session never sees half a file
-        return path
+    async def close(self) -> None:
+        if self.model_proxy is not None:
+            await self.model_proxy.close()
+            self.model_proxy = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def _start_model_proxy(self) -> None:
+        if self.model_proxy is not None:
+            return
+        # Unix socket paths are short (107 bytes): a private directory of its own under /tmp.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="ff-model-", dir=os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")))
+
+        def credential() -> tuple[str, str]:
+            current = self.credentials.current()
+            return current.kind, current.value.get_secret_value()
+
+        self.model_proxy = ModelProxy(self._socket_dir / "model.sock", self.settings.anthropic_base_url, credential)
+        await self.model_proxy.start()
 
 
 class _Session:
     """The state of one run: options, policy, transcript, watchdog, result."""
 
-    def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any) -> None:
+    def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any, spec: SandboxSpec) -> None:
         self.runner = runner
         self.request = request
         self.credential = credential
+        self.spec = spec
         self.limits = request.limits or SessionLimits.from_settings(runner.settings)
         self.worktree = Path(os.path.realpath(request.worktree))
+        self.sandboxed = runner.sandbox.enabled
+        self.cwd = WORKSPACE if self.sandboxed else str(self.worktree)  # the path the agent sees
         self.session_id = str(uuid.uuid4())
-        self.redactor = Redactor(settings_secrets(runner.settings)
-                                 + [credential.value.get_secret_value()])
+        self.dir = runner.sessions_dir / self.session_id
+        self.claude_dir = self.dir / "home"  # the CLI's HOME and CLAUDE_CONFIG_DIR, this session only
+        self.redactor = runner.redactor.with_secrets([credential.value.get_secret_value()])
         self.policy = PermissionPolicy(
-            role=request.role, worktree=self.worktree,
-            readable=[runner.claude_dir / "skills"], deny_patterns=runner.deny_patterns,
-            extra_tools={self.output_tool_name},
-        )
+            role=request.role, worktree=Path(self.cwd),
+            readable=[Path(HOME if self.sandboxed else self.claude_dir) / "skills"],
+            deny_patterns=runner.deny_patterns, extra_tools={self.output_tool_name})
         self.transcript_path = runner.transcripts_dir / f"{self.session_id}.jsonl"
         self.structured_output: dict[str, Any] | None = None
         self.init_skills: list[str] = []
@@ -203,7 +157,7 @@ class _Session:
         self.timed_out = False
         self.killed = 0
         self.descendants: list[psutil.Process] = []
-        self.mcp_config_path: Path | None = None
+        self.dummy_key: str | None = None
 
     @property
     def output_tool_name(self) -> str:
@@ -215,23 +169,25 @@ class _Session:
         started = time.monotonic()
         error: str | None = None
         self.runner.transcripts_dir.mkdir(parents=True, exist_ok=True)
-        skills = self._install_skills()  # a broken SKILL.md raises: a deployment bug
+        skills = install_skills(self.request.role, self.claude_dir)  # a broken SKILL.md raises: a deployment bug
         loop = asyncio.get_running_loop()
-        # The watchdog kills the process tree rather than cancelling the SDK's tasks: the CLI's
-        # stdout then closes and the SDK winds down on its own, with nothing left running.
+        # The watchdog kills the sandbox rather than cancelling the SDK's tasks: the CLI's stdout
+        # then closes and the SDK winds down on its own, with nothing left running.
         watchdog = loop.call_later(self.limits.timeout_s, self._on_timeout)
         try:
-            async with asyncio.timeout(self.limits.timeout_s + KILL_GRACE_S):
-                await self._converse(self._options(skills))
+            async with McpBridge(self._external_mcp_servers(), self.redactor) as bridge:
+                async with asyncio.timeout(self.limits.timeout_s + KILL_GRACE_S):
+                    await self._converse(self._options(skills, bridge))
         except TimeoutError:
             self.timed_out = True
         except Exception as exc:  # the CLI crashed or the SDK gave up: report, don't raise
             error = self._describe_failure(exc)
         finally:
             watchdog.cancel()
-            self._kill(self._cli_tree() + self.descendants)  # leftovers (`cmd &`) too
-            if self.mcp_config_path is not None:
-                self.mcp_config_path.unlink(missing_ok=True)
+            self._kill(self._cli_tree() + self.descendants)  # leftovers too
+            if self.dummy_key and self.runner.model_proxy is not None:
+                self.runner.model_proxy.remove_session(self.dummy_key)
+            await asyncio.to_thread(shutil.rmtree, self.dir, True)
         return self._result(started, error)
 
     async def _converse(self, options: ClaudeAgentOptions) -> None:
@@ -242,8 +198,7 @@ class _Session:
                     self._observe(message)
                     transcript.write(self._transcript_line(message) + "\n")
                     transcript.flush()
-                # Remember what the CLI left running, to reap it once the CLI has exited.
-                self.descendants = self._cli_tree()
+                self.descendants = self._cli_tree()  # what the CLI left running, reaped once it exits
 
     def _observe(self, message: Any) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
@@ -259,122 +214,103 @@ class _Session:
             record |= dataclasses.asdict(message)
         return json.dumps(self.redactor.value(record), default=str)
 
-    # -- options -----------------------------------------------------------------------------
+    # -- options and the launcher ------------------------------------------------------------
 
-    def _install_skills(self) -> list[str]:
-        return install_skills(self.request.role, self.runner.claude_dir)
-
-    def _options(self, skills: list[str]) -> ClaudeAgentOptions:
-        extra_args: dict[str, str | None] = {}
-        if self.request.role == "planner":  # the SaaS servers serve discovery, not execution
-            external = self._external_mcp_servers()
-            if external:
-                self.policy.mcp_servers = set(external)
-                extra_args["mcp-config"] = str(self._write_mcp_config(external))
+    def _options(self, skills: list[str], bridge: McpBridge) -> ClaudeAgentOptions:
+        servers: dict[str, Any] = {OUTPUT_SERVER: self._output_server(), **bridge.sdk_servers()}
+        self.policy.mcp_servers = set(bridge.sessions)
         return ClaudeAgentOptions(
             cwd=str(self.worktree),
-            cli_path=str(self.runner.cli_path),
-            env=self._env(),
+            cli_path=str(self._write_launcher()),
+            env={},  # the launcher starts from an empty environment whatever the SDK merges in
             model=self.runner.model,
             tools=CLI_TOOLS[self.request.role],
             skills=skills,
-            # Only our own CLI home: a repository's .claude/settings.json could run hooks.
-            setting_sources=["user"],
+            setting_sources=["user"],  # only our own CLI home: a repository's .claude/settings.json could run hooks
             permission_mode="default",
             can_use_tool=self._can_use_tool,
             hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[self._pre_tool_use])]},
-            mcp_servers={OUTPUT_SERVER: self._output_server()},
+            mcp_servers=servers,
             strict_mcp_config=True,
-            extra_args=extra_args,
             max_turns=self.limits.max_turns,
             max_budget_usd=self.limits.max_budget_usd,
             session_id=self.session_id,
-            system_prompt={"type": "preset", "preset": "claude_code",
-                           "append": self._system_prompt(skills)},
+            system_prompt={"type": "preset", "preset": "claude_code", "append": self._system_prompt(skills)},
             stderr=lambda line: self.stderr_tail.append(self.redactor.text(line)),
         )
 
     def _external_mcp_servers(self) -> dict[str, Any]:
+        """The SaaS servers serve discovery: the planner's only."""
+        if self.request.role != "planner":
+            return {}
         if self.runner.mcp_template is None:
             return render_mcp_servers(self.runner.settings, self.worktree)
         return render_mcp_servers(self.runner.settings, self.worktree, self.runner.mcp_template)
 
-    def _write_mcp_config(self, servers: dict[str, Any]) -> Path:
-        """The rendered servers carry tokens: a 0600 file outside the CLI's home, never argv
-        (which any process on the host can read) and never the CLI's environment."""
-        directory = self.runner.home / "mcp"
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.mcp_config_path = directory / f"{self.session_id}.json"
-        descriptor = os.open(self.mcp_config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"mcpServers": servers}, out)
-        return self.mcp_config_path
+    def _write_launcher(self) -> Path:
+        """The CLI's launcher for this session: bubblewrap, started with an empty environment
+        (the SDK merges the platform's whole environment into the one it passes)."""
+        spec = dataclasses.replace(self.spec, workspace_writable=self.request.role == "executor",
+                                   home=self.claude_dir, env=self._cli_env(),
+                                   read_only={**self.spec.read_only, CLI_INSIDE: BUNDLED_CLI})
+        if self.sandboxed:
+            assert self.runner.model_proxy is not None
+            spec.bridges = [*spec.bridges, Bridge(socket=self.runner.model_proxy.socket_path, port=MODEL_PORT)]
+            command = shlex.join(self.runner.sandbox.argv(spec, [CLI_INSIDE]))
+        else:  # FIXFLEET_SANDBOX=off: a trusted local experiment, the CLI with the real key
+            variables = self.runner.sandbox.environment(spec) | self._unsandboxed_env()
+            command = shlex.join([f"{k}={v}" for k, v in variables.items()] + [str(BUNDLED_CLI)])
+        launcher = self.dir / "launch"
+        launcher.parent.mkdir(parents=True, exist_ok=True)
+        launcher.write_text(f"#!/bin/bash\n# fixfleet session {self.session_id}\nexec env -i {command} \"$@\"\n")
+        launcher.chmod(0o700)
+        return launcher
 
-    def _env(self) -> dict[str, str]:
-        """Everything the CLI gets; the wrapper drops the rest of the platform's environment."""
-        claude_dir = self.runner.claude_dir
-        claude_dir.mkdir(parents=True, exist_ok=True)
-        env = {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
-        env |= {
-            # The platform's interpreter first, so the agent's `python -m pytest` has pytest.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                     os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),
-            "HOME": str(claude_dir),
-            "CLAUDE_CONFIG_DIR": str(claude_dir),
-            "SHELL": shutil.which("bash") or "/bin/bash",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "USER": os.environ.get("USER", "fixfleet"),
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_TELEMETRY": "1",
-            # The role's skills only: a bundled `code-review` would shadow ours.
-            "CLAUDE_CODE_DISABLE_BUNDLED_SKILLS": "1",
-        }
-        if self.runner.scrub_subprocess_env:
-            # The model credential stays with the CLI: its Bash and MCP children never see it.
-            # The CLI refuses to start with this unless bubblewrap is installed.
-            env["CLAUDE_CODE_SUBPROCESS_ENV_SCRUB"] = "1"
-        if self.runner.settings.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = self.runner.settings.anthropic_base_url
+    def _cli_env(self) -> dict[str, str]:
+        env = dict(self.spec.env) | CLI_ENV | {"CLAUDE_CONFIG_DIR": HOME if self.sandboxed else str(self.claude_dir),
+                                               "PWD": self.cwd}
         if self.runner.api_max_retries is not None:
             env["CLAUDE_CODE_MAX_RETRIES"] = str(self.runner.api_max_retries)
-        secret_name = ("CLAUDE_CODE_OAUTH_TOKEN" if self.credential.kind == "oauth_token"
-                       else "ANTHROPIC_API_KEY")
-        env[secret_name] = self.credential.value.get_secret_value()
-        env[KEEP_VAR] = " ".join(sorted({*env, *SDK_ENV} - {KEEP_VAR}))
+        if self.sandboxed:
+            assert self.runner.model_proxy is not None
+            self.dummy_key = self.runner.model_proxy.add_session()
+            env |= {"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_PORT}", "ANTHROPIC_API_KEY": self.dummy_key}
+        return env
+
+    def _unsandboxed_env(self) -> dict[str, str]:
+        env = {"HOME": str(self.claude_dir), self.credential.env_var: self.credential.value.get_secret_value()}
+        if self.runner.settings.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = self.runner.settings.anthropic_base_url
         return env
 
     def _system_prompt(self, skills: list[str]) -> str:
         role = self.request.role
         duty = (
-            "You plan; you never edit files. Read and search the code, find the root cause, "
-            "then call the `submit_plan` tool with the plan." if role == "planner" else
-            "You fix the bug test-first: write a failing test, run it and see it fail, fix the "
-            "code, run the tests until they pass, then call the `report_result` tool."
+            "You plan; you never edit files (your checkout is read-only). Read and search the code, find the "
+            "root cause, then call the `submit_plan` tool with the plan." if role == "planner" else
+            "You fix the bug test-first: write a failing test, run it and see it fail, fix the code, run the "
+            "tests until they pass, then call the `report_result` tool."
         )
         context = json.dumps(self.redactor.value(self.request.context), indent=2, default=str)
         return "\n".join([
             f"# fixfleet {role}",
-            f"You are fixfleet's {role} agent. Your working directory is the git worktree "
-            f"{self.worktree}; stay inside it.",
+            f"You are fixfleet's {role} agent. Your working directory is {self.cwd}, a checkout of the "
+            "repository (not a git repository: the platform takes your change from the files, verifies it "
+            "and commits it); stay inside it. The repository's environment is already installed.",
             duty,
-            "The platform does all network access, commits and pushes: never run curl, wget, "
-            "ssh, git push, or package installs. Never read credential files.",
+            "There is no network: never try curl, ssh, git push or package installs. Never read credential files.",
             f"Skills for this role (use the Skill tool): {', '.join(skills) or 'none'}.",
             "## Task context", "```json", context, "```",
         ])
 
     # -- permissions and structured output ---------------------------------------------------
 
-    async def _pre_tool_use(self, hook_input: Any, tool_use_id: str | None,
-                            context: Any) -> dict[str, Any]:
+    async def _pre_tool_use(self, hook_input: Any, tool_use_id: str | None, context: Any) -> dict[str, Any]:
         """Every tool call passes here, even those the CLI would auto-approve (reads)."""
-        reason = self.policy.decide(hook_input.get("tool_name", ""),
-                                    hook_input.get("tool_input") or {}, tool_use_id)
+        reason = self.policy.decide(hook_input.get("tool_name", ""), hook_input.get("tool_input") or {}, tool_use_id)
         if reason is None:
             return {}  # no opinion: the CLI's own rules, then can_use_tool, decide
-        return {"hookSpecificOutput": {"hookEventName": "PreToolUse",
-                                       "permissionDecision": "deny",
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny",
                                        "permissionDecisionReason": reason}}
 
     async def _can_use_tool(self, tool_name: str, tool_input: dict[str, Any],
@@ -393,8 +329,7 @@ class _Session:
                 output = model.model_validate(args)
                 self._check_files(output.model_dump())
             except (ValidationError, ValueError) as exc:
-                return {"content": [{"type": "text", "text":
-                                     f"Rejected: {_reason(exc)}. Fix it and call {name} again."}],
+                return {"content": [{"type": "text", "text": f"Rejected: {_reason(exc)}. Fix it and call {name} again."}],
                         "is_error": True}
             self.structured_output = output.model_dump()
             return {"content": [{"type": "text", "text": f"Accepted. {name} recorded."}]}
@@ -402,7 +337,7 @@ class _Session:
         return create_sdk_mcp_server(OUTPUT_SERVER, tools=[hand_back])
 
     def _check_files(self, output: dict[str, Any]) -> None:
-        """Named files must exist in the worktree: a plan about files that aren't there is wrong."""
+        """Named files must exist in the checkout: a plan about files that aren't there is wrong."""
         named = output.get("affected_files") or output.get("files_changed") or []
         files = [f["path"] if isinstance(f, dict) else f for f in named]
         missing = [f for f in files if not (self.worktree / f).exists()]
@@ -412,7 +347,7 @@ class _Session:
     # -- process tree ------------------------------------------------------------------------
 
     def _cli_tree(self) -> list[psutil.Process]:
-        """The CLI (found by its unique --session-id) and everything it started."""
+        """The sandbox (found by the session id in its command line) and everything in it."""
         marker = f"--session-id={self.session_id}"
         try:
             children = psutil.Process().children(recursive=True)
@@ -430,15 +365,13 @@ class _Session:
     def _on_timeout(self) -> None:
         self.timed_out = True
         self.killed = self._kill(self._cli_tree())
-        log.warning("session %s timed out after %ss; killed %d processes",
-                    self.session_id, self.limits.timeout_s, self.killed)
+        log.warning("session %s timed out after %ss; killed %d processes", self.session_id,
+                    self.limits.timeout_s, self.killed)
 
     @staticmethod
     def _kill(processes: list[psutil.Process]) -> int:
-        """SIGKILL the lot; the tree was collected first, so no child escapes by reparenting.
-
-        No waiting: SIGKILL cannot be ignored, and this runs on the event loop.
-        """
+        """SIGKILL the lot: the sandbox's init takes its PID namespace with it. No waiting:
+        SIGKILL cannot be ignored, and this runs on the event loop."""
         alive = [p for p in processes if _alive(p)]
         for process in reversed(alive):  # children first
             try:
@@ -471,11 +404,10 @@ class _Session:
     def _redacted(self, denial: Denial) -> Denial:
         return denial.model_copy(update={"input_summary": self.redactor.text(denial.input_summary)})
 
-    def _classify(self, message: ResultMessage | None,
-                  error: str | None) -> tuple[Subtype, str | None]:
+    def _classify(self, message: ResultMessage | None, error: str | None) -> tuple[Subtype, str | None]:
         if self.timed_out:
             return "timeout", (f"no result within {self.limits.timeout_s:g}s; "
-                               f"killed the CLI's process tree ({self.killed} processes)")
+                               f"killed the CLI's sandbox ({self.killed} processes)")
         if message is None:
             return "error_during_execution", error or "the CLI ended without a result"
         if message.subtype in ("error_max_turns", "error_max_budget_usd"):
@@ -497,8 +429,7 @@ class _Session:
                         + int(m.get("cacheCreationInputTokens", 0)) for m in models.values()),
                     sum(int(m.get("outputTokens", 0)) for m in models.values()))
         seen = self.usage_by_message.values()  # no result at all (timeout): what streamed in
-        return (sum(_prompt_tokens(u) for u in seen),
-                sum(int(u.get("output_tokens", 0)) for u in seen))
+        return (sum(_prompt_tokens(u) for u in seen), sum(int(u.get("output_tokens", 0)) for u in seen))
 
     def _describe_failure(self, exc: Exception) -> str:
         stderr = "\n".join(self.stderr_tail)
@@ -524,8 +455,7 @@ def _result_error(message: ResultMessage) -> str:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}"
-                         for e in exc.errors())
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors())
     return str(exc)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from actors.credentials import TokenManager
 from actors.runner import SessionRunner
+from fixfleet.workspace.sandbox import Sandbox
 from actors.session_models import SessionLimits, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.replay import ReplayServer
@@ -49,7 +50,7 @@ async def measure(sessions: int, root: Path) -> tuple[list[float], list[float]]:
     with ReplayServer("one_turn") as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url,
                             anthropic_api_key="sk-ant-api03-bench-0000000000")
-        runner = SessionRunner(root / "agent", settings, TokenManager(settings),
+        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
                                model="claude-sonnet-4-5", mcp_template=template)
         request = SessionRequest(role="executor", worktree=tree, prompt="Say hello.",
                                  limits=LIMITS, require_structured_output=False)
@@ -62,6 +63,7 @@ async def measure(sessions: int, root: Path) -> tuple[list[float], list[float]]:
                 raise SystemExit(f"session failed: {outcome.subtype}: {outcome.error}")
             first_request.append(server.first_request_at() - started)  # type: ignore[operator]
             result.append(finished - started)
+        await runner.close()
     return first_request, result
 
 

@@ -1,13 +1,14 @@
-"""Time to a ready worktree from a warm mirror vs a fresh clone: `python -m bench.workspace`.
+"""Time to a ready checkout from a warm mirror vs a fresh clone: `python -m bench.workspace`.
 
 The repository (20,000 files, 2,000 commits by default) is generated with `git fast-import`
 and cached under the temp directory, keyed by its parameters, so reruns skip it. Then:
 
 - clone: `git clone` through git's transport (a `file://` URL, so git packs and sends
   objects as it would over the network, instead of hardlinking a local path);
-- worktree: `WorkspaceManager.create_worktree` on a warm mirror, as an agent actor runs
-  it for each task: validate, fetch (nothing new), resolve the base, take the spare the
-  manager built in the background, switch it to the task's branch;
+- worktree: `WorkspaceManager.resolve` + `checkout` on a warm mirror, as an executor runs
+  them for each task: validate, fetch (nothing new), resolve the base, take the spare the
+  manager built in the background, cut it loose from the mirror and give it the agent's
+  private one-commit git repository;
 - cold worktree (for reference): the same with no spare, i.e. a `git worktree add`.
 
 Each figure is the median of `--runs` runs. Goal: worktree >= 20x faster than the clone
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.workspace import WorkspaceManager
+from fixfleet.workspace.mirrors import WorkspaceManager
 
 GENERATOR_VERSION = 1  # bump when the generated history changes
 EDITS_PER_COMMIT = 10
@@ -162,8 +163,9 @@ def clone(url: str, destination: Path) -> None:
 
 async def timed_worktree(manager: WorkspaceManager, url: str, branch: str) -> tuple[float, Path]:
     started = time.perf_counter()
-    wt = await manager.create_worktree(url, branch)
-    return time.perf_counter() - started, wt.path
+    sha = await manager.resolve(url)
+    checkout = await manager.checkout(url, sha, branch, history=1, branch=branch)
+    return time.perf_counter() - started, checkout.path
 
 
 def check_ready(path: Path, url: str) -> None:

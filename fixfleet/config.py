@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fixfleet.workspace.repo_config import RepoConfig
+
 DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +81,11 @@ class Settings(BaseSettings):
     # Agent limits.
     agent_model: str | None = None  # None: the CLI's default model
     mcp_config: Path | None = None  # MCP servers template for the planner; None: skills/mcp.json
-    suite_command: str | None = None  # the repository's whole test suite; None: the plan's test command
+    suite_command: str | None = None  # default whole-suite command for Python repositories that name none
+    # Where agents and repository code run: "on" (bubblewrap, required) or "off" (trusted local experiments only).
+    sandbox: str = "on"
+    # Per repository URL, what its `.fixfleet.yml` would say (for repositories the operator cannot change).
+    repo_configs: dict[str, RepoConfig] = Field(default_factory=dict)
     slack_channel: str | None = None  # where plans are posted for approval
     agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)
@@ -100,6 +106,18 @@ class Settings(BaseSettings):
         """A claimed task (PLANNING, EXECUTING) whose queue entry vanished and that has been
         quiet this long has lost its agent (two leases): the reconciler queues it again."""
         return 2 * self.lease_s
+
+    @field_validator("sandbox")
+    @classmethod
+    def _on_or_off(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("on", "off"):
+            raise ValueError("FIXFLEET_SANDBOX is 'on' (the default) or 'off' (trusted local experiments only)")
+        return value
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        return self.sandbox == "on"
 
     @field_validator("home", "credentials_file", "mcp_config", mode="before")
     @classmethod
@@ -125,6 +143,8 @@ class Settings(BaseSettings):
                 shown[name] = str(value)
             elif isinstance(value, list):
                 shown[name] = [str(v) for v in value]
+            elif name == "repo_configs":
+                shown[name] = {url: config.model_dump(exclude_defaults=True) for url, config in value.items()}
             else:
                 shown[name] = value
         return shown

@@ -7,10 +7,15 @@ from typing import Any
 from fixfleet.models import Task
 
 
-def render_plan(task: Task, plan: dict[str, Any], version: int) -> str:
+SANDBOX_OFF = ("> **Warning: FIXFLEET_SANDBOX=off.** The agent and the repository's tests ran without the "
+               "sandbox, with the platform's own rights. Only for trusted local experiments.")
+
+
+def render_plan(task: Task, plan: dict[str, Any], version: int, *, setup: str = "", sandboxed: bool = True) -> str:
     files = "\n".join(f"- `{f['path']}`: {f.get('reason', '')}" for f in plan.get("affected_files", []))
     steps = "\n".join(f"{n}. {step}" for n, step in enumerate(plan.get("steps", []), start=1))
     tests = "\n".join(f"- `{t['path']}`: {t.get('description', '')}" for t in plan.get("tests_to_add", []))
+    warning = "" if sandboxed else f"\n{SANDBOX_OFF}\n"
     return f"""# Plan for {task.key}: {task.title}
 
 Plan version: **v{version}** · confidence {plan.get('confidence', '?')} · risk **{plan.get('risk', '?')}**
@@ -28,9 +33,13 @@ Plan version: **v{version}** · confidence {plan.get('confidence', '?')} · risk
 {tests}
 
 ## Test command
-`{plan.get('test_command', '')}`
+`{plan.get('test_command', '')}` (the agent's suggestion; the platform derives what it runs)
 
----
+## Environment
+```
+{setup or 'not recorded'}
+```
+{warning}---
 Approve with `@agent approve`, ask for changes with `@agent revise <feedback>`.
 """
 
@@ -39,11 +48,16 @@ def render_evidence(task: Task, evidence: dict[str, Any], *, commits: list[str],
     def block(name: str, run: dict[str, Any]) -> str:
         return f"### {name}: `{run['command']}` → exit {run['exit_code']}\n```\n{run['output_tail'][-1200:]}\n```"
 
-    return "\n\n".join([
+    red_to_green = "\n".join(f"- `{test}`" for test in evidence.get("red_to_green", []))
+    parts = [
         f"## fixfleet evidence for {task.key}",
+        *([] if evidence.get("sandboxed", True) else [SANDBOX_OFF]),
+        f"Tests that failed without the fix and pass with it:\n{red_to_green or '- (none reported)'}",
         block("RED (new tests, base code)", evidence["red"]),
         block("GREEN (new tests, with the fix)", evidence["green"]),
         block("Full suite", evidence["suite"]),
-        "Commits: " + ", ".join(f"`{c[:10]}`" for c in commits),
-        f"Cost: ${cost_usd:.4f}",
-    ])
+        f"### Environment\n```\n{evidence.get('setup', 'not recorded')}\n```",
+    ]
+    if evidence.get("agent_test_command"):
+        parts.append(f"The agent suggested `{evidence['agent_test_command']}`; the platform ran the commands above.")
+    return "\n\n".join([*parts, "Commits: " + ", ".join(f"`{c[:10]}`" for c in commits), f"Cost: ${cost_usd:.4f}"])

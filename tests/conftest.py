@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +22,7 @@ from fixfleet.queue import Queue
 from fixfleet.scratch import create_database, drop_database
 from fixfleet.services import make_queues
 from fixfleet.store import Store
+from fixfleet.workspace.sandbox import SandboxSpec
 
 # Tests commit in throwaway repositories: give git an identity on machines with none.
 for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "tests@fixfleet.invalid",
@@ -110,3 +113,19 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 def queues(redis: Redis, settings: Settings) -> dict[str, Queue]:
     return make_queues(redis, settings)
+
+
+@pytest.fixture(scope="session")
+def sandbox_pytest_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtualenv holding pytest, made like a repository environment, for sandboxed sessions."""
+    env = tmp_path_factory.mktemp("pytest-env") / "env"
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run(["uv", "venv", "--quiet", "--python", str(python), str(env)], check=True)
+    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "pytest"], check=True)
+    return env
+
+
+def python_env_spec(workspace: Path, env: Path) -> SandboxSpec:
+    """The sandbox of a session in `workspace` with the virtualenv `env` at /env."""
+    return SandboxSpec(workspace=workspace, env_dir=env, python_prefix=Path(sys.base_prefix),
+                       env={"PATH": "/env/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/env"})

@@ -45,20 +45,19 @@ def write_template(tmp_path: Path, servers: dict) -> Path:
 def test_all_configured_renders_every_server_filled_in(settings, tmp_path: Path) -> None:
     servers = render_mcp_servers(settings(**ALL), worktree=tmp_path)
 
-    assert sorted(servers) == ["atlassian", "filesystem", "github", "sentry"]
+    assert sorted(servers) == ["atlassian", "github", "sentry"]  # read the checkout in the sandbox, not via MCP
     assert servers["github"]["env"]["GITHUB_PERSONAL_ACCESS_TOKEN"] == "ghp_canary_github"
     assert servers["atlassian"]["env"]["JIRA_URL"] == "https://acme.atlassian.net"
     assert servers["atlassian"]["env"]["JIRA_USERNAME"] == "bot@acme.test"
     assert servers["atlassian"]["env"]["JIRA_API_TOKEN"] == "jira_canary_token"
     assert servers["sentry"]["env"]["SENTRY_ACCESS_TOKEN"] == "sntrys_canary_sentry"
-    assert str(tmp_path.resolve()) in servers["filesystem"]["args"]
     assert "${" not in json.dumps(servers)
 
 
 def test_only_configured_servers_are_kept(settings, tmp_path: Path) -> None:
     rendered = render_mcp(settings(github_token="ghp_canary_github"), worktree=tmp_path)
 
-    assert sorted(rendered.servers) == ["filesystem", "github"]
+    assert sorted(rendered.servers) == ["github"]
     assert rendered.skip_messages() == [
         "atlassian MCP skipped: JIRA_BASE_URL not set, JIRA_EMAIL not set, JIRA_API_TOKEN not set",
         "sentry MCP skipped: SENTRY_AUTH_TOKEN not set",
@@ -77,10 +76,11 @@ def test_empty_value_counts_as_not_configured(settings) -> None:
     assert sorted(servers) == ["sentry"]
 
 
-def test_without_worktree_the_filesystem_server_is_skipped(settings) -> None:
-    rendered = render_mcp(settings(**ALL))
-    assert "filesystem" not in rendered.servers
-    assert "filesystem MCP skipped: no worktree given" in rendered.skip_messages()
+def test_without_worktree_a_server_that_needs_it_is_skipped(settings, tmp_path: Path) -> None:
+    template = write_template(tmp_path, {"files": {"type": "stdio", "command": "serve", "args": ["${WORKTREE}"]}})
+    rendered = render_mcp(settings(**ALL), template=template)
+    assert "files" not in rendered.servers
+    assert "files MCP skipped: no worktree given" in rendered.skip_messages()
 
 
 def test_skip_notes_never_hold_secret_values(settings) -> None:

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Re-verify one real-bug fixture: tests/realbugs/verify_fixture.sh <slug> [red] [green] [suite]
+#
+# Each phase gets a FRESH extraction of source.tar.gz and a FRESH environment
+# (bug.yaml `setup` is run inside the extracted tree):
+#   red   = test.patch only             -> test_command must exit non-zero
+#   green = test.patch + fix.patch      -> test_command must exit 0
+#   suite = test.patch + fix.patch      -> suite_command must exit 0
+# Prints the three exit codes and compares them with bug.yaml's `verified`.
+# Work dirs go under ${REALBUGS_WORK:-/tmp/realbugs-work}; set KEEP=1 to keep them.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SLUG=${1:?usage: verify_fixture.sh <slug> [red] [green] [suite]}
+shift
+PHASES=${*:-red green suite}
+FIX_DIR=$HERE/$SLUG
+[ -f "$FIX_DIR/bug.yaml" ] || { echo "no such fixture: $FIX_DIR" >&2; exit 2; }
+
+# A python with PyYAML to read bug.yaml.
+YPY=""
+for c in python3 /usr/bin/python3.11 /usr/bin/python3; do
+  if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import yaml' 2>/dev/null; then YPY=$c; break; fi
+done
+[ -n "$YPY" ] || { echo "need a python3 with PyYAML to read bug.yaml" >&2; exit 2; }
+
+field() {  # field <key>  -> prints the value of a top-level key of bug.yaml
+  "$YPY" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); v = d.get(sys.argv[2], ""); print(v if not isinstance(v, dict) else " ".join(f"{k}={x}" for k, x in v.items()))' \
+    "$FIX_DIR/bug.yaml" "$1"
+}
+SETUP=$(field setup)
+TEST_CMD=$(field test_command)
+SUITE_CMD=$(field suite_command)
+EXPECTED=$(field verified)
+
+WORK_ROOT=${REALBUGS_WORK:-/tmp/realbugs-work}
+mkdir -p "$WORK_ROOT"
+
+prepare() {  # prepare <phase> <patches...>  -> echoes tree path; returns non-zero on failure
+  local phase=$1; shift
+  local tree
+  tree=$(mktemp -d "$WORK_ROOT/$SLUG-$phase.XXXXXX")
+  tar -xzf "$FIX_DIR/source.tar.gz" -C "$tree" || return 1
+  local p
+  for p in "$@"; do
+    patch -p1 -s -d "$tree" < "$FIX_DIR/$p" >&2 || { echo "[$SLUG/$phase] $p does not apply" >&2; return 1; }
+  done
+  ( cd "$tree" && bash -euo pipefail -c "$SETUP" ) > "$tree.setup.log" 2>&1 \
+    || { echo "[$SLUG/$phase] setup failed, see $tree.setup.log" >&2; tail -20 "$tree.setup.log" >&2; return 1; }
+  echo "$tree"
+}
+
+run_phase() {  # run_phase <phase> <command> <patches...>
+  local phase=$1 cmd=$2; shift 2
+  local tree rc start end
+  tree=$(prepare "$phase" "$@") || { echo "$phase=setup-failed"; return; }
+  start=$(date +%s%N)
+  ( cd "$tree" && bash -c "$cmd" ) > "$tree.$phase.log" 2>&1
+  rc=$?
+  end=$(date +%s%N)
+  local ms=$(( (end - start) / 1000000 ))
+  printf '[%s/%s] exit %s in %d.%01ds (log: %s)\n' "$SLUG" "$phase" "$rc" $((ms / 1000)) $((ms % 1000 / 100)) "$tree.$phase.log" >&2
+  tail -3 "$tree.$phase.log" | sed "s/^/[$SLUG\/$phase]   /" >&2
+  if [ "$phase" = red ]; then  # each failing_tests id/title must be on a failure line of the red log
+    "$YPY" - "$FIX_DIR/bug.yaml" "$tree.$phase.log" "$SLUG" >&2 <<'PY' || rc="$rc-but-expected-failures-not-seen"
+import re, sys, yaml
+want = yaml.safe_load(open(sys.argv[1]))["failing_tests"]
+log = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[2], errors="replace").read())
+marks = ("FAILED", "ERROR", "FAIL:", "\u25cf", "\u2715", "not ok")  # pytest, unittest, jest (bullet, cross), TAP
+bad = [l for l in log.splitlines() if any(m in l for m in marks)]
+missing = [t for t in want if not any(t in l for l in bad)]
+print(f"[{sys.argv[3]}/red] failing_tests reported as failed: {len(want) - len(missing)}/{len(want)}")
+for t in missing:
+    print(f"[{sys.argv[3]}/red]   NOT SEEN: {t}")
+sys.exit(1 if missing else 0)
+PY
+  fi
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$tree"
+  echo "$phase=$rc"
+}
+
+RESULT=""
+for ph in $PHASES; do
+  case $ph in
+    red)   RESULT="$RESULT $(run_phase red "$TEST_CMD" test.patch)" ;;
+    green) RESULT="$RESULT $(run_phase green "$TEST_CMD" test.patch fix.patch)" ;;
+    suite) RESULT="$RESULT $(run_phase suite "$SUITE_CMD" test.patch fix.patch)" ;;
+    *) echo "unknown phase $ph" >&2; exit 2 ;;
+  esac
+done
+RESULT=${RESULT# }
+echo "$SLUG: $RESULT   (bug.yaml verified: $EXPECTED)"
+
+# Exit 0 only when red failed and green/suite passed (for the phases run).
+ok=0
+for kv in $RESULT; do
+  k=${kv%%=*}; v=${kv#*=}
+  case $k in
+    red)   [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" != 0 ] || ok=1 ;;
+    green|suite) [ "$v" = 0 ] || ok=1 ;;
+  esac
+done
+exit $ok

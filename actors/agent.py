@@ -123,12 +123,18 @@ class AgentLoop:
     async def environment(self, task: Task, sha: str) -> Environment:
         """The repository's environment at `sha`; a repository that cannot be set up fails the
         task early, with the setup log's tail in its audit trail."""
+        started = time.monotonic()
         try:
-            return await self.environments.ensure(task.repo, sha)
+            env = await self.environments.ensure(task.repo, sha)
         except SetupFailed as exc:
             await self.store.record_event(task.id, actor=self.name, reason=f"setup failed: {exc.message}",
                                           data={"setup_log_tail": self.runner.redactor.text(exc.log_tail)})
             raise
+        await self.store.record_event(
+            task.id, actor=self.name, reason=f"environment {'reused' if env.reused else 'built'}",
+            data={"environment": env.hash, "reused": env.reused, "built_s": env.built_s,
+                  "seconds": round(time.monotonic() - started, 3), "setup": env.plan.describe()})
+        return env
 
     async def session_checkout(self, task: Task, env: Environment, sha: str, purpose: str, *,
                                writable: bool) -> tuple[Checkout, SandboxSpec, list[str]]:
@@ -147,6 +153,7 @@ class AgentLoop:
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
+                                            "seconds": round(result.duration_s, 3),
                                             "denials": [d.model_dump() for d in result.denials]})
         if result.outcome != "success" or not result.structured_output:
             raise failure(f"{self.role} session ended {result.subtype}: {result.error or missing}")

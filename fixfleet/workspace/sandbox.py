@@ -143,14 +143,14 @@ class Sandbox:
         args += ["--bind" if spec.workspace_writable else "--ro-bind", str(spec.workspace), WORKSPACE]
         if spec.env_dir is not None:
             args += ["--bind" if spec.env_writable else "--ro-bind", str(spec.env_dir), ENV_DIR]
-        args += ["--bind", str(spec.home), HOME] if spec.home is not None else ["--dir", HOME]
+        args += ["--bind", str(spec.home), HOME] if spec.home is not None else ["--tmpfs", HOME]
         for inside, host in spec.read_only.items():
             args += ["--ro-bind", str(host), inside]
         for inside, host in spec.writable.items():
             args += ["--bind", str(host), inside]
         for bridge in spec.bridges:
             args += ["--ro-bind", str(bridge.socket), self._socket_inside(bridge)]
-        args += ["--clearenv", *self._setenv(spec), "--chdir", spec.cwd, "--"]
+        args += ["--remount-ro", "/", "--clearenv", *self._setenv(spec), "--chdir", spec.cwd, "--"]
         return args + self._with_bridges(spec.bridges, command)
 
     def environment(self, spec: SandboxSpec) -> dict[str, str]:

@@ -25,7 +25,7 @@ from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
-from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed
+from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed, network_access
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
@@ -145,11 +145,12 @@ class AgentLoop:
         placed = self.environments.prepare(env, checkout)
         return checkout, self.environments.spec(env, checkout, workspace_writable=writable), placed
 
-    async def run_session(self, task: Task, request: SessionRequest, spec: SandboxSpec,
+    async def run_session(self, task: Task, request: SessionRequest, spec: SandboxSpec, domains: list[str],
                           failure: type[Exception], missing: str) -> dict[str, Any]:
         """Run one Claude session for the task in its sandbox, book its cost and audit row, and
         hand back its structured output; a session that ends without one raises `failure`."""
-        result = await self.runner.run(request, spec)
+        async with network_access(domains) as network:  # the domains the repository allows its tests
+            result = await self.runner.run(request, network.apply(spec))
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,

@@ -46,7 +46,7 @@ class Executor(AgentLoop):
         checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
         try:
             before = snapshot(checkout.path)
-            report = await self._execute(task, checkout.path, spec)
+            report = await self._execute(task, checkout.path, spec, env.plan.test_domains)
             change = await self._change(task, checkout.path, base, before, placed)
         finally:
             await self.workspaces.discard(checkout)
@@ -61,11 +61,11 @@ class Executor(AgentLoop):
             data={"commits": commits, "evidence": proof}, changes={"context": task.context | {"evidence": proof, "commits": commits}},
         )
 
-    async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec) -> dict[str, Any]:
+    async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec, domains: list[str]) -> dict[str, Any]:
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),
                                  context={"task": task.key, "title": task.title, "plan": task.plan,
                                           "plan_version": task.plan_version})
-        return await self.run_session(task, request, spec, ExecutionFailed, "no report")
+        return await self.run_session(task, request, spec, domains, ExecutionFailed, "no report")
 
     async def _change(self, task: Task, tree: Path, base: str, before: dict, placed: list[str]) -> ChangeSet:
         """The agent's work as checked data; a change that breaks a rule fails the task."""

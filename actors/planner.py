@@ -46,7 +46,7 @@ class Planner(AgentLoop):
         env = await self.environment(task, base)
         checkout, spec, _ = await self.session_checkout(task, env, base, "plan", writable=False)
         try:
-            plan = await self._plan(task, checkout.path, spec, feedback)
+            plan = await self._plan(task, checkout.path, spec, env.plan.test_domains, feedback)
         finally:
             await self.workspaces.discard(checkout)
         version = task.plan_version + 1
@@ -62,10 +62,11 @@ class Planner(AgentLoop):
             changes={"plan": plan, "plan_version": version, "pr_url": pr_url or task.pr_url},
         )
 
-    async def _plan(self, task: Task, worktree: Any, spec: SandboxSpec, feedback: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _plan(self, task: Task, worktree: Any, spec: SandboxSpec, domains: list[str],
+                    feedback: list[dict[str, Any]]) -> dict[str, Any]:
         request = SessionRequest(role="planner", worktree=worktree, prompt=planner_prompt(task, feedback),
                                  context=task_context(task, feedback))
-        return await self.run_session(task, request, spec, PlanningFailed, "no plan submitted")
+        return await self.run_session(task, request, spec, domains, PlanningFailed, "no plan submitted")
 
     async def _feedback_thread(self, task: Task) -> list[dict[str, Any]]:
         """Every revise request so far, oldest first: the planner answers all of them."""

@@ -17,7 +17,7 @@ from typing import Any
 from fixfleet.config import Settings
 from fixfleet.integrations.registry import from_settings
 from fixfleet.models import Task
-from fixfleet.plan_doc import render_evidence
+from fixfleet.plan_doc import SANDBOX_OFF, render_evidence
 from fixfleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class Publisher:
         base = await github.default_branch(repo)
         title = f"fixfleet {task.key}: {task.title}"[:250]
         body = f"Plan v{version}: see `PLAN.md` on this branch.\n\n**Root cause:** {plan.get('root_cause', '')}\n\nApprove with `@agent approve`."
+        if not self.settings.sandbox_enabled:
+            body = f"{SANDBOX_OFF}\n\n{body}"
         pull = await github.create_pull(repo, branch, base, title, body, draft=True)
         await github.update_pull(repo, pull["number"], body=body)
         external = task.external_ids | {"github_pr": f"{repo}#{pull['number']}"}

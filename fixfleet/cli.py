@@ -19,6 +19,7 @@ from fixfleet.embedded import EmbeddedError
 from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
 from fixfleet.outbox import OutboxRelay, ReconcileReport, reconcile
 from fixfleet.repos import InvalidRepo, validate_repo
+from fixfleet.workspace.sandbox import SandboxUnavailable
 from fixfleet.services import ServiceUnavailable, Services, open_services
 from fixfleet.store import StoreError
 
@@ -271,7 +272,7 @@ def demo(
     say = (lambda line: err.print(f"[dim]demo:[/dim] {line}", highlight=False)) if as_json else (lambda line: out.print(f"[cyan]demo:[/cyan] {line}", highlight=False))
     try:
         result = Demo(settings, live=live, http_port=http_port, progress=say).run()
-    except (DemoFailed, EmbeddedError, ServiceUnavailable) as exc:
+    except (DemoFailed, EmbeddedError, ServiceUnavailable, SandboxUnavailable) as exc:
         fail(str(exc))
         return
     summary = {k: v for k, v in vars(result).items() if k != "root_cause"}
@@ -297,7 +298,7 @@ def up(
 
     try:
         run_up(load_settings(), address=address, http_port=http_port, executors=executors, console=out)
-    except (EmbeddedError, ServiceUnavailable) as exc:
+    except (EmbeddedError, ServiceUnavailable, SandboxUnavailable) as exc:
         fail(str(exc))
 
 

@@ -8,9 +8,13 @@ default, resolved once here and handed to every process.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +24,10 @@ from ray import serve
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.services import resolve_urls
+from fixfleet.workspace.sandbox import Sandbox, SandboxUnavailable
+
+SANDBOX_OFF_WARNING = ("FIXFLEET_SANDBOX=off: agents and repository code run WITHOUT the sandbox, with this "
+                       "user's rights and files; only for trusted local experiments")
 
 APP_NAME = "fixfleet"
 
@@ -43,6 +51,8 @@ class Platform:
         self.url = f"http://{options.http_host}:{options.http_port}"
 
     def start(self, progress=print) -> None:  # noqa: ANN001 - any callable taking a line
+        if self.options.address is None:  # agents run here: refuse to start them where they cannot be contained
+            self.check_machine(progress)
         database_url, redis_url = resolve_urls(self.settings, self.embedded)
         env = self.options.env | {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                                   "FIXFLEET_HOME": str(self.settings.home)}
@@ -66,6 +76,16 @@ class Platform:
         self._wait_healthy()
         progress("starting the agents (agents ask for no CPU: they wait on the model and git, and their slots gate them)")
         self._start_agents()
+
+    def check_machine(self, progress) -> None:  # noqa: ANN001 - any callable taking a line
+        """What the agents need on this machine: the sandbox (bubblewrap, socat) and uv."""
+        if not self.settings.sandbox_enabled:
+            progress(f"WARNING: {SANDBOX_OFF_WARNING}")
+            return
+        asyncio.run(Sandbox(self.settings.home / "sandbox").check())
+        if not (shutil.which("uv") or (Path(sys.executable).parent / "uv").exists()):
+            raise SandboxUnavailable("uv is not installed (pip install uv): it builds each repository's environment")
+        progress("sandbox ready (bubblewrap): agents and repository code run isolated")
 
     def _start_agents(self) -> None:
         from actors.executor import ExecutorAgent

@@ -32,7 +32,8 @@ async def _show_status(platform: Platform, console: Console) -> None:
         with Live(console=console, refresh_per_second=1) as live:
             while True:
                 depths = {name: await queue.depth() for name, queue in services.queues.items()}
-                live.update(status_line(depths, platform.agent_status()))
+                line = status_line(depths, platform.agent_status())
+                live.update(line if platform.settings.sandbox_enabled else f"[bold red]SANDBOX OFF[/bold red] · {line}")
                 await asyncio.sleep(1)
 
 

@@ -45,6 +45,13 @@ def _credentials(ctx: AppContext) -> CheckOut:
     return CheckOut(status="ok", detail=detail)
 
 
+def _sandbox(ctx: AppContext) -> CheckOut:
+    if ctx.settings.sandbox_enabled:
+        return CheckOut(status="on", detail="agents and repository code run in bubblewrap")
+    return CheckOut(status="OFF", detail="FIXFLEET_SANDBOX=off: agents and repository code run WITHOUT isolation "
+                                         "(trusted local experiments only)")
+
+
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
 async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> HealthOut:
     services = ctx.services
@@ -58,7 +65,7 @@ async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> Heal
         return "answering"
 
     checks = {"postgres": await _check(postgres), "redis": await _check(redis), "agents": await _agents(ctx),
-              "model_credentials": _credentials(ctx)}
+              "model_credentials": _credentials(ctx), "sandbox": _sandbox(ctx)}
     down = [name for name in CRITICAL if checks[name].status != "ok"]
     if down:
         response.status_code = 503

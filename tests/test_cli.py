@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,16 @@ async def test_reconcile_puts_back_what_redis_lost(env: dict[str, str], redis: R
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["requeued"] == [int(key.removeprefix("FF-"))]
     assert "none was missing" in run(["reconcile"], env).stdout
+
+
+def test_up_refuses_to_run_agents_without_the_sandbox_and_says_what_to_install(env: dict[str, str], tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a machine with git and python but no bubblewrap
+    bin_dir.mkdir()
+    for tool in ("git", "socat", "uv"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    refused = run(["up", "--http-port", "1"], env | {"PATH": str(bin_dir)})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "bubblewrap (bwrap) is not installed" in refused.stderr and "apt-get install bubblewrap" in refused.stderr
+    assert "FIXFLEET_SANDBOX=off" in refused.stderr  # and the way out for a trusted experiment

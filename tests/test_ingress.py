@@ -331,10 +331,17 @@ def test_health_and_metrics(api: str) -> None:
     assert health.status_code == 200
     checks = health.json()["checks"]
     assert checks["postgres"]["status"] == "ok" and checks["redis"]["status"] == "ok" and "agents" in checks
+    assert checks["sandbox"]["status"] == "on"
     post_sentry(api, sentry_alert(), "req-m")
     metrics = httpx.get(f"{api}/metrics").text
     assert 'fixfleet_webhooks_total{outcome="created",source="sentry"} 1.0' in metrics
     assert "fixfleet_queue_depth" in metrics
+
+
+def test_health_says_loudly_when_the_sandbox_is_off(settings: Settings, store: Store) -> None:
+    with running_ingress(settings.model_copy(update={"sandbox": "off"})) as url:
+        sandbox = httpx.get(f"{url}/health").json()["checks"]["sandbox"]
+    assert sandbox["status"] == "OFF" and "WITHOUT isolation" in sandbox["detail"]
 
 
 def test_openapi_models_every_route(api: str) -> None:

@@ -75,23 +75,25 @@ def blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's id, not security
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file right after checkout: unchanged files need no hashing later."""
-    found = {}
-    for path, info in _walk(root):
-        found[path] = (info.st_size, info.st_mtime_ns)
-    return found
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime, mode) of every file right after checkout: unchanged files need no hashing
+    later. The mode is there because chmod leaves the mtime alone."""
+    return {path: _signature(info) for path, info in _walk(root)}
+
+
+def _signature(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_size, info.st_mtime_ns, info.st_mode
 
 
 def extract(root: Path, base_sha: str, base: Mapping[str, TreeEntry], *,
-            before: Mapping[str, tuple[int, int]] | None = None,
+            before: Mapping[str, tuple[int, int, int]] | None = None,
             mount_points: Collection[str] = ()) -> ChangeSet:
     """The agent's change to `root` against the base tree, checked; raises ChangeRefused."""
     changes, left_out, seen = [], {}, set()
     ignored = _IgnoreRules(root)
     for path, info in _walk(root, left_out):
         seen.add(path)
-        if before is not None and before.get(path) == (info.st_size, info.st_mtime_ns) and path in base:
+        if before is not None and before.get(path) == _signature(info) and path in base:
             continue
         change = _compare(root, path, info, base.get(path))
         if change is None:
@@ -101,8 +103,10 @@ def extract(root: Path, base_sha: str, base: Mapping[str, TreeEntry], *,
             left_out[path] = why
             continue
         changes.append(change)
-    changes += [FileChange(path=p, content=None) for p in base if p not in seen and not _is_inside(p, mount_points)]
-    changeset = ChangeSet(base_sha=base_sha, files=sorted(changes, key=lambda c: c.path), left_out=left_out)
+    changes += [FileChange(path=p, content=None) for p in base
+                if p not in seen and not _is_inside(p, mount_points) and not _never_walked(p)]
+    shown = {_shown(path): why for path, why in left_out.items()}  # the list is stored as JSON
+    changeset = ChangeSet(base_sha=base_sha, files=sorted(changes, key=lambda c: c.path), left_out=shown)
     check(changeset)
     return changeset
 
@@ -129,10 +133,16 @@ def check_path(path: str) -> None:
         raise ChangeRefused(f"{path!r} is not a path inside the repository")
     if any(_is_git_name(part) for part in pure.parts):
         raise ChangeRefused(f"{path!r} is git metadata; the platform makes the commits")
-    if path == ".gitmodules":
+    if path.lower() == ".gitmodules":
         raise ChangeRefused(".gitmodules may not be changed: submodules are not part of a fix")
     if any(ord(c) < 32 for c in path):
         raise ChangeRefused(f"{path!r} has control characters in its name")
+    if _shown(path) != path:  # a name that is not UTF-8 (walked with surrogateescape) breaks JSON and git's tooling
+        raise ChangeRefused(f"{_shown(path)!r} is not a UTF-8 name")
+
+
+def _shown(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_link(path: str, target: str) -> None:
@@ -147,6 +157,13 @@ def _is_git_name(part: str) -> bool:
     return part.lower().rstrip(". ") == ".git"
 
 
+def _never_walked(path: str) -> bool:
+    """A path `_walk` does not look at: a tracked file there was not seen, yet not deleted."""
+    *directories, name = path.split("/")
+    return (any(_is_git_name(d) or d in ALWAYS_IGNORED for d in directories) or _is_git_name(name)
+            or name.endswith((".pyc", ".pyo")))
+
+
 def _is_inside(path: str, directories: Collection[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
 
@@ -154,7 +171,7 @@ def _is_inside(path: str, directories: Collection[str]) -> bool:
 def _walk(root: Path, left_out: dict[str, str] | None = None):  # noqa: ANN202 - a generator of (path, stat)
     """Every non-directory entry under root, relative and POSIX, never following links;
     `.git` entries and the caches of ALWAYS_IGNORED are not descended into."""
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+    for directory, dirnames, filenames in os.walk(root, onerror=_unreadable, followlinks=False):
         relative_dir = os.path.relpath(directory, root)
         for name in list(dirnames):
             full = os.path.join(directory, name)
@@ -178,18 +195,38 @@ def _walk(root: Path, left_out: dict[str, str] | None = None):  # noqa: ANN202 -
             yield rel, info
 
 
+def _unreadable(error: OSError) -> None:
+    # A directory that cannot be listed would otherwise look like the deletion of all it holds.
+    raise ChangeRefused(f"{error.filename} cannot be read: {error.strerror}")
+
+
 def _compare(root: Path, path: str, info: os.stat_result, entry: TreeEntry | None) -> FileChange | None:
     full = root / path
-    if stat.S_ISLNK(info.st_mode):
-        data, mode = os.readlink(full).encode("utf-8", "surrogateescape"), "120000"
-    elif stat.S_ISREG(info.st_mode):
-        data = full.read_bytes() if info.st_size <= MAX_FILE_BYTES else b"\0" * (MAX_FILE_BYTES + 1)
-        mode = "100755" if info.st_mode & 0o111 else "100644"
-    else:
-        raise ChangeRefused(f"{path} is not a regular file or a link (a device, socket or fifo)")
+    try:
+        if stat.S_ISLNK(info.st_mode):
+            data, mode = os.readlink(full).encode("utf-8", "surrogateescape"), "120000"
+        elif stat.S_ISREG(info.st_mode):
+            mode = "100755" if info.st_mode & 0o111 else "100644"
+            if info.st_size > MAX_FILE_BYTES:  # never held in memory; untouched, it is no change
+                if entry is not None and entry.mode == mode and entry.oid == _file_blob_id(full, info.st_size):
+                    return None
+                return FileChange(path=path, content=b"\0" * (MAX_FILE_BYTES + 1), mode=mode)
+            data = full.read_bytes()
+        else:
+            raise ChangeRefused(f"{path} is not a regular file or a link (a device, socket or fifo)")
+    except OSError as exc:
+        raise ChangeRefused(f"{path} cannot be read: {exc.strerror}") from None
     if entry is not None and entry.mode == mode and entry.oid == blob_id(data):
         return None
     return FileChange(path=path, content=data, mode=mode)
+
+
+def _file_blob_id(full: Path, size: int) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % size)  # noqa: S324 - git's id, not security
+    with full.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _not_the_agents(path: str, change: FileChange, base: Mapping[str, TreeEntry],
@@ -243,6 +280,9 @@ def apply_files(root: Path, files: Mapping[str, FileContent]) -> None:
     """Make the tree hold exactly these contents (None: the file is removed)."""
     for relative, change in files.items():
         check_path(relative)
+        if change.mode == "120000" and change.content is not None:
+            _check_link(relative, change.content.decode("utf-8", "surrogateescape"))
+        _check_no_linked_parent(root, relative)
         target = root / relative
         if target.is_dir() and not target.is_symlink():
             remove_tree(target)
@@ -256,3 +296,12 @@ def apply_files(root: Path, files: Mapping[str, FileContent]) -> None:
             continue
         target.write_bytes(change.content)
         target.chmod(0o755 if change.mode == "100755" else 0o644)
+
+
+def _check_no_linked_parent(root: Path, relative: str) -> None:
+    # Writing or deleting below a linked directory would act wherever the link points.
+    parent = root
+    for part in PurePosixPath(relative).parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink():
+            raise ChangeRefused(f"{relative} lies below the link {parent.relative_to(root)}")

@@ -19,32 +19,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from fixfleet.workspace.egress import EgressProxy
 from fixfleet.workspace.changes import apply_files
+from fixfleet.workspace.egress import EgressProxy
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager, remove_tree
-from fixfleet.workspace.repo_config import SPEC_FILES, RepoConfig, SetupPlan, resolve
-from fixfleet.workspace.sandbox import Bridge, RunResult, Sandbox, SandboxSpec, base_python_prefix
+from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES, RepoConfig, SetupPlan, resolve
+from fixfleet.workspace.sandbox import Bridge, RunResult, Sandbox, SandboxSpec
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: a Python setup always starts from a virtualenv at /env
 META = ".fixfleet"
 PROXY_PORT = 3128
 SETUP_TAIL = 4000
 PRETEND_VERSION = "0.0.0"  # setuptools-scm / hatch-vcs need a version and there is no .git
+# Idempotent: a detected plan makes the venv itself; `.fixfleet.yml` setups (documented as plain
+# `uv pip install ...` with VIRTUAL_ENV=/env) need one to install into.
+MAKE_VENV = 'uv venv --allow-existing --quiet --python "$FIXFLEET_PYTHON" /env'
+TOOLCHAIN_BIN = ("/usr/bin", "/usr/local/bin")  # where other Python versions are looked for
 
 
 class SetupFailed(RuntimeError):
@@ -84,7 +91,11 @@ class EnvironmentBuilder:
         self.default_suite_command = default_suite_command
 
     async def plan_for(self, url: str, files: Mapping[str, bytes]) -> SetupPlan:
-        return resolve(files, self.configs.get(url), self.default_suite_command)
+        try:
+            return resolve(files, self.configs.get(url), self.default_suite_command)
+        except ValueError as error:  # a broken .fixfleet.yml, no runner found: the task must say why
+            hint = "" if CONFIG_FILE in str(error) else f" (name it in {CONFIG_FILE})"
+            raise SetupFailed(f"cannot plan the repository's setup: {error}{hint}") from error
 
     async def spec_files_at(self, url: str, sha: str) -> dict[str, bytes]:
         return await self.workspaces.read_files(url, sha, SPEC_FILES)
@@ -109,8 +120,9 @@ class EnvironmentBuilder:
             else:
                 files[path] = change.content
         plan = await self.plan_for(url, files)
-        python = self._python_prefix(plan)
-        digest = environment_hash(plan, files, python)
+        interpreter = find_interpreter(plan)
+        python = interpreter.parent.parent if interpreter else None
+        digest = environment_hash(plan, files, interpreter)
         directory = self.workspaces.envs_dir / self.workspaces.mirror_key(url)
         final = directory / digest
         if (final / META / "env.json").exists():
@@ -160,8 +172,9 @@ class EnvironmentBuilder:
         try:
             result = await self._run_setup(plan, python, checkout.path, partial, cache)
             if result.exit_code != 0:
-                raise SetupFailed(f"setting up the repository failed (exit {result.exit_code}): "
-                                  f"{plan.steps[-1] if plan.steps else ''}", result.output_tail[-SETUP_TAIL:])
+                step = _failed_step(_setup_steps(plan), result.output_tail)
+                raise SetupFailed(f"setting up the repository failed (exit {result.exit_code}): {step}",
+                                  result.output_tail[-SETUP_TAIL:])
             generated = self._keep_generated(checkout.path, partial, before)
             seconds = round(time.monotonic() - started, 2)
             meta = {"plan": plan.model_dump(), "python": str(python) if python else None, "generated": generated,
@@ -180,31 +193,22 @@ class EnvironmentBuilder:
 
     async def _run_setup(self, plan: SetupPlan, python: Path | None, tree: Path, env_dir: Path,
                          cache: Path) -> RunResult:
-        socket_dir = Path(os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")) / f"ff-{uuid.uuid4().hex[:10]}"
-        socket_dir.mkdir(mode=0o700)
-        try:
-            async with EgressProxy(socket_dir / "egress.sock", plan.setup_domains) as proxy:
-                spec = SandboxSpec(workspace=tree, env_dir=env_dir, env_writable=True, python_prefix=python,
-                                   writable={"/cache": cache},
-                                   read_only={"/opt/fixfleet/bin/uv": Path(_uv_binary())},
-                                   bridges=[Bridge(socket=socket_dir / "egress.sock", port=PROXY_PORT)],
-                                   env=self._setup_env(plan, python))
-                script = "set -e\n" + "\n".join(f"echo '+ {step}'\n{step}" for step in plan.steps)
-                result = await self.sandbox.run(spec, ["/bin/bash", "-c", script], timeout_s=plan.timeouts.setup_s)
-                if proxy.refused:
-                    refused = ", ".join(sorted({f"{r.host}:{r.port}" for r in proxy.refused}))
-                    result.output_tail += f"\n[fixfleet] the setup tried to reach {refused}: not in network.setup"
-                return result
-        finally:
-            shutil.rmtree(socket_dir, ignore_errors=True)
+        async with network_access(plan.setup_domains) as network:
+            spec = network.apply(SandboxSpec(workspace=tree, env_dir=env_dir, env_writable=True, python_prefix=python,
+                                             writable={"/cache": cache},
+                                             read_only={"/opt/fixfleet/bin/uv": Path(_uv_binary())},
+                                             env=self._setup_env(plan)))
+            script = _setup_script(_setup_steps(plan))
+            result = await self.sandbox.run(spec, ["/bin/bash", "-c", script], timeout_s=plan.timeouts.setup_s)
+            if network.refused():
+                result.output_tail += f"\n[fixfleet] the setup tried to reach {network.refused()}: not in network.setup"
+            return result
 
-    def _setup_env(self, plan: SetupPlan, python: Path | None) -> dict[str, str]:
-        proxy = f"http://127.0.0.1:{PROXY_PORT}"
-        interpreter = python / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}" if python else ""
+    def _setup_env(self, plan: SetupPlan) -> dict[str, str]:
+        interpreter = find_interpreter(plan) or ""
         path = "/env/bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin" if plan.language == "python" else \
             "/workspace/node_modules/.bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin"
-        return {"PATH": path, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy,
-                "http_proxy": proxy, "NO_PROXY": "127.0.0.1,localhost", "UV_CACHE_DIR": "/cache/uv",
+        return {"PATH": path, "UV_CACHE_DIR": "/cache/uv",
                 "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
                 "VIRTUAL_ENV": "/env", "FIXFLEET_PYTHON": str(interpreter),
                 "npm_config_cache": "/cache/npm", "npm_config_update_notifier": "false",
@@ -227,25 +231,94 @@ class EnvironmentBuilder:
         return Environment(path=final, hash=final.name, plan=plan, python_prefix=python,
                            generated=meta.get("generated", []), built_s=meta.get("built_s", 0.0), reused=reused)
 
-    @staticmethod
-    def _python_prefix(plan: SetupPlan) -> Path | None:
-        """The interpreter environments are made with: the platform's base installation
-        (mounted with its site-packages hidden), or an absolute path the repository names."""
-        if plan.language != "python":
-            return None
-        if plan.python and plan.python.startswith("/"):
-            return Path(plan.python).resolve().parent.parent
-        return base_python_prefix()
+
+@dataclasses.dataclass
+class Network:
+    """The way out of a sandbox to some domains: an egress proxy's socket bridged inside, and
+    the variables that point programs at it. With no domains: nothing, no network at all."""
+
+    bridges: list[Bridge]
+    env: dict[str, str]
+    proxy: EgressProxy | None = None
+
+    def apply(self, spec: SandboxSpec) -> SandboxSpec:
+        return dataclasses.replace(spec, bridges=[*spec.bridges, *self.bridges], env={**spec.env, **self.env})
+
+    def refused(self) -> str:
+        hosts = sorted({f"{r.host}:{r.port}" for r in self.proxy.refused}) if self.proxy else []
+        return ", ".join(hosts)
 
 
-def environment_hash(plan: SetupPlan, files: Mapping[str, bytes], python: Path | None) -> str:
+@contextlib.asynccontextmanager
+async def network_access(domains: list[str]) -> AsyncIterator[Network]:
+    """An egress proxy allowing only `domains`, for the length of the block."""
+    if not domains:
+        yield Network([], {})
+        return
+    socket_dir = Path(tempfile.mkdtemp(prefix="ff-egress-", dir=os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")))
+    try:
+        async with EgressProxy(socket_dir / "egress.sock", domains) as proxy:
+            url = f"http://127.0.0.1:{PROXY_PORT}"
+            env = {name: url for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}
+            yield Network([Bridge(socket=socket_dir / "egress.sock", port=PROXY_PORT)],
+                          env | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}, proxy)
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def find_interpreter(plan: SetupPlan) -> Path | None:
+    """The interpreter a Python environment is made with (resolved, so its prefix can be mounted):
+    the platform's own base installation (its site-packages hidden in the sandbox), another
+    installed version a repository asks for ("3.12": python3.12 from the toolchain), or an
+    absolute path the operator (never a repository) names."""
+    if plan.language != "python":
+        return None
+    own = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    wanted = plan.python
+    if not wanted or wanted == f"{sys.version_info.major}.{sys.version_info.minor}":
+        return own.resolve()
+    if wanted.startswith("/"):
+        if plan.source != "settings":
+            raise SetupFailed("python: an interpreter path may only be set by the operator (FIXFLEET_REPO_CONFIGS); "
+                              'a repository names a version such as "3.12"')
+        candidates = [Path(wanted)]
+    else:
+        candidates = [Path(directory) / f"python{wanted}" for directory in TOOLCHAIN_BIN]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate.resolve()
+    raise SetupFailed(f"python {wanted} is not installed here (looked for {', '.join(map(str, candidates))}); "
+                      "install it or name an installed version in .fixfleet.yml")
+
+
+def environment_hash(plan: SetupPlan, files: Mapping[str, bytes], interpreter: Path | None) -> str:
     digest = hashlib.sha256()
     digest.update(f"recipe {RECIPE_VERSION}\n".encode())
     digest.update(json.dumps(plan.model_dump(exclude={"reasons", "source"}), sort_keys=True).encode())
-    digest.update(f"\npython {python} {sys.version_info[:3]}\n".encode())
+    digest.update(f"\npython {interpreter}\n".encode())
     for name in sorted(files):
         digest.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def _setup_steps(plan: SetupPlan) -> list[str]:
+    venv = plan.language == "python" and MAKE_VENV not in plan.steps
+    return [MAKE_VENV, *plan.steps] if venv else list(plan.steps)
+
+
+def _setup_script(steps: list[str]) -> str:
+    """One bash script that stops at the first failure, echoing each step first (quoted: a
+    step's own quotes must not end the echo and run the rest of the step as code)."""
+    return "set -e\n" + "\n".join(f"echo {shlex.quote('+ ' + step)}\n{step}" for step in steps)
+
+
+def _failed_step(steps: list[str], output: str) -> str:
+    """The step echoed last before the script stopped: the one that failed."""
+    for line in reversed(output.splitlines()):
+        for step in steps:
+            if line == f"+ {step.splitlines()[0] if step else ''}":
+                return step
+    return steps[-1] if steps else ""
 
 
 def _files(tree: Path) -> list[str]:
@@ -261,11 +334,22 @@ def _files(tree: Path) -> list[str]:
 
 
 def _uv_binary() -> str:
-    found = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    if not Path(found).exists():
-        raise SetupFailed("uv is not installed on the platform's side (pip install uv): it builds "
-                          "repository environments")
-    return found
+    """uv's own executable, to bind into the sandbox: the one installed with the platform's
+    interpreter first, then PATH's. A shim is skipped: pyenv's is a bash script that runs
+    pyenv, which the sandbox does not have (a process started by its interpreter's path, not
+    through the shim, keeps the shims first on PATH)."""
+    directories = [str(Path(sys.executable).parent), *os.environ.get("PATH", "").split(os.pathsep)]
+    for directory in filter(None, directories):
+        candidate = Path(directory) / "uv"
+        if candidate.is_file() and os.access(candidate, os.X_OK) and _is_elf(candidate):
+            return str(candidate.resolve())
+    raise SetupFailed("uv is not installed on the platform's side (pip install uv): it builds "
+                      "repository environments")
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as binary:
+        return binary.read(4) == b"\x7fELF"
 
 
 @contextlib.asynccontextmanager

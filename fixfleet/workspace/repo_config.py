@@ -42,11 +42,15 @@ SPEC_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "requirements.txt", "re
               "requirements/tests.txt", "requirements/dev.txt", "requirements/base.txt",
               "requirements/requirements-tests.txt", "requirements/requirements.txt", "tests/requirements.txt",
               "tox.ini", "uv.lock", "poetry.lock", "Pipfile", "Pipfile.lock", "package.json", "package-lock.json",
-              "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", CONFIG_FILE)
+              "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "pytest.ini", "Makefile", "makefile",
+              "noxfile.py", CONFIG_FILE)
 TEST_REQUIREMENTS = [name for name in SPEC_FILES if name.endswith(".txt") and
                      re.search(r"test|dev", name) and name != "requirements/base.txt"]
-TEST_EXTRAS = ("test", "tests", "testing", "dev")
+TEST_EXTRAS = ("tests", "test", "testing", "dev")  # in order of preference
 Runner = Literal["pytest", "unittest", "node", "mocha", "jest", "vitest"]
+# Set by the platform, or able to run code before the repository's own: not for a repository to choose.
+RESERVED_ENV = {"PATH", "HOME", "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS", "PYTHONSTARTUP", "NODE_OPTIONS",
+                "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY"}
 
 
 class InvalidRepoConfig(ValueError):
@@ -88,11 +92,19 @@ class RepoConfig(_Strict):
     network: Network = Field(default_factory=Network)
     env: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("python")
+    @classmethod
+    def _version_or_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"3\.\d{1,2}|/[A-Za-z0-9._/-]+", value):
+            raise ValueError(f"{value!r} is not a Python version like \"3.12\" (or, for the operator, a path)")
+        return value
+
     @field_validator("env")
     @classmethod
     def _names(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.upper() in ("PATH", "HOME", "LD_PRELOAD"):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.upper() in RESERVED_ENV \
+                    or name.upper().startswith("LD_"):
                 raise ValueError(f"{name!r} may not be set")
         return env
 
@@ -144,7 +156,7 @@ def resolve(files: Mapping[str, bytes], settings_config: RepoConfig | None = Non
     else:
         config, source = RepoConfig(), "detected"
     language = config.language or ("node" if "package.json" in files and not _is_python(files) else "python")
-    detected = detect_node(files) if language == "node" else detect_python(files)
+    detected = detect_node(files, config.test_runner) if language == "node" else detect_python(files)
     reasons = detected.reasons if config.setup is None else [f"setup commands from {_where(source)}"]
     runner = config.test_runner or detected.test_runner
     if config.test_runner:
@@ -176,7 +188,8 @@ def detect_python(files: Mapping[str, bytes]) -> SetupPlan:
     installable = any(name in files for name in ("pyproject.toml", "setup.py", "setup.cfg")) and (
         "project" in pyproject or "build-system" in pyproject or "setup.py" in files or "setup.cfg" in files)
     if installable:
-        extras = [e for e in _extras(files, pyproject) if e in TEST_EXTRAS]
+        declared = _extras(files, pyproject)
+        extras = [e for e in TEST_EXTRAS if e in declared][:1]  # the test extra; `dev` only when there is none
         target = f"/workspace[{','.join(extras)}]" if extras else "/workspace"
         steps.append(f"uv pip install -e '{target}'")
         reasons.append("installs the package editable" + (f" with its extras {', '.join(extras)}" if extras else ""))
@@ -185,7 +198,7 @@ def detect_python(files: Mapping[str, bytes]) -> SetupPlan:
         steps.append(f"uv pip install -r {name}")
     if requirements:
         reasons.append(f"installs {', '.join(requirements)}")
-    groups = [g for g in pyproject.get("dependency-groups", {}) if g in TEST_EXTRAS]
+    groups = [g for g in TEST_EXTRAS if g in pyproject.get("dependency-groups", {})][:1]
     for group in groups:
         steps.append(f"uv pip install --group {group}")
     if groups:
@@ -206,18 +219,13 @@ def detect_python(files: Mapping[str, bytes]) -> SetupPlan:
 
 
 def _python_runner(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> tuple[Runner, str]:
-    text = b"\n".join(files.get(n, b"") for n in ("tox.ini", "setup.cfg", "pyproject.toml", "noxfile.py", "Makefile"))
-    mentions_unittest = re.search(rb"-m\s+unittest|unittest\s+discover|setup\.py\s+test", text)
-    mentions_pytest = re.search(rb"pytest", text) or any(
-        re.search(rb"pytest", files.get(n, b"")) for n in files if n.endswith(".txt"))
     if "pytest" in pyproject.get("tool", {}) or b"[pytest]" in files.get("tox.ini", b"") \
             or b"[tool:pytest]" in files.get("setup.cfg", b"") or "pytest.ini" in files:
         return "pytest", "pytest configuration found"
-    if mentions_unittest and not mentions_pytest:
-        return "unittest", "the repository runs its tests with unittest"
-    if mentions_pytest:
-        return "pytest", "the repository's files name pytest"
-    return "pytest", "no runner named: pytest (it runs unittest tests too)"
+    named = [name for name, data in files.items() if name != CONFIG_FILE and re.search(rb"\bpytest\b", data)]
+    if named:
+        return "pytest", f"{named[0]} names pytest"
+    return "unittest", "nothing names pytest: the standard library's unittest"
 
 
 def _extras(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> list[str]:
@@ -272,13 +280,11 @@ def _shell_quote(text: str) -> str:
 # -- JavaScript / TypeScript ---------------------------------------------------------------
 
 
-def detect_node(files: Mapping[str, bytes]) -> SetupPlan:
+def detect_node(files: Mapping[str, bytes], runner: Runner | None = None) -> SetupPlan:
+    """`runner`: the one the configuration names; detection cannot fail the repository then."""
     from fixfleet.workspace.runners import detect_js_runner
 
-    try:
-        package = json.loads(files.get("package.json", b"{}"))
-    except json.JSONDecodeError:
-        package = {}
+    package = _json_object(files.get("package.json"))
     reasons = []
     if "package-lock.json" in files or "npm-shrinkwrap.json" in files:
         steps = ["npm ci --no-audit --no-fund"]
@@ -286,11 +292,28 @@ def detect_node(files: Mapping[str, bytes]) -> SetupPlan:
     else:
         steps = ["npm install --no-audit --no-fund --no-package-lock"]
         reasons.append("no npm lockfile: npm install resolves the dependencies afresh")
-    script = (package.get("scripts") or {}).get("test") or ""
-    dev = {**(package.get("dependencies") or {}), **(package.get("devDependencies") or {})}
-    runner = detect_js_runner(script, dev)
+    scripts = {k: v for k, v in _mapping(package.get("scripts")).items() if isinstance(v, str)}
+    script = scripts.get("test") or ""
+    dev = {**_mapping(package.get("dependencies")), **_mapping(package.get("devDependencies"))}
+    try:
+        runner = runner or detect_js_runner(script, dev, scripts)  # `npm run x` is followed through scripts
+    except ValueError:
+        raise InvalidRepoConfig(f"package.json's test script ({script or 'none'}) names no runner fixfleet knows "
+                                "(jest, vitest, mocha, node --test): set test_runner in .fixfleet.yml") from None
     reasons.append(f"tests run with {runner} (package.json test script: {script or 'none'})")
     return SetupPlan(language="node", steps=steps, test_runner=runner, test_script=script or None,
                      suite_command="npm test" if script else None,
                      timeouts=Timeouts(), setup_domains=list(NPM), test_domains=[], env={},
                      source="detected", reasons=reasons)
+
+
+def _json_object(data: bytes | None) -> dict[str, Any]:
+    # The repository's bytes: any JSON (or none) may be there, and a crash would hide the reason.
+    try:
+        return _mapping(json.loads(data or b"{}"))
+    except ValueError:  # not JSON, not UTF-8
+        return {}
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

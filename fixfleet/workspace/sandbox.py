@@ -26,10 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
-import sys
-import sysconfig
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -96,11 +95,6 @@ class RunResult(BaseModel):
     seconds: float
     output_tail: str
     timed_out: bool = False
-
-
-def base_python_prefix() -> Path:
-    """The platform's interpreter installation (not its virtualenv): what environments are made with."""
-    return Path(sys.base_prefix)
 
 
 class Sandbox:
@@ -190,20 +184,18 @@ class Sandbox:
 
     @staticmethod
     def _python_binds(prefix: Path | None) -> list[str]:
-        """An interpreter outside /usr (pyenv, a container's /usr/local is inside /usr): its
-        prefix read-only, with its site-packages and scripts hidden: they are the platform's."""
-        if prefix is None or str(prefix).startswith("/usr/"):
+        """An interpreter outside /usr (pyenv, /opt): its prefix read-only, with its site-packages
+        and scripts hidden: they are the platform's, not the repository's."""
+        if prefix is None or str(prefix) == "/usr" or str(prefix).startswith("/usr/"):
             return []
         args = ["--ro-bind", str(prefix), str(prefix)]
-        purelib = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
-        if purelib.is_dir():
+        for purelib in sorted((prefix / "lib").glob("python3*/site-packages")):
             args += ["--tmpfs", str(purelib)]
         bin_dir = prefix / "bin"
         args += ["--tmpfs", str(bin_dir)]
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        for name in (version, "python3", "python"):
-            if (bin_dir / name).exists():
-                args += ["--ro-bind", str((bin_dir / name).resolve()), str(bin_dir / name)]
+        for entry in sorted(bin_dir.glob("python*")):
+            if re.fullmatch(r"python[0-9.]*", entry.name) and entry.exists():
+                args += ["--ro-bind", str(entry.resolve()), str(entry)]
         return args
 
     @staticmethod

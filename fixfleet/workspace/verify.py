@@ -23,10 +23,11 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, Field
 
 from fixfleet.workspace.changes import ChangeSet, apply_files
-from fixfleet.workspace.environments import Environment, EnvironmentBuilder
+from fixfleet.workspace.environments import Environment, EnvironmentBuilder, Network, SetupFailed, network_access
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager
-from fixfleet.workspace.repo_config import SPEC_FILES
-from fixfleet.workspace.runners import HELPERS_DIR, HELPERS_MOUNT, TestReport, make_runner, red_verdict, green_verdict
+from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES
+from fixfleet.workspace.runners import (HELPERS_DIR, HELPERS_MOUNT, Collected, TestReport, green_verdict, make_runner,
+                                        red_verdict)
 from fixfleet.workspace.sandbox import RunResult, Sandbox
 
 OUT = "/fixfleet-out"
@@ -71,44 +72,63 @@ class Verifier:
         self.workspaces, self.environments, self.sandbox = workspaces, environments, sandbox
 
     async def verify(self, url: str, change: ChangeSet, *, name: str, agent_test_command: str | None = None) -> Evidence:
-        spec_changes = {p: c for p, c in change.everything().items() if p in SPEC_FILES}
-        env = await self.environments.ensure(url, change.base_sha, overlay=spec_changes)
+        if CONFIG_FILE in change.paths:  # its suite_command or test_runner would decide what proves the change
+            raise EvidenceError(f"the change edits {CONFIG_FILE}: how the repository is set up and tested is "
+                                "not the agent's to change")
+        env = await self._environment(url, change)
         checkout = await self.workspaces.checkout(url, change.base_sha, f"verify-{name}")
         out = Path(tempfile.mkdtemp(prefix="ff-out-"))
         try:
             self.environments.prepare(env, checkout)
             apply_files(checkout.path, change.everything())
-            run = _Runs(self, env, checkout, out)
-            tests, support = await run.split(change)
-            fix = [p for p in change.paths if p not in tests and p not in support]
-            if not tests:
-                raise EvidenceError("the change adds no test: a fix must come with a test the repository's "
-                                    f"runner ({env.plan.test_runner}) collects and that fails without the fix")
-            if not fix:
-                raise EvidenceError("the change touches only tests: there is no fix to prove")
-            base = await self._base_contents(url, change, fix)
-            apply_files(checkout.path, base)
-            red, red_report = await run.tests(tests)
-            apply_files(checkout.path, change.subset(fix))
-            green, green_report = await run.tests(tests)
-            suite = await run.suite()
-            evidence = Evidence(test_files=sorted(tests + support), fix_files=fix, red=red, green=green, suite=suite,
-                                red_to_green=[], runner=env.plan.test_runner, setup=env.plan.describe(),
-                                environment=env.hash, left_out=change.left_out, agent_test_command=agent_test_command,
-                                sandboxed=self.sandbox.enabled)
-            red_check = red_verdict(red_report, tests)
-            if not red_check.ok:
-                raise EvidenceError(f"RED check failed: {red_check.reason}", evidence.model_dump())
-            green_check = green_verdict(green_report, red_check.test_ids)
-            if not green_check.ok:
-                raise EvidenceError(f"GREEN check failed: {green_check.reason}", evidence.model_dump())
-            evidence.red_to_green = red_check.test_ids
-            if suite.exit_code != 0:
-                raise EvidenceError("the full test suite fails with the change", evidence.model_dump())
-            return evidence
+            async with network_access(env.plan.test_domains) as network:
+                evidence = await self._prove(url, change, _Runs(self, env, checkout, out, network))
+            return evidence.model_copy(update={"agent_test_command": agent_test_command})
         finally:
             shutil.rmtree(out, ignore_errors=True)
             await self.workspaces.discard(checkout)
+
+    async def _prove(self, url: str, change: ChangeSet, run: _Runs) -> Evidence:
+        """Split the change with the runner, then RED, GREEN and the suite; raises EvidenceError."""
+        tests, support = await run.split(change)
+        fix = [p for p in change.paths if p not in tests and p not in support]
+        if not tests:
+            raise EvidenceError("the change adds no test: a fix must come with a test the repository's "
+                                f"runner ({run.env.plan.test_runner}) collects and that fails without the fix"
+                                + _uncollectable(run.collection_errors))
+        if not fix:
+            raise EvidenceError("the change touches only tests: there is no fix to prove")
+        apply_files(run.checkout.path, await self._base_contents(url, change, fix))
+        red, red_report = await run.tests(tests)
+        apply_files(run.checkout.path, change.subset(fix))
+        green, green_report = await run.tests(tests)
+        suite = await run.suite()
+        evidence = Evidence(test_files=sorted(tests + support), fix_files=fix, red=red, green=green, suite=suite,
+                            red_to_green=[], runner=run.env.plan.test_runner, setup=run.env.plan.describe(),
+                            environment=run.env.hash, left_out=change.left_out, sandboxed=self.sandbox.enabled)
+        red_check = red_verdict(red_report, tests)
+        if not red_check.ok:
+            raise EvidenceError(f"RED check failed: {red_check.reason}", evidence.model_dump())
+        green_check = green_verdict(green_report, red_check.test_ids)
+        if not green_check.ok:
+            raise EvidenceError(f"GREEN check failed: {green_check.reason}", evidence.model_dump())
+        evidence.red_to_green = red_check.test_ids
+        if suite.exit_code != 0:
+            raise EvidenceError("the full test suite fails with the change", evidence.model_dump())
+        return evidence
+
+    async def _environment(self, url: str, change: ChangeSet) -> Environment:
+        """The environment with the change's dependency files; one they break refuses the change
+        (the base environment was built before the agent ran: a failure now is the change's)."""
+        spec_changes = {p: c for p, c in change.everything().items() if p in SPEC_FILES}
+        try:
+            return await self.environments.ensure(url, change.base_sha, overlay=spec_changes)
+        except SetupFailed as error:
+            if not spec_changes:
+                raise
+            files = ", ".join(sorted(spec_changes))
+            raise EvidenceError(f"the environment cannot be set up with the change's {files}: {error.message}",
+                                {"setup_log_tail": error.log_tail}) from error
 
     async def _base_contents(self, url: str, change: ChangeSet, fix: list[str]) -> dict[str, FileContent]:
         """The fix files as they are at the base commit (absent ones: deleted)."""
@@ -120,25 +140,27 @@ class Verifier:
 class _Runs:
     """The runner's commands for one verification, each in its own sandbox run."""
 
-    def __init__(self, verifier: Verifier, env: Environment, checkout: Checkout, out: Path) -> None:
-        self.verifier, self.env, self.checkout, self.out = verifier, env, checkout, out
+    def __init__(self, verifier: Verifier, env: Environment, checkout: Checkout, out: Path, network: Network) -> None:
+        self.verifier, self.env, self.checkout, self.out, self.network = verifier, env, checkout, out, network
         self.runner = make_runner(env.plan.test_runner, test_script=env.plan.test_script)
         self.timeouts = env.plan.timeouts
+        self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
 
     async def split(self, change: ChangeSet) -> tuple[list[str], list[str]]:
         """(test files the runner collects, test-support files) among the changed files."""
         candidates = [p for p in change.paths if _code_file(p) and _present(change, p)]
-        collected = await self._collect(candidates) if candidates else {}
-        tests = [p for p in candidates if collected.get(p)]
+        collected = await self._collect(candidates) if candidates else Collected()
+        tests = [p for p in candidates if collected.tests_by_file.get(p)]
+        self.collection_errors = {p: e for p, e in collected.errors.items() if p not in tests}
         support = [p for p in change.paths if p not in tests and _is_test_support(p)]
         return tests, support
 
-    async def _collect(self, files: list[str]) -> dict[str, list[str]]:
+    async def _collect(self, files: list[str]) -> Collected:
         argv = self.runner.collect_argv(files, OUT)
         if not argv:  # a runner that decides from the file names alone
-            return self.runner.parse_collected(files, 0, "", self._fresh_out()).tests_by_file
+            return self.runner.parse_collected(files, 0, "", self._fresh_out())
         result = await self._run(argv, self.timeouts.test_s)
-        return self.runner.parse_collected(files, result.exit_code, result.output_tail, self.out).tests_by_file
+        return self.runner.parse_collected(files, result.exit_code, result.output_tail, self.out)
 
     async def tests(self, files: list[str]) -> tuple[CommandRun, TestReport]:
         argv = self.runner.run_argv(files, OUT)
@@ -154,7 +176,7 @@ class _Runs:
 
     async def _run(self, argv: list[str], timeout_s: float) -> RunResult:
         self._fresh_out()
-        spec = self.verifier.environments.spec(self.env, self.checkout)
+        spec = self.network.apply(self.verifier.environments.spec(self.env, self.checkout))
         spec.writable[OUT] = self.out
         spec.read_only[HELPERS_MOUNT] = HELPERS_DIR
         return await self.verifier.sandbox.run(spec, argv, timeout_s=timeout_s)
@@ -172,6 +194,11 @@ def _command_run(argv: list[str], result: RunResult, report: TestReport | None) 
     tests = {case.id: case.outcome for case in report.tests} if report else {}
     return CommandRun(command=" ".join(argv), exit_code=result.exit_code, seconds=result.seconds,
                       output_tail=result.output_tail[-OUTPUT_TAIL:], tests=tests)
+
+
+def _uncollectable(errors: dict[str, str]) -> str:
+    """A test file that fails to load even with the fix is no test: say why, not just "none"."""
+    return "".join(f"; {path} cannot be collected: {reason}" for path, reason in sorted(errors.items()))
 
 
 def _code_file(path: str) -> bool:

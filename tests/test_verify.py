@@ -1,0 +1,341 @@
+"""The platform's RED/GREEN/suite proof of a change, run for real: git, bubblewrap, uv, pytest, unittest.
+
+A small Python repository (a `src/` layout with a bug in `add`) is the base; each test hands
+the Verifier a ChangeSet, as an agent's work arrives, and reads the Evidence or the refusal.
+One WorkspaceManager, EnvironmentBuilder and environment serve the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from fixfleet.workspace.changes import ChangeSet, FileChange, extract, snapshot
+from fixfleet.workspace.environments import Environment, EnvironmentBuilder
+from fixfleet.workspace.mirrors import WorkspaceManager
+from fixfleet.workspace.sandbox import Sandbox
+from fixfleet.workspace.verify import Evidence, EvidenceError, Verifier
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+BIG_BUDGET = 10**12
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "calc"
+version = "0.1.0"
+dependencies = [{deps}]
+
+[project.optional-dependencies]
+tests = ["pytest"]
+"""
+CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
+FIXED = CALC.replace("a - b", "a + b")  # same size: RED and GREEN files differ in content only
+BASE = {
+    "pyproject.toml": PYPROJECT.format(deps=""),
+    "src/calc/__init__.py": CALC,
+    "tests/test_mul.py": "from calc import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n",
+}
+TEST_ADD = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def make_remote(directory: Path, files: dict[str, str]) -> tuple[str, str]:
+    """A bare remote holding one commit of `files`: (url, sha)."""
+    bare, seed = directory / "upstream.git", directory / "seed"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    git("init", "-q", "-b", "main", str(seed))
+    for name, text in files.items():
+        (seed / name).parent.mkdir(parents=True, exist_ok=True)
+        (seed / name).write_text(text)
+    git("add", "-A", cwd=seed)
+    git("commit", "-q", "-m", "initial", cwd=seed)
+    git("push", "-q", str(bare), "HEAD:refs/heads/main", cwd=seed)
+    return bare.as_uri(), git("rev-parse", "HEAD", cwd=seed)
+
+
+def change(sha: str, files: dict[str, str]) -> ChangeSet:
+    return ChangeSet(base_sha=sha, files=[FileChange(path=p, content=t.encode()) for p, t in sorted(files.items())])
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under root (files, links, directories) with a hash of its content."""
+    found = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(directory, name)
+            rel = str(path.relative_to(root))
+            found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+class Repo:
+    def __init__(self, url: str, sha: str, env: Environment) -> None:
+        self.url, self.sha, self.env = url, sha, env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    config = tmp_path_factory.mktemp("gitconfig") / "gitconfig"
+    config.write_text("")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GIT_CONFIG_GLOBAL", str(config))
+        patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verify")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def workspaces(root: Path) -> AsyncIterator[WorkspaceManager]:
+    manager = WorkspaceManager(root / "ws", BIG_BUDGET, warm_spares=0)
+    yield manager
+    await manager.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def verifier(root: Path, workspaces: WorkspaceManager) -> Verifier:
+    sandbox = Sandbox(root / "sandbox")
+    await sandbox.check()
+    return Verifier(workspaces, EnvironmentBuilder(workspaces, sandbox), sandbox)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def calc(root: Path, workspaces: WorkspaceManager, verifier: Verifier) -> Repo:
+    url, sha = make_remote(root / "calc", BASE)
+    await workspaces.resolve(url)
+    return Repo(url, sha, await verifier.environments.ensure(url, sha))
+
+
+async def verify(verifier: Verifier, url: str, changeset: ChangeSet, name: str) -> Evidence:
+    """Verify, and whatever the outcome, check that no checkout of the verifier's is left."""
+    before = set(verifier.workspaces.checkouts_dir.iterdir())
+    try:
+        return await verifier.verify(url, changeset, name=name)
+    finally:
+        assert set(verifier.workspaces.checkouts_dir.iterdir()) == before
+
+
+async def refusal(verifier: Verifier, url: str, changeset: ChangeSet, name: str) -> EvidenceError:
+    with pytest.raises(EvidenceError) as raised:
+        await verify(verifier, url, changeset, name)
+    return raised.value
+
+
+# -- pytest repository --------------------------------------------------------------------
+
+
+async def test_fix_with_a_failing_test_is_proven_red_green_and_suite(calc: Repo, verifier: Verifier) -> None:
+    evidence = await verify(verifier, calc.url, change(calc.sha, {
+        "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}), "good")
+
+    assert evidence.test_files == ["tests/test_add.py"] and evidence.fix_files == ["src/calc/__init__.py"]
+    assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+    assert evidence.red.exit_code != 0 and evidence.red.tests == {"tests/test_add.py::test_add": "failed"}
+    assert "assert -1 == 5" in evidence.red.output_tail
+    assert evidence.green.exit_code == 0 and evidence.green.tests == {"tests/test_add.py::test_add": "passed"}
+    assert evidence.suite.exit_code == 0 and "2 passed" in evidence.suite.output_tail
+    assert evidence.runner == "pytest" and evidence.environment == calc.env.hash
+    assert "installs the package editable with its extras tests" in evidence.setup
+    assert evidence.sandboxed
+
+
+async def test_same_size_fix_with_the_same_mtime_goes_green_every_time(calc: Repo, verifier: Verifier) -> None:
+    """Python takes bytecode as current when the source keeps its size and mtime second; a
+    conftest pins the fix file's mtime in every run, so a RED run that wrote bytecode would
+    make GREEN run the unfixed code every time, not 1 run in 4."""
+    assert len(FIXED) == len(CALC)
+    conftest = "import os\n\nos.utime('src/calc/__init__.py', (1_000_000_000, 1_000_000_000))\n"
+    for attempt in range(2):
+        evidence = await verify(verifier, calc.url, change(calc.sha, {
+            "conftest.py": conftest, "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}),
+            f"same-mtime-{attempt}")
+        assert evidence.red.tests == {"tests/test_add.py::test_add": "failed"}
+        assert evidence.green.tests == {"tests/test_add.py::test_add": "passed"}, evidence.green.output_tail
+        assert evidence.test_files == ["conftest.py", "tests/test_add.py"]
+
+
+async def test_import_error_of_the_new_test_is_not_red(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        "tests/test_sub.py": "from calc import sub\n\n\ndef test_sub():\n    assert sub(3, 2) == 1\n",
+        "src/calc/__init__.py": CALC + "\n\ndef sub(a, b):\n    return a - b\n"}), "import-error")
+
+    assert str(error).startswith("RED check failed") and "collection error in tests/test_sub.py" in str(error)
+    assert "ImportError" in str(error)
+    assert error.evidence["red"]["exit_code"] != 0
+
+
+async def test_test_that_cannot_be_collected_even_with_the_fix_is_named(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        "tests/test_add.py": "import calc_helpers_that_do_not_exist\n" + TEST_ADD,
+        "src/calc/__init__.py": FIXED}), "never-collects")
+
+    assert "tests/test_add.py" in str(error) and "calc_helpers_that_do_not_exist" in str(error)
+
+
+async def test_test_that_already_passes_without_the_fix_is_not_red(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        "tests/test_mul2.py": "from calc import mul\n\n\ndef test_mul_again():\n    assert mul(3, 3) == 9\n",
+        "src/calc/__init__.py": FIXED}), "already-passes")
+
+    assert str(error).startswith("RED check failed: no test failed on the base code (1 passed")
+
+
+async def test_fix_that_breaks_another_test_file_fails_the_suite(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}), "breaks-mul")
+
+    assert str(error) == "the full test suite fails with the change"
+    assert error.evidence["green"]["exit_code"] == 0 and error.evidence["suite"]["exit_code"] != 0
+    assert "test_mul" in error.evidence["suite"]["output_tail"]
+
+
+async def test_test_only_change_is_refused(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {"tests/test_add.py": TEST_ADD}), "test-only")
+    assert "touches only tests" in str(error)
+
+
+async def test_change_without_a_test_is_refused(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {"src/calc/__init__.py": FIXED}), "no-test")
+    assert "adds no test" in str(error)
+
+
+async def test_new_dependency_in_pyproject_builds_a_new_environment(calc: Repo, verifier: Verifier) -> None:
+    evidence = await verify(verifier, calc.url, change(calc.sha, {
+        "pyproject.toml": PYPROJECT.format(deps='"six"'),
+        "tests/test_add.py": "import six\n" + TEST_ADD,
+        "src/calc/__init__.py": FIXED}), "new-dependency")
+
+    assert evidence.environment != calc.env.hash
+    assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+    assert "pyproject.toml" in evidence.fix_files
+    envs = verifier.workspaces.envs_dir / verifier.workspaces.mirror_key(calc.url)
+    assert list((envs / evidence.environment).glob("lib/python*/site-packages/six.py"))
+    assert not list((envs / calc.env.hash).glob("lib/python*/site-packages/six.py"))  # the base one untouched
+
+
+async def test_dependency_that_cannot_be_installed_refuses_the_change(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        "pyproject.toml": PYPROJECT.format(deps='"fixfleet-no-such-package-0000"'),
+        "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}), "bad-dependency")
+
+    assert str(error).startswith("the environment cannot be set up with the change's pyproject.toml")
+    assert "fixfleet-no-such-package-0000" in error.evidence["setup_log_tail"]
+
+
+async def test_change_to_fixfleet_yml_cannot_choose_its_own_suite(calc: Repo, verifier: Verifier) -> None:
+    error = await refusal(verifier, calc.url, change(calc.sha, {
+        ".fixfleet.yml": "suite_command: 'true'\n",  # would hide the test_mul the fix breaks
+        "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}), "own-suite")
+
+    assert "edits .fixfleet.yml" in str(error)
+
+
+async def test_the_agents_checkout_is_never_touched(calc: Repo, verifier: Verifier) -> None:
+    workspaces = verifier.workspaces
+    agent = await workspaces.checkout(calc.url, calc.sha, "agent-tree")
+    try:
+        placed = verifier.environments.prepare(calc.env, agent)  # egg-info: never part of a change
+        before = snapshot(agent.path)
+        (agent.path / "tests/test_add.py").write_text(TEST_ADD)
+        (agent.path / "src/calc/__init__.py").write_text(FIXED)
+        changeset = extract(agent.path, calc.sha, await workspaces.list_tree(calc.url, calc.sha), before=before,
+                            mount_points=placed)
+        assert changeset.paths == ["src/calc/__init__.py", "tests/test_add.py"]
+        state = tree_digest(agent.path)
+
+        evidence = await verify(verifier, calc.url, changeset, "agent-work")
+        assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+        assert tree_digest(agent.path) == state  # no bytecode, caches, reports or reverted files
+
+        with pytest.raises(EvidenceError):
+            await verify(verifier, calc.url, changeset.model_copy(update={"files": changeset.files[:1]}), "agent-work")
+        assert tree_digest(agent.path) == state
+    finally:
+        await workspaces.discard(agent)
+    assert list(workspaces.checkouts_dir.iterdir()) == []
+
+
+# -- unittest repository ------------------------------------------------------------------
+
+
+async def test_root_level_test_py_counts_as_a_test_file_for_unittest(root: Path, workspaces: WorkspaceManager,
+                                                                     verifier: Verifier) -> None:
+    url, sha = make_remote(root / "unit", {
+        "mathx.py": "def double(x):\n    return x + 2\n",
+        "test.py": ("import unittest\n\nimport mathx\n\n\nclass TestMath(unittest.TestCase):\n"
+                    "    def test_two(self):\n        self.assertEqual(mathx.double(2), 4)\n")})
+    await workspaces.resolve(url)
+    test_py = ("import unittest\n\nimport mathx\n\n\nclass TestMath(unittest.TestCase):\n"
+               "    def test_two(self):\n        self.assertEqual(mathx.double(2), 4)\n\n"
+               "    def test_three(self):\n        self.assertEqual(mathx.double(3), 6)\n")
+
+    evidence = await verify(verifier, url, change(sha, {
+        "test.py": test_py, "mathx.py": "def double(x):\n    return x * 2\n"}), "unittest-root")
+
+    assert evidence.runner == "unittest"
+    assert evidence.test_files == ["test.py"] and evidence.fix_files == ["mathx.py"]
+    assert evidence.red_to_green == ["test.TestMath.test_three"]
+    assert evidence.red.tests["test.TestMath.test_two"] == "passed"
+    assert evidence.suite.exit_code == 0 and "Ran 2 tests" in evidence.suite.output_tail
+
+
+async def test_tests_reach_only_the_domains_the_repository_allows(root: Path, workspaces: WorkspaceManager,
+                                                                  verifier: Verifier) -> None:
+    fetch = ("import urllib.request\n\nimport mathx\n\n\ndef test_index_and_double():\n"
+             "    with urllib.request.urlopen('https://pypi.org/simple/six/', timeout=20) as answer:\n"
+             "        assert answer.status == 200\n"
+             "    assert mathx.double(3) == 6\n")
+    files = {"mathx.py": "def double(x):\n    return x + 2\n", "requirements-test.txt": "pytest\n"}
+    allowed_url, allowed_sha = make_remote(root / "net-allowed", files | {".fixfleet.yml": "network: {test: [pypi.org]}\n"})
+    closed_url, closed_sha = make_remote(root / "net-closed", files)
+    fixed = {"tests/test_net.py": fetch, "mathx.py": "def double(x):\n    return x * 2\n"}
+    for url in (allowed_url, closed_url):
+        await workspaces.resolve(url)
+
+    evidence = await verify(verifier, allowed_url, change(allowed_sha, fixed), "net-allowed")
+    assert evidence.red_to_green == ["tests/test_net.py::test_index_and_double"]
+
+    refused = await refusal(verifier, closed_url, change(closed_sha, fixed), "net-closed")
+    assert "GREEN check failed" in str(refused)  # RED failed too, on the network: no network by default
+    assert "Tunnel connection failed: 403" in refused.evidence["green"]["output_tail"] or \
+        "urlopen error" in refused.evidence["green"]["output_tail"]
+
+
+# -- JavaScript repository ----------------------------------------------------------------
+
+
+async def test_node_test_repository_is_proven_too(root: Path, workspaces: WorkspaceManager, verifier: Verifier) -> None:
+    test_js = ("const test = require('node:test');\nconst assert = require('node:assert');\n"
+               "const { add } = require('../index.js');\n\n"
+               "test('adds', () => {\n  assert.strictEqual(add(2, 3), 5);\n});\n")
+    url, sha = make_remote(root / "js", {
+        "package.json": '{"name": "jsadd", "version": "1.0.0", "scripts": {"test": "node --test"}}\n',
+        "index.js": "exports.add = (a, b) => a - b;\n"})
+    await workspaces.resolve(url)
+
+    evidence = await verify(verifier, url, change(sha, {
+        "test/add.test.js": test_js, "index.js": "exports.add = (a, b) => a + b;\n"}), "node")
+
+    assert evidence.runner == "node" and evidence.test_files == ["test/add.test.js"]
+    assert evidence.red_to_green == ["test/add.test.js > adds"]
+    assert evidence.suite.exit_code == 0

@@ -13,7 +13,7 @@ from fastapi import BackgroundTasks
 
 from fixfleet.approvals import Decision, Principal, Refused
 from fixfleet.commands import ParsedCommand, help_text, parse_commands, unknown_reply
-from fixfleet.events import CommandRequest, SlackAction
+from fixfleet.intake import CommandRequest, SlackAction
 from fixfleet.models import Task
 from fixfleet.store import StoreError, TaskNotFound
 from serve_app.context import AppContext

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, Response
 
-from fixfleet.events import (
+from fixfleet.intake import (
     CommandRequest,
     Ignored,
     ParseError,

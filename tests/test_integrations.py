@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from fixfleet.config import Settings
-from fixfleet.events import adf_to_text, parse_slack_interaction, slack_action_value
+from fixfleet.intake import adf_to_text, parse_slack_interaction, slack_action_value
 from fixfleet.integrations.base import (
     AuthenticationError,
     NotFoundError,
@@ -457,7 +457,7 @@ async def test_sentry_issue_and_latest_event_frames(sentry: SentryClient, fake_s
 
 
 async def test_sentry_frames_match_the_webhook_parser(sentry: SentryClient) -> None:
-    from fixfleet.events import _sentry_exceptions
+    from fixfleet.intake.sentry import _sentry_exceptions
 
     webhook_event = {"exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
                                                "stacktrace": {"frames": FRAMES}}]}}

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from fixfleet.events import MAX_CONTEXT_LINE, MAX_FRAMES
+from fixfleet.intake import MAX_CONTEXT_LINE, MAX_FRAMES
 from fixfleet.integrations.base import ApiClient, RetryOptions, secret_value
 
 SENTRY_API_URL = "https://sentry.io/api/0"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from fixfleet.events import slack_action_value
+from fixfleet.intake import slack_action_value
 from fixfleet.integrations.base import (
     ApiClient,
     AuthenticationError,

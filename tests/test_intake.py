@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fixfleet.config import Settings
-from fixfleet.events import (
+from fixfleet.intake import (
     CommandRequest,
     Ignored,
     ParseError,

@@ -1,0 +1,19 @@
+"""From a verified webhook payload to a typed event, per source.
+
+Every `parse_*` takes JSON that has already passed its signature check and returns one of
+`TaskRequest`, `CommandRequest`, `SlackAction`, `Ignored` or `Ping`. Odd-but-valid JSON (missing
+keys, nulls, unexpected types) never raises: it becomes `Ignored` with a reason worth logging.
+Only a payload that is not even a JSON object raises `ParseError` (the app answers 400/422).
+"""
+
+from fixfleet.intake.delivery import delivery_id
+from fixfleet.intake.events import CommandRequest, Ignored, ParsedEvent, ParseError, Ping, SlackAction, TaskRequest
+from fixfleet.intake.github import parse_github
+from fixfleet.intake.jira import adf_to_text, parse_jira
+from fixfleet.intake.sentry import MAX_CONTEXT_LINE, MAX_FRAMES, parse_sentry
+from fixfleet.intake.slack import parse_slack_action_value, parse_slack_command, parse_slack_interaction, slack_action_value
+
+__all__ = ["MAX_CONTEXT_LINE", "MAX_FRAMES", "CommandRequest", "Ignored", "ParseError", "ParsedEvent", "Ping",
+           "SlackAction", "TaskRequest", "adf_to_text", "delivery_id", "parse_github", "parse_jira",
+           "parse_sentry", "parse_slack_action_value", "parse_slack_command", "parse_slack_interaction",
+           "slack_action_value"]

@@ -1,0 +1,78 @@
+"""The typed results of reading a webhook: a task to make, a command to read, a Slack button,
+a reasoned refusal, or a liveness probe."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from fixfleet.models import NewTask, Source
+
+MAX_TITLE = 500  # NewTask.title's limit
+
+
+class ParseError(ValueError):
+    """The body is structurally unusable (not a JSON object): the app answers 400/422."""
+
+
+# --- the typed results --------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TaskRequest(_Event):
+    """Make a task, unless `dedupe` names an open task already: then attach to that one."""
+
+    new_task: NewTask
+    dedupe: tuple[str, str] | None = None  # (external id key, value), e.g. ("sentry_issue", "42")
+
+
+class CommandRequest(_Event):
+    """A comment or slash command that may hold commands; the command parser reads `text`."""
+
+    source: Source
+    text: str
+    author: str  # GitHub login / Slack user name
+    author_id: str | None = None
+    repo: str | None = None  # clone URL
+    repo_full_name: str | None = None  # owner/name
+    issue_number: int | None = None  # issue or pull request number
+    is_pull_request: bool = False
+    comment_id: str | None = None
+    comment_url: str | None = None
+    task_key: str | None = None  # known when the PR branch is fixfleet's, or named in a slash command
+    pr_url: str | None = None  # the PR's web URL: how a comment on a fixfleet PR finds its task
+    edited: bool = False  # an edited comment: the app may choose not to re-run side effects
+    response_url: str | None = None  # Slack: where to post a delayed answer
+    created_at: datetime | None = None  # when the comment was written: an approval older than the plan is stale
+
+    @property
+    def github_issue_ref(self) -> tuple[str, str] | None:
+        """("github_issue", "owner/name#n"): finds the task made from the issue commented on."""
+        if self.source != Source.GITHUB or not self.repo_full_name or self.issue_number is None:
+            return None
+        return ("github_issue", f"{self.repo_full_name}#{self.issue_number}")
+
+
+class SlackAction(_Event):
+    action: Literal["approve", "reject"]
+    task_key: str
+    plan_version: int | None
+    user_id: str
+    user_name: str | None = None
+    response_url: str | None = None
+
+
+class Ignored(_Event):
+    reason: str
+
+
+class Ping(_Event):
+    """A source checking that the endpoint is alive (GitHub `ping`, Slack `ssl_check`)."""
+
+
+ParsedEvent = TaskRequest | CommandRequest | SlackAction | Ignored | Ping

@@ -1,0 +1,80 @@
+"""Slack: Approve/Reject buttons (interactions) and slash commands.
+
+Buttons carry their target in their `value`, formatted by `slack_action_value()`:
+`"<task key>:v<plan version>"`, e.g. `"FF-12:v2"`; the version names the plan the human saw, so
+a click on an outdated message is refused as stale. `"FF-12"` alone yields `plan_version=None`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fixfleet.intake.access import as_list, as_str, dig, require_object
+from fixfleet.intake.events import CommandRequest, Ignored, ParseError, Ping, SlackAction
+from fixfleet.models import Source
+
+_ACTION_VALUE = re.compile(r"^\s*(FF-\d+)(?::v(\d+))?\s*$", re.I)
+_TASK_KEY = re.compile(r"\bFF-(\d+)\b", re.I)
+
+
+def slack_action_value(task_key: str, plan_version: int | None) -> str:
+    """The `value` of an Approve/Reject button: `FF-12:v2` (or `FF-12` without a version)."""
+    return task_key if plan_version is None else f"{task_key}:v{plan_version}"
+
+
+def parse_slack_action_value(value: Any) -> tuple[str, int | None] | None:
+    match = _ACTION_VALUE.match(value) if isinstance(value, str) else None
+    if not match:
+        return None
+    return match[1].upper(), int(match[2]) if match[2] is not None else None
+
+
+def parse_slack_interaction(payload: Any) -> SlackAction | Ignored:
+    """The JSON inside the `payload=` form field of an interaction (decoded after verifying)."""
+    payload = require_object(payload)
+    if payload.get("type") != "block_actions":
+        return Ignored(reason=f"Slack interaction {payload.get('type')!r}: only block_actions are handled")
+    user_id = as_str(dig(payload, "user", "id"))
+    if not user_id:
+        return Ignored(reason="Slack interaction without user.id")
+    for action in as_list(payload.get("actions")):
+        action_id = dig(action, "action_id")
+        if action_id not in ("approve", "reject"):
+            continue
+        target = parse_slack_action_value(dig(action, "value"))
+        if target is None:
+            return Ignored(reason=f"button value {dig(action, 'value')!r} is not like 'FF-12:v2'")
+        return SlackAction(
+            action=action_id,
+            task_key=target[0],
+            plan_version=target[1],
+            user_id=user_id,
+            user_name=as_str(dig(payload, "user", "username")) or as_str(dig(payload, "user", "name")),
+            response_url=as_str(payload.get("response_url")),
+        )
+    return Ignored(reason="no approve or reject action in this Slack interaction")
+
+
+def parse_slack_command(form: Mapping[str, str]) -> CommandRequest | Ping:
+    """A slash command (`/fixfleet status FF-12`); `text` keeps the command so the command
+    parser reads it like any other. Slack's `ssl_check` probe yields Ping."""
+    if not isinstance(form, Mapping):
+        raise ParseError(f"expected form fields, got {type(form).__name__}")
+    if form.get("ssl_check"):
+        return Ping()
+    user_id = as_str(form.get("user_id"))
+    if not user_id:
+        raise ParseError("slash command without user_id")
+    command = as_str(form.get("command")) or "/fixfleet"
+    text = f"{command} {as_str(form.get('text')) or ''}".strip()
+    key = _TASK_KEY.search(text)
+    return CommandRequest(
+        source=Source.SLACK,
+        text=text,
+        author=as_str(form.get("user_name")) or user_id,
+        author_id=user_id,
+        task_key=f"FF-{int(key[1])}" if key else None,
+        response_url=as_str(form.get("response_url")),
+    )

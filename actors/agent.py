@@ -20,7 +20,8 @@ from actors.credentials import TokenManager
 from actors.publish import Publisher
 from actors.runner import SessionRunner
 from actors.session_models import SessionRequest
-from fixfleet.config import Settings
+from fixfleet.config import Settings, load_settings
+from fixfleet.redact import Redactor, redact_logs
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
@@ -189,7 +190,9 @@ class AgentActor:
 
     def __init__(self, name: str, overrides: dict[str, Any] | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.loop = self.loop_class(name, Settings(**(overrides or {})))
+        settings = load_settings(**(overrides or {}))
+        redact_logs(Redactor.from_settings(settings))
+        self.loop = self.loop_class(name, settings)
         self.started = False
         # Calls on an async actor interleave: a status poll arriving while a start is under way
         # must wait for it, not start a second loop beside it.

@@ -11,27 +11,16 @@ the CLI.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from fixfleet.config import Settings
 from fixfleet.integrations.registry import from_settings
 from fixfleet.models import Task
 from fixfleet.plan_doc import SANDBOX_OFF, render_evidence
+from fixfleet.repos import github_name, github_ref
 from fixfleet.store import Store
 
 log = logging.getLogger(__name__)
-GITHUB_REPO = re.compile(r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
-
-
-def github_repo(url: str, settings: Settings) -> str | None:
-    """owner/name when the repository is reviewed on GitHub, else None (a plain git remote)."""
-    if url in settings.github_repos:
-        return settings.github_repos[url]
-    match = GITHUB_REPO.match(url)
-    return match["name"] if match else None
-
-
 class Publisher:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
@@ -55,9 +44,9 @@ class Publisher:
 
     async def fix_ready(self, task: Task, evidence: dict[str, Any], commits: list[str], cost_usd: float) -> str | None:
         body = render_evidence(task, evidence, commits=commits, cost_usd=cost_usd)
-        repo = github_repo(task.repo, self.settings)
+        repo = github_name(task.repo, self.settings)
         if self.clients.github and repo and task.external_ids.get("github_pr"):
-            number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])
+            number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])  # "[host/]owner/name#n"
             pull = await self.clients.github.update_pull(repo, number, body=body)
             await self.clients.github.mark_ready(repo, pull)
             await self.clients.github.upsert_comment(repo, number, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
@@ -71,16 +60,16 @@ class Publisher:
     async def task_failed(self, task_id: int, reason: str) -> None:
         task = await self.store.get_task(task_id)
         text = f"fixfleet gave up on {task.key}: {reason[:500]}"
-        repo = github_repo(task.repo, self.settings)
+        repo = github_name(task.repo, self.settings)
         if self.clients.github and repo and task.external_ids.get("github_pr"):
-            number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])
+            number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])  # "[host/]owner/name#n"
             await self.clients.github.upsert_comment(repo, number, f"{task.key}-failed", text)
         if self.clients.jira and task.external_ids.get("jira"):
             await self.clients.jira.add_comment(task.external_ids["jira"], text, marker=f"{task.key}-failed")
         await self._slack_update(task, text)
 
     async def _draft_pull(self, task: Task, branch: str, version: int, plan: dict[str, Any]) -> str | None:
-        repo = github_repo(task.repo, self.settings)
+        repo = github_name(task.repo, self.settings)
         github = self.clients.github
         if github is None or repo is None:
             return None  # a plain git remote: the pushed branch is the publication
@@ -91,7 +80,7 @@ class Publisher:
             body = f"{SANDBOX_OFF}\n\n{body}"
         pull = await github.create_pull(repo, branch, base, title, body, draft=True)
         await github.update_pull(repo, pull["number"], body=body)
-        external = task.external_ids | {"github_pr": f"{repo}#{pull['number']}"}
+        external = task.external_ids | {"github_pr": github_ref(self.settings, repo, pull["number"])}
         await self.store.update_fields(task.id, external_ids=external)
         return pull.get("html_url")
 

@@ -61,6 +61,7 @@ from fixfleet.config import Settings
 from fixfleet.redact import Redactor
 from fixfleet.workspace.egress import ModelProxy
 from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
+from fixfleet.workspace.spawn import CLOSE_INHERITED
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,9 @@ class _Session:
             command = shlex.join([f"{k}={v}" for k, v in variables.items()] + [str(BUNDLED_CLI)])
         launcher = self.dir / "launch"
         launcher.parent.mkdir(parents=True, exist_ok=True)
-        launcher.write_text(f"#!/bin/bash\n# fixfleet session {self.session_id}\nexec env -i {command} \"$@\"\n")
+        # The SDK's spawn (anyio on uvloop) leaves the actor's descriptors open: close them first.
+        launcher.write_text(f"#!/bin/bash\n# fixfleet session {self.session_id}\n{CLOSE_INHERITED}\n"
+                            f'exec env -i {command} "$@"\n')
         launcher.chmod(0o700)
         return launcher
 

@@ -273,6 +273,7 @@ def platform_env(root: Path) -> dict[str, str]:
     return {"FIXFLEET_API_TOKENS": json.dumps([{"name": "operator", "token": API_TOKEN,
                                                "scopes": ["read", "submit", "approve"]}]),
             "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]), "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"),
+            "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
             "FIXFLEET_MAX_ATTEMPTS": "1", "ANTHROPIC_API_KEY": "realbugs-model-key"}
 
 

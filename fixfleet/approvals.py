@@ -1,15 +1,17 @@
-"""Who may approve, reject or revise a plan, and the decision itself.
+"""Who may approve, reject or revise a plan, and the decision itself: the one rule, for every channel.
 
-Allowed: GitHub users with write, maintain or admin permission on the repository (asked of
-the GitHub API), Slack users in FIXFLEET_SLACK_APPROVERS, API tokens with the approve scope,
-and the operator's CLI. An approval names the plan it approves (a version, or the moment the
-approver saw it): if the plan changed since, the approval is stale and refused. Every
-refusal is recorded as an event.
+Allowed: GitHub users with write, maintain or admin permission on the TASK'S OWN repository
+(asked of the GitHub API), commenting on the task's own pull request or issue; Slack users in
+FIXFLEET_SLACK_APPROVERS; API tokens with the approve scope; the operator's CLI. Where
+FIXFLEET_INDEPENDENT_APPROVAL names the repository, whoever asked for the task may not approve
+it. An approval names the plan it approves (a version, or the moment the approver saw it): if
+the plan changed since, the approval is stale and refused. Every refusal is an audit event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -17,6 +19,7 @@ from typing import Literal
 from fixfleet.config import Settings
 from fixfleet.integrations.github import GitHubClient
 from fixfleet.models import Task, TaskStatus
+from fixfleet.repos import github_name
 from fixfleet.store import Store
 
 
@@ -36,7 +39,7 @@ class Principal:
     kind: Literal["github", "slack", "api", "cli"]
     name: str
     scopes: frozenset[str] = field(default_factory=frozenset)  # api tokens
-    repo_full_name: str | None = None  # github: the repository the comment was made on
+    where: str | None = None  # github: the pull request or issue the comment was made on, "[host/]owner/name#n"
 
     @property
     def actor(self) -> str:
@@ -81,6 +84,7 @@ class Approvals:
         )
 
     async def _authorize(self, principal: Principal, task: Task) -> None:
+        self._check_independent(principal, task)
         if principal.kind == "cli":
             return
         if principal.kind == "api":
@@ -94,11 +98,27 @@ class Approvals:
         await self._authorize_github(principal, task)
 
     async def _authorize_github(self, principal: Principal, task: Task) -> None:
-        if self.github is None or principal.repo_full_name is None:
-            raise Refused("GitHub approvals need GITHUB_TOKEN to check permissions")
-        level = await self.github.permission(principal.repo_full_name, principal.name)
+        """Permission on the task's own repository, asked on the task's own pull request or issue:
+        write access to some other repository that sends webhooks here proves nothing."""
+        repo = github_name(task.repo, self.settings)
+        if self.github is None or repo is None:
+            raise Refused(f"{task.key}'s repository is not reviewed on GitHub (or GITHUB_TOKEN is not set): "
+                          "approve it in Slack, with the API or the CLI")
+        own = {task.external_ids.get("github_pr"), task.external_ids.get("github_issue")} - {None}
+        if principal.where not in own:
+            raise Refused(f"this comment is on {principal.where or 'another thread'}, but {task.key} lives on "
+                          f"{' and '.join(sorted(own)) or 'no GitHub thread'}: comment there")
+        level = await self.github.permission(repo, principal.name)
         if level not in {"admin", "maintain", "write"}:
-            raise Refused(f"@{principal.name} has {level} permission on {principal.repo_full_name}; approving needs write")
+            raise Refused(f"@{principal.name} has {level} permission on {repo}; approving needs write")
+
+    def _check_independent(self, principal: Principal, task: Task) -> None:
+        if not any(fnmatchcase(task.repo, pattern) for pattern in self.settings.independent_approval):
+            return
+        initiator = task.context.get("initiator")
+        if initiator and initiator == principal.actor:
+            raise Refused(f"{principal.actor} asked for {task.key} and may not also approve it "
+                          "(FIXFLEET_INDEPENDENT_APPROVAL)")
 
     async def _check_fresh(self, task: Task, plan_version: int | None, seen_at: datetime | None) -> None:
         if task.status != TaskStatus.AWAITING_APPROVAL:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from fixfleet.config import Settings
+from fixfleet.config import ConfigError, Settings
+from fixfleet.config import load_settings as read_settings
+from fixfleet.redact import Redactor, redact_logs
 from fixfleet.embedded import EmbeddedError
 from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
 from fixfleet.outbox import OutboxRelay, ReconcileReport, reconcile
@@ -44,11 +47,12 @@ def fail(message: str, code: int = 1) -> None:
 
 def load_settings() -> Settings:
     try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'setting'}: {e['msg']}" for e in exc.errors())
-        fail(f"invalid configuration: {problems}")
+        settings = read_settings()
+    except ConfigError as exc:
+        fail(str(exc))
         raise  # unreachable; keeps type checkers calm
+    redact_logs(Redactor.from_settings(settings))
+    return settings
 
 
 def with_services(work: Callable[[Services], Awaitable[T]], *, migrate: bool = True) -> T:
@@ -94,7 +98,8 @@ def submit(
         body = _read_body(body_file)
     try:
         repo = validate_repo(repo, load_settings(), any_local_path=True)
-        new = NewTask(source=Source.CLI, repo=repo, title=title, body=body, priority=priority)
+        new = NewTask(source=Source.CLI, repo=repo, title=title, body=body, priority=priority,
+                      context={"initiator": f"cli:{getpass.getuser()}"})
     except ValidationError as exc:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
         raise

@@ -11,8 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from fixfleet.workspace.repo_config import RepoConfig
 
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     sentry_client_secret: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     jira_webhook_secret: SecretStr | None = None
+    jira_allow_unsigned: bool = False  # Jira webhooks without a secret: only when explicitly allowed
     api_tokens: SecretStr | None = None  # JSON list of {"name", "token", "scopes"}
 
     # Third-party credentials.
@@ -59,7 +61,9 @@ class Settings(BaseSettings):
     credentials_file: Path | None = None
 
     # Ingress: which repositories may be named, how sources map to repositories, who approves.
-    repo_allowlist: list[str] = Field(default_factory=lambda: ["*"])  # glob patterns over repo URLs
+    # Glob patterns over repository URLs fixfleet may work on. Empty (the default): none, so a
+    # submit token cannot point git at an internal host nobody meant; the operator names them.
+    repo_allowlist: list[str] = Field(default_factory=list)
     local_repo_roots: list[Path] = Field(default_factory=list)  # file:// URLs must lie under one
     default_repo: str | None = None  # for alerts whose project maps to no repository
     sentry_project_repos: dict[str, str] = Field(default_factory=dict)  # sentry project slug -> repo URL
@@ -76,6 +80,8 @@ class Settings(BaseSettings):
     sentry_api_url: str = "https://sentry.io/api/0"
     slack_api_url: str = "https://slack.com/api"
     slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
+    # Repository URL globs where whoever asked for a task may not approve it (as Copilot does); ["*"]: all.
+    independent_approval: list[str] = Field(default_factory=list)
     max_body_bytes: int = 1024 * 1024
 
     # Agent limits.
@@ -158,6 +164,35 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:****@", url)
 
 
+class ConfigError(ValueError):
+    """A setting is invalid; the message is one line naming it and the fix."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, or ConfigError with one line per bad setting."""
+    try:
+        return Settings(**overrides)
+    except SettingsError as exc:  # a list or map setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(field[1]) if field else "a setting"
+        raise ConfigError(f"{name} is not valid JSON: give a JSON list or object, e.g. "
+                          f"{name}='[\"https://github.com/acme/*\"]'") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{env_name(str(e['loc'][0])) if e['loc'] else 'a setting'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def env_name(field: str) -> str:
+    """The environment variable a Settings field is read from."""
+    info = Settings.model_fields.get(field)
+    alias = getattr(info, "validation_alias", None) if info else None
+    choices = getattr(alias, "choices", None)
+    if choices:
+        return str(choices[0])
+    return f"FIXFLEET_{field.upper()}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -137,6 +137,7 @@ class Demo:
                                                 "scopes": ["read", "submit", "approve"]}]),
             "FIXFLEET_DEFAULT_REPO": f"file://{remote}",
             "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(self.root)]),
+            "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{remote}"]),
             "FIXFLEET_MCP_CONFIG": str(self.root / "no-mcp.json"),
             "FIXFLEET_SUITE_COMMAND": SUITE_COMMAND,
         }

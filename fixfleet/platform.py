@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Platform:
         self.embedded = EmbeddedServers(settings.home)
         self.agents: dict[str, Any] = {}
         self.url = f"http://{options.http_host}:{options.http_port}"
+        self.ray_temp_dir: Path | None = None
 
     def start(self, progress=print) -> None:  # noqa: ANN001 - any callable taking a line
         if self.options.address is None:  # agents run here: refuse to start them where they cannot be contained
@@ -56,17 +58,21 @@ class Platform:
         database_url, redis_url = resolve_urls(self.settings, self.embedded)
         env = self.options.env | {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                                   "FIXFLEET_HOME": str(self.settings.home)}
-        os.environ.update(env)  # local Ray workers inherit the driver's environment
+        # Local Ray workers inherit the driver's environment: secrets reach them that way, never
+        # through runtime_env, whose env_vars Ray writes in clear into its world-readable logs. A
+        # cluster's nodes take theirs from the cluster (a Kubernetes Secret), not from this process.
+        os.environ.update(env)
         progress("starting Ray")
         local = self.options.address is None
+        self.ray_temp_dir = Path(tempfile.mkdtemp(prefix="ff-ray-")) if local else None  # 0700: Ray's logs are ours
         ray.init(
             address=self.options.address or "local",  # "local": never attach to a cluster `ray start` left running
             namespace=APP_NAME,
             resources={"planning_slot": 1, "executor_slot": self.options.executors} if local else None,
             include_dashboard=False,
-            runtime_env={"env_vars": env},
             logging_level="WARNING",
             log_to_driver=False,
+            _temp_dir=str(self.ray_temp_dir) if self.ray_temp_dir else None,
         )
         progress("deploying the Serve ingress")
         serve.start(http_options={"host": self.options.http_host, "port": self.options.http_port})
@@ -135,3 +141,5 @@ class Platform:
             finally:
                 ray.shutdown()
         self.embedded.stop()
+        if self.ray_temp_dir is not None:
+            shutil.rmtree(self.ray_temp_dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -124,3 +125,24 @@ def _forms(secret: str) -> set[str]:
             text = encoded.decode()
             forms |= {text, text.rstrip("=")}
     return forms
+
+
+def redact_logs(redactor: Redactor) -> None:
+    """Every log record this process makes from now on is redacted where it is made (message,
+    arguments and traceback), whichever logger or handler it goes to."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redactor", None) is not None:
+        previous = previous.previous  # type: ignore[attr-defined] - replacing our own factory
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            record.msg, record.args = redactor.text(record.getMessage()), None
+        except Exception:  # noqa: BLE001 - a malformed record stays as it is rather than crash logging
+            return record
+        if record.exc_info:
+            record.exc_text = redactor.text(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory.redactor, factory.previous = redactor, previous  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

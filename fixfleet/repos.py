@@ -24,6 +24,7 @@ _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^/:]+):(?P<path>.+)$"
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/~-]+$")
+_GITHUB = re.compile(r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 
 
 class InvalidRepo(ValueError):
@@ -66,7 +67,7 @@ def validate_repo(url: str, settings: Settings, *, any_local_path: bool = False)
     """Return the URL if fixfleet may work on it, else raise InvalidRepo with the reason.
 
     `any_local_path`: the operator at the CLI may name any local repository; requests from
-    outside (webhooks, the API) only those under FIXFLEET_LOCAL_REPO_ROOTS."""
+    outside (webhooks, the API) only those under FIXFLEET_LOCAL_REPO_ROOTS and in the allowlist."""
     url = url.strip() if isinstance(url, str) else url
     try:
         check_git_url(url)
@@ -82,6 +83,8 @@ def validate_repo(url: str, settings: Settings, *, any_local_path: bool = False)
         raise InvalidRepo(f"unsupported repository URL scheme {parts.scheme!r}: use https, ssh or file")
     if parts.scheme == "file":
         _check_local(parts.path, settings, any_local_path)
+        if any_local_path:  # the operator at the CLI names a repository on this machine: no allowlist
+            return url
     elif not _HOST.match(parts.netloc.rsplit("@", 1)[-1]) or not _PATH.match(parts.path or "") \
             or parts.query or parts.fragment:
         raise InvalidRepo(f"{url!r} is not a repository URL like https://github.com/owner/repo.git")
@@ -102,3 +105,18 @@ def _check_local(path: str, settings: Settings, any_local_path: bool) -> None:
 def _check_allowlist(url: str, settings: Settings) -> None:
     if not any(fnmatchcase(url, pattern) for pattern in settings.repo_allowlist):
         raise InvalidRepo(f"{url} is not in FIXFLEET_REPO_ALLOWLIST")
+
+
+def github_name(url: str, settings: Settings) -> str | None:
+    """owner/name when the repository is reviewed on GitHub, else None (a plain git remote)."""
+    if url in settings.github_repos:
+        return settings.github_repos[url]
+    match = _GITHUB.match(url)
+    return match["name"] if match else None
+
+
+def github_ref(settings: Settings, full_name: str, number: int) -> str:
+    """How an issue or pull request on the configured GitHub is named in external ids and matched
+    against comments: "owner/name#n" on github.com, "host/owner/name#n" on GitHub Enterprise."""
+    host = (urlsplit(settings.github_api_url).hostname or "api.github.com").lower()
+    return f"{full_name}#{number}" if host == "api.github.com" else f"{host}/{full_name}#{number}"

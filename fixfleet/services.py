@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from fixfleet.config import Settings, mask_url
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.queue import QUEUES, Queue
+from fixfleet.redact import Redactor
 from fixfleet.store import Store
 
 
@@ -55,7 +56,8 @@ async def open_services(settings: Settings, *, migrate: bool = True, pool_size: 
     embedded = EmbeddedServers(settings.home)
     try:
         database_url, redis_url = resolve_urls(settings, embedded)
-        store = await _connect_store(database_url, migrate=migrate, pool_size=pool_size)
+        store = await _connect_store(database_url, migrate=migrate, pool_size=pool_size,
+                                     redactor=Redactor.from_settings(settings))
         try:
             redis = await _connect_redis(redis_url)
             try:
@@ -68,9 +70,9 @@ async def open_services(settings: Settings, *, migrate: bool = True, pool_size: 
         embedded.stop()
 
 
-async def _connect_store(url: str, *, migrate: bool, pool_size: int) -> Store:
+async def _connect_store(url: str, *, migrate: bool, pool_size: int, redactor: Redactor) -> Store:
     try:
-        return await Store.connect(url, migrate=migrate, min_size=1, max_size=pool_size)
+        return await Store.connect(url, migrate=migrate, min_size=1, max_size=pool_size, redactor=redactor)
     except Exception as exc:  # refused, unknown host, bad credentials, bad URL: one clear line
         raise ServiceUnavailable(f"Postgres at {mask_url(url)} did not answer ({exc}); check DATABASE_URL") from exc
 

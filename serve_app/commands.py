@@ -78,7 +78,7 @@ class CommandHandler:
     def _principal(self, event: CommandRequest) -> Principal:
         if event.source == "slack":
             return Principal(kind="slack", name=event.author_id or event.author)
-        return Principal(kind="github", name=event.author, repo_full_name=event.repo_full_name)
+        return Principal(kind="github", name=event.author, where=event.where)
 
     async def _task_for(self, command: ParsedCommand, event: CommandRequest) -> Task | None:
         key = command.task_key or event.task_key
@@ -87,26 +87,31 @@ class CommandHandler:
                 return await self.store.get_task(key)
             except TaskNotFound:
                 return None
-        if event.repo_full_name and event.issue_number is not None:
-            ref = f"{event.repo_full_name}#{event.issue_number}"
+        if event.where:
             for external_key in ("github_pr", "github_issue"):
-                task = await self.store.find_task(external_key=external_key, external_id=ref, open_only=False)
+                task = await self.store.find_task(external_key=external_key, external_id=event.where, open_only=False)
                 if task is not None:
                     return task
         return None
 
     def _reply(self, event: CommandRequest, text: str, background: BackgroundTasks) -> None:
-        github = self.ctx.github
-        if event.source != "github" or github is None or not event.repo_full_name or event.issue_number is None:
+        """Answer where the command was given: the GitHub thread, or the Slack message's thread
+        (a slash command's answer is the HTTP response itself)."""
+        github, slack = self.ctx.github, self.ctx.slack
+        if event.source == "github" and github and event.repo_full_name and event.issue_number is not None:
+            send = github.comment(event.repo_full_name, event.issue_number, text)
+        elif event.source == "slack" and slack and event.slack_channel:
+            send = slack.post_message(event.slack_channel, text, thread_ts=event.slack_thread_ts)
+        else:
             return
 
-        async def send() -> None:
+        async def deliver() -> None:
             try:
-                await github.comment(event.repo_full_name, event.issue_number, text)
+                await send
             except Exception as exc:  # a lost reply must not fail the webhook that was already answered
-                log.warning("could not reply on %s#%s: %s", event.repo_full_name, event.issue_number, exc)
+                log.warning("could not reply to a %s command: %s", event.source, type(exc).__name__)
 
-        background.add_task(send)
+        background.add_task(deliver)
 
 
 def describe(task: Task, what: str) -> str:

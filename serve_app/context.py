@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -11,12 +12,16 @@ from fastapi import FastAPI, Request
 
 from actors.credentials import TokenManager
 from fixfleet.approvals import Approvals
-from fixfleet.config import Settings
+from fixfleet.config import Settings, load_settings
 from fixfleet.integrations.github import GitHubClient
+from fixfleet.integrations.slack import SlackClient
 from fixfleet.metrics import Metrics
 from fixfleet.outbox import OutboxRelay
+from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
 from serve_app.tokens import ApiToken, load_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +29,7 @@ class AppContext:
     settings: Settings
     services: Services
     github: GitHubClient | None
+    slack: SlackClient | None
     approvals: Approvals
     tokens: list[ApiToken]
     metrics: Metrics
@@ -33,12 +39,21 @@ class AppContext:
 @asynccontextmanager
 async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
     tokens = load_tokens(settings.api_tokens)
+    if settings.jira_webhook_secret is None and settings.jira_allow_unsigned:
+        log.warning("FIXFLEET_JIRA_ALLOW_UNSIGNED=true: Jira webhooks are accepted unsigned, from anyone who can "
+                    "reach /webhooks/jira (narrow it with FIXFLEET_JIRA_IP_ALLOWLIST)")
     async with open_services(settings, pool_size=20) as services:
-        github = GitHubClient(settings.github_token, api_url=settings.github_api_url) if settings.github_token else None
+        redactor = Redactor.from_settings(settings)
+        redact_logs(redactor)
+        github = (GitHubClient(settings.github_token, api_url=settings.github_api_url, redactor=redactor)
+                  if settings.github_token else None)
+        slack = (SlackClient(settings.slack_bot_token, api_url=settings.slack_api_url, redactor=redactor)
+                 if settings.slack_bot_token else None)
         ctx = AppContext(
             settings=settings,
             services=services,
             github=github,
+            slack=slack,
             approvals=Approvals(services.store, settings, github),
             tokens=tokens,
             metrics=Metrics(),
@@ -61,14 +76,15 @@ async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
             stop.set()
             with suppress(Exception):
                 await asyncio.wait_for(relaying, 5)
-            if github is not None:
-                await github.aclose()
+            for client in (github, slack):
+                if client is not None:
+                    await client.aclose()
 
 
 def lifespan_for(settings: Settings | None):  # noqa: ANN201 - FastAPI's lifespan type
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with app_context(settings or Settings()) as ctx:
+        async with app_context(settings or load_settings()) as ctx:
             app.state.ctx = ctx
             yield
 

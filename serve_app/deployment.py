@@ -1,7 +1,8 @@
 """The Ray Serve application: `serve run serve_app.deployment:build_app`, or cluster/serve_config.yaml.
 
 The app's settings come from the replica's environment (`Settings()` reads it): in a cluster
-the pod's env (Kubernetes secrets) plus `runtime_env.env_vars` of the Serve config.
+the pod's env (a Kubernetes Secret and a ConfigMap); the Serve config sets no env_vars, which
+would override the pod's.
 
 `load_config` / `running_config` deploy a Serve config file the way `serve run config.yaml`
 does, on a private local Ray node: tests and benchmarks use them.

@@ -49,7 +49,7 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Retries with the same key make one task")] = None,
 ) -> TaskOut:
     validate_repo(task_in.repo, ctx.settings)
-    new = NewTask(source=Source.API, **task_in.model_dump())
+    new = NewTask(source=Source.API, **task_in.model_dump(), context={"initiator": f"api:{token.name}"})
     delivery = Delivery("api", f"{token.name}:{idempotency_key}") if idempotency_key else None
     task, created = await ctx.services.store.create_task(new, delivery=delivery, actor=f"api:{token.name}")
     ctx.metrics.api_calls.labels("submit").inc()

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from fixfleet.intake import (
     CommandRequest,
@@ -26,7 +27,9 @@ from fixfleet.intake import (
     parse_jira,
     parse_sentry,
     parse_slack_command,
+    parse_slack_event,
     parse_slack_interaction,
+    UrlVerification,
 )
 from fixfleet.config import Settings
 from fixfleet.repos import InvalidRepo, validate_repo
@@ -75,14 +78,32 @@ def verified(verify: Callable[[], None]) -> None:
         raise HTTPException(401, exc.reason) from exc
 
 
+MAX_DEPTH = 64  # no provider nests deeper; a deeper body only exists to exhaust the parser's stack
+
+
 def json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"malformed JSON: {exc}") from exc
+    except RecursionError:
+        raise HTTPException(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(payload, dict):
         raise HTTPException(400, "the JSON body must be an object")
+    if nesting(payload) > MAX_DEPTH:
+        raise HTTPException(400, f"the JSON body nests deeper than {MAX_DEPTH} levels")
     return payload
+
+
+def nesting(value: Any) -> int:
+    """How deep objects and arrays nest (iterative: the check must not recurse itself)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 @router.post("/github", response_model=WebhookOut, responses=ERRORS)
@@ -111,21 +132,25 @@ async def jira(request: Request, response: Response, background: BackgroundTasks
     body = await read_body(request, ctx, JSON)
     if ctx.settings.jira_webhook_secret is not None:
         verified(lambda: verify_jira(Settings.secret_values(ctx.settings.jira_webhook_secret), body, request.headers.get("x-hub-signature")))
+    elif not ctx.settings.jira_allow_unsigned:
+        raise HTTPException(401, "unsigned Jira webhooks are refused: set FIXFLEET_JIRA_WEBHOOK_SECRET (and the same "
+                                 "secret on the Jira webhook), or FIXFLEET_JIRA_ALLOW_UNSIGNED=true to accept them")
     payload = json_object(body)
     delivery = Delivery("jira", delivery_id("jira", request.headers, payload))
     return await route_event(ctx, response, background, delivery, lambda: parse_jira(payload, ctx.settings))
 
 
+async def slack_body(request: Request, ctx: AppContext, content_type: str) -> bytes:
+    """A Slack request's body, checked against the signing secret (the same check for every route)."""
+    body = await read_body(request, ctx, content_type)
+    verified(lambda: verify_slack(Settings.secret_values(ctx.settings.slack_signing_secret), body,
+                                  request.headers.get("x-slack-request-timestamp"),
+                                  request.headers.get("x-slack-signature")))
+    return body
+
+
 async def slack_form(request: Request, ctx: AppContext) -> tuple[dict[str, str], bytes]:
-    body = await read_body(request, ctx, FORM)
-    verified(
-        lambda: verify_slack(
-            Settings.secret_values(ctx.settings.slack_signing_secret),
-            body,
-            request.headers.get("x-slack-request-timestamp"),
-            request.headers.get("x-slack-signature"),
-        )
-    )
+    body = await slack_body(request, ctx, FORM)
     form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
     return form, body
 
@@ -147,6 +172,14 @@ async def slack_commands(request: Request, response: Response, background: Backg
     return await route_event(ctx, response, background, delivery, lambda: parse_slack_command(form))
 
 
+@router.post("/slack/events", response_model=WebhookOut, responses=ERRORS)
+async def slack_events(request: Request, response: Response, background: BackgroundTasks, ctx: AppContext = Depends(get_ctx)) -> Any:
+    """The Events API: messages and @-mentions of the app holding commands; url_verification."""
+    payload = json_object(await slack_body(request, ctx, JSON))
+    delivery = Delivery("slack", delivery_id("slack", request.headers, payload))
+    return await route_event(ctx, response, background, delivery, lambda: parse_slack_event(payload))
+
+
 async def route_event(
     ctx: AppContext, response: Response, background: BackgroundTasks, delivery: Delivery, parse: Callable[[], Any]
 ) -> WebhookOut:
@@ -154,7 +187,11 @@ async def route_event(
         event = parse()
     except ParseError as exc:
         raise HTTPException(422, str(exc)) from exc
+    except RecursionError:
+        raise HTTPException(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     source = delivery.source
+    if isinstance(event, UrlVerification):
+        return JSONResponse({"challenge": event.challenge})
     if isinstance(event, Ping):
         ctx.metrics.webhooks.labels(source, "pong").inc()
         return WebhookOut(status="pong")

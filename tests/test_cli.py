@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from fixfleet.embedded import EmbeddedServers
 from fixfleet.store import Store
 
 pytestmark = pytest.mark.usefixtures("store")  # a clean database for each test
@@ -84,7 +86,12 @@ def test_bad_input_is_one_clear_line(env: dict[str, str]) -> None:
     assert down.returncode == 1 and "DATABASE_URL" in down.stderr and "Traceback" not in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
     bad_setting = run(["tasks"], env | {"FIXFLEET_MAX_TURNS": "lots"})
-    assert bad_setting.returncode == 1 and "max_turns" in bad_setting.stderr
+    assert bad_setting.returncode == 1 and "FIXFLEET_MAX_TURNS" in bad_setting.stderr
+    not_json = run(["tasks"], env | {"FIXFLEET_REPO_ALLOWLIST": "*"})  # a list setting that is not JSON
+    assert not_json.returncode == 1 and "Traceback" not in not_json.stderr
+    assert not_json.stderr.strip().splitlines() == [
+        "error: FIXFLEET_REPO_ALLOWLIST is not valid JSON: give a JSON list or object, "
+        "e.g. FIXFLEET_REPO_ALLOWLIST='[\"https://github.com/acme/*\"]'"]
 
 
 def test_config_masks_every_secret(env: dict[str, str]) -> None:
@@ -113,6 +120,28 @@ def test_embedded_default_round_trip(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["task"]["title"] == "embedded works"
     assert (tmp_path / "ff" / "postgres").is_dir()
+    assert_the_embedded_servers_want_their_password(tmp_path / "ff")
+
+
+def assert_the_embedded_servers_want_their_password(home: Path) -> None:
+    """Another process on the machine (a repository's test, say) reaches the sockets but not the data."""
+    import asyncpg
+    import redis
+
+    secrets = home / "secrets"
+    assert oct(secrets.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in secrets.iterdir())
+    servers = EmbeddedServers(home)
+    try:
+        database, cache = servers.postgres_url(), servers.redis_url()
+        without = database.replace(f":{servers.password('postgres')}@", ":@")
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            asyncio.run(asyncpg.connect(without))
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(unix_socket_path=cache.rsplit("@", 1)[1]).ping()
+        assert redis.Redis.from_url(cache).ping()
+    finally:
+        servers.stop()
 
 
 def test_embedded_failure_says_what_to_set(tmp_path: Path) -> None:

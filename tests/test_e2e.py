@@ -78,6 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url
             "FIXFLEET_JIRA_WEBHOOK_SECRET": SECRETS["jira"],
             "FIXFLEET_API_TOKENS": json.dumps([{"name": "lead", "token": API_TOKEN, "scopes": ["read", "submit", "approve"]}]),
             "FIXFLEET_DEFAULT_REPO": f"file://{remote}", "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]),
+            "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
             "FIXFLEET_GITHUB_REPOS": json.dumps({f"file://{remote}": REPO_NAME}),
             "FIXFLEET_JIRA_PROJECTS": '["STAT"]', "FIXFLEET_JIRA_PROJECT_REPOS": json.dumps({"STAT": f"file://{remote}"}),
             "GITHUB_TOKEN": GITHUB_TOKEN, "FIXFLEET_GITHUB_API_URL": github.url,
@@ -144,7 +145,8 @@ def comment_on_pr(world: World, number: int, author: str, text: str) -> httpx.Re
         "issue": {"number": number, "pull_request": {"url": "x"}, "title": "plan", "user": {"login": "fixfleet[bot]"}},
         "comment": {"id": int(time.time() * 1000), "body": text, "user": {"login": author, "type": "User"},
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))},
-        "repository": {"full_name": REPO_NAME, "clone_url": f"file://{world.remote}"},
+        "repository": {"full_name": REPO_NAME, "clone_url": f"file://{world.remote}",
+                       "html_url": f"{world.github.url}/{REPO_NAME}"},  # the GitHub the platform talks to
         "sender": {"login": author, "type": "User"},
     }
     body = json.dumps(payload).encode()

@@ -431,7 +431,7 @@ async def test_evicting_the_mirror_removes_its_environments(root: Path, sandbox:
         await workspaces.close()
 
 
-def test_the_interpreter_is_a_version_the_machine_has_and_a_path_only_from_the_operator() -> None:
+async def test_the_interpreter_is_a_version_the_machine_has_and_a_path_only_from_the_operator() -> None:
     from fixfleet.workspace.environments import find_interpreter
     from fixfleet.workspace.repo_config import RepoConfig, resolve
 

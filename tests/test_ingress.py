@@ -184,7 +184,8 @@ async def awaiting_task(store: Store, *, plan_version: int = 1) -> Any:
     from fixfleet.models import NewTask, Source
 
     task, _ = await store.create_task(
-        NewTask(source=Source.GITHUB, repo=REPO, title="boom", external_ids={"github_issue": "acme/api#7"})
+        NewTask(source=Source.GITHUB, repo=REPO, title="boom",
+                external_ids={"github_issue": "acme/api#7", "github_pr": "acme/api#8"})
     )
     await store.transition(task.id, TaskStatus.PLANNING, actor="planner")
     return await store.transition(task.id, TaskStatus.AWAITING_APPROVAL, actor="planner",
@@ -219,6 +220,64 @@ async def test_writer_approves_with_a_comment(api: str, store: Store, github: Fa
     assert any(c.path.endswith("/collaborators/maintainer/permission") for c in github.calls)
     replies = wait_for_comments(github, 1)
     assert "APPROVED" in replies[0]["body"] and replies[0]["issue"] == 7
+
+
+async def test_write_access_elsewhere_does_not_approve_this_task(api: str, store: Store, github: FakeGitHub) -> None:
+    """Write on another repository that sends webhooks here, or a comment on another issue of the
+    same repository, naming the task: both refused, the task waits."""
+    task = await awaiting_task(store)
+    github.grant("evil/other", "attacker", "admin")
+    elsewhere = comment_payload("attacker", f"@agent approve {task.key}")
+    elsewhere["repository"]["full_name"] = "evil/other"
+    post_github(api, "issue_comment", elsewhere, "c-elsewhere")
+    other_issue = comment_payload("maintainer", f"@agent approve {task.key}")
+    other_issue["issue"]["number"] = 99
+    post_github(api, "issue_comment", other_issue, "c-other-issue")
+
+    assert (await store.get_task(task.id)).status == TaskStatus.AWAITING_APPROVAL
+    refusals = [e.reason for e in await store.events(task.id) if "refused" in e.reason]
+    assert len(refusals) == 2 and "evil/other#7" in refusals[0] and "acme/api#99" in refusals[1]
+    assert all("comment there" in r for r in refusals)
+    assert not any("/repos/evil/other/collaborators" in c.path for c in github.calls)  # never asked
+
+
+async def test_a_review_on_a_pull_request_fixfleet_did_not_open_is_ignored(api: str, store: Store, github: FakeGitHub) -> None:
+    payload = json.loads((CORPUS / "github-webhooks" / "pull_request_review.submitted.payload.json").read_text())
+    payload["repository"]["full_name"], payload["repository"]["clone_url"] = "acme/api", REPO
+    payload["pull_request"]["head"]["ref"] = "feature/someone-elses"
+    payload["review"].update({"state": "changes_requested", "body": "Please rename this.",
+                              "user": {"login": "maintainer", "type": "User"}})
+    answer = post_github(api, "pull_request_review", payload, "r-foreign")
+    assert answer.json()["status"] == "ignored" and "did not open" in answer.json()["detail"]
+    time.sleep(0.3)
+    assert github.comments == []  # no confusing bot reply
+
+
+async def test_the_same_issue_number_on_two_github_hosts_makes_two_tasks(api: str, store: Store) -> None:
+    payload = json.loads((CORPUS / "github-webhooks" / "issues.opened.payload.json").read_text())
+    payload["repository"]["full_name"], payload["repository"]["clone_url"] = "acme/api", REPO
+    payload["issue"]["labels"] = [{"name": "fixfleet"}]
+    enterprise = copy.deepcopy(payload)
+    enterprise["repository"]["html_url"] = "https://ghe.acme.internal/acme/api"
+    first = post_github(api, "issues", payload, "i-cloud").json()
+    second = post_github(api, "issues", enterprise, "i-ghe").json()
+    assert first["status"] == second["status"] == "created" and first["task"] != second["task"]
+    assert (await store.get_task(second["task"])).external_ids["github_issue"] == \
+        f"ghe.acme.internal/acme/api#{payload['issue']['number']}"
+
+
+async def test_who_asked_may_not_approve_where_the_repository_says_so(settings: Settings, store: Store) -> None:
+    configured = Settings.model_validate(settings.model_copy(update={
+        "api_tokens": json.dumps(TOKENS), "repo_allowlist": ["https://github.com/acme/*"],
+        "independent_approval": ["https://github.com/acme/*"]}).model_dump())
+    with running_ingress(configured) as url:
+        submitted = httpx.post(f"{url}/tasks", json={"repo": REPO, "title": "t"}, headers=bearer("tok-approve"))
+        task = await store.get_task(submitted.json()["key"])
+        await store.transition(task.id, TaskStatus.PLANNING, actor="planner")
+        await store.transition(task.id, TaskStatus.AWAITING_APPROVAL, actor="planner", changes={"plan_version": 1})
+        refused = httpx.post(f"{url}/tasks/{task.key}/approve", json={"plan_version": 1}, headers=bearer("tok-approve"))
+    assert refused.status_code == 403 and "may not also approve it" in refused.json()["detail"]
+    assert (await store.get_task(task.id)).status == TaskStatus.AWAITING_APPROVAL
 
 
 async def test_reader_is_refused_politely_and_task_waits(api: str, store: Store, github: FakeGitHub) -> None:
@@ -381,6 +440,7 @@ async def test_jira_ip_allowlist(settings: Settings, store: Store) -> None:
     for allowlist, status in ((["10.0.0.0/8"], 403), (["127.0.0.0/8"], 202)):
         configured = Settings.model_validate(settings.model_dump() | {
             "jira_webhook_secret": "jira-secret", "jira_ip_allowlist": allowlist, "default_repo": REPO,
+            "repo_allowlist": [REPO],
             "database_url": settings.database_url.get_secret_value(), "redis_url": settings.redis_url.get_secret_value()})
         with running_ingress(configured) as url:
             answer = httpx.post(f"{url}/webhooks/jira", content=body, headers=headers)
@@ -388,11 +448,54 @@ async def test_jira_ip_allowlist(settings: Settings, store: Store) -> None:
     assert await count(store, "tasks") == 1
 
 
+async def test_unsigned_jira_webhooks_are_refused_unless_the_operator_allows_them(settings: Settings, store: Store) -> None:
+    payload = {"webhookEvent": "jira:issue_created", "issue": {"key": "OPS-2", "fields": {
+        "summary": "boom", "project": {"key": "OPS"}, "labels": ["fixfleet"]}}}
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": "j-unsigned"}
+    base = settings.model_dump() | {"default_repo": REPO, "repo_allowlist": [REPO],
+                                    "database_url": settings.database_url.get_secret_value(),
+                                    "redis_url": settings.redis_url.get_secret_value()}
+    for allow, status in ((False, 401), (True, 202)):
+        with running_ingress(Settings.model_validate(base | {"jira_allow_unsigned": allow})) as url:
+            answer = httpx.post(f"{url}/webhooks/jira", content=body, headers=headers)
+        assert answer.status_code == status, answer.text
+        if status == 401:
+            assert "FIXFLEET_JIRA_WEBHOOK_SECRET" in answer.json()["detail"]
+    assert await count(store, "tasks") == 1
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_500(api: str) -> None:
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    nested: object = []
+    for _ in range(200):  # valid JSON the parser takes, nested past any provider's payload
+        nested = [nested]
+    nested = json.dumps({"action": "triggered", "data": {"event": {"x": nested}}}).encode()
+    for body in (b'{"a": ' + deep + b"}", nested):
+        answer = httpx.post(f"{api}/webhooks/sentry", content=body, timeout=30, headers={
+            "Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": "deep",
+            "Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, body)})
+        assert answer.status_code == 400 and "nests deeper" in answer.json()["detail"], answer.text
+
+
+def test_a_repository_outside_the_allowlist_is_refused_and_the_default_allows_none(
+        settings: Settings, store: Store) -> None:
+    configured = Settings.model_validate(settings.model_dump() | {
+        "api_tokens": json.dumps(TOKENS), "database_url": settings.database_url.get_secret_value(),
+        "redis_url": settings.redis_url.get_secret_value()})
+    assert configured.repo_allowlist == []
+    with running_ingress(configured) as url:
+        for repo in ("https://github.com/acme/api.git", "https://10.0.0.5/internal/secrets.git"):
+            answer = httpx.post(f"{url}/tasks", json={"repo": repo, "title": "t"}, headers=bearer("tok-submit"))
+            assert answer.status_code == 422 and "FIXFLEET_REPO_ALLOWLIST" in answer.json()["detail"]
+
+
 async def test_review_requesting_changes_sends_the_plan_back(api: str, store: Store) -> None:
     task = await awaiting_task(store)
     payload = json.loads((CORPUS / "github-webhooks" / "pull_request_review.submitted.payload.json").read_text())
     payload["repository"]["full_name"], payload["repository"]["clone_url"] = "acme/api", REPO
     payload["pull_request"]["head"]["ref"] = f"fixfleet/{task.key}"
+    payload["pull_request"]["number"] = 8  # the task's own pull request
     payload["review"].update({"state": "changes_requested", "body": "Please also cover\nnegative numbers.",
                               "user": {"login": "maintainer", "type": "User"},
                               "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))})
@@ -401,3 +504,46 @@ async def test_review_requesting_changes_sends_the_plan_back(api: str, store: St
     revised = await store.get_task(task.id)
     assert revised.status == TaskStatus.REVISING
     assert (await store.events(task.id))[-1].data["feedback"] == "Please also cover negative numbers."
+
+
+def slack_event(url: str, payload: dict, *, secret: str = SLACK_SECRET) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    now = str(int(time.time()))
+    return httpx.post(f"{url}/webhooks/slack/events", content=body, timeout=10, headers={
+        "Content-Type": "application/json", "X-Slack-Request-Timestamp": now,
+        "X-Slack-Signature": sign_slack(secret, body, now)})
+
+
+def mention(event_id: str, user: str, text: str, **extra: Any) -> dict:
+    return {"type": "event_callback", "event_id": event_id, "event": {
+        "type": "app_mention", "user": user, "text": text, "channel": "C0PLANS", "ts": "1700000000.000100", **extra}}
+
+
+async def test_slack_events_answer_the_challenge_and_run_commands_from_mentions(settings: Settings, store: Store) -> None:
+    from tests.fakes.slack import FakeSlack
+
+    with FakeSlack("xoxb-ingress-test") as slack:
+        configured = Settings.model_validate(settings.model_dump() | {
+            "slack_signing_secret": SLACK_SECRET, "slack_bot_token": "xoxb-ingress-test", "slack_api_url": slack.api_url,
+            "slack_approvers": ["U_LEAD"], "database_url": settings.database_url.get_secret_value(),
+            "redis_url": settings.redis_url.get_secret_value()})
+        task = await awaiting_task(store)
+        with running_ingress(configured) as url:
+            challenge = slack_event(url, {"type": "url_verification", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+            forged = slack_event(url, mention("Ev-forged", "U_LEAD", f"<@U0APP> approve {task.key}"), secret="wrong")
+            stranger = slack_event(url, mention("Ev-1", "U_STRANGER", f"<@U0APP> approve {task.key}"))
+            bot = slack_event(url, mention("Ev-2", "U_LEAD", f"<@U0APP> approve {task.key}", bot_id="B1"))
+            lead = slack_event(url, mention("Ev-3", "U_LEAD", f"<@U0APP|fixfleet> approve {task.key}"))
+            retry = slack_event(url, mention("Ev-3", "U_LEAD", f"<@U0APP|fixfleet> approve {task.key}"))
+            deadline = time.monotonic() + 5
+            while len(slack.messages) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    assert challenge.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+    assert forged.status_code == 401
+    assert bot.json()["status"] == "ignored" and retry.json()["status"] == "duplicate"
+    assert "not in FIXFLEET_SLACK_APPROVERS" in stranger.json()["text"]
+    assert lead.json()["status"] == "command"
+    assert (await store.get_task(task.id)).status == TaskStatus.APPROVED
+    replies = [m for m in slack.messages if m["channel"] == "C0PLANS"]
+    assert len(replies) == 2 and "APPROVED" in replies[-1]["text"]

@@ -333,7 +333,7 @@ async def test_github_wrong_token_is_typed_and_secret_free(fake_github: FakeGitH
         fake_github.fail_next(r"^/repos/", 401, body={"message": f"token {wrong} is revoked"})
         with pytest.raises(AuthenticationError) as echoed:
             await client.default_branch(REPO)
-        assert "[redacted]" in str(echoed.value)
+        assert "[REDACTED]" in str(echoed.value)
         assert_no_secret(echoed.value, wrong)
         assert echoed.value.__cause__ is None and echoed.value.__context__ is None
     finally:

@@ -46,9 +46,7 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
     assert [d.name for d in app.deployments] == [DEPLOYMENT_NAME]
     assert config.http_options.port == 8000 and config.logging_config.enable_access_log is False
     # Secrets and URLs come from the pod (a Kubernetes secret), never from this file.
-    env_vars = app.runtime_env.get("env_vars", {})
-    assert not {"DATABASE_URL", "REDIS_URL"} & set(env_vars)
-    assert not [name for name in env_vars if "SECRET" in name or "TOKEN" in name]
+    assert not (app.runtime_env or {}).get("env_vars")  # it would override the operator's pod variables
     # The import path resolves to Serve's application builder.
     from ray.serve import Application
 

@@ -35,14 +35,15 @@ def delivery_id(source: str, headers: Mapping[str, str], payload: Any, body: byt
     """The id a redelivery repeats, so the app stores each delivery once (per source).
 
     GitHub `X-GitHub-Delivery`, Sentry `Request-ID`, Jira `X-Atlassian-Webhook-Identifier`
-    (stable across Jira's retries); Slack the payload's `trigger_id`, else the action's
-    `action_ts`. Without one: a hash of the raw body (or of the canonical JSON).
+    (stable across Jira's retries); Slack the Events API's `event_id` (its retries repeat it), the
+    payload's `trigger_id`, else the action's `action_ts`. Without one: a hash of the raw body (or of the canonical JSON).
     """
     source = str(source)
     if source in _DELIVERY_HEADER:
         found = _header(headers, _DELIVERY_HEADER[source])
     elif source == "slack":
-        found = as_str(dig(payload, "trigger_id")) or as_str(dig(payload, "actions", 0, "action_ts"))
+        found = (as_str(dig(payload, "event_id")) or as_str(dig(payload, "trigger_id"))
+                 or as_str(dig(payload, "actions", 0, "action_ts")))
     else:
         found = None
     return found or _content_hash(payload, body)

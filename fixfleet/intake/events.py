@@ -49,13 +49,11 @@ class CommandRequest(_Event):
     edited: bool = False  # an edited comment: the app may choose not to re-run side effects
     response_url: str | None = None  # Slack: where to post a delayed answer
     created_at: datetime | None = None  # when the comment was written: an approval older than the plan is stale
-
-    @property
-    def github_issue_ref(self) -> tuple[str, str] | None:
-        """("github_issue", "owner/name#n"): finds the task made from the issue commented on."""
-        if self.source != Source.GITHUB or not self.repo_full_name or self.issue_number is None:
-            return None
-        return ("github_issue", f"{self.repo_full_name}#{self.issue_number}")
+    # Where the comment was made: "owner/name#n" (a GitHub Enterprise host first: "host/owner/name#n").
+    # A command acts only on the task whose pull request or issue this is.
+    where: str | None = None
+    slack_channel: str | None = None  # Slack Events API: where to answer, in the message's thread
+    slack_thread_ts: str | None = None
 
 
 class SlackAction(_Event):
@@ -67,6 +65,12 @@ class SlackAction(_Event):
     response_url: str | None = None
 
 
+class UrlVerification(_Event):
+    """Slack checking a new Events API URL: answer its challenge."""
+
+    challenge: str
+
+
 class Ignored(_Event):
     reason: str
 
@@ -75,4 +79,4 @@ class Ping(_Event):
     """A source checking that the endpoint is alive (GitHub `ping`, Slack `ssl_check`)."""
 
 
-ParsedEvent = TaskRequest | CommandRequest | SlackAction | Ignored | Ping
+ParsedEvent = TaskRequest | CommandRequest | SlackAction | UrlVerification | Ignored | Ping

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
 from fixfleet.intake.access import as_int, as_list, as_str, dig, obj, one_line, require_object, task_request
@@ -67,18 +68,31 @@ def _github_issue(payload: dict[str, Any], settings: Settings) -> TaskRequest | 
     return _github_issue_task(payload, issue)
 
 
+def issue_ref(payload: dict[str, Any], number: int | None) -> str | None:
+    """"owner/name#n" for github.com; "host/owner/name#n" for GitHub Enterprise Server, so the
+    same owner/name#n on two hosts are two things."""
+    full_name = as_str(dig(payload, "repository", "full_name"))
+    if not full_name or number is None:
+        return None
+    url = as_str(dig(payload, "repository", "html_url")) or as_str(dig(payload, "repository", "clone_url")) or ""
+    host = (urlsplit(url).hostname or "github.com").lower()
+    return f"{full_name}#{number}" if host == "github.com" else f"{host}/{full_name}#{number}"
+
+
 def _github_issue_task(payload: dict[str, Any], issue: dict[str, Any]) -> TaskRequest | Ignored:
     repo = as_str(dig(payload, "repository", "clone_url"))
     full_name = as_str(dig(payload, "repository", "full_name"))
     number = as_int(issue.get("number"))
-    if not repo or not full_name or number is None:
+    ref = issue_ref(payload, number)
+    if not repo or not full_name or ref is None:
         return Ignored(reason="issues event without repository.clone_url, repository.full_name or issue.number")
-    ref = f"{full_name}#{number}"
     labels = _label_names(issue)
+    author = as_str(dig(issue, "user", "login"))
     context = {
         "web_url": as_str(issue.get("html_url")),
         "labels": labels,
-        "author": as_str(dig(issue, "user", "login")),
+        "author": author,
+        "initiator": f"github:{author}" if author else None,
         "repo_full_name": full_name,
         "issue_number": number,
     }
@@ -145,6 +159,7 @@ def _github_command(
         pr_url=as_str(pr_url) if is_pull_request else None,
         edited=edited,
         created_at=_timestamp(item.get("submitted_at") or item.get("created_at")),
+        where=issue_ref(payload, as_int(number)),
     )
 
 
@@ -193,10 +208,14 @@ def _github_review(payload: dict[str, Any], settings: Settings) -> CommandReques
     if action != "submitted":
         return Ignored(reason=f"pull_request_review.{action}: only submitted reviews are read")
     pull = obj(payload.get("pull_request"))
+    review = obj(payload.get("review"))
+    ours = _task_key_from_branch(dig(pull, "head", "ref")) is not None
+    if not ours and review.get("state") == "changes_requested" and not _holds_command(review.get("body")):
+        return Ignored(reason="a review on a pull request fixfleet did not open")
     return _github_command(
         payload, settings,
-        item=obj(payload.get("review")),
-        text=_review_text(obj(payload.get("review"))),
+        item=review,
+        text=_review_text(review) if ours else review.get("body"),
         number=pull.get("number"),
         is_pull_request=True,
         pr_url=pull.get("html_url"),
@@ -210,11 +229,15 @@ def _review_text(review: dict[str, Any]) -> Any:
     body = review.get("body")
     if review.get("state") != "changes_requested" or not isinstance(body, str) or not body.strip():
         return body
-    from fixfleet.commands import parse_commands  # late: the command language is optional here
-
-    if parse_commands(body):
+    if _holds_command(body):
         return body
     return "@agent revise " + " ".join(body.split())
+
+
+def _holds_command(body: Any) -> bool:
+    from fixfleet.commands import parse_commands  # late: the command language is optional here
+
+    return isinstance(body, str) and bool(parse_commands(body))
 
 
 _GITHUB_HANDLERS = {

@@ -1,4 +1,5 @@
-"""Slack: Approve/Reject buttons (interactions) and slash commands.
+"""Slack: Approve/Reject buttons (interactions), slash commands, and the Events API (messages and
+@-mentions of the app that hold commands).
 
 Buttons carry their target in their `value`, formatted by `slack_action_value()`:
 `"<task key>:v<plan version>"`, e.g. `"FF-12:v2"`; the version names the plan the human saw, so
@@ -11,8 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fixfleet.intake.access import as_list, as_str, dig, require_object
-from fixfleet.intake.events import CommandRequest, Ignored, ParseError, Ping, SlackAction
+from fixfleet.intake.access import as_list, as_str, dig, obj, require_object
+from fixfleet.intake.events import CommandRequest, Ignored, ParseError, Ping, SlackAction, UrlVerification
 from fixfleet.models import Source
 
 _ACTION_VALUE = re.compile(r"^\s*(FF-\d+)(?::v(\d+))?\s*$", re.I)
@@ -78,3 +79,34 @@ def parse_slack_command(form: Mapping[str, str]) -> CommandRequest | Ping:
         task_key=f"FF-{int(key[1])}" if key else None,
         response_url=as_str(form.get("response_url")),
     )
+
+
+_USER_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+
+
+def parse_slack_event(payload: Any) -> CommandRequest | UrlVerification | Ignored:
+    """An Events API callback: `url_verification`, or a channel message / app mention whose text
+    may hold commands. The app's own and other bots' messages, edits and joins are ignored."""
+    payload = require_object(payload)
+    kind = payload.get("type")
+    if kind == "url_verification":
+        challenge = as_str(payload.get("challenge"))
+        if not challenge:
+            raise ParseError("url_verification without a challenge")
+        return UrlVerification(challenge=challenge)
+    if kind != "event_callback":
+        return Ignored(reason=f"Slack event envelope {kind!r} is not one fixfleet acts on")
+    event = obj(payload.get("event"))
+    if event.get("type") not in ("message", "app_mention"):
+        return Ignored(reason=f"Slack event {event.get('type')!r} is not one fixfleet acts on")
+    if event.get("bot_id") or event.get("subtype"):
+        return Ignored(reason="a bot's message or a message change, not a person's command")
+    user, text, channel = as_str(event.get("user")), as_str(event.get("text")), as_str(event.get("channel"))
+    if not user or not text or not channel:
+        return Ignored(reason="Slack message without user, text or channel")
+    # "<@U0APP> approve FF-12" reads as "@agent approve FF-12" for the command parser.
+    text = _USER_MENTION.sub("@agent", text) if event.get("type") == "app_mention" else text
+    key = _TASK_KEY.search(text)
+    return CommandRequest(source=Source.SLACK, text=text, author=user, author_id=user,
+                          task_key=f"FF-{int(key[1])}" if key else None, slack_channel=channel,
+                          slack_thread_ts=as_str(event.get("thread_ts")) or as_str(event.get("ts")))

@@ -15,9 +15,7 @@ import httpx
 from pydantic import SecretStr
 
 from fixfleet.integrations.http import IntegrationError, request
-
-
-REDACTED = "[redacted]"
+from fixfleet.redact import Redactor
 
 
 class AuthenticationError(IntegrationError):
@@ -51,10 +49,7 @@ _BY_STATUS: dict[int, type[IntegrationError]] = {
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    return text
+    return Redactor(secrets).text(text)
 
 
 def typed(exc: IntegrationError, secrets: Iterable[str | None] = ()) -> IntegrationError:
@@ -82,13 +77,15 @@ def secret_value(value: SecretStr | str | None) -> str | None:
     return value or None
 
 
-class RetryOptions(TypedDict, total=False):
-    """How a client retries and waits; each client takes these as keywords (`**retry`)."""
+class ClientOptions(TypedDict, total=False):
+    """How a client retries and waits, and what it must never send; each client takes these as
+    keywords (`**retry`)."""
 
     attempts: int  # default 4
     backoff_s: float  # default 0.5
     max_wait_s: float  # default 30
     timeout_s: float  # default 10, per request
+    redactor: Redactor  # default: token shapes only
 
 
 class ApiClient:
@@ -104,6 +101,7 @@ class ApiClient:
         headers: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
         secrets: Iterable[str | None] = (),
+        redactor: Redactor | None = None,
         attempts: int = 4,
         backoff_s: float = 0.5,
         max_wait_s: float = 30.0,
@@ -115,6 +113,8 @@ class ApiClient:
             base_url=self.base_url, headers=headers or {}, auth=auth, timeout=timeout_s, event_hooks=event_hooks
         )
         self._secrets = [s for s in secrets if s]
+        # What this client sends (comments, PR bodies, messages) passes the platform's redactor.
+        self.redactor = redactor or Redactor()
         self.retry = {"attempts": attempts, "backoff_s": backoff_s, "max_wait_s": max_wait_s}
 
     def __repr__(self) -> str:  # never the credentials
@@ -131,6 +131,8 @@ class ApiClient:
 
     async def _call(self, method: str, url: str, *, client: httpx.AsyncClient | None = None,
                     extra_secrets: Iterable[str] = (), **kwargs: Any) -> httpx.Response:
+        if "json" in kwargs:
+            kwargs["json"] = self.redactor.value(kwargs["json"])
         try:
             return await request(client or self.http, self.service, method, url, **self.retry, **kwargs)
         except IntegrationError as exc:

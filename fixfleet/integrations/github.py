@@ -23,7 +23,7 @@ from fixfleet.integrations.base import (
     NotFoundError,
     RejectedError,
     ResponseError,
-    RetryOptions,
+    ClientOptions,
     secret_value,
 )
 from fixfleet.integrations.http import IntegrationError
@@ -91,7 +91,7 @@ class GitHubClient(ApiClient):
         *,
         api_url: str = GITHUB_API_URL,
         permission_ttl_s: float = 60.0,
-        **retry: Unpack[RetryOptions],
+        **retry: Unpack[ClientOptions],
     ) -> None:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
         plain = secret_value(token)

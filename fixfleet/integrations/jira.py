@@ -16,7 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from fixfleet.intake import adf_to_text
-from fixfleet.integrations.base import ApiClient, RejectedError, RetryOptions, secret_value
+from fixfleet.integrations.base import ApiClient, RejectedError, ClientOptions, secret_value
 
 MAX_COMMENT_PAGES = 40
 MARKER_COLOR = "#97a0af"
@@ -133,7 +133,7 @@ class JiraClient(ApiClient):
         base_url: str,
         email: str,
         token: SecretStr | str,
-        **retry: Unpack[RetryOptions],
+        **retry: Unpack[ClientOptions],
     ) -> None:
         plain = secret_value(token) or ""
         basic = base64.b64encode(f"{email}:{plain}".encode()).decode()

@@ -18,6 +18,7 @@ from fixfleet.integrations.github import GitHubClient
 from fixfleet.integrations.jira import JiraClient
 from fixfleet.integrations.sentry import SENTRY_API_URL, SentryClient
 from fixfleet.integrations.slack import SLACK_API_URL, SlackClient
+from fixfleet.redact import Redactor
 
 if TYPE_CHECKING:
     from fixfleet.config import Settings
@@ -86,6 +87,7 @@ def from_settings(
         "SENTRY_AUTH_TOKEN": secret_value(settings.sentry_auth_token),
         "SLACK_BOT_TOKEN": secret_value(settings.slack_bot_token),
     }
+    client_options.setdefault("redactor", Redactor.from_settings(settings))
     found = Integrations()
     if values["GITHUB_TOKEN"]:
         found.github = GitHubClient(settings.github_token, api_url=settings.github_api_url, **client_options)

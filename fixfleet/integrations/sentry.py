@@ -13,7 +13,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from fixfleet.intake import MAX_CONTEXT_LINE, MAX_FRAMES
-from fixfleet.integrations.base import ApiClient, RetryOptions, secret_value
+from fixfleet.integrations.base import ApiClient, ClientOptions, secret_value
 
 SENTRY_API_URL = "https://sentry.io/api/0"
 
@@ -83,7 +83,7 @@ class SentryClient(ApiClient):
         self,
         token: SecretStr | str,
         api_url: str = SENTRY_API_URL,
-        **retry: Unpack[RetryOptions],
+        **retry: Unpack[ClientOptions],
     ) -> None:
         plain = secret_value(token) or ""
         super().__init__(

@@ -21,7 +21,7 @@ from fixfleet.integrations.base import (
     NotFoundError,
     RateLimitedError,
     RejectedError,
-    RetryOptions,
+    ClientOptions,
     secret_value,
 )
 
@@ -103,7 +103,7 @@ class SlackClient(ApiClient):
         self,
         bot_token: SecretStr | str,
         api_url: str = SLACK_API_URL,
-        **retry: Unpack[RetryOptions],
+        **retry: Unpack[ClientOptions],
     ) -> None:
         plain = secret_value(bot_token) or ""
         super().__init__(

@@ -29,6 +29,9 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from fixfleet.redact import Redactor
+from fixfleet.workspace.spawn import without_inherited_fds
+
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"  # GIT_ALLOW_PROTOCOL: no ext::, fd::, ...
 HARDENING = (
     ("core.hooksPath", "/dev/null"),
@@ -69,6 +72,7 @@ class GitCredentials:
         self._token = token.get_secret_value() if token else None
         self._hosts = {host.lower() for host in hosts}
         self.secrets: list[str] = []
+        self._redactor = Redactor([self._token])  # the token, its Basic header and its encodings
         if self._token:
             basic = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
             self._header = f"Authorization: Basic {basic}"
@@ -86,10 +90,7 @@ class GitCredentials:
         return [(f"http.{scope}.extraHeader", self._header), ("http.sslVerify", "true")]
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        text = re.sub(r"(?i)(authorization:\s*\w+\s+)\S+", r"\1***", text)
-        return re.sub(r"(://[^/@:\s]*:)[^@/\s]+@", r"\1***@", text)
+        return self._redactor.text(text)
 
 
 class GitRunner:
@@ -156,11 +157,11 @@ class GitRunner:
     async def spawn(argv: list[str], cwd: Path | None, env: dict[str, str],
                     with_stdin: bool = False) -> asyncio.subprocess.Process:
         spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env,
+            *without_inherited_fds(argv), cwd=cwd, env=env,
             stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: a kill reaches its helpers
-            close_fds=True,  # uvloop's children would otherwise inherit the actor's sockets
+            close_fds=True,  # asyncio's loop honours it; uvloop's does not, hence the shim
         ))
         try:
             return await asyncio.shield(spawn)

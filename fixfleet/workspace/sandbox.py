@@ -37,6 +37,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from fixfleet.workspace.spawn import without_inherited_fds
+
 WORKSPACE = "/workspace"
 ENV_DIR = "/env"
 HOME = "/home/agent"
@@ -240,8 +242,10 @@ class Sandbox:
         started = time.monotonic()
         env = {} if self.enabled else self.environment(spec)
         cwd = None if self.enabled else (spec.workspace if spec.cwd == WORKSPACE else Path(spec.cwd))
+        if self.enabled:  # bubblewrap's own environment is /proc/1/environ inside: nothing, not even the shim's
+            argv = ["/usr/bin/env", "-i", *argv]
         process = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            *without_inherited_fds(argv), env=env, cwd=cwd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, close_fds=True)
         tail: deque[bytes] = deque()

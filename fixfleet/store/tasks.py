@@ -3,6 +3,9 @@
 Every status change is one guarded UPDATE (allowed from-states, optionally the expected
 version) plus its `task_events` row, in one transaction; entering a queued state also writes
 an outbox row so the task reaches its queue only after the transaction commits.
+
+Everything written passes the platform's redactor first (a task's text, its plan and context,
+every event's reason and data): an alert that quotes a secret never stores it.
 """
 
 from __future__ import annotations
@@ -10,139 +13,40 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import asyncpg
 
 from fixfleet.batcher import Batcher
-from fixfleet.models import (
-    ALLOWED_FROM,
-    QUEUED_IN,
-    TERMINAL,
-    NewTask,
-    Task,
-    TaskEvent,
-    TaskStatus,
-)
+from fixfleet.models import ALLOWED_FROM, QUEUED_IN, TERMINAL, NewTask, Task, TaskEvent, TaskStatus
+from fixfleet.store.errors import IllegalTransition, StaleVersion, TaskNotFound
+from fixfleet.store.records import (Creation, Delivery, OutboxItem, TaskState, columns, init_connection, parse_ref,
+                                    task_from_row)
+from fixfleet.redact import Redactor
+from fixfleet.store.schema import applied_migrations, migrate
 
-MIGRATION_LOCK_ID = 0x6669786665  # "fixfe": one advisory lock for all migrators
 OUTBOX_CHANNEL = "fixfleet_outbox"
 
 # Columns a transition may change along with the status.
 _CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "cost_usd", "tokens", "attempts", "context", "external_ids"}
-_JSON_COLUMNS = {"plan", "context", "external_ids"}
-
-
-class StoreError(Exception):
-    """Base of the store's typed errors."""
-
-
-class TaskNotFound(StoreError):
-    def __init__(self, ref: object) -> None:
-        super().__init__(f"no task {ref}")
-        self.ref = ref
-
-
-class IllegalTransition(StoreError):
-    def __init__(self, task: Task, target: TaskStatus) -> None:
-        super().__init__(f"{task.key} is {task.status}: it cannot become {target}")
-        self.task, self.target = task, target
-
-
-class StaleVersion(StoreError):
-    def __init__(self, task: Task, expected: int) -> None:
-        super().__init__(f"{task.key} is at version {task.version}, not {expected}: it changed meanwhile")
-        self.task, self.expected = task, expected
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A webhook delivery: seen once per (source, delivery id)."""
-
-    source: str
-    delivery_id: str
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    id: int
-    task_id: int
-    queue: str
-    priority: str
-
-
-@dataclass(frozen=True)
-class _Creation:
-    """One create_task call waiting for its batch."""
-
-    new: NewTask
-    delivery: Delivery | None
-    actor: str
-
-    @property
-    def delivery_key(self) -> tuple[str, str] | None:
-        return (self.delivery.source, self.delivery.delivery_id) if self.delivery else None
-
-    def row(self) -> tuple[Any, ...]:
-        """The values of _CREATE_TASKS' per-task arrays."""
-        new = self.new
-        return (
-            new.source.value,
-            new.external_ids,
-            new.repo,
-            new.title,
-            new.body,
-            new.priority.value,
-            new.context,
-            self.actor,
-            {"source": new.source.value},
-        )
-
-
-@dataclass(frozen=True)
-class TaskState:
-    id: int
-    status: TaskStatus
-    priority: str
-    seconds_since_update: float
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for codec in ("json", "jsonb"):
-        await conn.set_type_codec(codec, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-def _task(row: asyncpg.Record) -> Task:
-    data = dict(row)
-    data["cost_usd"] = float(data["cost_usd"])
-    return Task.model_validate(data)
-
-
-def parse_ref(ref: int | str) -> int:
-    """A task is named by its id (`12`) or its key (`FF-12`, any case)."""
-    text = str(ref).strip()
-    if text.upper().startswith("FF-"):
-        text = text[3:]
-    if not text.isdigit():
-        raise TaskNotFound(ref)
-    return int(text)
+_TEXTUAL = {"plan", "context", "pr_url", "branch"}  # what may carry words an agent or a sender chose
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, redactor: Redactor | None = None) -> None:
         self.pool = pool
-        self._creations: Batcher[_Creation, tuple[Task, bool]] = Batcher(self._create_batch)
+        self.redactor = redactor or Redactor()
+        self._creations: Batcher[Creation, tuple[Task, bool]] = Batcher(self._create_batch)
         # Set by an outbox relay running in this process: commits wake it directly. Without
         # one, each commit that fills the outbox sends NOTIFY, which serialises commits
         # (Postgres takes a global lock to queue a notification).
         self.relay_wake: Callable[[], None] | None = None
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
-        store = cls(pool)
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
+                      redactor: Redactor | None = None) -> Store:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
+        store = cls(pool, redactor)
         if migrate:
             await store.migrate()
         return store
@@ -150,33 +54,11 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    # --- migrations -------------------------------------------------------------------------
-
     async def migrate(self) -> list[str]:
-        """Apply the numbered migrations not applied yet; safe when several processes start at once."""
-        applied: list[str] = []
-        async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-            try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-                for name, sql in _migration_files():
-                    if name in done:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(sql)
-                        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", name)
-                    applied.append(name)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
-        return applied
+        return await migrate(self.pool)
 
     async def applied_migrations(self) -> list[str]:
-        rows = await self.pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
-        return [r["version"] for r in rows]
+        return await applied_migrations(self.pool)
 
     # --- tasks ------------------------------------------------------------------------------
 
@@ -189,12 +71,14 @@ class Store:
         creates nothing. Concurrent calls are written together (one statement, one commit:
         see `fixfleet.batcher`); each returns once its task is committed.
         """
-        task, created = await self._creations.submit(_Creation(new, delivery, actor))
+        clean = new.model_copy(update={"title": self.redactor.text(new.title), "body": self.redactor.text(new.body),
+                                       "context": self.redactor.value(new.context)})
+        task, created = await self._creations.submit(Creation(clean, delivery, actor))
         if created:
             self._wake_local_relay()
         return task, created
 
-    async def _create_batch(self, batch: list[_Creation]) -> list[tuple[Task, bool] | BaseException]:
+    async def _create_batch(self, batch: list[Creation]) -> list[tuple[Task, bool] | BaseException]:
         try:
             return await self._create_together(batch)
         except asyncpg.PostgresConnectionError:
@@ -206,13 +90,13 @@ class Store:
         # the others, so each is written alone and only the bad one fails.
         return [await _outcome(self._create_together([creation])) for creation in batch]
 
-    async def _create_together(self, batch: list[_Creation]) -> list[tuple[Task, bool]]:
+    async def _create_together(self, batch: list[Creation]) -> list[tuple[Task, bool]]:
         if not any(c.delivery for c in batch):  # one statement, atomic on its own
             return [(task, True) for task in await self._insert_tasks(self.pool, batch)]
         async with self.pool.acquire() as conn, conn.transaction():
             return await self._create_delivered(conn, batch)
 
-    async def _create_delivered(self, conn: asyncpg.Connection, batch: list[_Creation]) -> list[tuple[Task, bool]]:
+    async def _create_delivered(self, conn: asyncpg.Connection, batch: list[Creation]) -> list[tuple[Task, bool]]:
         """Tasks from webhook deliveries: a delivery seen before returns its first task."""
         keys = [c.delivery_key for c in batch if c.delivery_key]
         fresh = {
@@ -220,7 +104,7 @@ class Store:
             for r in await conn.fetch(
                 "INSERT INTO webhook_deliveries (source, delivery_id)"
                 " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING source, delivery_id",
-                *_columns(keys),
+                *columns(keys),
             )
         }
         seen = await self._delivery_tasks(conn, set(keys) - fresh)
@@ -237,7 +121,7 @@ class Store:
                 "UPDATE webhook_deliveries d SET task_id = u.task_id"
                 " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source, delivery_id, task_id)"
                 " WHERE d.source = u.source AND d.delivery_id = u.delivery_id",
-                *_columns(linked),
+                *columns(linked),
             )
         results = []
         for i, creation in enumerate(batch):
@@ -248,12 +132,12 @@ class Store:
                 results.append((seen[key] if key in seen else created[makers[key]], False))
         return results
 
-    async def _insert_tasks(self, db: asyncpg.Pool | asyncpg.Connection, batch: list[_Creation]) -> list[Task]:
+    async def _insert_tasks(self, db: asyncpg.Pool | asyncpg.Connection, batch: list[Creation]) -> list[Task]:
         if not batch:
             return []
-        columns = _columns([c.row() for c in batch])
-        rows = await db.fetch(_CREATE_TASKS, *columns, QUEUED_IN[TaskStatus.RECEIVED], self._notify_channel())
-        return [_task(row) for row in sorted(rows, key=lambda r: r["n"])]
+        values = columns([c.row() for c in batch])
+        rows = await db.fetch(CREATE_TASKS, *values, QUEUED_IN[TaskStatus.RECEIVED], self._notify_channel())
+        return [task_from_row(row) for row in sorted(rows, key=lambda r: r["n"])]
 
     async def _delivery_tasks(self, conn: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Task]:
         if not keys:
@@ -263,9 +147,9 @@ class Store:
             " JOIN tasks t ON t.id = d.task_id"
             " JOIN unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
             " ON d.source = k.source AND d.delivery_id = k.delivery_id",
-            *_columns(keys),
+            *columns(keys),
         )
-        return {(r["delivery_source"], r["delivery_id"]): _task(r) for r in rows}
+        return {(r["delivery_source"], r["delivery_id"]): task_from_row(r) for r in rows}
 
     async def record_delivery(self, delivery: Delivery, task_id: int | None = None) -> bool:
         """Remember a delivery that made no new task; False when it was seen before."""
@@ -291,7 +175,8 @@ class Store:
     ) -> Task:
         """Move a task to `target` if the edge is legal (and the version matches); else raise."""
         task_id, target = parse_ref(ref), TaskStatus(target)
-        changes = changes or {}
+        changes = self._redacted(changes or {})
+        reason, data = self.redactor.text(reason), self.redactor.value(data or {})
         unknown = set(changes) - _CHANGEABLE
         if unknown:
             raise ValueError(f"a transition cannot change {sorted(unknown)}")
@@ -311,7 +196,7 @@ class Store:
             row = await conn.fetchrow(query, *args)
             if row is None:
                 await self._raise_refusal(conn, task_id, target, expected_version)
-            task = _task(row)
+            task = task_from_row(row)
             await self._event(conn, task_id, TaskStatus(row["old"]), target, actor, reason, data or {})
             if target in QUEUED_IN:
                 await self._to_outbox(conn, task_id, QUEUED_IN[target], task.priority.value)
@@ -325,7 +210,7 @@ class Store:
         row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
         if row is None:
             raise TaskNotFound(task_id)
-        current = _task(row)
+        current = task_from_row(row)
         if current.status not in ALLOWED_FROM[target]:
             raise IllegalTransition(current, target)
         raise StaleVersion(current, expected_version or 0)
@@ -351,6 +236,7 @@ class Store:
         unknown = set(changes) - _CHANGEABLE
         if unknown or not changes:
             raise ValueError(f"cannot update {sorted(unknown) or 'nothing'}")
+        changes = self._redacted(changes)
         sets = [f"{column} = ${i}" for i, column in enumerate(changes, start=2)]
         row = await self.pool.fetchrow(
             f"UPDATE tasks SET {', '.join(sets)}, version = version + 1, updated_at = now()"
@@ -360,7 +246,7 @@ class Store:
         )
         if row is None:
             raise TaskNotFound(ref)
-        return _task(row)
+        return task_from_row(row)
 
     async def record_event(
         self, ref: int | str, *, actor: str, reason: str, data: dict[str, Any] | None = None
@@ -371,13 +257,14 @@ class Store:
             status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
             if status is None:
                 raise TaskNotFound(ref)
-            await self._event(conn, task_id, TaskStatus(status), None, actor, reason, data or {})
+            await self._event(conn, task_id, TaskStatus(status), None, actor, self.redactor.text(reason),
+                              self.redactor.value(data or {}))
 
     async def get_task(self, ref: int | str) -> Task:
         row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", parse_ref(ref))
         if row is None:
             raise TaskNotFound(ref)
-        return _task(row)
+        return task_from_row(row)
 
     async def find_task(self, *, external_key: str, external_id: str, open_only: bool = True) -> Task | None:
         """The newest task carrying this external id (e.g. a Sentry issue id)."""
@@ -389,7 +276,7 @@ class Store:
             open_only,
             [s.value for s in TERMINAL],
         )
-        return _task(row) if row else None
+        return task_from_row(row) if row else None
 
     async def list_tasks(
         self, *, statuses: Iterable[TaskStatus] | None = None, limit: int = 50, offset: int = 0
@@ -402,7 +289,7 @@ class Store:
             limit,
             offset,
         )
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     async def events(self, ref: int | str) -> list[TaskEvent]:
         task = await self.get_task(ref)
@@ -481,6 +368,9 @@ class Store:
         if channel := self._notify_channel():
             await conn.execute("SELECT pg_notify($1, '')", channel)
 
+    def _redacted(self, changes: dict[str, Any]) -> dict[str, Any]:
+        return {column: self.redactor.value(value) if column in _TEXTUAL else value for column, value in changes.items()}
+
     def _notify_channel(self) -> str | None:
         """Relays in other processes hear of new outbox rows by NOTIFY; a local one directly."""
         return None if self.relay_wake else OUTBOX_CHANNEL
@@ -493,7 +383,7 @@ class Store:
 # One round trip for a batch of tasks: each task, its first audit row, its outbox row and,
 # when the relay is in another process, the relay's wake-up ($11: the NOTIFY channel, or
 # NULL). Ids are drawn first so each returned row can be matched to its input (`n`).
-_CREATE_TASKS = """
+CREATE_TASKS = """
 WITH input AS (
     SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, i.*
     FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
@@ -516,19 +406,8 @@ SELECT task.*, input.n FROM task JOIN input USING (id) LEFT JOIN notified ON tru
 """
 
 
-def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows turned into one list per column: the arrays an unnest($1, $2, ...) takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
 async def _outcome(result: Awaitable[list[tuple[Task, bool]]]) -> tuple[Task, bool] | BaseException:
     try:
         return (await result)[0]
     except Exception as exc:
         return exc
-
-
-def _migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("fixfleet") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
-    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]

@@ -70,8 +70,13 @@ class Executor(AgentLoop):
     async def _change(self, task: Task, tree: Path, base: str, before: dict, placed: list[str]) -> ChangeSet:
         """The agent's work as checked data; a change that breaks a rule fails the task."""
         try:
-            return extract(tree, base, await self.workspaces.list_tree(task.repo, base), before=before,
-                           mount_points=placed)
+            change = extract(tree, base, await self.workspaces.list_tree(task.repo, base), before=before,
+                             mount_points=placed)
+            leaking = [c.path for c in change.files if c.content and self.runner.redactor.knows(
+                c.content.decode("utf-8", "replace"))]
+            if leaking:
+                raise ChangeRefused(f"{', '.join(leaking)} hold(s) one of the platform's secrets")
+            return change
         except ChangeRefused as exc:
             await self.store.record_event(task.id, actor=self.name, reason=f"change refused: {exc}")
             raise ExecutionFailed(f"change refused: {exc}") from exc
@@ -87,6 +92,7 @@ class Executor(AgentLoop):
 
     async def _commit(self, task: Task, change: ChangeSet, evidence: Evidence, summary: str) -> list[str]:
         """Two conventional commits made from the verified data: the tests, then the fix."""
+        summary = self.runner.redactor.text(summary)
         subject = summary.strip().splitlines()[0][:60] if summary.strip() else "fix the reported bug"
         tests = await self.workspaces.commit(task.repo, change.base_sha, change.subset(evidence.test_files),
                                              f"test: reproduce {task.key}")

@@ -49,6 +49,7 @@ class Planner(AgentLoop):
             plan = await self._plan(task, checkout.path, spec, env.plan.test_domains, feedback)
         finally:
             await self.workspaces.discard(checkout)
+        plan = self.runner.redactor.value(plan)  # PLAN.md, the PR, Jira and Slack quote it
         version = task.plan_version + 1
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},

@@ -65,6 +65,10 @@ class Redactor:
             value = pattern.sub(REDACTED, value)
         return URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", value)
 
+    def knows(self, text: str) -> bool:
+        """Whether `text` holds a configured secret in any of its forms (token shapes aside)."""
+        return any(secret in text for secret in self.secrets)
+
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)

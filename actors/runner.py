@@ -59,7 +59,7 @@ from actors.session_models import OUTPUT_TOOLS, Denial, SessionLimits, SessionRe
 from actors.skills import install_skills
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
-from fixfleet.workspace.egress import ModelProxy
+from fixfleet.workspace.model_proxy import ModelProxy
 from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
 from fixfleet.workspace.spawn import CLOSE_INHERITED
 

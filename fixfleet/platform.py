@@ -64,7 +64,8 @@ class Platform:
         os.environ.update(env)
         progress("starting Ray")
         local = self.options.address is None
-        self.ray_temp_dir = Path(tempfile.mkdtemp(prefix="ff-ray-")) if local else None  # 0700: Ray's logs are ours
+        # Ray makes its temp dir world-writable; inside a 0700 parent nobody else reaches its logs.
+        self.ray_temp_dir = Path(tempfile.mkdtemp(prefix="ff-ray-")) if local else None
         ray.init(
             address=self.options.address or "local",  # "local": never attach to a cluster `ray start` left running
             namespace=APP_NAME,
@@ -72,7 +73,7 @@ class Platform:
             include_dashboard=False,
             logging_level="WARNING",
             log_to_driver=False,
-            _temp_dir=str(self.ray_temp_dir) if self.ray_temp_dir else None,
+            _temp_dir=str(self.ray_temp_dir / "ray") if self.ray_temp_dir else None,
         )
         progress("deploying the Serve ingress")
         serve.start(http_options={"host": self.options.http_host, "port": self.options.http_port})

@@ -1,58 +1,42 @@
-"""The sandbox's only two ways out: an allowlisting CONNECT proxy and the model-API proxy.
+"""One of the sandbox's two ways out: an allowlisting CONNECT proxy (the other: model_proxy.py).
 
 Agents and repository test code run in a bubblewrap sandbox without a network
-(`--unshare-net`). Two platform-side proxies listen on Unix sockets that are bind-mounted into
-the sandbox, where a socat bridge exposes each as `127.0.0.1:<port>`:
+(`--unshare-net`). Platform-side proxies listen on Unix sockets that are bind-mounted into the
+sandbox, where a socat bridge exposes each as `127.0.0.1:<port>`.
 
-* `EgressProxy` — HTTP CONNECT (and plain absolute-form HTTP) to an allowlist of hosts, for
-  package registries and the like. It resolves names itself and refuses a host whose addresses
-  are loopback, link-local (cloud metadata), multicast or unspecified, so an allowed name cannot
-  be pointed at the platform's own services; then it connects to the very address it checked.
-* `ModelProxy` — the only path to the Messages API. The CLI inside holds a per-session dummy key;
-  the proxy swaps it for the real credential, which therefore never enters the sandbox, and
-  streams the answer back as it arrives.
-
-Both are plain asyncio objects: start them on the event loop that should serve them
-(`async with`, or `await start()` / `await close()`).
+`EgressProxy` — HTTP CONNECT (and plain absolute-form HTTP) to an allowlist of hosts, for
+package registries and the like. It resolves names itself and refuses a host whose addresses
+are loopback, link-local (cloud metadata), multicast or unspecified, so an allowed name cannot
+be pointed at the platform's own services; then it connects to the very address it checked.
+A plain asyncio object: start it on the event loop that should serve it (`async with`, or
+`await start()` / `await close()`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
 import os
 import re
-import secrets
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
 from pydantic import BaseModel, Field
-from yarl import URL
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-CredentialKind = Literal["api_key", "oauth_token"]
-Credential = tuple[CredentialKind, str]
 
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_PORTS = frozenset({80, 443})
-ANTHROPIC_API = "https://api.anthropic.com"
-OAUTH_BETA = "oauth-2025-04-20"
-SESSION_KEY_PREFIX = "sk-ant-fixfleet-session-"
-MAX_MODEL_REQUEST_BYTES = 64 * 1024 * 1024  # long contexts; aiohttp's default 1 MiB is too small
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _PIPE_CHUNK = 64 * 1024
 _HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
@@ -243,7 +227,7 @@ def _absolute_url(target: str) -> tuple[str, int, str]:
     return host, port, (url.path or "/") + (f"?{url.query}" if url.query else "")
 
 
-def _named_by_connection(values: Iterable[str]) -> set[str]:
+def named_by_connection(values: Iterable[str]) -> set[str]:
     """Headers a `Connection:` header declares hop-by-hop for this one connection."""
     return {token.strip().lower() for value in values for token in value.split(",")}
 
@@ -252,7 +236,7 @@ def origin_head(request: ProxyRequest) -> bytes:
     """The head to send upstream: origin-form target, our Host, one request per connection."""
     host = f"[{request.host}]" if ":" in request.host else request.host
     host = host if request.port == 80 else f"{host}:{request.port}"
-    connection = _named_by_connection(v for n, v in request.headers if n.lower() == "connection")
+    connection = named_by_connection(v for n, v in request.headers if n.lower() == "connection")
     # Transfer-Encoding stays: the body is piped through raw, framing and all.
     drop = (HOP_BY_HOP - {"transfer-encoding"}) | connection | {"host"}
     lines = [f"{request.method} {request.target} {request.version}", f"Host: {host}"]
@@ -438,194 +422,3 @@ def prepare_socket_path(path: Path) -> None:
     if not stat.S_ISSOCK(mode):
         raise FileExistsError(f"{path} exists and is not a socket")
     path.unlink()
-
-
-# -- the model proxy ---------------------------------------------------------------------------
-
-
-def api_error(status: int, kind: str, message: str) -> web.Response:
-    """An error exactly as the Messages API words it, so the CLI reports it sensibly."""
-    return web.json_response({"type": "error", "error": {"type": kind, "message": message}},
-                             status=status)
-
-
-def upstream_headers(incoming: MultiMapping[str], kind: CredentialKind, secret: str) -> CIMultiDict[str]:
-    """The client's headers minus its (dummy) auth and hop-by-hop ones, plus the real credential."""
-    connection = _named_by_connection(incoming.getall("connection", []))
-    drop = HOP_BY_HOP | connection | {"host", "content-length", "x-api-key", "authorization",
-                                      "accept-encoding"}
-    headers = CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in drop)
-    headers["accept-encoding"] = "identity"  # bytes pass through untouched, nothing to re-encode
-    if kind == "api_key":
-        headers["x-api-key"] = secret
-        return headers
-    headers["authorization"] = f"Bearer {secret}"
-    betas = [beta.strip() for value in headers.popall("anthropic-beta", [])
-             for beta in value.split(",") if beta.strip()]
-    headers["anthropic-beta"] = ",".join(betas + ([OAUTH_BETA] if OAUTH_BETA not in betas else []))
-    return headers
-
-
-def response_headers(incoming: MultiMapping[str]) -> CIMultiDict[str]:
-    """Upstream's headers for the client. Content-Encoding passes through with the raw bytes."""
-    connection = _named_by_connection(incoming.getall("connection", []))
-    drop = HOP_BY_HOP | connection | {"content-length"}
-    return CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in drop)
-
-
-def forwardable(path: str) -> bool:
-    return path.startswith("/v1/") and ".." not in path.split("/")
-
-
-class ModelProxy:
-    """The Messages API as the sandbox sees it: dummy session keys in, the real credential out.
-
-        async with ModelProxy(sock, None, lambda: ("api_key", vault.key())) as proxy:
-            key = proxy.add_session()  # ANTHROPIC_API_KEY=key inside the sandbox
-            ...
-            proxy.remove_session(key)
-
-    `credential()` is called per request (keys rotate) and may be sync or async; it must not
-    block the loop. The secret is never stored, logged or shown in repr.
-    """
-
-    def __init__(self, socket_path: Path, upstream: str | None,
-                 credential: Callable[[], Credential | Awaitable[Credential]], *,
-                 connect_timeout_s: float = 15, trust_env: bool = False) -> None:
-        self.socket_path = Path(socket_path)
-        self.upstream = URL(upstream or ANTHROPIC_API)
-        self.connect_timeout_s = connect_timeout_s
-        self.trust_env = trust_env  # True: honour HTTPS_PROXY on the platform side
-        self.requests: dict[str, int] = {}
-        self._credential = credential
-        self._sessions: set[str] = set()
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-
-    def __repr__(self) -> str:
-        upstream = self.upstream.with_user(None).with_query(None)
-        return (f"ModelProxy(socket={str(self.socket_path)!r}, upstream={str(upstream)!r}, "
-                f"sessions={len(self._sessions)})")
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def add_session(self) -> str:
-        key = SESSION_KEY_PREFIX + secrets.token_urlsafe(24)
-        self._sessions.add(key)
-        self.requests[key] = 0
-        return key
-
-    def remove_session(self, key: str) -> int:
-        """Revoke a dummy key; returns how many requests it forwarded."""
-        self._sessions.discard(key)
-        return self.requests.pop(key, 0)
-
-    async def start(self) -> ModelProxy:
-        prepare_socket_path(self.socket_path)
-        self._client = aiohttp.ClientSession(
-            # No total timeout: a session streams for minutes. Connecting must be quick.
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s,
-                                          sock_connect=self.connect_timeout_s),
-            connector=aiohttp.TCPConnector(limit=0),  # a pool cap would queue live sessions
-            auto_decompress=False, trust_env=self.trust_env, skip_auto_headers=("User-Agent",))
-        app = web.Application(client_max_size=MAX_MODEL_REQUEST_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # handler_cancellation: a client that goes away cancels its handler, which closes the
-        # upstream stream at once instead of at its next chunk.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, str(self.socket_path)).start()
-        log.info("model proxy listening on %s for %s", self.socket_path, self.upstream.host)
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-        self.socket_path.unlink(missing_ok=True)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        key = self._session_of(request)
-        if key is None:
-            log.warning("model proxy: %s %s without a session key", request.method, request.path)
-            return api_error(401, "authentication_error",
-                             "invalid x-api-key: not a session key issued by the fixfleet proxy")
-        if not forwardable(request.path):
-            return api_error(404, "not_found_error", f"{request.method} {request.path} is not forwarded")
-        try:
-            kind, secret = await self._current_credential()
-        except Exception as error:  # noqa: BLE001 - its message might quote the secret: type only
-            log.error("model proxy: credential() failed (%s)", type(error).__name__)
-            return api_error(500, "api_error", "the platform has no usable model credential")
-        headers = upstream_headers(request.headers, kind, secret)
-        body = await request.read()
-        return await self._forward(request, key, headers, body)
-
-    async def _forward(self, request: web.Request, key: str, headers: CIMultiDict[str],
-                       body: bytes) -> web.StreamResponse:
-        assert self._client is not None
-        url = URL(str(self.upstream).rstrip("/") + request.raw_path, encoded=True)
-        try:
-            upstream = await self._client.request(request.method, url, headers=headers,
-                                                  data=body or None, allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            log.warning("model proxy: %s unreachable (%s)", self.upstream.host, type(error).__name__)
-            return api_error(502, "api_error", f"model API unreachable ({type(error).__name__})")
-        if key in self.requests:
-            self.requests[key] += 1
-        log.debug("model proxy: %s %s -> %d", request.method, request.path, upstream.status)
-        async with upstream:
-            return await relay(request, upstream)
-
-    def _session_of(self, request: web.Request) -> str | None:
-        """The registered dummy key the request carries; None if any key it shows is unknown."""
-        presented = request.headers.getall("x-api-key", [])
-        for value in request.headers.getall("authorization", []):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            presented.append(token)
-        presented = [key.strip() for key in presented]
-        if not presented or any(key not in self._sessions for key in presented):
-            return None
-        return presented[0]
-
-    async def _current_credential(self) -> Credential:
-        result = self._credential()
-        kind, secret = await result if inspect.isawaitable(result) else result
-        secret = secret.strip()  # a key file's trailing newline would be an invalid header
-        usable = secret.isascii() and secret.isprintable() and " " not in secret
-        if kind not in ("api_key", "oauth_token") or not secret or not usable:
-            raise ValueError("unusable credential")  # no detail: it would be the secret
-        return kind, secret
-
-
-async def relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Stream upstream's answer to the client chunk by chunk, as it arrives (SSE)."""
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=response_headers(upstream.headers))
-    finished = False
-    try:
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-        finished = True
-    except ConnectionResetError:
-        log.debug("model proxy: client left mid-stream")
-    except (aiohttp.ClientError, TimeoutError) as error:
-        log.warning("model proxy: upstream stream broke (%s)", type(error).__name__)
-        if request.transport is not None:
-            request.transport.abort()  # the client must see a cut stream, not a clean end
-    finally:
-        if not finished:
-            upstream.close()  # stop reading upstream (also when the handler is cancelled)
-    return response

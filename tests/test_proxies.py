@@ -22,14 +22,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from fixfleet.replay import ReplayServer
-from fixfleet.workspace.egress import (
-    OAUTH_BETA,
-    Allowlist,
-    EgressProxy,
-    ModelProxy,
-    forbidden_reason,
-    upstream_headers,
-)
+from fixfleet.workspace.egress import Allowlist, EgressProxy, forbidden_reason
+from fixfleet.workspace.model_proxy import OAUTH_BETA, ModelProxy, upstream_headers
 
 REAL_KEY = "sk-ant-api03-REAL-platform-secret-0123456789"
 OAUTH_TOKEN = "sk-ant-oat01-REAL-oauth-secret-0123456789"

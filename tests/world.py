@@ -1,0 +1,180 @@
+"""The whole platform for end-to-end tests: real Ray, Postgres, Redis, git, the claude CLI and
+bubblewrap; GitHub, Slack, Jira and the model are local stand-ins. One world per test module.
+
+    with platform_world(root, database_url, redis_url, Credentials(...)) as world:
+        key = world.post_alert()
+        task = world.wait_for(key, {"AWAITING_APPROVAL"})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fixfleet.config import Settings
+from fixfleet.demo import make_sample_repo, sentry_alert
+from fixfleet.platform import Platform, PlatformOptions
+from fixfleet.replay import ReplayServer
+from fixfleet.replay.scenario import Scenario
+from serve_app.signatures import sign_github, sign_sentry
+from tests.conftest import clean_slate
+from tests.fakes.github import FakeGitHub
+from tests.fakes.jira import FakeJira
+from tests.fakes.slack import FakeSlack
+from tests.ingress_server import free_port
+
+REPO_NAME, CHANNEL = "acme/statskit", "C0PLANS"
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the platform and the stand-ins share: tokens, webhook secrets, the operator's API token."""
+
+    github_token: str
+    slack_token: str
+    jira_token: str
+    model_key: str
+    api_token: str
+    secrets: dict[str, str] = field(default_factory=dict)  # github, sentry, jira webhook secrets
+    jira_email: str = "bot@acme.test"
+
+
+@dataclass
+class World:
+    url: str
+    remote: Path
+    root: Path
+    github: FakeGitHub
+    slack: FakeSlack
+    jira: FakeJira
+    planner_model: ReplayServer
+    executor_model: ReplayServer
+    platform: Platform
+    credentials: Credentials
+
+    def script(self, planner: str | dict = "demo_planner", executor: str | dict = "demo_executor") -> None:
+        for server, scenario in ((self.planner_model, planner), (self.executor_model, executor)):
+            path = SCENARIOS / f"{scenario}.yaml" if isinstance(scenario, str) else None
+            server.scenario = Scenario.load(path if path and path.exists() else scenario)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = httpx.request(method, f"{self.url}{path}", timeout=30, **kwargs,
+                               headers={"Authorization": f"Bearer {self.credentials.api_token}"})
+        assert answer.status_code < 300, answer.text
+        return answer.json()
+
+    def events(self, key: str) -> list[dict[str, Any]]:
+        return self.api("GET", f"/tasks/{key}/events")
+
+    def wait_for(self, key: str, statuses: set[str], timeout_s: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            task = self.api("GET", f"/tasks/{key}")
+            if task["status"] in statuses:
+                return task
+            if task["status"] in {"FAILED", "COMPLETED", "REJECTED", "CANCELLED"}:
+                break  # ended elsewhere: no use waiting
+            self.platform.agent_status()  # also restarts the loop of an actor Ray brought back
+            time.sleep(0.5)
+        events = self.events(key)
+        health = httpx.get(f"{self.url}/health", timeout=30).json()  # queue depths and agents: where it stopped
+        raise AssertionError(f"{key} stuck at {task['status']}: {[(e['to_status'], e['reason']) for e in events[-5:]]}; "
+                             f"agents {self.platform.agent_status()}; health {health}")
+
+    def post_alert(self, alert: dict[str, Any] | None = None) -> str:
+        body = json.dumps(alert or sentry_alert(self.remote)).encode()
+        answer = httpx.post(f"{self.url}/webhooks/sentry", content=body, timeout=30, headers={
+            "Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": os.urandom(8).hex(),
+            "Sentry-Hook-Signature": sign_sentry(self.credentials.secrets["sentry"], body)})
+        assert answer.status_code == 202, answer.text
+        return answer.json()["task"]
+
+    def comment(self, number: int, author: str, text: str, *, repo: str = REPO_NAME) -> httpx.Response:
+        """A comment on pull request `number` of `repo` (another repository sends its webhooks here too)."""
+        clone = f"file://{self.remote}" if repo == REPO_NAME else f"https://github.com/{repo}.git"
+        payload = {
+            "action": "created",
+            "issue": {"number": number, "pull_request": {"url": "x"}, "title": "plan", "user": {"login": "fixfleet[bot]"}},
+            "comment": {"id": int(time.time() * 1000), "body": text, "user": {"login": author, "type": "User"},
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))},
+            "repository": {"full_name": repo, "clone_url": clone,
+                           "html_url": f"{self.github.url}/{repo}"},  # the GitHub the platform talks to
+            "sender": {"login": author, "type": "User"},
+        }
+        body = json.dumps(payload).encode()
+        return httpx.post(f"{self.url}/webhooks/github", content=body, timeout=30, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": os.urandom(8).hex(),
+            "X-Hub-Signature-256": sign_github(self.credentials.secrets["github"], body)})
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", "--git-dir", str(self.remote), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def branch_log(self, branch: str) -> list[str]:
+        run = subprocess.run(["git", "--git-dir", str(self.remote), "log", "--format=%s", f"main..{branch}"],
+                             capture_output=True, text=True)
+        return run.stdout.split("\n")[:-1] if run.returncode == 0 else []
+
+    def branch_file(self, branch: str, path: str) -> str:
+        return self.git("show", f"{branch}:{path}")
+
+
+def pr_number(task: dict[str, Any]) -> int:
+    return int(task["pr_url"].rstrip("/").rsplit("/", 1)[1])
+
+
+@contextmanager
+def platform_world(root: Path, database_url: str, redis_url: str, credentials: Credentials,
+                   extra_env: dict[str, str] | None = None) -> Iterator[World]:
+    """The sample repository behind a git remote, the stand-ins, and the platform configured for them."""
+    clean_slate(database_url, redis_url)
+    remote = make_sample_repo(root)
+    saved_env = dict(os.environ)
+    c = credentials
+    with FakeGitHub(c.github_token) as github, FakeSlack(c.slack_token, channels=(CHANNEL,)) as slack, \
+            FakeJira(c.jira_email, c.jira_token) as jira:
+        github.add_repo(REPO_NAME)
+        github.link_git_remote(REPO_NAME, remote)  # the branches are pushed to the git remote
+        github.grant(REPO_NAME, "maintainer", "write")
+        github.grant(REPO_NAME, "visitor", "read")
+        planner_model, executor_model = ReplayServer("demo_planner").start(), ReplayServer("demo_executor").start()
+        (root / "no-mcp.json").write_text('{"mcpServers": {}}')
+        env = {
+            "FIXFLEET_GITHUB_WEBHOOK_SECRET": c.secrets["github"], "FIXFLEET_SENTRY_CLIENT_SECRET": c.secrets["sentry"],
+            "FIXFLEET_JIRA_WEBHOOK_SECRET": c.secrets["jira"],
+            "FIXFLEET_API_TOKENS": json.dumps([{"name": "lead", "token": c.api_token, "scopes": ["read", "submit", "approve"]}]),
+            "FIXFLEET_DEFAULT_REPO": f"file://{remote}", "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]),
+            "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
+            "FIXFLEET_GITHUB_REPOS": json.dumps({f"file://{remote}": REPO_NAME}),
+            "FIXFLEET_JIRA_PROJECTS": '["STAT"]', "FIXFLEET_JIRA_PROJECT_REPOS": json.dumps({"STAT": f"file://{remote}"}),
+            "GITHUB_TOKEN": c.github_token, "FIXFLEET_GITHUB_API_URL": github.url,
+            "SLACK_BOT_TOKEN": c.slack_token, "FIXFLEET_SLACK_API_URL": slack.api_url, "FIXFLEET_SLACK_CHANNEL": CHANNEL,
+            "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": c.jira_email, "JIRA_API_TOKEN": c.jira_token,
+            "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"), "FIXFLEET_MAX_ATTEMPTS": "1", "FIXFLEET_LEASE_S": "4",
+            "ANTHROPIC_API_KEY": c.model_key, **(extra_env or {}),
+        }
+        settings = Settings(database_url=database_url, redis_url=redis_url, home=root / "home")
+        options = PlatformOptions(http_port=free_port(), executors=1, env=env,
+                                  planner_overrides={"anthropic_base_url": planner_model.url},
+                                  executor_overrides={"anthropic_base_url": executor_model.url})
+        platform = Platform(settings, options)
+        try:
+            platform.start(progress=lambda line: None)
+            yield World(platform.url, remote, root, github, slack, jira, planner_model, executor_model, platform,
+                        credentials)
+        finally:
+            platform.stop()
+            planner_model.stop()
+            executor_model.stop()
+            os.environ.clear()
+            os.environ.update(saved_env)

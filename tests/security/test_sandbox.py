@@ -181,10 +181,14 @@ def test_a_repository_test_run_by_the_verifier_is_contained(target: Target) -> N
 # -- inside an agent's session --------------------------------------------------------------------
 
 
-def run_hostile_session(target: Target, role: str, turns: list[dict], spec_for=None) -> tuple[ReplayServer, Path]:
+def run_hostile_session(target: Target, role: str, turns: list[dict], spec_for=None,
+                        with_git: bool = False) -> tuple[ReplayServer, Path]:
     workspace = target.root / "checkout"
     workspace.mkdir()
     (workspace / "README.md").write_text("a checkout\n")
+    if with_git:  # as the planner's checkout has: a private repository of the branch's history
+        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "c"]):
+            subprocess.run(["git", *args], cwd=workspace, check=True, capture_output=True)
     scenario = Scenario.load({"name": "hostile", "model": "claude-sonnet-4-5", "turns": turns, "final_text": "done"})
     with ReplayServer(scenario) as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url, anthropic_api_key=CANARIES["ANTHROPIC_API_KEY"],
@@ -254,8 +258,10 @@ def test_the_planners_read_only_checkout_cannot_be_written_by_any_program(target
             "description": "awk"}}}]},
         {"content": [{"tool_use": {"name": "Bash", "input": {
             "command": "find . -name README.md -exec sh -c 'echo pwned > {}' \\;", "description": "find"}}}]},
+        {"content": [{"tool_use": {"name": "Bash", "input": {
+            "command": "git -c core.fsmonitor='touch /workspace/fsmonitor-was-here' status", "description": "git"}}}]},
     ]
-    server, workspace = run_hostile_session(target, "planner", turns)
+    server, workspace = run_hostile_session(target, "planner", turns, with_git=True)
     assert (workspace / "README.md").read_text() == "a checkout\n"
-    assert not (workspace / "awk-was-here").exists()
+    assert not (workspace / "awk-was-here").exists() and not (workspace / "fsmonitor-was-here").exists()
     assert "Read-only file system" in tool_results(server)

@@ -60,7 +60,8 @@ class AgentLoop:
         self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
         self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
         self.tokens = TokenManager(self.settings)
-        self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token)
+        self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token,
+                                           history=self.git_history)
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
                                                self.settings.suite_command)
         self.verifier = Verifier(self.workspaces, self.environments, self.sandbox)
@@ -141,8 +142,7 @@ class AgentLoop:
                                writable: bool) -> tuple[Checkout, SandboxSpec, list[str]]:
         """A fresh checkout of `sha` for a session, the sandbox it runs in, and the paths the
         platform placed in it (never part of a change)."""
-        checkout = await self.workspaces.checkout(task.repo, sha, f"{task.key}-{purpose}", history=self.git_history,
-                                                  branch=task.branch)
+        checkout = await self.workspaces.checkout(task.repo, sha, f"{task.key}-{purpose}", branch=task.branch)
         placed = self.environments.prepare(env, checkout)
         return checkout, self.environments.spec(env, checkout, workspace_writable=writable), placed
 

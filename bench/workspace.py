@@ -164,7 +164,7 @@ def clone(url: str, destination: Path) -> None:
 async def timed_worktree(manager: WorkspaceManager, url: str, branch: str) -> tuple[float, Path]:
     started = time.perf_counter()
     sha = await manager.resolve(url)
-    checkout = await manager.checkout(url, sha, branch, history=1, branch=branch)
+    checkout = await manager.checkout(url, sha, branch, branch=branch)
     return time.perf_counter() - started, checkout.path
 
 
@@ -188,8 +188,8 @@ def time_status(path: Path) -> float:
 
 async def measure(repo: Path, work: Path, runs: int) -> dict[str, list[float]]:
     url = repo.as_uri()
-    warm = WorkspaceManager(work / "warm", disk_budget_bytes=50 * 2**30)
-    cold = WorkspaceManager(work / "cold", disk_budget_bytes=50 * 2**30, warm_spares=0)
+    warm = WorkspaceManager(work / "warm", disk_budget_bytes=50 * 2**30, history=1)  # as the executor's
+    cold = WorkspaceManager(work / "cold", disk_budget_bytes=50 * 2**30, warm_spares=0, history=1)
     figures: dict[str, list[float]] = {
         "clone_s": [], "worktree_s": [], "cold_worktree_s": [], "first_status_s": []}
     try:

@@ -228,6 +228,28 @@ async def test_the_agents_private_git_is_shallow_and_knows_nothing_of_the_mirror
     assert "-print('v3')" in git("diff", cwd=tree)
 
 
+async def test_a_spare_brings_the_agents_repository_built_ahead(tmp_path: Path, upstream: Upstream) -> None:
+    workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, history=1)
+    try:
+        await workspace.warm(upstream.url)
+        base = upstream.sha("main")
+        plan = upstream.commit({"PLAN.md": "# plan\n"}, branch="fixfleet/FF-1", message="plan")  # child of main
+        other = upstream.commit({"x.txt": "x\n"}, branch="elsewhere", message="unrelated")
+        await workspace.resolve(upstream.url, "fixfleet/FF-1", branch=True)
+        for sha, name in ((base, "FF-0"), (plan, "FF-1"), (other, "FF-2")):
+            await workspace.warm(upstream.url)  # a spare (with its repository) for each checkout
+            checkout = await workspace.checkout(upstream.url, sha, name, branch=f"fixfleet/{name}")
+            assert checkout.from_spare
+            assert git("rev-parse", "HEAD", cwd=checkout.path) == sha
+            assert git("status", "--porcelain", cwd=checkout.path) == ""
+            assert git("cat-file", "-t", base, cwd=checkout.path) == "commit"
+        assert git("log", "--format=%s", cwd=checkout.path).splitlines()[0] == "unrelated"
+        kept = {s.git_dir for state in workspace._states.values() for s in state.spares}
+        assert set(workspace.spares_dir.glob("*/*.git")) == kept  # a used spare's repository went with it
+    finally:
+        await workspace.close()
+
+
 async def test_concurrent_checkouts_fetches_and_spare_builds_on_one_mirror(
     manager: WorkspaceManager, upstream: Upstream
 ) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.repos import InvalidRepo, check_git_url
+from fixfleet.workspace import private_git
 from fixfleet.workspace.git import GitCredentials, GitError, GitRunner
 
 log = logging.getLogger("fixfleet.workspace")
@@ -105,6 +106,7 @@ class Spare:
     path: Path
     sha: str
     size: int
+    git_dir: Path | None = None  # the agent's repository, built ahead for `sha` (private_git.py)
 
 
 @dataclass
@@ -198,7 +200,7 @@ class WorkspaceManager:
     def __init__(self, root: Path, disk_budget_bytes: int, github_token: SecretStr | None = None, *,
                  token_hosts: Collection[str] = ("github.com",), warm_spares: int = 1,
                  fetch_max_age_s: float = 0.0, network_timeout_s: float = 900.0,
-                 local_timeout_s: float = 300.0, branch_prefix: str = "fixfleet/"):
+                 local_timeout_s: float = 300.0, branch_prefix: str = "fixfleet/", history: int = 0):
         self.root = Path(root).absolute()
         self.mirrors_dir = self.root / "mirrors"
         self.spares_dir = self.root / "spares"
@@ -210,6 +212,7 @@ class WorkspaceManager:
         self.warm_spares = warm_spares
         self.fetch_max_age_s = fetch_max_age_s
         self.branch_prefix = branch_prefix
+        self.history = history  # commits in the agent's own repository of a checkout (0: none)
         self.stats = WorkspaceStats()
         self.git = GitRunner(GitCredentials(github_token, token_hosts),
                              network_timeout_s=network_timeout_s, local_timeout_s=local_timeout_s)
@@ -316,10 +319,12 @@ class WorkspaceManager:
 
     # -- checkouts -----------------------------------------------------------------------
 
-    async def checkout(self, url: str, sha: str, name: str, *, history: int = 0, branch: str | None = None) -> Checkout:
+    async def checkout(self, url: str, sha: str, name: str, *, history: int | None = None,
+                       branch: str | None = None) -> Checkout:
         """A plain tree of commit `sha` under checkouts/: taken from a spare when one is ready,
-        else checked out cold; then cut loose from the mirror. With `history` > 0 it gets a
-        `.git` of its own for the agent (see `_private_git`); the platform never uses it."""
+        else checked out cold; then cut loose from the mirror. With `history` > 0 (default: the
+        manager's) it gets a repository of its own for the agent (private_git.py) on `branch`."""
+        history = self.history if history is None else history
         url = validate_url(url)
         validate_ref_text(sha, "commit")
         state = self._state(url)
@@ -328,23 +333,28 @@ class WorkspaceManager:
         try:
             async with state.lock:
                 await self._clear_stale(state, target)
+                spare = None
                 try:
-                    from_spare = await self._take_spare(state, target, sha)
-                    if not from_spare:
+                    spare = await self._take_spare(state, target, sha)
+                    if spare is None:
                         await self.git.run("worktree", "add", "--quiet", "--detach", "--", str(target), sha,
                                            cwd=state.path)
                     index = await self._detach(state, target)
                     if history > 0:
-                        await self._private_git(state, target, sha, history, branch, index)
+                        built = spare if spare is not None and history == self.history else None
+                        await self._private_git(state, target, sha, history, branch, index, built)
                 except BaseException:
                     await asyncio.shield(self._remove_worktree(state, target))
                     raise
+                finally:
+                    if spare is not None and spare.git_dir is not None:
+                        await asyncio.to_thread(remove_tree, spare.git_dir)  # used (moved) or not: gone
             state.live.add(target)
         finally:
             state.pins -= 1
         self._touch(state, url)
         self._schedule_spares(state)
-        return Checkout(path=target, sha=sha, repo_url=url, from_spare=from_spare)
+        return Checkout(path=target, sha=sha, repo_url=url, from_spare=spare is not None)
 
     async def discard(self, checkout: Checkout) -> None:
         """Delete a checkout (only ones under this manager's checkouts/)."""
@@ -579,11 +589,11 @@ class WorkspaceManager:
             await asyncio.to_thread(remove_tree, target)
         await self.git.run("worktree", "prune", cwd=state.path)
 
-    async def _take_spare(self, state: MirrorState, target: Path, sha: str) -> bool:
+    async def _take_spare(self, state: MirrorState, target: Path, sha: str) -> Spare | None:
         spare = state.spares.pop(0) if state.spares else None  # no await: no double handout
         if spare is None:
             self.stats.spare_misses += 1
-            return False
+            return None
         try:
             await self.git.run("worktree", "move", "--", str(spare.path), str(target), cwd=state.path)
             if sha != spare.sha:  # rewrites only the files that differ between the two commits
@@ -592,10 +602,12 @@ class WorkspaceManager:
             log.warning("spare unusable, checking out cold: %s", error.message)
             await self._remove_worktree(state, spare.path)
             await self._remove_worktree(state, target)
+            if spare.git_dir is not None:
+                await asyncio.to_thread(remove_tree, spare.git_dir)
             self.stats.spare_misses += 1
-            return False
+            return None
         self.stats.spare_hits += 1
-        return True
+        return spare
 
     async def _detach(self, state: MirrorState, target: Path) -> bytes:
         """Cut a fresh worktree loose: drop its `.git` file and its registration in the mirror.
@@ -609,32 +621,19 @@ class WorkspaceManager:
         await asyncio.to_thread(shutil.rmtree, admin_dir, True)
         return index
 
-    async def _private_git(self, state: MirrorState, target: Path, sha: str, depth: int,
-                           branch: str | None, index: bytes) -> None:
-        """A shallow repository of its own in the checkout (the last `depth` commits, nothing
-        of the mirror's config or other refs), so the agent can `git status`, `diff`, `log`
-        and `blame`. Built in a platform directory and moved in before anyone runs in it."""
+    async def _private_git(self, state: MirrorState, target: Path, sha: str, depth: int, branch: str | None,
+                           index: bytes, spare: Spare | None) -> None:
+        """The agent's repository in the checkout: the spare's, built ahead, when it fits."""
         staging = self.tmp_dir / f"git-{uuid.uuid4().hex}"
         try:
-            await self.git.run("init", "--quiet", "--bare", "--", str(staging))
-            objects = await self.git.run_bytes("rev-list", "--objects", f"--max-count={depth}", "--end-of-options",
-                                               sha, cwd=state.path)
-            await self.git.run("pack-objects", "--quiet", "--window=0", "--depth=0", "--",
-                               str(staging / "objects" / "pack" / "pack"), cwd=state.path, stdin=objects)
-            parents = await self.git.run("rev-list", "--parents", f"--max-count={depth}", "--end-of-options", sha,
-                                         cwd=state.path)
-            kept = {line.split()[0] for line in parents.splitlines()}
-            shallow = [line.split()[0] for line in parents.splitlines() if set(line.split()[1:]) - kept]
-            (staging / "shallow").write_text("".join(f"{commit}\n" for commit in shallow))
-            head = f"refs/heads/{branch}" if branch else None
-            if head:
-                (staging / head).parent.mkdir(parents=True, exist_ok=True)
-                (staging / head).write_text(f"{sha}\n")
-            (staging / "HEAD").write_text(f"ref: {head}\n" if head else f"{sha}\n")
-            (staging / "index").write_bytes(index)
-            config = (staging / "config").read_text().replace("bare = true", "bare = false")
-            (staging / "config").write_text(config)
-            os.rename(staging, target / ".git")
+            reused = spare is not None and spare.git_dir is not None and spare.git_dir.is_dir()
+            if reused:
+                os.rename(spare.git_dir, staging)  # type: ignore[union-attr]
+                reused = await private_git.extend(self.git, state.path, staging, spare.sha, sha)  # type: ignore[union-attr]
+            if not reused:
+                await asyncio.to_thread(remove_tree, staging)
+                await private_git.build(self.git, state.path, staging, sha, depth)
+            private_git.install(staging, target, sha, branch, index)
         except BaseException:
             await asyncio.to_thread(remove_tree, staging)
             raise
@@ -670,7 +669,7 @@ class WorkspaceManager:
     async def _sweep_spares(self, state: MirrorState) -> None:
         """Spares left by an earlier process may be half built: discard them."""
         directory = self.spares_dir / state.key
-        known = {spare.path for spare in state.spares}
+        known = {spare.path for spare in state.spares} | {spare.git_dir for spare in state.spares if spare.git_dir}
         if directory.is_dir():
             for path in directory.iterdir():
                 if path not in known:
@@ -683,11 +682,16 @@ class WorkspaceManager:
             raise WorkspaceError("the remote has no default branch")
         path = self.spares_dir / state.key / uuid.uuid4().hex[:12]
         path.parent.mkdir(parents=True, exist_ok=True)
+        git_dir = path.with_suffix(".git") if self.history > 0 else None
         try:
             await self.git.run("worktree", "add", "--quiet", "--detach", "--", str(path), sha,
                                cwd=state.path, background=True)
+            if git_dir is not None:
+                await private_git.build(self.git, state.path, git_dir, sha, self.history, background=True)
             size = await asyncio.to_thread(disk_usage, path)
         except BaseException:  # cancelled (close) or failed: leave nothing half-known
             await asyncio.shield(self._remove_worktree(state, path))
+            if git_dir is not None:
+                await asyncio.shield(asyncio.to_thread(remove_tree, git_dir))
             raise
-        return Spare(path=path, sha=sha, size=size)
+        return Spare(path=path, sha=sha, size=size, git_dir=git_dir)

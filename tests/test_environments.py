@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed
+from tests.gitrepos import Upstream, make_upstream, own_git_config
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import RunResult, Sandbox
 
@@ -53,43 +53,9 @@ DEMO = {
 # -- helpers ------------------------------------------------------------------------------
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
-@dataclass
-class Upstream:
-    """A bare repository standing for the forge, plus a clone to push commits from."""
-
-    bare: Path
-    seed: Path
-
-    @property
-    def url(self) -> str:
-        return self.bare.as_uri()
-
-    def commit(self, files: dict[str, str | bytes | None], message: str = "change") -> str:
-        for name, content in files.items():
-            path = self.seed / name
-            if content is None:
-                path.unlink()
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        git("add", "-A", cwd=self.seed)
-        git("commit", "-q", "-m", message, cwd=self.seed)
-        git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.seed)
-        return git("rev-parse", "HEAD", cwd=self.seed)
-
-
-def make_upstream(directory: Path, files: dict[str, str | bytes | None]) -> tuple[Upstream, str]:
-    bare, seed = directory / "upstream.git", directory / "seed"
-    git("init", "-q", "--bare", "-b", "main", str(bare))
-    git("clone", "-q", str(bare), str(seed))
-    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=seed)
-    upstream = Upstream(bare, seed)
-    return upstream, upstream.commit(files, message="initial")
+def make_repo(directory: Path, files: dict[str, str | bytes | None]) -> tuple[Upstream, str]:
+    upstream = make_upstream(directory, files)
+    return upstream, upstream.sha("main")
 
 
 async def run_in(builder: EnvironmentBuilder, env: Environment, checkout: Checkout, script: str) -> RunResult:
@@ -104,11 +70,7 @@ def env_dirs(workspaces: WorkspaceManager, url: str) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    config = tmp_path_factory.mktemp("gitconfig") / "gitconfig"
-    config.write_text("")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GIT_CONFIG_GLOBAL", str(config))
-        patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    with own_git_config(tmp_path_factory.mktemp("gitconfig")):
         yield
 
 
@@ -140,7 +102,7 @@ def builder(workspaces: WorkspaceManager, sandbox: Sandbox) -> EnvironmentBuilde
 async def demo(root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder
                ) -> tuple[Upstream, str, Environment]:
     """The Python repository with its first environment built."""
-    upstream, sha = make_upstream(root / "demo", DEMO)
+    upstream, sha = make_repo(root / "demo", DEMO)
     await workspaces.resolve(upstream.url)
     env = await builder.ensure(upstream.url, sha)
     return upstream, sha, env
@@ -227,7 +189,7 @@ asyncio.run(main(*sys.argv[1:]))
 async def test_two_processes_on_one_root_build_once(root: Path, workspaces: WorkspaceManager) -> None:
     config = ("setup:\n  - uv venv --allow-existing --quiet --python \"$FIXFLEET_PYTHON\" /env\n"
               "  - sleep 1.5\ntest_runner: unittest\n")
-    upstream, sha = make_upstream(root / "procs", {".fixfleet.yml": config, "test_x.py": "import unittest\n"})
+    upstream, sha = make_repo(root / "procs", {".fixfleet.yml": config, "test_x.py": "import unittest\n"})
     await workspaces.resolve(upstream.url)  # the mirror exists before the two processes start
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -246,7 +208,7 @@ async def test_two_processes_on_one_root_build_once(root: Path, workspaces: Work
 
 async def test_failed_setup_raises_with_uvs_error_and_leaves_nothing(
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
-    upstream, sha = make_upstream(root / "broken", {
+    upstream, sha = make_repo(root / "broken", {
         "requirements.txt": "fixfleet-no-such-package-0000\npytest\n",
         "tests/test_x.py": "def test_x():\n    assert True\n"})
     await workspaces.resolve(upstream.url)
@@ -267,7 +229,7 @@ async def test_failed_setup_raises_with_uvs_error_and_leaves_nothing(
 ], ids=["bad-fixfleet-yml", "js-without-a-runner"])
 async def test_a_repository_that_cannot_be_planned_fails_setup_with_the_reason(
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder, files: dict[str, str]) -> None:
-    upstream, sha = make_upstream(root / f"unplannable-{len(files)}", files)
+    upstream, sha = make_repo(root / f"unplannable-{len(files)}", files)
     await workspaces.resolve(upstream.url)
 
     with pytest.raises(SetupFailed) as raised:  # what the executor records in the task's audit trail
@@ -285,7 +247,7 @@ async def test_a_repository_that_cannot_be_planned_fails_setup_with_the_reason(
 async def test_setup_reaching_an_unlisted_host_is_refused_by_the_proxy(
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder, command: str) -> None:
     config = json.dumps({"setup": [command], "test_runner": "unittest"})  # JSON is YAML
-    upstream, sha = make_upstream(root / f"egress-{command[:4]}", {".fixfleet.yml": config})
+    upstream, sha = make_repo(root / f"egress-{command[:4]}", {".fixfleet.yml": config})
     await workspaces.resolve(upstream.url)
 
     with pytest.raises(SetupFailed) as raised:
@@ -304,7 +266,7 @@ async def test_fixfleet_yml_setup_and_env_are_honoured(
               "  - echo \"$GREETING from setup\" > /env/greeting.txt\n"
               "test_runner: unittest\n"
               "env: {GREETING: hello-fixfleet}\n")
-    upstream, sha = make_upstream(root / "custom", {
+    upstream, sha = make_repo(root / "custom", {
         ".fixfleet.yml": config,
         "pyproject.toml": PYPROJECT.format(deps=""),
         "src/ffdemo/__init__.py": "VALUE = 7\n"})
@@ -329,7 +291,7 @@ async def test_fixfleet_yml_setup_and_env_are_honoured(
 
 async def test_setuptools_scm_package_without_git_builds_and_its_version_file_is_laid_in(
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
-    upstream, sha = make_upstream(root / "scm", {
+    upstream, sha = make_repo(root / "scm", {
         "pyproject.toml": ('[build-system]\nrequires = ["setuptools>=64", "setuptools-scm>=8"]\n'
                            'build-backend = "setuptools.build_meta"\n\n[project]\nname = "scmpkg"\n'
                            'dynamic = ["version"]\n\n[tool.setuptools_scm]\nversion_file = "src/scmpkg/_version.py"\n'),
@@ -362,7 +324,7 @@ async def test_uv_bound_into_the_sandbox_is_the_platforms_binary_not_a_shim_on_p
     (shims / "uv").write_text('#!/bin/sh\nexec /nonexistent/pyenv exec uv "$@"\n')
     (shims / "uv").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
-    upstream, sha = make_upstream(root / "shimmed", {"test_x.py": "import unittest\n"})
+    upstream, sha = make_repo(root / "shimmed", {"test_x.py": "import unittest\n"})
     await workspaces.resolve(upstream.url)
 
     env = await builder.ensure(upstream.url, sha)
@@ -382,7 +344,7 @@ async def test_javascript_repository_gets_node_modules_mounted(
     (scratch / "package.json").write_text(json.dumps(package, indent=2))
     subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"], cwd=scratch,
                    check=True, capture_output=True, timeout=120)
-    upstream, sha = make_upstream(root / "js", {
+    upstream, sha = make_repo(root / "js", {
         "package.json": (scratch / "package.json").read_text(),
         "package-lock.json": (scratch / "package-lock.json").read_text(),
         "index.js": "module.exports = require('is-number');\n"})
@@ -411,7 +373,7 @@ async def test_evicting_the_mirror_removes_its_environments(root: Path, sandbox:
     workspaces = WorkspaceManager(root / "evict", BIG_BUDGET, warm_spares=0)
     builder = EnvironmentBuilder(workspaces, sandbox)
     try:
-        upstream, sha = make_upstream(root / "evict-repo", {"test_x.py": "import unittest\n"})
+        upstream, sha = make_repo(root / "evict-repo", {"test_x.py": "import unittest\n"})
         await workspaces.resolve(upstream.url)
         env = await builder.ensure(upstream.url, sha)
         assert (env.path / "bin/python").exists()

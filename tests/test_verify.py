@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from fixfleet.workspace.environments import Environment, EnvironmentBuilder
 from fixfleet.workspace.mirrors import WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox
 from fixfleet.workspace.verify import Evidence, EvidenceError, Verifier
+from tests.gitrepos import make_upstream, own_git_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -51,23 +51,10 @@ TEST_ADD = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5
 # -- helpers ------------------------------------------------------------------------------
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def make_remote(directory: Path, files: dict[str, str]) -> tuple[str, str]:
     """A bare remote holding one commit of `files`: (url, sha)."""
-    bare, seed = directory / "upstream.git", directory / "seed"
-    git("init", "-q", "--bare", "-b", "main", str(bare))
-    git("init", "-q", "-b", "main", str(seed))
-    for name, text in files.items():
-        (seed / name).parent.mkdir(parents=True, exist_ok=True)
-        (seed / name).write_text(text)
-    git("add", "-A", cwd=seed)
-    git("commit", "-q", "-m", "initial", cwd=seed)
-    git("push", "-q", str(bare), "HEAD:refs/heads/main", cwd=seed)
-    return bare.as_uri(), git("rev-parse", "HEAD", cwd=seed)
+    upstream = make_upstream(directory, files)
+    return upstream.url, upstream.sha("main")
 
 
 def change(sha: str, files: dict[str, str]) -> ChangeSet:
@@ -92,11 +79,7 @@ class Repo:
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    config = tmp_path_factory.mktemp("gitconfig") / "gitconfig"
-    config.write_text("")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GIT_CONFIG_GLOBAL", str(config))
-        patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    with own_git_config(tmp_path_factory.mktemp("gitconfig")):
         yield
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from tests.gitrepos import Upstream, git, make_upstream, own_git_config
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceError, WorkspaceManager, disk_usage
 
 BIG_BUDGET = 10**12
@@ -31,55 +32,6 @@ BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
-@dataclass
-class Upstream:
-    """A bare repository standing for the forge, plus a clone to push commits from."""
-
-    bare: Path
-    seed: Path
-
-    @property
-    def url(self) -> str:
-        return self.bare.as_uri()
-
-    def commit(self, files: dict[str, str], branch: str = "main", message: str = "change") -> str:
-        git("fetch", "-q", "origin", cwd=self.seed)
-        start = branch if self.has(branch) else "main" if self.has("main") else None
-        if start:  # new branches start from main; the very first commit needs no checkout
-            git("checkout", "-q", "-B", branch, f"origin/{start}", cwd=self.seed)
-        for name, text in files.items():
-            (self.seed / name).parent.mkdir(parents=True, exist_ok=True)
-            (self.seed / name).write_text(text)
-        git("add", "-A", cwd=self.seed)
-        git("commit", "-q", "-m", message, cwd=self.seed)
-        git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.seed)
-        git("fetch", "-q", "origin", cwd=self.seed)
-        return self.sha(branch)
-
-    def has(self, branch: str) -> bool:
-        refs = git("for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", cwd=self.bare)
-        return bool(refs)
-
-    def sha(self, ref: str) -> str:
-        return git("rev-parse", ref, cwd=self.bare)
-
-
-def make_upstream(directory: Path, files: dict[str, str] | None = None) -> Upstream:
-    bare, seed = directory / "upstream.git", directory / "seed"
-    git("init", "-q", "--bare", "-b", "main", str(bare))
-    git("clone", "-q", str(bare), str(seed))
-    upstream = Upstream(bare, seed)
-    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=seed)
-    upstream.commit(files or {"README.md": "hello\n", "src/app.py": "print('v1')\n"},
-                    message="initial")
-    return upstream
 
 
 def worktree_paths(mirror: Path) -> list[str]:
@@ -96,14 +48,9 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config leaks in; commits in tests get an identity."""
-    (tmp_path / "gitconfig").write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+def isolated_git(tmp_path: Path) -> Iterator[None]:
+    with own_git_config(tmp_path):
+        yield
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
-"""What every agent actor is: a loop over its queue with warm workspaces and a Claude session runner.
+"""What every agent is: a loop over its queue with warm workspaces and a Claude session runner.
 
-`AgentLoop` is plain Python (testable without Ray); `actors/planner.py` and
-`actors/executor.py` give it a `handle(job)` and wrap it as a Ray actor.
+`AgentLoop` is plain Python (testable without Ray); `actors/planner.py` and `actors/executor.py`
+give it a `handle(job)`; `serve_app/agents.py` runs each as the replicas of a Serve deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -17,16 +18,22 @@ from typing import Any
 import psutil
 
 from actors.credentials import TokenManager
+from actors.metrics import AgentMetrics
 from actors.publish import Publisher
 from actors.runner import SessionRunner
 from actors.session_models import SessionRequest
-from fixfleet.config import Settings, load_settings
-from fixfleet.redact import Redactor, redact_logs
+from fixfleet.config import Settings
+from fixfleet.logs import bind_task, task_context
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
-from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed, network_access
+from fixfleet.workspace.environments import (
+    Environment,
+    EnvironmentBuilder,
+    SetupFailed,
+    network_access,
+)
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
@@ -45,6 +52,9 @@ class AgentLoop:
         self.home: Path = settings.home / "agents" / name
         self.done = 0
         self.failed = 0
+        self.busy_since: float | None = None
+        self.last_beat: float | None = None
+        self.metrics = AgentMetrics(self.role)
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -71,7 +81,29 @@ class AgentLoop:
         self.publisher = Publisher(self.settings, self.store)
         self._stack.push_async_callback(self.publisher.aclose)
         self.worker = Worker(self.queue, self.store, self._handle_counted, self.name, on_give_up=self.publisher.task_failed)
+        await self._beat()  # the agent is listed (and healthy) from its first moment
         self._tasks = [asyncio.create_task(self.worker.run(self._stop)), asyncio.create_task(self._heartbeat())]
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop claiming, let the task in hand finish (up to `timeout_s`), then stop: what a
+        replica does when Serve retires it. A task cut off anyway is taken over after its lease."""
+        self._stop.set()
+        worker = self._tasks[0] if self._tasks else None
+        if worker is not None and not worker.done():
+            with suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(worker), timeout_s)
+        await self.stop()
+
+    def problem(self) -> str | None:
+        """Why this agent is not fit to work (its loop died, its heartbeat stalled), or None."""
+        if not self._tasks:
+            return "not started"
+        if self._tasks[0].done():
+            return "the worker loop has ended"
+        stale_after = 3 * max(1.0, self.settings.lease_s / 3)
+        if self.last_beat is None or time.time() - self.last_beat > stale_after + 5:
+            return "its heartbeat is stale"
+        return None
 
     async def stop(self) -> None:
         self._stop.set()
@@ -85,22 +117,38 @@ class AgentLoop:
         await self._stack.aclose()
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "done": self.done,
-                "failed": self.failed}
+        return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "busy_since": self.busy_since,
+                "draining": self._stop.is_set(), "done": self.done, "failed": self.failed, "pid": os.getpid(), "at": time.time()}
 
     async def _heartbeat(self) -> None:
+        """The agent's line in the shared status hash (/health, `fixfleet status` read it)."""
         while True:
-            with suppress(Exception):
-                await self.services.redis.hset(AGENTS_KEY, self.name, time.time())
             await asyncio.sleep(max(1.0, self.settings.lease_s / 3))
+            await self._beat()
+
+    async def _beat(self) -> None:
+        with suppress(Exception):  # Redis away: the beat goes stale and the health check says so
+            await self.services.redis.hset(AGENTS_KEY, self.name, json.dumps(self.status()))
+            self.last_beat = time.time()
 
     async def _handle_counted(self, job: Job) -> None:
-        try:
-            await self.handle(job)
-        except Exception:
-            self.failed += 1
-            raise
+        self.busy_since = time.time()
+        self.metrics.started()
+        with task_context(f"#{job.task_id}"):
+            log.info("%s took the job from %s (delivery %d)", self.name, job.stream, job.deliveries)
+            try:
+                await self.handle(job)
+            except Exception as exc:
+                self.failed += 1
+                self.metrics.finished("failed", time.time() - self.busy_since, exc)
+                log.warning("%s failed the job after %.1f s: %s", self.name, time.time() - self.busy_since,
+                            type(exc).__name__)
+                raise
+            finally:
+                busy_for, self.busy_since = time.time() - self.busy_since, None
+            log.info("%s finished the job in %.1f s", self.name, busy_for)
         self.done += 1
+        self.metrics.finished("completed", busy_for)
 
     async def handle(self, job: Job) -> None:  # pragma: no cover - each role implements it
         raise NotImplementedError
@@ -117,6 +165,7 @@ class AgentLoop:
 
     async def claimable(self, job: Job, states: set[TaskStatus]) -> Task | None:
         task = await self.store.get_task(job.task_id)
+        bind_task(task.key, task.repo)  # every log line from here on names them
         if task.status in states:
             return task
         log.info("%s is %s: nothing for the %s to do", task.key, task.status, self.role)
@@ -153,6 +202,7 @@ class AgentLoop:
         async with network_access(domains) as network:  # the domains the repository allows its tests
             result = await self.runner.run(request, network.apply(spec))
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
+        self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
                                             "seconds": round(result.duration_s, 3),
@@ -181,39 +231,3 @@ def reap_orphans(home: Path) -> list[int]:
     if reaped:
         log.warning("killed %d process(es) left by a previous run of this agent: %s", len(reaped), reaped)
     return reaped
-
-
-class AgentActor:
-    """Shared body of the Ray agent actors; subclasses name their loop class."""
-
-    loop_class: type[AgentLoop] = AgentLoop
-
-    def __init__(self, name: str, overrides: dict[str, Any] | None = None) -> None:
-        logging.basicConfig(level=logging.INFO)
-        settings = load_settings(**(overrides or {}))
-        redact_logs(Redactor.from_settings(settings))
-        self.loop = self.loop_class(name, settings)
-        self.started = False
-        # Calls on an async actor interleave: a status poll arriving while a start is under way
-        # must wait for it, not start a second loop beside it.
-        self._lifecycle = asyncio.Lock()
-
-    async def start(self) -> bool:
-        async with self._lifecycle:
-            if not self.started:
-                await self.loop.start()
-                self.started = True
-        return True
-
-    async def status(self) -> dict[str, Any]:
-        await self.start()  # after Ray restarts a dead actor, the next status poll starts it again
-        return self.loop.status()
-
-    async def stop(self) -> None:
-        async with self._lifecycle:
-            if self.started:
-                await self.loop.stop()
-                self.started = False
-
-    def pid(self) -> int:
-        return os.getpid()

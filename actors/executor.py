@@ -1,4 +1,4 @@
-"""ExecutorAgent: a Ray actor that turns an approved plan into tested commits on the PR branch.
+"""The executor: the agent loop that turns an approved plan into tested commits on the PR branch.
 
 The session runs in the sandbox on a writable checkout of the plan's branch. What it changed
 comes out as data and is checked (fixfleet/workspace/changes.py); the platform then proves it
@@ -14,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from actors.agent import AgentActor, AgentLoop
+from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
@@ -112,10 +110,3 @@ def executor_prompt(task: Task) -> str:
         "run the tests and see them pass, then the whole suite. Do not commit: the platform verifies your files and commits.",
         "Hand back your work with the report_result tool.",
     ])
-
-
-@ray.remote(max_restarts=-1, max_task_retries=-1)
-class ExecutorAgent(AgentActor):
-    """`ExecutorAgent.options(name=..., resources={"executor_slot": 1}).remote(name, overrides)`."""
-
-    loop_class = Executor

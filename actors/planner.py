@@ -1,4 +1,4 @@
-"""PlanningAgent: a long-lived Ray actor that turns a task into PLAN.md on a branch and asks a human.
+"""The planner: the long-lived agent loop that turns a task into PLAN.md on a branch and asks a human.
 
 It claims the task (RECEIVED/REVISING -> PLANNING), makes sure the repository's environment
 exists (a repository that cannot be set up fails here, with the setup log), runs a planner
@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import ray
-
-from actors.agent import AgentActor, AgentLoop
+from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.plan_doc import render_plan
@@ -101,10 +99,3 @@ def planner_prompt(task: Task, feedback: list[dict[str, Any]]) -> str:
     if feedback:
         lines += ["", "Reviewer feedback to address (oldest first):", json.dumps(feedback, indent=2)]
     return "\n".join(lines)
-
-
-@ray.remote(max_restarts=-1, max_task_retries=-1)
-class PlanningAgent(AgentActor):
-    """`PlanningAgent.options(name=..., resources={"planning_slot": 1}).remote(name, overrides)`."""
-
-    loop_class = Planner

@@ -44,7 +44,6 @@ from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/corpus")
@@ -185,23 +184,6 @@ def server_urls(stack: ExitStack) -> tuple[str, str]:
     return resolve_urls(settings, embedded)
 
 
-def redis_db_url(server: str, db: int) -> str:
-    parts = urlsplit(server)
-    if parts.scheme == "unix":
-        return f"{server.split('?')[0]}?db={db}"
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-async def flush_redis(url: str) -> None:
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(url)
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
-
-
 async def verify(database_url: str, redis_url: str, accepted: list[tuple[str, str]], drain_s: float = 60) -> dict[str, int]:
     """Every accepted delivery stored once in Postgres and enqueued once (after the relay drains)."""
     import asyncpg
@@ -303,12 +285,14 @@ def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[st
 
 @contextmanager
 def serve_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
-    """The Serve config file deployed as `serve run` does it, on a private local Ray node."""
+    """The Serve config file deployed as `serve run` does it, on a private local Ray node, without
+    the agent pools (uvicorn has none either: what is measured is the ingress and its relay)."""
     from serve_app.deployment import LOCAL_NODE_ENV, SERVE_NODE_ENV, load_config, running_config
 
     port = free_port()
     config = load_config(args.config, http_port=port, http_host="127.0.0.1", env_vars=env,
-                         num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing)
+                         num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
+                         args={"planners_max": 0, "executors_max": 0})  # the ingress and its relay only
     node_env = dict(LOCAL_NODE_ENV) | (SERVE_NODE_ENV if args.ingress == "haproxy" else {})
     for item in args.serve_env:
         name, _, value = item.partition("=")
@@ -333,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def measure(names: list[str], server: str, redis_server: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from fixfleet.scratch import create_database, drop_database
+    from fixfleet.scratch import create_database, drop_database, flush_redis, redis_db_url
 
     state: dict[str, dict[str, str]] = {}
     ready: dict[str, float] = {}

@@ -7,6 +7,7 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,14 +18,14 @@ from rich.table import Table
 
 from fixfleet.config import ConfigError, Settings
 from fixfleet.config import load_settings as read_settings
-from fixfleet.redact import Redactor, redact_logs
 from fixfleet.embedded import EmbeddedError
 from fixfleet.models import NewTask, Priority, Source, Task, TaskEvent, TaskStatus
 from fixfleet.outbox import OutboxRelay, ReconcileReport, reconcile
+from fixfleet.redact import Redactor, redact_logs
 from fixfleet.repos import InvalidRepo, validate_repo
-from fixfleet.workspace.sandbox import SandboxUnavailable
-from fixfleet.services import ServiceUnavailable, Services, open_services
+from fixfleet.services import Services, ServiceUnavailable, open_services
 from fixfleet.store import StoreError
+from fixfleet.workspace.sandbox import SandboxUnavailable
 
 app = typer.Typer(help="fixfleet: production errors and tickets in, tested pull requests out.", no_args_is_help=True)
 out = Console()
@@ -145,8 +146,14 @@ def list_tasks(
 
 
 @app.command()
-def status(ref: TaskRef, as_json: JsonFlag = False) -> None:
-    """Show one task and its timeline of events."""
+def status(
+    ref: Annotated[str | None, typer.Argument(help="Task key (FF-12) or id; none: the whole platform.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One task and its timeline; without a task, the platform: agents, queues, scaling, last tasks."""
+    if ref is None:
+        platform_status(as_json)
+        return
 
     async def load(s: Services) -> tuple[Task, list[TaskEvent]]:
         return await s.store.get_task(ref), await s.store.events(ref)
@@ -164,6 +171,46 @@ def status(ref: TaskRef, as_json: JsonFlag = False) -> None:
         out.print(table)
 
     emit(as_json, {"task": task_json(task), "events": [e.model_dump(mode="json") for e in events]}, render)
+
+
+def platform_status(as_json: bool) -> None:
+    from fixfleet.overview import gather
+
+    view = with_services(gather)
+
+    def render() -> None:
+        pools = Table("pool", "busy", "idle", "draining", "lost", title="agents by role")
+        for role, states in sorted(view.pools.items()):
+            pools.add_row(role, *(str(states.get(state, 0)) for state in ("busy", "idle", "draining", "lost")))
+        out.print(pools if view.pools else "no agent has reported: is `fixfleet up` (or the Serve app) running?")
+        agents = Table("agent", "state", "task", "for", "done", "failed", "seen")
+        for a in view.agents:
+            agents.add_row(a.name, a.state, a.task or "-", _duration(a.busy_for_s), str(a.done), str(a.failed),
+                           f"{_duration(a.seen_s_ago)} ago")
+        if view.agents:
+            out.print(agents)
+        queues = Table("queue", "waiting", "running", "delayed", "dead", title="queues")
+        for name, d in view.queues.items():
+            queues.add_row(name, *(str(d[k]) for k in ("waiting", "pending", "delayed", "dead")))
+        out.print(queues)
+        decisions = Table("when", "pool", "replicas", "depth", "why", title="last scale decisions")
+        for d in view.decisions:
+            decisions.add_row(f"{datetime.fromtimestamp(d.at):%H:%M:%S}", d.queue, f"{d.current} -> {d.replicas}",
+                              str(d.depth), d.reason)
+        out.print(decisions if view.decisions else "no scale decision yet")
+        tasks = Table("task", "status", "repo", "title", "updated", title="last tasks")
+        for t in view.tasks:
+            tasks.add_row(t.key, t.status, t.repo, t.title, t.updated_at[:19].replace("T", " "))
+        out.print(tasks if view.tasks else "no tasks")
+
+    emit(as_json, view.model_dump(mode="json"), render)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _move(ref: str, target: TaskStatus, actor: str, reason: str, as_json: bool, **kwargs: Any) -> None:
@@ -296,13 +343,21 @@ def demo(
 def up(
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     http_port: Annotated[int, typer.Option(help="Port of the Serve ingress.")] = 8000,
-    executors: Annotated[int, typer.Option(min=1, max=64)] = 1,
+    executors: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Most executors at once on this machine (default FIXFLEET_EXECUTORS_MAX); the pool "
+                            "grows to it with the execution queue.")] = None,
+    dashboard: Annotated[bool, typer.Option(help="Start the Ray dashboard (the application, agents, logs).")] = True,
+    dashboard_port: Annotated[int, typer.Option(help="Port of the Ray dashboard.")] = 8265,
 ) -> None:
-    """Run the platform: the Serve ingress, the planner and the executors. Ctrl-C stops it."""
+    """Run the platform: the Serve application (ingress, planner and executor pools, relay). Ctrl-C stops it."""
+    from fixfleet.platform import PlatformOptions
     from fixfleet.up import run_up
 
+    settings = load_settings()
+    options = PlatformOptions(address=address, http_port=http_port, executors=executors or settings.executors_max,
+                              dashboard=dashboard, dashboard_port=dashboard_port)
     try:
-        run_up(load_settings(), address=address, http_port=http_port, executors=executors, console=out)
+        run_up(settings, options, out)
     except (EmbeddedError, ServiceUnavailable, SandboxUnavailable) as exc:
         fail(str(exc))
 

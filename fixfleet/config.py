@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     max_budget_usd: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(1800.0, gt=0)
 
+    # The agent pools (Serve autoscaling on queue depth): replicas per role, tasks per executor,
+    # and how long the queue must stay empty before a pool shrinks.
+    planners_min: int = Field(1, ge=0)
+    planners_max: int = Field(2, ge=1)
+    executors_min: int = Field(2, ge=0)
+    executors_max: int = Field(8, ge=1)
+    tasks_per_executor: int = Field(2, ge=1)
+    scale_down_after_s: float = Field(300.0, ge=0)
+
     # Queue behaviour.
     max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt

@@ -1,33 +1,102 @@
-"""Prometheus metrics of the ingress: counters as things happen, gauges read at scrape time."""
+"""The platform's Prometheus metrics, the same whichever ingress replica serves /metrics.
+
+Counters (webhooks, API calls) live in Redis: each replica counts locally and adds its counts to
+Redis every second and before it answers a scrape, so a scrape sees every replica's counts up
+to about a second old. Gauges (tasks by status, queue depths, agents by role and state, the
+model credential's time left) are read from Postgres and Redis at scrape time. The agents' own
+metrics (ai_agent_*) go through Ray's metrics (actors/metrics.py).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from contextlib import suppress
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio import Redis
+
+from fixfleet.overview import heartbeats
 from fixfleet.queue import Queue
 from fixfleet.store import Store
+
+COUNTERS = {  # name -> (metric, help, labels)
+    "webhooks": ("fixfleet_webhooks", "Webhook deliveries by source and outcome", ("source", "outcome")),
+    "api_calls": ("fixfleet_api_requests", "Task API calls by operation", ("operation",)),
+}
+KEY = "fixfleet:metrics:{}"  # Redis hash per counter: "label|label" -> count
+FLUSH_S = 1.0
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.webhooks = Counter(
-            "fixfleet_webhooks", "Webhook deliveries by source and outcome", ["source", "outcome"], registry=self.registry
-        )
-        self.api_calls = Counter("fixfleet_api_requests", "Task API calls by operation", ["operation"], registry=self.registry)
-        self.queue_depth = Gauge(
-            "fixfleet_queue_depth", "Queue entries by queue and state", ["queue", "state"], registry=self.registry
-        )
-        self.tasks = Gauge("fixfleet_tasks", "Tasks by status", ["status"], registry=self.registry)
-        self.credential_seconds_left = Gauge(
-            "fixfleet_model_credential_seconds_left", "Seconds until the model credential expires", registry=self.registry
-        )
+        self._pending: Counter[tuple[str, tuple[str, ...]]] = Counter()
 
-    async def render(self, store: Store, queues: dict[str, Queue]) -> bytes:
+    def count(self, name: str, *labels: str) -> None:
+        assert name in COUNTERS and len(labels) == len(COUNTERS[name][2]), (name, labels)
+        self._pending[(name, labels)] += 1
+
+    async def flush(self, redis: Redis) -> None:
+        pending, self._pending = self._pending, Counter()
+        if not pending:
+            return
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for (name, labels), n in pending.items():
+                    pipe.hincrby(KEY.format(name), "|".join(labels), n)
+                await pipe.execute()
+        except Exception:
+            self._pending.update(pending)  # Redis away: kept for the next flush
+            raise
+
+    async def flush_every(self, redis: Redis, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_S)
+            with suppress(Exception):  # the counts stay pending; /health reports Redis
+                await self.flush(redis)
+
+    async def render(self, store: Store, queues: dict[str, Queue], redis: Redis, *, lease_s: float,
+                     credential_seconds_left: float | None) -> bytes:
+        await self.flush(redis)
+        families: list[Metric] = [await _counter(redis, name) for name in COUNTERS]
+        depth = GaugeMetricFamily("fixfleet_queue_depth", "Queue entries by queue and state", labels=["queue", "state"])
         for name, queue in queues.items():
-            depth = await queue.depth()
+            found = await queue.depth()
             for state in ("waiting", "pending", "delayed", "dead"):
-                self.queue_depth.labels(name, state).set(getattr(depth, state))
+                depth.add_metric([name, state], getattr(found, state))
+        tasks = GaugeMetricFamily("fixfleet_tasks", "Tasks by status", labels=["status"])
         for row in await store.pool.fetch("SELECT status, count(*) AS n FROM tasks GROUP BY status"):
-            self.tasks.labels(row["status"]).set(row["n"])
-        return generate_latest(self.registry)
+            tasks.add_metric([row["status"]], row["n"])
+        agents = GaugeMetricFamily("fixfleet_agents", "Agents by role and state (from their heartbeats)",
+                                   labels=["role", "state"])
+        now = time.time()
+        for (role, state), n in Counter((b.role, b.state(now, 3 * lease_s)) for b in await heartbeats(redis)).items():
+            agents.add_metric([role, state], n)
+        families += [depth, tasks, agents]
+        if credential_seconds_left is not None:
+            families.append(GaugeMetricFamily("fixfleet_model_credential_seconds_left",
+                                              "Seconds until the model credential expires", value=credential_seconds_left))
+        return generate_latest(_Registry(families))
+
+
+async def _counter(redis: Redis, name: str) -> CounterMetricFamily:
+    metric, help_text, labels = COUNTERS[name]
+    family = CounterMetricFamily(metric, help_text, labels=list(labels))
+    for field, value in sorted((await redis.hgetall(KEY.format(name))).items()):
+        family.add_metric(field.decode().split("|"), int(value))
+    return family
+
+
+class _Registry(CollectorRegistry):
+    """One scrape's families."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        super().__init__(auto_describe=False)
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)

@@ -1,9 +1,10 @@
-"""Start and stop the whole platform on Ray: the Serve ingress, the planner and the executors.
+"""Start and stop the whole platform: the one Serve application (serve_app/deployment.py).
 
-Used by `fixfleet up` and `fixfleet demo`. Locally it starts a one-node Ray cluster that
-advertises both agent slots (Ray picks free ports; Redis keeps 6379); with `address` it
-joins an existing cluster. Postgres and Redis come from the environment or the embedded
-default, resolved once here and handed to every process.
+Used by `fixfleet up` and `fixfleet demo`; `serve run cluster/serve_config.yaml` deploys the same
+application. Locally this starts a one-node Ray cluster (with its dashboard) that advertises the
+agent slots the pools may take (Ray picks free ports; Redis keeps 6379); with `address` it joins
+an existing cluster. Postgres and Redis come from the environment or the embedded default,
+resolved once here and handed to every process.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 import httpx
 import ray
 from ray import serve
+from redis.asyncio import Redis
 
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
+from fixfleet.overview import Heartbeat, heartbeats
 from fixfleet.services import resolve_urls
 from fixfleet.workspace.sandbox import Sandbox, SandboxUnavailable
 
@@ -38,7 +41,9 @@ class PlatformOptions:
     address: str | None = None  # join this Ray cluster; None: start a local one
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    executors: int = 1
+    executors: int = 1  # the executor pool's largest size here (its smallest: FIXFLEET_EXECUTORS_MIN, at most this)
+    dashboard: bool = False  # `fixfleet up` turns it on
+    dashboard_port: int | None = None  # None: Ray's default, 8265
     env: dict[str, str] = field(default_factory=dict)  # for every process (Serve replicas, agents)
     planner_overrides: dict[str, Any] = field(default_factory=dict)  # Settings fields for the planner only
     executor_overrides: dict[str, Any] = field(default_factory=dict)
@@ -48,8 +53,8 @@ class Platform:
     def __init__(self, settings: Settings, options: PlatformOptions) -> None:
         self.settings, self.options = settings, options
         self.embedded = EmbeddedServers(settings.home)
-        self.agents: dict[str, Any] = {}
         self.url = f"http://{options.http_host}:{options.http_port}"
+        self.dashboard_url: str | None = None
         self.ray_temp_dir: Path | None = None
 
     def start(self, progress=print) -> None:  # noqa: ANN001 - any callable taking a line
@@ -66,23 +71,27 @@ class Platform:
         local = self.options.address is None
         # Ray makes its temp dir world-writable; inside a 0700 parent nobody else reaches its logs.
         self.ray_temp_dir = Path(tempfile.mkdtemp(prefix="ff-ray-")) if local else None
-        ray.init(
+        context = ray.init(
             address=self.options.address or "local",  # "local": never attach to a cluster `ray start` left running
             namespace=APP_NAME,
-            resources={"planning_slot": 1, "executor_slot": self.options.executors} if local else None,
-            include_dashboard=False,
+            resources=self._slots() if local else None,
+            include_dashboard=self.options.dashboard,
+            dashboard_port=self.options.dashboard_port,
             logging_level="WARNING",
             log_to_driver=False,
             _temp_dir=str(self.ray_temp_dir / "ray") if self.ray_temp_dir else None,
         )
-        progress("deploying the Serve ingress")
+        if self.options.dashboard and context.dashboard_url:
+            self.dashboard_url = f"http://{context.dashboard_url}"
+            progress(f"Ray dashboard: {self.dashboard_url} (Serve tab: the application, its agents and their logs)")
+        progress("deploying the application: ingress, planner and executor pools, relay "
+                 "(agents ask for no CPU: they wait on the model and git; their slots gate them)")
         serve.start(http_options={"host": self.options.http_host, "port": self.options.http_port})
         from serve_app.deployment import build_app
 
-        serve.run(build_app({}), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(self._app_args()), name=APP_NAME, route_prefix="/", blocking=False)
+        self._wait_running()
         self._wait_healthy()
-        progress("starting the agents (agents ask for no CPU: they wait on the model and git, and their slots gate them)")
-        self._start_agents()
 
     def check_machine(self, progress) -> None:  # noqa: ANN001 - any callable taking a line
         """What the agents need on this machine: the sandbox (bubblewrap, socat) and uv."""
@@ -94,20 +103,29 @@ class Platform:
             raise SandboxUnavailable("uv is not installed (pip install uv): it builds each repository's environment")
         progress("sandbox ready (bubblewrap): agents and repository code run isolated")
 
-    def _start_agents(self) -> None:
-        from actors.executor import ExecutorAgent
-        from actors.planner import PlanningAgent
+    def _slots(self) -> dict[str, float]:
+        """The agent slots this node offers: as many as each pool may grow to here."""
+        return {"planning_slot": self.settings.planners_max, "executor_slot": self.options.executors}
 
-        planner = PlanningAgent.options(name="planner", num_cpus=0, resources={"planning_slot": 1}).remote(
-            "planner", self.options.planner_overrides
-        )
-        self.agents["planner"] = planner
-        for n in range(1, self.options.executors + 1):
-            name = f"executor-{n}"
-            self.agents[name] = ExecutorAgent.options(name=name, num_cpus=0, resources={"executor_slot": 1}).remote(
-                name, self.options.executor_overrides
-            )
-        ray.get([agent.start.remote() for agent in self.agents.values()], timeout=120)
+    def _app_args(self) -> dict[str, Any]:
+        return {"executors_max": self.options.executors,
+                "executors_min": min(self.settings.executors_min, self.options.executors),
+                "planner_overrides": self.options.planner_overrides,
+                "executor_overrides": self.options.executor_overrides}
+
+    def _wait_running(self, timeout_s: float = 180) -> None:
+        """Until Serve says the application runs (every replica constructed: its agent started)."""
+        from ray.serve.schema import ApplicationStatus
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get(APP_NAME)
+            if app is not None and app.status == ApplicationStatus.RUNNING:
+                return
+            if app is not None and app.status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+                raise RuntimeError(f"the application did not start: {app.message}")
+            time.sleep(0.5)
+        raise RuntimeError(f"the application did not start within {timeout_s:.0f}s")
 
     def _wait_healthy(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -120,22 +138,18 @@ class Platform:
             time.sleep(0.5)
         raise RuntimeError(f"the ingress did not become healthy at {self.url}/health within {timeout_s:.0f}s")
 
-    def agent_status(self) -> list[dict[str, Any]]:
-        refs = {name: agent.status.remote() for name, agent in self.agents.items()}
-        statuses = []
-        for name, ref in refs.items():
+    def agents(self) -> list[Heartbeat]:
+        """Each agent's last heartbeat (its task in hand and since when, its counts, its pid)."""
+        async def read() -> list[Heartbeat]:
+            client = Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
             try:
-                statuses.append(ray.get(ref, timeout=5))
-            except Exception as exc:  # a restarting actor: show it, don't crash the status line
-                statuses.append({"name": name, "error": type(exc).__name__})
-        return statuses
+                return await heartbeats(client)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(read())
 
     def stop(self) -> None:
-        for agent in self.agents.values():
-            try:
-                ray.get(agent.stop.remote(), timeout=20)
-            except Exception:  # noqa: S110 - stopping: an agent already gone is fine
-                pass
         if ray.is_initialized():
             try:
                 serve.shutdown()

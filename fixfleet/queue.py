@@ -125,6 +125,11 @@ class Depth:
     delayed: int  # waiting for their retry time
     dead: int  # gave up after the last attempt
 
+    @property
+    def work(self) -> int:
+        """What the pool has to do: waiting, in hand and coming back for a retry."""
+        return self.waiting + self.pending + self.delayed
+
 
 @dataclass(frozen=True)
 class RetryDecision:

@@ -1,4 +1,4 @@
-"""Throwaway databases on a Postgres server, for the tests and the benchmarks."""
+"""Throwaway databases on a Postgres server and Redis, for the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -32,3 +32,22 @@ async def drop_database(server_url: str, url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def redis_db_url(server_url: str, db: int) -> str:
+    """The same Redis server, another database number (a unix socket URL names it as ?db=)."""
+    parts = urlsplit(server_url)
+    if parts.scheme == "unix":
+        return f"{server_url.split('?')[0]}?db={db}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+async def flush_redis(url: str) -> None:
+    """Empty the Redis database `url` names."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()

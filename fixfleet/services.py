@@ -15,7 +15,8 @@ from fixfleet.redact import Redactor
 from fixfleet.store import Store
 
 
-AGENTS_KEY = "fixfleet:agents"  # Redis hash: agent name -> last heartbeat (epoch s); read by /health
+AGENTS_KEY = "fixfleet:agents"  # Redis hash: agent name -> its last heartbeat (JSON); read by /health, status
+SCALE_DECISIONS_KEY = "fixfleet:scale-decisions"  # Redis list, newest first: the pools' autoscaling decisions
 
 
 class ServiceUnavailable(RuntimeError):

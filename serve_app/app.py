@@ -21,12 +21,13 @@ ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, IllegalTransition: 409, S
                 IntegrationError: 502}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastAPI:
+    """`relay`: run the outbox relay in this process (uvicorn); the Serve app has a Relay deployment."""
     app = FastAPI(
         title="fixfleet",
         version="0.1.0",
         description="Production errors and tickets in, tested pull requests out.",
-        lifespan=lifespan_for(settings),
+        lifespan=lifespan_for(settings, relay=relay),
     )
     app.include_router(webhooks.router)
     app.include_router(tasks_api.router)

@@ -37,7 +37,9 @@ class AppContext:
 
 
 @asynccontextmanager
-async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
+async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterator[AppContext]:
+    """What the routes need. `relay`: also run the outbox relay and the reconciler here (plain
+    uvicorn, tests); in the Serve application the Relay deployment runs them, once."""
     tokens = load_tokens(settings.api_tokens)
     if settings.jira_webhook_secret is None and settings.jira_allow_unsigned:
         log.warning("FIXFLEET_JIRA_ALLOW_UNSIGNED=true: Jira webhooks are accepted unsigned, from anyone who can "
@@ -59,32 +61,28 @@ async def app_context(settings: Settings) -> AsyncIterator[AppContext]:
             metrics=Metrics(),
             credentials=TokenManager(settings),
         )
-        # Each replica relays the outbox too (SKIP LOCKED lets several relays share it) and
-        # reconciles the queues with Postgres (an advisory lock keeps that to one at a time).
         stop = asyncio.Event()
-        relay = OutboxRelay(
-            services.store,
-            services.queues,
-            poll_s=settings.outbox_poll_s,
-            reconcile_every_s=settings.reconcile_s,
-            claimed_stale_s=settings.claimed_stale_s,
-        )
-        relaying = asyncio.create_task(relay.run(stop))
+        background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop))]
+        if relay:
+            background.append(asyncio.create_task(OutboxRelay(
+                services.store, services.queues, poll_s=settings.outbox_poll_s, reconcile_every_s=settings.reconcile_s,
+                claimed_stale_s=settings.claimed_stale_s).run(stop)))
         try:
             yield ctx
         finally:
             stop.set()
-            with suppress(Exception):
-                await asyncio.wait_for(relaying, 5)
+            for task in background:
+                with suppress(Exception):
+                    await asyncio.wait_for(task, 5)
             for client in (github, slack):
                 if client is not None:
                     await client.aclose()
 
 
-def lifespan_for(settings: Settings | None):  # noqa: ANN201 - FastAPI's lifespan type
+def lifespan_for(settings: Settings | None, *, relay: bool = True):  # noqa: ANN201 - FastAPI's lifespan type
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with app_context(settings or load_settings()) as ctx:
+        async with app_context(settings or load_settings(), relay=relay) as ctx:
             app.state.ctx = ctx
             yield
 

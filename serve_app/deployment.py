@@ -1,4 +1,4 @@
-"""The Ray Serve application: `serve run serve_app.deployment:build_app`, or cluster/serve_config.yaml.
+"""The Ray Serve application, the whole platform: `serve run cluster/serve_config.yaml`.
 
 The app's settings come from the replica's environment (`Settings()` reads it): in a cluster
 the pod's env (a Kubernetes Secret and a ConfigMap); the Serve config sets no env_vars, which
@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
+from fixfleet import logs
+from fixfleet.config import Settings, load_settings
+from serve_app.agents import (
+    DRAIN_MARGIN_S,
+    ExecutorReplica,
+    PlannerReplica,
+    RelayReplica,
+)
 from serve_app.app import create_app
+from serve_app.autoscaling import QueueDepthPolicy
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "cluster" / "serve_config.yaml"
 DEPLOYMENT_NAME = "ingress"
@@ -44,17 +55,66 @@ SERVE_NODE_ENV = {
 LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 
 
+def ingress_app() -> FastAPI:
+    """The ingress replicas' FastAPI app, built on each replica; the Relay deployment relays."""
+    logs.configure("ingress")
+    return create_app(relay=False)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=200)
-@serve.ingress(create_app)  # built on each replica; its lifespan opens the store and queues there
+@serve.ingress(ingress_app)  # Serve calls a builder function (not a partial: that would be taken for the ASGI app)
 class Ingress:
-    """Verifies, persists and enqueues. All other work happens in the agent actors."""
+    """Verifies, persists and answers. The agents and the relay are the application's other deployments."""
+
+    def __init__(self, *deployments: Any) -> None:
+        self.deployments = deployments  # bound here so that one application holds them all
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Serve's application builder; `args` may set `num_replicas` and `max_ongoing_requests`."""
+    """Serve's application builder: the ingress, the planner and executor pools (autoscaled on
+    their queues' depth), and the relay, in one application. `args` (a Serve config's `args:`)
+    may set `num_replicas` / `max_ongoing_requests` of the ingress, `planners_min|max`,
+    `executors_min|max` (a maximum of 0 leaves that pool out: an ingress-only application), and
+    `planner_overrides` / `executor_overrides` (Settings fields for the agents only, e.g. a model URL)."""
     args = args or {}
-    options = {key: int(args[key]) for key in ("num_replicas", "max_ongoing_requests") if key in args}
-    return Ingress.options(**options).bind()
+    settings = load_settings()
+    ingress = {key: int(args[key]) for key in ("num_replicas", "max_ongoing_requests") if key in args}
+    pools = [
+        agent_deployment(PlannerReplica, "planner", "planning", "planning_slot", settings,
+                         int(args.get("planners_min", settings.planners_min)),
+                         int(args.get("planners_max", settings.planners_max)), tasks_per_replica=1),
+        agent_deployment(ExecutorReplica, "executor", "execution", "executor_slot", settings,
+                         int(args.get("executors_min", settings.executors_min)),
+                         int(args.get("executors_max", settings.executors_max)),
+                         tasks_per_replica=settings.tasks_per_executor),
+    ]
+    overrides = {"planner": args.get("planner_overrides"), "executor": args.get("executor_overrides")}
+    agents = [pool.bind(overrides[pool.name]) for pool in pools if pool is not None]
+    # A sliver of CPU: it lands beside the ingress (on Kubernetes the only pods offering CPUs),
+    # never on an agent node that the autoscaler may remove.
+    relay = serve.deployment(RelayReplica, name="relay", num_replicas=1, ray_actor_options={"num_cpus": 0.1},
+                             health_check_period_s=10)
+    return Ingress.options(**ingress).bind(*agents, relay.bind())
+
+
+def agent_deployment(cls: type, name: str, queue: str, slot: str, settings: Settings, minimum: int, maximum: int,
+                     *, tasks_per_replica: int) -> Any:
+    """A pool of agents: each replica holds one agent slot (a worker node advertises them), and
+    the pool follows its queue between `minimum` and `maximum` replicas; None when `maximum` is 0."""
+    if maximum <= 0:
+        return None
+    if not 0 <= minimum <= maximum:
+        raise ValueError(f"{name} pool: its minimum ({minimum}) must be between 0 and its maximum ({maximum})")
+    policy = AutoscalingPolicy(policy_function=QueueDepthPolicy, policy_kwargs={
+        "queue": queue, "minimum": minimum, "maximum": maximum, "tasks_per_replica": tasks_per_replica,
+        "scale_down_after_s": settings.scale_down_after_s})
+    return serve.deployment(
+        cls, name=name, ray_actor_options={"num_cpus": 0, "resources": {slot: 1}},
+        autoscaling_config=AutoscalingConfig(min_replicas=minimum, max_replicas=maximum, initial_replicas=minimum,
+                                             upscale_delay_s=0, downscale_delay_s=0,
+                                             policy=policy),
+        max_ongoing_requests=16, health_check_period_s=10, health_check_timeout_s=30,
+        graceful_shutdown_wait_loop_s=1, graceful_shutdown_timeout_s=settings.session_timeout_s + DRAIN_MARGIN_S)
 
 
 # --- deploying a config file (what `serve run config.yaml` does) ---------------------------
@@ -68,8 +128,10 @@ def load_config(
     env_vars: dict[str, str] | None = None,
     num_replicas: int | None = None,
     max_ongoing_requests: int | None = None,
+    args: dict[str, Any] | None = None,
 ) -> Any:
-    """The Serve config file as a `ServeDeploySchema`, with local overrides (port, env, scale)."""
+    """The Serve config file as a `ServeDeploySchema`, with local overrides (port, env, scale,
+    the application's `args`)."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
@@ -79,6 +141,8 @@ def load_config(
     if http_port is not None:
         raw.setdefault("http_options", {})["port"] = http_port
     for app in raw["applications"]:
+        if args:
+            app["args"] = {**(app.get("args") or {}), **args}
         if env_vars:
             runtime_env = app.setdefault("runtime_env", {}) or {}
             app["runtime_env"] = runtime_env
@@ -99,6 +163,7 @@ class LocalServe:
     """A config deployed on a private local Ray node; `pids` is filled when it is torn down."""
 
     url: str
+    dashboard_url: str | None = None
     pids: set[int] = field(default_factory=set)  # every process of the node, for leak checks
 
 
@@ -108,11 +173,16 @@ def running_config(
     *,
     node_env: dict[str, str] | None = None,
     num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    dashboard: bool = False,
+    address: str | None = None,
     timeout_s: float = 120,
 ) -> Iterator[LocalServe]:
     """Start a private local Ray node, deploy the config as `serve run` does, tear it all down.
+    With `address`, deploy on that running cluster instead and only disconnect from it at the end.
 
-    The node's GCS takes a random free port (never Redis's 6379) and no dashboard is started.
+    The node's GCS takes a random free port (never Redis's 6379); it offers `resources` (the agent
+    slots) and starts the dashboard (and with it the State API) only when `dashboard` is set.
     `node_env` (default: SERVE_NODE_ENV + LOCAL_NODE_ENV) is the environment of the node's
     processes, as the pod env is in a cluster; it is set only while the node starts. On exit
     Serve and Ray are shut down and any process of the node still alive after 15 s is killed.
@@ -125,20 +195,24 @@ def running_config(
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ApplicationStatus
 
-    env = {**SERVE_NODE_ENV, **LOCAL_NODE_ENV} if node_env is None else node_env
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # the raylet inherits it, and every worker it starts
-    try:
-        ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=False, num_cpus=num_cpus,
-                 logging_level="warning", log_to_driver=False)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    if address is not None:
+        context = ray.init(address=address, namespace=SERVE_NAMESPACE, logging_level="warning", log_to_driver=False)
+    else:
+        env = {**SERVE_NODE_ENV, **LOCAL_NODE_ENV} if node_env is None else node_env
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)  # the raylet inherits it, and every worker it starts
+        try:
+            context = ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=dashboard,
+                               num_cpus=num_cpus, resources=resources, logging_level="warning", log_to_driver=False)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     host = config.http_options.host
-    local = LocalServe(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', None) else host}:{config.http_options.port}")
+    local = LocalServe(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', None) else host}:{config.http_options.port}",
+                       dashboard_url=f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None)
     try:
         serve.start(
             proxy_location=config.proxy_location,
@@ -160,7 +234,7 @@ def running_config(
             time.sleep(0.2)
         yield local
     finally:
-        local.pids = _node_pids()
+        local.pids = _node_pids() if address is None else set()
         try:
             serve.shutdown()
         finally:

@@ -7,7 +7,7 @@ import time
 
 from fastapi import APIRouter, Depends, Response
 
-from fixfleet.services import AGENTS_KEY
+from fixfleet.overview import heartbeats
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import CheckOut, HealthOut
 
@@ -25,12 +25,12 @@ async def _check(probe) -> CheckOut:  # noqa: ANN001 - an awaitable factory
 
 async def _agents(ctx: AppContext) -> CheckOut:
     try:
-        beats = await ctx.services.redis.hgetall(AGENTS_KEY)
+        beats = await heartbeats(ctx.services.redis)
     except Exception as exc:  # redis down is reported by its own check
         return CheckOut(status="unknown", detail=str(exc)[:200])
     if not beats:
         return CheckOut(status="none", detail="no agent has reported yet")
-    alive = [k.decode() for k, v in beats.items() if time.time() - float(v) < 3 * ctx.settings.lease_s]
+    alive = [b for b in beats if b.state(time.time(), 3 * ctx.settings.lease_s) != "lost"]
     return CheckOut(status="ok" if alive else "stale", detail=f"{len(alive)} of {len(beats)} agents alive")
 
 
@@ -40,8 +40,6 @@ def _credentials(ctx: AppContext) -> CheckOut:
         return CheckOut(status="missing", detail=status.get("error"))
     left = status.get("seconds_left")
     detail = f"{status['kind']} from {status['source']}" + (f", {int(left)} s left" if left is not None else "")
-    if left is not None:
-        ctx.metrics.credential_seconds_left.set(left)
     return CheckOut(status="ok", detail=detail)
 
 
@@ -74,5 +72,7 @@ async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> Heal
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(ctx: AppContext = Depends(get_ctx)) -> Response:
-    body = await ctx.metrics.render(ctx.services.store, ctx.services.queues)
+    left = ctx.credentials.status().get("seconds_left")
+    body = await ctx.metrics.render(ctx.services.store, ctx.services.queues, ctx.services.redis,
+                                    lease_s=ctx.settings.lease_s, credential_seconds_left=left)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -11,7 +11,16 @@ from fixfleet.models import NewTask, Source, TaskStatus
 from fixfleet.repos import validate_repo
 from fixfleet.store import Delivery
 from serve_app.context import AppContext, get_ctx
-from serve_app.schemas import ApproveIn, ErrorOut, EventOut, ReasonIn, ReviseIn, TaskIn, TaskOut, TaskPage
+from serve_app.schemas import (
+    ApproveIn,
+    ErrorOut,
+    EventOut,
+    ReasonIn,
+    ReviseIn,
+    TaskIn,
+    TaskOut,
+    TaskPage,
+)
 from serve_app.tokens import ApiToken, Scope, find_token
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -52,7 +61,7 @@ async def submit(
     new = NewTask(source=Source.API, **task_in.model_dump(), context={"initiator": f"api:{token.name}"})
     delivery = Delivery("api", f"{token.name}:{idempotency_key}") if idempotency_key else None
     task, created = await ctx.services.store.create_task(new, delivery=delivery, actor=f"api:{token.name}")
-    ctx.metrics.api_calls.labels("submit").inc()
+    ctx.metrics.count("api_calls", "submit")
     if not created:
         response.status_code = 200
     return TaskOut.of(task)

@@ -12,9 +12,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, Response
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    HTTPException,
+    Request,
+    Response,
+)
 from fastapi.responses import JSONResponse
 
+from fixfleet.config import Settings
 from fixfleet.intake import (
     CommandRequest,
     Ignored,
@@ -22,6 +30,7 @@ from fixfleet.intake import (
     Ping,
     SlackAction,
     TaskRequest,
+    UrlVerification,
     delivery_id,
     parse_github,
     parse_jira,
@@ -29,15 +38,19 @@ from fixfleet.intake import (
     parse_slack_command,
     parse_slack_event,
     parse_slack_interaction,
-    UrlVerification,
 )
-from fixfleet.config import Settings
 from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.store import Delivery
 from serve_app.commands import CommandHandler
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import ErrorOut, WebhookOut
-from serve_app.signatures import SignatureError, verify_github, verify_jira, verify_sentry, verify_slack
+from serve_app.signatures import (
+    SignatureError,
+    verify_github,
+    verify_jira,
+    verify_sentry,
+    verify_slack,
+)
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422)}
@@ -193,16 +206,16 @@ async def route_event(
     if isinstance(event, UrlVerification):
         return JSONResponse({"challenge": event.challenge})
     if isinstance(event, Ping):
-        ctx.metrics.webhooks.labels(source, "pong").inc()
+        ctx.metrics.count("webhooks", source, "pong")
         return WebhookOut(status="pong")
     if isinstance(event, Ignored):
         await ctx.services.store.record_delivery(delivery)
-        ctx.metrics.webhooks.labels(source, "ignored").inc()
+        ctx.metrics.count("webhooks", source, "ignored")
         return WebhookOut(status="ignored", detail=event.reason)
     if isinstance(event, TaskRequest):
         return await accept_task(ctx, response, delivery, event)
     if not await ctx.services.store.record_delivery(delivery):
-        ctx.metrics.webhooks.labels(source, "duplicate").inc()
+        ctx.metrics.count("webhooks", source, "duplicate")
         return WebhookOut(status="duplicate")
     handler = CommandHandler(ctx)
     if isinstance(event, SlackAction):
@@ -210,7 +223,7 @@ async def route_event(
     else:
         assert isinstance(event, CommandRequest)
         outcome = await handler.comment(event, background)
-    ctx.metrics.webhooks.labels(source, "command").inc()
+    ctx.metrics.count("webhooks", source, "command")
     return outcome
 
 
@@ -229,10 +242,10 @@ async def accept_task(ctx: AppContext, response: Response, delivery: Delivery, e
             if first:
                 await attach(ctx, existing.id, event)
             status = "attached" if first else "duplicate"
-            ctx.metrics.webhooks.labels(source, status).inc()
+            ctx.metrics.count("webhooks", source, status)
             return WebhookOut(status=status, task=existing.key)
     task, created = await store.create_task(event.new_task, delivery=delivery, actor=f"webhook:{source}")
-    ctx.metrics.webhooks.labels(source, "created" if created else "duplicate").inc()
+    ctx.metrics.count("webhooks", source, "created" if created else "duplicate")
     response.status_code = 202 if created else 200
     return WebhookOut(status="created" if created else "duplicate", task=task.key)
 

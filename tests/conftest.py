@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -19,7 +18,7 @@ from redis.asyncio import Redis
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.queue import Queue
-from fixfleet.scratch import create_database, drop_database
+from fixfleet.scratch import create_database, drop_database, redis_db_url
 from fixfleet.services import make_queues
 from fixfleet.store import Store
 from fixfleet.workspace.sandbox import SandboxSpec
@@ -59,10 +58,7 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(redis_server_url: str) -> str:
-    parts = urlsplit(redis_server_url)
-    if parts.scheme == "unix":
-        return f"{redis_server_url.split('?')[0]}?db={TEST_REDIS_DB}"
-    return urlunsplit(parts._replace(path=f"/{TEST_REDIS_DB}"))
+    return redis_db_url(redis_server_url, TEST_REDIS_DB)
 
 
 @pytest.fixture

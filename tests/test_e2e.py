@@ -6,6 +6,7 @@ swaps the model's script for its story.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
+from redis import Redis
 
+from fixfleet.scratch import create_database, drop_database, redis_db_url
 from serve_app.signatures import sign_jira
 from tests.ingress_server import free_port
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.slow
 CREDENTIALS = Credentials(github_token="ghp_e2e_token", slack_token="xoxb-e2e-token", jira_token="jira-e2e-token",
                           model_key="e2e-model-key", api_token="e2e-approver-token",
                           secrets={"github": "gh-e2e", "sentry": "sentry-e2e", "jira": "jira-e2e"})
+DEMO_REDIS_DB = 10  # the suite has 13, the Serve test 12, bench.scale 14
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +154,9 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     deadline = time.monotonic() + 60
     while not world.executor_model.main_requests() and time.monotonic() < deadline:
         time.sleep(0.2)
-    executor = world.platform.agents["executor-1"]
-    os.kill(ray.get(executor.pid.remote()), signal.SIGKILL)  # mid-session
+    busy = [a for a in world.platform.agents() if a.busy_with == task["id"]]
+    assert busy and busy[0].role == "executor", world.platform.agents()
+    os.kill(busy[0].pid, signal.SIGKILL)  # the executor replica, mid-session: Serve starts another
     world.script()
     task = world.wait_for(key, {"COMPLETED"}, timeout_s=240)
     log = world.branch_log(task["branch"])
@@ -163,7 +167,35 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     assert len(takeovers) == 1
 
 
-def test_demo_exits_zero(tmp_path: Path, database_url: str, redis_url: str) -> None:
+def test_status_shows_the_agents_queues_and_last_tasks(world: World) -> None:
+    shown = subprocess.run([sys.executable, "-m", "fixfleet.cli", "status", "--json"], env=dict(os.environ),
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert {role: sum(states.values()) - states.get("lost", 0) for role, states in view["pools"].items()} == {
+        "planner": 1, "executor": 1}
+    assert {a["name"].split("-")[0] for a in view["agents"]} == {"planner", "executor"}
+    assert {"planning", "execution"} <= set(view["queues"])
+    assert view["tasks"] and all(t["key"].startswith("FF-") for t in view["tasks"])  # the earlier stories' tasks
+    table = subprocess.run([sys.executable, "-m", "fixfleet.cli", "status"], env=dict(os.environ) | {"COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "agents by role" in table.stdout and "last tasks" in table.stdout, table.stderr
+
+
+@pytest.fixture
+def demo_stores(postgres_server_url: str, redis_server_url: str) -> Iterator[tuple[str, str]]:
+    """A database and a Redis db of the demo's own: the world's platform above is still running
+    on the suite's, and its agents would take the demo's tasks."""
+    database = asyncio.run(create_database(postgres_server_url))
+    redis = redis_db_url(redis_server_url, DEMO_REDIS_DB)
+    Redis.from_url(redis).flushdb()
+    yield database, redis
+    Redis.from_url(redis).flushdb()
+    asyncio.run(drop_database(postgres_server_url, database))
+
+
+def test_demo_exits_zero(tmp_path: Path, demo_stores: tuple[str, str]) -> None:
+    database_url, redis_url = demo_stores
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIXFLEET_", "ANTHROPIC_", "GITHUB_", "SLACK_", "JIRA_"))}
     env |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(tmp_path / "home")}
     run = subprocess.run([sys.executable, "-m", "fixfleet.cli", "demo", "--json", "--http-port", str(free_port())],

@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from fixfleet.config import Settings
+from fixfleet.metrics import FLUSH_S
 from fixfleet.models import TaskStatus
 from fixfleet.store import Store
 from serve_app.signatures import sign_github, sign_sentry, sign_slack
@@ -44,7 +46,12 @@ def github() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-def api(settings: Settings, github: FakeGitHub, store: Store, tmp_path: Path) -> Iterator[str]:
+def api(settings: Settings, github: FakeGitHub, store: Store, redis: Redis, tmp_path: Path) -> Iterator[str]:
+    with running_ingress(configured(settings, github, tmp_path)) as url:
+        yield url
+
+
+def configured(settings: Settings, github: FakeGitHub, tmp_path: Path) -> Settings:
     configured = settings.model_copy(
         update={
             "github_webhook_secret": GITHUB_SECRET,
@@ -59,9 +66,7 @@ def api(settings: Settings, github: FakeGitHub, store: Store, tmp_path: Path) ->
             "slack_approvers": ["U_LEAD"],
         }
     )
-    configured = Settings.model_validate(configured.model_dump())  # re-validate (secrets as SecretStr)
-    with running_ingress(configured) as url:
-        yield url
+    return Settings.model_validate(configured.model_dump())  # re-validate (secrets as SecretStr)
 
 
 def sentry_alert(issue_id: str = "1117540176") -> dict[str, Any]:
@@ -395,6 +400,22 @@ def test_health_and_metrics(api: str) -> None:
     metrics = httpx.get(f"{api}/metrics").text
     assert 'fixfleet_webhooks_total{outcome="created",source="sentry"} 1.0' in metrics
     assert "fixfleet_queue_depth" in metrics
+
+
+def test_metrics_are_the_same_from_every_replica(api: str, settings: Settings, github: FakeGitHub,
+                                                 tmp_path: Path) -> None:
+    with running_ingress(configured(settings, github, tmp_path)) as other:  # a second ingress replica
+        post_sentry(api, sentry_alert("9001"), "req-a")
+        post_sentry(other, sentry_alert("9002"), "req-b")
+        post_sentry(other, sentry_alert("9002"), "req-b")  # a redelivery
+        time.sleep(FLUSH_S + 0.5)  # each replica adds its counts to Redis every FLUSH_S
+        first, second = httpx.get(f"{api}/metrics").text, httpx.get(f"{other}/metrics").text
+    for text in (first, second):
+        assert 'fixfleet_webhooks_total{outcome="created",source="sentry"} 2.0' in text, text
+        assert 'fixfleet_webhooks_total{outcome="duplicate",source="sentry"} 1.0' in text
+        assert 'fixfleet_tasks{status="RECEIVED"} 2.0' in text
+    counters = lambda text: sorted(line for line in text.splitlines() if line.startswith("fixfleet_webhooks_total"))  # noqa: E731
+    assert counters(first) == counters(second)
 
 
 def test_health_says_loudly_when_the_sandbox_is_off(settings: Settings, store: Store) -> None:

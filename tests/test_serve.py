@@ -1,19 +1,20 @@
-"""The ingress on a real Ray Serve: cluster/serve_config.yaml deployed the way `serve run` does it.
+"""The whole platform on a real Ray Serve: cluster/serve_config.yaml deployed the way `serve run`
+does it, on a node that offers one planning and one executor slot, with the dashboard.
 
-The replica gets its settings only through the config's runtime_env (env vars), pointed at a
-throwaway Postgres database and a Redis database of its own. Ray runs on a private local node
+The replicas get their settings only through the config's runtime_env (env vars), pointed at a
+throwaway Postgres database and a Redis database of their own. Ray runs on a private local node
 (random GCS port, not Redis's 6379) and everything it started is gone at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -22,8 +23,15 @@ import pytest
 import yaml
 from redis import Redis
 
-from fixfleet.scratch import create_database, drop_database
-from serve_app.deployment import CONFIG_PATH, DEPLOYMENT_NAME, LocalServe, build_app, load_config, running_config
+from fixfleet.scratch import create_database, drop_database, redis_db_url
+from serve_app.deployment import (
+    CONFIG_PATH,
+    DEPLOYMENT_NAME,
+    LocalServe,
+    build_app,
+    load_config,
+    running_config,
+)
 from serve_app.signatures import sign_sentry
 from tests.ingress_server import free_port
 
@@ -77,11 +85,7 @@ def serve_database(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def serve_redis(redis_server_url: str) -> Iterator[str]:
-    parts = urlsplit(redis_server_url)
-    if parts.scheme == "unix":
-        url = f"{redis_server_url.split('?')[0]}?db={SERVE_REDIS_DB}"
-    else:
-        url = urlunsplit(parts._replace(path=f"/{SERVE_REDIS_DB}"))
+    url = redis_db_url(redis_server_url, SERVE_REDIS_DB)
     client = Redis.from_url(url)
     client.flushdb()
     yield url
@@ -103,8 +107,9 @@ def served(serve_database: str, serve_redis: str, tmp_path_factory: pytest.TempP
             "FIXFLEET_REPO_ALLOWLIST": '["https://github.com/fixfleet-tests/*"]',
             "FIXFLEET_HOME": str(tmp_path_factory.mktemp("serve-home")),
         },
+        args={"planners_min": 1, "planners_max": 1, "executors_min": 1, "executors_max": 1},
     )
-    with running_config(config) as local:
+    with running_config(config, resources={"planning_slot": 1, "executor_slot": 1}, dashboard=True) as local:
         yield local
     time.sleep(0.5)
     left = []
@@ -152,19 +157,80 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
 
     task, deliveries = asyncio.run(stored())
     assert task is not None and deliveries == 1
-    assert (task["source"], task["repo"], task["status"]) == ("sentry", REPO, "RECEIVED")
+    assert (task["source"], task["repo"]) == ("sentry", REPO)
 
-    # The replica's outbox relay put it on the planning stream (Redis db of this test).
-    redis = Redis.from_url(serve_redis)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            jobs = [json.loads(fields[b"job"]) for name in redis.scan_iter("fixfleet:planning:*")
-                    if redis.type(name) == b"stream" for _, fields in redis.xrange(name)]
-            if any(job["task_id"] == task["id"] for job in jobs):
-                break
-            time.sleep(0.1)
-        assert [job["task_id"] for job in jobs] == [task["id"]]
-    finally:
-        redis.close()
+    # The relay put it on the planning stream (Redis db of this test) and a planner replica claimed it.
     assert time.monotonic() - started < 30
+    planned_by = asyncio.run(claimed_by(serve_database, task["id"], "PLANNING", timeout_s=60))
+    assert planned_by.startswith("planner-"), planned_by
+
+
+async def claimed_by(database: str, task_id: int, status: str, *, timeout_s: float) -> str:
+    """The actor of the task's first move to `status` (waits for it)."""
+    conn = await asyncpg.connect(database)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            actor = await conn.fetchval("SELECT actor FROM task_events WHERE task_id = $1 AND to_status = $2 "
+                                        "ORDER BY id LIMIT 1", task_id, status)
+            if actor:
+                return actor
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"no move to {status} within {timeout_s:.0f}s")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalServe) -> None:
+    from ray import serve
+    from ray.util.state import list_actors
+
+    (app,) = serve.status().applications.values()
+    assert {name: str(d.status.value) for name, d in app.deployments.items()} == {
+        "ingress": "HEALTHY", "planner": "HEALTHY", "executor": "HEALTHY", "relay": "HEALTHY"}
+    assert served.dashboard_url and httpx.get(served.dashboard_url, timeout=10).status_code == 200
+    replicas = {a.class_name: a.state for a in list_actors(limit=1000) if a.class_name.startswith("ServeReplica:")}
+    for name in ("ingress", "planner", "executor", "relay"):
+        assert replicas.get(f"ServeReplica:fixfleet:{name}") == "ALIVE", replicas
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        agents = client.get("/health").json()["checks"]["agents"]
+    assert agents == {"status": "ok", "detail": "2 of 2 agents alive"}
+
+
+@pytest.mark.slow
+def test_agents_and_the_policy_export_ray_metrics(served: LocalServe, serve_database: str) -> None:
+    """Ray's metrics agent exports what the agents and the autoscaling policy record (ray_ prefix)."""
+    import ray
+
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = ('ray_ai_agent_tasks_started_total', 'agent="planner"'), ('ray_ai_agent_pool_target_replicas',
+                                                                       'queue_name="execution"')
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = text.splitlines()
+        if all(any(line.startswith(name) and label in line for line in lines) for name, label in wanted):
+            break
+        time.sleep(2)
+    for name, label in wanted:
+        assert any(line.startswith(name) and label in line for line in text.splitlines()), (name, text[-3000:])
+
+
+@pytest.mark.slow
+def test_replicas_log_json_lines_naming_component_agent_and_task(served: LocalServe) -> None:
+    import ray
+
+    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+    lines = []
+    for path in logs_dir.glob("worker-*.err"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+    components = {line.get("component") for line in lines}
+    assert {"planner", "relay"} <= components, components
+    planner = [line for line in lines if line.get("component") == "planner" and line.get("task")]
+    assert planner and all(line["agent"].startswith("planner-") for line in planner), planner[:3]
+    assert any(line["repo"] == REPO and line["task"].startswith("FF-") for line in planner), planner[:5]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)

@@ -84,12 +84,11 @@ class World:
                 return task
             if task["status"] in {"FAILED", "COMPLETED", "REJECTED", "CANCELLED"}:
                 break  # ended elsewhere: no use waiting
-            self.platform.agent_status()  # also restarts the loop of an actor Ray brought back
             time.sleep(0.5)
         events = self.events(key)
         health = httpx.get(f"{self.url}/health", timeout=30).json()  # queue depths and agents: where it stopped
         raise AssertionError(f"{key} stuck at {task['status']}: {[(e['to_status'], e['reason']) for e in events[-5:]]}; "
-                             f"agents {self.platform.agent_status()}; health {health}")
+                             f"agents {self.platform.agents()}; health {health}")
 
     def post_alert(self, alert: dict[str, Any] | None = None) -> str:
         body = json.dumps(alert or sentry_alert(self.remote)).encode()

@@ -1,0 +1,104 @@
+"""The agents as Serve deployments: each replica is one long-lived agent consuming its stream.
+
+A planner or executor replica is a Ray actor that Serve starts, health-checks, scales and
+retires. Its constructor starts the agent loop (claim -> work -> ack over the role's Redis
+stream, with warm workspaces under its home); `check_health` fails when the loop has ended or
+its heartbeat stalled, so Serve replaces it; when Serve retires it (scaling down, a redeploy),
+`__del__` stops claiming and lets the task in hand finish before the replica goes (Serve waits
+up to `graceful_shutdown_timeout_s`, set above the session timeout). A replica killed anyway
+leaves its task to be taken over after the lease.
+
+The outbox relay and the queue reconciler run once per application, in the Relay deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack, suppress
+from typing import Any
+
+from ray import serve
+
+from actors.agent import AgentLoop
+from actors.executor import Executor
+from actors.planner import Planner
+from fixfleet import logs
+from fixfleet.config import Settings, load_settings
+from fixfleet.outbox import OutboxRelay
+from fixfleet.redact import Redactor, redact_logs
+from fixfleet.services import open_services
+from serve_app.autoscaling import DEPTH_METRIC
+
+log = logging.getLogger(__name__)
+DRAIN_MARGIN_S = 120.0  # Serve's graceful timeout is the session timeout plus this
+
+
+def replica_settings(overrides: dict[str, Any] | None, component: str, agent: str | None = None) -> Settings:
+    """The replica's settings; from here on it logs redacted JSON lines."""
+    logs.configure(component, agent=agent)
+    settings = load_settings(**(overrides or {}))
+    redact_logs(Redactor.from_settings(settings))
+    return settings
+
+
+class AgentReplica:
+    """Shared body of the planner and executor deployments; subclasses name their loop."""
+
+    loop_class: type[AgentLoop] = AgentLoop
+
+    async def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+        name = f"{self.loop_class.role}-{serve.get_replica_context().replica_id.unique_id}"
+        self.loop = self.loop_class(name, replica_settings(overrides, self.loop_class.role, name))
+        await self.loop.start()
+        log.info("%s consumes the %s stream", name, self.loop.queue_name)
+
+    async def check_health(self) -> None:
+        problem = self.loop.problem()
+        if problem:
+            raise RuntimeError(f"{self.loop.name}: {problem}")
+
+    async def status(self) -> dict[str, Any]:
+        return self.loop.status()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The queue's depth as this replica sees it: the policy's source where the controller
+        cannot reach Redis itself (serve_app/autoscaling.py)."""
+        return {DEPTH_METRIC: (await self.loop.queue.depth()).work}
+
+    async def __del__(self) -> None:
+        await self.loop.drain(self.loop.settings.session_timeout_s + DRAIN_MARGIN_S / 2)
+
+
+class PlannerReplica(AgentReplica):
+    loop_class = Planner
+
+
+class ExecutorReplica(AgentReplica):
+    loop_class = Executor
+
+
+class RelayReplica:
+    """The outbox relay and the reconciler, once per application (num_replicas=1): a task
+    reaches its queue only after its transaction commits, and the queues are rebuilt from
+    Postgres when Redis lost them."""
+
+    async def __init__(self) -> None:
+        settings = replica_settings(None, "relay")
+        self._stack = AsyncExitStack()
+        services = await self._stack.enter_async_context(open_services(settings, pool_size=4))
+        relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s,
+                            reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(relay.run(self._stop))
+        log.info("the outbox relay and the queue reconciler run here (reconciling every %ss)", settings.reconcile_s)
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError("the outbox relay has ended")
+
+    async def __del__(self) -> None:
+        self._stop.set()
+        with suppress(Exception):
+            await asyncio.wait_for(self._task, 10)
+        await self._stack.aclose()

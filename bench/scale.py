@@ -155,10 +155,12 @@ def exported_metric_names(ingress_url: str) -> set[str]:
     import ray
 
     sample = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", re.M)
+    declared = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) ", re.M)  # a counter nothing has counted yet
     names: set[str] = set()
     with httpx.Client(timeout=10) as client:
         client.post(f"{ingress_url}/tasks", json={})  # 401: no token
-        names |= set(sample.findall(client.get(f"{ingress_url}/metrics").text))
+        ingress = client.get(f"{ingress_url}/metrics").text
+        names |= set(sample.findall(ingress)) | set(declared.findall(ingress))
         time.sleep(12)  # Ray's metrics agents export every few seconds
         for node in ray.nodes():
             if node["Alive"] and node.get("MetricsExportPort"):

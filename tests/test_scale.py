@@ -50,4 +50,5 @@ def test_executor_pool_and_nodes_follow_the_queue(tmp_path: Path, postgres_serve
         assert [line.split(":")[0] for line in log[:3]] == ["fix", "test", "docs"], (key, log)
     # The Grafana dashboard queries only what this platform really exported (but for the series
     # that only a failure creates).
-    assert dashboard_metric_names() - FAILURE_ONLY - seen.metric_names == set(), sorted(seen.metric_names)
+    unseen = dashboard_metric_names() - FAILURE_ONLY - seen.metric_names
+    assert not unseen, (sorted(unseen), sorted(seen.metric_names))

@@ -1,0 +1,9 @@
+"""Batch backlogs: turn a CSV export, a JQL search or a Sentry project's unresolved issues into
+fixfleet tasks, preview them, submit them through a running fixfleet's task API within a cap and
+a budget, and follow them to a table of results.
+"""
+
+from fixfleet.backlog.exports import BacklogFormatError, parse_csv, read_csv
+from fixfleet.backlog.items import BacklogItem, repository_for, with_repositories
+
+__all__ = ["BacklogFormatError", "BacklogItem", "parse_csv", "read_csv", "repository_for", "with_repositories"]

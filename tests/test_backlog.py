@@ -1,0 +1,77 @@
+"""Batch backlogs (fixfleet.backlog) as an operator uses them: real export files, the Jira and
+Sentry stand-ins, the real ingress under uvicorn with the real store; no agents run, so the
+tests move tasks through their states with the store, as agents would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixfleet.backlog import BacklogFormatError, parse_csv, read_csv
+from fixfleet.config import Settings
+from fixfleet.models import Priority
+
+DATA = Path(__file__).parent / "data" / "backlog"
+API_REPO = "https://github.com/acme/api.git"
+WEB_REPO = "https://github.com/acme/web.git"
+MAPPED = Settings(sentry_project_repos={"backend": API_REPO}, jira_project_repos={"OPS": API_REPO})
+
+
+# --- reading exports ---------------------------------------------------------------------------
+
+
+def test_sentry_discover_export_becomes_items_with_counts_and_repositories() -> None:
+    items = read_csv(DATA / "sentry_discover.csv", repos={"web": WEB_REPO}, settings=MAPPED)
+    first = items[0]
+    assert (first.source, first.external_id, first.title, first.project) == \
+        ("sentry", "4242", "ZeroDivisionError: division by zero", "backend")
+    assert (first.count, first.users, first.priority, first.line) == (1520, 87, Priority.HIGH, 2)
+    assert first.external_ids == {"sentry_issue": "4242"}
+    by_id = {i.external_id: i for i in items}
+    assert by_id["4250"].priority == Priority.CRITICAL  # level fatal
+    assert by_id["4260"].priority == Priority.NORMAL  # level warning
+    assert by_id["5001"].repository == WEB_REPO  # the explicit mapping
+    assert by_id["6001"].repository is None  # project "mobile" maps nowhere
+    assert [i.line for i in items if i.external_id == "4242"] == [2, 5]  # the file repeats it; read as it is
+
+
+def test_jira_export_reads_repeated_columns_multiline_descriptions_and_sentry_links() -> None:
+    items = read_csv(DATA / "jira_all_fields.csv", settings=MAPPED)
+    ops12 = items[0]
+    assert (ops12.source, ops12.external_id, ops12.project, ops12.repository, ops12.priority) == \
+        ("jira", "OPS-12", "OPS", API_REPO, Priority.HIGH)
+    assert ops12.title == "Checkout total is wrong when a coupon, and tax, apply"
+    assert "Steps: add item, apply COUPON10." in ops12.body and "Labels: checkout, fixfleet" in ops12.body
+    # The description links one Sentry issue: a later alert for it finds this ticket's task.
+    assert ops12.external_ids == {"jira": "OPS-12", "sentry_issue": "4242"}
+    by_key = {i.external_id: i for i in items}
+    assert by_key["OPS-13"].priority == Priority.CRITICAL and by_key["OPS-9"].resolved
+    assert by_key["WEB-3"].repository is None and not by_key["WEB-3"].resolved
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("name,size\nx,1\n", ["neither a Sentry nor a Jira CSV export", "Summary and Issue key", "found: name, size"]),
+    ("Issue key,Status\nOPS-1,To Do\n", ["Jira CSV export but lacks the column(s) summary", "found: Issue key, Status"]),
+    ("issue,title,project\nBACKEND-1,boom,backend\n", ["only by their short id", "add the issue.id column",
+                                                       "found: issue, title, project"]),
+    ("issue.id,title,count\n12,boom,3\n", ["Sentry CSV export but lacks the column(s) project"]),
+    ("issue.id,title,project\n12,boom,backend\nBACKEND-4,bad,backend\n", ["line 3: no numeric issue id (BACKEND-4)"]),
+    ("Summary,Issue key\nboom,ops-1\n", ["line 2: 'ops-1' is not a Jira issue key"]),
+    ("", ["is empty"]),
+])
+def test_a_file_fixfleet_cannot_read_is_refused_with_what_is_missing_and_what_was_found(text: str, said: list[str]) -> None:
+    with pytest.raises(BacklogFormatError) as refused:
+        parse_csv(text, name="export.csv", settings=MAPPED)
+    for words in said:
+        assert words in str(refused.value), str(refused.value)
+
+
+def test_title_case_sentry_columns_and_permalink_ids_are_read() -> None:
+    text = ("Short ID,Title,Project,Level,Count,Users,First Seen,Last Seen,Permalink\n"
+            "BACKEND-4Z,boom,backend,error,\"1,520\",87,2024-05-01,2024-05-02,"
+            "https://sentry.io/organizations/acme/issues/4242/\n")
+    [item] = parse_csv(text, settings=MAPPED)
+    assert (item.external_id, item.count, item.users, item.url) == \
+        ("4242", 1520, 87, "https://sentry.io/organizations/acme/issues/4242/")
+    assert "First seen: 2024-05-01" in item.body

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from fixfleet.backlog import BacklogFormatError, parse_csv, read_csv
+from fixfleet.backlog import BacklogFormatError, load_jira, load_sentry, parse_csv, read_csv
 from fixfleet.config import Settings
+from fixfleet.integrations.jira import JiraClient
+from fixfleet.integrations.sentry import SentryClient
 from fixfleet.models import Priority
+from tests.fakes.jira import FakeJira
+from tests.fakes.sentry import FakeSentry
 
 DATA = Path(__file__).parent / "data" / "backlog"
 API_REPO = "https://github.com/acme/api.git"
 WEB_REPO = "https://github.com/acme/web.git"
 MAPPED = Settings(sentry_project_repos={"backend": API_REPO}, jira_project_repos={"OPS": API_REPO})
-
+JIRA_EMAIL, JIRA_TOKEN, SENTRY_TOKEN = "bot@acme.test", "jira-api-token-0123", "sntrys_backlogTestToken0123"
 
 # --- reading exports ---------------------------------------------------------------------------
 
@@ -75,3 +79,43 @@ def test_title_case_sentry_columns_and_permalink_ids_are_read() -> None:
     assert (item.external_id, item.count, item.users, item.url) == \
         ("4242", 1520, 87, "https://sentry.io/organizations/acme/issues/4242/")
     assert "First seen: 2024-05-01" in item.body
+
+
+# --- loading from the sources' APIs ------------------------------------------------------------
+
+
+async def test_a_jql_search_becomes_items() -> None:
+    with FakeJira(JIRA_EMAIL, JIRA_TOKEN) as fake:
+        fake.search_page_size = 2  # pages, as a long search would
+        fake.add_issue("OPS-21", "Refund fails", description="See https://acme.sentry.io/issues/777/", priority="Highest")
+        fake.add_issue("OPS-22", "Report is slow", priority="Low")
+        fake.add_issue("OPS-23", "Fixed already", status="Done")
+        fake.add_issue("WEB-5", "Other project")
+        site = fake.url
+        client = JiraClient(site, JIRA_EMAIL, JIRA_TOKEN)
+        try:
+            items = await load_jira("project = OPS AND statusCategory != Done", client=client, settings=MAPPED)
+        finally:
+            await client.aclose()
+    assert [(i.external_id, i.priority, i.repository) for i in items] == [
+        ("OPS-21", Priority.CRITICAL, API_REPO), ("OPS-22", Priority.LOW, API_REPO)]
+    assert items[0].linked == {"sentry_issue": "777"} and items[0].url == f"{site}/browse/OPS-21"
+
+
+async def test_a_sentry_projects_unresolved_issues_become_items_with_their_stack_traces() -> None:
+    frames = [{"filename": "app/calc.py", "abs_path": "/srv/app/calc.py", "function": "div", "lineno": 2,
+               "in_app": True, "context_line": "    return a / b"}]
+    with FakeSentry(SENTRY_TOKEN) as fake:
+        fake.issue_page_size = 1
+        fake.add_issue("4242", "ZeroDivisionError: division by zero", frames, count=1520, users=87)
+        fake.add_issue("4243", "KeyError: 'sku'", frames, level="fatal")
+        fake.add_issue("4244", "Fixed", frames, status="resolved")
+        client = SentryClient(SENTRY_TOKEN, f"{fake.url}/api/0")
+        try:
+            items = await load_sentry("acme", "backend", client=client, settings=MAPPED)
+        finally:
+            await client.aclose()
+    assert [(i.external_id, i.count, i.users, i.priority) for i in items] == [
+        ("4242", 1520, 87, Priority.HIGH), ("4243", 3, 1, Priority.CRITICAL)]
+    assert 'File "app/calc.py", line 2, in div' in items[0].body and "return a / b" in items[0].body
+    assert items[0].repository == API_REPO and items[0].url.endswith("/issues/4242/")

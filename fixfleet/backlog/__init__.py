@@ -5,5 +5,7 @@ a budget, and follow them to a table of results.
 
 from fixfleet.backlog.exports import BacklogFormatError, parse_csv, read_csv
 from fixfleet.backlog.items import BacklogItem, repository_for, with_repositories
+from fixfleet.backlog.sources import SourceNotConfigured, load_jira, load_sentry
 
-__all__ = ["BacklogFormatError", "BacklogItem", "parse_csv", "read_csv", "repository_for", "with_repositories"]
+__all__ = ["BacklogFormatError", "BacklogItem", "SourceNotConfigured", "load_jira", "load_sentry", "parse_csv",
+           "read_csv", "repository_for", "with_repositories"]

@@ -4,23 +4,33 @@ tests move tasks through their states with the store, as agents would."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from fixfleet.backlog import BacklogFormatError, load_jira, load_sentry, parse_csv, read_csv
+from fixfleet.backlog import BacklogFormatError, TaskApi, load_jira, load_sentry, parse_csv, preview, read_csv
 from fixfleet.config import Settings
 from fixfleet.integrations.jira import JiraClient
 from fixfleet.integrations.sentry import SentryClient
-from fixfleet.models import Priority
+from fixfleet.models import NewTask, Priority, Source, Task
+from fixfleet.store import Store
 from tests.fakes.jira import FakeJira
 from tests.fakes.sentry import FakeSentry
+from tests.ingress_server import running_ingress
 
 DATA = Path(__file__).parent / "data" / "backlog"
 API_REPO = "https://github.com/acme/api.git"
 WEB_REPO = "https://github.com/acme/web.git"
 MAPPED = Settings(sentry_project_repos={"backend": API_REPO}, jira_project_repos={"OPS": API_REPO})
 JIRA_EMAIL, JIRA_TOKEN, SENTRY_TOKEN = "bot@acme.test", "jira-api-token-0123", "sntrys_backlogTestToken0123"
+TOKENS = [
+    {"name": "reader", "token": "tok-read", "scopes": ["read"]},
+    {"name": "ci", "token": "tok-submit", "scopes": ["read", "submit"]},
+    {"name": "lead", "token": "tok-approve", "scopes": ["read", "submit", "approve"]},
+]
 
 # --- reading exports ---------------------------------------------------------------------------
 
@@ -119,3 +129,50 @@ async def test_a_sentry_projects_unresolved_issues_become_items_with_their_stack
         ("4242", 1520, 87, Priority.HIGH), ("4243", 3, 1, Priority.CRITICAL)]
     assert 'File "app/calc.py", line 2, in div' in items[0].body and "return a / b" in items[0].body
     assert items[0].repository == API_REPO and items[0].url.endswith("/issues/4242/")
+
+
+# --- against a running fixfleet ----------------------------------------------------------------
+
+
+@pytest.fixture
+def platform(settings: Settings, store: Store, redis: Redis) -> Iterator[str]:
+    """The real ingress (task API) on the test database, with three tokens."""
+    configured = Settings.model_validate(settings.model_dump() | {
+        "api_tokens": json.dumps(TOKENS), "repo_allowlist": ["https://github.com/acme/*"],
+        "database_url": settings.database_url.get_secret_value(), "redis_url": settings.redis_url.get_secret_value()})
+    with running_ingress(configured) as url:
+        yield url
+
+
+@pytest.fixture
+async def lead(platform: str) -> AsyncIterator[TaskApi]:
+    async with TaskApi(platform, "tok-approve", backoff_s=0.01) as api:
+        yield api
+
+
+async def tasks_in(store: Store) -> list[Task]:
+    return sorted(await store.list_tasks(limit=500), key=lambda t: t.id)
+
+
+
+async def test_preview_skips_duplicates_in_the_file_and_of_existing_tasks_and_says_why(
+        lead: TaskApi, store: Store) -> None:
+    webhook_task, _ = await store.create_task(NewTask(source=Source.SENTRY, repo=API_REPO, title="KeyError: 'sku'",
+                                                      external_ids={"sentry_issue": "4250"}))
+    items = read_csv(DATA / "sentry_discover.csv", repos={"web": WEB_REPO}, settings=MAPPED)
+    plan = await preview(items, lead)
+    rows = {(r["id"], r["action"]): r for r in plan.rows()}
+    assert [(r["id"], r["action"]) for r in plan.rows()][:3] == [("5001", "submit"), ("4242", "submit"),
+                                                                  ("4260", "submit")]  # priority, then events
+    assert "line 2" in rows[("4242", "skip")]["reason"] and "already in this backlog" in rows[("4242", "skip")]["reason"]
+    dup = rows[("4250", "skip")]
+    assert dup["task"] == webhook_task.key and f"duplicate: {webhook_task.key} (sentry, RECEIVED)" in dup["reason"]
+    assert "no repository: sentry project mobile" in rows[("6001", "skip")]["reason"]
+    assert plan.summary() == "3 to submit, 0 to resume, 3 skipped"
+    # A Jira ticket linking a Sentry issue fixfleet already works on is a duplicate too; Done ones are filtered.
+    jira = {r["id"]: r for r in (await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), lead)).rows()}
+    assert jira["OPS-12"]["action"] == "submit" and jira["OPS-9"]["reason"] == "filtered out: Done in Jira"
+    await store.create_task(NewTask(source=Source.SENTRY, repo=API_REPO, title="x", external_ids={"sentry_issue": "4242"}))
+    again = {r["id"]: r for r in (await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), lead)).rows()}
+    assert again["OPS-12"]["action"] == "skip" and "sentry_issue 4242" in again["OPS-12"]["reason"]
+    assert len(await tasks_in(store)) == 2  # previewing submits nothing

@@ -4,18 +4,22 @@ tests move tasks through their states with the store, as agents would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from fixfleet.backlog import BacklogFormatError, TaskApi, load_jira, load_sentry, parse_csv, preview, read_csv
+from fixfleet.backlog import (Action, BacklogFormatError, RunEvent, ScopeError, TaskApi, load_jira, load_sentry,
+                              parse_csv, preview, read_csv, submit)
 from fixfleet.config import Settings
 from fixfleet.integrations.jira import JiraClient
 from fixfleet.integrations.sentry import SentryClient
-from fixfleet.models import NewTask, Priority, Source, Task
+from fixfleet.models import TERMINAL, NewTask, Priority, Source, Task, TaskEvent
+from fixfleet.models import TaskStatus as S
 from fixfleet.store import Store
 from tests.fakes.jira import FakeJira
 from tests.fakes.sentry import FakeSentry
@@ -31,6 +35,7 @@ TOKENS = [
     {"name": "ci", "token": "tok-submit", "scopes": ["read", "submit"]},
     {"name": "lead", "token": "tok-approve", "scopes": ["read", "submit", "approve"]},
 ]
+ACTIVE = [s for s in S if s not in TERMINAL]
 
 # --- reading exports ---------------------------------------------------------------------------
 
@@ -150,9 +155,73 @@ async def lead(platform: str) -> AsyncIterator[TaskApi]:
         yield api
 
 
+class Agents:
+    """Stands in for the planner and executor: each pass moves every unfinished task one step, as
+    they would (plan with a confidence, wait for approval, execute, finish with a cost)."""
+
+    def __init__(self, store: Store, *, costs: dict[int, float] | None = None,
+                 confidence: dict[str, float] | None = None, human_approves: bool = False) -> None:
+        self.store, self.costs, self.confidence = store, costs or {}, confidence or {}
+        self.human_approves = human_approves
+        self.to_reject: set[str] = set()
+        self.one_at_a_time = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.step()
+            await asyncio.sleep(0.01)
+
+    async def step(self) -> None:
+        tasks = sorted(await self.store.list_tasks(statuses=ACTIVE, limit=500), key=lambda t: t.id)
+        for task in tasks[:1] if self.one_at_a_time else tasks:
+            await self.advance(task)
+
+    async def advance(self, task: Task) -> None:
+        move = lambda target, **kw: self.store.transition(task.id, target, actor="agent", **kw)  # noqa: E731
+        if task.status == S.RECEIVED:
+            await move(S.PLANNING)
+        elif task.status == S.PLANNING:
+            plan = {"root_cause": "x", "confidence": self.confidence.get(task.title, 0.5)}
+            await move(S.AWAITING_APPROVAL, changes={"plan": plan, "plan_version": 1})
+        elif task.status == S.AWAITING_APPROVAL and task.key in self.to_reject:
+            await self.store.transition(task.id, S.REJECTED, actor="cli:alice", reason="not this one")
+        elif task.status == S.AWAITING_APPROVAL and self.human_approves:
+            await self.store.transition(task.id, S.APPROVED, actor="cli:alice", reason="approved")
+        elif task.status == S.APPROVED:
+            await move(S.EXECUTING, changes={"attempts": task.attempts + 1})
+        elif task.status == S.EXECUTING:
+            await move(S.COMPLETED, changes={"cost_usd": self.costs.get(task.id, 0.1), "tokens": 1000,
+                                             "branch": f"fixfleet/{task.key}"})
+
+
+@asynccontextmanager
+async def agents_running(agents: Agents) -> AsyncIterator[Agents]:
+    stop = asyncio.Event()
+    working = asyncio.create_task(agents.run(stop))
+    try:
+        yield agents
+    finally:
+        stop.set()
+        await working
+
+
 async def tasks_in(store: Store) -> list[Task]:
     return sorted(await store.list_tasks(limit=500), key=lambda t: t.id)
 
+
+def max_overlap(histories: list[list[TaskEvent]]) -> int:
+    """The most tasks unfinished at one moment, from their audit trails (received -> terminal)."""
+    edges = []
+    for events in histories:
+        edges.append((events[0].created_at, 1))
+        ended = [e.created_at for e in events if e.to_status in TERMINAL]
+        if ended:
+            edges.append((ended[0], -1))
+    running = peak = 0
+    for _, change in sorted(edges, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+        running += change
+        peak = max(peak, running)
+    return peak
 
 
 async def test_preview_skips_duplicates_in_the_file_and_of_existing_tasks_and_says_why(
@@ -176,3 +245,144 @@ async def test_preview_skips_duplicates_in_the_file_and_of_existing_tasks_and_sa
     again = {r["id"]: r for r in (await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), lead)).rows()}
     assert again["OPS-12"]["action"] == "skip" and "sentry_issue 4242" in again["OPS-12"]["reason"]
     assert len(await tasks_in(store)) == 2  # previewing submits nothing
+
+
+async def test_never_more_than_max_in_flight_and_in_priority_order(lead: TaskApi, store: Store) -> None:
+    items = read_csv(DATA / "sentry_discover.csv", repos={"web": WEB_REPO, "mobile": WEB_REPO}, settings=MAPPED)
+    plan = await preview(items, lead)
+    expected = [e.item.external_id for e in plan.to_run]
+    assert len(expected) == 5
+    async with agents_running(Agents(store, human_approves=True)):
+        result = await submit(plan, lead, max_in_flight=2, poll_s=0.02, per_task_usd=1.0)
+    tasks = await tasks_in(store)
+    assert [t.external_ids["sentry_issue"] for t in tasks] == expected  # one each, highest priority first
+    assert all(t.status == S.COMPLETED for t in tasks) and all(t.source == "api" for t in tasks)
+    assert max_overlap([await store.events(t.id) for t in tasks]) == 2  # the cap was used, never passed
+    assert [r.status for r in result.results] == [S.COMPLETED] * 5 and not result.budget_exhausted
+    assert result.message.startswith("5 submitted, 0 resumed, 1 skipped") and "5 COMPLETED" in result.message
+
+
+async def test_submissions_stop_at_the_budget_and_the_caller_is_told(lead: TaskApi, store: Store) -> None:
+    items = read_csv(DATA / "sentry_discover.csv", repos={"web": WEB_REPO, "mobile": WEB_REPO}, settings=MAPPED)
+    plan = await preview(items, lead)
+    agents = Agents(store, costs={1: 0.4, 2: 0.9, 3: 0.5}, human_approves=True)
+    agents.one_at_a_time = True  # tasks finish in the order they came
+    events: list[RunEvent] = []
+    async with agents_running(agents):
+        result = await submit(plan, lead, budget_usd=2.5, per_task_usd=1.0, max_in_flight=10, poll_s=0.02,
+                              on_event=events.append)
+    # 1 and 2 fit (0 + 1 + 1 <= 2.5); 3 waits until task 1 ends at $0.40 (0.4 + 1 + 1 <= 2.5); then
+    # 1.3 + 1 + 1 and 1.8 + 0 + 1 do not fit: two items stay unsubmitted.
+    assert len(await tasks_in(store)) == 3
+    assert result.budget_exhausted and result.spent_usd == pytest.approx(1.8) and result.committed_usd == 0
+    assert "budget $2.50 reached: spent $1.80 + committed $0.00" in result.message
+    assert "2 item(s) not submitted" in result.message
+    not_sent = [r for r in result.rows() if r["outcome"] == "not submitted"]
+    assert len(not_sent) == 2 and all("budget" in r["reason"] for r in not_sent)
+    assert events[-1].kind == "budget"
+    costs = {r["id"]: r["cost_usd"] for r in result.rows() if r["outcome"] == "submitted"}
+    assert sorted(costs.values()) == [0.4, 0.5, 0.9]
+
+
+async def test_an_interrupted_run_resumes_without_submitting_anything_twice(lead: TaskApi, store: Store) -> None:
+    items = read_csv(DATA / "sentry_discover.csv", repos={"web": WEB_REPO, "mobile": WEB_REPO}, settings=MAPPED)
+    first = await preview(items, lead)
+    submitted: list[str] = []
+
+    def interrupt_after_two(event: RunEvent) -> None:
+        if event.kind == "submitted":
+            submitted.append(event.ref or "")
+            if len(submitted) == 2:
+                running.cancel()  # as Ctrl-C would, in the middle of the run
+
+    running = asyncio.create_task(submit(first, lead, max_in_flight=4, poll_s=0.02, on_event=interrupt_after_two))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert len(await tasks_in(store)) == 2
+
+    second = await preview(items, lead)
+    assert [e.action for e in second.to_run].count(Action.RESUME) == 2
+    # One more was sent just before the interruption, its answer lost: the re-run's request
+    # carries the same Idempotency-Key and gets that task back.
+    lost = next(e for e in second.to_run if e.action == Action.SUBMIT)
+    await lead.submit(lost.item)
+    async with agents_running(Agents(store, human_approves=True)):
+        result = await submit(second, lead, max_in_flight=4, poll_s=0.02)
+    tasks = await tasks_in(store)
+    assert sorted(t.external_ids["sentry_issue"] for t in tasks) == sorted(e.item.external_id for e in first.to_run)
+    assert len(tasks) == len(first.to_run) == 5  # exactly one task per backlog item
+    outcomes = {r["id"]: r["outcome"] for r in result.rows() if r["outcome"] != "skipped"}
+    assert list(outcomes.values()).count("resumed") == 3 and outcomes[lost.item.external_id] == "resumed"
+    assert all(t.status == S.COMPLETED for t in tasks)
+    third = await preview(items, lead)  # and again: everything is followed, nothing sent
+    assert [e.action for e in third.to_run] == [Action.RESUME] * 5
+
+
+async def test_bulk_approval_approves_confident_plans_only_and_says_so_in_the_audit_trail(
+        lead: TaskApi, store: Store) -> None:
+    items = read_csv(DATA / "jira_all_fields.csv", settings=MAPPED)  # OPS-12, OPS-13 (OPS-9 is done)
+    plan = await preview(items, lead)
+    confidence = {"Checkout total is wrong when a coupon, and tax, apply": 0.90, "Export button does nothing": 0.72}
+    agents = Agents(store, confidence=confidence)
+
+    def human_rejects_the_rest(event: RunEvent) -> None:
+        if event.kind == "waiting":
+            agents.to_reject.add(event.task or "")
+
+    async with agents_running(agents):
+        result = await submit(plan, lead, approve_above=0.9, poll_s=0.02, on_event=human_rejects_the_rest)
+    by_id = {r.external_id: r for r in result.results}
+    assert by_id["OPS-12"].status == S.COMPLETED and by_id["OPS-12"].bulk_approved  # 0.90 is at the threshold
+    assert by_id["OPS-12"].approved_by == "api:lead"
+    assert by_id["OPS-13"].status == S.REJECTED and not by_id["OPS-13"].bulk_approved
+    assert by_id["OPS-13"].failure == "not this one"
+    approval = next(e for e in await store.events(by_id["OPS-12"].task) if e.to_status == S.APPROVED)
+    assert (approval.actor, approval.reason) == ("api:lead", "bulk approval: confidence 0.90 ≥ 0.90")
+    assert approval.data["note"] == approval.reason and approval.data["plan_version"] == 1
+    assert not any(e.actor.startswith("api:") and e.to_status == S.APPROVED
+                   for e in await store.events(by_id["OPS-13"].task))
+
+
+async def test_bulk_approval_is_off_by_default(lead: TaskApi, store: Store) -> None:
+    plan = await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), lead)
+    agents = Agents(store, confidence={"Export button does nothing": 0.99})
+    waiting: list[str] = []
+
+    def note(event: RunEvent) -> None:
+        if event.kind == "waiting":
+            waiting.append(event.task or "")
+            agents.to_reject.add(event.task or "")
+
+    async with agents_running(agents):
+        result = await submit(plan, lead, poll_s=0.02, on_event=note)
+    assert len(waiting) == 2 and {r.status for r in result.results} == {S.REJECTED}  # a human decided both
+
+
+@pytest.mark.parametrize(("token", "options", "said"), [
+    ("tok-submit", {"approve_above": 0.9}, "the token 'ci' lacks the approve scope"),
+    ("tok-read", {}, "the token 'reader' lacks the submit scope"),
+])
+async def test_a_token_without_the_scope_is_refused_before_anything_is_submitted(
+        platform: str, store: Store, token: str, options: dict, said: str) -> None:
+    async with TaskApi(platform, token) as api:
+        plan = await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), api)
+        with pytest.raises(ScopeError) as refused:
+            await submit(plan, api, poll_s=0.02, **options)
+    assert said in str(refused.value) and "nothing was submitted" in str(refused.value)
+    assert await tasks_in(store) == []
+
+
+async def test_results_carry_each_stage_from_the_audit_trail(lead: TaskApi, store: Store) -> None:
+    plan = await preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), lead)
+    async with agents_running(Agents(store, human_approves=True, costs={1: 0.25, 2: 0.5})):
+        result = await submit(plan, lead, poll_s=0.02)
+    for r in result.results:
+        events = await store.events(r.task)
+        assert r.duration_s == pytest.approx((events[-1].created_at - events[0].created_at).total_seconds(), abs=0.01)
+        stages = r.queued_s + r.planning_s + r.waiting_for_approval_s + r.executing_s
+        assert stages == pytest.approx(r.duration_s, abs=0.01) and r.attempts == 1
+        assert r.branch == f"fixfleet/{r.task}" and r.tokens == 1000 and r.repository == API_REPO
+    assert sorted(r.cost_usd for r in result.results) == [0.25, 0.5]
+    table = result.table()
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else table  # pandas when installed
+    assert [row["outcome"] for row in rows] == ["submitted", "submitted", "skipped", "skipped", "skipped"]

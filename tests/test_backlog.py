@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from fixfleet.backlog import (Action, BacklogFormatError, RunEvent, ScopeError, TaskApi, load_jira, load_sentry,
+from fixfleet.backlog import (Action, BacklogFormatError, Plan, RunEvent, ScopeError, TaskApi, load_jira, load_sentry,
                               parse_csv, preview, read_csv, submit)
 from fixfleet.config import Settings
 from fixfleet.integrations.jira import JiraClient
@@ -36,6 +36,7 @@ TOKENS = [
     {"name": "lead", "token": "tok-approve", "scopes": ["read", "submit", "approve"]},
 ]
 ACTIVE = [s for s in S if s not in TERMINAL]
+
 
 # --- reading exports ---------------------------------------------------------------------------
 
@@ -386,3 +387,16 @@ async def test_results_carry_each_stage_from_the_audit_trail(lead: TaskApi, stor
     table = result.table()
     rows = table.to_dict("records") if hasattr(table, "to_dict") else table  # pandas when installed
     assert [row["outcome"] for row in rows] == ["submitted", "submitted", "skipped", "skipped", "skipped"]
+
+
+def test_the_sync_facade_works_inside_a_running_event_loop(platform: str, store: Store) -> None:
+    from fixfleet.backlog import sync
+
+    api = TaskApi(platform, "tok-approve")
+
+    async def notebook_cell() -> Plan:  # Jupyter runs cells in a loop: asyncio.run is not allowed there
+        return sync.preview(read_csv(DATA / "jira_all_fields.csv", settings=MAPPED), api)
+
+    plan = asyncio.run(notebook_cell())
+    assert plan.summary() == "2 to submit, 0 to resume, 3 skipped"
+    assert sync.preview([], api).entries == []  # and outside one

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -400,3 +403,36 @@ def test_the_sync_facade_works_inside_a_running_event_loop(platform: str, store:
     plan = asyncio.run(notebook_cell())
     assert plan.summary() == "2 to submit, 0 to resume, 3 skipped"
     assert sync.preview([], api).entries == []  # and outside one
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fixfleet.cli", "backlog", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def cli_env(platform: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
+    return clean | {"FIXFLEET_URL": platform, "FIXFLEET_TOKEN": "tok-approve", "COLUMNS": "200",
+                    "FIXFLEET_SENTRY_PROJECT_REPOS": json.dumps({"backend": API_REPO})}
+
+
+async def test_the_command_previews_submits_and_prints_a_table(cli_env: dict[str, str], store: Store) -> None:
+    csv_file = str(DATA / "sentry_discover.csv")
+    dry = run_cli([csv_file, "--dry-run", "--repo", f"web={WEB_REPO}"], cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert "4 to submit, 0 to resume, 2 skipped" in dry.stdout and "no repository" in dry.stdout
+    assert await tasks_in(store) == []
+    sent = run_cli([csv_file, "--repo", f"web={WEB_REPO}", "--no-follow", "--max-in-flight", "5", "--json"], cli_env)
+    assert sent.returncode == 0, sent.stderr
+    report = json.loads(sent.stdout)
+    assert [r["outcome"] for r in report["results"]].count("submitted") == 4
+    assert report["message"].startswith("4 submitted, 0 resumed, 2 skipped")
+    assert len(await tasks_in(store)) == 4
+    refused = run_cli([csv_file, "--approve-above", "0.9"], cli_env | {"FIXFLEET_TOKEN": "tok-submit"})
+    assert refused.returncode == 1 and "lacks the approve scope" in refused.stderr and "Traceback" not in refused.stderr
+    bad = run_cli([str(DATA / "sentry_discover.csv"), "--repo", "web"], cli_env)
+    assert bad.returncode == 1 and "PROJECT=URL" in bad.stderr

@@ -11,6 +11,9 @@ In a notebook (Jupyter runs an event loop: `await` directly)::
     plan.table()                                   # a DataFrame when pandas is installed
     result = await backlog.submit(plan, api, budget_usd=50, max_in_flight=3, approve_above=0.9)
     print(result.message); result.table()
+
+Without `await` (scripts, or a notebook that prefers it), `fixfleet.backlog.sync` has the same
+functions. `fixfleet backlog FILE.csv` does it all from the shell.
 """
 
 from fixfleet.backlog.api import ApiError, RemoteEvent, RemoteTask, TaskApi

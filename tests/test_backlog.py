@@ -13,11 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import Result
 from redis.asyncio import Redis
+from typer.testing import CliRunner
 
 from fixfleet.backlog import (Action, BacklogFormatError, Plan, RunEvent, ScopeError, TaskApi, load_jira, load_sentry,
                               parse_csv, preview, read_csv, submit)
+from fixfleet.cli import app
 from fixfleet.config import Settings
 from fixfleet.integrations.jira import JiraClient
 from fixfleet.integrations.sentry import SentryClient
@@ -409,30 +413,43 @@ def test_the_sync_facade_works_inside_a_running_event_loop(platform: str, store:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The command as a user runs it, in a process of its own."""
     return subprocess.run([sys.executable, "-m", "fixfleet.cli", "backlog", *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
 
+def invoke(args: list[str], env: dict[str, str]) -> Result:
+    """The command in this process (quicker; the same code path after the process starts)."""
+    return CliRunner().invoke(app, ["backlog", *args], env=env)
+
+
 @pytest.fixture
 def cli_env(platform: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
-    return clean | {"FIXFLEET_URL": platform, "FIXFLEET_TOKEN": "tok-approve", "COLUMNS": "200",
-                    "FIXFLEET_SENTRY_PROJECT_REPOS": json.dumps({"backend": API_REPO})}
+    return {"FIXFLEET_URL": platform, "FIXFLEET_TOKEN": "tok-approve", "COLUMNS": "200",
+            "FIXFLEET_SENTRY_PROJECT_REPOS": json.dumps({"backend": API_REPO})}
 
 
-async def test_the_command_previews_submits_and_prints_a_table(cli_env: dict[str, str], store: Store) -> None:
+def tasks_seen(url: str) -> list[dict]:
+    return httpx.get(f"{url}/tasks", params={"limit": 500}, headers={"Authorization": "Bearer tok-read"}).json()["items"]
+
+
+def test_the_command_previews_submits_and_prints_a_table(cli_env: dict[str, str], platform: str) -> None:
     csv_file = str(DATA / "sentry_discover.csv")
-    dry = run_cli([csv_file, "--dry-run", "--repo", f"web={WEB_REPO}"], cli_env)
-    assert dry.returncode == 0, dry.stderr
-    assert "4 to submit, 0 to resume, 2 skipped" in dry.stdout and "no repository" in dry.stdout
-    assert await tasks_in(store) == []
-    sent = run_cli([csv_file, "--repo", f"web={WEB_REPO}", "--no-follow", "--max-in-flight", "5", "--json"], cli_env)
+    dry = invoke([csv_file, "--dry-run", "--repo", f"web={WEB_REPO}"], cli_env)
+    assert dry.exit_code == 0, dry.output
+    assert "4 to submit, 0 to resume, 2 skipped" in dry.output and "no repository" in dry.output
+    assert tasks_seen(platform) == []
+    refused = invoke([csv_file, "--approve-above", "0.9"], cli_env | {"FIXFLEET_TOKEN": "tok-submit"})
+    assert refused.exit_code == 1 and "lacks the approve scope" in refused.output
+    assert tasks_seen(platform) == []
+    bad = invoke([csv_file, "--repo", "web"], cli_env)
+    assert bad.exit_code == 1 and "PROJECT=URL" in bad.output
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
+    sent = run_cli([csv_file, "--repo", f"web={WEB_REPO}", "--no-follow", "--max-in-flight", "5", "--json"],
+                   clean | cli_env)
     assert sent.returncode == 0, sent.stderr
     report = json.loads(sent.stdout)
     assert [r["outcome"] for r in report["results"]].count("submitted") == 4
     assert report["message"].startswith("4 submitted, 0 resumed, 2 skipped")
-    assert len(await tasks_in(store)) == 4
-    refused = run_cli([csv_file, "--approve-above", "0.9"], cli_env | {"FIXFLEET_TOKEN": "tok-submit"})
-    assert refused.returncode == 1 and "lacks the approve scope" in refused.stderr and "Traceback" not in refused.stderr
-    bad = run_cli([str(DATA / "sentry_discover.csv"), "--repo", "web"], cli_env)
-    assert bad.returncode == 1 and "PROJECT=URL" in bad.stderr
+    assert len(tasks_seen(platform)) == 4

@@ -324,6 +324,9 @@ async def test_an_interrupted_run_resumes_without_submitting_anything_twice(lead
     assert all(t.status == S.COMPLETED for t in tasks)
     third = await preview(items, lead)  # and again: everything is followed, nothing sent
     assert [e.action for e in third.to_run] == [Action.RESUME] * 5
+    async with TaskApi(lead.url, "tok-submit") as other:  # the first, stale plan with another token: the same
+        again = await submit(first, other, poll_s=0.02)
+    assert len(await tasks_in(store)) == 5 and [r["outcome"] for r in again.rows()].count("resumed") == 5
 
 
 async def test_bulk_approval_approves_confident_plans_only_and_says_so_in_the_audit_trail(

@@ -80,7 +80,20 @@ async def preview(items: list[BacklogItem], api: TaskApi | None = None, *, where
     existing = await _existing(kept, api) if api is not None else {}
     planned = [_against_tasks(item, existing) for item in kept]
     runnable = sorted((e for e in planned if e.action != Action.SKIP), key=lambda e: e.item.order)  # stable
-    return Plan(entries=runnable + [e for e in planned if e.action == Action.SKIP] + entries)
+    return Plan(entries=runnable + _in_file_order([e for e in planned if e.action == Action.SKIP] + entries))
+
+
+async def recheck(plan: Plan, api: TaskApi) -> Plan:
+    """`plan` against the tasks fixfleet has now: one made before an interruption, or long ago, may
+    name as new an item that has a task since (a run's, a webhook's)."""
+    existing = await _existing([e.item for e in plan.to_run], api)
+    fresh = [_against_tasks(e.item, existing) for e in plan.to_run]
+    return Plan(entries=[e for e in fresh if e.action != Action.SKIP]
+                + _in_file_order([e for e in fresh if e.action == Action.SKIP] + plan.skipped))
+
+
+def _in_file_order(entries: list[Entry]) -> list[Entry]:
+    return sorted(entries, key=lambda e: e.item.line if e.item.line is not None else float("inf"))
 
 
 def _skip_reason(item: BacklogItem, first_line: dict[str, int | None], where: Where | None,

@@ -7,9 +7,10 @@ FIXFLEET_MAX_BUDGET_USD, which an agent may not exceed) plus its own per-task bu
 `budget_usd`. When a finished task leaves room, submitting goes on; when nothing is running and
 there is no room, the run stops and says so (`RunResult.budget_exhausted`, `message`).
 
-Interrupt it at any point and run it again: an item submitted before is found and followed, not
-sent again (and a submission whose answer was lost asks with the same Idempotency-Key, which
-gets the same task back).
+Interrupt it at any point and run it again (with the same plan or a new preview): the plan is
+checked against fixfleet's tasks first, so an item submitted before is found and followed, not
+sent again; a submission whose answer was lost asks again with the same Idempotency-Key, which
+gets the same task back.
 
 With `approve_above`, plans whose confidence is at or above it are approved by this run's token
 (it must have the approve scope, checked before anything is submitted); the approval's audit row
@@ -28,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fixfleet.backlog.api import ApiError, RemoteTask, TaskApi
-from fixfleet.backlog.preview import Action, Entry, Plan
+from fixfleet.backlog.preview import Action, Entry, Plan, recheck
 from fixfleet.backlog.results import BULK_NOTE, TaskResult, result_of
 from fixfleet.backlog.tables import as_table
 from fixfleet.config import Settings, load_settings
@@ -117,9 +118,24 @@ async def submit(plan: Plan, api: TaskApi, *, settings: Settings | None = None,
     """Run `plan` (see the module's docstring); `options` are RunOptions' fields."""
     opts = RunOptions(**options)
     per_task = opts.per_task_usd or (settings if settings is not None else load_settings()).max_budget_usd
-    run = BacklogRun(plan, api, opts, per_task, on_event)
-    await run.check_token()
-    return await run.execute()
+    await check_token(api, opts)
+    return await BacklogRun(await recheck(plan, api), api, opts, per_task, on_event).execute()
+
+
+async def check_token(api: TaskApi, opts: RunOptions) -> None:
+    """Refuse up front, before anything is submitted, a token that lacks a scope the run needs."""
+    try:
+        name, scopes = await api.whoami()
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        raise ApiError(404, f"{api.url} has no /whoami: it predates batch backlogs; upgrade it") from None
+    needed = ["read", "submit"] + (["approve"] if opts.approve_above is not None else [])
+    missing = [scope for scope in needed if scope not in scopes]
+    if missing:
+        why = " (approve_above approves plans)" if "approve" in missing else ""
+        raise ScopeError(f"the token {name!r} lacks the {' and '.join(missing)} scope{'s' if len(missing) > 1 else ''}"
+                         f"{why}; it has {', '.join(scopes) or 'none'}: nothing was submitted")
 
 
 class BacklogRun:
@@ -131,20 +147,6 @@ class BacklogRun:
         self.tracked: dict[str, Tracked] = {}
         self.refused: dict[str, str] = {}
         self.budget_blocked = self.timed_out = False
-
-    async def check_token(self) -> None:
-        try:
-            name, scopes = await self.api.whoami()
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            raise ApiError(404, f"{self.api.url} has no /whoami: it predates batch backlogs; upgrade it") from None
-        needed = ["read", "submit"] + (["approve"] if self.opts.approve_above is not None else [])
-        missing = [scope for scope in needed if scope not in scopes]
-        if missing:
-            why = " (--approve-above / approve_above approves plans)" if "approve" in missing else ""
-            raise ScopeError(f"the token {name!r} lacks the {' and '.join(missing)} scope{'s' if len(missing) > 1 else ''}"
-                             f"{why}; it has {', '.join(scopes) or 'none'}: nothing was submitted")
 
     async def execute(self) -> RunResult:
         for entry in (e for e in self.plan.to_run if e.action == Action.RESUME):

@@ -16,15 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import Result
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from fixfleet.backlog import (Action, BacklogFormatError, Plan, RunEvent, ScopeError, TaskApi, load_jira, load_sentry,
-                              parse_csv, preview, read_csv, submit)
+from fixfleet.backlog import (Action, BacklogFormatError, Plan, RunEvent, ScopeError, SourceNotConfigured, TaskApi,
+                              load_jira, load_sentry, parse_csv, preview, read_csv, submit)
 from fixfleet.cli import app
 from fixfleet.config import Settings
 from fixfleet.integrations.jira import JiraClient
-from fixfleet.integrations.sentry import SentryClient
 from fixfleet.models import TERMINAL, NewTask, Priority, Source, Task, TaskEvent
 from fixfleet.models import TaskStatus as S
 from fixfleet.store import Store
@@ -133,11 +133,12 @@ async def test_a_sentry_projects_unresolved_issues_become_items_with_their_stack
         fake.add_issue("4242", "ZeroDivisionError: division by zero", frames, count=1520, users=87)
         fake.add_issue("4243", "KeyError: 'sku'", frames, level="fatal")
         fake.add_issue("4244", "Fixed", frames, status="resolved")
-        client = SentryClient(SENTRY_TOKEN, f"{fake.url}/api/0")
-        try:
-            items = await load_sentry("acme", "backend", client=client, settings=MAPPED)
-        finally:
-            await client.aclose()
+        # No client given: one is made from the settings, as a notebook with SENTRY_AUTH_TOKEN set would.
+        configured = MAPPED.model_copy(update={"sentry_auth_token": SecretStr(SENTRY_TOKEN),
+                                               "sentry_api_url": f"{fake.url}/api/0"})
+        items = await load_sentry("acme", "backend", settings=configured)
+        with pytest.raises(SourceNotConfigured, match="set SENTRY_AUTH_TOKEN or pass client="):
+            await load_sentry("acme", "backend", settings=MAPPED)
     assert [(i.external_id, i.count, i.users, i.priority) for i in items] == [
         ("4242", 1520, 87, Priority.HIGH), ("4243", 3, 1, Priority.CRITICAL)]
     assert 'File "app/calc.py", line 2, in div' in items[0].body and "return a / b" in items[0].body

@@ -53,7 +53,7 @@ class RunOptions(BaseModel):
 
 
 class Progress(BaseModel):
-    to_submit: int
+    to_run: int  # items to submit or resume
     submitted: int = 0
     resumed: int = 0
     ended: int = 0
@@ -241,7 +241,7 @@ class BacklogRun:
 
     def progress(self) -> Progress:
         tracked = self.tracked.values()
-        return Progress(to_submit=len(self.plan.to_run), submitted=sum(t.created for t in tracked),
+        return Progress(to_run=len(self.plan.to_run), submitted=sum(t.created for t in tracked),
                         resumed=sum(not t.created for t in tracked), ended=sum(t.task.ended for t in tracked),
                         in_flight=self._in_flight(), spent_usd=round(self._spent(), 6),
                         committed_usd=round(self._committed(), 6))

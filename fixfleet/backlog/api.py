@@ -112,7 +112,8 @@ class TaskApi:
         """Every task carrying one of these (key, id) external ids."""
         found: dict[int, RemoteTask] = {}
         for start in range(0, len(external), FIND_BATCH):
-            params: list[tuple[str, str | int]] = [("external", f"{k}:{v}") for k, v in external[start:start + FIND_BATCH]]
+            batch = external[start:start + FIND_BATCH]
+            params: list[tuple[str, str | int]] = [("external", f"{key}:{value}") for key, value in batch]
             offset: int | None = 0
             while offset is not None:
                 page = await self._call("GET", "/tasks", params=[*params, ("limit", 500), ("offset", offset)])
@@ -149,7 +150,8 @@ class TaskApi:
                 response = await self._client().request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt == self.attempts:
-                    raise ApiError(None, f"fixfleet at {self.url} did not answer ({type(exc).__name__}: {exc})") from None
+                    reason = f"{type(exc).__name__}: {exc}"
+                    raise ApiError(None, f"fixfleet at {self.url} did not answer ({reason})") from None
             else:
                 if response.status_code not in RETRIED or attempt == self.attempts:
                     break

@@ -232,7 +232,8 @@ def _jira_row(key: str, line: int, get, labels: list[str]) -> BacklogItem:  # no
     resolved = (category or "").casefold() == "done" or (
         category is None and bool(resolution) and resolution.casefold() not in ("unresolved", "none"))
     kind = get("type")
-    body = description + (f"\n\nIssue type: {kind}" if kind else "") + (f"\nLabels: {', '.join(labels)}" if labels else "")
+    body = (description + (f"\n\nIssue type: {kind}" if kind else "")
+            + (f"\nLabels: {', '.join(labels)}" if labels else ""))
     return make_item(
         source="jira", external_id=key, title=get("summary"), body=body.strip(),
         project=get("project") or key.rsplit("-", 1)[0], priority=jira_priority(get("priority")),

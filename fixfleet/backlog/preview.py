@@ -125,7 +125,8 @@ def _against_tasks(item: BacklogItem, existing: dict[tuple[str, str], list[Remot
     tasks = {t.id: t for pair in item.external_ids.items() for t in existing.get(pair, [])}
     if not tasks:
         return Entry(item=item, action=Action.SUBMIT)
-    own = [t for t in tasks.values() if t.source == Source.API and t.external_ids.get(item.external_key) == item.external_id]
+    own = [t for t in tasks.values()
+           if t.source == Source.API and t.external_ids.get(item.external_key) == item.external_id]
     if own:  # a run of this backlog made it (or someone submitted it through the API): follow that one
         task = max(own, key=lambda t: t.id)
         return Entry(item=item, action=Action.RESUME, task=task.key,

@@ -61,7 +61,8 @@ def result_of(item: BacklogItem, task: RemoteTask, events: list[RemoteEvent], no
     moves = [e for e in events if e.to_status is not None]
     started = moves[0].created_at if moves else task.created_at
     ended = moves[-1].created_at if moves and task.status in TERMINAL else now
-    approval = next((e for e in reversed(moves) if e.to_status == S.APPROVED and e.from_status == S.AWAITING_APPROVAL), None)
+    approvals = [e for e in moves if e.to_status == S.APPROVED and e.from_status == S.AWAITING_APPROVAL]
+    approval = approvals[-1] if approvals else None
     stages = stage_seconds(events, now)
     return TaskResult(
         source=item.source, external_id=item.external_id, title=item.title, task=task.key, status=task.status,

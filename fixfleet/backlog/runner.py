@@ -45,7 +45,8 @@ class RunOptions(BaseModel):
 
     budget_usd: float | None = Field(None, gt=0, description="total for this backlog; None: no limit")
     max_in_flight: int = Field(4, ge=1, description="this backlog's unfinished tasks at most at once")
-    per_task_usd: float | None = Field(None, gt=0, description="committed per unfinished task; None: FIXFLEET_MAX_BUDGET_USD")
+    per_task_usd: float | None = Field(None, gt=0,
+                                       description="committed per unfinished task; None: FIXFLEET_MAX_BUDGET_USD")
     approve_above: float | None = Field(None, ge=0, le=1, description="approve plans this confident; None: never")
     poll_s: float = Field(5.0, gt=0, description="how often unfinished tasks are looked at")
     follow: bool = Field(True, description="wait until every task ends (else return once all are submitted)")
@@ -100,7 +101,8 @@ class RunResult(BaseModel):
             base = {"outcome": "", "source": item.source, "id": item.external_id, "title": item.title,
                     "priority": item.priority.value, "reason": entry.reason}
             if entry.action != Action.SKIP and (result := by_ref.get(item.ref)) is not None:
-                rows.append(base | {"outcome": self.outcomes[item.ref]} | result.row() | {"reason": result.failure or ""})
+                done = {"outcome": self.outcomes[item.ref]} | result.row() | {"reason": result.failure or ""}
+                rows.append(base | done)
             elif item.ref in self.not_submitted:
                 rows.append(base | {"outcome": "not submitted", "repository": item.repository,
                                     "reason": self.not_submitted[item.ref]})
@@ -170,7 +172,8 @@ class BacklogRun:
 
     async def _refresh(self) -> None:
         running = [t for t in self.tracked.values() if not t.task.ended]
-        for tracked, task in zip(running, await asyncio.gather(*(self.api.get(t.task.key) for t in running)), strict=True):
+        latest = await asyncio.gather(*(self.api.get(t.task.key) for t in running))
+        for tracked, task in zip(running, latest, strict=True):
             tracked.task = task
             if task.ended:
                 self._emit("ended", tracked.entry, task, f"{task.key} {task.status} (${task.cost_usd:.2f})")

@@ -148,14 +148,19 @@ async def test_a_sentry_projects_unresolved_issues_become_items_with_their_stack
 # --- against a running fixfleet ----------------------------------------------------------------
 
 
-@pytest.fixture
-def platform(settings: Settings, store: Store, redis: Redis) -> Iterator[str]:
-    """The real ingress (task API) on the test database, with three tokens."""
-    configured = Settings.model_validate(settings.model_dump() | {
-        "api_tokens": json.dumps(TOKENS), "repo_allowlist": ["https://github.com/acme/*"],
-        "database_url": settings.database_url.get_secret_value(), "redis_url": settings.redis_url.get_secret_value()})
+@pytest.fixture(scope="module")
+def ingress(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real ingress (task API) on the test database, with three tokens; one for the module."""
+    configured = Settings(database_url=database_url, redis_url=redis_url, home=tmp_path_factory.mktemp("home"),
+                          api_tokens=json.dumps(TOKENS), repo_allowlist=["https://github.com/acme/*"])
     with running_ingress(configured) as url:
         yield url
+
+
+@pytest.fixture
+def platform(ingress: str, store: Store, redis: Redis) -> str:
+    """The ingress, on an empty database and Redis (the `store` and `redis` fixtures empty them)."""
+    return ingress
 
 
 @pytest.fixture

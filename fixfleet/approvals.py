@@ -67,7 +67,10 @@ class Approvals:
         plan_version: int | None = None,
         seen_at: datetime | None = None,
         feedback: str = "",
+        note: str = "",
     ) -> Task:
+        """`note`: why, in the approver's words or a rule's (a bulk approval says which); kept in
+        the audit row's reason and data."""
         task = await self.store.get_task(ref)
         try:
             await self._authorize(principal, task)
@@ -77,9 +80,10 @@ class Approvals:
                 task.id, actor=principal.actor, reason=f"{decision} refused: {refusal}", data={"decision": decision}
             )
             raise
-        data = {"plan_version": task.plan_version, "decision": decision} | ({"feedback": feedback} if feedback else {})
+        data = ({"plan_version": task.plan_version, "decision": decision} | ({"feedback": feedback} if feedback else {})
+                | ({"note": note} if note else {}))
         return await self.store.transition(
-            task.id, TARGET[decision], actor=principal.actor, reason=feedback or f"{decision}d",
+            task.id, TARGET[decision], actor=principal.actor, reason=feedback or note or f"{decision}d",
             data=data, expected_version=task.version,
         )
 

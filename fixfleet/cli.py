@@ -339,6 +339,78 @@ def demo(
         out.print(f"  {commit}")
 
 
+@app.command("backlog")
+def backlog_command(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A Sentry or Jira CSV export.")],
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0.01, help="Total USD for this backlog: a task is sent only while spent + committed "
+                                   "(unfinished tasks x per-task budget) + its own stays within it.")] = None,
+    max_in_flight: Annotated[int, typer.Option(min=1, help="This backlog's unfinished tasks at most at once.")] = 4,
+    approve_above: Annotated[float | None, typer.Option(
+        min=0, max=1, help="Approve plans whose confidence is at or above this (needs the approve scope); "
+                           "default: every plan waits for a human.")] = None,
+    per_task_usd: Annotated[float | None, typer.Option(
+        min=0.01, help="Committed per unfinished task (default FIXFLEET_MAX_BUDGET_USD).")] = None,
+    url: Annotated[str, typer.Option(envvar="FIXFLEET_URL", help="The running fixfleet's address.")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(
+        envvar="FIXFLEET_TOKEN", show_default=False,
+        help="An API token (scopes read, submit; approve for --approve-above). Prefer FIXFLEET_TOKEN: "
+             "a command line is visible to other users.")] = None,
+    repo: Annotated[list[str] | None, typer.Option(
+        "--repo", help="PROJECT=URL: the repository of a Sentry project or Jira project key (repeatable); "
+                       "else FIXFLEET_SENTRY_PROJECT_REPOS / FIXFLEET_JIRA_PROJECT_REPOS.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be submitted, submit nothing.")] = False,
+    follow: Annotated[bool, typer.Option(help="Wait until every task ends (else stop once all are sent).")] = True,
+    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks at unfinished tasks.")] = 5.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a backlog (a CSV export) in priority order within a cap and a budget, follow it and print what
+    became of each item. Interrupt and run again to resume: nothing is submitted twice."""
+    from fixfleet import backlog
+    from fixfleet.backlog.console import plan_table, progress_bar, result_table
+
+    if not token:
+        fail("give an API token: FIXFLEET_TOKEN=... (or --token)")
+    repos = dict(_project_repo(value) for value in repo or [])
+    settings = load_settings()
+    progress = err if as_json else out
+
+    async def main() -> tuple[backlog.Plan, backlog.RunResult | None]:
+        async with backlog.TaskApi(url, token) as api:
+            items = backlog.read_csv(file, repos=repos, settings=settings)
+            plan = await backlog.preview(items, api)
+            progress.print(plan_table(plan))
+            if dry_run:
+                return plan, None
+            with progress_bar(progress, len(plan.to_run)) as on_event:
+                return plan, await backlog.submit(plan, api, settings=settings, on_event=on_event, budget_usd=budget,
+                                                  max_in_flight=max_in_flight, per_task_usd=per_task_usd,
+                                                  approve_above=approve_above, poll_s=poll, follow=follow)
+
+    try:
+        plan, result = asyncio.run(main())
+    except (backlog.BacklogFormatError, backlog.ScopeError, backlog.ApiError, ValidationError) as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        fail("interrupted: run the same command again to resume (nothing is submitted twice)", code=130)
+        return
+    if as_json:
+        print(json.dumps({"plan": plan.rows(), "results": result.rows() if result else None,
+                          "budget_exhausted": bool(result and result.budget_exhausted),
+                          "message": result.message if result else plan.summary()}, default=str))
+    elif result is not None:
+        out.print(result_table(result))
+        out.print(result.message, highlight=False)
+
+
+def _project_repo(value: str) -> tuple[str, str]:
+    project, equals, url = value.partition("=")
+    if not equals or not project.strip() or not url.strip():
+        fail(f"--repo {value!r}: write PROJECT=URL, e.g. --repo backend=https://github.com/acme/api.git")
+    return project.strip(), url.strip()
+
+
 @app.command()
 def up(
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -79,6 +80,28 @@ class Source(StrEnum):
     JIRA = "jira"
     SENTRY = "sentry"
     SLACK = "slack"
+
+
+# External ids a submitter may attach to a task (the webhooks use the same keys), and their shapes:
+# a Sentry issue id, a Jira issue key, a GitHub issue as "[host/]owner/name#n".
+EXTERNAL_ID_FORMATS: dict[str, re.Pattern[str]] = {
+    "sentry_issue": re.compile(r"\d{1,20}"),
+    "jira": re.compile(r"[A-Z][A-Z0-9_]{0,99}-\d{1,18}"),
+    "github_issue": re.compile(r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[\w.-]{1,100}/[\w.-]{1,100}#\d{1,18}"),
+}
+LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, "github_pr")  # what tasks can be found by
+MAX_EXTERNAL_ID = 200
+
+
+def check_external_id(key: str, value: str, *, keys: tuple[str, ...] = tuple(EXTERNAL_ID_FORMATS)) -> None:
+    """Raise ValueError (a message fit for a 422) unless `key` is one of `keys` and `value` its shape."""
+    if key not in keys:
+        raise ValueError(f"external id {key!r}: use one of {', '.join(keys)}")
+    if not value or len(value) > MAX_EXTERNAL_ID:
+        raise ValueError(f"external id {key}: 1 to {MAX_EXTERNAL_ID} characters")
+    pattern = EXTERNAL_ID_FORMATS.get(key)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ValueError(f"external id {key}={value[:50]!r} is not a {key.replace('_', ' ')} id")
 
 
 class NewTask(BaseModel):

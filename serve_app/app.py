@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastA
     )
     app.include_router(webhooks.router)
     app.include_router(tasks_api.router)
+    app.include_router(tasks_api.tokens_router)
     app.include_router(ops.router)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer_with(status))

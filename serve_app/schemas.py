@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from fixfleet.models import Priority, Task, TaskEvent, TaskStatus
+from fixfleet.models import EXTERNAL_ID_FORMATS, Priority, Task, TaskEvent, TaskStatus, check_external_id
 
 
 class ErrorOut(BaseModel):
@@ -19,12 +19,24 @@ class TaskIn(BaseModel):
     title: str = Field(min_length=1, max_length=500)
     body: str = Field("", max_length=200_000)
     priority: Priority = Priority.NORMAL
+    external_ids: dict[str, str] = Field(
+        default_factory=dict, max_length=len(EXTERNAL_ID_FORMATS),
+        description="What this task is about elsewhere: sentry_issue (an issue id), jira (an issue key), "
+                    "github_issue ([host/]owner/name#n). Alerts and tickets for them then find this task.")
+
+    @field_validator("external_ids")
+    @classmethod
+    def _known_external_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, external_id in value.items():
+            check_external_id(key, external_id)
+        return value
 
 
 class TaskOut(BaseModel):
     id: int
     key: str
     source: str
+    external_ids: dict[str, str]
     repo: str
     title: str
     body: str
@@ -69,6 +81,12 @@ class EventOut(BaseModel):
 
 class ApproveIn(BaseModel):
     plan_version: int = Field(ge=0, description="the plan version being approved; refused if the plan changed")
+    note: str = Field("", max_length=500, description="why, for the audit trail (e.g. a bulk approval's rule)")
+
+
+class WhoAmIOut(BaseModel):
+    name: str
+    scopes: list[str]
 
 
 class ReasonIn(BaseModel):

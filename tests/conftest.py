@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -58,7 +59,20 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(redis_server_url: str) -> str:
-    return redis_db_url(redis_server_url, TEST_REDIS_DB)
+    """db 13, unless REDIS_URL names another non-zero database: runs side by side on one server
+    (worktrees, CI shards) each name their own, and the suite flushes only that one. db 0 (where
+    real data usually lives) is never used."""
+    named = named_redis_db(os.environ.get("REDIS_URL"))
+    return redis_db_url(redis_server_url, named or TEST_REDIS_DB)
+
+
+def named_redis_db(url: str | None) -> int | None:
+    """The database number a redis:// URL names (`/11`, or `?db=11` for unix sockets), unless 0."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    text = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
+    return int(text) if text.isdigit() and int(text) != 0 else None
 
 
 @pytest.fixture

@@ -380,6 +380,74 @@ async def test_task_api_scopes_and_lifecycle(api: str, store: Store) -> None:
     assert cancelled.json()["status"] == "CANCELLED"
 
 
+async def test_a_submitted_task_carries_its_external_ids_and_is_found_by_them(api: str, store: Store) -> None:
+    new = {"repo": REPO, "title": "KeyError in checkout", "external_ids": {"sentry_issue": "4242", "jira": "OPS-7"}}
+    created = httpx.post(f"{api}/tasks", json=new, headers=bearer("tok-submit"))
+    assert created.status_code == 202 and created.json()["external_ids"] == new["external_ids"]
+    assert created.json()["source"] == "api"  # who submitted it; the ids say what it is about
+    other = httpx.post(f"{api}/tasks", json={"repo": REPO, "title": "other", "external_ids": {"jira": "OPS-8"}},
+                       headers=bearer("tok-submit")).json()
+    httpx.post(f"{api}/tasks", json={"repo": REPO, "title": "unrelated"}, headers=bearer("tok-submit"))
+
+    def found(*filters: str) -> list[str]:
+        page = httpx.get(f"{api}/tasks", params=[("external", f) for f in filters], headers=bearer("tok-read"))
+        assert page.status_code == 200, page.text
+        return [t["key"] for t in page.json()["items"]]
+
+    assert found("sentry_issue:4242") == [created.json()["key"]]
+    assert found("jira:OPS-7", "jira:OPS-8", "jira:OPS-9") == [other["key"], created.json()["key"]]
+    assert found("sentry_issue:1") == []
+    # A Sentry alert for the same issue attaches to the submitted task instead of making another.
+    alert = post_sentry(api, sentry_alert(issue_id="4242"), "req-ext")
+    assert alert.json()["status"] == "attached" and alert.json()["task"] == created.json()["key"]
+
+
+@pytest.mark.parametrize(("external_ids", "reason"), [
+    ({"github_pr": "acme/api#8"}, "use one of sentry_issue, jira, github_issue"),
+    ({"sentry_issue": "BACKEND-4Z"}, "not a sentry issue id"),
+    ({"jira": "OPS-1 OR 1=1"}, "not a jira id"),
+    ({"jira": "A" * 199 + "-1"}, "1 to 200 characters"),
+    ({"github_issue": "acme/api"}, "not a github issue id"),
+])
+def test_bad_external_ids_are_422_with_a_reason(api: str, external_ids: dict, reason: str) -> None:
+    answer = httpx.post(f"{api}/tasks", json={"repo": REPO, "title": "t", "external_ids": external_ids},
+                        headers=bearer("tok-submit"))
+    assert answer.status_code == 422 and reason in answer.text, answer.text
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ([("external", "sentry_issue")], "write it as key:id"),
+    ([("external", "sentry_issue:abc")], "not a sentry issue id"),
+    ([("external", "nope:1")], "use one of"),
+    ([("external", f"jira:OPS-{n}") for n in range(101)], "at most 100"),
+])
+def test_bad_external_filters_are_422_with_a_reason(api: str, params: list, reason: str) -> None:
+    answer = httpx.get(f"{api}/tasks", params=params, headers=bearer("tok-read"))
+    assert answer.status_code == 422 and reason in answer.json()["detail"], answer.text
+
+
+async def test_an_approval_note_is_in_the_audit_trail_with_the_token_name(api: str, store: Store) -> None:
+    key = httpx.post(f"{api}/tasks", json={"repo": REPO, "title": "t"}, headers=bearer("tok-submit")).json()["key"]
+    await store.transition(key, TaskStatus.PLANNING, actor="planner")
+    await store.transition(key, TaskStatus.AWAITING_APPROVAL, actor="planner", changes={"plan_version": 1})
+    too_long = httpx.post(f"{api}/tasks/{key}/approve", json={"plan_version": 1, "note": "x" * 501},
+                          headers=bearer("tok-approve"))
+    assert too_long.status_code == 422
+    note = "bulk approval: confidence 0.93 ≥ 0.90"
+    approved = httpx.post(f"{api}/tasks/{key}/approve", json={"plan_version": 1, "note": note},
+                          headers=bearer("tok-approve"))
+    assert approved.status_code == 200 and approved.json()["status"] == "APPROVED"
+    row = httpx.get(f"{api}/tasks/{key}/events", headers=bearer("tok-read")).json()[-1]
+    assert (row["to_status"], row["actor"], row["reason"], row["data"]["note"]) == ("APPROVED", "api:lead", note, note)
+
+
+def test_whoami_names_the_token_and_its_scopes(api: str) -> None:
+    assert httpx.get(f"{api}/whoami", headers=bearer("tok-read")).json() == {"name": "reader", "scopes": ["read"]}
+    assert httpx.get(f"{api}/whoami", headers=bearer("tok-approve")).json()["scopes"] == ["read", "submit", "approve"]
+    assert httpx.get(f"{api}/whoami").status_code == 401
+    assert httpx.get(f"{api}/whoami", headers=bearer("nope")).status_code == 401
+
+
 @pytest.mark.parametrize(
     "repo",
     ["-oProxyCommand=touch /tmp/pwned", "https://user:pw@github.com/acme/api.git", "https://github.com/evil/api.git",
@@ -430,7 +498,7 @@ def test_openapi_models_every_route(api: str) -> None:
     for path in ["/webhooks/github", "/webhooks/jira", "/webhooks/sentry", "/webhooks/slack/interactions",
                  "/webhooks/slack/commands", "/health", "/metrics", "/tasks", "/tasks/{ref}", "/tasks/{ref}/events",
                  "/tasks/{ref}/approve", "/tasks/{ref}/reject", "/tasks/{ref}/revise", "/tasks/{ref}/cancel",
-                 "/tasks/{ref}/retry"]:
+                 "/tasks/{ref}/retry", "/whoami"]:
         assert path in paths, path
     assert {"TaskIn", "TaskOut", "TaskPage", "WebhookOut", "HealthOut", "ApproveIn"} <= set(spec["components"]["schemas"])
     assert httpx.get(f"{api}/docs").status_code == 200

@@ -438,6 +438,20 @@ async def test_jira_retries_a_503(jira: JiraClient, fake_jira: FakeJira) -> None
     assert fake_jira.status("OPS-7") == "Done" and len(fake_jira.calls_to(r"/transitions$", "POST")) == 2
 
 
+async def test_jira_search_pages_by_token_and_returns_the_fields_asked(jira: JiraClient, fake_jira: FakeJira) -> None:
+    fake_jira.search_page_size = 2
+    for n in range(8, 13):
+        fake_jira.add_issue(f"OPS-{n}", f"bug {n}", status="Done" if n == 10 else "To Do")
+    fake_jira.add_issue("WEB-1", "elsewhere")
+    found = await jira.search("project = OPS AND statusCategory != Done ORDER BY created DESC")
+    assert [i["key"] for i in found] == ["OPS-7", "OPS-8", "OPS-9", "OPS-11", "OPS-12"]
+    assert found[0]["fields"]["summary"] == "Division by zero in calc" and "description" in found[0]["fields"]
+    assert len(fake_jira.calls_to("/search/jql", "POST")) == 3  # 2 + 2 + 1, following nextPageToken
+    assert [i["key"] for i in await jira.search("project in (OPS, WEB)", limit=3)] == ["OPS-7", "OPS-8", "OPS-9"]
+    with pytest.raises(RejectedError, match="JQL"):
+        await jira.search("assignee = currentUser()")
+
+
 # --- Sentry -----------------------------------------------------------------------------------
 
 
@@ -469,6 +483,20 @@ async def test_sentry_message_event_has_no_frames(sentry: SentryClient, fake_sen
     assert await sentry.latest_event("77") == []
     with pytest.raises(NotFoundError):
         await sentry.get_issue("78")
+
+
+async def test_sentry_project_issues_follow_the_link_cursor(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
+    fake_sentry.issue_page_size = 2
+    for n in range(1, 6):
+        fake_sentry.add_issue(str(5000 + n), f"KeyError {n}", FRAMES, status="resolved" if n == 3 else "unresolved")
+    fake_sentry.add_issue("6000", "elsewhere", FRAMES, project="frontend")
+    found = await sentry.project_issues("acme", "backend")
+    assert [i["id"] for i in found] == ["4242", "5001", "5002", "5004", "5005"]
+    pages = fake_sentry.calls_to("/projects/acme/backend/issues/")
+    assert len(pages) == 3 and pages[0].query["query"] == ["is:unresolved"] and "cursor" in pages[1].query
+    assert [i["id"] for i in await sentry.project_issues("acme", "backend", query="is:resolved")] == ["5003"]
+    with pytest.raises(NotFoundError):
+        await sentry.project_issues("other-org", "backend")
 
 
 async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:

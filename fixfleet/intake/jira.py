@@ -48,6 +48,16 @@ def parse_jira(payload: Any, settings: Settings) -> TaskRequest | Ignored:
     )
 
 
+def jira_priority(name: Any) -> Priority:
+    """A Jira priority name (Highest, Blocker, High, Medium, Low, ...) as a task priority; normal if unknown."""
+    return _JIRA_PRIORITY.get(name.strip().casefold() if isinstance(name, str) else "", Priority.NORMAL)
+
+
+def sentry_issue_links(text: str) -> list[str]:
+    """The Sentry issue ids a text links to, sorted, each once."""
+    return sorted(set(_SENTRY_LINK.findall(text)))
+
+
 def _jira_project(fields: dict[str, Any], key: str) -> str:
     return as_str(dig(fields, "project", "key")) or key.rsplit("-", 1)[0]
 
@@ -97,11 +107,10 @@ def _jira_task(
             reason=f"no repository mapped for jira project {project}; "
             "set FIXFLEET_JIRA_PROJECT_REPOS (or FIXFLEET_DEFAULT_REPO)"
         )
-    sentry_issues = sorted(set(_SENTRY_LINK.findall(description)))
+    sentry_issues = sentry_issue_links(description)
     external_ids = {"jira": key}
     if len(sentry_issues) == 1:  # a later alert for that Sentry issue then finds this task
         external_ids["sentry_issue"] = sentry_issues[0]
-    priority_name = (as_str(dig(fields, "priority", "name")) or "").casefold()
     context = {
         "jira_key": key,
         "jira_project": project,
@@ -121,7 +130,7 @@ def _jira_task(
         repo=repo,
         title=one_line(as_str(fields.get("summary")), key),
         body=description,
-        priority=_JIRA_PRIORITY.get(priority_name, Priority.NORMAL),
+        priority=jira_priority(as_str(dig(fields, "priority", "name"))),
         external_ids=external_ids,
         context=context,
     )

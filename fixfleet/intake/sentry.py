@@ -51,7 +51,8 @@ def _sentry_repo(project: str | None, project_id: str | None, settings: Settings
     )
 
 
-def _sentry_priority(level: Any) -> Priority:
+def sentry_priority(level: Any) -> Priority:
+    """fatal: critical, error: high, warning: normal, anything else: low."""
     return _SENTRY_LEVEL.get(level if isinstance(level, str) else "", Priority.LOW)
 
 
@@ -81,7 +82,7 @@ def _sentry_exceptions(event: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _sentry_body(title: str, culprit: str | None, web_url: str | None, exceptions: list[dict[str, Any]]) -> str:
+def sentry_body(title: str, culprit: str | None, web_url: str | None, exceptions: list[dict[str, Any]]) -> str:
     """A readable report for the planning agent: the error, where, and a Python-style trace."""
     lines = [title]
     if culprit:
@@ -134,8 +135,8 @@ def _sentry_event_task(event: dict[str, Any], payload: dict[str, Any], settings:
         source=Source.SENTRY,
         repo=repo,
         title=title,
-        body=_sentry_body(title, culprit, web_url, exceptions),
-        priority=_sentry_priority(event.get("level")),
+        body=sentry_body(title, culprit, web_url, exceptions),
+        priority=sentry_priority(event.get("level")),
         external_ids={"sentry_issue": issue_id},
         context=context,
     )
@@ -171,8 +172,8 @@ def _sentry_issue_task(issue: dict[str, Any], settings: Settings) -> TaskRequest
         source=Source.SENTRY,
         repo=repo,
         title=title,
-        body=_sentry_body(title, culprit, web_url, []),
-        priority=_sentry_priority(issue.get("level")),
+        body=sentry_body(title, culprit, web_url, []),
+        priority=sentry_priority(issue.get("level")),
         external_ids={"sentry_issue": issue_id},
         context=context,
     )

@@ -19,6 +19,8 @@ from fixfleet.intake import adf_to_text
 from fixfleet.integrations.base import ApiClient, RejectedError, ClientOptions, secret_value
 
 MAX_COMMENT_PAGES = 40
+MAX_SEARCH_PAGES = 200  # 20,000 issues at 100 a page: a backlog, not a data export
+SEARCH_FIELDS = ["summary", "description", "priority", "project", "status", "issuetype", "labels"]
 MARKER_COLOR = "#97a0af"
 _MARKER = re.compile(r"^[\w.:/-]+$")
 _URL = re.compile(r"https?://[^\s<>\"')\]]+")
@@ -155,6 +157,21 @@ class JiraClient(ApiClient):
     async def get_issue(self, key: str, fields: list[str] | None = None) -> dict[str, Any]:
         params = {"fields": ",".join(fields)} if fields else None
         return self._json(await self._call("GET", f"/issue/{quote(key)}", params=params))
+
+    async def search(self, jql: str, *, fields: list[str] | None = None, page_size: int = 100,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+        """The issues a JQL query finds, page by page (`POST /search/jql`, `nextPageToken`), with
+        `fields` (default SEARCH_FIELDS: the endpoint returns only ids unless asked)."""
+        found: list[dict[str, Any]] = []
+        body: dict[str, Any] = {"jql": jql, "fields": fields or SEARCH_FIELDS, "maxResults": page_size}
+        for _ in range(MAX_SEARCH_PAGES):
+            page = self._json(await self._call("POST", "/search/jql", json=body))
+            found.extend(page.get("issues") or [])
+            token = page.get("nextPageToken")
+            if (limit is not None and len(found) >= limit) or not token or page.get("isLast"):
+                break
+            body["nextPageToken"] = token
+        return found[:limit] if limit is not None else found
 
     async def comments(self, key: str) -> list[dict[str, Any]]:
         """Every comment of the issue (paged by startAt / maxResults / total)."""

@@ -16,6 +16,7 @@ from fixfleet.intake import MAX_CONTEXT_LINE, MAX_FRAMES
 from fixfleet.integrations.base import ApiClient, ClientOptions, secret_value
 
 SENTRY_API_URL = "https://sentry.io/api/0"
+MAX_ISSUE_PAGES = 200  # 100 issues a page
 
 
 def _text(value: Any) -> str | None:
@@ -93,6 +94,24 @@ class SentryClient(ApiClient):
 
     async def get_issue(self, issue_id: str | int) -> dict[str, Any]:
         return self._json(await self._call("GET", f"/issues/{quote(str(issue_id))}/"))
+
+    async def project_issues(self, organization: str, project: str, *, query: str = "is:unresolved",
+                             limit: int | None = None) -> list[dict[str, Any]]:
+        """A project's issues matching `query`, following the Link header's `rel="next"` cursor
+        while it says `results="true"`."""
+        found: list[dict[str, Any]] = []
+        path = f"/projects/{quote(organization, safe='')}/{quote(project, safe='')}/issues/"
+        params = {"query": query}
+        for _ in range(MAX_ISSUE_PAGES):
+            response = await self._call("GET", path, params=params)
+            page = self._json(response)
+            found.extend(issue for issue in (page if isinstance(page, list) else []) if isinstance(issue, dict))
+            following = response.links.get("next") or {}
+            if (limit is not None and len(found) >= limit) or following.get("results") != "true" \
+                    or not following.get("cursor"):
+                break
+            params = {"query": query, "cursor": following["cursor"]}
+        return found[:limit] if limit is not None else found
 
     async def latest_event_details(self, issue_id: str | int) -> dict[str, Any]:
         """The latest event, summarised: event_id, title, message, exceptions (type, value,

@@ -279,15 +279,28 @@ class Store:
         return task_from_row(row) if row else None
 
     async def list_tasks(
-        self, *, statuses: Iterable[TaskStatus] | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        statuses: Iterable[TaskStatus] | None = None,
+        external: Iterable[tuple[str, str]] | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[Task]:
+        """Newest first. `external`: only tasks carrying one of these (key, id) external ids."""
         wanted = [s.value for s in statuses] if statuses else None
+        args: list[Any] = [wanted, limit, offset]
+        carried = ""
+        if external is not None:
+            # One containment test per id, OR-ed: each can use the GIN index on external_ids.
+            tests = []
+            for key, value in external:
+                args.append({key: value})
+                tests.append(f"external_ids @> ${len(args)}::jsonb")
+            carried = f" AND ({' OR '.join(tests) or 'false'})"
         rows = await self.pool.fetch(
-            "SELECT * FROM tasks WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
+            f"SELECT * FROM tasks WHERE ($1::text[] IS NULL OR status = ANY($1::text[])){carried}"
             " ORDER BY id DESC LIMIT $2 OFFSET $3",
-            wanted,
-            limit,
-            offset,
+            *args,
         )
         return [task_from_row(r) for r in rows]
 

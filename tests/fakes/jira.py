@@ -1,7 +1,11 @@
-"""Jira Cloud REST v3 stand-in: issues, ADF comments, a small workflow with transitions.
+"""Jira Cloud REST v3 stand-in: issues, ADF comments, a small workflow with transitions, JQL search.
 
 Basic auth (email:API token) or 401; comment bodies must be ADF documents (a v2-style string is
 refused as Jira Cloud v3 refuses it); a transition id must be one available from the status.
+Search is the enhanced `GET/POST /rest/api/3/search/jql` (`nextPageToken`, `isLast`, only the
+ids unless `fields` are asked for) over a small JQL subset: `project = K`, `project in (A, B)`,
+`status`, `statusCategory`, `labels` with `=` / `!=`, joined by AND, an ORDER BY ignored; other
+JQL is a 400 as Jira answers it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import base64
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.base import Call, Reply
@@ -17,6 +22,8 @@ from tests.fakes.faults import FakeAPI
 API = "/rest/api/3"
 ISSUE = rf"{API}/issue/(?P<key>[A-Z][A-Z0-9_]*-\d+)"
 STATUS_CATEGORY = {"To Do": "new", "In Progress": "indeterminate", "In Review": "indeterminate", "Done": "done"}
+CATEGORY_NAMES = {"to do": "new", "in progress": "indeterminate", "done": "done"}  # JQL statusCategory names
+_JQL_CLAUSE = re.compile(r'^\s*(\w+)\s*(!=|=|not in|in)\s*(\([^)]*\)|"[^"]*"|\S+)\s*$', re.I)
 # (id, transition name, target status): the names differ from the statuses on purpose.
 WORKFLOW = [("11", "Back to To Do", "To Do"), ("21", "Start Progress", "In Progress"),
             ("31", "Ready for Review", "In Review"), ("41", "Done", "Done")]
@@ -53,6 +60,43 @@ def adf_problem(node: Any, path: str = "body") -> str | None:
     return None
 
 
+# --- JQL search -------------------------------------------------------------------------------
+
+
+def _jql_values(raw: str) -> set[str]:
+    raw = raw.strip()
+    items = raw[1:-1].split(",") if raw.startswith("(") else [raw]
+    return {item.strip().strip('"').casefold() for item in items if item.strip()}
+
+
+def _jql_field(issue: dict[str, Any], field: str) -> set[str]:
+    fields = issue["fields"]
+    if field == "project":
+        return {fields["project"]["key"].casefold()}
+    if field == "status":
+        return {fields["status"]["name"].casefold()}
+    if field == "statuscategory":
+        return {fields["status"]["statusCategory"]["key"]}
+    return {label.casefold() for label in fields.get("labels") or []}
+
+
+def jql_matcher(jql: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for the supported JQL subset; ValueError names what is not supported."""
+    where = re.split(r"\border\s+by\b", jql, maxsplit=1, flags=re.I)[0]
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for clause in filter(str.strip, re.split(r"\s+and\s+", where, flags=re.I)):
+        match = _JQL_CLAUSE.match(clause)
+        field = match[1].casefold() if match else ""
+        if not match or field not in ("project", "status", "statuscategory", "labels"):
+            raise ValueError(f"Error in the JQL Query: the fake does not understand {clause.strip()!r}.")
+        wanted = _jql_values(match[3])
+        if field == "statuscategory":
+            wanted = {CATEGORY_NAMES.get(v, v) for v in wanted}
+        negate = match[2].casefold() in ("!=", "not in")
+        tests.append(lambda issue, f=field, w=wanted, n=negate: bool(_jql_field(issue, f) & w) != n)
+    return lambda issue: all(test(issue) for test in tests)
+
+
 class FakeJira(FakeAPI):
     def __init__(self, email: str, token: str) -> None:
         super().__init__()
@@ -61,12 +105,15 @@ class FakeJira(FakeAPI):
         self.issue_comments: dict[str, list[dict[str, Any]]] = {}
         self.transition_log: list[tuple[str, str, str]] = []  # (key, from status, to status)
         self.comment_page_size = 50  # Jira's maxResults cap is larger; tests shrink it to page
+        self.search_page_size = 100  # Jira caps a page of issues with fields at 100; tests shrink it
         self._ids = itertools.count(10000)
         self.route("GET", ISSUE, self._get_issue)
         self.route("GET", rf"{ISSUE}/comment", self._list_comments)
         self.route("POST", rf"{ISSUE}/comment", self._add_comment)
         self.route("GET", rf"{ISSUE}/transitions", self._list_transitions)
         self.route("POST", rf"{ISSUE}/transitions", self._transition)
+        self.route("GET", rf"{API}/search/jql", self._search)
+        self.route("POST", rf"{API}/search/jql", self._search)
 
     def authorized(self, call: Call) -> bool:
         expected = base64.b64encode(f"{self.email}:{self.token}".encode()).decode()
@@ -78,7 +125,8 @@ class FakeJira(FakeAPI):
     # --- test set-up ----------------------------------------------------------------------------
 
     def add_issue(self, key: str, summary: str = "Something is broken", status: str = "To Do",
-                  description: str = "It fails.") -> dict[str, Any]:
+                  description: str = "It fails.", *, priority: str = "High",
+                  labels: tuple[str, ...] = ("fixfleet",)) -> dict[str, Any]:
         issue_id = str(next(self._ids))
         issue = {
             "id": issue_id, "key": key, "self": f"{self.url}{API}/issue/{issue_id}",
@@ -87,7 +135,7 @@ class FakeJira(FakeAPI):
                 "description": {"type": "doc", "version": 1, "content": [
                     {"type": "paragraph", "content": [{"type": "text", "text": description}]}]},
                 "project": {"key": key.rsplit("-", 1)[0]},
-                "issuetype": {"name": "Bug"}, "labels": ["fixfleet"], "priority": {"name": "High"},
+                "issuetype": {"name": "Bug"}, "labels": list(labels), "priority": {"name": priority},
             },
         }
         self.issues[key] = issue
@@ -176,3 +224,24 @@ class FakeJira(FakeAPI):
         self._set_status(issue, chosen["to"]["name"])
         self.transition_log.append((m["key"], before, chosen["to"]["name"]))
         return Reply(204)
+
+    def _search(self, call: Call, m: re.Match) -> Reply:
+        params = call.body if call.method == "POST" and isinstance(call.body, dict) else \
+            {k: v[0] for k, v in call.query.items()}
+        fields = params.get("fields") or []
+        fields = fields.split(",") if isinstance(fields, str) else fields
+        try:
+            matches = jql_matcher(str(params.get("jql") or ""))
+        except ValueError as exc:
+            return _errors(400, str(exc))
+        start = int(base64.b64decode(params["nextPageToken"]).decode()) if params.get("nextPageToken") else 0
+        size = min(int(params.get("maxResults") or 50), self.search_page_size)
+        hits = [issue for issue in self.issues.values() if matches(issue)]
+        page = [{"expand": "", "id": i["id"], "self": i["self"], "key": i["key"],
+                 **({"fields": {k: v for k, v in i["fields"].items() if k in fields}} if fields else {})}
+                for i in hits[start:start + size]]
+        last = start + size >= len(hits)
+        answer: dict[str, Any] = {"issues": page, "isLast": last}
+        if not last:
+            answer["nextPageToken"] = base64.b64encode(str(start + size).encode()).decode()
+        return Reply(200, answer)

@@ -1,7 +1,11 @@
-"""Sentry REST stand-in: `GET /api/0/issues/{id}/` and `.../events/latest/`, Bearer auth.
+"""Sentry REST stand-in: `GET /api/0/issues/{id}/`, `.../events/latest/` and a project's issues
+(`GET /api/0/projects/{org}/{project}/issues/?query=...`, paged by the Link header's cursors as
+Sentry pages), Bearer auth.
 
 Events are served in the API's spelling (entries, camelCase frames, `context` as [[lineno, line]]),
-not the webhook's, so a client has to translate. Paths keep Sentry's trailing slash.
+not the webhook's, so a client has to translate. Paths keep Sentry's trailing slash. A project's
+issues understand `is:unresolved|resolved|ignored` (no query means is:unresolved, as Sentry's);
+any other word must appear in the title.
 """
 
 from __future__ import annotations
@@ -35,14 +39,16 @@ def api_frame(frame: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeSentry(FakeAPI):
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, organization: str = "acme") -> None:
         super().__init__()
-        self.token = token
+        self.token, self.organization = token, organization
         self.issues: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}  # issue id -> latest event
+        self.issue_page_size = 100  # Sentry's page; tests shrink it to page
         self._ids = itertools.count(4000)
         self.route("GET", rf"{API}/issues/(?P<id>\d+)/", self._get_issue)
         self.route("GET", rf"{API}/issues/(?P<id>\d+)/events/latest/", self._latest_event)
+        self.route("GET", rf"{API}/projects/(?P<org>[\w.-]+)/(?P<project>[\w.-]+)/issues/", self._project_issues)
 
     def authorized(self, call: Call) -> bool:
         return call.headers.get("authorization") == f"Bearer {self.token}"
@@ -52,13 +58,15 @@ class FakeSentry(FakeAPI):
 
     def add_issue(self, issue_id: str, title: str, frames: list[dict[str, Any]] | None = None, *,
                   exc_type: str = "ZeroDivisionError", exc_value: str = "division by zero",
-                  project: str = "backend") -> dict[str, Any]:
+                  project: str = "backend", status: str = "unresolved", level: str = "error", count: int = 3,
+                  users: int = 1) -> dict[str, Any]:
         """An issue whose latest event raised `exc_type` through `frames` (snake_case, oldest first);
         `frames=None` makes a message event without a stack trace."""
         issue = {
             "id": issue_id, "shortId": f"{project.upper()}-{issue_id}", "title": title, "culprit": "app.main",
-            "permalink": f"https://sentry.io/organizations/acme/issues/{issue_id}/", "level": "error",
-            "status": "unresolved", "count": "3", "userCount": 1, "project": {"id": "2", "slug": project, "name": project},
+            "permalink": f"https://sentry.io/organizations/{self.organization}/issues/{issue_id}/", "level": level,
+            "status": status, "count": str(count), "userCount": users,
+            "project": {"id": "2", "slug": project, "name": project},
             "metadata": {"type": exc_type, "value": exc_value}, "firstSeen": "2024-01-01T00:00:00Z",
             "lastSeen": "2024-01-02T00:00:00Z",
         }
@@ -87,3 +95,22 @@ class FakeSentry(FakeAPI):
     def _latest_event(self, call: Call, m: re.Match) -> Reply:
         event = self.events.get(m["id"])
         return Reply(200, event) if event else self._missing()
+
+    def _project_issues(self, call: Call, m: re.Match) -> Reply:
+        if m["org"] != self.organization:
+            return self._missing()
+        words = ((call.query.get("query") or [""])[0] or "is:unresolved").split()
+        statuses = {w.removeprefix("is:") for w in words if w.startswith("is:")} or {"unresolved", "resolved", "ignored"}
+        text = [w.casefold() for w in words if not w.startswith("is:")]
+        hits = [i for i in self.issues.values() if i["project"]["slug"] == m["project"] and i["status"] in statuses
+                and all(t in i["title"].casefold() for t in text)]
+        start = int((call.query.get("cursor") or ["0:0:0"])[0].split(":")[1])
+        size = self.issue_page_size
+        return Reply(200, hits[start:start + size], {"Link": self._links(call.path, start, size, len(hits))})
+
+    def _links(self, path: str, start: int, size: int, total: int) -> str:
+        """Both cursors always, `results` saying whether that page holds anything (Sentry's way)."""
+        before, after = f"0:{max(start - size, 0)}:1", f"0:{start + size}:0"
+        return (f'<{self.url}{path}?&cursor={before}>; rel="previous"; results="{str(start > 0).lower()}"; '
+                f'cursor="{before}", <{self.url}{path}?&cursor={after}>; rel="next"; '
+                f'results="{str(start + size < total).lower()}"; cursor="{after}"')

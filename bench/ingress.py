@@ -45,11 +45,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from tests.shared import SHARED
+
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path("/work/shared/corpus")
-if not CORPUS.is_dir():  # the corpus may also sit next to the repository
-    CORPUS = ROOT.parent / "shared" / "corpus"
-CORPUS = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
+ALERT = SHARED / "corpus" / "sentry-webhooks" / "event_alert.triggered.json"
 CONFIG = ROOT / "cluster" / "serve_config.yaml"
 REPO = "https://github.com/example/front-end"
 
@@ -72,7 +71,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def body_template() -> bytes:
     """The corpus event_alert with placeholders where each request puts its own issue id."""
-    payload = json.loads(CORPUS.read_text())
+    payload = json.loads(ALERT.read_text())
     event = payload["data"]["event"]
     event["issue_id"] = "__ISSUE__"
     event["issue_url"] = "https://sentry.io/api/0/issues/__ISSUE__/"

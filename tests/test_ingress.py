@@ -23,10 +23,8 @@ from fixfleet.store import Store
 from serve_app.signatures import sign_github, sign_sentry, sign_slack
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
+from tests.shared import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus")
 GITHUB_SECRET, SENTRY_SECRET, SLACK_SECRET = "gh-secret", "sentry-secret", "slack-secret"
 GITHUB_TOKEN = "ghp_ingress_test_token"
 REPO = "https://github.com/acme/api.git"

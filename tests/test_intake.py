@@ -28,10 +28,8 @@ from fixfleet.intake import (
     slack_action_value,
 )
 from fixfleet.models import Priority, Source
+from tests.shared import CORPUS
 
-CORPUS = Path("/work/shared/corpus")
-if not CORPUS.is_dir():  # the corpus may also sit next to the repository
-    CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 GITHUB_FILES = sorted((CORPUS / "github-webhooks").glob("*.json"))
 SENTRY_DIR = CORPUS / "sentry-webhooks"
 WEB_REPO = "https://github.com/acme/web.git"

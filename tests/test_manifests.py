@@ -19,10 +19,11 @@ import yaml
 
 from fixfleet.config import Settings
 from serve_app.deployment import SERVE_NODE_ENV
+from tests.shared import SHARED
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
-SCHEMAS = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+SCHEMAS = SHARED / "schemas" / "kuberay-v1.7.0"
 KUBERNETES = "1.33"
 AGENT_GROUPS = {"planner": "planning_slot", "executor": "executor_slot"}
 

@@ -34,10 +34,9 @@ from serve_app.deployment import (
 )
 from serve_app.signatures import sign_sentry
 from tests.ingress_server import free_port
+from tests.shared import CORPUS
 
-CORPUS = Path("/work/shared/corpus/sentry-webhooks/event_alert.triggered.json")
-if not CORPUS.exists():  # CI: shared/ beside the clone
-    CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "sentry-webhooks" / "event_alert.triggered.json"
+ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 SERVE_REDIS_DB = 12  # not the suite's 13: the replica's outbox relay writes here
 REPO = f"https://github.com/fixfleet-tests/front-end-{uuid.uuid4().hex[:6]}"  # only the replica's env knows it
 SECRET = "serve-test-secret"
@@ -62,7 +61,7 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
 
 
 def event_alert() -> bytes:
-    payload = json.loads(CORPUS.read_text())
+    payload = json.loads(ALERT.read_text())
     payload["data"]["event"]["issue_id"] = str(int(time.time() * 1000))  # a Sentry issue no earlier run has
     return json.dumps(payload).encode()
 

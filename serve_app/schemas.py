@@ -7,11 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from fixfleet.models import EXTERNAL_ID_FORMATS, Priority, Task, TaskEvent, TaskStatus, check_external_id
+from fixfleet.models import Priority, Task, TaskEvent, TaskStatus, check_external_id
 
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# Not github_issue: a task tied to a GitHub thread takes that thread's comments and labels, and a
+# submit token must not be able to put its task behind someone else's issue.
+SUBMITTABLE_EXTERNAL_KEYS = ("sentry_issue", "jira")
 
 
 class TaskIn(BaseModel):
@@ -20,15 +25,15 @@ class TaskIn(BaseModel):
     body: str = Field("", max_length=200_000)
     priority: Priority = Priority.NORMAL
     external_ids: dict[str, str] = Field(
-        default_factory=dict, max_length=len(EXTERNAL_ID_FORMATS),
-        description="What this task is about elsewhere: sentry_issue (an issue id), jira (an issue key), "
-                    "github_issue ([host/]owner/name#n). Alerts and tickets for them then find this task.")
+        default_factory=dict, max_length=len(SUBMITTABLE_EXTERNAL_KEYS),
+        description="What this task is about elsewhere: sentry_issue (an issue id), jira (an issue key). "
+                    "Alerts and tickets for them then find this task.")
 
     @field_validator("external_ids")
     @classmethod
     def _known_external_ids(cls, value: dict[str, str]) -> dict[str, str]:
         for key, external_id in value.items():
-            check_external_id(key, external_id)
+            check_external_id(key, external_id, keys=SUBMITTABLE_EXTERNAL_KEYS)
         return value
 
 

@@ -41,6 +41,8 @@ class TaskResult(BaseModel):
     failure: str | None
     approved_by: str | None
     bulk_approved: bool
+    created_at: datetime
+    ended_at: datetime | None  # when it reached its final status; None while it runs
 
     def row(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -70,6 +72,7 @@ def result_of(item: BacklogItem, task: RemoteTask, events: list[RemoteEvent], no
         duration_s=round((ended - started).total_seconds(), 3), **{f"{k}_s": round(v, 3) for k, v in stages.items()},
         attempts=task.attempts, failure=_failure(task, moves), approved_by=approval.actor if approval else None,
         bulk_approved=bool(approval and approval.reason.startswith(BULK_NOTE)),
+        created_at=started, ended_at=ended if task.status in TERMINAL else None,
     )
 
 

@@ -141,6 +141,30 @@ class Task(BaseModel):
     updated_at: datetime
 
 
+class TaskView(BaseModel):
+    """A task as the task API shows it: what the ingress answers and its clients read."""
+
+    id: int
+    key: str
+    source: str
+    external_ids: dict[str, str]
+    repo: str
+    title: str
+    body: str
+    priority: Priority
+    status: TaskStatus
+    version: int
+    attempts: int
+    plan: dict[str, Any] | None
+    plan_version: int
+    branch: str | None
+    pr_url: str | None
+    cost_usd: float
+    tokens: int
+    created_at: datetime
+    updated_at: datetime
+
+
 class TaskEvent(BaseModel):
     id: int
     task_id: int

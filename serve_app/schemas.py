@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from fixfleet.models import Priority, Task, TaskEvent, TaskStatus, check_external_id
+from fixfleet.models import Priority, Task, TaskEvent, TaskStatus, TaskView, check_external_id
 
 
 class ErrorOut(BaseModel):
@@ -37,26 +37,7 @@ class TaskIn(BaseModel):
         return value
 
 
-class TaskOut(BaseModel):
-    id: int
-    key: str
-    source: str
-    external_ids: dict[str, str]
-    repo: str
-    title: str
-    body: str
-    priority: Priority
-    status: TaskStatus
-    version: int
-    attempts: int
-    plan: dict[str, Any] | None
-    plan_version: int
-    branch: str | None
-    pr_url: str | None
-    cost_usd: float
-    tokens: int
-    created_at: datetime
-    updated_at: datetime
+class TaskOut(TaskView):
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:

@@ -16,7 +16,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.backlog.items import BacklogItem
-from fixfleet.models import TERMINAL, Priority, TaskStatus
+from fixfleet.models import TERMINAL, TaskStatus, TaskView
 
 RETRIED = {502, 503, 504}
 FIND_BATCH = 100  # the API's limit of external filters per request
@@ -30,28 +30,10 @@ class ApiError(Exception):
         self.status, self.detail = status, detail
 
 
-class RemoteTask(BaseModel):
-    """A task as the API shows it."""
+class RemoteTask(TaskView):
+    """A task as the API shows it (fields a newer fixfleet adds are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
-
-    id: int
-    key: str
-    source: str
-    external_ids: dict[str, str] = {}
-    repo: str
-    title: str
-    priority: Priority
-    status: TaskStatus
-    attempts: int
-    plan: dict[str, Any] | None
-    plan_version: int
-    branch: str | None
-    pr_url: str | None
-    cost_usd: float
-    tokens: int
-    created_at: datetime
-    updated_at: datetime
 
     @property
     def ended(self) -> bool:

@@ -33,7 +33,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from fixfleet.ports import free_port
 from tests.shared import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +53,6 @@ CONFIG = ROOT / "cluster" / "serve_config.yaml"
 REPO = "https://github.com/example/front-end"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

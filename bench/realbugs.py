@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from fixfleet.ports import free_port
+
 BUGS_DIR = Path(__file__).resolve().parents[1] / "tests" / "realbugs"
 API_TOKEN = "realbugs-operator-token"
 
@@ -260,12 +262,6 @@ async def environment_times(bug: Bug, remote: Path, root: Path) -> tuple[float, 
 # -- the platform ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def platform_env(root: Path) -> dict[str, str]:

@@ -105,7 +105,12 @@ def run(settings: ScaleRun, root: Path, postgres_url: str, redis_server_url: str
     """The whole experiment; every process it started is gone when it returns."""
     from fixfleet.demo import make_sample_repo
     from fixfleet.replay import ReplayServer
-    from fixfleet.scratch import create_database, drop_database, flush_redis, redis_db_url
+    from fixfleet.scratch import (
+        create_database,
+        drop_database,
+        flush_redis,
+        redis_db_url,
+    )
     from tests.cluster import LocalAutoscalingCluster, agent_node_types
 
     say = settings.progress or (lambda line: None)
@@ -131,8 +136,8 @@ def run(settings: ScaleRun, root: Path, postgres_url: str, redis_server_url: str
 
 def _experiment(settings: ScaleRun, cluster: Any, repo: str, database: str, planner_url: str, executor_url: str,
                 say: Any) -> Observed:
+    from fixfleet.ports import free_port
     from serve_app.deployment import CONFIG_PATH, load_config, running_config
-    from tests.cluster import free_port
 
     config = load_config(CONFIG_PATH, http_host="127.0.0.1", http_port=free_port(), num_replicas=1, args={
         "planners_min": 1, "planners_max": 2 if settings.through_planner else 1,

@@ -16,15 +16,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-from contextlib import closing, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from fixfleet.ports import free_port
 
 BASE_CONFIG: dict[str, Any] = {  # python/ray/autoscaler/_private/fake_multi_node/example.yaml, without node types
     "cluster_name": "fake_multinode",
@@ -46,10 +47,6 @@ BASE_CONFIG: dict[str, Any] = {  # python/ray/autoscaler/_private/fake_multi_nod
 AUTH = {"RAY_AUTH_MODE": "token"}  # Ray's token authentication, explicitly: the head and its drivers agree
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def agent_node_types(*, executor_nodes: int, slots_per_node: int, planner_nodes: int = 1) -> dict[str, Any]:

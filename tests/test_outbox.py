@@ -11,10 +11,10 @@ from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.models import NewTask, Priority, TaskStatus
 from fixfleet.outbox import RECONCILE_LOCK_ID, OutboxRelay, reconcile
+from fixfleet.ports import free_port
 from fixfleet.queue import Queue
 from fixfleet.services import make_queues
 from fixfleet.store import OUTBOX_CHANNEL, Store
-from tests.ingress_server import free_port
 
 
 async def test_task_reaches_queue_only_after_commit(store: Store, queues: dict[str, Queue]) -> None:

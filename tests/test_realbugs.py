@@ -21,9 +21,9 @@ import pytest
 from bench.realbugs import Bug, load_bugs, make_remote, platform_env, run_bug
 from fixfleet.config import Settings
 from fixfleet.platform import Platform, PlatformOptions
+from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from tests.conftest import clean_slate
-from tests.ingress_server import free_port
 
 pytestmark = pytest.mark.slow
 BUGS = load_bugs()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fixfleet.ports import free_port
 from fixfleet.replay import SCENARIO_DIR, ReplayServer, Scenario
 
 TOOLS = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
@@ -236,10 +236,6 @@ def test_invalid_scenarios_are_refused() -> None:
         Scenario.load({"turns": [{"name": "neither"}]})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_command_line_serves_a_bundled_scenario() -> None:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from redis import Redis
 
+from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
 from serve_app.deployment import (
     CONFIG_PATH,
@@ -33,7 +34,6 @@ from serve_app.deployment import (
     running_config,
 )
 from serve_app.signatures import sign_sentry
-from tests.ingress_server import free_port
 from tests.shared import CORPUS
 
 ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"

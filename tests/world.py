@@ -23,6 +23,7 @@ import httpx
 from fixfleet.config import Settings
 from fixfleet.demo import make_sample_repo, sentry_alert
 from fixfleet.platform import Platform, PlatformOptions
+from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
 from serve_app.signatures import sign_github, sign_sentry
@@ -30,7 +31,6 @@ from tests.conftest import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.slack import FakeSlack
-from tests.ingress_server import free_port
 
 REPO_NAME, CHANNEL = "acme/statskit", "C0PLANS"
 SCENARIOS = Path(__file__).parent / "scenarios"

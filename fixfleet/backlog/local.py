@@ -19,6 +19,7 @@ from pathlib import Path
 from fixfleet.config import load_settings
 from fixfleet.demo import SUITE_COMMAND, make_sample_repo
 from fixfleet.platform import Platform, PlatformOptions
+from fixfleet.ports import free_port
 
 PROJECTS = ("billing", "reports")  # Sentry project slugs, one sample repository each
 SENTRY_HEADER = ["issue", "title", "project", "level", "count", "count_unique_user", "last_seen", "issue.id"]
@@ -44,7 +45,7 @@ def local_platform(*, issues: int = 6, executors: int = 3, progress: Callable[[s
     repos = {project: f"file://{_sample_repo(root, project)}" for project in PROJECTS}
     token = secrets.token_hex(16)
     models = [ReplayServer("demo_planner").start(), ReplayServer("demo_executor").start()]
-    options = PlatformOptions(http_port=http_port or _free_port(), executors=executors,
+    options = PlatformOptions(http_port=http_port or free_port(), executors=executors,
                               env=_env(root, repos, token),
                               planner_overrides={"anthropic_base_url": models[0].url},
                               executor_overrides={"anthropic_base_url": models[1].url})
@@ -136,11 +137,3 @@ def write_sentry_export(path: Path, issues: int) -> Path:
                              levels[n % len(levels)], 1000 - 100 * n, 50 - 5 * n, "2026-11-29T10:00:00+00:00",
                              base + n])
     return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

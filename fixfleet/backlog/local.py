@@ -117,7 +117,6 @@ def _env(root: Path, repos: dict[str, str], token: str) -> dict[str, str]:
         "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"),
         "FIXFLEET_SUITE_COMMAND": SUITE_COMMAND,
         "ANTHROPIC_API_KEY": "offline-backlog-key",
-        "FIXFLEET_EXECUTORS_MIN": "1",
         "FIXFLEET_TASKS_PER_EXECUTOR": "1",  # an executor more for each task waiting: the pool visibly grows
         "FIXFLEET_SCALE_DOWN_AFTER_S": "15",  # the pool shrinks soon after the queue empties
     }

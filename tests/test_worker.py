@@ -1,0 +1,111 @@
+"""How the worker ends a job: permanent errors fail at once, interruptions end quietly."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from fixfleet.errors import Interrupted, PermanentError
+from fixfleet.models import NewTask, TaskStatus
+from fixfleet.queue import Job, Queue
+from fixfleet.store import Store
+from fixfleet.worker import Worker, find_in_chain
+
+
+class WrappingFailure(RuntimeError):
+    pass
+
+
+async def queued_task(redis: Redis, store: Store) -> tuple[Queue, int]:
+    queue = Queue(redis, "planning", lease_s=1.0, max_attempts=3, backoff_s=0.05, backoff_max_s=0.2)
+    task, _ = await store.create_task(NewTask(repo="file:///tmp/repo", title="boom"))
+    await queue.enqueue(task.id)
+    return queue, task.id
+
+
+async def test_a_permanent_error_fails_the_task_on_the_first_attempt(redis: Redis, store: Store) -> None:
+    queue, task_id = await queued_task(redis, store)
+    told: list[tuple[int, str]] = []
+
+    async def no_repository(job: Job) -> None:
+        raise PermanentError("the repository file:///nowhere does not exist or is not accessible")
+
+    async def notify(task: int, reason: str) -> None:
+        told.append((task, reason))
+
+    calls = 0
+
+    async def counted(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        await no_repository(job)
+
+    worker = Worker(queue, store, counted, "w", on_give_up=notify)
+    assert await worker.run_once(block_s=0)
+    assert await worker.run_once(block_s=0.3) is None  # nothing scheduled for a second attempt
+    assert calls == 1
+    assert (await store.get_task(task_id)).status == TaskStatus.FAILED
+    events = await store.events(task_id)
+    failure = events[-1]
+    assert "does not exist" in failure.reason and "attempt 1" in failure.reason
+    assert failure.data["permanent"] is True and failure.data["attempt"] == 1
+    assert not any("retry in" in e.reason for e in events)
+    assert [t for t, _ in told] == [task_id]
+    dead = await queue.dead_letters()
+    assert len(dead) == 1 and "does not exist" in dead[0]["reason"]
+    depth = await queue.depth()
+    assert (depth.waiting, depth.pending, depth.delayed, depth.dead) == (0, 0, 0, 1)
+
+
+async def test_a_wrapped_permanent_error_keeps_its_meaning(redis: Redis, store: Store) -> None:
+    queue, task_id = await queued_task(redis, store)
+
+    async def wrapped(job: Job) -> None:
+        try:
+            raise PermanentError("no model credential: set ANTHROPIC_API_KEY")
+        except PermanentError as exc:
+            raise WrappingFailure("planner session could not start") from exc
+
+    assert await Worker(queue, store, wrapped, "w").run_once(block_s=0)
+    assert (await store.get_task(task_id)).status == TaskStatus.FAILED
+    assert "no model credential" in (await store.events(task_id))[-1].reason
+
+
+async def test_an_interruption_ends_the_job_without_failing_or_retrying(redis: Redis, store: Store) -> None:
+    queue, task_id = await queued_task(redis, store)
+    told: list[int] = []
+
+    async def cancelled_meanwhile(job: Job) -> None:
+        raise Interrupted(job.task_id, "CANCELLED")
+
+    async def notify(task: int, reason: str) -> None:
+        told.append(task)
+
+    worker = Worker(queue, store, cancelled_meanwhile, "w", on_give_up=notify)
+    before = await store.events(task_id)
+    assert await worker.run_once(block_s=0)
+    assert await worker.run_once(block_s=0.3) is None
+    assert (await store.get_task(task_id)).status == TaskStatus.RECEIVED  # not failed by the worker
+    assert await store.events(task_id) == before and told == []
+    assert await queue.depth() == type(await queue.depth())(0, 0, 0, 0)
+
+
+async def test_a_transient_error_is_still_retried(redis: Redis, store: Store) -> None:
+    queue, task_id = await queued_task(redis, store)
+
+    async def flaky(job: Job) -> None:
+        raise ConnectionError("model API: 529 overloaded")
+
+    assert await Worker(queue, store, flaky, "w").run_once(block_s=0)
+    assert (await queue.depth()).delayed == 1
+    assert (await store.get_task(task_id)).status == TaskStatus.RECEIVED
+    assert "retry in" in (await store.events(task_id))[-1].reason
+
+
+def test_the_cause_chain_is_followed_only_through_explicit_causes() -> None:
+    permanent = PermanentError("invalid plan")
+    wrapper = WrappingFailure("session failed")
+    wrapper.__cause__ = permanent
+    assert find_in_chain(wrapper, PermanentError) is permanent
+    implicit = WrappingFailure("failed while handling another")
+    implicit.__context__ = permanent  # an error raised while handling it is not caused by it
+    assert find_in_chain(implicit, PermanentError) is None

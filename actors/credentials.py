@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.config import Settings
+from fixfleet.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ JSON_KEY_KIND: dict[str, Kind] = {"anthropic_api_key": "api_key",
                                   "claude_code_oauth_token": "oauth_token"}
 
 
-class NoCredentialError(Exception):
-    """No usable model credential: sessions must not start. The message says what to set."""
+class NoCredentialError(PermanentError):
+    """No usable model credential: sessions must not start, and a task that needs one fails at
+    once instead of being retried (an operator has to act). The message says what to set."""
 
 
 class InvalidCredentialError(NoCredentialError):

@@ -151,6 +151,7 @@ class _Session:
             deny_patterns=runner.deny_patterns, extra_tools={self.output_tool_name})
         self.transcript_path = runner.transcripts_dir / f"{self.session_id}.jsonl"
         self.structured_output: dict[str, Any] | None = None
+        self.rejections: list[str] = []  # why each hand-back was refused, oldest first
         self.init_skills: list[str] = []
         self.result_message: ResultMessage | None = None
         self.usage_by_message: dict[str, dict[str, Any]] = {}
@@ -182,6 +183,7 @@ class _Session:
         except TimeoutError:
             self.timed_out = True
         except Exception as exc:  # the CLI crashed or the SDK gave up: report, don't raise
+            log.warning("session %s: the CLI or the SDK failed", self.session_id, exc_info=True)
             error = self._describe_failure(exc)
         finally:
             watchdog.cancel()
@@ -332,6 +334,7 @@ class _Session:
                 output = model.model_validate(args)
                 self._check_files(output.model_dump())
             except (ValidationError, ValueError) as exc:
+                self.rejections.append(_reason(exc))
                 return {"content": [{"type": "text", "text": f"Rejected: {_reason(exc)}. Fix it and call {name} again."}],
                         "is_error": True}
             self.structured_output = output.model_dump()
@@ -400,6 +403,7 @@ class _Session:
             structured_output=self.structured_output,
             denials=[self._redacted(denial) for denial in self.policy.denials],
             error=self.redactor.text(error) if error else None,
+            permanent=subtype != "success" and self._fails_for_good(message, subtype),
             transcript_path=self.transcript_path,
             skills=self.init_skills,
         )
@@ -418,9 +422,22 @@ class _Session:
         if message.subtype != "success" or message.is_error:
             return "error_during_execution", _result_error(message)
         if self.request.require_structured_output and self.structured_output is None:
-            tool_name = OUTPUT_TOOLS[self.request.role][0]
-            return "error_during_execution", f"the {self.request.role} ended without {tool_name}"
+            return "error_during_execution", self._no_output_reason()
         return "success", None
+
+    def _no_output_reason(self) -> str:
+        tool_name = OUTPUT_TOOLS[self.request.role][0]
+        if not self.rejections:
+            return f"the {self.request.role} ended without {tool_name}"
+        return (f"the {self.request.role}'s {tool_name} was rejected {len(self.rejections)} time(s) and never "
+                f"accepted; last: {self.rejections[-1]}")
+
+    def _fails_for_good(self, message: ResultMessage | None, subtype: Subtype) -> bool:
+        """Would another attempt end the same way? An output that never validated (not cut short
+        by the clock), or a credential the model API refuses."""
+        if message is not None and message.api_error_status in (401, 403):
+            return True
+        return subtype != "timeout" and self.structured_output is None and bool(self.rejections)
 
     def _tokens(self, message: ResultMessage | None) -> tuple[int, int]:
         usage = (message.usage or {}) if message else {}

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fixfleet.config import Settings
+from fixfleet.errors import PermanentError
 
 Role = Literal["planner", "executor"]
 Subtype = Literal[
@@ -55,8 +56,16 @@ class SessionResult(BaseModel):
     structured_output: dict[str, Any] | None = None
     denials: list[Denial] = Field(default_factory=list)
     error: str | None = None
+    # The failure would recur on another attempt: the structured output never passed validation
+    # (an invalid plan or report), or the model API refused the credential (HTTP 401/403).
+    permanent: bool = False
     transcript_path: Path
     skills: list[str] = Field(default_factory=list)  # as listed by the CLI's init message
+
+
+class SessionFailedForGood(PermanentError):
+    """A session failure that another attempt would repeat (`SessionResult.permanent`): the task
+    fails at once with this reason instead of being retried."""
 
 
 # -- structured outputs: the tools through which the agents hand back their work -------------

@@ -16,6 +16,7 @@ from actors.credentials import (
     TokenManager,
 )
 from fixfleet.config import Settings
+from fixfleet.errors import PermanentError
 
 API_KEY = "sk-ant-api03-canaryAPIKEY000000000000"
 OAUTH = "sk-ant-oat01-canaryOAUTH1111111111111"
@@ -63,6 +64,9 @@ def test_nothing_configured_names_what_to_set(settings, tmp_path: Path) -> None:
         manager(settings()).current()
     for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FIXFLEET_CREDENTIALS_FILE"):
         assert name in str(error.value)
+    # A task needing a credential fails at once: no retry brings one (nor makes an expired one valid).
+    assert all(issubclass(kind, PermanentError) for kind in (
+        NoCredentialError, InvalidCredentialError, ExpiredCredentialError))
 
     missing = tmp_path / "token"
     with pytest.raises(NoCredentialError, match=f"{missing}.*does not exist"):

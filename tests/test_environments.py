@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from fixfleet.errors import PermanentError
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder, SetupFailed
 from tests.gitrepos import Upstream, make_upstream, own_git_config
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
@@ -238,6 +239,7 @@ async def test_a_repository_that_cannot_be_planned_fails_setup_with_the_reason(
     message = raised.value.message
     assert "test_runner" in message or "no supported JavaScript test runner" in message, message
     assert ".fixfleet.yml" in message
+    assert isinstance(raised.value, PermanentError)  # the task fails at once: the file must change first
 
 
 @pytest.mark.parametrize("command", [

@@ -24,6 +24,8 @@ import pytest
 from pydantic import SecretStr
 
 from tests.gitrepos import Upstream, git, make_upstream, own_git_config
+from fixfleet.errors import PermanentError
+from fixfleet.workspace.git import PushRefused, RepositoryUnavailable
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceError, WorkspaceManager, disk_usage
 
 BIG_BUDGET = 10**12
@@ -328,11 +330,38 @@ async def test_push_refuses_to_lose_someone_elses_commits(cold_manager: Workspac
     theirs = upstream.commit({"human.txt": "pushed by a human\n"}, branch="fixfleet/10")
     again = await cold_manager.commit(upstream.url, ours, {"b.txt": FileContent(content=b"b")}, "two")
 
-    with pytest.raises(WorkspaceError, match="push"):
+    with pytest.raises(WorkspaceError, match="push") as lost:
         await cold_manager.push(upstream.url, again, "fixfleet/10", expected=ours)  # the lease no longer holds
+    assert not isinstance(lost.value, PermanentError)  # a lost race: the next attempt starts from theirs
     with pytest.raises(WorkspaceError, match="push"):
         await cold_manager.push(upstream.url, again, "fixfleet/10", expected=None)  # it exists now
     assert upstream.sha("fixfleet/10") == theirs
+
+
+async def test_a_push_the_remote_declines_is_permanent_and_says_why(manager: WorkspaceManager,
+                                                                    upstream: Upstream) -> None:
+    hook = upstream.bare / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'pushes to this repository are frozen' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    base = await manager.resolve(upstream.url)
+    sha = await manager.commit(upstream.url, base, {"a.txt": FileContent(content=b"a")}, "one")
+    with pytest.raises(PushRefused) as refused:
+        await manager.push(upstream.url, sha, "fixfleet/11", expected=None)
+    assert isinstance(refused.value, PermanentError)
+    assert "refused the push" in str(refused.value) and "pushes to this repository are frozen" in str(refused.value)
+    assert "pre-receive hook declined" in str(refused.value)
+    assert not upstream.has("fixfleet/11")
+
+
+async def test_a_repository_that_does_not_exist_is_permanent(manager: WorkspaceManager, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.git"
+    git("init", "-q", "--bare", str(empty))
+    for url in ((tmp_path / "nowhere.git").as_uri(), (tmp_path).as_uri(), empty.as_uri()):
+        with pytest.raises(RepositoryUnavailable, match="does not exist, is empty") as raised:
+            await manager.branch_head(url, "fixfleet/12")  # not "no such branch": no such repository
+        assert isinstance(raised.value, PermanentError) and url in str(raised.value)
+    with pytest.raises(RepositoryUnavailable):  # a URL git may not be given fails just as surely
+        await manager.ensure_mirror("ext::sh -c touch% /tmp/pwned")
 
 
 # -- eviction -----------------------------------------------------------------------------
@@ -727,6 +756,10 @@ async def test_https_failures_never_reveal_the_token(
         text = f"{error} {error.stderr} {error!r}"
         assert TOKEN not in text and BASIC not in text
     assert "authentication failed" in failures[-1].message
+    missing, refused, unauthorised = failures  # permanent but the connection that may work next time
+    assert [isinstance(e, PermanentError) for e in failures] == [True, False, True], failures
+    assert "does not exist" in missing.message and not isinstance(refused, RepositoryUnavailable)
+    assert isinstance(unauthorised, RepositoryUnavailable)
     assert_token_nowhere(tmp_path, commands)
 
 

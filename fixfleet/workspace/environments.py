@@ -36,10 +36,22 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from fixfleet.errors import PermanentError
 from fixfleet.workspace.changes import apply_files
 from fixfleet.workspace.egress import EgressProxy
-from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager, remove_tree
-from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES, RepoConfig, SetupPlan, resolve
+from fixfleet.workspace.mirrors import (
+    Checkout,
+    FileContent,
+    WorkspaceManager,
+    remove_tree,
+)
+from fixfleet.workspace.repo_config import (
+    CONFIG_FILE,
+    SPEC_FILES,
+    RepoConfig,
+    SetupPlan,
+    resolve,
+)
 from fixfleet.workspace.sandbox import Bridge, RunResult, Sandbox, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -54,8 +66,9 @@ MAKE_VENV = 'uv venv --allow-existing --quiet --python "$FIXFLEET_PYTHON" /env'
 TOOLCHAIN_BIN = ("/usr/bin", "/usr/local/bin")  # where other Python versions are looked for
 
 
-class SetupFailed(RuntimeError):
-    """The repository could not be set up; carries the tail of the setup log."""
+class SetupFailed(PermanentError):
+    """The repository could not be set up; carries the tail of the setup log. Permanent: the
+    same commit and setup plan fail the same way, so the task fails at once with the log."""
 
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(f"{message}\n{log_tail}".rstrip())

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from fixfleet.errors import PermanentError
 from fixfleet.redact import Redactor
 from fixfleet.workspace.spawn import without_inherited_fds
 
@@ -51,6 +52,15 @@ IDENTITY = {"GIT_AUTHOR_NAME": "fixfleet", "GIT_AUTHOR_EMAIL": "fixfleet@users.n
             "GIT_COMMITTER_NAME": "fixfleet", "GIT_COMMITTER_EMAIL": "fixfleet@users.noreply.local"}
 AUTH_FAILURE = re.compile(r"Authentication failed|could not read (Username|Password)|"
                           r"terminal prompts disabled|Permission denied \(publickey")
+# A remote that is not there, or not ours to read: another attempt meets the same answer.
+NOT_THERE = re.compile(r"does not appear to be a git repository|Repository not found|"
+                       r"repository '[^']*' (not found|does not exist)|Could not read from remote repository|"
+                       r"couldn't find remote ref HEAD")
+# ...unless the network failed on the way: ssh says "Could not read from remote repository"
+# after a refused connection too, and that one may well work next time.
+NETWORK_TROUBLE = re.compile(r"Could not resolve host|Connection (refused|timed out|reset)|Network is unreachable|"
+                             r"Temporary failure|timed out|Empty reply|returned error: 5\d\d|early EOF", re.IGNORECASE)
+REMOTE_COMMANDS = {"fetch", "clone", "ls-remote", "push"}
 NICE = shutil.which("nice")
 STDERR_TAIL_CHARS = 2000
 
@@ -63,6 +73,16 @@ class GitError(RuntimeError):
         self.stderr = stderr[-STDERR_TAIL_CHARS:]
         self.returncode = returncode
         super().__init__(f"{message}\n{self.stderr}".rstrip() if self.stderr else message)
+
+
+class RepositoryUnavailable(GitError, PermanentError):
+    """The repository does not exist, is empty, or may not be read with the credentials at
+    hand, or its URL is not acceptable: retrying cannot help, the task fails with this."""
+
+
+class PushRefused(GitError, PermanentError):
+    """The remote refused the push outright (a hook declined it, a protected branch): unlike a
+    lost race (the branch moved: stale info), the same push would be refused again."""
 
 
 class GitCredentials:
@@ -129,7 +149,8 @@ class GitRunner:
                 raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
             raise
         if process.returncode != 0:
-            raise self._failure(args, process.returncode, stderr.decode(errors="replace"))
+            raise self._failure(args, process.returncode, stderr.decode(errors="replace"),
+                                stdout=stdout.decode(errors="replace"), url=url)
         return stdout
 
     def environment(self, url: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -145,13 +166,27 @@ class GitRunner:
             env[f"GIT_CONFIG_VALUE_{index}"] = value
         return env
 
-    def _failure(self, args: tuple[str, ...], returncode: int, stderr: str) -> GitError:
-        what = f"git {args[0]} failed (exit {returncode})"
+    def _failure(self, args: tuple[str, ...], returncode: int, stderr: str, *, stdout: str = "",
+                 url: str | None = None) -> GitError:
+        """The error, classified: a remote that is not there or refuses for good is permanent."""
+        redact, command = self.credentials.redact, args[0]
+        # `push --porcelain` says on stdout why each ref failed ("!  ... [remote rejected] (hook declined)").
+        rejected = [line for line in stdout.splitlines() if line.startswith("!")] if command == "push" else []
+        stderr = "\n".join([*rejected, stderr]) if rejected else stderr
+        kind, what = GitError, f"git {command} failed (exit {returncode})"
         if AUTH_FAILURE.search(stderr):
-            what = f"git {args[0]}: authentication failed (no token, or it lacks access)"
-        redact = self.credentials.redact
-        return GitError(redact(f"{what}: git {' '.join(args)}"), stderr=redact(stderr),
-                        returncode=returncode)
+            what = f"git {command}: authentication failed (no token, or it lacks access)"
+        if url and command in REMOTE_COMMANDS and not NETWORK_TROUBLE.search(stderr):
+            if any("[remote rejected]" in line for line in rejected):
+                kind, what = PushRefused, f"the remote {url} refused the push (see its answer below)"
+            elif AUTH_FAILURE.search(stderr):
+                kind, what = RepositoryUnavailable, f"{what}, for {url}"
+            elif NOT_THERE.search(stderr):
+                access = "push to" if command == "push" else "read"
+                kind, what = RepositoryUnavailable, (f"the repository {url} does not exist, is empty, or this "
+                                                     f"platform may not {access} it (git {command})")
+        return kind(redact(f"{what}: git {' '.join(args)}" if kind is GitError else what), stderr=redact(stderr),
+                    returncode=returncode)
 
     @staticmethod
     async def spawn(argv: list[str], cwd: Path | None, env: dict[str, str],

@@ -39,7 +39,12 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.repos import InvalidRepo, check_git_url
 from fixfleet.workspace import private_git
-from fixfleet.workspace.git import GitCredentials, GitError, GitRunner
+from fixfleet.workspace.git import (
+    GitCredentials,
+    GitError,
+    GitRunner,
+    RepositoryUnavailable,
+)
 
 log = logging.getLogger("fixfleet.workspace")
 
@@ -134,8 +139,8 @@ class MirrorState:
 def validate_url(url: str) -> str:
     try:
         return check_git_url(url)
-    except InvalidRepo as exc:
-        raise WorkspaceError(str(exc)) from None
+    except InvalidRepo as exc:  # the task names a URL git may not be given: no attempt can use it
+        raise RepositoryUnavailable(str(exc)) from None
 
 
 def validate_ref_text(value: str, what: str) -> None:
@@ -278,6 +283,8 @@ class WorkspaceManager:
         """Where the remote branch is, or None when it does not exist (yet)."""
         try:
             return await self.resolve(url, branch, branch=True)
+        except RepositoryUnavailable:  # the repository itself is missing, not just the branch
+            raise
         except WorkspaceError as exc:
             if "not found" in exc.message:
                 return None

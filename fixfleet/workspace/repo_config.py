@@ -32,6 +32,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fixfleet.errors import PermanentError
+
 CONFIG_FILE = ".fixfleet.yml"
 PYPI = ["pypi.org", "files.pythonhosted.org"]
 NPM = ["registry.npmjs.org"]
@@ -53,8 +55,9 @@ RESERVED_ENV = {"PATH", "HOME", "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS"
                 "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY"}
 
 
-class InvalidRepoConfig(ValueError):
-    """`.fixfleet.yml` (or the operator's setting) is not valid; the message says where."""
+class InvalidRepoConfig(ValueError, PermanentError):
+    """`.fixfleet.yml` (or the operator's setting) is not valid; the message says where.
+    Permanent: someone has to fix the file first. Still a ValueError for callers that catch one."""
 
 
 class _Strict(BaseModel):

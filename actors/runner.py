@@ -45,6 +45,9 @@ from claude_agent_sdk import (
     HookMatcher,
     ResultMessage,
     SystemMessage,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
     create_sdk_mcp_server,
     tool,
 )
@@ -151,7 +154,8 @@ class _Session:
             deny_patterns=runner.deny_patterns, extra_tools={self.output_tool_name})
         self.transcript_path = runner.transcripts_dir / f"{self.session_id}.jsonl"
         self.structured_output: dict[str, Any] | None = None
-        self.rejections: list[str] = []  # why each hand-back was refused, oldest first
+        self.output_calls: set[str] = set()  # tool_use ids of the calls to the output tool
+        self.rejections: list[str] = []  # why each of them was refused (by the CLI's schema check or ours)
         self.init_skills: list[str] = []
         self.result_message: ResultMessage | None = None
         self.usage_by_message: dict[str, dict[str, Any]] = {}
@@ -206,8 +210,15 @@ class _Session:
     def _observe(self, message: Any) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             self.init_skills = list(message.data.get("skills") or [])
-        elif isinstance(message, AssistantMessage) and message.usage:
-            self.usage_by_message[message.message_id or str(id(message))] = message.usage
+        elif isinstance(message, AssistantMessage):
+            if message.usage:
+                self.usage_by_message[message.message_id or str(id(message))] = message.usage
+            self.output_calls |= {block.id for block in message.content
+                                  if isinstance(block, ToolUseBlock) and block.name == self.output_tool_name}
+        elif isinstance(message, UserMessage) and isinstance(message.content, list):
+            self.rejections += [_result_text(block.content) for block in message.content
+                                if isinstance(block, ToolResultBlock) and block.is_error
+                                and block.tool_use_id in self.output_calls]
         elif isinstance(message, ResultMessage):
             self.result_message = message
 
@@ -334,7 +345,6 @@ class _Session:
                 output = model.model_validate(args)
                 self._check_files(output.model_dump())
             except (ValidationError, ValueError) as exc:
-                self.rejections.append(_reason(exc))
                 return {"content": [{"type": "text", "text": f"Rejected: {_reason(exc)}. Fix it and call {name} again."}],
                         "is_error": True}
             self.structured_output = output.model_dump()
@@ -477,6 +487,13 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors())
     return str(exc)
+
+
+def _result_text(content: str | list[dict[str, Any]] | None) -> str:
+    """A tool result's own words, without the reminders the CLI appends, kept short."""
+    text = content if isinstance(content, str) else " ".join(
+        str(part.get("text", "")) for part in content or [] if isinstance(part, dict))
+    return text.split("<system-reminder>", 1)[0].strip()[:500]
 
 
 def _alive(process: psutil.Process) -> bool:

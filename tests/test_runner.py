@@ -381,6 +381,22 @@ def test_an_api_that_stays_overloaded_fails_with_a_clear_reason(tmp_path: Path) 
     assert "529" in (session.result.error or "") or "verloaded" in (session.result.error or "")
 
 
+def test_a_plan_that_never_validates_fails_for_good(tmp_path: Path) -> None:
+    session = run_session(tmp_path, "planner_invalid_plan", "planner")
+    result = session.result
+    assert (result.outcome, result.subtype, result.permanent) == ("error", "error_during_execution", True)
+    assert "submit_plan was rejected 1 time(s)" in (result.error or "")
+    assert "should be non-empty" in (result.error or "")  # the CLI checked the schema: steps: []
+
+
+def test_a_refused_credential_fails_for_good_and_a_transient_error_does_not(tmp_path: Path) -> None:
+    refused = run_session(tmp_path / "refused", "unauthorized", "executor", require_output=False).result
+    assert (refused.outcome, refused.permanent) == ("error", True), refused.error
+    overloaded = run_session(tmp_path / "overloaded", "overloaded_always", "executor", require_output=False,
+                             api_max_retries=0).result
+    assert (overloaded.outcome, overloaded.permanent) == ("error", False), overloaded.error
+
+
 def test_no_credential_refuses_to_start(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, anthropic_api_key=None, claude_code_oauth_token=None)
     runner = SessionRunner(tmp_path / "agent", settings, TokenManager(settings, secret_file=None),

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings, mask_url
@@ -13,7 +14,14 @@ from fixfleet.embedded import EmbeddedServers
 from fixfleet.queue import QUEUES, Queue
 from fixfleet.redact import Redactor
 from fixfleet.store import Store
+from fixfleet.store.records import init_connection
 
+# An outage must fail a request quickly (the ingress answers 503 and the sender retries), not hold
+# it: a connection Postgres or Redis does not accept within this gives up (asyncpg waits 60 s)...
+CONNECT_TIMEOUT_S = 5.0
+# ... and so does a query on a connection whose server vanished without closing it (a host gone,
+# a network partition), which nothing else would ever end.
+COMMAND_TIMEOUT_S = 60.0
 
 AGENTS_KEY = "fixfleet:agents"  # Redis hash: agent name -> its last heartbeat (JSON); read by /health, status
 SCALE_DECISIONS_KEY = "fixfleet:scale-decisions"  # Redis list, newest first: the pools' autoscaling decisions
@@ -73,13 +81,28 @@ async def open_services(settings: Settings, *, migrate: bool = True, pool_size: 
 
 async def _connect_store(url: str, *, migrate: bool, pool_size: int, redactor: Redactor) -> Store:
     try:
-        return await Store.connect(url, migrate=migrate, min_size=1, max_size=pool_size, redactor=redactor)
+        # The pool is made here rather than by Store.connect, which takes no timeouts.
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, init=init_connection,
+                                         timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S)
+        store = Store(pool, redactor)
+        if migrate:
+            await _migrate(store)
+        return store
     except Exception as exc:  # refused, unknown host, bad credentials, bad URL: one clear line
         raise ServiceUnavailable(f"Postgres at {mask_url(url)} did not answer ({exc}); check DATABASE_URL") from exc
 
 
+async def _migrate(store: Store) -> None:
+    try:
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+
+
 async def _connect_redis(url: str) -> Redis:
-    redis = Redis.from_url(url)
+    # No read timeout: consumers block on XREADGROUP for up to half a lease.
+    redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
     try:
         await redis.ping()
     except Exception as exc:

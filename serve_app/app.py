@@ -1,7 +1,8 @@
 """The FastAPI application: every HTTP endpoint of fixfleet, built in one place.
 
 `create_app()` is what both Ray Serve (serve_app/deployment.py) and plain uvicorn run.
-Bad input is answered with a 4xx and a reason, never a 500.
+Bad input is answered with a 4xx and a reason, never a 500; Postgres or Redis unreachable with a
+503 and Retry-After (serve_app/errors.py), so senders deliver again instead of losing the event.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fixfleet.repos import InvalidRepo
 from fixfleet.store import IllegalTransition, StaleVersion, TaskNotFound
 from serve_app import ops, tasks_api, webhooks
 from serve_app.context import lifespan_for
+from serve_app.errors import OPENAPI_503, UNAVAILABLE, unavailable
+from serve_app.schemas import ErrorOut
 
 ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, IllegalTransition: 409, StaleVersion: 409, Refused: 403, InvalidRepo: 422,
                 IntegrationError: 502}
@@ -29,16 +32,17 @@ def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastA
         description="Production errors and tickets in, tested pull requests out.",
         lifespan=lifespan_for(settings, relay=relay),
     )
-    app.include_router(webhooks.router)
-    app.include_router(tasks_api.router)
-    app.include_router(tasks_api.tokens_router)
-    app.include_router(ops.router)
+    outage = {503: {"model": ErrorOut, **OPENAPI_503}}  # any route may meet an outage: documented on each
+    for router in (webhooks.router, tasks_api.router, tasks_api.tokens_router, ops.router):
+        app.include_router(router, responses=outage)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer_with(status))
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, unavailable)
     return app
 
 
-def _answer_with(status: int):  # noqa: ANN202 - a Starlette exception handler
+def _answer_with(status: int):
     async def handler(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status)
 

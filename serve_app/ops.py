@@ -1,4 +1,4 @@
-"""Operations: /health (each dependency with a status; 503 when one is down) and /metrics."""
+"""Operations: /health (each dependency with a status; 503 and Retry-After when one is down) and /metrics."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ from fastapi import APIRouter, Depends, Response
 
 from fixfleet.overview import heartbeats
 from serve_app.context import AppContext, get_ctx
+from serve_app.errors import OPENAPI_503, RETRY_AFTER_S
 from serve_app.schemas import CheckOut, HealthOut
 
 router = APIRouter(tags=["operations"])
 CRITICAL = ("postgres", "redis")
+PROBE_S = 2.0  # a dependency that takes longer than this to answer is down, as far as a caller can tell
+HEALTH_503 = {**OPENAPI_503, "description": "Postgres or Redis is down: checks says which and why"}
 
 
-async def _check(probe) -> CheckOut:  # noqa: ANN001 - an awaitable factory
+async def _check(probe) -> CheckOut:
     try:
-        detail = await asyncio.wait_for(probe(), 2.0)
+        detail = await asyncio.wait_for(probe(), PROBE_S)
         return CheckOut(status="ok", detail=detail)
     except Exception as exc:  # a health check reports every failure, it never raises
         return CheckOut(status="down", detail=f"{type(exc).__name__}: {exc}"[:300])
@@ -25,7 +28,7 @@ async def _check(probe) -> CheckOut:  # noqa: ANN001 - an awaitable factory
 
 async def _agents(ctx: AppContext) -> CheckOut:
     try:
-        beats = await heartbeats(ctx.services.redis)
+        beats = await asyncio.wait_for(heartbeats(ctx.services.redis), PROBE_S)
     except Exception as exc:  # redis down is reported by its own check
         return CheckOut(status="unknown", detail=str(exc)[:200])
     if not beats:
@@ -50,7 +53,7 @@ def _sandbox(ctx: AppContext) -> CheckOut:
                                          "(trusted local experiments only)")
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut, **HEALTH_503}})
 async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> HealthOut:
     services = ctx.services
 
@@ -62,11 +65,14 @@ async def health(response: Response, ctx: AppContext = Depends(get_ctx)) -> Heal
         await services.redis.ping()
         return "answering"
 
-    checks = {"postgres": await _check(postgres), "redis": await _check(redis), "agents": await _agents(ctx),
-              "model_credentials": _credentials(ctx), "sandbox": _sandbox(ctx)}
+    # Probed together: during an outage /health still answers within one probe's time.
+    database, queues, agents = await asyncio.gather(_check(postgres), _check(redis), _agents(ctx))
+    checks = {"postgres": database, "redis": queues, "agents": agents, "model_credentials": _credentials(ctx),
+              "sandbox": _sandbox(ctx)}
     down = [name for name in CRITICAL if checks[name].status != "ok"]
-    if down:
+    if down:  # a load balancer takes this replica out; a person sees which dependency and why
         response.status_code = 503
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return HealthOut(status="down" if down else "ok", checks=checks)
 
 

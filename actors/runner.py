@@ -157,6 +157,7 @@ class _Session:
         self.output_calls: set[str] = set()  # tool_use ids of the calls to the output tool
         self.rejections: list[str] = []  # why each of them was refused (by the CLI's schema check or ours)
         self.init_skills: list[str] = []
+        self.api_retries: list[dict[str, Any]] = []  # the CLI's own retries of failed model requests
         self.result_message: ResultMessage | None = None
         self.usage_by_message: dict[str, dict[str, Any]] = {}
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -187,7 +188,10 @@ class _Session:
         except TimeoutError:
             self.timed_out = True
         except Exception as exc:  # the CLI crashed or the SDK gave up: report, don't raise
-            log.warning("session %s: the CLI or the SDK failed", self.session_id, exc_info=True)
+            if self.timed_out:  # expected: the watchdog killed the CLI under the SDK's feet
+                log.info("session %s: the SDK ended with the killed CLI (%s)", self.session_id, type(exc).__name__)
+            else:
+                log.warning("session %s: the CLI or the SDK failed", self.session_id, exc_info=True)
             error = self._describe_failure(exc)
         finally:
             watchdog.cancel()
@@ -210,6 +214,8 @@ class _Session:
     def _observe(self, message: Any) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             self.init_skills = list(message.data.get("skills") or [])
+        elif isinstance(message, SystemMessage) and message.subtype == "api_retry":
+            self.api_retries.append(message.data)
         elif isinstance(message, AssistantMessage):
             if message.usage:
                 self.usage_by_message[message.message_id or str(id(message))] = message.usage
@@ -424,7 +430,7 @@ class _Session:
     def _classify(self, message: ResultMessage | None, error: str | None) -> tuple[Subtype, str | None]:
         if self.timed_out:
             return "timeout", (f"no result within {self.limits.timeout_s:g}s; "
-                               f"killed the CLI's sandbox ({self.killed} processes)")
+                               f"killed the CLI's sandbox ({self.killed} processes){self._api_trouble()}")
         if message is None:
             return "error_during_execution", error or "the CLI ended without a result"
         if message.subtype in ("error_max_turns", "error_max_budget_usd"):
@@ -434,6 +440,14 @@ class _Session:
         if self.request.require_structured_output and self.structured_output is None:
             return "error_during_execution", self._no_output_reason()
         return "success", None
+
+    def _api_trouble(self) -> str:
+        """What the model API was answering when the session ran out of time, if it was failing."""
+        if not self.api_retries:
+            return ""
+        last = self.api_retries[-1]
+        status = f"HTTP {last['error_status']} " if last.get("error_status") else ""
+        return f"; the model API kept failing: {status}{last.get('error') or 'no answer'} ({len(self.api_retries)} retries)"
 
     def _no_output_reason(self) -> str:
         tool_name = OUTPUT_TOOLS[self.request.role][0]

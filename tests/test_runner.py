@@ -381,6 +381,13 @@ def test_an_api_that_stays_overloaded_fails_with_a_clear_reason(tmp_path: Path) 
     assert "529" in (session.result.error or "") or "verloaded" in (session.result.error or "")
 
 
+def test_a_session_timed_out_by_a_failing_api_says_what_the_api_answered(tmp_path: Path) -> None:
+    limits = SessionLimits(max_turns=5, max_budget_usd=1.0, timeout_s=4)
+    result = run_session(tmp_path, "overloaded_always", "executor", limits=limits, require_output=False).result
+    assert (result.subtype, result.permanent) == ("timeout", False)
+    assert "the model API kept failing: HTTP 529 overloaded" in (result.error or ""), result.error
+
+
 def test_a_plan_that_never_validates_fails_for_good(tmp_path: Path) -> None:
     session = run_session(tmp_path, "planner_invalid_plan", "planner")
     result = session.result

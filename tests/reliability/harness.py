@@ -242,6 +242,7 @@ class Answer:
     status: int  # 0: no HTTP answer at all (connection refused, timed out)
     body: dict[str, Any] = field(default_factory=dict)
     retry_after: str | None = None
+    error: str | None = None  # why there was no HTTP answer
 
     @property
     def accepted(self) -> bool:
@@ -253,15 +254,17 @@ class Answer:
 
 
 def client(url: str, concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # An idle connection is dropped before uvicorn's own keep-alive timeout (5 s) can close it under
+    # a request just being sent on it (the client would see a ReadError: no answer at all).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(30.0))
 
 
 async def send(http: httpx.AsyncClient, webhook: Webhook) -> Answer:
     try:
         response = await http.post(webhook.path, content=webhook.body, headers=webhook.headers)
-    except httpx.TransportError:
-        return Answer(webhook, 0)
+    except httpx.TransportError as exc:
+        return Answer(webhook, 0, error=f"{type(exc).__name__}: {exc}")
     try:
         body = response.json()
     except ValueError:

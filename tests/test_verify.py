@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import pytest_asyncio
 
@@ -280,6 +281,29 @@ async def test_root_level_test_py_counts_as_a_test_file_for_unittest(root: Path,
     assert evidence.red_to_green == ["test.TestMath.test_three"]
     assert evidence.red.tests["test.TestMath.test_two"] == "passed"
     assert evidence.suite.exit_code == 0 and "Ran 2 tests" in evidence.suite.output_tail
+
+
+async def test_a_suite_that_hangs_is_killed_at_its_limit_and_said_to(root: Path, workspaces: WorkspaceManager,
+                                                                     verifier: Verifier) -> None:
+    url, sha = make_remote(root / "hangs", {
+        ".fixfleet.yml": "test_runner: unittest\ntimeouts: {suite_s: 3}\n",
+        "mathx.py": "def double(x):\n    return x + 2\n",
+        "test_wait.py": ("import subprocess\nimport time\nimport unittest\n\n\nclass TestWait(unittest.TestCase):\n"
+                         "    def test_waits(self):\n        subprocess.Popen(['sleep', '4171'])\n"
+                         "        time.sleep(10**6)\n")})
+    await workspaces.resolve(url)
+    test_py = ("import unittest\n\nimport mathx\n\n\nclass TestMath(unittest.TestCase):\n"
+               "    def test_two(self):\n        self.assertEqual(mathx.double(3), 6)\n")
+
+    with pytest.raises(EvidenceError) as refused:
+        await verify(verifier, url, change(sha, {"test_math.py": test_py,
+                                                 "mathx.py": "def double(x):\n    return x * 2\n"}), "hangs")
+
+    assert "the full test suite did not finish within 3s" in str(refused.value)
+    suite = refused.value.evidence["suite"]
+    assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 10
+    assert refused.value.evidence["red_to_green"] == [] and not refused.value.evidence["green"]["timed_out"]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4171"]]
 
 
 async def test_tests_reach_only_the_domains_the_repository_allows(root: Path, workspaces: WorkspaceManager,

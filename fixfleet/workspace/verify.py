@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from fixfleet.workspace.changes import ChangeSet, apply_files
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder, Network, SetupFailed, network_access
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager
-from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES
+from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES, Timeouts
 from fixfleet.workspace.runners import (HELPERS_DIR, HELPERS_MOUNT, Collected, TestReport, green_verdict, make_runner,
                                         red_verdict)
 from fixfleet.workspace.sandbox import RunResult, Sandbox
@@ -42,6 +42,7 @@ class CommandRun(BaseModel):
     seconds: float
     output_tail: str
     tests: dict[str, str] = Field(default_factory=dict)  # test id -> outcome, when the runner reported
+    timed_out: bool = False  # killed at the repository's time limit (`timeouts` in .fixfleet.yml)
 
 
 class Evidence(BaseModel):
@@ -106,6 +107,8 @@ class Verifier:
         evidence = Evidence(test_files=sorted(tests + support), fix_files=fix, red=red, green=green, suite=suite,
                             red_to_green=[], runner=run.env.plan.test_runner, setup=run.env.plan.describe(),
                             environment=run.env.hash, left_out=change.left_out, sandboxed=self.sandbox.enabled)
+        if hung := _timed_out(evidence, run.timeouts):
+            raise EvidenceError(hung, evidence.model_dump())
         red_check = red_verdict(red_report, tests)
         if not red_check.ok:
             raise EvidenceError(f"RED check failed: {red_check.reason}", evidence.model_dump())
@@ -193,7 +196,18 @@ class _Runs:
 def _command_run(argv: list[str], result: RunResult, report: TestReport | None) -> CommandRun:
     tests = {case.id: case.outcome for case in report.tests} if report else {}
     return CommandRun(command=" ".join(argv), exit_code=result.exit_code, seconds=result.seconds,
-                      output_tail=result.output_tail[-OUTPUT_TAIL:], tests=tests)
+                      output_tail=result.output_tail[-OUTPUT_TAIL:], tests=tests, timed_out=result.timed_out)
+
+
+def _timed_out(evidence: Evidence, limits: Timeouts) -> str | None:
+    """Say so when a run was killed at its time limit: "the suite fails" would hide a hang."""
+    for what, run, limit in (("the new tests without the fix (RED)", evidence.red, limits.test_s),
+                             ("the new tests with the fix (GREEN)", evidence.green, limits.test_s),
+                             ("the full test suite", evidence.suite, limits.suite_s)):
+        if run.timed_out:
+            return (f"{what} did not finish within {limit:g}s (a test that hangs or waits for something?); "
+                    "the run was killed")
+    return None
 
 
 def _uncollectable(errors: dict[str, str]) -> str:

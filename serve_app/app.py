@@ -7,7 +7,10 @@ Bad input is answered with a 4xx and a reason, never a 500; Postgres or Redis un
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fixfleet.approvals import Refused, StaleApproval
@@ -17,7 +20,13 @@ from fixfleet.repos import InvalidRepo
 from fixfleet.store import IllegalTransition, StaleVersion, TaskNotFound
 from serve_app import ops, tasks_api, webhooks
 from serve_app.context import lifespan_for
-from serve_app.errors import OPENAPI_503, UNAVAILABLE, unavailable
+from serve_app.errors import (
+    OPENAPI_503,
+    UNAVAILABLE,
+    invalid_request,
+    one_error_shape,
+    unavailable,
+)
 from serve_app.schemas import ErrorOut
 
 ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, IllegalTransition: 409, StaleVersion: 409, Refused: 403, InvalidRepo: 422,
@@ -39,7 +48,21 @@ def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastA
         app.add_exception_handler(error, _answer_with(status))
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    _document_one_error_shape(app)
     return app
+
+
+def _document_one_error_shape(app: FastAPI) -> None:
+    """/openapi.json says what invalid_request answers: 422 is an ErrorOut like every other error."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = one_error_shape(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign] - FastAPI's documented way to change the document
 
 
 def _answer_with(status: int):

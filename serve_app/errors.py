@@ -1,4 +1,5 @@
-"""Answers for a dependency that does not answer: 503 with Retry-After, never a 500.
+"""Error answers the whole app shares: a dependency that does not answer is a 503 with
+Retry-After, never a 500; a request that fails validation is a 422 in the app's one error shape.
 
 Postgres is the truth: while it is unreachable nothing can be stored, so a webhook must not be
 acknowledged. 503 with Retry-After is what GitHub, Sentry and Jira (and the task API's clients)
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,6 +51,7 @@ OPENAPI_503 = {
 }
 
 _last_logged = 0.0
+MAX_REASONS = 10  # a body with a thousand bad fields needs no thousand reasons
 
 
 async def unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -88,3 +93,44 @@ def _log_now_and_then(request: Request, service: str, exc: Exception) -> None:
         _last_logged = now
         log.warning("%s %s answered 503: %s is unavailable (%s: %s)", request.method, request.url.path, service,
                     type(exc).__name__, exc)
+
+
+# --- request validation: one error shape ---------------------------------------------------------
+
+
+async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422 carries a list of errors; every other error of this API, and its document,
+    says {"detail": "<reason>"} (ErrorOut): a client reads one shape."""
+    return JSONResponse({"detail": validation_reason(exc.errors())}, status_code=422)
+
+
+def validation_reason(errors: Sequence[Any]) -> str:
+    """`body.title: String should have at least 1 character; query.limit: ...`"""
+    reasons = [f"{'.'.join(str(part) for part in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
+               for e in errors[:MAX_REASONS] if isinstance(e, dict)]
+    more = len(errors) - MAX_REASONS
+    return "; ".join(reasons + ([f"and {more} more"] if more > 0 else [])) or "the request is not valid"
+
+
+VALIDATION_REFS = {"#/components/schemas/HTTPValidationError"}
+ERROR_OUT = {"$ref": "#/components/schemas/ErrorOut"}
+UNREADABLE_BODY = {"description": "The body could not be read (not UTF-8 JSON)",
+                   "content": {"application/json": {"schema": ERROR_OUT}}}
+
+
+def one_error_shape(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the app answers errors: FastAPI's generated 422 (HTTPValidationError)
+    is an ErrorOut (`invalid_request`), and an operation taking a JSON body lists the 400 FastAPI
+    answers when that body cannot be decoded at all."""
+    for operation in (op for item in document.get("paths", {}).values() for op in item.values()):
+        responses = operation.setdefault("responses", {})
+        content = responses.get("422", {}).get("content", {}).get("application/json", {})
+        if content.get("schema", {}).get("$ref") in VALIDATION_REFS:
+            content["schema"] = dict(ERROR_OUT)
+        if "application/json" in operation.get("requestBody", {}).get("content", {}):
+            responses.setdefault("400", UNREADABLE_BODY)
+    schemas = document.get("components", {}).get("schemas", {})
+    if "ErrorOut" in schemas:
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+    return document

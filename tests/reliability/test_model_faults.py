@@ -69,12 +69,13 @@ def fleet_settings(database_url: str, redis_url: str, home: Path, model_url: str
 
 class Fleet:
     """A planner and an executor (`AgentLoop`s, as a Serve replica runs them, without Ray), the
-    outbox relay that queues their tasks, and the store to submit, approve and watch tasks."""
+    outbox relay that queues their tasks, and the store to submit, approve and watch tasks.
+    `executor_settings`: the executor's own (its model server), None: no executor."""
 
-    def __init__(self, settings: Settings, *, executor: bool = True) -> None:
+    def __init__(self, settings: Settings, executor_settings: Settings | None = None) -> None:
         self.settings = settings
         self.planner = Planner("planner-chaos", settings)
-        self.executor = Executor("executor-chaos", settings) if executor else None
+        self.executor = Executor("executor-chaos", executor_settings) if executor_settings else None
         self._stop = asyncio.Event()
         self._relay: asyncio.Task[None] | None = None
 
@@ -253,7 +254,7 @@ def retry_gap(model: ReplayServer) -> float | None:
 
 async def model_fault_case(rig: Rig, fault: Fault) -> dict[str, Any]:
     rig.model.scenario, _ = faulty_planner(fault), rig.model.clear()
-    async with Fleet(rig.settings(), executor=False) as fleet:
+    async with Fleet(rig.settings()) as fleet:
         started = time.monotonic()
         task = await fleet.submit(rig.repo, title=f"mean() fails ({fault.name})")
         task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL, TaskStatus.FAILED})

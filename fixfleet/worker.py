@@ -92,8 +92,11 @@ class Worker:
         done, _ = await asyncio.wait({handling, beating}, return_when=asyncio.FIRST_COMPLETED)
         if beating in done:  # the claim was lost: stop working on someone else's entry
             handling.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await handling
+            with suppress(asyncio.CancelledError):
+                try:
+                    await handling
+                except Exception:  # the new holder owns the outcome; what this one raised while stopping is a line
+                    log.warning("%s: task %s failed while being stopped", self.consumer, job.task_id, exc_info=True)
             beating.result()
         beating.cancel()
         with suppress(asyncio.CancelledError):

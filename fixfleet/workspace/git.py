@@ -203,7 +203,7 @@ class GitRunner:
         except asyncio.CancelledError:
             # Cancelling a spawn half way can hang forever on CPython 3.11 (the pipes never
             # connect: python/cpython#103847): let it finish, then kill it.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a spawn that failed (git missing, cwd gone) left nothing to kill
                 await kill_group(await spawn)
             raise
 

@@ -16,6 +16,8 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from fixfleet.config import Settings
+from fixfleet.services import make_queues
 from tests.ingress_server import running_ingress
 from tests.reliability.harness import (
     Answer,
@@ -34,6 +36,7 @@ OUTAGE_S = 10.0
 RATE_PER_S = 40  # a steady stream: one new alert every 25 ms
 BEFORE_S, AFTER_S = 3.0, 6.0  # load before the outage, and after Postgres is back
 RETRY_AFTER_MAX_S = 60
+RELAY_CATCH_UP_S = 15.0
 
 
 @dataclass
@@ -114,6 +117,21 @@ async def task_keys(url: str) -> list[str]:
         await conn.close()
 
 
+async def relayed(url: str, redis_url: str, settings: Settings) -> tuple[int, int]:
+    """(rows left in the outbox, tasks on the planning queue) once the relay has caught up: its
+    Postgres connections died with the server, and it must carry on with new ones by itself."""
+    conn = await asyncpg.connect(url)
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + RELAY_CATCH_UP_S
+        while (left := await conn.fetchval("SELECT count(*) FROM outbox")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return left, len(await make_queues(redis, settings)["planning"].task_ids())
+    finally:
+        await conn.close()
+        await redis.aclose()
+
+
 def first_accepted_after(answers: list[Timed], moment: float) -> float | None:
     """Seconds from `moment` until a webhook sent after it was accepted again."""
     later = [t.answered_at - moment for t in answers if t.sent_at >= moment and t.answer.accepted]
@@ -142,6 +160,7 @@ async def test_postgres_outage_is_answered_503_and_the_ingress_recovers_by_itsel
             again = await send_all(http, refused, 16)  # and a sender's own retry, once more
             stored_after = await stored_deliveries(private_postgres.url)
             keys = await task_keys(private_postgres.url)
+            outbox_left, queued = await relayed(private_postgres.url, redis_url, settings)
 
     during = [t for t in answers if outage.down_at + 0.5 <= t.sent_at and t.answered_at <= outage.up_at]
     accepted = [t.answer for t in answers if t.answer.accepted]
@@ -165,6 +184,8 @@ async def test_postgres_outage_is_answered_503_and_the_ingress_recovers_by_itsel
         lost=len(lost),
         duplicated=duplicated,
         stored_though_answered_503=len(stored_though_refused),
+        outbox_left=outbox_left,
+        queued_for_planning=queued,
         wrong_status_codes=sum(wrong(t) for t in answers),
         recovered_after_s=first_accepted_after(answers, outage.up_at),
         health_during_outage=dict(Counter(str(h[1]) for h in health_down)),
@@ -178,6 +199,7 @@ async def test_postgres_outage_is_answered_503_and_the_ingress_recovers_by_itsel
     assert all(a.status == 200 and a.body.get("status") == "duplicate" and a.task == redelivery_tasks[a.webhook.delivery]
                for a in again), "a delivery is accepted once"
     assert duplicated == 0 and len(keys) == len(accepted) + len(refused)
+    assert outbox_left == 0 and queued == len(keys), "the relay recovers too: every task reaches its queue"
     assert figures["recovered_after_s"] is not None, "the ingress must accept webhooks again without a restart"
     assert all(t.answer.accepted for t in answers if t.sent_at >= outage.up_at + 2), "recovered for good"
     assert health_down and all(h[1] == 503 and h[2] == "down" and h[3] for h in health_down)

@@ -447,7 +447,8 @@ class _Session:
             return ""
         last = self.api_retries[-1]
         status = f"HTTP {last['error_status']} " if last.get("error_status") else ""
-        return f"; the model API kept failing: {status}{last.get('error') or 'no answer'} ({len(self.api_retries)} retries)"
+        error = last.get("error") if last.get("error") not in (None, "", "unknown") else "no usable answer"
+        return f"; the model API kept failing: {status}{error} ({len(self.api_retries)} retries)"
 
     def _no_output_reason(self) -> str:
         tool_name = OUTPUT_TOOLS[self.request.role][0]

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     sentry_api_url: str = "https://sentry.io/api/0"
     slack_api_url: str = "https://slack.com/api"
     slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
+    slack_submitters: list[str] = Field(default_factory=list)  # Slack user ids allowed to steer tasks (cancel, retry, ...)
     # Repository URL globs where whoever asked for a task may not approve it (as Copilot does); ["*"]: all.
     independent_approval: list[str] = Field(default_factory=list)
     max_body_bytes: int = 1024 * 1024
@@ -112,6 +113,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt
     retry_backoff_max_s: float = Field(600.0, ge=0)
     lease_s: float = Field(60.0, gt=0)  # a claim idle longer than this is taken over
+    # How often a working agent looks whether its task was cancelled, paused or taken over:
+    # a stopped task's session ends within about this long.
+    control_poll_s: float = Field(1.0, gt=0, le=60)
     task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
     outbox_poll_s: float = Field(0.5, gt=0)
     reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres

@@ -21,6 +21,7 @@ class TaskStatus(StrEnum):
     FAILED = "FAILED"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
 
 
 S = TaskStatus
@@ -28,21 +29,31 @@ _ACTIVE = {S.RECEIVED, S.PLANNING, S.AWAITING_APPROVAL, S.REVISING, S.APPROVED, 
 
 # Every legal edge, keyed by the target state: the set of states it may be entered from.
 # PLANNING->PLANNING and EXECUTING->EXECUTING are takeovers: another agent resumes a task
-# whose first agent died or whose attempt is being retried.
+# whose first agent died or whose attempt is being retried. PAUSED is left only by `resume`
+# (to the waiting state the task paused in: RESUMES_TO) or `cancel`.
 ALLOWED_FROM: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.RECEIVED: frozenset({S.FAILED}),  # retry from scratch
+    S.RECEIVED: frozenset({S.FAILED, S.PAUSED}),  # retry from scratch; resume
     S.PLANNING: frozenset({S.RECEIVED, S.REVISING, S.PLANNING}),
-    S.AWAITING_APPROVAL: frozenset({S.PLANNING}),
-    S.REVISING: frozenset({S.AWAITING_APPROVAL}),
-    S.APPROVED: frozenset({S.AWAITING_APPROVAL, S.FAILED}),  # FAILED: retry the execution
+    S.AWAITING_APPROVAL: frozenset({S.PLANNING, S.PAUSED}),
+    S.REVISING: frozenset({S.AWAITING_APPROVAL, S.PAUSED}),
+    S.APPROVED: frozenset({S.AWAITING_APPROVAL, S.FAILED, S.PAUSED}),  # FAILED: retry the execution
     S.EXECUTING: frozenset({S.APPROVED, S.EXECUTING}),
     S.COMPLETED: frozenset({S.EXECUTING}),
     S.FAILED: frozenset(_ACTIVE - {S.AWAITING_APPROVAL}),
     S.REJECTED: frozenset({S.AWAITING_APPROVAL}),
-    S.CANCELLED: frozenset(_ACTIVE),
+    S.CANCELLED: frozenset(_ACTIVE | {S.PAUSED}),
+    S.PAUSED: frozenset(_ACTIVE),
+}
+
+# Where `resume` sends a task, by the state it was paused in: back to waiting for the same
+# step (an agent that was working on it was stopped; the next one starts from what is durable).
+RESUMES_TO: dict[TaskStatus, TaskStatus] = {
+    S.RECEIVED: S.RECEIVED, S.PLANNING: S.RECEIVED, S.REVISING: S.REVISING,
+    S.AWAITING_APPROVAL: S.AWAITING_APPROVAL, S.APPROVED: S.APPROVED, S.EXECUTING: S.APPROVED,
 }
 
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REJECTED, S.CANCELLED})
+OPEN = frozenset(set(TaskStatus) - TERMINAL)
 
 # States in which a task sits in a queue, waiting for an agent, and that queue's name.
 QUEUED_IN: dict[TaskStatus, str] = {
@@ -90,6 +101,8 @@ EXTERNAL_ID_FORMATS: dict[str, re.Pattern[str]] = {
     "github_issue": re.compile(r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[\w.-]{1,100}/[\w.-]{1,100}#\d{1,18}"),
 }
 LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, "github_pr")  # what tasks can be found by
+# At most one open task per external thing of these kinds: the database enforces it (migration 0002).
+ONE_OPEN_TASK_PER = tuple(EXTERNAL_ID_FORMATS)
 MAX_EXTERNAL_ID = 200
 
 
@@ -136,6 +149,7 @@ class Task(BaseModel):
     pr_url: str | None
     cost_usd: float
     tokens: int
+    owner: str | None = None
     context: dict[str, Any]
     created_at: datetime
     updated_at: datetime
@@ -161,6 +175,7 @@ class TaskView(BaseModel):
     pr_url: str | None
     cost_usd: float
     tokens: int
+    owner: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -183,6 +198,8 @@ class QueuedTask(BaseModel):
     queue: str
     priority: Priority
     attempt: int = 1
+    version: int | None = None  # the task's version when it was queued: a later change makes this entry stale
+    action: str = "work"  # "work": the task's next step; "rerun-tests": run the suite on its branch again
     enqueued_at: float
     expires_at: float | None = None
 

@@ -47,9 +47,9 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of outbox rows; returns how many were published."""
         async with self.store.outbox_batch(self.batch) as items:
-            by_queue: dict[str, list[tuple[int, str]]] = {}
+            by_queue: dict[str, list[tuple[int, str, int | None, str]]] = {}
             for item in items:
-                by_queue.setdefault(item.queue, []).append((item.task_id, item.priority))
+                by_queue.setdefault(item.queue, []).append((item.task_id, item.priority, item.version, item.action))
             for name, entries in by_queue.items():
                 await self.queues[name].enqueue_many(entries)
             return len(items)
@@ -142,7 +142,7 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     for state in await store.task_states(watched, ids=missing) if missing else []:
         if state.status in CLAIMED_IN and state.seconds_since_update < claimed_stale_s:
             continue
-        await queues[_queue_for(state.status)].enqueue(state.id, state.priority)
+        await queues[_queue_for(state.status)].enqueue(state.id, state.priority, state.version)
         report.requeued.append(state.id)
     if report.requeued:
         log.warning("reconciler re-enqueued %d task(s): %s", len(report.requeued), report.requeued)

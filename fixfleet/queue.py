@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -180,24 +181,29 @@ class Queue:
 
     # --- producing ----------------------------------------------------------------------------
 
-    def message(self, task_id: int, priority: Priority | str, attempt: int = 1) -> QueuedTask:
+    def message(self, task_id: int, priority: Priority | str, attempt: int = 1, version: int | None = None,
+                action: str = "work") -> QueuedTask:
         now = time.time()
         return QueuedTask(
             task_id=task_id,
             queue=self.name,
             priority=Priority(priority),
             attempt=attempt,
+            version=version,
+            action=action,
             enqueued_at=now,
             expires_at=now + self.ttl_s if self.ttl_s else None,
         )
 
-    async def enqueue(self, task_id: int, priority: Priority | str = Priority.NORMAL) -> str:
-        return (await self.enqueue_many([(task_id, priority)]))[0]
+    async def enqueue(self, task_id: int, priority: Priority | str = Priority.NORMAL, version: int | None = None) -> str:
+        return (await self.enqueue_many([(task_id, priority, version)]))[0]
 
-    async def enqueue_many(self, items: list[tuple[int, Priority | str]]) -> list[str]:
+    async def enqueue_many(self, items: list[tuple[Any, ...]]) -> list[str]:
+        """Add entries: (task id, priority[, the task's version it is queued at[, action]])."""
         if not self._groups_ready:
             await self.ensure_groups()
-        jobs = [self.message(task_id, priority).model_dump_json() for task_id, priority in items]
+        jobs = [self.message(*item[:2], version=item[2] if len(item) > 2 else None,
+                             action=item[3] if len(item) > 3 else "work").model_dump_json() for item in items]
         return [_text(entry_id) for entry_id in await self._add(keys=self.streams, args=jobs)]
 
     # --- consuming ----------------------------------------------------------------------------

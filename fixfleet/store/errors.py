@@ -19,9 +19,13 @@ class TaskNotFound(StoreError):
 
 
 class IllegalTransition(StoreError):
-    def __init__(self, task: Task, target: TaskStatus) -> None:
-        super().__init__(f"{task.key} is {task.status}: it cannot become {target}")
+    def __init__(self, task: Task, target: TaskStatus, *, detail: str = "") -> None:
+        super().__init__(detail or f"{task.key} is {task.status}: it cannot become {target}")
         self.task, self.target = task, target
+
+
+class Refusal(StoreError):
+    """A change the task's state does not allow now (answered 409); the message says why."""
 
 
 class StaleVersion(StoreError):

@@ -28,6 +28,8 @@ class OutboxItem:
     task_id: int
     queue: str
     priority: str
+    version: int | None = None  # the task's version it was queued at (None: rows from before 0002)
+    action: str = "work"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TaskState:
     status: TaskStatus
     priority: str
     seconds_since_update: float
+    version: int | None = None
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -77,12 +80,15 @@ def task_from_row(row: asyncpg.Record) -> Task:
     return Task.model_validate(data)
 
 
+MAX_ID = 2**63 - 1
+
+
 def parse_ref(ref: int | str) -> int:
     """A task is named by its id (`12`) or its key (`FF-12`, any case)."""
     text = str(ref).strip()
     if text.upper().startswith("FF-"):
         text = text[3:]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:  # ² is a digit to isdigit(), not to int()
         raise TaskNotFound(ref)
     return int(text)
 

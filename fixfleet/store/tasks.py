@@ -18,25 +18,56 @@ from typing import Any
 import asyncpg
 
 from fixfleet.batcher import Batcher
-from fixfleet.models import ALLOWED_FROM, QUEUED_IN, TERMINAL, NewTask, Task, TaskEvent, TaskStatus
-from fixfleet.store.errors import IllegalTransition, StaleVersion, TaskNotFound
-from fixfleet.store.records import (Creation, Delivery, OutboxItem, TaskState, columns, init_connection, parse_ref,
-                                    task_from_row)
+from fixfleet.errors import Interrupted
+from fixfleet.models import (
+    ALLOWED_FROM,
+    QUEUED_IN,
+    RESUMES_TO,
+    TERMINAL,
+    NewTask,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
 from fixfleet.redact import Redactor
+from fixfleet.store.creation import (
+    Outcome,
+    create_delivered,
+    insert_tasks,
+    open_task_for,
+)
+from fixfleet.store.errors import (
+    IllegalTransition,
+    Refusal,
+    StaleVersion,
+    StoreError,
+    TaskNotFound,
+)
+from fixfleet.store.holding import Hold
+from fixfleet.store.records import (
+    Creation,
+    Delivery,
+    OutboxItem,
+    TaskState,
+    init_connection,
+    parse_ref,
+    task_from_row,
+)
 from fixfleet.store.schema import applied_migrations, migrate
 
 OUTBOX_CHANNEL = "fixfleet_outbox"
 
 # Columns a transition may change along with the status.
-_CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "cost_usd", "tokens", "attempts", "context", "external_ids"}
-_TEXTUAL = {"plan", "context", "pr_url", "branch"}  # what may carry words an agent or a sender chose
+_CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "attempts", "external_ids", "priority", "owner", "cost_usd",
+               "tokens"}
+_TEXTUAL = {"plan", "pr_url", "branch", "owner"}  # what may carry words an agent or a sender chose
 
 
 class Store:
     def __init__(self, pool: asyncpg.Pool, redactor: Redactor | None = None) -> None:
         self.pool = pool
         self.redactor = redactor or Redactor()
-        self._creations: Batcher[Creation, tuple[Task, bool]] = Batcher(self._create_batch)
+        self._creations: Batcher[Creation, tuple[Task, Outcome]] = Batcher(self._create_batch)
         # Set by an outbox relay running in this process: commits wake it directly. Without
         # one, each commit that fills the outbox sends NOTIFY, which serialises commits
         # (Postgres takes a global lock to queue a notification).
@@ -68,17 +99,26 @@ class Store:
         """Store a new task (RECEIVED, queued for planning). Returns (task, created).
 
         With a delivery, a redelivery of the same (source, id) returns the first task and
-        creates nothing. Concurrent calls are written together (one statement, one commit:
-        see `fixfleet.batcher`); each returns once its task is committed.
+        creates nothing; while a task about the same external thing is open, that task is
+        returned. Concurrent calls are written together (one statement, one commit: see
+        `fixfleet.batcher`); each returns once its task is committed.
         """
+        task, outcome = await self.create_or_find(new, delivery=delivery, actor=actor)
+        return task, outcome is Outcome.CREATED
+
+    async def create_or_find(
+        self, new: NewTask, *, delivery: Delivery | None = None, actor: str = "system"
+    ) -> tuple[Task, Outcome]:
+        """Like `create_task`, saying whether the task was made, the delivery was seen before
+        (DUPLICATE) or an open task about the same external thing already existed (EXISTING)."""
         clean = new.model_copy(update={"title": self.redactor.text(new.title), "body": self.redactor.text(new.body),
                                        "context": self.redactor.value(new.context)})
-        task, created = await self._creations.submit(Creation(clean, delivery, actor))
-        if created:
+        task, outcome = await self._creations.submit(Creation(clean, delivery, actor))
+        if outcome is Outcome.CREATED:
             self._wake_local_relay()
-        return task, created
+        return task, outcome
 
-    async def _create_batch(self, batch: list[Creation]) -> list[tuple[Task, bool] | BaseException]:
+    async def _create_batch(self, batch: list[Creation]) -> list[tuple[Task, Outcome] | BaseException]:
         try:
             return await self._create_together(batch)
         except asyncpg.PostgresConnectionError:
@@ -90,66 +130,11 @@ class Store:
         # the others, so each is written alone and only the bad one fails.
         return [await _outcome(self._create_together([creation])) for creation in batch]
 
-    async def _create_together(self, batch: list[Creation]) -> list[tuple[Task, bool]]:
-        if not any(c.delivery for c in batch):  # one statement, atomic on its own
-            return [(task, True) for task in await self._insert_tasks(self.pool, batch)]
+    async def _create_together(self, batch: list[Creation]) -> list[tuple[Task, Outcome]]:
         async with self.pool.acquire() as conn, conn.transaction():
-            return await self._create_delivered(conn, batch)
-
-    async def _create_delivered(self, conn: asyncpg.Connection, batch: list[Creation]) -> list[tuple[Task, bool]]:
-        """Tasks from webhook deliveries: a delivery seen before returns its first task."""
-        keys = [c.delivery_key for c in batch if c.delivery_key]
-        fresh = {
-            (r["source"], r["delivery_id"])
-            for r in await conn.fetch(
-                "INSERT INTO webhook_deliveries (source, delivery_id)"
-                " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING source, delivery_id",
-                *columns(keys),
-            )
-        }
-        seen = await self._delivery_tasks(conn, set(keys) - fresh)
-        makers: dict[tuple[str, str] | None, int] = {}  # delivery -> the batch index that creates its task
-        to_create = []
-        for i, creation in enumerate(batch):
-            key = creation.delivery_key
-            if key not in seen and (key is None or key not in makers):
-                makers[key] = i
-                to_create.append(i)
-        created = dict(zip(to_create, await self._insert_tasks(conn, [batch[i] for i in to_create]), strict=True))
-        if linked := [(*batch[i].delivery_key, task.id) for i, task in created.items() if batch[i].delivery_key]:
-            await conn.execute(
-                "UPDATE webhook_deliveries d SET task_id = u.task_id"
-                " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source, delivery_id, task_id)"
-                " WHERE d.source = u.source AND d.delivery_id = u.delivery_id",
-                *columns(linked),
-            )
-        results = []
-        for i, creation in enumerate(batch):
-            key = creation.delivery_key
-            if i in created:
-                results.append((created[i], True))
-            else:  # seen in an earlier delivery, or earlier in this batch
-                results.append((seen[key] if key in seen else created[makers[key]], False))
-        return results
-
-    async def _insert_tasks(self, db: asyncpg.Pool | asyncpg.Connection, batch: list[Creation]) -> list[Task]:
-        if not batch:
-            return []
-        values = columns([c.row() for c in batch])
-        rows = await db.fetch(CREATE_TASKS, *values, QUEUED_IN[TaskStatus.RECEIVED], self._notify_channel())
-        return [task_from_row(row) for row in sorted(rows, key=lambda r: r["n"])]
-
-    async def _delivery_tasks(self, conn: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Task]:
-        if not keys:
-            return {}
-        rows = await conn.fetch(
-            "SELECT d.source AS delivery_source, d.delivery_id, t.* FROM webhook_deliveries d"
-            " JOIN tasks t ON t.id = d.task_id"
-            " JOIN unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
-            " ON d.source = k.source AND d.delivery_id = k.delivery_id",
-            *columns(keys),
-        )
-        return {(r["delivery_source"], r["delivery_id"]): task_from_row(r) for r in rows}
+            if not any(c.delivery for c in batch):
+                return await insert_tasks(conn, batch, self._notify_channel())
+            return await create_delivered(conn, batch, self._notify_channel())
 
     async def record_delivery(self, delivery: Delivery, task_id: int | None = None) -> bool:
         """Remember a delivery that made no new task; False when it was seen before."""
@@ -172,48 +157,110 @@ class Store:
         data: dict[str, Any] | None = None,
         expected_version: int | None = None,
         changes: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> Task:
-        """Move a task to `target` if the edge is legal (and the version matches); else raise."""
-        task_id, target = parse_ref(ref), TaskStatus(target)
-        changes = self._redacted(changes or {})
-        reason, data = self.redactor.text(reason), self.redactor.value(data or {})
-        unknown = set(changes) - _CHANGEABLE
-        if unknown:
-            raise ValueError(f"a transition cannot change {sorted(unknown)}")
-        sets = ["status = $2", "version = t.version + 1", "updated_at = now()"]
-        args: list[Any] = [task_id, target.value, [s.value for s in ALLOWED_FROM[target]], expected_version]
-        for column, value in changes.items():
-            args.append(value)
-            sets.append(f"{column} = ${len(args)}")
+        """Move a task to `target` if the edge is legal (and the version matches); else raise.
+        `changes`: columns set with it; `context`: keys merged into the task's context."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            task = await self._transition(conn, parse_ref(ref), TaskStatus(target), actor=actor, reason=reason,
+                                          data=data, expected_version=expected_version, changes=changes, context=context)
+        if task.status in QUEUED_IN:
+            self._wake_local_relay()
+        return task
+
+    async def _transition(
+        self, conn: asyncpg.Connection, task_id: int, target: TaskStatus, *, actor: str, reason: str = "",
+        data: dict[str, Any] | None = None, expected_version: int | None = None,
+        changes: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+    ) -> Task:
+        """The guarded UPDATE, its audit row and (into a waiting state) its outbox row, on `conn`
+        inside the caller's transaction. Only a transition moves `version`: it guards states."""
+        sets, args = self._settings(changes, context, first=5)
         query = (
-            f"UPDATE tasks t SET {', '.join(sets)}"
+            f"UPDATE tasks t SET status = $2, version = t.version + 1, updated_at = now(){sets}"
             " FROM (SELECT id, status AS old FROM tasks WHERE id = $1 FOR UPDATE) o"
             " WHERE t.id = o.id AND t.status = ANY($3::text[])"
             " AND ($4::int IS NULL OR t.version = $4::int)"
             " RETURNING t.*, o.old"
         )
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(query, *args)
-            if row is None:
-                await self._raise_refusal(conn, task_id, target, expected_version)
-            task = task_from_row(row)
-            await self._event(conn, task_id, TaskStatus(row["old"]), target, actor, reason, data or {})
-            if target in QUEUED_IN:
-                await self._to_outbox(conn, task_id, QUEUED_IN[target], task.priority.value)
+        try:
+            async with conn.transaction():  # a savepoint: a refused UPDATE leaves the caller's transaction usable
+                row = await conn.fetchrow(query, task_id, target.value, [s.value for s in ALLOWED_FROM[target]],
+                                          expected_version, *args)
+        except asyncpg.UniqueViolationError:
+            raise await self._duplicate_open(conn, task_id) from None
+        if row is None:
+            await self._raise_refusal(conn, task_id, target, expected_version)
+        task = task_from_row(row)
+        await self._event(conn, task_id, TaskStatus(row["old"]), target, actor, self.redactor.text(reason),
+                          self.redactor.value(data or {}))
         if target in QUEUED_IN:
+            await self._to_outbox(conn, task)
+        return task
+
+    async def change(
+        self,
+        ref: int | str,
+        *,
+        actor: str,
+        reason: str,
+        allowed: Iterable[TaskStatus],
+        changes: dict[str, Any],
+        data: dict[str, Any] | None = None,
+        requeue: bool = False,
+        side_job: tuple[str, str] | None = None,
+    ) -> Task:
+        """Change a task's data (not its state) if it is in one of the `allowed` states, with an
+        audit row, in one transaction; else raise Refusal. `requeue`: a task waiting in a queue
+        gets a new entry (the old one is then stale: `actors.agent.stale_entry`). `side_job`:
+        (queue, action) of an entry asking an agent for a job that leaves the state alone."""
+        task_id = parse_ref(ref)
+        sets, args = self._settings(changes, None, first=3)  # may be none: the audit row is the change
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE tasks SET updated_at = updated_at{sets} WHERE id = $1 AND status = ANY($2::text[])"
+                " RETURNING *", task_id, [s.value for s in allowed], *args)
+            if row is None:
+                current = await self.get_task(task_id)  # raises TaskNotFound
+                raise Refusal(f"{current.key} is {current.status}: {reason} is not possible now")
+            task = task_from_row(row)
+            await self._event(conn, task_id, task.status, None, actor, self.redactor.text(reason),
+                              self.redactor.value(data or {}))
+            if requeue and task.status in QUEUED_IN:
+                await self._to_outbox(conn, task)
+            if side_job:
+                await self._to_outbox(conn, task, queue=side_job[0], action=side_job[1])
+        if requeue or side_job:
             self._wake_local_relay()
         return task
 
-    async def _raise_refusal(
-        self, conn: asyncpg.Connection, task_id: int, target: TaskStatus, expected_version: int | None
-    ) -> None:
-        row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
-        if row is None:
-            raise TaskNotFound(task_id)
-        current = task_from_row(row)
-        if current.status not in ALLOWED_FROM[target]:
-            raise IllegalTransition(current, target)
-        raise StaleVersion(current, expected_version or 0)
+    async def resume(self, ref: int | str, *, actor: str, reason: str = "resumed") -> Task:
+        """PAUSED -> the waiting state of the step it paused in (RESUMES_TO)."""
+        task = await self.get_task(ref)
+        if task.status != TaskStatus.PAUSED:
+            raise IllegalTransition(task, TaskStatus.RECEIVED, detail=f"{task.key} is {task.status}, not PAUSED")
+        paused = [e for e in await self.events(task.id) if e.to_status == TaskStatus.PAUSED]
+        target = RESUMES_TO[paused[-1].from_status] if paused and paused[-1].from_status else TaskStatus.RECEIVED
+        return await self.transition(task.id, target, actor=actor, reason=reason, expected_version=task.version,
+                                     data={"paused_in": paused[-1].from_status if paused else None})
+
+    @asynccontextmanager
+    async def holding(self, task: Task) -> AsyncIterator[Hold]:
+        """Hold `task` as claimed (its state and version unchanged) for a block of side effects
+        (a push, the PR, Jira, Slack) and the transition that ends them: a cancel or pause
+        arriving meanwhile waits for the block, and one that came before makes it raise
+        `Interrupted` before anything is done. Other writes (events, costs) go on."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT status, version FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task.id)
+            if row is None:
+                raise TaskNotFound(task.id)
+            if row["status"] != task.status or row["version"] != task.version:
+                raise Interrupted(task.id, row["status"], f"{task.key} is now {row['status']} (version "
+                                  f"{row['version']}, was {task.status} v{task.version}): stopped")
+            hold = Hold(self, conn, task)
+            yield hold
+        if hold.moved_to in QUEUED_IN:
+            self._wake_local_relay()
 
     async def fail(self, ref: int | str, *, actor: str, reason: str, data: dict[str, Any] | None = None) -> Task | None:
         """Mark a task FAILED unless it already ended; returns None when it had."""
@@ -225,28 +272,49 @@ class Store:
         except IllegalTransition:
             return None
 
-    async def retry(self, ref: int | str, *, actor: str) -> Task:
+    async def retry(self, ref: int | str, *, actor: str, reason: str = "retry requested") -> Task:
         """Send a FAILED task back: to execution if its plan was approved, else to planning."""
         was_approved = any(e.to_status == TaskStatus.APPROVED for e in await self.events(ref))
         target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
-        return await self.transition(ref, target, actor=actor, reason="retry requested")
+        return await self.transition(ref, target, actor=actor, reason=reason)
 
-    async def update_fields(self, ref: int | str, **changes: Any) -> Task:
-        """Change data (plan, costs, ...) without a status change; the version still moves."""
-        unknown = set(changes) - _CHANGEABLE
-        if unknown or not changes:
-            raise ValueError(f"cannot update {sorted(unknown) or 'nothing'}")
-        changes = self._redacted(changes)
-        sets = [f"{column} = ${i}" for i, column in enumerate(changes, start=2)]
-        row = await self.pool.fetchrow(
-            f"UPDATE tasks SET {', '.join(sets)}, version = version + 1, updated_at = now()"
-            " WHERE id = $1 RETURNING *",
-            parse_ref(ref),
-            *changes.values(),
-        )
+    async def update_fields(self, ref: int | str, *, context: dict[str, Any] | None = None, **changes: Any) -> Task:
+        """Change data (plan, PR, ...) without a status change. `context`: keys merged into the
+        task's context in SQL (never a stale copy written back). The version stays: it guards
+        state changes, and a data write must not make a pending approval stale."""
+        if not changes and not context:
+            raise ValueError("cannot update nothing")
+        sets, args = self._settings(changes, context, first=2)
+        row = await self.pool.fetchrow(f"UPDATE tasks SET updated_at = now(){sets} WHERE id = $1 RETURNING *",
+                                       parse_ref(ref), *args)
         if row is None:
             raise TaskNotFound(ref)
         return task_from_row(row)
+
+    async def add_cost(self, ref: int | str, cost_usd: float, tokens: int) -> Task:
+        """Add a session's spend: an increment in SQL, so concurrent additions all count."""
+        row = await self.pool.fetchrow(
+            "UPDATE tasks SET cost_usd = cost_usd + $2, tokens = tokens + $3 WHERE id = $1 RETURNING *",
+            parse_ref(ref), cost_usd, tokens)
+        if row is None:
+            raise TaskNotFound(ref)
+        return task_from_row(row)
+
+    async def attach_alert(self, ref: int | str, *, actor: str, last_seen: str | None) -> int:
+        """Count another alert about an open task's thing; returns how many it has had."""
+        task_id = parse_ref(ref)
+        async with self.pool.acquire() as conn, conn.transaction():
+            count = await conn.fetchval(
+                "UPDATE tasks SET context = context || jsonb_build_object("
+                " 'event_count', coalesce((context ->> 'event_count')::int, 1) + 1,"
+                " 'last_seen', coalesce($2, context ->> 'last_seen'))"
+                " WHERE id = $1 RETURNING (context ->> 'event_count')::int", task_id, last_seen)
+            if count is None:
+                raise TaskNotFound(ref)
+            status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+            await self._event(conn, task_id, TaskStatus(status), None, actor, "another alert for this issue",
+                              {"event_count": count})
+        return count
 
     async def record_event(
         self, ref: int | str, *, actor: str, reason: str, data: dict[str, Any] | None = None
@@ -265,6 +333,13 @@ class Store:
         if row is None:
             raise TaskNotFound(ref)
         return task_from_row(row)
+
+    async def state_of(self, ref: int | str) -> tuple[TaskStatus, int]:
+        """(status, version): the cheap look a working agent takes every second."""
+        row = await self.pool.fetchrow("SELECT status, version FROM tasks WHERE id = $1", parse_ref(ref))
+        if row is None:
+            raise TaskNotFound(ref)
+        return TaskStatus(row["status"]), row["version"]
 
     async def find_task(self, *, external_key: str, external_id: str, open_only: bool = True) -> Task | None:
         """The newest task carrying this external id (e.g. a Sentry issue id)."""
@@ -311,12 +386,12 @@ class Store:
 
     async def task_states(self, statuses: Iterable[TaskStatus], *, ids: list[int] | None = None) -> list[TaskState]:
         rows = await self.pool.fetch(
-            "SELECT id, status, priority, extract(epoch FROM now() - updated_at) AS age"
+            "SELECT id, status, priority, version, extract(epoch FROM now() - updated_at) AS age"
             " FROM tasks WHERE status = ANY($1::text[]) AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
             [s.value for s in statuses],
             ids,
         )
-        return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"])) for r in rows]
+        return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"]), r["version"]) for r in rows]
 
     @asynccontextmanager
     async def try_lock(self, lock_id: int) -> AsyncIterator[bool]:
@@ -342,16 +417,49 @@ class Store:
             rows = await conn.fetch(
                 "DELETE FROM outbox WHERE id IN ("
                 " SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, task_id, queue, priority",
+                " RETURNING id, task_id, queue, priority, version, action",
                 limit,
             )
-            yield [OutboxItem(r["id"], r["task_id"], r["queue"], r["priority"]) for r in rows]
+            yield [OutboxItem(r["id"], r["task_id"], r["queue"], r["priority"], r["version"], r["action"]) for r in rows]
 
     async def outbox_entries(self) -> set[tuple[str, int]]:
         """(queue, task id) of every row still to publish."""
         return {(r["queue"], r["task_id"]) for r in await self.pool.fetch("SELECT queue, task_id FROM outbox")}
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _settings(self, changes: dict[str, Any] | None, context: dict[str, Any] | None,
+                  *, first: int) -> tuple[str, list[Any]]:
+        """`, col = $n` for each change (redacted where text) and a context merge, numbered from `first`."""
+        changes = dict(changes or {})
+        unknown = set(changes) - _CHANGEABLE
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)}")
+        sets, args = [], []
+        for column, value in changes.items():
+            args.append(self.redactor.value(value) if column in _TEXTUAL else value)
+            sets.append(f", {column} = ${first + len(args) - 1}")
+        if context:
+            args.append(self.redactor.value(context))
+            sets.append(f", context = context || ${first + len(args) - 1}::jsonb")
+        return "".join(sets), args
+
+    async def _raise_refusal(
+        self, conn: asyncpg.Connection, task_id: int, target: TaskStatus, expected_version: int | None
+    ) -> None:
+        row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        current = task_from_row(row)
+        if current.status not in ALLOWED_FROM[target]:
+            raise IllegalTransition(current, target)
+        raise StaleVersion(current, expected_version or 0)
+
+    async def _duplicate_open(self, conn: asyncpg.Connection, task_id: int) -> StoreError:
+        task = task_from_row(await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id))
+        other = await open_task_for(conn, NewTask(repo=task.repo, title=task.title, external_ids=task.external_ids))
+        named = f" ({other.key})" if other else ""
+        return Refusal(f"{task.key} cannot reopen: another task about the same thing is open{named}")
 
     @staticmethod
     async def _event(
@@ -374,15 +482,12 @@ class Store:
             json.loads(json.dumps(data, default=str)),
         )
 
-    async def _to_outbox(self, conn: asyncpg.Connection, task_id: int, queue: str, priority: str) -> None:
-        await conn.execute(
-            "INSERT INTO outbox (task_id, queue, priority) VALUES ($1, $2, $3)", task_id, queue, priority
-        )
+    async def _to_outbox(self, conn: asyncpg.Connection, task: Task, *, queue: str | None = None,
+                         action: str = "work") -> None:
+        await conn.execute("INSERT INTO outbox (task_id, queue, priority, version, action) VALUES ($1, $2, $3, $4, $5)",
+                           task.id, queue or QUEUED_IN[task.status], task.priority.value, task.version, action)
         if channel := self._notify_channel():
             await conn.execute("SELECT pg_notify($1, '')", channel)
-
-    def _redacted(self, changes: dict[str, Any]) -> dict[str, Any]:
-        return {column: self.redactor.value(value) if column in _TEXTUAL else value for column, value in changes.items()}
 
     def _notify_channel(self) -> str | None:
         """Relays in other processes hear of new outbox rows by NOTIFY; a local one directly."""
@@ -393,33 +498,7 @@ class Store:
             self.relay_wake()
 
 
-# One round trip for a batch of tasks: each task, its first audit row, its outbox row and,
-# when the relay is in another process, the relay's wake-up ($11: the NOTIFY channel, or
-# NULL). Ids are drawn first so each returned row can be matched to its input (`n`).
-CREATE_TASKS = """
-WITH input AS (
-    SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, i.*
-    FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                $8::text[], $9::jsonb[])
-         WITH ORDINALITY AS i(source, external_ids, repo, title, body, priority, context, actor, data, n)
-), task AS (
-    INSERT INTO tasks (id, source, external_ids, repo, title, body, priority, context)
-    OVERRIDING SYSTEM VALUE
-    SELECT id, source, external_ids, repo, title, body, priority, context FROM input
-    RETURNING *
-), event AS (
-    INSERT INTO task_events (task_id, from_status, to_status, actor, reason, data)
-    SELECT id, NULL, 'RECEIVED', actor, 'task received', data FROM input
-), queued AS (
-    INSERT INTO outbox (task_id, queue, priority) SELECT id, $10, priority FROM input
-), notified AS (
-    SELECT pg_notify($11, '') WHERE $11::text IS NOT NULL
-)
-SELECT task.*, input.n FROM task JOIN input USING (id) LEFT JOIN notified ON true
-"""
-
-
-async def _outcome(result: Awaitable[list[tuple[Task, bool]]]) -> tuple[Task, bool] | BaseException:
+async def _outcome(result: Awaitable[list[tuple[Task, Outcome]]]) -> tuple[Task, Outcome] | BaseException:
     try:
         return (await result)[0]
     except Exception as exc:

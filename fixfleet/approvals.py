@@ -1,8 +1,15 @@
-"""Who may approve, reject or revise a plan, and the decision itself: the one rule, for every channel.
+"""Who may do what to a task, and the plan decisions themselves: the one rule, for every channel.
 
-Allowed: GitHub users with write, maintain or admin permission on the TASK'S OWN repository
-(asked of the GitHub API), commenting on the task's own pull request or issue; Slack users in
-FIXFLEET_SLACK_APPROVERS; API tokens with the approve scope; the operator's CLI. Where
+Three scopes, as the commands (fixfleet/commands/definitions.yaml) and API tokens name them:
+- read: API tokens with the read scope; anyone in Slack; on GitHub, anyone commenting on the
+  task's own pull request or issue (GitHub already decides who can see it); the CLI.
+- submit (create and steer: retry, cancel, pause, priority, ...): tokens with the submit scope;
+  Slack users in FIXFLEET_SLACK_SUBMITTERS or FIXFLEET_SLACK_APPROVERS; GitHub users with
+  triage or more on the task's own repository, or who asked for the task, on its own thread.
+- approve (approve, reject, revise a plan): GitHub users with write, maintain or admin
+  permission on the TASK'S OWN repository (asked of the GitHub API), commenting on the task's
+  own pull request or issue; Slack users in FIXFLEET_SLACK_APPROVERS; API tokens with the
+  approve scope; the operator's CLI. Where
 FIXFLEET_INDEPENDENT_APPROVAL names the repository, whoever asked for the task may not approve
 it. An approval names the plan it approves (a version, or the moment the approver saw it): if
 the plan changed since, the approval is stale and refused. Every refusal is an audit event.
@@ -16,6 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from fixfleet.commands.loader import Scope
 from fixfleet.config import Settings
 from fixfleet.integrations.github import GitHubClient
 from fixfleet.models import Task, TaskStatus
@@ -29,6 +37,8 @@ class Decision(StrEnum):
     REVISE = "revise"
 
 
+GITHUB_LEVELS: dict[str, set[str]] = {"submit": {"admin", "maintain", "write", "triage"},
+                                      "approve": {"admin", "maintain", "write"}}
 TARGET = {Decision.APPROVE: TaskStatus.APPROVED, Decision.REJECT: TaskStatus.REJECTED, Decision.REVISE: TaskStatus.REVISING}
 
 
@@ -88,33 +98,51 @@ class Approvals:
         )
 
     async def _authorize(self, principal: Principal, task: Task) -> None:
-        self._check_independent(principal, task)
+        await self.authorize(principal, task, "approve")
+
+    async def authorize(self, principal: Principal, task: Task | None, scope: Scope) -> None:
+        """Raise Refused unless `principal` holds `scope` on `task` (None: on no task in particular,
+        such as listing the queue)."""
+        if scope == "approve" and task is not None:
+            self._check_independent(principal, task)
         if principal.kind == "cli":
             return
         if principal.kind == "api":
-            if "approve" not in principal.scopes:
-                raise Refused(f"the token {principal.name!r} lacks the approve scope")
+            if scope not in principal.scopes:
+                raise Refused(f"the token {principal.name!r} lacks the {scope} scope")
             return
         if principal.kind == "slack":
-            if principal.name not in self.settings.slack_approvers:
-                raise Refused("this Slack user is not in FIXFLEET_SLACK_APPROVERS")
+            self._authorize_slack(principal, scope)
             return
-        await self._authorize_github(principal, task)
+        if task is not None:
+            await self._authorize_github(principal, task, scope)
+        elif scope != "read":
+            raise Refused(f"name the task: {scope} acts on one task")
 
-    async def _authorize_github(self, principal: Principal, task: Task) -> None:
+    def _authorize_slack(self, principal: Principal, scope: Scope) -> None:
+        approvers = self.settings.slack_approvers
+        if scope == "approve" and principal.name not in approvers:
+            raise Refused("this Slack user is not in FIXFLEET_SLACK_APPROVERS")
+        if scope == "submit" and principal.name not in {*approvers, *self.settings.slack_submitters}:
+            raise Refused("this Slack user is not in FIXFLEET_SLACK_SUBMITTERS (or FIXFLEET_SLACK_APPROVERS)")
+
+    async def _authorize_github(self, principal: Principal, task: Task, scope: Scope) -> None:
         """Permission on the task's own repository, asked on the task's own pull request or issue:
         write access to some other repository that sends webhooks here proves nothing."""
         repo = github_name(task.repo, self.settings)
         if self.github is None or repo is None:
             raise Refused(f"{task.key}'s repository is not reviewed on GitHub (or GITHUB_TOKEN is not set): "
-                          "approve it in Slack, with the API or the CLI")
+                          "use Slack, the API or the CLI")
         own = {task.external_ids.get("github_pr"), task.external_ids.get("github_issue")} - {None}
         if principal.where not in own:
             raise Refused(f"this comment is on {principal.where or 'another thread'}, but {task.key} lives on "
                           f"{' and '.join(sorted(own)) or 'no GitHub thread'}: comment there")
+        if scope == "read" or (scope == "submit" and task.context.get("initiator") == principal.actor):
+            return
         level = await self.github.permission(repo, principal.name)
-        if level not in {"admin", "maintain", "write"}:
-            raise Refused(f"@{principal.name} has {level} permission on {repo}; approving needs write")
+        if level not in GITHUB_LEVELS[scope]:
+            raise Refused(f"@{principal.name} has {level} permission on {repo}; {scope} needs "
+                          f"{' or '.join(sorted(GITHUB_LEVELS[scope]))}")
 
     def _check_independent(self, principal: Principal, task: Task) -> None:
         if not any(fnmatchcase(task.repo, pattern) for pattern in self.settings.independent_approval):

@@ -8,11 +8,13 @@ itself and every refusal are recorded as task events.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from fastapi import BackgroundTasks
 
-from fixfleet.approvals import Decision, Principal, Refused
-from fixfleet.commands import ParsedCommand, help_text, parse_commands, unknown_reply
+from fixfleet.approvals import Principal, Refused
+from fixfleet.commands import ParsedCommand, parse_commands, unknown_reply
+from fixfleet.commands.handlers import Commands, NeedsTask
 from fixfleet.intake import CommandRequest, SlackAction
 from fixfleet.models import Task
 from fixfleet.store import StoreError, TaskNotFound
@@ -20,14 +22,13 @@ from serve_app.context import AppContext
 from serve_app.schemas import WebhookOut
 
 log = logging.getLogger(__name__)
-DECISIONS = {"approve": Decision.APPROVE, "reject": Decision.REJECT, "revise": Decision.REVISE}
-ANSWERED_FROM_THE_TASK = {"status", "plan", "cost", "logs", "explain"}
 
 
 class CommandHandler:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.store = ctx.services.store
+        self.commands: Commands = ctx.commands
 
     async def comment(self, event: CommandRequest, background: BackgroundTasks) -> WebhookOut:
         commands = parse_commands(event.text)
@@ -41,8 +42,7 @@ class CommandHandler:
 
     async def slack_action(self, action: SlackAction, background: BackgroundTasks) -> WebhookOut:
         principal = Principal(kind="slack", name=action.user_id)
-        decision = Decision.APPROVE if action.action == "approve" else Decision.REJECT
-        text = await self._decide(principal, action.task_key, decision, plan_version=action.plan_version)
+        text = await self._answer(principal, action.action, action.task_key, {"plan_version": action.plan_version})
         return WebhookOut(status="command", task=action.task_key, detail=action.action, text=text)
 
     async def _run(self, command: ParsedCommand, event: CommandRequest) -> str:
@@ -51,29 +51,19 @@ class CommandHandler:
         if command.error:
             return f"`{command.name}`: {command.error}"
         name = command.spec.name
-        if name == "help":
-            return help_text(command.args.get("command") or None)
-        task = await self._task_for(command, event)
-        if task is None:
+        task = None if name in ("help", "queue") else await self._task_for(command, event)
+        if task is None and name not in ("help", "queue"):
             return f"I could not tell which task `{name}` is for: name it, e.g. `@agent {name} FF-12`."
-        if name in DECISIONS:
-            principal = self._principal(event)
-            feedback = str(command.args.get("feedback") or command.args.get("text") or command.args.get("reason") or "")
-            version = command.args.get("plan_version")
-            return await self._decide(principal, task.key, DECISIONS[name], plan_version=version, feedback=feedback,
-                                      seen_at=event.created_at)
-        if name in ANSWERED_FROM_THE_TASK:
-            return describe(task, name)
-        return f"`{name}` is understood but not available yet; the task is {task.key} ({task.status})."
+        return await self._answer(self._principal(event), name, task.key if task else None, command.args,
+                                  seen_at=event.created_at)
 
-    async def _decide(self, principal: Principal, key: str, decision: Decision, **kwargs) -> str:  # noqa: ANN003
+    async def _answer(self, principal: Principal, name: str, key: str | None, args: dict,
+                      seen_at: datetime | None = None) -> str:
+        """The command's answer, or a polite line saying why it was refused."""
         try:
-            task = await self.ctx.approvals.decide(principal, key, decision, **kwargs)
-        except Refused as refusal:
-            return f"Sorry, I can't {decision} {key}: {refusal}."
-        except StoreError as exc:
-            return f"Sorry, I can't {decision} {key}: {exc}."
-        return f"{task.key} is now {task.status} ({decision}d by {principal.name})."
+            return (await self.commands.run(principal, name, task_ref=key, args=args, seen_at=seen_at)).text
+        except (Refused, StoreError, NeedsTask) as refusal:
+            return f"Sorry, I can't {name} {key or ''}: {refusal}.".replace(" :", ":")
 
     def _principal(self, event: CommandRequest) -> Principal:
         if event.source == "slack":
@@ -109,18 +99,6 @@ class CommandHandler:
             try:
                 await send
             except Exception as exc:  # a lost reply must not fail the webhook that was already answered
-                log.warning("could not reply to a %s command: %s", event.source, type(exc).__name__)
+                log.warning("could not reply to a %s command: %s", event.source, type(exc).__name__, exc_info=True)
 
         background.add_task(deliver)
-
-
-def describe(task: Task, what: str) -> str:
-    if what == "cost":
-        return f"{task.key} has cost ${task.cost_usd:.4f} ({task.tokens} tokens) over {task.attempts} attempts."
-    if what in ("plan", "explain") and task.plan:
-        plan = task.plan
-        return f"{task.key} plan v{task.plan_version}: {plan.get('root_cause', '')}\nrisk {plan.get('risk', '?')}, confidence {plan.get('confidence', '?')}"
-    pr = f", PR {task.pr_url}" if task.pr_url else ""
-    return f"{task.key} is {task.status} (plan v{task.plan_version}{pr})."
-
-

@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 
 from actors.credentials import TokenManager
 from fixfleet.approvals import Approvals
+from fixfleet.commands.handlers import Commands
+from fixfleet.commands.notices import GitHubOwnerNotice
 from fixfleet.config import Settings, load_settings
 from fixfleet.integrations.github import GitHubClient
 from fixfleet.integrations.slack import SlackClient
@@ -34,6 +36,7 @@ class AppContext:
     tokens: list[ApiToken]
     metrics: Metrics
     credentials: TokenManager
+    commands: Commands
 
 
 @asynccontextmanager
@@ -51,12 +54,14 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
                   if settings.github_token else None)
         slack = (SlackClient(settings.slack_bot_token, api_url=settings.slack_api_url, redactor=redactor)
                  if settings.slack_bot_token else None)
+        approvals = Approvals(services.store, settings, github)
         ctx = AppContext(
             settings=settings,
             services=services,
             github=github,
             slack=slack,
-            approvals=Approvals(services.store, settings, github),
+            approvals=approvals,
+            commands=Commands(services.store, approvals, notice=GitHubOwnerNotice(github, settings)),
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
@@ -79,7 +84,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
                     await client.aclose()
 
 
-def lifespan_for(settings: Settings | None, *, relay: bool = True):  # noqa: ANN201 - FastAPI's lifespan type
+def lifespan_for(settings: Settings | None, *, relay: bool = True):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with app_context(settings or load_settings(), relay=relay) as ctx:

@@ -7,7 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from fixfleet.models import Priority, Task, TaskEvent, TaskStatus, TaskView, check_external_id
+from fixfleet.models import (
+    Priority,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    TaskView,
+    check_external_id,
+)
 
 
 class ErrorOut(BaseModel):
@@ -77,6 +84,24 @@ class WhoAmIOut(BaseModel):
 
 class ReasonIn(BaseModel):
     reason: str = Field("", max_length=10_000)
+
+
+class PriorityIn(BaseModel):
+    level: Priority
+
+
+class AssignIn(BaseModel):
+    user: str = Field(min_length=1, max_length=100, pattern=r"^@?[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$|^me$",
+                      description="a GitHub login (octocat or @octocat), or `me` (the token's name)")
+
+
+class CommandIn(BaseModel):
+    text: str = Field(min_length=1, max_length=10_000, description="a command as written in chat: `pause FF-12 why`")
+
+
+class CommandOut(BaseModel):
+    text: str = Field(description="the answer, as GitHub and Slack would show it (Markdown)")
+    task: TaskOut | None = None
 
 
 class ReviseIn(BaseModel):

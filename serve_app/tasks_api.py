@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from fixfleet.approvals import Decision, Principal
-from fixfleet.models import LOOKUP_EXTERNAL_KEYS, NewTask, Source, TaskStatus, check_external_id
+from fixfleet.commands import parse_invocation, unknown_reply
+from fixfleet.commands.handlers import NeedsTask
+from fixfleet.models import (
+    LOOKUP_EXTERNAL_KEYS,
+    NewTask,
+    Source,
+    TaskStatus,
+    check_external_id,
+)
 from fixfleet.repos import validate_repo
-from fixfleet.store import Delivery
+from fixfleet.store import Delivery, Outcome, Refusal
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import (
     ApproveIn,
+    AssignIn,
+    CommandIn,
+    CommandOut,
     ErrorOut,
     EventOut,
+    PriorityIn,
     ReasonIn,
     ReviseIn,
     TaskIn,
@@ -26,11 +38,12 @@ from serve_app.tokens import ApiToken, Scope, find_token
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 tokens_router = APIRouter(tags=["tasks"])
+commands_router = tokens_router  # routes outside /tasks: /whoami, /queue, /commands
 ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422)}
 MAX_EXTERNAL_FILTERS = 100
 
 
-def caller(scope: Scope | None):  # noqa: ANN201 - a FastAPI dependency factory
+def caller(scope: Scope | None):
     """The token presented, if valid and (when `scope` is given) holding that scope."""
     def check(
         ctx: AppContext = Depends(get_ctx),
@@ -64,9 +77,9 @@ async def submit(
     validate_repo(task_in.repo, ctx.settings)
     new = NewTask(source=Source.API, **task_in.model_dump(), context={"initiator": f"api:{token.name}"})
     delivery = Delivery("api", f"{token.name}:{idempotency_key}") if idempotency_key else None
-    task, created = await ctx.services.store.create_task(new, delivery=delivery, actor=f"api:{token.name}")
+    task, outcome = await ctx.services.store.create_or_find(new, delivery=delivery, actor=f"api:{token.name}")
     ctx.metrics.count("api_calls", "submit")
-    if not created:
+    if outcome is not Outcome.CREATED:  # the same Idempotency-Key again, or an open task about the same thing
         response.status_code = 200
     return TaskOut.of(task)
 
@@ -140,12 +153,91 @@ async def revise(ref: str, body: ReviseIn, token: ApiToken = Depends(caller("app
     return TaskOut.of(await ctx.approvals.decide(principal(token), ref, Decision.REVISE, feedback=body.feedback))
 
 
+async def run_command(ctx: AppContext, token: ApiToken, name: str, ref: str | None, **args: Any) -> CommandOut:
+    """A command through the one handler every channel uses (fixfleet/commands/handlers.py)."""
+    try:
+        result = await ctx.commands.run(principal(token), name, task_ref=ref, args=args)
+    except Refusal as refusal:
+        raise HTTPException(409, str(refusal)) from None
+    except NeedsTask as exc:
+        raise HTTPException(422, str(exc)) from None
+    ctx.metrics.count("api_calls", name)
+    return CommandOut(text=result.text, task=TaskOut.of(result.task) if result.task else None)
+
+
 @router.post("/{ref}/cancel", response_model=TaskOut, responses=ERRORS)
-async def cancel(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("submit")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    task = await ctx.services.store.transition(ref, TaskStatus.CANCELLED, actor=f"api:{token.name}", reason=body.reason or "cancelled")
-    return TaskOut.of(task)
+async def cancel(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("submit")),
+                 ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Stop the task for good; an agent working on it is stopped within seconds and pushes nothing."""
+    return (await run_command(ctx, token, "cancel", ref, reason=body.reason)).task
+
+
+@router.post("/{ref}/pause", response_model=TaskOut, responses=ERRORS)
+async def pause(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("submit")),
+                ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Hold the task (an agent working on it is stopped) until `resume`."""
+    return (await run_command(ctx, token, "pause", ref, reason=body.reason)).task
+
+
+@router.post("/{ref}/resume", response_model=TaskOut, responses=ERRORS)
+async def resume(ref: str, token: ApiToken = Depends(caller("submit")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Continue a paused task from what is durable (its pushed plan branch, its approved plan)."""
+    return (await run_command(ctx, token, "resume", ref)).task
 
 
 @router.post("/{ref}/retry", response_model=TaskOut, responses=ERRORS)
 async def retry(ref: str, token: ApiToken = Depends(caller("submit")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    return TaskOut.of(await ctx.services.store.retry(ref, actor=f"api:{token.name}"))
+    """Run a failed task again from its last good step."""
+    return (await run_command(ctx, token, "retry", ref)).task
+
+
+@router.post("/{ref}/rerun-tests", response_model=TaskOut, responses=ERRORS)
+async def rerun_tests(ref: str, token: ApiToken = Depends(caller("submit")),
+                      ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Run the test suite again on the task's branch; the result is recorded and posted."""
+    return (await run_command(ctx, token, "rerun-tests", ref)).task
+
+
+@router.post("/{ref}/priority", response_model=TaskOut, responses=ERRORS)
+async def priority(ref: str, body: PriorityIn, token: ApiToken = Depends(caller("submit")),
+                   ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Change the task's priority; a waiting task is re-queued at its new place."""
+    return (await run_command(ctx, token, "priority", ref, level=body.level.value)).task
+
+
+@router.post("/{ref}/assign", response_model=TaskOut, responses=ERRORS)
+async def assign(ref: str, body: AssignIn, token: ApiToken = Depends(caller("submit")),
+                 ctx: AppContext = Depends(get_ctx)) -> TaskOut:
+    """Make someone the task's owner (a GitHub login); they are told where it lives."""
+    return (await run_command(ctx, token, "assign", ref, user=body.user)).task
+
+
+@router.get("/{ref}/diff", response_model=CommandOut, responses=ERRORS)
+async def diff(ref: str, token: ApiToken = Depends(caller("read")), ctx: AppContext = Depends(get_ctx)) -> CommandOut:
+    """The verified change the executor made, as a unified diff (in `text`)."""
+    return await run_command(ctx, token, "diff", ref)
+
+
+@router.get("/{ref}/evidence", response_model=CommandOut, responses=ERRORS)
+async def evidence(ref: str, token: ApiToken = Depends(caller("read")),
+                   ctx: AppContext = Depends(get_ctx)) -> CommandOut:
+    """The test evidence: the new test failing without the fix and passing with it, the suite."""
+    return await run_command(ctx, token, "evidence", ref)
+
+
+@commands_router.get("/queue", response_model=CommandOut, responses=ERRORS)
+async def queue(token: ApiToken = Depends(caller("read")), ctx: AppContext = Depends(get_ctx)) -> CommandOut:
+    """The tasks waiting and running, by priority."""
+    return await run_command(ctx, token, "queue", None)
+
+
+@commands_router.post("/commands", response_model=CommandOut, responses=ERRORS)
+async def command(body: CommandIn, token: ApiToken = Depends(caller(None)), ctx: AppContext = Depends(get_ctx)) -> CommandOut:
+    """Any command as people write it in chat (`pause FF-12 release freeze`): the same meaning and
+    the same scope checks as in a GitHub comment or Slack; the token's scopes decide."""
+    parsed = parse_invocation(body.text)
+    if parsed.spec is None:
+        raise HTTPException(422, unknown_reply(parsed))
+    if parsed.error:
+        raise HTTPException(422, f"{parsed.name}: {parsed.error}")
+    return await run_command(ctx, token, parsed.spec.name, parsed.task_key, **parsed.args)

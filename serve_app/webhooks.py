@@ -40,7 +40,7 @@ from fixfleet.intake import (
     parse_slack_interaction,
 )
 from fixfleet.repos import InvalidRepo, validate_repo
-from fixfleet.store import Delivery
+from fixfleet.store import Delivery, Outcome
 from serve_app.commands import CommandHandler
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import ErrorOut, WebhookOut
@@ -228,34 +228,20 @@ async def route_event(
 
 
 async def accept_task(ctx: AppContext, response: Response, delivery: Delivery, event: TaskRequest) -> WebhookOut:
+    """Store the task, once: a redelivery answers with the first task; an alert about something
+    that already has an open task (the database allows only one) is counted on that task."""
     store = ctx.services.store
     source = delivery.source
     try:
         validate_repo(event.new_task.repo, ctx.settings)
     except InvalidRepo as exc:
         raise HTTPException(422, str(exc)) from exc
-    if event.dedupe is not None:
-        key, value = event.dedupe
-        existing = await store.find_task(external_key=key, external_id=value)
-        if existing is not None:
-            first = await store.record_delivery(delivery, existing.id)
-            if first:
-                await attach(ctx, existing.id, event)
-            status = "attached" if first else "duplicate"
-            ctx.metrics.count("webhooks", source, status)
-            return WebhookOut(status=status, task=existing.key)
-    task, created = await store.create_task(event.new_task, delivery=delivery, actor=f"webhook:{source}")
-    ctx.metrics.count("webhooks", source, "created" if created else "duplicate")
-    response.status_code = 202 if created else 200
-    return WebhookOut(status="created" if created else "duplicate", task=task.key)
-
-
-async def attach(ctx: AppContext, task_id: int, event: TaskRequest) -> None:
-    """A repeat alert for a task still open: count it instead of opening another task."""
-    store = ctx.services.store
-    task = await store.get_task(task_id)
-    seen = dict(task.context)
-    seen["event_count"] = int(seen.get("event_count", 1)) + 1
-    seen["last_seen"] = event.new_task.context.get("last_seen") or event.new_task.context.get("timestamp")
-    await store.update_fields(task_id, context=seen)
-    await store.record_event(task_id, actor="webhook", reason="another alert for this issue", data={"event_count": seen["event_count"]})
+    task, outcome = await store.create_or_find(event.new_task, delivery=delivery, actor=f"webhook:{source}")
+    status = {Outcome.CREATED: "created", Outcome.DUPLICATE: "duplicate", Outcome.EXISTING: "attached"}[outcome]
+    if outcome is Outcome.EXISTING:
+        context = event.new_task.context
+        await store.attach_alert(task.id, actor=f"webhook:{source}",
+                                 last_seen=context.get("last_seen") or context.get("timestamp"))
+    ctx.metrics.count("webhooks", source, status)
+    response.status_code = 202 if outcome is Outcome.CREATED else 200
+    return WebhookOut(status=status, task=task.key)

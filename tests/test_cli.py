@@ -50,7 +50,9 @@ def test_submit_status_and_lifecycle(env: dict[str, str], tmp_path: Path) -> Non
     cancelled = json.loads(run(["cancel", key, "--as", "bob", "--reason", "duplicate", "--json"], env).stdout)
     assert cancelled["status"] == "CANCELLED"
     shown = json.loads(run(["status", key, "--json"], env).stdout)
-    assert [(e["to_status"], e["actor"]) for e in shown["events"]] == [("RECEIVED", "cli"), ("CANCELLED", "cli:bob")]
+    # the refused approval is part of the audit trail, as from every channel
+    assert [(e["to_status"], e["actor"]) for e in shown["events"]] == [
+        ("RECEIVED", "cli"), (None, "cli:alice"), ("CANCELLED", "cli:bob")]
 
 
 async def test_approve_and_retry_move_the_task(env: dict[str, str], store: Store) -> None:

@@ -213,55 +213,6 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _move(ref: str, target: TaskStatus, actor: str, reason: str, as_json: bool, **kwargs: Any) -> None:
-    task = with_services(lambda s: s.store.transition(ref, target, actor=f"cli:{actor}", reason=reason, **kwargs))
-    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
-
-
-@app.command()
-def approve(
-    ref: TaskRef,
-    actor: Actor,
-    plan_version: Annotated[
-        int | None, typer.Option("--plan-version", help="Refuse if the plan changed since this version.")
-    ] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Approve the task's plan: it is queued for execution."""
-
-    async def run(s: Services) -> Task:
-        task = await s.store.get_task(ref)
-        if plan_version is not None and task.plan_version != plan_version:
-            raise CliError(f"{task.key}: plan is now v{task.plan_version}, not v{plan_version}; review it again")
-        return await s.store.transition(
-            task.id, TaskStatus.APPROVED, actor=f"cli:{actor}", reason="approved",
-            data={"plan_version": task.plan_version}, expected_version=task.version,
-        )
-
-    task = with_services(run)
-    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
-
-
-@app.command()
-def reject(ref: TaskRef, actor: Actor, reason: Annotated[str, typer.Option(help="Why.")] = "", as_json: JsonFlag = False) -> None:
-    """Reject the task's plan."""
-    _move(ref, TaskStatus.REJECTED, actor, reason or "rejected", as_json)
-
-
-@app.command()
-def cancel(ref: TaskRef, actor: Actor = "operator", reason: Annotated[str, typer.Option(help="Why.")] = "", as_json: JsonFlag = False) -> None:
-    """Cancel a task that has not ended."""
-    _move(ref, TaskStatus.CANCELLED, actor, reason or "cancelled", as_json)
-
-
-@app.command()
-def retry(ref: TaskRef, actor: Actor = "operator", as_json: JsonFlag = False) -> None:
-    """Retry a FAILED task: execution again if its plan was approved, else planning from scratch."""
-
-    task = with_services(lambda s: s.store.retry(ref, actor=f"cli:{actor}"))
-    emit(as_json, task_json(task), lambda: out.print(f"{task.key} is {task.status}"))
-
-
 @app.command()
 def migrate(as_json: JsonFlag = False) -> None:
     """Apply database migrations (also done at every start)."""
@@ -437,6 +388,3 @@ def up(
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from fixfleet.cli import main
+
+main()

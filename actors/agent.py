@@ -21,10 +21,11 @@ from actors.credentials import TokenManager
 from actors.metrics import AgentMetrics
 from actors.publish import Publisher
 from actors.runner import SessionRunner
-from actors.session_models import SessionRequest
+from actors.session_models import SessionFailedForGood, SessionRequest
 from fixfleet.config import Settings
+from fixfleet.errors import Interrupted
 from fixfleet.logs import bind_task, task_context
-from fixfleet.models import Task, TaskStatus
+from fixfleet.models import QUEUED_IN, Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
@@ -54,6 +55,7 @@ class AgentLoop:
         self.failed = 0
         self.busy_since: float | None = None
         self.last_beat: float | None = None
+        self.held: Task | None = None  # the task as this agent claimed it: a change it did not make stops the work
         self.metrics = AgentMetrics(self.role)
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
@@ -137,7 +139,10 @@ class AgentLoop:
         with task_context(f"#{job.task_id}"):
             log.info("%s took the job from %s (delivery %d)", self.name, job.stream, job.deliveries)
             try:
-                await self.handle(job)
+                await self._handle_under_control(job)
+            except Interrupted as stop:
+                log.info("%s stopped working on task %s: %s", self.name, job.task_id, stop)
+                raise
             except Exception as exc:
                 self.failed += 1
                 self.metrics.finished("failed", time.time() - self.busy_since, exc)
@@ -145,10 +150,45 @@ class AgentLoop:
                             type(exc).__name__)
                 raise
             finally:
-                busy_for, self.busy_since = time.time() - self.busy_since, None
+                busy_for, self.busy_since, self.held = time.time() - self.busy_since, None, None
             log.info("%s finished the job in %.1f s", self.name, busy_for)
         self.done += 1
         self.metrics.finished("completed", busy_for)
+
+    async def _handle_under_control(self, job: Job) -> None:
+        """Handle the job while watching its task: when someone cancels or pauses it (or another
+        agent takes it over), the work is cancelled at once, the Claude session's sandbox killed
+        with it and the checkout discarded (the handlers' `finally`), and `Interrupted` raised."""
+        handling = asyncio.create_task(self.handle(job))
+        watching = asyncio.create_task(self._watch_control(job.task_id))
+        done, _ = await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if handling in done:
+            watching.cancel()
+            with suppress(asyncio.CancelledError):
+                await watching
+            return handling.result()
+        stop = watching.result()
+        handling.cancel()
+        await asyncio.wait({handling}, timeout=60)  # the session's sandbox dies at once; its cleanup follows
+        with suppress(Exception):
+            await self.store.record_event(job.task_id, actor=self.name, reason=f"stopped: {stop}",
+                                          data={"after_s": round(time.time() - (self.busy_since or time.time()), 3)})
+        raise stop
+
+    async def _watch_control(self, task_id: int) -> Interrupted:
+        """Wait until the task this agent holds moves without it: cancelled, paused, taken over."""
+        while True:
+            await asyncio.sleep(self.settings.control_poll_s)
+            held = self.held
+            if held is None or held.id != task_id:
+                continue
+            try:
+                status, version = await self.store.state_of(task_id)
+            except Exception:  # the database away: the work goes on, the next look may see it
+                log.warning("%s could not look at task %s's state", self.name, task_id, exc_info=True)
+                continue
+            if status in STOPPED or (status == held.status and version != held.version):
+                return Interrupted(task_id, status, f"{held.key} was {'taken over' if status == held.status else status}")
 
     async def handle(self, job: Job) -> None:  # pragma: no cover - each role implements it
         raise NotImplementedError
@@ -157,19 +197,23 @@ class AgentLoop:
 
     async def claim(self, task: Task, target: TaskStatus, **changes: Any) -> Task:
         """Take the task into `target`; the same state again means taking over a dead agent's work."""
-        return await self.store.transition(
+        self.held = await self.store.transition(
             task.id, target, actor=self.name,
             reason="takeover" if task.status == target else target.value.lower(),
             expected_version=task.version, changes={"attempts": task.attempts + 1, **changes},
         )
+        return self.held
 
     async def claimable(self, job: Job, states: set[TaskStatus]) -> Task | None:
         task = await self.store.get_task(job.task_id)
         bind_task(task.key, task.repo)  # every log line from here on names them
-        if task.status in states:
-            return task
-        log.info("%s is %s: nothing for the %s to do", task.key, task.status, self.role)
-        return None
+        if task.status not in states:
+            log.info("%s is %s: nothing for the %s to do", task.key, task.status, self.role)
+            return None
+        if stale := stale_entry(job, task):
+            log.info("%s: this queue entry is stale (%s); skipped", task.key, stale)
+            return None
+        return task
 
     async def environment(self, task: Task, sha: str) -> Environment:
         """The repository's environment at `sha`; a repository that cannot be set up fails the
@@ -208,12 +252,33 @@ class AgentLoop:
                                             "seconds": round(result.duration_s, 3),
                                             "denials": [d.model_dump() for d in result.denials]})
         if result.outcome != "success" or not result.structured_output:
-            raise failure(f"{self.role} session ended {result.subtype}: {result.error or missing}")
+            reason = f"{self.role} session ended {result.subtype}: {result.error or missing}"
+            raise SessionFailedForGood(reason) if result.permanent else failure(reason)
         return result.structured_output
 
     async def add_cost(self, task_id: int, cost_usd: float, tokens: int) -> Task:
-        task = await self.store.get_task(task_id)
-        return await self.store.update_fields(task_id, cost_usd=task.cost_usd + cost_usd, tokens=task.tokens + tokens)
+        return await self.store.add_cost(task_id, cost_usd, tokens)
+
+
+STOPPED = {TaskStatus.CANCELLED, TaskStatus.PAUSED}
+
+
+def stale_entry(job: Job, task: Task) -> str | None:
+    """Why this entry must not start work on `task`, or None. Entries outlive the moment they
+    were queued for: a priority change queues the task again (the old entry stays behind), a
+    resume or retry queues it at a new version. A task another agent holds is taken over only
+    by a redelivered entry (its holder's lease ran out), a retry, or the reconciler's entry."""
+    message = job.message
+    if task.status in QUEUED_IN:
+        if message.priority != task.priority:
+            return f"the task was queued again at priority {task.priority}"
+        if message.version is not None and message.version != task.version:
+            return f"queued for version {message.version}; the task is at {task.version}"
+        return None
+    first_delivery = job.deliveries == 1 and message.attempt == 1
+    if first_delivery and message.version is not None and message.version != task.version:
+        return f"another agent holds the task ({task.status} v{task.version})"
+    return None
 
 
 def reap_orphans(home: Path) -> list[int]:

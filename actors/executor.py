@@ -11,6 +11,7 @@ with the evidence, and tell Jira and Slack. A change that does not prove itself 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from actors.session_models import SessionRequest
 from fixfleet.models import Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.workspace.changes import ChangeRefused, ChangeSet, extract, snapshot
+from fixfleet.workspace.diffs import unified_diff
 from fixfleet.workspace.sandbox import SandboxSpec
 from fixfleet.workspace.verify import Evidence, EvidenceError
 
@@ -33,12 +35,22 @@ class Executor(AgentLoop):
     role, queue_name = "executor", "execution"
 
     async def handle(self, job: Job) -> None:
+        if job.message.action == "rerun-tests":
+            await self.rerun_tests(job.task_id)
+            return
         task = await self.claimable(job, CLAIMABLE)
         if task is None:
             return
         task = await self.claim(task, TaskStatus.EXECUTING)
         branch = task.branch or f"fixfleet/{task.key}"
         head = await self.workspaces.branch_head(task.repo, branch)  # the plan's commit
+        pushed = task.context.get("pushing") or {}
+        if head and head == (pushed.get("commits") or [None])[-1]:
+            # An earlier attempt pushed this verified fix and stopped before completing: only
+            # the publication and the completion are left (a second session would find no change).
+            await self.store.record_event(task.id, actor=self.name, reason="the fix is already on the branch; finishing")
+            await self._complete(task, branch, head, pushed["commits"], pushed["evidence"])
+            return
         base = head or await self.workspaces.resolve(task.repo)
         env = await self.environment(task, base)
         checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
@@ -50,14 +62,41 @@ class Executor(AgentLoop):
             await self.workspaces.discard(checkout)
         evidence = await self._verify(task, change, report)
         commits = await self._commit(task, change, evidence, report.get("summary", ""))
-        await self.workspaces.push(task.repo, commits[-1], branch, expected=head)
-        task = await self.store.get_task(task.id)
         proof = self.runner.redactor.value(evidence.model_dump())
-        await self.publisher.fix_ready(task, proof, commits, task.cost_usd)
-        await self.store.transition(
-            task.id, TaskStatus.COMPLETED, actor=self.name, reason="tests pass; pushed",
-            data={"commits": commits, "evidence": proof}, changes={"context": task.context | {"evidence": proof, "commits": commits}},
-        )
+        diff = unified_diff(change, await self.workspaces.read_files(task.repo, base, change.paths))
+        # Recorded before the push: a retry after a push whose completion was lost finds it.
+        await self.store.update_fields(task.id, context={"pushing": {"commits": commits, "evidence": proof},
+                                                         "diff": diff})
+        await self._complete(task, branch, head, commits, proof)
+
+    async def _complete(self, task: Task, branch: str, head: str | None, commits: list[str],
+                        proof: dict[str, Any]) -> None:
+        """Push, publish and complete, holding the task: a cancel or pause that came first stops
+        this before the push; one that comes meanwhile waits and finds the task COMPLETED."""
+        async with self.store.holding(await self.store.get_task(task.id)) as hold:
+            task = hold.task
+            if head != commits[-1]:
+                await self.workspaces.push(task.repo, commits[-1], branch, expected=head)
+            await self.publisher.fix_ready(task, proof, commits, task.cost_usd)
+            await hold.transition(TaskStatus.COMPLETED, actor=self.name, reason="tests pass; pushed",
+                                  data={"commits": commits, "evidence": proof},
+                                  context={"evidence": proof, "commits": commits})
+
+    async def rerun_tests(self, task_id: int) -> None:
+        """Run the suite again on the task's pushed branch; record and post the result. The
+        task's state is left alone: this is a look, not a step."""
+        task = await self.store.get_task(task_id)
+        head = await self.workspaces.branch_head(task.repo, task.branch) if task.branch else None
+        if head is None:
+            await self.store.record_event(task.id, actor=self.name, reason="rerun-tests: the branch is gone")
+            return
+        run = await self.verifier.rerun_suite(task.repo, head, name=task.key)
+        result = self.runner.redactor.value(run.model_dump()) | {"sha": head, "at": datetime.now(UTC).isoformat()}
+        verdict = "passes" if run.exit_code == 0 else f"fails (exit {run.exit_code})"
+        await self.store.update_fields(task.id, context={"rerun": result})
+        await self.store.record_event(task.id, actor=self.name, reason=f"rerun-tests: the suite {verdict}",
+                                      data={"rerun": result})
+        await self.publisher.tests_rerun(task, head, verdict, result)
 
     async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec, domains: list[str]) -> dict[str, Any]:
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),

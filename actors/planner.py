@@ -22,6 +22,8 @@ from fixfleet.workspace.mirrors import FileContent
 from fixfleet.workspace.sandbox import SandboxSpec
 
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
+# What the platform keeps in a task's context for itself: not the planner's business.
+PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff"}
 
 
 class PlanningFailed(RuntimeError):
@@ -52,14 +54,18 @@ class Planner(AgentLoop):
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
                                               f"docs: plan v{version} for {task.key}")
-        await self.workspaces.push(task.repo, commit, branch, expected=head)
-        task = await self.store.get_task(task.id)
-        pr_url = await self.publisher.plan_ready(task, plan, version, branch)
-        await self.store.transition(
-            task.id, TaskStatus.AWAITING_APPROVAL, actor=self.name, reason=f"plan v{version} ready",
-            data={"branch": branch, "pr_url": pr_url, "setup": env.plan.describe()},
-            changes={"plan": plan, "plan_version": version, "pr_url": pr_url or task.pr_url},
-        )
+        async with self.store.holding(await self.store.get_task(task.id)) as hold:  # a cancel waits, or stops this
+            task = hold.task
+            await self.workspaces.push(task.repo, commit, branch, expected=head)
+            published = await self.publisher.plan_ready(task, plan, version, branch)
+            await hold.transition(
+                TaskStatus.AWAITING_APPROVAL, actor=self.name, reason=f"plan v{version} ready",
+                data={"branch": branch, "pr_url": published.pr_url, "setup": env.plan.describe(),
+                      "plan_version": version, "plan": plan},  # `plan v1` finds earlier plans here
+                changes={"plan": plan, "plan_version": version, "pr_url": published.pr_url or task.pr_url,
+                         "external_ids": task.external_ids | published.external_ids},
+                context=published.context,
+            )
 
     async def _plan(self, task: Task, worktree: Any, spec: SandboxSpec, domains: list[str],
                     feedback: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +84,7 @@ class Planner(AgentLoop):
 
 def task_context(task: Task, feedback: list[dict[str, Any]]) -> dict[str, Any]:
     context = {"task": task.key, "source": task.source, "repo": task.repo, "title": task.title,
-               "external_ids": task.external_ids, **{k: v for k, v in task.context.items() if k != "slack_ts"}}
+               "external_ids": task.external_ids, **{k: v for k, v in task.context.items() if k not in PLATFORM_CONTEXT}}
     if task.plan:
         context["previous_plan"] = {"version": task.plan_version, "plan": task.plan}
     if feedback:

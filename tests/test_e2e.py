@@ -167,6 +167,81 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     assert len(takeovers) == 1
 
 
+def start_slow_execution(world: World) -> dict[str, Any]:
+    """A task whose executor is mid-session (the model's first answer takes 30 s)."""
+    world.script(executor="executor_slow")
+    world.executor_model.clear()
+    key = world.post_alert()
+    task = world.wait_for(key, {"AWAITING_APPROVAL"})
+    world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
+    return wait_mid_session(world, key)
+
+
+def wait_mid_session(world: World, key: str) -> dict[str, Any]:
+    task = world.wait_for(key, {"EXECUTING"})
+    deadline = time.monotonic() + 60
+    while not world.executor_model.main_requests() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert world.executor_model.main_requests(), "the executor's session never asked the model"
+    return task
+
+
+def seconds_until_the_agent_lets_go(world: World, task_id: int, since: float) -> float:
+    deadline = since + 30
+    while any(a.busy_with == task_id for a in world.platform.agents()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return time.monotonic() - since
+
+
+def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: World) -> None:
+    """Pause mid-session: the session stops; resume: a new session starts from the plan; cancel
+    mid-session: it stops again, and nothing is pushed, commented or moved afterwards."""
+    task = start_slow_execution(world)
+    key, branch = task["key"], task["branch"]
+    asked = time.monotonic()
+    paused = world.api("POST", f"/tasks/{key}/pause", json={"reason": "release freeze"})
+    assert paused["status"] == "PAUSED"
+    pause_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
+    world.executor_model.clear()
+    assert world.api("POST", f"/tasks/{key}/resume")["status"] == "APPROVED"
+    wait_mid_session(world, key)
+    calls_before = len(world.github.calls)
+    asked = time.monotonic()
+    assert world.api("POST", f"/tasks/{key}/cancel", json={"reason": "wrong approach"})["status"] == "CANCELLED"
+    cancel_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
+    time.sleep(max(0.0, asked + 35 - time.monotonic()))  # past the slow answer: a session left running would push now
+    print(json.dumps({"pause_stopped_s": round(pause_s, 2), "cancel_stopped_s": round(cancel_s, 2)}))
+    assert pause_s < 10 and cancel_s < 10
+    assert world.api("GET", f"/tasks/{key}")["status"] == "CANCELLED"
+    assert world.branch_log(branch) == [f"docs: plan v1 for {key}"]  # the plan only: nothing was pushed
+    pr_calls = [c for c in world.github.calls[calls_before:] if c.method != "GET"]
+    assert pr_calls == [], [(c.method, c.path) for c in pr_calls]  # no PR update, no comment, no ready
+    stops = [e for e in world.events(key) if e["reason"].startswith("stopped:")]
+    assert [e["actor"].split("-")[0] for e in stops] == ["executor", "executor"], world.events(key)
+
+
+def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world: World) -> None:
+    """The fix was pushed but the PR could not be marked ready, so the task failed: `retry`
+    publishes and completes from what is on the branch, without running the agent again."""
+    world.script()
+    key = world.post_alert()
+    task = world.wait_for(key, {"AWAITING_APPROVAL"})
+    world.github.fail_next(r"graphql", 422, times=1)  # marking the PR ready fails once
+    world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
+    failed = world.wait_for(key, {"FAILED"})
+    assert [m.split(":")[0] for m in world.branch_log(failed["branch"])] == ["fix", "test", "docs"]  # pushed
+    retried = world.api("POST", "/commands", json={"text": f"retry {key}"})
+    assert retried["task"]["status"] == "APPROVED", retried
+    done = world.wait_for(key, {"COMPLETED"})
+    assert [m.split(":")[0] for m in world.branch_log(done["branch"])] == ["fix", "test", "docs"]  # one set
+    events = world.events(key)
+    assert len([e for e in events if e["reason"].startswith("executor session")]) == 1
+    assert any(e["reason"] == "the fix is already on the branch; finishing" for e in events)
+    assert not world.github.pull(REPO_NAME, pr_number(done))["draft"]
+    diff = world.api("GET", f"/tasks/{key}/diff")["text"]
+    assert "+++ b/statskit/mean.py" in diff and "+++ b/tests/test_mean.py" in diff
+
+
 def test_status_shows_the_agents_queues_and_last_tasks(world: World) -> None:
     shown = subprocess.run([sys.executable, "-m", "fixfleet.cli", "status", "--json"], env=dict(os.environ),
                            capture_output=True, text=True, timeout=120)

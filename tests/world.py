@@ -134,7 +134,7 @@ def pr_number(task: dict[str, Any]) -> int:
 
 @contextmanager
 def platform_world(root: Path, database_url: str, redis_url: str, credentials: Credentials,
-                   extra_env: dict[str, str] | None = None) -> Iterator[World]:
+                   extra_env: dict[str, str] | None = None, *, executors: int = 1) -> Iterator[World]:
     """The sample repository behind a git remote, the stand-ins, and the platform configured for them."""
     clean_slate(database_url, redis_url)
     remote = make_sample_repo(root)
@@ -163,7 +163,7 @@ def platform_world(root: Path, database_url: str, redis_url: str, credentials: C
             "ANTHROPIC_API_KEY": c.model_key, **(extra_env or {}),
         }
         settings = Settings(database_url=database_url, redis_url=redis_url, home=root / "home")
-        options = PlatformOptions(http_port=free_port(), executors=1, env=env,
+        options = PlatformOptions(http_port=free_port(), executors=executors, env=env,
                                   planner_overrides={"anthropic_base_url": planner_model.url},
                                   executor_overrides={"anthropic_base_url": executor_model.url})
         platform = Platform(settings, options)

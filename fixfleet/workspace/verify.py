@@ -89,6 +89,20 @@ class Verifier:
             shutil.rmtree(out, ignore_errors=True)
             await self.workspaces.discard(checkout)
 
+    async def rerun_suite(self, url: str, sha: str, *, name: str) -> CommandRun:
+        """The repository's whole suite on commit `sha` (a pushed branch), in the sandbox: what
+        `rerun-tests` reports."""
+        env = await self.environments.ensure(url, sha)
+        checkout = await self.workspaces.checkout(url, sha, f"rerun-{name}")
+        out = Path(tempfile.mkdtemp(prefix="ff-out-"))
+        try:
+            self.environments.prepare(env, checkout)
+            async with network_access(env.plan.test_domains) as network:
+                return await _Runs(self, env, checkout, out, network).suite()
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+            await self.workspaces.discard(checkout)
+
     async def _prove(self, url: str, change: ChangeSet, run: _Runs) -> Evidence:
         """Split the change with the runner, then RED, GREEN and the suite; raises EvidenceError."""
         tests, support = await run.split(change)

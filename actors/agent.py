@@ -168,6 +168,8 @@ class AgentLoop:
                 await watching
             return handling.result()
         stop = watching.result()
+        killed = self.runner.stop_sessions()  # at once: a cancelled session's CLI must not take another step
+        log.info("%s: %s; killed %d session process(es)", self.name, stop, killed)
         handling.cancel()
         await asyncio.wait({handling}, timeout=60)  # the session's sandbox dies at once; its cleanup follows
         with suppress(Exception):

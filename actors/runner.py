@@ -101,6 +101,12 @@ class SessionRunner:
         self.redactor = Redactor.from_settings(settings)
         self.model_proxy: ModelProxy | None = None
         self._socket_dir: Path | None = None
+        self._running: set[_Session] = set()
+
+    def stop_sessions(self) -> int:
+        """Kill every running session's sandbox at once (its task was cancelled or paused): the
+        CLI's output ends and each `run` returns promptly. Returns how many processes died."""
+        return sum(session.kill() for session in list(self._running))
 
     async def run(self, request: SessionRequest, spec: SandboxSpec | None = None) -> SessionResult:
         """`spec`: what the session's sandbox mounts (its checkout and the repository's
@@ -109,7 +115,11 @@ class SessionRunner:
         if self.sandbox.enabled:
             await self._start_model_proxy()
         session = _Session(self, request, credential, spec or SandboxSpec(workspace=request.worktree))
-        return await session.run()
+        self._running.add(session)
+        try:
+            return await session.run()
+        finally:
+            self._running.discard(session)
 
     async def close(self) -> None:
         if self.model_proxy is not None:
@@ -383,6 +393,10 @@ class _Session:
             except psutil.Error:
                 continue
         return tree
+
+    def kill(self) -> int:
+        """Kill the session's sandbox and everything in it now."""
+        return self._kill(self._cli_tree())
 
     def _on_timeout(self) -> None:
         self.timed_out = True

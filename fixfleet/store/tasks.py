@@ -26,7 +26,6 @@ from fixfleet.models import (
     TERMINAL,
     NewTask,
     Task,
-    TaskEvent,
     TaskStatus,
 )
 from fixfleet.redact import Redactor
@@ -44,11 +43,11 @@ from fixfleet.store.errors import (
     TaskNotFound,
 )
 from fixfleet.store.holding import Hold
+from fixfleet.store.queueing import QueueRows
+from fixfleet.store.reads import TaskReads
 from fixfleet.store.records import (
     Creation,
     Delivery,
-    OutboxItem,
-    TaskState,
     init_connection,
     parse_ref,
     task_from_row,
@@ -63,7 +62,7 @@ _CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "attempts", "external
 _TEXTUAL = {"plan", "pr_url", "branch", "owner"}  # what may carry words an agent or a sender chose
 
 
-class Store:
+class Store(TaskReads, QueueRows):
     def __init__(self, pool: asyncpg.Pool, redactor: Redactor | None = None) -> None:
         self.pool = pool
         self.redactor = redactor or Redactor()
@@ -327,104 +326,6 @@ class Store:
                 raise TaskNotFound(ref)
             await self._event(conn, task_id, TaskStatus(status), None, actor, self.redactor.text(reason),
                               self.redactor.value(data or {}))
-
-    async def get_task(self, ref: int | str) -> Task:
-        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", parse_ref(ref))
-        if row is None:
-            raise TaskNotFound(ref)
-        return task_from_row(row)
-
-    async def state_of(self, ref: int | str) -> tuple[TaskStatus, int]:
-        """(status, version): the cheap look a working agent takes every second."""
-        row = await self.pool.fetchrow("SELECT status, version FROM tasks WHERE id = $1", parse_ref(ref))
-        if row is None:
-            raise TaskNotFound(ref)
-        return TaskStatus(row["status"]), row["version"]
-
-    async def find_task(self, *, external_key: str, external_id: str, open_only: bool = True) -> Task | None:
-        """The newest task carrying this external id (e.g. a Sentry issue id)."""
-        row = await self.pool.fetchrow(
-            "SELECT * FROM tasks WHERE external_ids ->> $1 = $2"
-            " AND (NOT $3 OR status <> ALL($4::text[])) ORDER BY id DESC LIMIT 1",
-            external_key,
-            external_id,
-            open_only,
-            [s.value for s in TERMINAL],
-        )
-        return task_from_row(row) if row else None
-
-    async def list_tasks(
-        self,
-        *,
-        statuses: Iterable[TaskStatus] | None = None,
-        external: Iterable[tuple[str, str]] | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Task]:
-        """Newest first. `external`: only tasks carrying one of these (key, id) external ids."""
-        wanted = [s.value for s in statuses] if statuses else None
-        args: list[Any] = [wanted, limit, offset]
-        carried = ""
-        if external is not None:
-            # One containment test per id, OR-ed: each can use the GIN index on external_ids.
-            tests = []
-            for key, value in external:
-                args.append({key: value})
-                tests.append(f"external_ids @> ${len(args)}::jsonb")
-            carried = f" AND ({' OR '.join(tests) or 'false'})"
-        rows = await self.pool.fetch(
-            f"SELECT * FROM tasks WHERE ($1::text[] IS NULL OR status = ANY($1::text[])){carried}"
-            " ORDER BY id DESC LIMIT $2 OFFSET $3",
-            *args,
-        )
-        return [task_from_row(r) for r in rows]
-
-    async def events(self, ref: int | str) -> list[TaskEvent]:
-        task = await self.get_task(ref)
-        rows = await self.pool.fetch("SELECT * FROM task_events WHERE task_id = $1 ORDER BY id", task.id)
-        return [TaskEvent.model_validate(dict(r)) for r in rows]
-
-    async def task_states(self, statuses: Iterable[TaskStatus], *, ids: list[int] | None = None) -> list[TaskState]:
-        rows = await self.pool.fetch(
-            "SELECT id, status, priority, version, extract(epoch FROM now() - updated_at) AS age"
-            " FROM tasks WHERE status = ANY($1::text[]) AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
-            [s.value for s in statuses],
-            ids,
-        )
-        return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"]), r["version"]) for r in rows]
-
-    @asynccontextmanager
-    async def try_lock(self, lock_id: int) -> AsyncIterator[bool]:
-        """Hold a lock shared by every process on this database for the block, unless another
-        holds it already; yields whether this one holds it."""
-        async with self.pool.acquire() as conn:
-            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
-            try:
-                yield held
-            finally:
-                if held:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
-
-    # --- outbox -----------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def outbox_batch(self, limit: int = 500) -> AsyncIterator[list[OutboxItem]]:
-        """Take up to `limit` unpublished outbox rows; they are gone only if the block succeeds.
-
-        Rows are locked (SKIP LOCKED), so several relays never publish the same row at once.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "DELETE FROM outbox WHERE id IN ("
-                " SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, task_id, queue, priority, version, action",
-                limit,
-            )
-            yield [OutboxItem(r["id"], r["task_id"], r["queue"], r["priority"], r["version"], r["action"]) for r in rows]
-
-    async def outbox_entries(self) -> set[tuple[str, int]]:
-        """(queue, task id) of every row still to publish."""
-        return {(r["queue"], r["task_id"]) for r in await self.pool.fetch("SELECT queue, task_id FROM outbox")}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""Reading tasks: one, by external id, a page, the audit trail, the states the reconciler watches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from fixfleet.models import TERMINAL, Task, TaskEvent, TaskStatus
+from fixfleet.store.errors import TaskNotFound
+from fixfleet.store.records import TaskState, parse_ref, task_from_row
+
+
+class TaskReads:
+    pool: asyncpg.Pool
+
+    async def get_task(self, ref: int | str) -> Task:
+        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", parse_ref(ref))
+        if row is None:
+            raise TaskNotFound(ref)
+        return task_from_row(row)
+
+    async def state_of(self, ref: int | str) -> tuple[TaskStatus, int]:
+        """(status, version): the cheap look a working agent takes every second."""
+        row = await self.pool.fetchrow("SELECT status, version FROM tasks WHERE id = $1", parse_ref(ref))
+        if row is None:
+            raise TaskNotFound(ref)
+        return TaskStatus(row["status"]), row["version"]
+
+    async def find_task(self, *, external_key: str, external_id: str, open_only: bool = True) -> Task | None:
+        """The newest task carrying this external id (e.g. a Sentry issue id)."""
+        row = await self.pool.fetchrow(
+            "SELECT * FROM tasks WHERE external_ids ->> $1 = $2"
+            " AND (NOT $3 OR status <> ALL($4::text[])) ORDER BY id DESC LIMIT 1",
+            external_key,
+            external_id,
+            open_only,
+            [s.value for s in TERMINAL],
+        )
+        return task_from_row(row) if row else None
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Iterable[TaskStatus] | None = None,
+        external: Iterable[tuple[str, str]] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Newest first. `external`: only tasks carrying one of these (key, id) external ids."""
+        wanted = [s.value for s in statuses] if statuses else None
+        args: list[Any] = [wanted, limit, offset]
+        carried = ""
+        if external is not None:
+            # One containment test per id, OR-ed: each can use the GIN index on external_ids.
+            tests = []
+            for key, value in external:
+                args.append({key: value})
+                tests.append(f"external_ids @> ${len(args)}::jsonb")
+            carried = f" AND ({' OR '.join(tests) or 'false'})"
+        rows = await self.pool.fetch(
+            f"SELECT * FROM tasks WHERE ($1::text[] IS NULL OR status = ANY($1::text[])){carried}"
+            " ORDER BY id DESC LIMIT $2 OFFSET $3",
+            *args,
+        )
+        return [task_from_row(r) for r in rows]
+
+    async def events(self, ref: int | str) -> list[TaskEvent]:
+        task = await self.get_task(ref)
+        rows = await self.pool.fetch("SELECT * FROM task_events WHERE task_id = $1 ORDER BY id", task.id)
+        return [TaskEvent.model_validate(dict(r)) for r in rows]
+
+    async def task_states(self, statuses: Iterable[TaskStatus], *, ids: list[int] | None = None) -> list[TaskState]:
+        rows = await self.pool.fetch(
+            "SELECT id, status, priority, version, extract(epoch FROM now() - updated_at) AS age"
+            " FROM tasks WHERE status = ANY($1::text[]) AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
+            [s.value for s in statuses],
+            ids,
+        )
+        return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"]), r["version"]) for r in rows]

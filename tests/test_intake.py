@@ -105,7 +105,7 @@ def test_issue_labeled_fixfleet_becomes_a_task(settings):
     assert task.title == "Spelling error in the README file"
     assert task.body.startswith("It looks like you accidently spelled")
     assert task.external_ids == {"github_issue": "Codertocat/Hello-World#1"}
-    assert result.dedupe == ("github_issue", "Codertocat/Hello-World#1")
+    assert result.new_task.external_ids["github_issue"] == "Codertocat/Hello-World#1"  # one open task per issue
     assert task.context["web_url"] == "https://github.com/Codertocat/Hello-World/issues/1"
 
 
@@ -219,7 +219,7 @@ def test_sentry_event_alert_yields_frames_and_the_mapped_repo(settings):
     assert task.title == "ReferenceError: heck is not defined"
     assert task.priority == Priority.HIGH  # level error
     assert task.external_ids == {"sentry_issue": "1117540176"}
-    assert result.dedupe == ("sentry_issue", "1117540176")
+    assert result.new_task.external_ids["sentry_issue"] == "1117540176"
     frames = task.context["frames"]
     assert len(frames) == 3
     assert frames[-1] == {"filename": "<anonymous>", "abs_path": "<anonymous>", "function": None,
@@ -257,7 +257,7 @@ def test_sentry_issue_created_needs_an_event_fetch(settings):
     assert task.repo == WEB_REPO and task.title == "ReferenceError: blooopy is not defined"
     assert task.context["needs_event_fetch"] is True and task.context["frames"] == []
     assert task.context["event_count"] == 1
-    assert result.dedupe == ("sentry_issue", "1170820242")
+    assert result.new_task.external_ids["sentry_issue"] == "1170820242"
 
 
 @pytest.mark.parametrize(("resource", "name"), [("event_alert", "event_alert.triggered.json"), ("issue", "issue.created.json")])
@@ -364,7 +364,7 @@ def test_jira_project_filter_makes_a_task():
     assert task.source == Source.JIRA and task.repo == "https://github.com/acme/ops.git"
     assert task.title == "Checkout total is NaN" and task.body == ADF_TEXT
     assert task.priority == Priority.HIGH
-    assert task.external_ids == {"jira": "OPS-20"} and result.dedupe == ("jira", "OPS-20")
+    assert task.external_ids == {"jira": "OPS-20"}
     assert task.context["web_url"] == "https://acme.atlassian.net/browse/OPS-20"
     assert task.context["matched_by"] == "project" and task.context["jira_event"] == "created"
 

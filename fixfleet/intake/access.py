@@ -64,9 +64,9 @@ def one_line(text: str | None, fallback: str) -> str:
     return line or fallback
 
 
-def task_request(dedupe: tuple[str, str] | None, **fields: Any) -> TaskRequest | Ignored:
+def task_request(**fields: Any) -> TaskRequest | Ignored:
     try:
-        return TaskRequest(new_task=NewTask(**fields), dedupe=dedupe)
+        return TaskRequest(new_task=NewTask(**fields))
     except ValidationError as exc:  # e.g. an empty repository URL from a mapping
         first = exc.errors()[0]
         return Ignored(reason=f"cannot make a task: {'.'.join(map(str, first['loc']))}: {first['msg']}")

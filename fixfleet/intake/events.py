@@ -25,10 +25,10 @@ class _Event(BaseModel):
 
 
 class TaskRequest(_Event):
-    """Make a task, unless `dedupe` names an open task already: then attach to that one."""
+    """Make a task; while a task about the same external thing (its external ids) is open, the
+    store returns that one instead and the alert is counted on it."""
 
     new_task: NewTask
-    dedupe: tuple[str, str] | None = None  # (external id key, value), e.g. ("sentry_issue", "42")
 
 
 class CommandRequest(_Event):

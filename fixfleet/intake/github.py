@@ -96,9 +96,9 @@ def _github_issue_task(payload: dict[str, Any], issue: dict[str, Any]) -> TaskRe
         "repo_full_name": full_name,
         "issue_number": number,
     }
-    # GitHub sends both `opened` and `labeled` for an issue created with the label: dedupe.
+    # GitHub sends both `opened` and `labeled` for an issue created with the label: the store
+    # keeps one open task per issue.
     return task_request(
-        ("github_issue", ref),
         source=Source.GITHUB,
         repo=repo,
         title=one_line(as_str(issue.get("title")), f"GitHub issue {ref}"),

@@ -125,7 +125,6 @@ def _jira_task(
         "sentry_issues": sentry_issues,
     }
     return task_request(
-        ("jira", key),
         source=Source.JIRA,
         repo=repo,
         title=one_line(as_str(fields.get("summary")), key),

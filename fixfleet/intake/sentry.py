@@ -131,7 +131,6 @@ def _sentry_event_task(event: dict[str, Any], payload: dict[str, Any], settings:
         "needs_event_fetch": not exceptions,  # a message event has no trace: fetch the latest event
     }
     return task_request(
-        ("sentry_issue", issue_id),
         source=Source.SENTRY,
         repo=repo,
         title=title,
@@ -168,7 +167,6 @@ def _sentry_issue_task(issue: dict[str, Any], settings: Settings) -> TaskRequest
     if count is not None:  # absent rather than None: the app adds to it when alerts attach
         context["event_count"] = count
     return task_request(
-        ("sentry_issue", issue_id),
         source=Source.SENTRY,
         repo=repo,
         title=title,

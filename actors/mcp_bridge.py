@@ -71,6 +71,7 @@ class McpBridge:
             try:
                 result = await session.call_tool(params.name, params.arguments or {})
             except Exception as exc:  # the model reads the failure; the session goes on
+                log.warning("MCP tool %s failed: %s", name, type(exc).__name__)  # type only: it may quote a token
                 return CallToolResult(content=[TextContent(type="text", text=f"{name} failed: {type(exc).__name__}")],
                                       is_error=True)
             return self._redacted(result)

@@ -111,7 +111,7 @@ class Publisher:
         try:
             await self.clients.jira.transition(key, name)
         except Exception as exc:  # workflows differ between Jira sites; the comment already went out
-            log.warning("jira %s: no transition %r (%s)", key, name, exc)
+            log.warning("jira %s: no transition %r (%s)", key, name, exc, exc_info=True)
 
     async def _slack_update(self, task: Task, text: str) -> None:
         ts = task.context.get("slack_ts")

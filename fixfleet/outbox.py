@@ -77,7 +77,7 @@ class OutboxRelay:
                         await self.drain()
                         await self._reconcile_when_due()
                     except Exception as exc:  # an outage of Postgres or Redis pauses the relay, never ends it
-                        log.warning("outbox relay: %s; retrying", exc)
+                        log.warning("outbox relay: %s; retrying", exc, exc_info=True)
                     await wait_any(self._wake, stop, timeout=self.poll_s)
                     if self._wake.is_set() and not stop.is_set():
                         await asyncio.sleep(self.gather_s)

@@ -218,6 +218,8 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     assert pr_calls == [], [(c.method, c.path) for c in pr_calls]  # no PR update, no comment, no ready
     stops = [e for e in world.events(key) if e["reason"].startswith("stopped:")]
     assert [e["actor"].split("-")[0] for e in stops] == ["executor", "executor"], world.events(key)
+    left = [p for p in (world.root / "home" / "agents").glob(f"*/workspaces/checkouts/{key}-exec-*")]
+    assert left == [], left  # the worktree was released
 
 
 def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world: World) -> None:

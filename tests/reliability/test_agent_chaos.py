@@ -160,8 +160,12 @@ def fire(world: World, steering: Steering, command: str, branch: str | None) -> 
 def test_random_commands_on_running_tasks_end_as_the_last_one_asked(world: World) -> None:
     rng = random.Random(7)
     world.script()
-    steered = [Steering(world.post_alert(), list(rng.choice(SCRIPTS))) for _ in range(STEERED_TASKS)]
+    scripts = [SCRIPTS[n % len(SCRIPTS)] for n in range(STEERED_TASKS)]  # every kind of script, in random order
+    rng.shuffle(scripts)
+    steered = [Steering(world.post_alert(), list(script)) for script in scripts]
     by_key = {s.key: s for s in steered}
+    for key, task in tasks_by_key(world, list(by_key)).items():
+        by_key[key].priority = task["priority"]  # as the alert's level set it
     started, deadline = time.monotonic(), time.monotonic() + SETTLE_S
     while time.monotonic() < deadline:
         tasks = tasks_by_key(world, list(by_key))

@@ -177,6 +177,7 @@ class Fault:
     error: dict[str, Any]  # the scenario's ErrorSpec for the planner's first turn
     recovers: bool  # the CLI's own retry gets past it, within one attempt of the task
     words: tuple[str, ...] = ()  # when it fails: what the task's reason must mention (any of them)
+    permanent: bool = False  # fails on its first attempt: retrying cannot help
 
 
 FAULTS = [
@@ -188,6 +189,8 @@ FAULTS = [
           recovers=False, words=("timeout", f"{SESSION_TIMEOUT_S:g}s")),
     Fault("529-for-good", {"kind": "status", "status": 529, "retry_after": 0, "times": 1000},
           recovers=False, words=("the model API kept failing: HTTP 529 overloaded",)),
+    Fault("401-refused-key", {"kind": "status", "status": 401, "times": 1000}, recovers=False,
+          words=("not retried",), permanent=True),
 ]
 
 
@@ -235,7 +238,10 @@ def test_a_model_fault_is_retried_or_fails_with_its_reason(rig: Rig, fault: Faul
         assert figures["status"] == "AWAITING_APPROVAL", figures
     else:
         assert figures["status"] == "FAILED", figures
-        assert figures["attempts"] == 2 and figures["retried_events"] == 1, figures  # transient: retried once
+        if fault.permanent:  # a refused credential: the same attempt would meet it again
+            assert figures["attempts"] == 1 and figures["retried_events"] == 0, figures
+        else:
+            assert figures["attempts"] == 2 and figures["retried_events"] == 1, figures  # transient: retried once
         assert any(word in figures["reason"] for word in fault.words), figures
     if "retry_after" in fault.error and fault.recovers:  # the CLI waited as long as it was asked to
         assert figures["retry_gap_s"] is not None and figures["retry_gap_s"] >= 0.9 * fault.error["retry_after"]

@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the suite's smaller sizes")
     args = parser.parse_args()
     figures, status = run_scenarios(full=not args.quick)
+    for line in figures:  # each scenario's own figures, for the record
+        print(json.dumps(line))
     rows = {f["test"]: row(f) for f in figures if f.get("test") in SCENARIOS}
     columns = ["faults", "tasks", "lost", "duplicated", "server_errors", "wrong_2xx", "pushed_after_cancel"]
     print(f"{'#':>2} {'scenario':<46}" + "".join(f"{c:>20}" for c in columns))

@@ -242,6 +242,16 @@ def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world
     assert not world.github.pull(REPO_NAME, pr_number(done))["draft"]
     diff = world.api("GET", f"/tasks/{key}/diff")["text"]
     assert "+++ b/statskit/mean.py" in diff and "+++ b/tests/test_mean.py" in diff
+    # rerun-tests: the suite runs again on the pushed branch, in the sandbox; the PR is told
+    assert world.api("POST", f"/tasks/{key}/rerun-tests")["status"] == "COMPLETED"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [e for e in world.events(key) if e["reason"].startswith("rerun-tests:")]:
+        time.sleep(0.5)
+    rerun = [e for e in world.events(key) if e["reason"].startswith("rerun-tests:")]
+    assert rerun and rerun[-1]["reason"] == "rerun-tests: the suite passes", world.events(key)[-3:]
+    assert rerun[-1]["data"]["rerun"]["sha"] == world.git("rev-parse", done["branch"]).strip()
+    assert any("the test suite passes" in c["body"] for c in world.github.comments)
+    assert "suite rerun" in world.api("GET", f"/tasks/{key}/evidence")["text"]
 
 
 def test_status_shows_the_agents_queues_and_last_tasks(world: World) -> None:

@@ -16,5 +16,9 @@ CLOSE_FDS = CLOSE_INHERITED + '; exec "$@"'
 
 
 def without_inherited_fds(argv: list[str]) -> list[str]:
-    """`argv`, started so that it keeps descriptors 0-2 only, whatever event loop spawns it."""
-    return ["/bin/bash", "-c", CLOSE_FDS, "fixfleet-exec", *argv]
+    """`argv`, started so that it keeps descriptors 0-2 only, whatever event loop spawns it.
+
+    `--norc`: uvloop hands a child a socket as stdin, and bash takes a `bash -c` whose stdin is a
+    socket for a remote shell and runs ~/.bashrc (measured: a machine's `pyenv init` in it ran a
+    shim rehash before every git command, each waiting up to 60 s for the rehash lock)."""
+    return ["/bin/bash", "--norc", "-c", CLOSE_FDS, "fixfleet-exec", *argv]

@@ -7,6 +7,7 @@ give it a `handle(job)`; `serve_app/agents.py` runs each as the replicas of a Se
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from actors.runner import SessionRunner
 from actors.session_models import SessionFailedForGood, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.errors import Interrupted
-from fixfleet.logs import bind_task, task_context
+from fixfleet.logs import adopt_binding, bind_task, task_context
 from fixfleet.models import QUEUED_IN, Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
@@ -159,9 +160,11 @@ class AgentLoop:
         """Handle the job while watching its task: when someone cancels or pauses it (or another
         agent takes it over), the work is cancelled at once, the Claude session's sandbox killed
         with it and the checkout discarded (the handlers' `finally`), and `Interrupted` raised."""
-        handling = asyncio.create_task(self.handle(job))
+        context = contextvars.copy_context()
+        handling = asyncio.create_task(self.handle(job), context=context)
         watching = asyncio.create_task(self._watch_control(job.task_id))
         done, _ = await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
+        adopt_binding(context)  # the lines logged from here on name the task the handler bound
         if handling in done:
             watching.cancel()
             with suppress(asyncio.CancelledError):

@@ -54,7 +54,7 @@ class Planner(AgentLoop):
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
                                               f"docs: plan v{version} for {task.key}")
-        async with self.store.holding(await self.store.get_task(task.id)) as hold:  # a cancel waits, or stops this
+        async with self.store.holding(task) as hold:  # as claimed: a cancel waits, or stops this
             task = hold.task
             await self.workspaces.push(task.repo, commit, branch, expected=head)
             published = await self.publisher.plan_ready(task, plan, version, branch)

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -67,6 +67,14 @@ def task_context(task: str | None = None, repo: str | None = None) -> Iterator[N
     finally:
         _task.reset(tokens[0])
         _repo.reset(tokens[1])
+
+
+def adopt_binding(context: Context) -> None:
+    """Take over the task and repository a child asyncio task bound in its own `context`, so the
+    lines logged after it (its end, its failure) still name them."""
+    for var in (_task, _repo):
+        if context.get(var) is not None:
+            var.set(context[var])
 
 
 def bind_task(task: str, repo: str) -> None:

@@ -154,7 +154,9 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     deadline = time.monotonic() + 60
     while not world.executor_model.main_requests() and time.monotonic() < deadline:
         time.sleep(0.2)
-    busy = [a for a in world.platform.agents() if a.busy_with == task["id"]]
+    deadline = time.monotonic() + 10  # the agent's heartbeat says what it holds every lease/3 seconds
+    while not (busy := [a for a in world.platform.agents() if a.busy_with == task["id"]]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert busy and busy[0].role == "executor", world.platform.agents()
     os.kill(busy[0].pid, signal.SIGKILL)  # the executor replica, mid-session: Serve starts another
     world.script()

@@ -245,18 +245,19 @@ class Store(TaskReads, QueueRows):
 
     @asynccontextmanager
     async def holding(self, task: Task) -> AsyncIterator[Hold]:
-        """Hold `task` as claimed (its state and version unchanged) for a block of side effects
+        """Hold `task` as claimed (pass the task as the claim returned it: its state and version
+        must be unchanged, or this raises `Interrupted`) for a block of side effects
         (a push, the PR, Jira, Slack) and the transition that ends them: a cancel or pause
         arriving meanwhile waits for the block, and one that came before makes it raise
         `Interrupted` before anything is done. Other writes (events, costs) go on."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT status, version FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task.id)
+            row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task.id)
             if row is None:
                 raise TaskNotFound(task.id)
             if row["status"] != task.status or row["version"] != task.version:
                 raise Interrupted(task.id, row["status"], f"{task.key} is now {row['status']} (version "
                                   f"{row['version']}, was {task.status} v{task.version}): stopped")
-            hold = Hold(self, conn, task)
+            hold = Hold(self, conn, task_from_row(row))  # as it is now: its data may have changed since
             yield hold
         if hold.moved_to in QUEUED_IN:
             self._wake_local_relay()

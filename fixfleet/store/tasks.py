@@ -274,9 +274,12 @@ class Store(TaskReads, QueueRows):
 
     async def retry(self, ref: int | str, *, actor: str, reason: str = "retry requested") -> Task:
         """Send a FAILED task back: to execution if its plan was approved, else to planning."""
-        was_approved = any(e.to_status == TaskStatus.APPROVED for e in await self.events(ref))
+        task = await self.get_task(ref)
+        was_approved = any(e.to_status == TaskStatus.APPROVED for e in await self.events(task.id))
         target = TaskStatus.APPROVED if was_approved else TaskStatus.RECEIVED
-        return await self.transition(ref, target, actor=actor, reason=reason)
+        if task.status != TaskStatus.FAILED:  # APPROVED is also entered from PAUSED: that is resume's move
+            raise IllegalTransition(task, target, detail=f"{task.key} is {task.status}: only a FAILED task is retried")
+        return await self.transition(task.id, target, actor=actor, reason=reason, expected_version=task.version)
 
     async def update_fields(self, ref: int | str, *, context: dict[str, Any] | None = None, **changes: Any) -> Task:
         """Change data (plan, PR, ...) without a status change. `context`: keys merged into the

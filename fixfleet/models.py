@@ -129,32 +129,6 @@ class NewTask(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
-class Task(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    key: str
-    source: Source
-    external_ids: dict[str, str]
-    repo: str
-    title: str
-    body: str
-    priority: Priority
-    status: TaskStatus
-    version: int
-    attempts: int
-    plan: dict[str, Any] | None
-    plan_version: int
-    branch: str | None
-    pr_url: str | None
-    cost_usd: float
-    tokens: int
-    owner: str | None = None
-    context: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-
 class TaskView(BaseModel):
     """A task as the task API shows it: what the ingress answers and its clients read."""
 
@@ -178,6 +152,15 @@ class TaskView(BaseModel):
     owner: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class Task(TaskView):
+    """A task as the store holds it: the view plus the platform's own context."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    source: Source
+    context: dict[str, Any]
 
 
 class TaskEvent(BaseModel):

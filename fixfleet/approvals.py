@@ -83,7 +83,7 @@ class Approvals:
         the audit row's reason and data."""
         task = await self.store.get_task(ref)
         try:
-            await self._authorize(principal, task)
+            await self.authorize(principal, task, Scope.APPROVE)
             await self._check_fresh(task, plan_version, seen_at)
         except Refused as refusal:
             await self.store.record_event(
@@ -96,9 +96,6 @@ class Approvals:
             task.id, TARGET[decision], actor=principal.actor, reason=feedback or note or f"{decision}d",
             data=data, expected_version=task.version,
         )
-
-    async def _authorize(self, principal: Principal, task: Task) -> None:
-        await self.authorize(principal, task, "approve")
 
     async def authorize(self, principal: Principal, task: Task | None, scope: Scope) -> None:
         """Raise Refused unless `principal` holds `scope` on `task` (None: on no task in particular,

@@ -130,6 +130,11 @@ class Steering:
         return {"cancel": "CANCELLED", "pause": "PAUSED"}.get((last or "").split(" ")[0], "COMPLETED")
 
 
+def settled(status: str, steering: Steering) -> bool:
+    """Ended, or paused for good: paused by its last command with nothing left to fire."""
+    return status in ENDED or (status == "PAUSED" and not steering.plan and steering.expected() == "PAUSED")
+
+
 SCRIPTS = [
     [("EXECUTING", "cancel")], [("PLANNING", "cancel")], [("AWAITING_APPROVAL", "cancel")],
     [("EXECUTING", "pause"), ("PAUSED", "resume")], [("PLANNING", "pause"), ("PAUSED", "resume")],
@@ -177,8 +182,9 @@ def test_random_commands_on_running_tasks_end_as_the_last_one_asked(world: World
             elif steering.plan and task["status"] in ENDED:
                 steering.plan.clear()  # its moment never came
         waiting_on_a_person = {k for k, s in by_key.items() if s.plan and s.plan[0][0] == "AWAITING_APPROVAL"}
-        approve_waiting(world, tasks_by_key(world, list(by_key)), skip=waiting_on_a_person)
-        if all(t["status"] in ENDED or (t["status"] == "PAUSED" and not by_key[k].plan) for k, t in tasks.items()):
+        tasks = tasks_by_key(world, list(by_key))  # read again: the commands just fired have moved some
+        approve_waiting(world, tasks, skip=waiting_on_a_person)
+        if all(settled(t["status"], by_key[k]) for k, t in tasks.items()):
             break
         time.sleep(0.3)
     time.sleep(3)  # anything a stopped agent might still do would show now

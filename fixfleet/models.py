@@ -63,6 +63,12 @@ QUEUED_IN: dict[TaskStatus, str] = {
 }
 # States in which an agent holds the task; its queue entry stays pending until it finishes.
 CLAIMED_IN: dict[TaskStatus, str] = {S.PLANNING: "planning", S.EXECUTING: "execution"}
+# States from which `rerun-tests` may run the suite on the task's pushed branch (a side job on the
+# execution queue: the state is left alone). A request is pending while the task's context holds
+# `rerun_requested_at` and no `rerun_answered_at` equal to it.
+RERUN_IN = frozenset({S.AWAITING_APPROVAL, S.APPROVED, S.COMPLETED, S.FAILED})
+RERUN_ACTION, RERUN_QUEUE = "rerun-tests", "execution"
+WORK = "work"  # the action of an entry for the task's next step
 
 
 def is_legal(source: TaskStatus, target: TaskStatus) -> bool:
@@ -182,7 +188,7 @@ class QueuedTask(BaseModel):
     priority: Priority
     attempt: int = 1
     version: int | None = None  # the task's version when it was queued: a later change makes this entry stale
-    action: str = "work"  # "work": the task's next step; "rerun-tests": run the suite on its branch again
+    action: str = WORK  # WORK: the task's next step; RERUN_ACTION: run the suite on its branch again
     enqueued_at: float
     expires_at: float | None = None
 

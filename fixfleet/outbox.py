@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from fixfleet.models import CLAIMED_IN, QUEUED_IN, TaskStatus
+from fixfleet.models import (
+    CLAIMED_IN,
+    QUEUED_IN,
+    RERUN_ACTION,
+    RERUN_QUEUE,
+    WORK,
+    TaskStatus,
+)
 from fixfleet.queue import Queue
 from fixfleet.store import OUTBOX_CHANNEL, Store
 
@@ -109,6 +116,7 @@ async def wait_any(*events: asyncio.Event, timeout: float) -> None:
 @dataclass
 class ReconcileReport:
     requeued: list[int] = field(default_factory=list)
+    requeued_reruns: list[int] = field(default_factory=list)
     checked: int = 0
     skipped: bool = False  # another process was reconciling at the same moment
 
@@ -131,22 +139,34 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     watched = [*QUEUED_IN, *CLAIMED_IN]
     # States first, then where the entries are: a task that is published meanwhile leaves
     # the outbox only after its entry is in the stream, so it is seen in one or the other.
-    states = await store.task_states(watched)
-    present: set[tuple[str, int]] = await store.outbox_entries()
-    for name, queue in queues.items():
-        await queue.ensure_groups()
-        present |= {(name, task_id) for task_id in await queue.task_ids()}
-    report = ReconcileReport(checked=len(states))
-    missing = [state.id for state in states if (_queue_for(state.status), state.id) not in present]
+    states, reruns = await store.task_states(watched), await store.pending_reruns()
+    present = await _entries(store, queues)
+    report = ReconcileReport(checked=len(states) + len(reruns))
+    missing = [state.id for state in states if (_queue_for(state.status), state.id, WORK) not in present]
     # A fresh look at the few that seem lost: one may have moved on (claimed, acked) meanwhile.
     for state in await store.task_states(watched, ids=missing) if missing else []:
         if state.status in CLAIMED_IN and state.seconds_since_update < claimed_stale_s:
             continue
         await queues[_queue_for(state.status)].enqueue(state.id, state.priority, state.version)
         report.requeued.append(state.id)
-    if report.requeued:
-        log.warning("reconciler re-enqueued %d task(s): %s", len(report.requeued), report.requeued)
+    # A `rerun-tests` asked for and not answered is a job a person is waiting for: it comes back too.
+    lost_reruns = [state.id for state in reruns if (RERUN_QUEUE, state.id, RERUN_ACTION) not in present]
+    for state in await store.pending_reruns(ids=lost_reruns) if lost_reruns else []:
+        await queues[RERUN_QUEUE].enqueue_many([(state.id, state.priority, state.version, RERUN_ACTION)])
+        report.requeued_reruns.append(state.id)
+    if report.requeued or report.requeued_reruns:
+        log.warning("reconciler re-enqueued task(s) %s and rerun(s) %s", report.requeued, report.requeued_reruns)
     return report
+
+
+async def _entries(store: Store, queues: Mapping[str, Queue]) -> set[tuple[str, int, str]]:
+    """(queue, task id, action) of every entry still in the outbox or in a queue; a step's entry
+    counts as WORK whatever started it."""
+    present = await store.outbox_entries()
+    for name, queue in queues.items():
+        await queue.ensure_groups()
+        present |= {(name, task_id, action) for task_id, action in await queue.entries()}
+    return {(name, task_id, action if action == RERUN_ACTION else WORK) for name, task_id, action in present}
 
 
 def _queue_for(status: TaskStatus) -> str:

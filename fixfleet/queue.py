@@ -342,14 +342,14 @@ class Queue:
         return Depth(waiting=length - pending, pending=pending, delayed=_int(results[-2]), dead=_int(results[-1]))
 
     async def task_ids(self) -> set[int]:
-        """Every task with an entry here: waiting, claimed or delayed (for the reconciler)."""
-        ids: set[int] = set()
-        for stream in self.streams:
-            for _, fields in await self.redis.xrange(stream):
-                ids.add(QueuedTask.model_validate_json(_text(fields[b"job"])).task_id)
-        for member in await self.redis.zrange(self.delayed_key, 0, -1):
-            ids.add(QueuedTask.model_validate_json(_text(member)).task_id)
-        return ids
+        """Every task with an entry here: waiting, claimed or delayed."""
+        return {task_id for task_id, _ in await self.entries()}
+
+    async def entries(self) -> set[tuple[int, str]]:
+        """(task id, action) of every entry here: waiting, claimed or delayed (for the reconciler)."""
+        jobs = [_text(fields[b"job"]) for stream in self.streams for _, fields in await self.redis.xrange(stream)]
+        jobs += [_text(member) for member in await self.redis.zrange(self.delayed_key, 0, -1)]
+        return {(job.task_id, job.action) for job in map(QueuedTask.model_validate_json, jobs)}
 
 
 def _job_field(entry: list) -> tuple[bytes, bytes]:

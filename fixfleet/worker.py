@@ -24,6 +24,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from fixfleet.errors import Interrupted, PermanentError
+from fixfleet.models import WORK
 from fixfleet.queue import Job, LeaseLost, Queue
 from fixfleet.store import Store, TaskNotFound
 
@@ -138,6 +139,10 @@ class Worker:
                        details: dict[str, Any] | None = None) -> None:
         log.error("task %s: %s", job.task_id, reason)
         data = {"queue": job.message.queue, "dead_letter": dead_lettered, **(details or {})}
+        if job.message.action != WORK:  # a side job (rerun-tests) leaves the task's state alone, failed or not
+            await self.store.record_event(job.task_id, actor=self.consumer, reason=f"{job.message.action}: {reason}",
+                                          data=data)
+            return
         try:
             failed = await self.store.fail(job.task_id, actor=self.consumer, reason=reason, data=data)
         except TaskNotFound:  # an entry for a task this database does not have: nothing to mark

@@ -166,7 +166,7 @@ async def test_relay_outlives_a_redis_outage(store: Store, settings: Settings) -
         task, _ = await store.create_task(NewTask(repo="file:///r", title="waits for Redis"))
         await asyncio.sleep(0.5)
         assert not running.done()  # still relaying: every pass failed and was retried
-        assert await store.outbox_entries() == {("planning", task.id)}  # nothing lost meanwhile
+        assert await store.outbox_entries() == {("planning", task.id, "work")}  # nothing lost meanwhile
     finally:
         stop.set()
         await asyncio.wait_for(running, 3)

@@ -200,6 +200,30 @@ async def test_rerun_tests_queues_a_side_job_and_leaves_the_state(store: Store, 
     assert job.task_id == task.id and job.message.action == "rerun-tests"
 
 
+async def test_a_rerun_lost_with_redis_comes_back_until_it_is_answered(store: Store, queues: dict) -> None:
+    from fixfleet.approvals import Approvals, Principal
+    from fixfleet.commands.handlers import Commands
+    from fixfleet.outbox import reconcile
+
+    task = await awaiting_task(store)
+    await store.update_fields(task.id, branch="fixfleet/FF-1")
+    commands = Commands(store, Approvals(store, Settings(database_url="x", redis_url="y")))
+    await commands.run(Principal(kind="cli", name="op"), "rerun-tests", task_ref=task.key)
+    # relayed to a Redis that then restarted empty: the request is only in the task now
+    await store.pool.execute("DELETE FROM outbox WHERE task_id = $1", task.id)
+
+    first = await reconcile(store, queues, claimed_stale_s=600)
+    assert first.requeued_reruns == [task.id] and task.id not in first.requeued  # its step waits on a person
+    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_reruns == []  # queued once
+    job = await queues["execution"].dequeue("test", block_s=0)
+    assert job.task_id == task.id and job.message.action == "rerun-tests"
+
+    asked = (await store.get_task(task.id)).context["rerun_requested_at"]
+    await store.update_fields(task.id, context={"rerun_answered_at": asked})  # what the executor writes
+    await queues["execution"].ack(job)
+    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_reruns == []
+
+
 def test_the_cli_steers_like_the_other_channels(database_url: str, redis_url: str, tmp_path: Path,
                                                store: Store, redis: Redis) -> None:
     env = dict(os.environ) | {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(tmp_path)}

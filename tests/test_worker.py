@@ -56,6 +56,21 @@ async def test_a_permanent_error_fails_the_task_on_the_first_attempt(redis: Redi
     assert (depth.waiting, depth.pending, depth.delayed, depth.dead) == (0, 0, 0, 1)
 
 
+async def test_a_side_job_that_fails_for_good_leaves_the_task_as_it_was(redis: Redis, store: Store) -> None:
+    queue = Queue(redis, "execution", lease_s=1.0, max_attempts=3, backoff_s=0.05, backoff_max_s=0.2)
+    task, _ = await store.create_task(NewTask(repo="file:///tmp/repo", title="approved, waiting"))
+    for status in ("PLANNING", "AWAITING_APPROVAL", "APPROVED"):
+        await store.transition(task.id, TaskStatus(status), actor="t")
+    await queue.enqueue_many([(task.id, "normal", None, "rerun-tests")])
+
+    async def broken_rerun(job: Job) -> None:
+        raise PermanentError("the repository's setup fails")
+
+    assert await Worker(queue, store, broken_rerun, "w").run_once(block_s=0)
+    assert (await store.get_task(task.id)).status == TaskStatus.APPROVED  # a look at the tests is not a step
+    assert "rerun-tests" in (last := (await store.events(task.id))[-1]).reason and "setup fails" in last.reason
+
+
 async def test_a_wrapped_permanent_error_keeps_its_meaning(redis: Redis, store: Store) -> None:
     queue, task_id = await queued_task(redis, store)
 

@@ -12,20 +12,27 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fixfleet.approvals import Approvals, Decision, Principal, Refused
 from fixfleet.commands.loader import Scope, default_commands
 from fixfleet.commands.parser import help_text
-from fixfleet.models import OPEN, Priority, Task, TaskStatus
+from fixfleet.models import (
+    OPEN,
+    RERUN_ACTION,
+    RERUN_IN,
+    RERUN_QUEUE,
+    Priority,
+    Task,
+    TaskStatus,
+)
 from fixfleet.repos import github_name
 from fixfleet.store import Store
 
 DEFAULT_LOG_LINES = 50
 MAX_LOG_LINES = 500
 QUEUE_SHOWN = 50
-RERUN_FROM = {TaskStatus.AWAITING_APPROVAL, TaskStatus.APPROVED, TaskStatus.COMPLETED, TaskStatus.FAILED}
 WAITING_OR_RUNNING = [s for s in TaskStatus if s in OPEN]
 
 
@@ -116,10 +123,11 @@ class Commands:
                              task)
 
     async def _rerun_tests(self, call: Invocation) -> CommandResult:
-        if not call.task.branch or call.task.status not in RERUN_FROM:
+        if not call.task.branch or call.task.status not in RERUN_IN:
             raise Refused(f"{call.task.key} is {call.task.status} and has no pushed branch to test yet")
         task = await self.store.change(call.task.id, actor=call.principal.actor, reason="rerun-tests requested",
-                                       allowed=RERUN_FROM, changes={}, side_job=("execution", "rerun-tests"))
+                                       allowed=RERUN_IN, changes={}, side_job=(RERUN_QUEUE, RERUN_ACTION),
+                                       context={"rerun_requested_at": datetime.now(UTC).isoformat()})
         return CommandResult(f"{task.key}: the test suite will run again on `{task.branch}`; "
                              "the result is posted on the task when it is done.", task)
 

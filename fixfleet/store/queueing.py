@@ -41,6 +41,7 @@ class QueueRows:
             )
             yield [OutboxItem(r["id"], r["task_id"], r["queue"], r["priority"], r["version"], r["action"]) for r in rows]
 
-    async def outbox_entries(self) -> set[tuple[str, int]]:
-        """(queue, task id) of every row still to publish."""
-        return {(r["queue"], r["task_id"]) for r in await self.pool.fetch("SELECT queue, task_id FROM outbox")}
+    async def outbox_entries(self) -> set[tuple[str, int, str]]:
+        """(queue, task id, action) of every row still to publish."""
+        return {(r["queue"], r["task_id"], r["action"])
+                for r in await self.pool.fetch("SELECT queue, task_id, action FROM outbox")}

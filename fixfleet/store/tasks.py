@@ -206,6 +206,7 @@ class Store(TaskReads, QueueRows):
         allowed: Iterable[TaskStatus],
         changes: dict[str, Any],
         data: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
         requeue: bool = False,
         side_job: tuple[str, str] | None = None,
     ) -> Task:
@@ -214,7 +215,7 @@ class Store(TaskReads, QueueRows):
         gets a new entry (the old one is then stale: `actors.agent.stale_entry`). `side_job`:
         (queue, action) of an entry asking an agent for a job that leaves the state alone."""
         task_id = parse_ref(ref)
-        sets, args = self._settings(changes, None, first=3)  # may be none: the audit row is the change
+        sets, args = self._settings(changes, context, first=3)  # may be none: the audit row is the change
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE tasks SET updated_at = updated_at{sets} WHERE id = $1 AND status = ANY($2::text[])"

@@ -26,7 +26,7 @@ from actors.session_models import SessionFailedForGood, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.errors import Interrupted
 from fixfleet.logs import adopt_binding, bind_task, task_context
-from fixfleet.models import QUEUED_IN, Task, TaskStatus
+from fixfleet.models import QUEUED_IN, SideJob, Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.worker import Worker
@@ -219,6 +219,23 @@ class AgentLoop:
             log.info("%s: this queue entry is stale (%s); skipped", task.key, stale)
             return None
         return task
+
+    async def side_job_task(self, job: Job, side: SideJob) -> Task | None:
+        """The task a side job's entry is for, or None when its request is answered already (a
+        second entry: the reconciler's after a Redis restart, or one request asked twice)."""
+        task = await self.store.get_task(job.task_id)
+        bind_task(task.key, task.repo)
+        if side.asked in task.context and not side.pending(task.context):
+            log.info("%s: %s was answered already; skipped", task.key, side.action)
+            return None
+        return task
+
+    async def side_job_done(self, task: Task, side: SideJob, reason: str, result: dict[str, Any] | None = None) -> None:
+        """Record a side job's outcome (under `side.key`); the request it read at its start is
+        no longer pending (a later one still is)."""
+        context = {side.answered: task.context.get(side.asked)} | ({side.key: result} if result else {})
+        await self.store.update_fields(task.id, context=context)
+        await self.store.record_event(task.id, actor=self.name, reason=reason, data={side.key: result} if result else None)
 
     async def environment(self, task: Task, sha: str) -> Environment:
         """The repository's environment at `sha`; a repository that cannot be set up fails the

@@ -18,7 +18,7 @@ from typing import Any
 
 from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
-from fixfleet.models import RERUN_ACTION, Task, TaskStatus
+from fixfleet.models import RERUN, Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.workspace.changes import ChangeRefused, ChangeSet, extract, snapshot
 from fixfleet.workspace.diffs import unified_diff
@@ -38,8 +38,8 @@ class Executor(AgentLoop):
     role, queue_name = "executor", "execution"
 
     async def handle(self, job: Job) -> None:
-        if job.message.action == RERUN_ACTION:
-            await self.rerun_tests(job.task_id)
+        if job.message.action == RERUN.action:
+            await self.rerun_tests(job)
             return
         task = await self.claimable(job, CLAIMABLE)
         if task is None:
@@ -85,34 +85,27 @@ class Executor(AgentLoop):
                                   data={"commits": commits, "evidence": proof},
                                   context={"evidence": proof, "commits": commits})
 
-    async def rerun_tests(self, task_id: int) -> None:
+    async def rerun_tests(self, job: Job) -> None:
         """Run the suite again on the task's pushed branch; record and post the result. The
         task's state is left alone: this is a look, not a step, so a rerun that cannot run says
         why on the task (ask again) instead of failing it."""
-        task = await self.store.get_task(task_id)
-        asked = task.context.get("rerun_requested_at")
-        if asked is not None and asked == task.context.get("rerun_answered_at"):
-            return  # a second entry for an answered request (the reconciler's, after a Redis restart)
+        task = await self.side_job_task(job, RERUN)
+        if task is None:
+            return
         head = await self.workspaces.branch_head(task.repo, task.branch) if task.branch else None
         if head is None:
-            await self._rerun_answered(task, asked, "rerun-tests: the branch is gone")
+            await self.side_job_done(task, RERUN, "rerun-tests: the branch is gone")
             return
         try:
             run = await self.verifier.rerun_suite(task.repo, head, name=task.key)
         except Exception as exc:  # told to whoever asked, with the reason
             log.warning("%s: rerun-tests of %s could not run", self.name, task.key, exc_info=True)
-            await self._rerun_answered(task, asked, f"rerun-tests could not run: {exc}; ask again")
+            await self.side_job_done(task, RERUN, f"rerun-tests could not run: {exc}; ask again")
             return
         result = self.runner.redactor.value(run.model_dump()) | {"sha": head, "at": datetime.now(UTC).isoformat()}
         verdict = "passes" if run.exit_code == 0 else f"fails (exit {run.exit_code})"
-        await self._rerun_answered(task, asked, f"rerun-tests: the suite {verdict}", result)
+        await self.side_job_done(task, RERUN, f"rerun-tests: the suite {verdict}", result)
         await self.publisher.tests_rerun(task, head, verdict, result)
-
-    async def _rerun_answered(self, task: Task, asked: str | None, reason: str,
-                              result: dict[str, Any] | None = None) -> None:
-        """Record the rerun's outcome; the request it answers is no longer pending."""
-        await self.store.update_fields(task.id, context={"rerun_answered_at": asked} | ({"rerun": result} if result else {}))
-        await self.store.record_event(task.id, actor=self.name, reason=reason, data={"rerun": result} if result else None)
 
     async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec, domains: list[str]) -> dict[str, Any]:
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),

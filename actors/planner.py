@@ -11,19 +11,23 @@ its new version.
 from __future__ import annotations
 
 import json
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
-from fixfleet.models import Task, TaskStatus
+from fixfleet.models import EXPLAIN, SIDE_JOBS, Task, TaskStatus
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
 from fixfleet.workspace.mirrors import FileContent
 from fixfleet.workspace.sandbox import SandboxSpec
 
+log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff"}
+PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff",
+                    *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
 class PlanningFailed(RuntimeError):
@@ -35,6 +39,9 @@ class Planner(AgentLoop):
     git_history = 50  # discovery reads history: `git log -p`, `git blame`
 
     async def handle(self, job: Job) -> None:
+        if job.message.action == EXPLAIN.action:
+            await self.answer_questions(job)
+            return
         task = await self.claimable(job, CLAIMABLE)
         if task is None:
             return
@@ -73,6 +80,53 @@ class Planner(AgentLoop):
                                  context=task_context(task, feedback))
         return await self.run_session(task, request, spec, domains, PlanningFailed, "no plan submitted")
 
+    async def answer_questions(self, job: Job) -> None:
+        """Answer the questions asked about the plan since the last answer, from the code on the
+        task's branch (a read-only checkout in the sandbox), and post the answer where the task
+        is discussed. The task's state is left alone; a question that cannot be answered says why."""
+        task = await self.side_job_task(job, EXPLAIN)
+        if task is None:
+            return
+        questions = await self._open_questions(task)
+        if not questions:
+            await self.side_job_done(task, EXPLAIN, "explain: no open question")
+            return
+        try:
+            answer = self.runner.redactor.value(await self._answer(task, questions))
+        except Exception as exc:  # told to whoever asked, with the reason
+            log.warning("%s: the question about %s could not be answered", self.name, task.key, exc_info=True)
+            await self.side_job_done(task, EXPLAIN, f"explain: the question could not be answered: {exc}; ask again")
+            return
+        record = {"questions": questions, "at": datetime.now(UTC).isoformat(), **answer}
+        await self.side_job_done(task, EXPLAIN, "explain: the planner answered", record)
+        try:
+            await self.publisher.question_answered(task, questions, answer["answer"], task.context[EXPLAIN.asked])
+        except Exception as exc:  # the answer is on the task (`explain`); a forge or Slack outage must not lose it
+            log.warning("%s: the answer about %s was not posted", self.name, task.key, exc_info=True)
+            await self.store.record_event(task.id, actor=self.name, reason=f"explain: the answer was not posted: {exc}")
+
+    async def _answer(self, task: Task, questions: list[str]) -> dict[str, Any]:
+        head = await self.workspaces.branch_head(task.repo, task.branch) if task.branch else None
+        base = head or await self.workspaces.resolve(task.repo)
+        env = await self.environment(task, base)
+        checkout, spec, _ = await self.session_checkout(task, env, base, "answer", writable=False)
+        try:
+            request = SessionRequest(role="planner", purpose="answer", worktree=checkout.path,
+                                     prompt=answer_prompt(task, questions), context=task_context(task, []))
+            return await self.run_session(task, request, spec, env.plan.test_domains, PlanningFailed, "no answer given")
+        finally:
+            await self.workspaces.discard(checkout)
+
+    async def _open_questions(self, task: Task) -> list[str]:
+        """The questions asked since the planner last answered, oldest first."""
+        questions: list[str] = []
+        for event in await self.store.events(task.id):
+            if event.reason == "explain: the planner answered":
+                questions.clear()
+            elif event.reason == "question about the plan" and event.data.get("question"):
+                questions.append(str(event.data["question"]))
+        return questions
+
     async def _feedback_thread(self, task: Task) -> list[dict[str, Any]]:
         """Every revise request so far, oldest first: the planner answers all of them."""
         return [
@@ -90,6 +144,18 @@ def task_context(task: Task, feedback: list[dict[str, Any]]) -> dict[str, Any]:
     if feedback:
         context["feedback_thread"] = feedback
     return context
+
+
+def answer_prompt(task: Task, questions: list[str]) -> str:
+    return "\n".join([
+        f"A reviewer asks about your plan v{task.plan_version} for {task.key}: {task.title}",
+        "",
+        "The plan:", json.dumps(task.plan, indent=2),
+        "",
+        "Their question(s), oldest first:", *(f"- {q[:4000]}" for q in questions),
+        "",
+        "Answer from the code (cite path:line); do not edit files. Hand back the answer with the answer_question tool.",
+    ])
 
 
 def planner_prompt(task: Task, feedback: list[dict[str, Any]]) -> str:

@@ -80,6 +80,20 @@ class Publisher:
             await self.clients.github.upsert_comment(repo, number, f"{task.key}-rerun", text)
         await self._slack_update(task, f"{task.key}: the test suite {verdict} on {task.pr_url or task.branch}")
 
+    async def question_answered(self, task: Task, questions: list[str], answer: str, asked_at: str) -> None:
+        """The planner's answer, quoting the question(s), where the task is discussed: a PR comment
+        and a reply in the task's Slack thread (one each per question asked, however often sent)."""
+        quoted = "\n".join(f"> {q}" for q in questions)
+        text = f"{task.key}: the planner's answer\n\n{quoted}\n\n{answer}"
+        repo = github_name(task.repo, self.settings)
+        if self.clients.github and repo and task.external_ids.get("github_pr"):
+            number = int(task.external_ids["github_pr"].rsplit("#", 1)[1])
+            marker = f"{task.key}-answer-{''.join(filter(str.isdigit, asked_at))}"  # one comment per question asked
+            await self.clients.github.upsert_comment(repo, number, marker, text)
+        ts = task.context.get("slack_ts")
+        if self.clients.slack and self.settings.slack_channel and ts:
+            await self.clients.slack.post_message(self.settings.slack_channel, text[:3900], thread_ts=ts)
+
     async def task_failed(self, task_id: int, reason: str) -> None:
         task = await self.store.get_task(task_id)
         text = f"fixfleet gave up on {task.key}: {reason[:500]}"

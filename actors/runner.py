@@ -58,7 +58,13 @@ from pydantic import ValidationError
 from actors.mcp import render_mcp_servers
 from actors.mcp_bridge import McpBridge
 from actors.permissions import CLI_TOOLS, PermissionPolicy
-from actors.session_models import OUTPUT_TOOLS, Denial, SessionLimits, SessionRequest, SessionResult, Subtype
+from actors.session_models import (
+    Denial,
+    SessionLimits,
+    SessionRequest,
+    SessionResult,
+    Subtype,
+)
 from actors.skills import install_skills
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
@@ -72,6 +78,14 @@ BUNDLED_CLI = Path(sys.modules["claude_agent_sdk"].__file__ or "").parent / "_bu
 CLI_INSIDE = "/opt/claude/claude"
 MODEL_PORT = 8790  # inside the sandbox's own network namespace: no clash with anything
 OUTPUT_SERVER = "fixfleet"  # the in-process MCP server holding the structured-output tool
+DUTIES = {  # what the system prompt asks of each kind of session
+    "planner": ("You plan; you never edit files (your checkout is read-only). Read and search the code, find the "
+                "root cause, then call the `submit_plan` tool with the plan."),
+    "executor": ("You fix the bug test-first: write a failing test, run it and see it fail, fix the code, run the "
+                 "tests until they pass, then call the `report_result` tool."),
+    "answer": ("You answer a reviewer's question about your plan; you never edit files (your checkout is read-only). "
+               "Read the code the answer rests on, then call the `answer_question` tool with the answer."),
+}
 KILL_GRACE_S = 10.0  # after the watchdog kills the sandbox, how long the SDK gets to notice
 CLI_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
            "CLAUDE_CODE_DISABLE_BUNDLED_SKILLS": "1",  # the role's skills only: a bundled one would shadow ours
@@ -178,7 +192,7 @@ class _Session:
 
     @property
     def output_tool_name(self) -> str:
-        return f"mcp__{OUTPUT_SERVER}__{OUTPUT_TOOLS[self.request.role][0]}"
+        return f"mcp__{OUTPUT_SERVER}__{self.request.output_tool[0]}"
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -317,12 +331,7 @@ class _Session:
 
     def _system_prompt(self, skills: list[str]) -> str:
         role = self.request.role
-        duty = (
-            "You plan; you never edit files (your checkout is read-only). Read and search the code, find the "
-            "root cause, then call the `submit_plan` tool with the plan." if role == "planner" else
-            "You fix the bug test-first: write a failing test, run it and see it fail, fix the code, run the "
-            "tests until they pass, then call the `report_result` tool."
-        )
+        duty = DUTIES["answer" if self.request.purpose == "answer" else role]
         context = json.dumps(self.redactor.value(self.request.context), indent=2, default=str)
         return "\n".join([
             f"# fixfleet {role}",
@@ -353,7 +362,7 @@ class _Session:
         return PermissionResultDeny(message=reason)
 
     def _output_server(self) -> Any:
-        name, model, description = OUTPUT_TOOLS[self.request.role]
+        name, model, description = self.request.output_tool
 
         @tool(name, description, model.model_json_schema())
         async def hand_back(args: dict[str, Any]) -> dict[str, Any]:
@@ -370,7 +379,7 @@ class _Session:
 
     def _check_files(self, output: dict[str, Any]) -> None:
         """Named files must exist in the checkout: a plan about files that aren't there is wrong."""
-        named = output.get("affected_files") or output.get("files_changed") or []
+        named = output.get("affected_files") or output.get("files_changed") or output.get("files") or []
         files = [f["path"] if isinstance(f, dict) else f for f in named]
         missing = [f for f in files if not (self.worktree / f).exists()]
         if missing:
@@ -465,7 +474,7 @@ class _Session:
         return f"; the model API kept failing: {status}{error} ({len(self.api_retries)} retries)"
 
     def _no_output_reason(self) -> str:
-        tool_name = OUTPUT_TOOLS[self.request.role][0]
+        tool_name = self.request.output_tool[0]
         if not self.rejections:
             return f"the {self.request.role} ended without {tool_name}"
         return (f"the {self.request.role}'s {tool_name} was rejected {len(self.rejections)} time(s) and never "

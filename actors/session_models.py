@@ -35,6 +35,12 @@ class SessionRequest(BaseModel):
     limits: SessionLimits | None = None  # None: the Settings defaults
     # The role's structured-output tool must have been called for the session to succeed.
     require_structured_output: bool = True
+    # "work": the role's own output (a plan, a report); "answer": a reviewer's question answered.
+    purpose: Literal["work", "answer"] = "work"
+
+    @property
+    def output_tool(self) -> tuple[str, type[_Output], str]:
+        return ANSWER_TOOL if self.purpose == "answer" else OUTPUT_TOOLS[self.role]
 
 
 class Denial(BaseModel):
@@ -135,6 +141,22 @@ class ExecutionReport(_Output):
         return [_relative_path(f) for f in files]
 
 
+class AnswerOutput(_Output):
+    """What the planner hands back through `answer_question`."""
+
+    answer: str = Field(min_length=10, max_length=20000,
+                        description="the answer, in Markdown, citing the code (path:line) it rests on")
+    files: list[str] = Field(default_factory=list, description="files the answer cites (relative)")
+
+    @field_validator("files")
+    @classmethod
+    def _relative(cls, files: list[str]) -> list[str]:
+        return [_relative_path(f) for f in files]
+
+
+ANSWER_TOOL = ("answer_question", AnswerOutput,
+               "Hand back your answer to the reviewer's question(s). If it is rejected, fix what the error says "
+               "and call it again.")
 OUTPUT_TOOLS: dict[Role, tuple[str, type[_Output], str]] = {
     "planner": ("submit_plan", PlanOutput,
                 "Submit your plan (the only way to hand it back). Call it once you know the "

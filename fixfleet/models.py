@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -63,12 +64,38 @@ QUEUED_IN: dict[TaskStatus, str] = {
 }
 # States in which an agent holds the task; its queue entry stays pending until it finishes.
 CLAIMED_IN: dict[TaskStatus, str] = {S.PLANNING: "planning", S.EXECUTING: "execution"}
-# States from which `rerun-tests` may run the suite on the task's pushed branch (a side job on the
-# execution queue: the state is left alone). A request is pending while the task's context holds
-# `rerun_requested_at` and no `rerun_answered_at` equal to it.
-RERUN_IN = frozenset({S.AWAITING_APPROVAL, S.APPROVED, S.COMPLETED, S.FAILED})
-RERUN_ACTION, RERUN_QUEUE = "rerun-tests", "execution"
 WORK = "work"  # the action of an entry for the task's next step
+
+
+@dataclass(frozen=True)
+class SideJob:
+    """A job an agent does for a person without moving the task's state: its entry carries
+    `action` on `queue`. A request is pending while the task's context holds `<key>_asked_at`
+    and no equal `<key>_answered_at`; the reconciler queues a pending one whose entry is gone."""
+
+    action: str
+    queue: str
+    key: str
+    states: frozenset[TaskStatus]  # where it may be asked for and still runs
+
+    @property
+    def asked(self) -> str:
+        return f"{self.key}_asked_at"
+
+    @property
+    def answered(self) -> str:
+        return f"{self.key}_answered_at"
+
+    def pending(self, context: dict[str, Any]) -> bool:
+        return context.get(self.asked) is not None and context.get(self.asked) != context.get(self.answered)
+
+
+_PLANNED = frozenset({S.AWAITING_APPROVAL, S.REVISING, S.APPROVED, S.EXECUTING, S.COMPLETED, S.FAILED, S.PAUSED})
+# `rerun-tests`: the executor runs the suite on the task's pushed branch again.
+RERUN = SideJob("rerun-tests", "execution", "rerun", frozenset({S.AWAITING_APPROVAL, S.APPROVED, S.COMPLETED, S.FAILED}))
+# `explain <question>`: the planner answers questions about its plan from the code.
+EXPLAIN = SideJob("explain", "planning", "answer", _PLANNED)
+SIDE_JOBS = {job.action: job for job in (RERUN, EXPLAIN)}
 
 
 def is_legal(source: TaskStatus, target: TaskStatus) -> bool:
@@ -188,7 +215,7 @@ class QueuedTask(BaseModel):
     priority: Priority
     attempt: int = 1
     version: int | None = None  # the task's version when it was queued: a later change makes this entry stale
-    action: str = WORK  # WORK: the task's next step; RERUN_ACTION: run the suite on its branch again
+    action: str = WORK  # WORK: the task's next step; else a SideJob's action
     enqueued_at: float
     expires_at: float | None = None
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from fixfleet.models import (
     CLAIMED_IN,
     QUEUED_IN,
-    RERUN_ACTION,
-    RERUN_QUEUE,
+    SIDE_JOBS,
     WORK,
     TaskStatus,
 )
@@ -116,7 +115,7 @@ async def wait_any(*events: asyncio.Event, timeout: float) -> None:
 @dataclass
 class ReconcileReport:
     requeued: list[int] = field(default_factory=list)
-    requeued_reruns: list[int] = field(default_factory=list)
+    requeued_side_jobs: list[tuple[str, int]] = field(default_factory=list)  # (action, task id)
     checked: int = 0
     skipped: bool = False  # another process was reconciling at the same moment
 
@@ -139,9 +138,10 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     watched = [*QUEUED_IN, *CLAIMED_IN]
     # States first, then where the entries are: a task that is published meanwhile leaves
     # the outbox only after its entry is in the stream, so it is seen in one or the other.
-    states, reruns = await store.task_states(watched), await store.pending_reruns()
+    states = await store.task_states(watched)
+    asked = {job: await store.pending(job) for job in SIDE_JOBS.values()}
     present = await _entries(store, queues)
-    report = ReconcileReport(checked=len(states) + len(reruns))
+    report = ReconcileReport(checked=len(states) + sum(map(len, asked.values())))
     missing = [state.id for state in states if (_queue_for(state.status), state.id, WORK) not in present]
     # A fresh look at the few that seem lost: one may have moved on (claimed, acked) meanwhile.
     for state in await store.task_states(watched, ids=missing) if missing else []:
@@ -149,13 +149,15 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
             continue
         await queues[_queue_for(state.status)].enqueue(state.id, state.priority, state.version)
         report.requeued.append(state.id)
-    # A `rerun-tests` asked for and not answered is a job a person is waiting for: it comes back too.
-    lost_reruns = [state.id for state in reruns if (RERUN_QUEUE, state.id, RERUN_ACTION) not in present]
-    for state in await store.pending_reruns(ids=lost_reruns) if lost_reruns else []:
-        await queues[RERUN_QUEUE].enqueue_many([(state.id, state.priority, state.version, RERUN_ACTION)])
-        report.requeued_reruns.append(state.id)
-    if report.requeued or report.requeued_reruns:
-        log.warning("reconciler re-enqueued task(s) %s and rerun(s) %s", report.requeued, report.requeued_reruns)
+    # A side job asked for and not answered is one a person waits for: it comes back too.
+    for job, pending in asked.items():
+        lost = [state.id for state in pending if (job.queue, state.id, job.action) not in present]
+        for state in await store.pending(job, ids=lost) if lost else []:
+            await queues[job.queue].enqueue_many([(state.id, state.priority, state.version, job.action)])
+            report.requeued_side_jobs.append((job.action, state.id))
+    if report.requeued or report.requeued_side_jobs:
+        log.warning("reconciler re-enqueued %d task(s) %s and %d side job(s) %s", len(report.requeued), report.requeued,
+                    len(report.requeued_side_jobs), report.requeued_side_jobs)
     return report
 
 
@@ -166,7 +168,7 @@ async def _entries(store: Store, queues: Mapping[str, Queue]) -> set[tuple[str, 
     for name, queue in queues.items():
         await queue.ensure_groups()
         present |= {(name, task_id, action) for task_id, action in await queue.entries()}
-    return {(name, task_id, action if action == RERUN_ACTION else WORK) for name, task_id, action in present}
+    return {(name, task_id, action if action in SIDE_JOBS else WORK) for name, task_id, action in present}
 
 
 def _queue_for(status: TaskStatus) -> str:

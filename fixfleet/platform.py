@@ -110,6 +110,7 @@ class Platform:
     def _app_args(self) -> dict[str, Any]:
         return {"executors_max": self.options.executors,
                 "executors_min": min(self.settings.executors_min, self.options.executors),
+                "tasks_per_executor": self.settings.tasks_per_executor,
                 "planner_overrides": self.options.planner_overrides,
                 "executor_overrides": self.options.executor_overrides}
 

@@ -74,7 +74,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve's application builder: the ingress, the planner and executor pools (autoscaled on
     their queues' depth), and the relay, in one application. `args` (a Serve config's `args:`)
     may set `num_replicas` / `max_ongoing_requests` of the ingress, `planners_min|max`,
-    `executors_min|max` (a maximum of 0 leaves that pool out: an ingress-only application), and
+    `executors_min|max` (a maximum of 0 leaves that pool out: an ingress-only application),
+    `tasks_per_executor` (queued tasks that ask for one more executor), and
     `planner_overrides` / `executor_overrides` (Settings fields for the agents only, e.g. a model URL)."""
     args = args or {}
     settings = load_settings()
@@ -86,7 +87,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         agent_deployment(ExecutorReplica, "executor", "execution", "executor_slot", settings,
                          int(args.get("executors_min", settings.executors_min)),
                          int(args.get("executors_max", settings.executors_max)),
-                         tasks_per_replica=settings.tasks_per_executor),
+                         tasks_per_replica=int(args.get("tasks_per_executor", settings.tasks_per_executor))),
     ]
     overrides = {"planner": args.get("planner_overrides"), "executor": args.get("executor_overrides")}
     agents = [pool.bind(overrides[pool.name]) for pool in pools if pool is not None]

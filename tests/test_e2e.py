@@ -112,6 +112,29 @@ def wait_until_plan_version(world: World, key: str, version: int) -> dict[str, A
     raise AssertionError(f"{key} never reached plan v{version}")
 
 
+def test_a_question_about_the_plan_is_answered_from_the_code(world: World) -> None:
+    """`explain <question>` while the plan waits: the planner reads the code in a read-only
+    session, its answer lands on the PR quoting the question and in `explain`; the task waits on."""
+    world.script()
+    key = world.post_alert()
+    task = world.wait_for(key, {"AWAITING_APPROVAL"})
+    asked = world.api("POST", "/commands", json={"text": f"explain {key} why not fix the caller instead?"})
+    assert "The planner is reading the code" in asked["text"], asked
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [e for e in world.events(key) if e["reason"].startswith("explain:")]:
+        time.sleep(0.5)
+    answers = [e for e in world.events(key) if e["reason"].startswith("explain:")]
+    assert answers and answers[-1]["reason"] == "explain: the planner answered", world.events(key)[-3:]
+    assert answers[-1]["data"]["answer"]["files"] == ["statskit/mean.py"]
+    posted = [c["body"] for c in world.github.comments if "the planner's answer" in c["body"]]
+    assert posted and "> why not fix the caller instead?" in posted[0] and "guard belongs there" in posted[0]
+    shown = world.api("POST", "/commands", json={"text": f"explain {key}"})["text"]
+    assert "The planner's last answer" in shown and "guard belongs there" in shown
+    after = world.api("GET", f"/tasks/{key}")
+    assert after["status"] == "AWAITING_APPROVAL" and after["plan_version"] == task["plan_version"]
+    assert len([e for e in world.events(key) if e["reason"].startswith("planner session")]) == 2  # plan, answer
+
+
 def test_reader_cannot_approve_and_the_task_waits(world: World) -> None:
     world.script()
     key = world.post_alert()

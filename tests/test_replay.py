@@ -250,3 +250,18 @@ def test_command_line_serves_a_bundled_scenario() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_session_whose_prompt_matches_a_conversation_plays_that_conversation() -> None:
+    scenario = BRANCHING | {"conversations": [
+        {"prompt": "^A reviewer asks", "turns": [{"content": [{"text": "The guard belongs in mean()."}]}],
+         "final_text": "Answered."}]}
+    with ReplayServer(scenario) as running:
+        asked = assemble(sse(httpx.post(f"{running.url}/v1/messages", json=body([user("A reviewer asks: why?")]))))
+        after = body([user("A reviewer asks: why?"), {"role": "assistant", "content": "The guard belongs in mean()."},
+                      user("and?")])
+        ended = assemble(sse(httpx.post(f"{running.url}/v1/messages", json=after)))
+        planned = assemble(sse(httpx.post(f"{running.url}/v1/messages", json=body([user("fix it")]))))
+    assert asked["content"] == [{"type": "text", "text": "The guard belongs in mean()."}]
+    assert ended["content"] == [{"type": "text", "text": "Answered."}]
+    assert planned["content"][0]["text"] == "Running the tests."  # any other session: the scenario's own turns

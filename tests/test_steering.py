@@ -200,6 +200,31 @@ async def test_rerun_tests_queues_a_side_job_and_leaves_the_state(store: Store, 
     assert job.task_id == task.id and job.message.action == "rerun-tests"
 
 
+async def test_a_question_goes_to_the_planner_and_takes_the_submit_scope(api: str, store: Store,
+                                                                        queues: dict) -> None:
+    task = await awaiting_task(store)
+    question = "why not fix the caller instead?"
+    # anyone on the thread may read the plan; a question spends model time on the repository
+    refused = say(api, "reader", f"@agent explain {question}")
+    assert "Sorry" in refused and "triage" in refused
+    assert "explain with a question refused" in (await store.events(task.id))[-1].reason
+
+    reply = say(api, "triager", f"@agent explain {question}")
+    assert f"Your question: _{question}_" in reply and "posted on the pull request" in reply
+    asked = await store.get_task(task.id)
+    assert asked.status == TaskStatus.AWAITING_APPROVAL and asked.version == task.version  # a look, not a step
+    assert "answer_asked_at" in asked.context
+    assert (await store.events(task.id))[-1].data == {"question": question}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = {("planning", task_id, action) for task_id, action in await queues["planning"].entries()}
+        if ("planning", task.id, "explain") in entries | await store.outbox_entries():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no explain job for the planner")
+
+
 async def test_a_rerun_lost_with_redis_comes_back_until_it_is_answered(store: Store, queues: dict) -> None:
     from fixfleet.approvals import Approvals, Principal
     from fixfleet.commands.handlers import Commands
@@ -213,15 +238,15 @@ async def test_a_rerun_lost_with_redis_comes_back_until_it_is_answered(store: St
     await store.pool.execute("DELETE FROM outbox WHERE task_id = $1", task.id)
 
     first = await reconcile(store, queues, claimed_stale_s=600)
-    assert first.requeued_reruns == [task.id] and task.id not in first.requeued  # its step waits on a person
-    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_reruns == []  # queued once
+    assert first.requeued_side_jobs == [("rerun-tests", task.id)] and task.id not in first.requeued  # its step waits on a person
+    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_side_jobs == []  # queued once
     job = await queues["execution"].dequeue("test", block_s=0)
     assert job.task_id == task.id and job.message.action == "rerun-tests"
 
-    asked = (await store.get_task(task.id)).context["rerun_requested_at"]
+    asked = (await store.get_task(task.id)).context["rerun_asked_at"]
     await store.update_fields(task.id, context={"rerun_answered_at": asked})  # what the executor writes
     await queues["execution"].ack(job)
-    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_reruns == []
+    assert (await reconcile(store, queues, claimed_stale_s=600)).requeued_side_jobs == []
 
 
 def test_the_cli_steers_like_the_other_channels(database_url: str, redis_url: str, tmp_path: Path,

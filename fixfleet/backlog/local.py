@@ -49,8 +49,9 @@ def local_platform(*, issues: int = 6, executors: int = 3, progress: Callable[[s
                               env=_env(root, repos, token),
                               planner_overrides={"anthropic_base_url": models[0].url},
                               executor_overrides={"anthropic_base_url": models[1].url})
-    # A small machine: the pool starts at one executor and grows with the queue.
-    settings = load_settings().model_copy(update={"executors_min": 1})
+    # A small machine: the pool starts at one executor and grows with the queue, an executor for
+    # each task waiting (a backlog of a few tasks rarely queues two per executor).
+    settings = load_settings().model_copy(update={"executors_min": 1, "tasks_per_executor": 1})
     keeper = PlatformThread(Platform(settings, options), progress)
     try:
         url = keeper.start_platform()

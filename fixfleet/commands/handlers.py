@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from fixfleet.approvals import Approvals, Decision, Principal, Refused
 from fixfleet.commands.loader import Scope, default_commands
 from fixfleet.commands.parser import help_text
 from fixfleet.models import (
+    EXPLAIN,
     OPEN,
-    RERUN_ACTION,
-    RERUN_IN,
-    RERUN_QUEUE,
+    RERUN,
     Priority,
     Task,
     TaskStatus,
@@ -123,11 +122,10 @@ class Commands:
                              task)
 
     async def _rerun_tests(self, call: Invocation) -> CommandResult:
-        if not call.task.branch or call.task.status not in RERUN_IN:
+        if not call.task.branch or call.task.status not in RERUN.states:
             raise Refused(f"{call.task.key} is {call.task.status} and has no pushed branch to test yet")
         task = await self.store.change(call.task.id, actor=call.principal.actor, reason="rerun-tests requested",
-                                       allowed=RERUN_IN, changes={}, side_job=(RERUN_QUEUE, RERUN_ACTION),
-                                       context={"rerun_requested_at": datetime.now(UTC).isoformat()})
+                                       allowed=RERUN.states, changes={}, side_job=RERUN)
         return CommandResult(f"{task.key}: the test suite will run again on `{task.branch}`; "
                              "the result is posted on the task when it is done.", task)
 
@@ -218,17 +216,26 @@ class Commands:
         return CommandResult(render_evidence(task.key, evidence, rerun), task)
 
     async def _explain(self, call: Invocation) -> CommandResult:
-        task, question = call.task, str(call.args.get("question") or "")
+        task, question = call.task, str(call.args.get("question") or "").strip()
         if not task.plan:
             return CommandResult(f"{task.key} has no plan yet ({task.status}): nothing to explain.", task)
         lines = [render_plan(task.key, task.plan_version, task.plan)]
+        if answered := task.context.get("answer"):
+            lines.append(render_answer(answered))
         if question:
-            await self.store.record_event(task.id, actor=call.principal.actor, reason="question about the plan",
-                                          data={"question": question})
-            follow = (f"`revise {task.key} {question[:80]}` sends it to the planner, who answers in the next plan."
-                      if task.status == TaskStatus.AWAITING_APPROVAL else "The question is recorded on the task.")
-            lines.append(f"\nYour question: _{question}_\n{follow}")
+            task = await self._ask(call, question)
+            lines.append(f"\nYour question: _{question}_\nThe planner is reading the code to answer it; the answer "
+                         f"is posted {where_answers_go(task)} and shown by `explain {task.key}`.")
         return CommandResult("\n".join(lines), task)
+
+    async def _ask(self, call: Invocation, question: str) -> Task:
+        """A question starts a model session on the task's checkout: it takes the submit scope."""
+        await self._authorize(call, Scope.SUBMIT, "explain with a question")
+        if call.task.status not in EXPLAIN.states:
+            raise Refused(f"{call.task.key} is {call.task.status}: its planner no longer answers questions")
+        return await self.store.change(call.task.id, actor=call.principal.actor, reason="question about the plan",
+                                       allowed=EXPLAIN.states, changes={}, data={"question": question},
+                                       side_job=EXPLAIN)
 
     async def _cost(self, call: Invocation) -> CommandResult:
         task = call.task
@@ -291,6 +298,17 @@ def render_plan(key: str, version: int, plan: dict[str, Any]) -> str:
         lines.append(f"Files: {files}")
     lines.append(f"Risk {plan.get('risk', '?')}, confidence {plan.get('confidence', '?')}")
     return "\n".join(lines)
+
+
+def render_answer(answer: dict[str, Any]) -> str:
+    asked = "\n".join(f"> {q}" for q in answer.get("questions") or [])
+    return f"\n**The planner's last answer** ({answer.get('at', '?')}):\n{asked}\n\n{answer.get('answer', '')}"
+
+
+def where_answers_go(task: Task) -> str:
+    places = [name for name, present in (("on the pull request", task.external_ids.get("github_pr")),
+                                         ("in the Slack thread", task.context.get("slack_ts"))) if present]
+    return " and ".join(places) or "on the task"
 
 
 def render_evidence(key: str, evidence: dict[str, Any] | None, rerun: dict[str, Any] | None) -> str:

@@ -19,6 +19,9 @@ before it succeeds.
           - name: passed                                # no `when`: the default
             content: [{text: "Unexpected pass."}]
         error: {kind: status, status: 529, times: 1}    # first attempt 529, then the content
+    conversations:                                      # other sessions of the same agent,
+      - prompt: "^A reviewer asks"                      # chosen by their first user message
+        turns: [{content: [{text: "Because ..."}]}]
 """
 
 from __future__ import annotations
@@ -123,6 +126,15 @@ class Turn(_Strict):
         return self
 
 
+class Conversation(_Strict):
+    """Another kind of session the same agent runs (its planner answering a question): played
+    instead of the scenario's own turns when the session's first user message matches `prompt`."""
+
+    prompt: str  # a regular expression, searched in the first user message
+    turns: list[Turn]
+    final_text: str = "Done."
+
+
 class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
@@ -131,6 +143,14 @@ class Scenario(_Strict):
     turns: list[Turn] = Field(default_factory=list)
     final_text: str = "Done."  # answer once every turn has been played
     side_text: str = "Fixing a bug"  # answer to the CLI's side requests (titles, summaries)
+    conversations: list[Conversation] = Field(default_factory=list)
+
+    def for_prompt(self, first_message: str) -> tuple[list[Turn], str]:
+        """(turns, final text) of the conversation this session plays."""
+        for conversation in self.conversations:
+            if re.search(conversation.prompt, first_message):
+                return conversation.turns, conversation.final_text
+        return self.turns, self.final_text
 
     @classmethod
     def load(cls, source: str | Path | dict[str, Any]) -> Scenario:
@@ -196,15 +216,21 @@ def tool_result_text(content: Any) -> str:
     return ""
 
 
+def first_user_text(messages: list[dict[str, Any]]) -> str:
+    first = next((m for m in messages if m.get("role") == "user"), None)
+    return tool_result_text(first.get("content")) if first else ""
+
+
 def choose(scenario: Scenario, messages: list[dict[str, Any]]) -> Choice:
     index = count_assistant_turns(messages)
-    if index >= len(scenario.turns):
+    turns, final_text = scenario.for_prompt(first_user_text(messages))
+    if index >= len(turns):
         return Choice(
             turn_index=-1, turn_name="final", branch=None,
-            content=[Block(text=scenario.final_text)], usage=scenario.usage,
+            content=[Block(text=final_text)], usage=scenario.usage,
             stop_reason="end_turn", error=None, delay_s=0.0,
         )
-    turn = scenario.turns[index]
+    turn = turns[index]
     content, branch, stop_reason = turn.content, None, turn.stop_reason
     if turn.branch is not None:
         case = _pick_case(turn.branch, last_tool_result(messages))

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from fixfleet.models import RERUN_IN, TERMINAL, Task, TaskEvent, TaskStatus
+from fixfleet.models import TERMINAL, SideJob, Task, TaskEvent, TaskStatus
 from fixfleet.store.errors import TaskNotFound
 from fixfleet.store.records import TaskState, parse_ref, task_from_row
 
@@ -71,14 +71,13 @@ class TaskReads:
         rows = await self.pool.fetch("SELECT * FROM task_events WHERE task_id = $1 ORDER BY id", task.id)
         return [TaskEvent.model_validate(dict(r)) for r in rows]
 
-    async def pending_reruns(self, *, ids: list[int] | None = None) -> list[TaskState]:
-        """Tasks whose `rerun-tests` was asked for and not yet answered, where it may still run."""
+    async def pending(self, job: SideJob, *, ids: list[int] | None = None) -> list[TaskState]:
+        """Tasks where `job` was asked for and not yet answered, in a state where it still runs."""
         rows = await self.pool.fetch(
             "SELECT id, status, priority, version, extract(epoch FROM now() - updated_at) AS age FROM tasks"
-            " WHERE status = ANY($1::text[]) AND context ? 'rerun_requested_at'"
-            " AND context->'rerun_requested_at' IS DISTINCT FROM context->'rerun_answered_at'"
-            " AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
-            [s.value for s in RERUN_IN], ids)
+            " WHERE status = ANY($1::text[]) AND context ? $2"
+            " AND context->$2 IS DISTINCT FROM context->$3 AND ($4::bigint[] IS NULL OR id = ANY($4::bigint[]))",
+            [s.value for s in job.states], job.asked, job.answered, ids)
         return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"]), r["version"]) for r in rows]
 
     async def task_states(self, statuses: Iterable[TaskStatus], *, ids: list[int] | None = None) -> list[TaskState]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,7 @@ from fixfleet.models import (
     RESUMES_TO,
     TERMINAL,
     NewTask,
+    SideJob,
     Task,
     TaskStatus,
 )
@@ -208,13 +210,15 @@ class Store(TaskReads, QueueRows):
         data: dict[str, Any] | None = None,
         context: dict[str, Any] | None = None,
         requeue: bool = False,
-        side_job: tuple[str, str] | None = None,
+        side_job: SideJob | None = None,
     ) -> Task:
         """Change a task's data (not its state) if it is in one of the `allowed` states, with an
         audit row, in one transaction; else raise Refusal. `requeue`: a task waiting in a queue
-        gets a new entry (the old one is then stale: `actors.agent.stale_entry`). `side_job`:
-        (queue, action) of an entry asking an agent for a job that leaves the state alone."""
+        gets a new entry (the old one is then stale: `actors.agent.stale_entry`). `side_job`: ask
+        an agent for a job that leaves the state alone (stamped `<key>_asked_at`: pending until answered)."""
         task_id = parse_ref(ref)
+        if side_job:
+            context = (context or {}) | {side_job.asked: datetime.now(UTC).isoformat()}
         sets, args = self._settings(changes, context, first=3)  # may be none: the audit row is the change
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -229,7 +233,7 @@ class Store(TaskReads, QueueRows):
             if requeue and task.status in QUEUED_IN:
                 await self._to_outbox(conn, task)
             if side_job:
-                await self._to_outbox(conn, task, queue=side_job[0], action=side_job[1])
+                await self._to_outbox(conn, task, queue=side_job.queue, action=side_job.action)
         if requeue or side_job:
             self._wake_local_relay()
         return task

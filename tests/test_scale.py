@@ -1,7 +1,7 @@
 """The executor pool follows its queue on a real autoscaling Ray cluster (tests/cluster.py).
 
 A head with no agent slots; worker node types offering one executor slot (0 to 4 nodes) and the
-planning slot. The whole application (cluster/serve_config.yaml) is deployed; 12 tasks of the
+planning slot. The whole application (cluster/serve_config.yaml) is deployed; 8 tasks of the
 demo scenario are submitted, planned by the planner pool and approved together. Executor
 replicas and nodes are added, never past the maximum; every task completes exactly once (one
 set of commits on its branch); then the replicas retire and the nodes go. The cluster's own
@@ -19,7 +19,7 @@ from bench.scale import ScaleRun, run
 from tests.test_grafana import FAILURE_ONLY, dashboard_metric_names
 
 pytestmark = pytest.mark.slow
-TASKS, MINIMUM, MAXIMUM = 12, 1, 4
+TASKS, MINIMUM, MAXIMUM = 8, 1, 4
 
 
 def test_executor_pool_and_nodes_follow_the_queue(tmp_path: Path, postgres_server_url: str,

@@ -17,7 +17,14 @@ from typing import Any
 
 from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
-from fixfleet.models import EXPLAIN, SIDE_JOBS, Task, TaskStatus
+from fixfleet.models import (
+    EXPLAIN,
+    QUESTION_ANSWERED,
+    QUESTION_ASKED,
+    SIDE_JOBS,
+    Task,
+    TaskStatus,
+)
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
 from fixfleet.workspace.mirrors import FileContent
@@ -98,9 +105,9 @@ class Planner(AgentLoop):
             await self.side_job_done(task, EXPLAIN, f"explain: the question could not be answered: {exc}; ask again")
             return
         record = {"questions": questions, "at": datetime.now(UTC).isoformat(), **answer}
-        await self.side_job_done(task, EXPLAIN, "explain: the planner answered", record)
+        await self.side_job_done(task, EXPLAIN, QUESTION_ANSWERED, record)
         try:
-            await self.publisher.question_answered(task, questions, answer["answer"], task.context[EXPLAIN.asked])
+            await self.publisher.question_answered(task, questions, answer["answer"], task.context.get(EXPLAIN.asked, ""))
         except Exception as exc:  # the answer is on the task (`explain`); a forge or Slack outage must not lose it
             log.warning("%s: the answer about %s was not posted", self.name, task.key, exc_info=True)
             await self.store.record_event(task.id, actor=self.name, reason=f"explain: the answer was not posted: {exc}")
@@ -121,9 +128,9 @@ class Planner(AgentLoop):
         """The questions asked since the planner last answered, oldest first."""
         questions: list[str] = []
         for event in await self.store.events(task.id):
-            if event.reason == "explain: the planner answered":
+            if event.reason == QUESTION_ANSWERED:
                 questions.clear()
-            elif event.reason == "question about the plan" and event.data.get("question"):
+            elif event.reason == QUESTION_ASKED and event.data.get("question"):
                 questions.append(str(event.data["question"]))
         return questions
 

@@ -95,6 +95,7 @@ _PLANNED = frozenset({S.AWAITING_APPROVAL, S.REVISING, S.APPROVED, S.EXECUTING, 
 RERUN = SideJob("rerun-tests", "execution", "rerun", frozenset({S.AWAITING_APPROVAL, S.APPROVED, S.COMPLETED, S.FAILED}))
 # `explain <question>`: the planner answers questions about its plan from the code.
 EXPLAIN = SideJob("explain", "planning", "answer", _PLANNED)
+QUESTION_ASKED, QUESTION_ANSWERED = "question about the plan", "explain: the planner answered"  # their audit rows
 SIDE_JOBS = {job.action: job for job in (RERUN, EXPLAIN)}
 
 

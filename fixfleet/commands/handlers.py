@@ -21,6 +21,7 @@ from fixfleet.commands.parser import help_text
 from fixfleet.models import (
     EXPLAIN,
     OPEN,
+    QUESTION_ASKED,
     RERUN,
     Priority,
     Task,
@@ -233,7 +234,7 @@ class Commands:
         await self._authorize(call, Scope.SUBMIT, "explain with a question")
         if call.task.status not in EXPLAIN.states:
             raise Refused(f"{call.task.key} is {call.task.status}: its planner no longer answers questions")
-        return await self.store.change(call.task.id, actor=call.principal.actor, reason="question about the plan",
+        return await self.store.change(call.task.id, actor=call.principal.actor, reason=QUESTION_ASKED,
                                        allowed=EXPLAIN.states, changes={}, data={"question": question},
                                        side_job=EXPLAIN)
 

@@ -205,12 +205,14 @@ class Sandbox:
         return f"{SOCKETS}/{bridge.port}.sock"
 
     def _with_bridges(self, bridges: list[Bridge], command: Sequence[str]) -> list[str]:
-        """Start one socat per proxy, wait until each listens, then exec the command."""
+        """Start one socat per proxy, wait until each listens, then exec the command. Each socat
+        dies with the command it was started for (its parent-death signal): left behind, it would
+        keep the sandbox's init waiting if the platform side was killed without its cleanup."""
         if not bridges:
             return list(command)
         lines = []
         for bridge in bridges:
-            lines.append(f"socat TCP-LISTEN:{bridge.port},bind=127.0.0.1,fork,reuseaddr "
+            lines.append(f"setpriv --pdeathsig KILL socat TCP-LISTEN:{bridge.port},bind=127.0.0.1,fork,reuseaddr "
                          f"UNIX-CONNECT:{self._socket_inside(bridge)} 2>/dev/null &")
         for bridge in bridges:
             lines.append(f"for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{bridge.port}) 2>/dev/null "

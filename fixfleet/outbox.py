@@ -153,7 +153,7 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     for job, pending in asked.items():
         lost = [state.id for state in pending if (job.queue, state.id, job.action) not in present]
         for state in await store.pending(job, ids=lost) if lost else []:
-            await queues[job.queue].enqueue_many([(state.id, state.priority, state.version, job.action)])
+            await queues[job.queue].enqueue(state.id, state.priority, state.version, action=job.action)
             report.requeued_side_jobs.append((job.action, state.id))
     if report.requeued or report.requeued_side_jobs:
         log.warning("reconciler re-enqueued %d task(s) %s and %d side job(s) %s", len(report.requeued), report.requeued,

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from fixfleet.models import Priority, QueuedTask
+from fixfleet.models import WORK, Priority, QueuedTask
 from fixfleet.redis_line import Line
 
 QUEUES = ("planning", "execution")
@@ -182,7 +182,7 @@ class Queue:
     # --- producing ----------------------------------------------------------------------------
 
     def message(self, task_id: int, priority: Priority | str, attempt: int = 1, version: int | None = None,
-                action: str = "work") -> QueuedTask:
+                action: str = WORK) -> QueuedTask:
         now = time.time()
         return QueuedTask(
             task_id=task_id,
@@ -195,15 +195,16 @@ class Queue:
             expires_at=now + self.ttl_s if self.ttl_s else None,
         )
 
-    async def enqueue(self, task_id: int, priority: Priority | str = Priority.NORMAL, version: int | None = None) -> str:
-        return (await self.enqueue_many([(task_id, priority, version)]))[0]
+    async def enqueue(self, task_id: int, priority: Priority | str = Priority.NORMAL, version: int | None = None,
+                      action: str = WORK) -> str:
+        return (await self.enqueue_many([(task_id, priority, version, action)]))[0]
 
     async def enqueue_many(self, items: list[tuple[Any, ...]]) -> list[str]:
         """Add entries: (task id, priority[, the task's version it is queued at[, action]])."""
         if not self._groups_ready:
             await self.ensure_groups()
         jobs = [self.message(*item[:2], version=item[2] if len(item) > 2 else None,
-                             action=item[3] if len(item) > 3 else "work").model_dump_json() for item in items]
+                             action=item[3] if len(item) > 3 else WORK).model_dump_json() for item in items]
         return [_text(entry_id) for entry_id in await self._add(keys=self.streams, args=jobs)]
 
     # --- consuming ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from fixfleet.models import NewTask, Task, TaskStatus
+from fixfleet.models import WORK, NewTask, Task, TaskStatus
 from fixfleet.store.errors import TaskNotFound
 
 
@@ -29,7 +29,7 @@ class OutboxItem:
     queue: str
     priority: str
     version: int | None = None  # the task's version it was queued at (None: rows from before 0002)
-    action: str = "work"
+    action: str = WORK
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from fixfleet.models import (
     QUEUED_IN,
     RESUMES_TO,
     TERMINAL,
+    WORK,
     NewTask,
     SideJob,
     Task,
@@ -393,7 +394,7 @@ class Store(TaskReads, QueueRows):
         )
 
     async def _to_outbox(self, conn: asyncpg.Connection, task: Task, *, queue: str | None = None,
-                         action: str = "work") -> None:
+                         action: str = WORK) -> None:
         await conn.execute("INSERT INTO outbox (task_id, queue, priority, version, action) VALUES ($1, $2, $3, $4, $5)",
                            task.id, queue or QUEUED_IN[task.status], task.priority.value, task.version, action)
         if channel := self._notify_channel():

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
 import psutil
+from claude_agent_sdk import SdkMcpTool
 
 from actors.credentials import TokenManager
 from actors.metrics import AgentMetrics
@@ -36,6 +38,7 @@ from fixfleet.workspace.environments import (
     SetupFailed,
     network_access,
 )
+from fixfleet.workspace.baselines import BaselineStore
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
@@ -77,7 +80,9 @@ class AgentLoop:
                                            history=self.git_history)
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
                                                self.settings.suite_command)
-        self.verifier = Verifier(self.workspaces, self.environments, self.sandbox)
+        self.verifier = Verifier(self.workspaces, self.environments, self.sandbox,
+                                 BaselineStore(self.settings.home / "cache" / "baselines"),
+                                 reruns=self.settings.verify_reruns)
         self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
                                     mcp_template=self.settings.mcp_config)
         self._stack.push_async_callback(self.runner.close)
@@ -262,11 +267,12 @@ class AgentLoop:
         return checkout, self.environments.spec(env, checkout, workspace_writable=writable), placed
 
     async def run_session(self, task: Task, request: SessionRequest, spec: SandboxSpec, domains: list[str],
-                          failure: type[Exception], missing: str) -> dict[str, Any]:
+                          failure: type[Exception], missing: str, tools: Sequence[SdkMcpTool[Any]] = ()) -> dict[str, Any]:
         """Run one Claude session for the task in its sandbox, book its cost and audit row, and
-        hand back its structured output; a session that ends without one raises `failure`."""
+        hand back its structured output; a session that ends without one raises `failure`.
+        `tools`: the platform tools the session may call (run on this side of the sandbox)."""
         async with network_access(domains) as network:  # the domains the repository allows its tests
-            result = await self.runner.run(request, network.apply(spec))
+            result = await self.runner.run(request, network.apply(spec), tools)
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",

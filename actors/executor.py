@@ -2,19 +2,30 @@
 
 The session runs in the sandbox on a writable checkout of the plan's branch. What it changed
 comes out as data and is checked (fixfleet/workspace/changes.py); the platform then proves it
-on a fresh checkout (fixfleet/workspace/verify.py): the new tests fail on the base code and pass
-with the fix, and the whole suite passes. Only then does it make the commits itself, from that
-same data on its own mirror (`test: …`, `fix: …`), push them to the task's branch, update the PR
-with the evidence, and tell Jira and Slack. A change that does not prove itself is never pushed.
+on fresh checkouts against the approved plan (fixfleet/workspace/verify.py): the new tests fail
+on the base code and pass with the fix, and the suite breaks nothing that passed on the base
+commit. Only then does it make the commits itself, from that same data on its own mirror
+(`test: …`, `fix: …`), push them to the task's branch, update the PR with the evidence, and tell
+Jira and Slack. A change that does not prove itself is never pushed.
+
+The agent is not left guessing: during its session it may ask for that same proof of its
+current files (the `verify_change` tool, a few times), and an attempt after a refused change
+starts with the refusal in its prompt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from claude_agent_sdk import SdkMcpTool, tool
 
 from actors.agent import AgentLoop
 from actors.session_models import SessionRequest
@@ -23,7 +34,8 @@ from fixfleet.queue import Job
 from fixfleet.workspace.changes import ChangeRefused, ChangeSet, extract, snapshot
 from fixfleet.workspace.diffs import unified_diff
 from fixfleet.workspace.sandbox import SandboxSpec
-from fixfleet.workspace.verify import Evidence, EvidenceError
+from fixfleet.workspace.scope import PlanScope
+from fixfleet.workspace.verify import Evidence, EvidenceError, refusal_text, verified_text
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,25 @@ CLAIMABLE = {TaskStatus.APPROVED, TaskStatus.EXECUTING}
 
 class ExecutionFailed(RuntimeError):
     pass
+
+
+@dataclass
+class _Work:
+    """The session's checkout as the platform reads it back, and the proofs already made of it."""
+
+    tree: Path
+    base: str
+    before: dict
+    placed: list[str]
+    verified: dict[str, Evidence] = field(default_factory=dict)  # change digest -> its passed proof
+    checks: int = 0
+
+
+def change_digest(change: ChangeSet) -> str:
+    digest = hashlib.sha256(change.base_sha.encode())
+    for file in change.files:
+        digest.update(f"\0{file.path}\0{file.mode}\0".encode() + (file.content or b"\0deleted"))
+    return digest.hexdigest()
 
 
 class Executor(AgentLoop):
@@ -58,12 +89,12 @@ class Executor(AgentLoop):
         env = await self.environment(task, base)
         checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
         try:
-            before = snapshot(checkout.path)
-            report = await self._execute(task, checkout.path, spec, env.plan.test_domains)
-            change = await self._change(task, checkout.path, base, before, placed)
+            work = _Work(checkout.path, base, snapshot(checkout.path), placed)
+            report = await self._execute(task, checkout.path, spec, env.plan.test_domains, work)
+            change = await self._change(task, work)
         finally:
             await self.workspaces.discard(checkout)
-        evidence = await self._verify(task, change, report)
+        evidence = await self._verify(task, change, report, work)
         commits = await self._commit(task, change, evidence, report.get("summary", ""))
         proof = self.runner.redactor.value(evidence.model_dump())
         diff = unified_diff(change, await self.workspaces.read_files(task.repo, base, change.paths))
@@ -107,34 +138,86 @@ class Executor(AgentLoop):
         await self.side_job_done(task, RERUN, f"rerun-tests: the suite {verdict}", result)
         await self.publisher.tests_rerun(task, head, verdict, result)
 
-    async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec, domains: list[str]) -> dict[str, Any]:
+    async def _execute(self, task: Task, worktree: Path, spec: SandboxSpec, domains: list[str],
+                       work: _Work) -> dict[str, Any]:
         request = SessionRequest(role="executor", worktree=worktree, prompt=executor_prompt(task),
                                  context={"task": task.key, "title": task.title, "plan": task.plan,
                                           "plan_version": task.plan_version})
-        return await self.run_session(task, request, spec, domains, ExecutionFailed, "no report")
+        tools = [self._verify_tool(task, work)] if self.settings.verify_calls else []
+        return await self.run_session(task, request, spec, domains, ExecutionFailed, "no report", tools)
 
-    async def _change(self, task: Task, tree: Path, base: str, before: dict, placed: list[str]) -> ChangeSet:
-        """The agent's work as checked data; a change that breaks a rule fails the task."""
+    async def _change(self, task: Task, work: _Work, *, record: bool = True) -> ChangeSet:
+        """The agent's work as checked data; a change that breaks a rule fails the attempt (and
+        the next attempt is told why)."""
         try:
-            change = extract(tree, base, await self.workspaces.list_tree(task.repo, base), before=before,
-                             mount_points=placed)
+            tree = await self.workspaces.list_tree(task.repo, work.base)
+            change = await asyncio.to_thread(extract, work.tree, work.base, tree, before=work.before,
+                                             mount_points=work.placed)
             leaking = [c.path for c in change.files if c.content and self.runner.redactor.knows(
                 c.content.decode("utf-8", "replace"))]
             if leaking:
                 raise ChangeRefused(f"{', '.join(leaking)} hold(s) one of the platform's secrets")
             return change
         except ChangeRefused as exc:
-            await self.store.record_event(task.id, actor=self.name, reason=f"change refused: {exc}")
+            if record:
+                await self._refused(task, "change", f"change refused: {exc}", {})
             raise ExecutionFailed(f"change refused: {exc}") from exc
 
-    async def _verify(self, task: Task, change: ChangeSet, report: dict[str, Any]) -> Evidence:
+    async def _verify(self, task: Task, change: ChangeSet, report: dict[str, Any], work: _Work) -> Evidence:
+        """The proof of the final change: the in-session one when it proved these very files."""
+        agent_command = report.get("test_command")
+        if (proven := work.verified.get(change_digest(change))) is not None:
+            await self.store.record_event(task.id, actor=self.name,
+                                          reason="verified: the final change is the one proven during the session")
+            return proven.model_copy(update={"agent_test_command": agent_command})
         try:
-            return await self.verifier.verify(task.repo, change, name=task.key,
-                                              agent_test_command=report.get("test_command"))
+            return await self.verifier.verify(task.repo, change, name=task.key, plan=PlanScope.from_plan(task.plan),
+                                              agent_test_command=agent_command)
         except EvidenceError as exc:
-            await self.store.record_event(task.id, actor=self.name, reason=f"verification failed: {exc}",
-                                          data={"evidence": self.runner.redactor.value(exc.evidence)})
+            await self._refused(task, exc.stage, f"verification failed: {exc}", exc.evidence, refusal_text(exc))
             raise
+
+    async def _refused(self, task: Task, stage: str, reason: str, evidence: dict[str, Any], text: str = "") -> None:
+        """Audit the refusal and keep it for the next attempt's prompt."""
+        redact = self.runner.redactor
+        await self.store.record_event(task.id, actor=self.name, reason=reason,
+                                      data={"evidence": redact.value(evidence), "stage": stage})
+        await self.store.update_fields(task.id, context={"last_refusal": {
+            "attempt": task.attempts, "stage": stage, "text": redact.text(text or reason)[-6000:]}})
+
+    def _verify_tool(self, task: Task, work: _Work) -> SdkMcpTool[Any]:
+        """`verify_change`: the platform's own proof of the agent's current files, as the final
+        check will make it (fresh checkouts, the approved scope, the base commit's results)."""
+        limit = self.settings.verify_calls
+
+        @tool("verify_change", (
+            "Ask the platform to verify your change as it stands now, exactly as its final check will: your "
+            "tests must fail on the base code (RED) and pass with your fix (GREEN), and the whole suite may not "
+            f"break a test that passed before. Returns VERIFIED or REFUSED with the reason and the output. At most "
+            f"{limit} calls; each takes as long as the repository's tests."), {"type": "object", "properties": {}})
+        async def verify_change(args: dict[str, Any]) -> dict[str, Any]:
+            if work.checks >= limit:
+                return _text(f"verify_change may be called {limit} times per session; it was. Hand back your work "
+                             "with report_result: the platform verifies it.")
+            work.checks += 1
+            started = time.monotonic()
+            try:
+                change = await self._change(task, work, record=False)
+                evidence = await self.verifier.verify(task.repo, change, name=f"{task.key}-check{work.checks}",
+                                                      plan=PlanScope.from_plan(task.plan))
+            except ExecutionFailed as refused:
+                answer, outcome = f"REFUSED at change: {refused}", "refused (change)"
+            except EvidenceError as refused:
+                answer, outcome = refusal_text(refused), f"refused ({refused.stage})"
+            else:
+                work.verified[change_digest(change)] = evidence
+                answer, outcome = verified_text(evidence), "verified"
+            await self.store.record_event(task.id, actor=self.name,
+                                          reason=f"verify_change {work.checks}/{limit}: {outcome}",
+                                          data={"seconds": round(time.monotonic() - started, 2)})
+            return _text(self.runner.redactor.text(answer))
+
+        return verify_change
 
     async def _commit(self, task: Task, change: ChangeSet, evidence: Evidence, summary: str) -> list[str]:
         """Two conventional commits made from the verified data: the tests, then the fix."""
@@ -147,8 +230,12 @@ class Executor(AgentLoop):
         return [tests, fix]
 
 
+def _text(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}]}
+
+
 def executor_prompt(task: Task) -> str:
-    return "\n".join([
+    lines = [
         f"Carry out the approved plan v{task.plan_version} for {task.key}: {task.title}",
         "",
         "Plan:",
@@ -156,5 +243,12 @@ def executor_prompt(task: Task) -> str:
         "",
         "Follow the `tdd-workflow` skill: write the failing test first, run it and see it fail, fix the code,",
         "run the tests and see them pass, then the whole suite. Do not commit: the platform verifies your files and commits.",
+        "Change only what the plan names, plus tests: PLAN.md and the test configuration are not yours to change.",
+        "Before you hand back, call the verify_change tool: it runs the platform's own proof of your files.",
         "Hand back your work with the report_result tool.",
-    ])
+    ]
+    refusal = task.context.get("last_refusal")
+    if refusal:
+        lines += ["", f"Your previous attempt ({refusal.get('attempt')}) was refused by the platform's verification. "
+                  "Do not repeat it; what the platform said:", "```", str(refusal.get("text", "")), "```"]
+    return "\n".join(lines)

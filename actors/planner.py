@@ -33,7 +33,7 @@ from fixfleet.workspace.sandbox import SandboxSpec
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff",
+PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -80,6 +80,20 @@ class Planner(AgentLoop):
                          "external_ids": task.external_ids | published.external_ids},
                 context=published.context,
             )
+        await self._warm_baseline(task, base)
+
+    async def _warm_baseline(self, task: Task, sha: str) -> None:
+        """The suite on the base commit, run while a human reads the plan, so that the executor's
+        proof finds the base's own results ready. Best effort: the executor runs it if missing."""
+        try:
+            baseline, reused = await self.verifier.warm_baseline(task.repo, sha, name=f"{task.key}-base")
+        except Exception:  # noqa: BLE001 - the plan is out; the executor's check can still make this run
+            log.warning("%s: the base run of %s could not be made", self.name, task.key, exc_info=True)
+            return
+        failing = baseline.failing()
+        await self.store.record_event(task.id, actor=self.name,
+                                      reason=f"base run: {len(baseline.tests)} tests, {len(failing)} failing already",
+                                      data={"baseline": baseline.summary(reused=reused) | {"failing": failing[:50]}})
 
     async def _plan(self, task: Task, worktree: Any, spec: SandboxSpec, domains: list[str],
                     feedback: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ What a session gets, and why:
 - the role's tools only, every call checked by `PermissionPolicy` (a tripwire that tells the
   agent why; the mounts are the boundary);
 - one in-process MCP tool to hand back its work (`submit_plan` / `report_result`), validated
-  with pydantic, so nothing is parsed out of prose;
+  with pydantic, so nothing is parsed out of prose; and the platform tools a role offers
+  (the executor's `verify_change`), which run on this side of the sandbox;
 - max turns and budget enforced by the CLI, wall-clock timeout enforced here by killing the
   sandbox (and with it everything in it);
 - a JSONL transcript on the platform's side, one SDK message per line, redacted.
@@ -34,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +46,7 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     HookMatcher,
     ResultMessage,
+    SdkMcpTool,
     SystemMessage,
     ToolResultBlock,
     ToolUseBlock,
@@ -122,13 +125,15 @@ class SessionRunner:
         CLI's output ends and each `run` returns promptly. Returns how many processes died."""
         return sum(session.kill() for session in list(self._running))
 
-    async def run(self, request: SessionRequest, spec: SandboxSpec | None = None) -> SessionResult:
+    async def run(self, request: SessionRequest, spec: SandboxSpec | None = None,
+                  tools: Sequence[SdkMcpTool[Any]] = ()) -> SessionResult:
         """`spec`: what the session's sandbox mounts (its checkout and the repository's
-        environment); None: the checkout alone, with the toolchain."""
+        environment); None: the checkout alone, with the toolchain. `tools`: platform tools
+        offered beside the output tool, run here (outside the sandbox) when the agent calls them."""
         credential = self.credentials.current()  # raises with none: refuse to start
         if self.sandbox.enabled:
             await self._start_model_proxy()
-        session = _Session(self, request, credential, spec or SandboxSpec(workspace=request.worktree))
+        session = _Session(self, request, credential, spec or SandboxSpec(workspace=request.worktree), tools)
         self._running.add(session)
         try:
             return await session.run()
@@ -159,11 +164,13 @@ class SessionRunner:
 class _Session:
     """The state of one run: options, policy, transcript, watchdog, result."""
 
-    def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any, spec: SandboxSpec) -> None:
+    def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any, spec: SandboxSpec,
+                 tools: Sequence[SdkMcpTool[Any]] = ()) -> None:
         self.runner = runner
         self.request = request
         self.credential = credential
         self.spec = spec
+        self.tools = list(tools)
         self.limits = request.limits or SessionLimits.from_settings(runner.settings)
         self.worktree = Path(os.path.realpath(request.worktree))
         self.sandboxed = runner.sandbox.enabled
@@ -175,7 +182,8 @@ class _Session:
         self.policy = PermissionPolicy(
             role=request.role, worktree=Path(self.cwd),
             readable=[Path(HOME if self.sandboxed else self.claude_dir) / "skills"],
-            deny_patterns=runner.deny_patterns, extra_tools={self.output_tool_name})
+            deny_patterns=runner.deny_patterns,
+            extra_tools={self.output_tool_name} | {f"mcp__{OUTPUT_SERVER}__{t.name}" for t in self.tools})
         self.transcript_path = runner.transcripts_dir / f"{self.session_id}.jsonl"
         self.structured_output: dict[str, Any] | None = None
         self.output_calls: set[str] = set()  # tool_use ids of the calls to the output tool
@@ -317,6 +325,8 @@ class _Session:
                                                "PWD": self.cwd}
         if self.runner.api_max_retries is not None:
             env["CLAUDE_CODE_MAX_RETRIES"] = str(self.runner.api_max_retries)
+        if self.tools:  # a platform tool (a verification) may take as long as the session may
+            env["MCP_TOOL_TIMEOUT"] = str(int(self.limits.timeout_s * 1000))
         if self.sandboxed:
             assert self.runner.model_proxy is not None
             self.dummy_key = self.runner.model_proxy.add_session()
@@ -375,7 +385,7 @@ class _Session:
             self.structured_output = output.model_dump()
             return {"content": [{"type": "text", "text": f"Accepted. {name} recorded."}]}
 
-        return create_sdk_mcp_server(OUTPUT_SERVER, tools=[hand_back])
+        return create_sdk_mcp_server(OUTPUT_SERVER, tools=[hand_back, *self.tools])
 
     def _check_files(self, output: dict[str, Any]) -> None:
         """Named files must exist in the checkout: a plan about files that aren't there is wrong."""

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     max_turns: int = Field(40, ge=1)
     max_budget_usd: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(1800.0, gt=0)
+    # The platform's proof: how often a failing test is run again before it counts (one that
+    # passes then is flaky), and how many times an executor may ask for it during its session.
+    verify_reruns: int = Field(2, ge=0, le=10)
+    verify_calls: int = Field(3, ge=0, le=20)
 
     # The agent pools (Serve autoscaling on queue depth): replicas per role, tasks per executor,
     # and how long the queue must stay empty before a pool shrinks.

@@ -48,11 +48,12 @@ def render_evidence(task: Task, evidence: dict[str, Any], *, commits: list[str],
     def block(name: str, run: dict[str, Any]) -> str:
         return f"### {name}: `{run['command']}` → exit {run['exit_code']}\n```\n{run['output_tail'][-1200:]}\n```"
 
-    red_to_green = "\n".join(f"- `{test}`" for test in evidence.get("red_to_green", []))
     parts = [
         f"## fixfleet evidence for {task.key}",
         *([] if evidence.get("sandboxed", True) else [SANDBOX_OFF]),
-        f"Tests that failed without the fix and pass with it:\n{red_to_green or '- (none reported)'}",
+        "Tests that failed without the fix and pass with it (fail_to_pass):\n"
+        + (_listed(proven(evidence)) or "- (none reported)"),
+        *_judgement(evidence),
         block("RED (new tests, base code)", evidence["red"]),
         block("GREEN (new tests, with the fix)", evidence["green"]),
         block("Full suite", evidence["suite"]),
@@ -61,3 +62,42 @@ def render_evidence(task: Task, evidence: dict[str, Any], *, commits: list[str],
     if evidence.get("agent_test_command"):
         parts.append(f"The agent suggested `{evidence['agent_test_command']}`; the platform ran the commands above.")
     return "\n\n".join([*parts, "Commits: " + ", ".join(f"`{c[:10]}`" for c in commits), f"Cost: ${cost_usd:.4f}"])
+
+
+def proven(evidence: dict[str, Any]) -> list[str]:
+    """The RED->GREEN tests (`red_to_green` in evidence recorded before the base-aware judgement)."""
+    return list(evidence.get("fail_to_pass", evidence.get("red_to_green", [])))
+
+
+def _listed(items: list[str], limit: int = 20) -> str:
+    more = f"\n- … and {len(items) - limit} more" if len(items) > limit else ""
+    return "\n".join(f"- `{item}`" for item in items[:limit]) + more
+
+
+def _judgement(evidence: dict[str, Any]) -> list[str]:
+    """What the proof was judged against, what it excused, how it was cross-checked, what of the
+    change the approved plan did not name."""
+    parts = []
+    baseline = evidence.get("baseline")
+    if baseline:
+        parts.append(f"Compared with the suite on the base commit `{str(baseline.get('sha', ''))[:10]}` "
+                     f"({baseline.get('tests', '?')} tests, {len(baseline.get('failing') or [])} already failing).")
+    if evidence.get("preexisting_failures"):
+        parts.append("Failing on the base commit already, not caused by this change (preexisting_failures):\n"
+                     + _listed(evidence["preexisting_failures"]))
+    if evidence.get("flaky"):
+        parts.append("Flaky (flipped when run again; they neither prove nor block):\n" + _listed(evidence["flaky"]))
+    if evidence.get("new_failures"):
+        parts.append("Tests this change breaks (new_failures):\n" + _listed(evidence["new_failures"]))
+    check = evidence.get("cross_check") or {}
+    if check:
+        unchecked = f"; not checked this way: {', '.join(check['unchecked'])}" if check.get("unchecked") else ""
+        parts.append(f"Cross-check: {check.get('method', '?')}{unchecked}.")
+    scope = evidence.get("scope") or {}
+    if scope.get("test_infrastructure"):
+        parts.append("**Test infrastructure changed, as the approved plan names it:**\n"
+                     + _listed(scope["test_infrastructure"]))
+    if scope.get("outside_plan"):
+        parts.append("**Outside the approved plan** (changed, though the plan does not name them):\n"
+                     + _listed(scope["outside_plan"]))
+    return parts

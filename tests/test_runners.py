@@ -2,7 +2,8 @@
 
 pytest, unittest and node --test run for real in throwaway repositories (the current
 interpreter stands in for the repository's environment, the helpers are used from the source
-tree); mocha, jest and vitest reports are small recorded samples, so the file stays offline.
+tree), each with the report channel on descriptor 3 as the sandbox gives it; mocha, jest and
+vitest reports are small recorded samples, so the file stays offline.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from fixfleet.workspace.runners import (
+    CHANNEL,
     HELPERS_DIR,
     SESSION_ID,
+    ForgedReport,
     TestCase,
     TestReport,
     detect_js_runner,
@@ -26,6 +30,8 @@ from fixfleet.workspace.runners import (
     make_runner,
     red_verdict,
 )
+from fixfleet.workspace.runners.verdicts import failing, new_failures, preexisting_failures
+from fixfleet.workspace.spawn import without_inherited_fds
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -37,46 +43,49 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 class Sandbox:
-    """Runs argv in a repository the way the sandbox would: cwd = repo, fresh output dir."""
+    """Runs argv in a repository the way the sandbox would: cwd = repo, the report channel on
+    descriptor 3 (FIXFLEET_REPORT_FD), the platform's helpers importable."""
 
-    def __init__(self, repo: Path, out_root: Path):
-        self.repo, self.out_root, self.count = repo, out_root, 0
+    def __init__(self, repo: Path):
+        self.repo = repo
 
-    def out(self) -> Path:
-        self.count += 1
-        path = self.out_root / f"out-{self.count}"
-        path.mkdir(parents=True)
-        return path
-
-    def run(self, argv: list[str]) -> tuple[int, str]:
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    def run(self, argv: list[str]) -> tuple[int, str, bytes]:
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "FIXFLEET_REPORT_FD": "3", "PYTHONPATH": str(HELPERS_DIR)}
         env.pop("PYTEST_ADDOPTS", None)
-        done = subprocess.run(argv, check=False, cwd=self.repo, env=env, capture_output=True, text=True, timeout=60)
-        return done.returncode, done.stdout + done.stderr
+        read, write = os.pipe()
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read, 65536), b"")))
+        try:
+            process = subprocess.Popen(without_inherited_fds(argv, hand_over=(write, 3)), cwd=self.repo, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=(write,))
+        finally:
+            os.close(write)
+        reader.start()
+        output, _ = process.communicate(timeout=60)
+        reader.join(timeout=10)
+        os.close(read)
+        return process.returncode, output, b"".join(chunks)
 
     def collect(self, runner, files):
-        out = self.out()
-        argv = runner.collect_argv(files, str(out))
-        code, output = self.run(argv) if argv else (0, "")
-        return runner.parse_collected(files, code, output, out)
+        argv = runner.collect_argv(files)
+        code, output, report = self.run(argv) if argv else (0, "", b"")
+        return runner.parse_collected(files, code, output, report)
 
     def run_files(self, runner, files) -> TestReport:
-        out = self.out()
-        argv = runner.run_argv(files, str(out))
-        code, output = self.run(argv)
-        return runner.parse_run(argv, code, output, out)
+        argv = runner.run_argv(files)
+        code, output, report = self.run(argv)
+        return runner.parse_run(argv, code, output, report)
 
     def suite(self, runner) -> TestReport:
-        out = self.out()
-        argv = runner.suite_argv(str(out))
-        code, output = self.run(argv)
-        return runner.parse_run(argv, code, output, out)
+        argv = runner.suite_argv()
+        code, output, report = self.run(argv)
+        return runner.parse_run(argv, code, output, report)
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Sandbox:
     (tmp_path / "repo").mkdir()
-    return Sandbox(tmp_path / "repo", tmp_path / "out")
+    return Sandbox(tmp_path / "repo")
 
 
 def by_id(report: TestReport) -> dict[str, TestCase]:
@@ -133,7 +142,7 @@ def test_pytest_failing_assertion_is_red_then_green(box: Sandbox):
 
     (box.repo / "calc.py").write_text(CALC_FIXED)
     green = box.run_files(runner, files)
-    assert green_verdict(green, verdict.test_ids).ok
+    assert green_verdict(green, verdict.test_ids, files).ok
     assert box.suite(runner).exit_code == 0
 
 
@@ -184,7 +193,7 @@ def test_pytest_keeps_the_repository_addopts(box: Sandbox):
     # must survive untouched
     pytest_repo(box, ini="[pytest]\naddopts = -p no:doctest -q\n")
     runner = make_runner("pytest", python=sys.executable)
-    argv = runner.run_argv(["tests/test_calc.py"], "/out")
+    argv = runner.run_argv(["tests/test_calc.py"])
     assert "addopts" not in " ".join(argv) and argv[-2:] == ["--", "tests/test_calc.py"]
 
     collected = box.collect(runner, ["tests/test_calc.py"])
@@ -246,7 +255,7 @@ def test_unittest_failure_and_error_are_red_then_green(box: Sandbox):
     write(box.repo, {"calc.py": CALC_BUGGY, "tests/__init__.py": "", "tests/test_calc.py": UNIT_TEST})
     runner = unittest_runner()
     files = ["tests/test_calc.py"]
-    assert runner.run_argv(files, "/o")[-2:] == ["--", "tests/test_calc.py"]
+    assert runner.run_argv(files)[-2:] == ["--", "tests/test_calc.py"]
 
     collected = box.collect(runner, files + ["calc.py", "notes.txt"])
     assert collected.tests_by_file["tests/test_calc.py"] == [
@@ -273,7 +282,7 @@ def test_unittest_failure_and_error_are_red_then_green(box: Sandbox):
                      "tests/test_calc.py": UNIT_TEST.replace('raise OSError("no fixture")', "pass")})
     green = box.run_files(runner, files)
     assert green.exit_code == 0
-    assert green_verdict(green, verdict.test_ids).ok
+    assert green_verdict(green, verdict.test_ids, files).ok
 
 
 def test_unittest_import_failure_is_collection_and_refused(box: Sandbox):
@@ -294,7 +303,7 @@ def test_unittest_discovery_suite(box: Sandbox):
                          'add("a", None).upper()', 'add("a", "b").upper()'),
                      "tests/test_broken.py": "import missing_module\n", "tests/helpers.py": "X = 1\n"})
     runner = unittest_runner()
-    assert runner.suite_argv("/o")[2:] == [f"{HELPERS_DIR}/unittest_report.py", "--discover", "--out", "/o/unittest.json"]
+    assert runner.suite_argv()[2:] == [f"{HELPERS_DIR}/unittest_report.py", "--discover"]
     report = box.suite(runner)
     tests = by_id(report)
     assert report.exit_code == 1
@@ -327,7 +336,7 @@ def test_node_test_runner_with_the_junit_reporter(box: Sandbox):
                      "test/broken.test.js": "require('./missing');\n"})
     runner = make_runner("node", test_script="node --test test/", workspace=str(box.repo))
     files = ["test/calc.test.js"]
-    assert runner.collect_argv(files, "/o") == []
+    assert runner.collect_argv(files) == []
     collected = box.collect(runner, files + ["lib/calc.js"])
     assert collected.tests_by_file == {"test/calc.test.js": ["test/calc.test.js"], "lib/calc.js": []}
 
@@ -345,7 +354,7 @@ def test_node_test_runner_with_the_junit_reporter(box: Sandbox):
     assert not red_verdict(broken, ["test/broken.test.js"]).ok
 
     (box.repo / "lib/calc.js").write_text("exports.add = (a, b) => a + b;\n")
-    assert green_verdict(box.run_files(runner, files), verdict.test_ids).ok
+    assert green_verdict(box.run_files(runner, files), verdict.test_ids, files).ok
 
 
 # ------------------------------------------------------------------ mocha, jest, vitest: recorded reports
@@ -374,17 +383,16 @@ def test_mocha_argv_reuses_the_script_options():
     script = "nyc --reporter=lcov mocha --reporter spec --bail --check-leaks --require test/setup.js --ui bdd --timeout 5000 test/"
     runner = make_runner("mocha", test_script=script)
     tail = ["--check-leaks", "--require", "test/setup.js", "--ui", "bdd", "--timeout", "5000",
-            "--reporter", "xunit", "--reporter-option", "output=/o/xunit.xml"]
-    assert runner.run_argv(["test/a.spec.js"], "/o") == ["node_modules/.bin/mocha", *tail, "--", "test/a.spec.js"]
-    assert runner.suite_argv("/o") == ["node_modules/.bin/mocha", *tail, "--", "test/"]
-    assert runner.collect_argv(["test/a.spec.js"], "/o") == []
+            "--reporter", "xunit", "--reporter-option", f"output={CHANNEL}"]
+    assert runner.run_argv(["test/a.spec.js"]) == ["node_modules/.bin/mocha", *tail, "--", "test/a.spec.js"]
+    assert runner.suite_argv() == ["node_modules/.bin/mocha", *tail, "--", "test/"]
+    assert runner.collect_argv(["test/a.spec.js"]) == []
 
 
-def test_mocha_report_parsing(tmp_path: Path):
+def test_mocha_report_parsing():
     runner = make_runner("mocha", test_script="mocha")
-    (tmp_path / "xunit.xml").write_text(MOCHA_XUNIT)
-    argv = runner.run_argv(["test/a.spec.js"], "/o")
-    report = runner.parse_run(argv, 3, "", tmp_path)
+    argv = runner.run_argv(["test/a.spec.js"])
+    report = runner.parse_run(argv, 3, "", MOCHA_XUNIT.encode())
     tests = by_id(report)
     assert tests["test/a.spec.js > top level throws"].outcome == "failed"
     assert tests["test/a.spec.js > math > fails"].message.startswith("Expected values to be strictly equal")
@@ -396,9 +404,7 @@ def test_mocha_report_parsing(tmp_path: Path):
         "test/a.spec.js > math > fails", "test/a.spec.js > top level throws"]
 
     # a spec file that cannot load stops mocha before any report is written
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    broken = runner.parse_run(argv, 1, "Exception during run: Error: Cannot find module './nope'", empty)
+    broken = runner.parse_run(argv, 1, "Exception during run: Error: Cannot find module './nope'", b"")
     assert broken.collection_errors()[0].id == SESSION_ID
     assert "Cannot find module" in red_verdict(broken, ["test/a.spec.js"]).reason
 
@@ -415,24 +421,23 @@ JEST_JSON = """{"numFailedTestSuites": 2, "success": false, "testResults": [
 """
 
 
-def test_jest_argv_collection_and_report(tmp_path: Path):
+def test_jest_argv_collection_and_report():
     runner = make_runner("jest", test_script="cross-env NODE_ENV=test jest --config jest.unit.js --coverage --watch -i src")
     files = ["src/math.test.js", "src/math.js"]
-    assert runner.run_argv(files, "/o") == [
-        "node_modules/.bin/jest", "--config", "jest.unit.js", "-i", "--ci", "--json", "--outputFile=/o/jest.json",
+    assert runner.run_argv(files) == [
+        "node_modules/.bin/jest", "--config", "jest.unit.js", "-i", "--ci", "--json", f"--outputFile={CHANNEL}",
         "--runTestsByPath", "--", *files]
-    assert runner.collect_argv(files, "/o") == [
+    assert runner.collect_argv(files) == [
         "node_modules/.bin/jest", "--config", "jest.unit.js", "-i", "--listTests", "--json", "--runTestsByPath",
         "--", *files]
-    assert runner.suite_argv("/o")[-2:] == ["--", "src"]
+    assert runner.suite_argv()[-2:] == ["--", "src"]
 
     output = 'Browserslist: caniuse-lite is outdated.\n["/workspace/src/math.test.js"]\n'
-    collected = runner.parse_collected(files, 0, output, tmp_path)
+    collected = runner.parse_collected(files, 0, output, b"")
     assert collected.tests_by_file == {"src/math.test.js": ["src/math.test.js"], "src/math.js": []}
-    assert set(runner.parse_collected(files, 1, "Error: bad config", tmp_path).errors) == set(files)
+    assert set(runner.parse_collected(files, 1, "Error: bad config", b"").errors) == set(files)
 
-    (tmp_path / "jest.json").write_text(JEST_JSON)
-    report = runner.parse_run(runner.run_argv(["src/math.test.js", "src/bad.test.js"], "/o"), 1, "", tmp_path)
+    report = runner.parse_run(runner.run_argv(["src/math.test.js", "src/bad.test.js"]), 1, "", JEST_JSON.encode())
     tests = by_id(report)
     assert tests["src/math.test.js > math > fails"].outcome == "failed"
     assert tests["src/math.test.js > math > fails"].message.endswith("Received: 2")
@@ -462,14 +467,13 @@ VITEST_JUNIT = """<?xml version="1.0" encoding="UTF-8" ?>
 """
 
 
-def test_vitest_argv_and_report(tmp_path: Path):
+def test_vitest_argv_and_report():
     runner = make_runner("vitest", test_script="vitest run --config vite.config.ts --coverage.enabled --reporter=dot")
-    argv = runner.run_argv(["sum.test.js"], "/o")
+    argv = runner.run_argv(["sum.test.js"])
     # vitest reads nothing after `--`, so the files follow the options directly
     assert argv == ["node_modules/.bin/vitest", "run", "--config", "vite.config.ts", "--reporter=junit",
-                    "--outputFile=/o/junit.xml", "sum.test.js"]
-    (tmp_path / "junit.xml").write_text(VITEST_JUNIT)
-    report = runner.parse_run(argv, 1, "", tmp_path)
+                    f"--outputFile={CHANNEL}", "sum.test.js"]
+    report = runner.parse_run(argv, 1, "", VITEST_JUNIT.encode())
     tests = by_id(report)
     assert tests["sum.test.js > sum > bad"].outcome == "failed"
     assert tests["sum.test.js > sum > ok"].outcome == "passed"
@@ -557,14 +561,39 @@ def test_red_verdicts():
 
 
 def test_green_verdicts():
-    assert green_verdict(report(0, case("a", "passed"), case("b", "passed")), ["a"]).ok
-    vanished = green_verdict(report(0, case("b", "passed")), ["a"])
+    assert green_verdict(report(0, case("a", "passed"), case("b", "passed")), ["a"], ["t.py"]).ok
+    vanished = green_verdict(report(0, case("b", "passed")), ["a"], ["t.py"])
     assert not vanished.ok and "missing" in vanished.reason
-    still_red = green_verdict(report(1, case("a", "failed")), ["a"])
+    still_red = green_verdict(report(1, case("a", "failed")), ["a"], ["t.py"])
     assert not still_red.ok and "not passing" in still_red.reason
-    skipped = green_verdict(report(0, case("a", "skipped")), ["a"])
-    assert not skipped.ok and "(skipped)" in skipped.reason
-    other_broken = green_verdict(report(1, case("a", "passed"), case("b", "failed")), ["a"])
+    skipped = green_verdict(report(0, case("a", "skipped")), ["a"], ["t.py"])
+    assert not skipped.ok and "(skipped" in skipped.reason
+    other_broken = green_verdict(report(1, case("a", "passed"), case("b", "failed")), ["a"], ["t.py"])
     assert not other_broken.ok and "b" in other_broken.reason  # the fix broke a neighbour in the same file
-    coverage_gate = green_verdict(report(1, case("a", "passed")), ["a"])  # e.g. --cov-fail-under in addopts
-    assert coverage_gate.ok and "exited 1 with every test passing" in coverage_gate.reason
+    excused = green_verdict(report(1, case("a", "passed"), case("b", "failed")), ["a"], ["t.py"], excused=["b"])
+    assert excused.ok  # b failed on the base commit already (or flips): not the change's doing
+    assert green_verdict(report(1, case("a", "passed")), ["a"], ["t.py"]).ok  # e.g. --cov-fail-under in addopts
+
+
+def test_pre_existing_failures_and_new_failures_against_the_base_run():
+    base = {"t.py::old_bad": "failed", "t.py::old_ok": "passed", "t.py::edited": "failed"}
+    run = report(1, case("t.py::old_bad", "failed"), case("t.py::old_ok", "failed"), case("t.py::edited", "failed"),
+                 case("t.py::new", "failed"), case("t.py::fine", "passed"))
+    assert preexisting_failures(failing(run), base, edited={"t.py::edited"}) == ["t.py::old_bad"]
+    assert preexisting_failures(failing(run), base) == ["t.py::edited", "t.py::old_bad"]  # edits unknown (JS)
+    assert new_failures(run, base) == ["t.py::old_ok", "t.py::new"]
+    assert new_failures(run, base, excused=["t.py::new"]) == ["t.py::old_ok"]
+    assert new_failures(run, None) == failing(run)  # no base run: every failure is new
+    with_pre = red_verdict(report(1, case("t.py::old_bad", "failed")), ["t.py"], preexisting=["t.py::old_bad"])
+    assert not with_pre.ok and "already failing on the base commit" in with_pre.reason
+    flaky = red_verdict(report(1, case("t.py::x", "failed")), ["t.py"], flaky=["t.py::x"])
+    assert not flaky.ok and "flaky" in flaky.reason
+
+
+def test_a_report_channel_written_twice_is_forged():
+    runner = make_runner("vitest", test_script="vitest run")
+    with pytest.raises(ForgedReport):
+        runner.parse_run(runner.run_argv(["sum.test.js"]), 0, "", (VITEST_JUNIT + VITEST_JUNIT).encode())
+    jest = make_runner("jest", test_script="jest")
+    with pytest.raises(ForgedReport):
+        jest.parse_run(jest.run_argv(["a.test.js"]), 0, "", (JEST_JSON + '{"testResults": []}').encode())

@@ -20,6 +20,7 @@ from fixfleet.workspace.changes import ChangeSet, FileChange, extract, snapshot
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder
 from fixfleet.workspace.mirrors import WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox
+from fixfleet.workspace.scope import PlanScope
 from fixfleet.workspace.verify import Evidence, EvidenceError, Verifier
 from tests.gitrepos import make_upstream, own_git_config
 
@@ -110,18 +111,22 @@ async def calc(root: Path, workspaces: WorkspaceManager, verifier: Verifier) -> 
     return Repo(url, sha, await verifier.environments.ensure(url, sha))
 
 
-async def verify(verifier: Verifier, url: str, changeset: ChangeSet, name: str) -> Evidence:
-    """Verify, and whatever the outcome, check that no checkout of the verifier's is left."""
+async def verify(verifier: Verifier, url: str, changeset: ChangeSet, name: str, *,
+                 plan: list[str] | None = None) -> Evidence:
+    """Verify, and whatever the outcome, check that no checkout of the verifier's is left.
+    `plan`: the files the approved plan names (default: the change's own files)."""
     before = set(verifier.workspaces.checkouts_dir.iterdir())
+    scope = PlanScope(files=changeset.paths if plan is None else plan)
     try:
-        return await verifier.verify(url, changeset, name=name)
+        return await verifier.verify(url, changeset, name=name, plan=scope)
     finally:
         assert set(verifier.workspaces.checkouts_dir.iterdir()) == before
 
 
-async def refusal(verifier: Verifier, url: str, changeset: ChangeSet, name: str) -> EvidenceError:
+async def refusal(verifier: Verifier, url: str, changeset: ChangeSet, name: str, *,
+                  plan: list[str] | None = None) -> EvidenceError:
     with pytest.raises(EvidenceError) as raised:
-        await verify(verifier, url, changeset, name)
+        await verify(verifier, url, changeset, name, plan=plan)
     return raised.value
 
 
@@ -133,7 +138,7 @@ async def test_fix_with_a_failing_test_is_proven_red_green_and_suite(calc: Repo,
         "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}), "good")
 
     assert evidence.test_files == ["tests/test_add.py"] and evidence.fix_files == ["src/calc/__init__.py"]
-    assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+    assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
     assert evidence.red.exit_code != 0 and evidence.red.tests == {"tests/test_add.py::test_add": "failed"}
     assert "assert -1 == 5" in evidence.red.output_tail
     assert evidence.green.exit_code == 0 and evidence.green.tests == {"tests/test_add.py::test_add": "passed"}
@@ -188,8 +193,10 @@ async def test_fix_that_breaks_another_test_file_fails_the_suite(calc: Repo, ver
     error = await refusal(verifier, calc.url, change(calc.sha, {
         "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}), "breaks-mul")
 
-    assert str(error) == "the full test suite fails with the change"
+    assert str(error) == "the change breaks tests that passed on the base commit: tests/test_mul.py::test_mul"
+    assert error.stage == "suite" and error.evidence["new_failures"] == ["tests/test_mul.py::test_mul"]
     assert error.evidence["green"]["exit_code"] == 0 and error.evidence["suite"]["exit_code"] != 0
+    assert error.evidence["baseline"]["failing"] == [] and error.evidence["baseline"]["tests"] == 1
     assert "test_mul" in error.evidence["suite"]["output_tail"]
 
 
@@ -210,7 +217,7 @@ async def test_new_dependency_in_pyproject_builds_a_new_environment(calc: Repo, 
         "src/calc/__init__.py": FIXED}), "new-dependency")
 
     assert evidence.environment != calc.env.hash
-    assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+    assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
     assert "pyproject.toml" in evidence.fix_files
     envs = verifier.workspaces.envs_dir / verifier.workspaces.mirror_key(calc.url)
     assert list((envs / evidence.environment).glob("lib/python*/site-packages/six.py"))
@@ -248,7 +255,7 @@ async def test_the_agents_checkout_is_never_touched(calc: Repo, verifier: Verifi
         state = tree_digest(agent.path)
 
         evidence = await verify(verifier, calc.url, changeset, "agent-work")
-        assert evidence.red_to_green == ["tests/test_add.py::test_add"]
+        assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
         assert tree_digest(agent.path) == state  # no bytecode, caches, reports or reverted files
 
         with pytest.raises(EvidenceError):
@@ -278,7 +285,7 @@ async def test_root_level_test_py_counts_as_a_test_file_for_unittest(root: Path,
 
     assert evidence.runner == "unittest"
     assert evidence.test_files == ["test.py"] and evidence.fix_files == ["mathx.py"]
-    assert evidence.red_to_green == ["test.TestMath.test_three"]
+    assert evidence.fail_to_pass == ["test.TestMath.test_three"]
     assert evidence.red.tests["test.TestMath.test_two"] == "passed"
     assert evidence.suite.exit_code == 0 and "Ran 2 tests" in evidence.suite.output_tail
 
@@ -302,7 +309,7 @@ async def test_a_suite_that_hangs_is_killed_at_its_limit_and_said_to(root: Path,
     assert "the full test suite did not finish within 3s" in str(refused.value)
     suite = refused.value.evidence["suite"]
     assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 10
-    assert refused.value.evidence["red_to_green"] == [] and not refused.value.evidence["green"]["timed_out"]
+    assert refused.value.evidence["fail_to_pass"] == [] and not refused.value.evidence["green"]["timed_out"]
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4171"]]
 
 
@@ -320,7 +327,7 @@ async def test_tests_reach_only_the_domains_the_repository_allows(root: Path, wo
         await workspaces.resolve(url)
 
     evidence = await verify(verifier, allowed_url, change(allowed_sha, fixed), "net-allowed")
-    assert evidence.red_to_green == ["tests/test_net.py::test_index_and_double"]
+    assert evidence.fail_to_pass == ["tests/test_net.py::test_index_and_double"]
 
     refused = await refusal(verifier, closed_url, change(closed_sha, fixed), "net-closed")
     assert "GREEN check failed" in str(refused)  # RED failed too, on the network: no network by default
@@ -344,5 +351,5 @@ async def test_node_test_repository_is_proven_too(root: Path, workspaces: Worksp
         "test/add.test.js": test_js, "index.js": "exports.add = (a, b) => a + b;\n"}), "node")
 
     assert evidence.runner == "node" and evidence.test_files == ["test/add.test.js"]
-    assert evidence.red_to_green == ["test/add.test.js > adds"]
+    assert evidence.fail_to_pass == ["test/add.test.js > adds"]
     assert evidence.suite.exit_code == 0

@@ -27,6 +27,7 @@ from fixfleet.models import (
     Task,
     TaskStatus,
 )
+from fixfleet.plan_doc import proven
 from fixfleet.repos import github_name
 from fixfleet.store import Store
 
@@ -319,8 +320,16 @@ def render_evidence(key: str, evidence: dict[str, Any] | None, rerun: dict[str, 
             run = evidence.get(step) or {}
             lines.append(f"{step.upper()}: exit {run.get('exit_code', '?')} in {run.get('seconds', '?')} s: "
                          f"`{run.get('command', '')}`")
-        if evidence.get("red_to_green"):
-            lines.append(f"failing without the fix, passing with it: {json.dumps(evidence['red_to_green'])}")
+        for label, found in (("failing without the fix, passing with it (fail_to_pass)", proven(evidence)),
+                             ("breaking what passed before (new_failures)", evidence.get("new_failures")),
+                             ("failing on the base commit already (preexisting_failures)",
+                              evidence.get("preexisting_failures")),
+                             ("flaky", evidence.get("flaky"))):
+            if found:
+                lines.append(f"{label}: {json.dumps(found)}")
+        if evidence.get("baseline"):
+            lines.append(f"compared with the base run of `{str(evidence['baseline'].get('sha', ''))[:12]}` "
+                         f"({evidence['baseline'].get('tests', '?')} tests)")
     if rerun:
         lines.append(f"suite rerun at {rerun.get('at', '?')} on `{str(rerun.get('sha', ''))[:12]}`: "
                      f"exit {rerun.get('exit_code', '?')} in {rerun.get('seconds', '?')} s")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -38,6 +40,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from fixfleet.workspace.spawn import without_inherited_fds
+
+log = logging.getLogger(__name__)
 
 WORKSPACE = "/workspace"
 ENV_DIR = "/env"
@@ -58,6 +62,12 @@ SAFE_PATH = f"{TOOLS}:/usr/local/bin:/usr/bin:/bin"
 CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
           "PIP_CERT", "GIT_SSL_CAINFO")
 OUTPUT_TAIL = 64 * 1024
+# The report channel: a pipe the platform reads, handed to the run as this descriptor. A
+# reporter the platform injects writes the run's test results there; nothing in the sandbox can
+# rewrite what was already sent (a file it could reopen and truncate), only add to it, which the
+# parsers refuse as a forged report.
+REPORT_FD = 3
+REPORT_LIMIT = 32 * 1024 * 1024
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap socat) and, in a container, "
                 "allow user namespaces (see cluster/GUIDE.md: the agents' sandbox); or set FIXFLEET_SANDBOX=off "
                 "for a trusted local experiment")
@@ -97,6 +107,7 @@ class RunResult(BaseModel):
     seconds: float
     output_tail: str
     timed_out: bool = False
+    report: bytes | None = None  # what reached the report channel, when the run had one
 
 
 class Sandbox:
@@ -238,18 +249,31 @@ class Sandbox:
     # -- running -------------------------------------------------------------------------
 
     async def run(self, spec: SandboxSpec, command: Sequence[str], *, timeout_s: float,
-                  stdin: bytes | None = None) -> RunResult:
-        """Run to completion (or the timeout, which kills the whole sandbox); output merged."""
+                  stdin: bytes | None = None, report: bool = False) -> RunResult:
+        """Run to completion (or the timeout, which kills the whole sandbox); output merged.
+        `report`: give the run the report channel (descriptor REPORT_FD, named by
+        FIXFLEET_REPORT_FD) and return what was written to it."""
+        if report:
+            spec = dataclasses.replace(spec, env={**spec.env, "FIXFLEET_REPORT_FD": str(REPORT_FD)})
         argv = self.argv(spec, command)
         started = time.monotonic()
         env = {} if self.enabled else self.environment(spec)
         cwd = None if self.enabled else (spec.workspace if spec.cwd == WORKSPACE else Path(spec.cwd))
         if self.enabled:  # bubblewrap's own environment is /proc/1/environ inside: nothing, not even the shim's
             argv = ["/usr/bin/env", "-i", *argv]
-        process = await asyncio.create_subprocess_exec(
-            *without_inherited_fds(argv), env=env, cwd=cwd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
+        channel = _ReportChannel() if report else None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *without_inherited_fds(argv, hand_over=channel.hand_over if channel else None), env=env, cwd=cwd,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, close_fds=True, pass_fds=channel.pass_fds if channel else ())
+        except BaseException:
+            if channel:
+                channel.close()
+            raise
+        if channel:
+            channel.start()
         tail: deque[bytes] = deque()
         timed_out = False
         try:
@@ -258,11 +282,13 @@ class Sandbox:
             timed_out = True
         finally:
             await asyncio.shield(kill_sandbox(process))
+        received = await channel.finish() if channel else None
         text = b"".join(tail).decode("utf-8", "replace")[-OUTPUT_TAIL:]
         if timed_out:
             text += f"\n[fixfleet] timed out after {timeout_s:.0f}s; the sandbox was killed"
         return RunResult(argv=list(command), exit_code=124 if timed_out else (process.returncode or 0),
-                         seconds=round(time.monotonic() - started, 2), output_tail=text, timed_out=timed_out)
+                         seconds=round(time.monotonic() - started, 2), output_tail=text, timed_out=timed_out,
+                         report=received)
 
     @staticmethod
     async def _drain(process: asyncio.subprocess.Process, tail: deque[bytes], stdin: bytes | None) -> None:
@@ -279,6 +305,55 @@ class Sandbox:
             while size - len(tail[0]) > OUTPUT_TAIL and len(tail) > 1:
                 size -= len(tail.popleft())
         await process.wait()
+
+
+class _ReportChannel:
+    """The pipe of one run's report channel: the write end goes to the child, the platform
+    reads the other end as the run goes (a full pipe would stall the reporter)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self._reading: asyncio.Task[None] | None = None
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.write_fd,)
+
+    @property
+    def hand_over(self) -> tuple[int, int]:
+        return self.write_fd, REPORT_FD
+
+    def start(self) -> None:
+        os.close(self.write_fd)  # the child holds it now: the pipe ends when the child's side does
+        self.write_fd = -1
+        self._reading = asyncio.create_task(asyncio.to_thread(self._read))
+
+    def _read(self) -> None:
+        while chunk := os.read(self.read_fd, 65536):
+            if self.size < REPORT_LIMIT:
+                self.chunks.append(chunk[:REPORT_LIMIT - self.size])
+            self.size += len(chunk)
+
+    async def finish(self) -> bytes:
+        """What arrived; the sandbox is dead by now, so every writer is gone and the pipe ends."""
+        try:
+            if self._reading is not None:
+                await asyncio.wait_for(asyncio.shield(self._reading), 10)
+        except TimeoutError:  # a writer outlived the sandbox's kill: take what came
+            log.warning("the report channel stayed open after its run ended")
+        finally:
+            self.close()
+        data = b"".join(self.chunks)
+        return data + (b"\n[fixfleet] report truncated" if self.size > REPORT_LIMIT else b"")
+
+    def close(self) -> None:
+        for fd in (self.write_fd, self.read_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.write_fd = self.read_fd = -1
 
 
 async def kill_sandbox(process: asyncio.subprocess.Process) -> None:

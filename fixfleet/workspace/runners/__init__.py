@@ -24,14 +24,15 @@ from fixfleet.workspace.runners.javascript import (
 from fixfleet.workspace.runners.python import (
     PytestRunner,
     UnittestRunner,
-    parse_pytest_junit,
 )
 from fixfleet.workspace.runners.reports import (
+    CHANNEL,
     HELPERS_DIR,
     HELPERS_MOUNT,
     SESSION_ID,
     WORKSPACE_MOUNT,
     Collected,
+    ForgedReport,
     TestCase,
     TestReport,
     TestRunner,
@@ -44,10 +45,10 @@ from fixfleet.workspace.runners.scripts import (
 )
 from fixfleet.workspace.runners.verdicts import green_verdict, red_verdict
 
-__all__ = ["HELPERS_DIR", "HELPERS_MOUNT", "SESSION_ID", "WORKSPACE_MOUNT", "Collected", "JestRunner", "MochaRunner",
+__all__ = ["CHANNEL", "HELPERS_DIR", "HELPERS_MOUNT", "SESSION_ID", "WORKSPACE_MOUNT", "Collected", "JestRunner", "MochaRunner",
            "NodeTestRunner", "PytestRunner", "TestCase", "TestReport", "TestRunner", "UnittestRunner", "Verdict",
            "VitestRunner", "detect_js_runner", "find_invocation", "glob_match", "green_verdict", "make_runner",
-           "parse_pytest_junit", "red_verdict"]
+           "red_verdict", "ForgedReport"]
 
 
 def make_runner(name: str, *, test_script: str | None = None, python: str = "python",
@@ -56,7 +57,7 @@ def make_runner(name: str, *, test_script: str | None = None, python: str = "pyt
     """A runner by name. JS runners reuse the options of `test_script` (package.json scripts.test,
     `npm run x` resolved through `scripts`); `patterns` overrides their test-file globs."""
     if name == "pytest":
-        return PytestRunner(python)
+        return PytestRunner(python, helpers_mount)
     if name == "unittest":
         return UnittestRunner(python, helpers_mount)
     if name in JS_RUNNERS:

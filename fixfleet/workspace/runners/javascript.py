@@ -1,5 +1,6 @@
 """node --test, mocha, jest and vitest: their commands, with the repository's own options, and
-their reports (JUnit XML, xunit, jest's JSON)."""
+their reports (JUnit XML, xunit, jest's JSON), each written by the runner's own reporter to the
+report channel (reports.CHANNEL), not to a file the tests could rewrite."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from fixfleet.workspace.runners.reports import (
+    CHANNEL,
     WORKSPACE_MOUNT,
     Collected,
     TestCase,
     TestReport,
     failure_child,
     files_after_dashes,
+    json_document,
     merge,
-    out_path,
-    read_json,
-    read_xml,
     relative,
     report_missing,
     short,
     tail,
+    xml_document,
 )
 from fixfleet.workspace.runners.scripts import (
     MOCHA_DEFAULTS,
@@ -67,10 +68,13 @@ class JsRunner:
             return False
         return any(glob_match(path, p) for p in self.patterns)
 
-    def collect_argv(self, files: list[str], out_dir: str) -> list[str]:
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def collect_argv(self, files: list[str]) -> list[str]:
         return []
 
-    def parse_collected(self, files: list[str], exit_code: int, output: str, out_dir: Path) -> Collected:
+    def parse_collected(self, files: list[str], exit_code: int, output: str, report: bytes) -> Collected:
         return Collected(tests_by_file={f: [f] if self.is_test_file(f) else [] for f in files})
 
     def _report(self, argv: list[str], exit_code: int, tests: list[TestCase]) -> TestReport:
@@ -98,19 +102,18 @@ class NodeTestRunner(JsRunner):
                "--test-coverage-branches", "--test-coverage-functions", "--test-shard"})
     defaults = NODE_TEST_DEFAULTS
 
-    def _argv(self, out_dir: str) -> list[str]:
-        return ["node", *self.options, "--test", "--test-reporter=junit",
-                f"--test-reporter-destination={out_path(out_dir, 'junit.xml')}",
+    def _argv(self) -> list[str]:
+        return ["node", *self.options, "--test", "--test-reporter=junit", f"--test-reporter-destination={CHANNEL}",
                 "--test-reporter=spec", "--test-reporter-destination=stdout"]
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), "--", *files]
+    def run_argv(self, files: list[str]) -> list[str]:
+        return [*self._argv(), "--", *files]
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), *(["--", *self.positional] if self.positional else [])]
+    def suite_argv(self) -> list[str]:
+        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        root = read_xml(out_dir / "junit.xml")
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        root = xml_document(report)
         if root is None:
             return report_missing(self.name, argv, exit_code, output)
         files = files_after_dashes(argv)
@@ -170,18 +173,17 @@ class MochaRunner(JsRunner):
             return spec_patterns(self.positional)
         return ["test/**/*.{js,cjs,mjs}"] if "--recursive" in self.options else list(MOCHA_DEFAULTS)
 
-    def _argv(self, out_dir: str) -> list[str]:
-        return [*self.bin, *self.options, "--reporter", "xunit",
-                "--reporter-option", f"output={out_path(out_dir, 'xunit.xml')}"]
+    def _argv(self) -> list[str]:
+        return [*self.bin, *self.options, "--reporter", "xunit", "--reporter-option", f"output={CHANNEL}"]
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), "--", *files]
+    def run_argv(self, files: list[str]) -> list[str]:
+        return [*self._argv(), "--", *files]
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), *(["--", *self.positional] if self.positional else [])]
+    def suite_argv(self) -> list[str]:
+        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        root = read_xml(out_dir / "xunit.xml")
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        root = xml_document(report)
         if root is None:  # mocha writes nothing when a spec file fails to load
             return report_missing(self.name, argv, exit_code, output)
         files = files_after_dashes(argv)
@@ -228,10 +230,10 @@ class JestRunner(JsRunner):
                "--changedFilesWithAncestor", "--lastCommit", "--listTests", "--runTestsByPath", "--bail",
                "-b", "--shard"})
 
-    def collect_argv(self, files: list[str], out_dir: str) -> list[str]:
+    def collect_argv(self, files: list[str]) -> list[str]:
         return [*self.bin, *self.options, "--listTests", "--json", "--runTestsByPath", "--", *files]
 
-    def parse_collected(self, files: list[str], exit_code: int, output: str, out_dir: Path) -> Collected:
+    def parse_collected(self, files: list[str], exit_code: int, output: str, report: bytes) -> Collected:
         listed = json_list_line(output)
         collected = Collected(tests_by_file={f: [] for f in files})
         if listed is None:
@@ -244,17 +246,17 @@ class JestRunner(JsRunner):
                 collected.tests_by_file[file] = [file]
         return collected
 
-    def _argv(self, out_dir: str) -> list[str]:
-        return [*self.bin, *self.options, "--ci", "--json", f"--outputFile={out_path(out_dir, 'jest.json')}"]
+    def _argv(self) -> list[str]:
+        return [*self.bin, *self.options, "--ci", "--json", f"--outputFile={CHANNEL}"]
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), "--runTestsByPath", "--", *files]
+    def run_argv(self, files: list[str]) -> list[str]:
+        return [*self._argv(), "--runTestsByPath", "--", *files]
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), *(["--", *self.positional] if self.positional else [])]
+    def suite_argv(self) -> list[str]:
+        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        data = read_json(out_dir / "jest.json")
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        data = json_document(report)
         if not isinstance(data, dict):
             return report_missing(self.name, argv, exit_code, output)
         files = files_after_dashes(argv)
@@ -317,21 +319,21 @@ class VitestRunner(JsRunner):
         filters = [p.removeprefix("./") for p in self.positional]
         return super().is_test_file(path) and (not filters or any(f in path for f in filters))
 
-    def _argv(self, out_dir: str) -> list[str]:
-        return [*self.bin, *self.options, "--reporter=junit", f"--outputFile={out_path(out_dir, 'junit.xml')}"]
+    def _argv(self) -> list[str]:
+        return [*self.bin, *self.options, "--reporter=junit", f"--outputFile={CHANNEL}"]
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
+    def run_argv(self, files: list[str]) -> list[str]:
         # vitest reads arguments after `--` as nothing at all: the files go in plainly
-        return [*self._argv(out_dir), *files]
+        return [*self._argv(), *files]
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return [*self._argv(out_dir), *self.positional]
+    def suite_argv(self) -> list[str]:
+        return [*self._argv(), *self.positional]
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        root = read_xml(out_dir / "junit.xml")
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        root = xml_document(report)
         if root is None:
             return report_missing(self.name, argv, exit_code, output)
-        files = [a for a in argv[len(self._argv("x")):] if not a.startswith("-")]
+        files = [a for a in argv[len(self._argv()):] if not a.startswith("-")]
         return self._report(argv, exit_code, [self._case(c, files) for c in root.iter("testcase")])
 
     def _case(self, case: ET.Element, files: list[str]) -> TestCase:

@@ -1,25 +1,19 @@
 """pytest and unittest: the commands that collect and run given test files, and their reports
-(pytest's JUnit XML, the unittest helper's JSON)."""
+(the platform's pytest reporter's records, the unittest helper's JSON), read from the report
+channel."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
 from fixfleet.workspace.runners.reports import (
     HELPERS_MOUNT,
+    SESSION_ID,
     Collected,
+    ForgedReport,
     TestCase,
     TestReport,
-    failure_child,
-    files_after_dashes,
-    junit_message,
+    json_document,
+    json_lines,
     merge,
-    module_of,
-    out_path,
-    path_suffixes,
-    read_json,
-    read_xml,
     report_missing,
     short,
     suffix_match,
@@ -27,129 +21,133 @@ from fixfleet.workspace.runners.reports import (
 )
 
 
-def _pytest_location(classname: str, file_attr: str, files: list[str]) -> tuple[str, list[str]]:
-    """(repository-relative module file, class names) of an xunit1 classname.
-
-    The classname is the node id's path (relative to pytest's rootdir, maybe a subdirectory)
-    in dotted form plus the classes; the file attribute names where the function is defined,
-    which for an inherited test is another module, so the given files are tried first.
-    """
-    candidates = files + ([file_attr] if file_attr else [])
-    for depth in range(max((len(f.split("/")) for f in candidates), default=0)):
-        for file in candidates:
-            suffixes = path_suffixes(file)
-            if depth >= len(suffixes):
-                continue
-            module = module_of(suffixes[depth])
-            if classname == module or classname.startswith(module + "."):
-                rest = classname[len(module) + 1:]
-                return suffix_match(file, files) or file, rest.split(".") if rest else []
-    parts = classname.split(".")
-    classes = []
-    while parts and parts[-1][:1].isupper():  # test classes are capitalised; modules rarely are
-        classes.insert(0, parts.pop())
-    return "/".join(parts) + ".py", classes
-
-
-def _pytest_case(case: ET.Element, files: list[str]) -> TestCase:
-    classname, name, file_attr = case.get("classname", ""), case.get("name", ""), case.get("file", "")
-    child = failure_child(case)
-    if child is not None and child.tag == "error" and (
-            not classname or child.get("message", "") == "collection failure"):
-        file = suffix_match(file_attr, files) or file_attr or name.replace(".", "/") + ".py"
-        return TestCase(id=file, file=file, outcome="error", phase="collection", message=junit_message(child))
-    file, classes = _pytest_location(classname, file_attr, files)
-    test_id = "::".join([file, *classes, name])
-    if child is None:
-        return TestCase(id=test_id, file=file, outcome="passed")
-    if child.tag == "skipped":
-        return TestCase(id=test_id, file=file, outcome="skipped", message=short(child.get("message", "")))
-    if child.tag == "failure":
-        return TestCase(id=test_id, file=file, outcome="failed", message=junit_message(child))
-    phase = "teardown" if child.get("message", "").startswith("failed on teardown") else "setup"
-    return TestCase(id=test_id, file=file, outcome="error", phase=phase, message=junit_message(child))
-
-
-def parse_pytest_junit(root: ET.Element, files: list[str]) -> list[TestCase]:
-    return merge([_pytest_case(case, files) for case in root.iter("testcase")])
+PLUGIN = "fixfleet_pytest"  # sandbox_helpers/fixfleet_pytest.py, on PYTHONPATH from the helpers mount
+PHASES = {"setup": "setup", "call": "call", "teardown": "teardown"}
 
 
 class PytestRunner:
-    """`python -m pytest` with an xunit1 JUnit report; the repository's addopts stay in force."""
+    """`python -m pytest` with the platform's reporter loaded first; the repository's addopts stay
+    in force. Results come from the reporter on the report channel, never from a file."""
 
     name = "pytest"
 
-    def __init__(self, python: str = "python"):
+    def __init__(self, python: str = "python", helpers_mount: str = HELPERS_MOUNT):
         # -B: RED must leave no bytecode that a GREEN run of a same-size fix could reuse
-        self.base = [python, "-B", "-m", "pytest", "-p", "no:cacheprovider"]
+        self.base = [python, "-B", "-m", "pytest", "-p", "no:cacheprovider", "-p", PLUGIN]
+        self.helpers_mount = helpers_mount
 
-    def _junit(self, out_dir: str, name: str) -> list[str]:
-        return ["-o", "junit_family=xunit1", f"--junitxml={out_path(out_dir, name)}"]
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": self.helpers_mount}
 
     @staticmethod
     def candidates(files: list[str]) -> list[str]:
         return [f for f in files if f.endswith(".py")]
 
-    def collect_argv(self, files: list[str], out_dir: str) -> list[str]:
+    def collect_argv(self, files: list[str]) -> list[str]:
         candidates = self.candidates(files)
         if not candidates:
             return []
-        # --verbosity=-1 after addopts: a repository's `-q`/`-v` would change the listing format
-        return [*self.base, "--collect-only", "--verbosity=-1", "--continue-on-collection-errors",
-                *self._junit(out_dir, "collect.xml"), "--", *candidates]
+        return [*self.base, "--collect-only", "-q", "--continue-on-collection-errors", "--", *candidates]
 
-    def parse_collected(self, files: list[str], exit_code: int, output: str, out_dir: Path) -> Collected:
+    def parse_collected(self, files: list[str], exit_code: int, output: str, report: bytes) -> Collected:
         candidates = self.candidates(files)
         collected = Collected(tests_by_file={f: [] for f in files})
-        for line in (output or "").splitlines():
-            path, sep, _ = line.strip().partition("::")
-            file = suffix_match(path, candidates) if sep else None
-            if file:  # anything else is noise: coverage tables, warnings, summaries
-                collected.tests_by_file[file].append(file + line.strip()[len(path):])
-        root = read_xml(out_dir / "collect.xml")
-        for case in parse_pytest_junit(root, candidates) if root is not None else []:
-            if case.phase == "collection" and case.file in collected.tests_by_file:
-                collected.errors[case.file] = case.message
-        if root is None and exit_code not in (0, 5):
-            for file in candidates:
-                if not collected.tests_by_file[file]:
-                    collected.errors[file] = tail(output) or f"pytest exited {exit_code}"
+        records = pytest_records(report)
+        if records is None:
+            reason = tail(output) or f"pytest exited {exit_code} before its collection began"
+            collected.errors = {f: reason for f in candidates}
+            return collected
+        for record in records:
+            file = suffix_match(str(record.get("file", "")), candidates)
+            if file is None:
+                continue
+            if record["event"] == "collected":
+                collected.tests_by_file[file].append(str(record.get("id")))
+            elif record["event"] == "collect_error":
+                collected.errors[file] = short(str(record.get("message", "")))
         return collected
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
-        return [*self.base, *self._junit(out_dir, "junit.xml"), "--", *files]
+    def run_argv(self, files: list[str]) -> list[str]:
+        return [*self.base, "--", *files]
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return [*self.base, *self._junit(out_dir, "junit.xml")]
+    def suite_argv(self) -> list[str]:
+        return list(self.base)
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        root = read_xml(out_dir / "junit.xml")
-        if root is None:
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        records = pytest_records(report)
+        if records is None:
             return report_missing(self.name, argv, exit_code, output)
-        tests = parse_pytest_junit(root, files_after_dashes(argv))
-        return TestReport(runner=self.name, argv=argv, exit_code=exit_code, tests=tests)
+        tests = []
+        for record in records:
+            file = str(record.get("file", "")) or None
+            if record["event"] == "collect_error":
+                tests.append(TestCase(id=file or SESSION_ID, file=file, outcome="error", phase="collection",
+                                      message=short(str(record.get("message", "")))))
+            elif record["event"] == "test":
+                tests.append(_phase_case(record, file))
+        return TestReport(runner=self.name, argv=argv, exit_code=exit_code, tests=merge(tests),
+                          complete=records[-1]["event"] == "end")
+
+
+def _phase_case(record: dict, file: str | None) -> TestCase:
+    """One phase's record as a TestCase: a failed setup or teardown is an error of that phase."""
+    when = PHASES.get(str(record.get("when")), "call")
+    outcome = str(record.get("outcome"))
+    message = short(str(record.get("message", "")))
+    if outcome == "passed" or outcome == "skipped":
+        return TestCase(id=str(record["id"]), file=file, outcome=outcome, phase=when, message=message)
+    return TestCase(id=str(record["id"]), file=file, outcome="failed" if when == "call" else "error",
+                    phase=when, message=message)
+
+
+def pytest_records(report: bytes) -> list[dict] | None:
+    """The reporter's records, checked: a start, then one record per test and phase, then at most
+    an end, and nothing after it. None when the reporter never started (pytest did not get that far)."""
+    records = json_lines(report)
+    if not records:
+        return None
+    if records[0].get("event") != "start":
+        raise ForgedReport("the report does not begin with the platform reporter's start record")
+    seen: set[tuple[str, str]] = set()
+    for index, record in enumerate(records[1:], 1):
+        event = record.get("event")
+        if event == "start":
+            raise ForgedReport("the report holds a second start record")
+        if event == "end" and index != len(records) - 1:
+            raise ForgedReport("the report goes on after the session's end record")
+        if event == "test":
+            key = (str(record.get("id")), str(record.get("when")))
+            if key in seen:
+                raise ForgedReport(f"the report holds two results for {key[0]} ({key[1]})")
+            seen.add(key)
+        elif event not in ("collected", "collect_error", "end"):
+            raise ForgedReport(f"the report holds a record the platform's reporter never writes ({event!r})")
+    return records
 
 
 # ---------------------------------------------------------------- unittest
 
 class UnittestRunner:
-    """unittest through sandbox_helpers/unittest_report.py, which writes unittest.json."""
+    """unittest through sandbox_helpers/unittest_report.py, which writes its JSON report on the channel."""
 
     name = "unittest"
 
     def __init__(self, python: str = "python", helpers_mount: str = HELPERS_MOUNT):
         self.base = [python, "-B", f"{helpers_mount.rstrip('/')}/unittest_report.py"]
 
-    def _argv(self, mode: str, out_dir: str, files: list[str] | None) -> list[str]:
-        argv = [*self.base, f"--{mode}", "--out", out_path(out_dir, "unittest.json")]
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def _argv(self, mode: str, files: list[str] | None) -> list[str]:
+        argv = [*self.base, f"--{mode}"]
         return argv if files is None else [*argv, "--", *files]
 
-    def collect_argv(self, files: list[str], out_dir: str) -> list[str]:
+    def collect_argv(self, files: list[str]) -> list[str]:
         candidates = PytestRunner.candidates(files)
-        return self._argv("collect", out_dir, candidates) if candidates else []
+        return self._argv("collect", candidates) if candidates else []
 
-    def parse_collected(self, files: list[str], exit_code: int, output: str, out_dir: Path) -> Collected:
-        data = read_json(out_dir / "unittest.json")
+    def parse_collected(self, files: list[str], exit_code: int, output: str, report: bytes) -> Collected:
+        data = json_document(report)
         collected = Collected(tests_by_file={f: [] for f in files})
         if not isinstance(data, dict):
             if PytestRunner.candidates(files):
@@ -161,14 +159,14 @@ class UnittestRunner:
         collected.errors = dict(data.get("errors", {}))
         return collected
 
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]:
-        return self._argv("run", out_dir, files)
+    def run_argv(self, files: list[str]) -> list[str]:
+        return self._argv("run", files)
 
-    def suite_argv(self, out_dir: str) -> list[str]:
-        return self._argv("discover", out_dir, None)
+    def suite_argv(self) -> list[str]:
+        return self._argv("discover", None)
 
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport:
-        data = read_json(out_dir / "unittest.json")
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
+        data = json_document(report)
         if not isinstance(data, dict):
             return report_missing(self.name, argv, exit_code, output)
         tests = merge([TestCase.model_validate(t) for t in data.get("tests", [])])

@@ -1,5 +1,11 @@
 """What the runners' reports become: one TestReport of TestCases, whatever the runner; and the
-helpers every runner shares to read JUnit XML and JSON reports."""
+helpers every runner shares to read the reports that reach the report channel (JUnit XML, JSON,
+JSON lines).
+
+Every report arrives on the run's report channel (fixfleet/workspace/sandbox.py: a pipe the
+platform reads, descriptor 3 inside), never as a file the tests could rewrite. A channel holding
+more than the one report its reporter writes (a second document, junk around it) was written by
+something else as well: `ForgedReport`."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pydantic import BaseModel, Field
 HELPERS_DIR = Path(__file__).parents[1] / "sandbox_helpers"
 HELPERS_MOUNT = "/opt/fixfleet/helpers"   # where the sandbox mounts HELPERS_DIR
 WORKSPACE_MOUNT = "/workspace"            # where the sandbox mounts the repository (the cwd)
+CHANNEL = "/dev/fd/3"                     # the report channel, as a path for reporters that want one
 MESSAGE_LIMIT = 500
 SESSION_ID = "<session>"                  # id of a failure no single test or file can own
 JS_EXTENSIONS = ("js", "mjs", "cjs", "ts")
@@ -41,6 +48,7 @@ class TestReport(BaseModel):
     exit_code: int
     tests: list[TestCase] = Field(default_factory=list)
     output_tail: str = ""
+    complete: bool = True  # False: the reporter saw the session begin but never end (the process was stopped)
 
     def failed(self) -> list[TestCase]:
         return [t for t in self.tests if t.outcome in ("failed", "error")]
@@ -50,6 +58,10 @@ class TestReport(BaseModel):
 
     def collection_errors(self) -> list[TestCase]:
         return [t for t in self.tests if t.phase == "collection"]
+
+
+class ForgedReport(ValueError):
+    """The report channel holds what no honest run of the platform's reporter writes."""
 
 
 class Collected(BaseModel):
@@ -69,16 +81,18 @@ class TestRunner(Protocol):
     """Argv builders and report parsers of one test runner.
 
     `collect_argv` returns [] when collection needs no process: then call `parse_collected`
-    with exit code 0 and empty output.
+    with exit code 0, empty output and an empty report. Every command's report is read from the
+    report channel; the parsers raise ForgedReport when it holds more than the reporter wrote.
     """
 
     name: str
 
-    def collect_argv(self, files: list[str], out_dir: str) -> list[str]: ...
-    def parse_collected(self, files: list[str], exit_code: int, output: str, out_dir: Path) -> Collected: ...
-    def run_argv(self, files: list[str], out_dir: str) -> list[str]: ...
-    def parse_run(self, argv: list[str], exit_code: int, output: str, out_dir: Path) -> TestReport: ...
-    def suite_argv(self, out_dir: str) -> list[str]: ...
+    def collect_argv(self, files: list[str]) -> list[str]: ...
+    def parse_collected(self, files: list[str], exit_code: int, output: str, report: bytes) -> Collected: ...
+    def run_argv(self, files: list[str]) -> list[str]: ...
+    def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport: ...
+    def suite_argv(self) -> list[str]: ...
+    def env(self) -> dict[str, str]: ...  # what the runner's commands need set in the sandbox
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -94,10 +108,6 @@ def tail(output: str, lines: int = 15) -> str:
 
 def files_after_dashes(argv: list[str]) -> list[str]:
     return argv[argv.index("--") + 1:] if "--" in argv else []
-
-
-def out_path(out_dir: str, name: str) -> str:
-    return f"{out_dir.rstrip('/')}/{name}"
 
 
 # Worst first: one entry per id survives (pytest writes a second testcase for a teardown error).
@@ -127,18 +137,43 @@ def report_missing(runner: str, argv: list[str], exit_code: int, output: str) ->
     return TestReport(runner=runner, argv=argv, exit_code=exit_code, tests=tests)
 
 
-def read_xml(path: Path) -> ET.Element | None:
-    try:
-        return ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
+def xml_document(report: bytes) -> ET.Element | None:
+    """The one XML document on the channel; None when nothing came; ForgedReport for more."""
+    if not report.strip():
         return None
+    try:
+        return ET.fromstring(report)
+    except ET.ParseError as error:
+        raise ForgedReport(f"the report is not one XML document ({error})") from None
 
 
-def read_json(path: Path) -> object | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def json_document(report: bytes) -> object | None:
+    """The one JSON document on the channel; None when nothing came; ForgedReport for more."""
+    text = report.decode("utf-8", "replace").strip()
+    if not text:
         return None
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except ValueError as error:
+        raise ForgedReport(f"the report is not JSON ({error})") from None
+    if text[end:].strip():
+        raise ForgedReport("the report channel holds more than one report")
+    return value
+
+
+def json_lines(report: bytes) -> list[dict]:
+    records = []
+    for number, line in enumerate(report.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ForgedReport(f"line {number} of the report is not one of the reporter's records") from None
+        if not isinstance(record, dict):
+            raise ForgedReport(f"line {number} of the report is not one of the reporter's records")
+        records.append(record)
+    return records
 
 
 def suffix_match(path: str, files: list[str]) -> str | None:
@@ -166,24 +201,3 @@ def failure_child(case: ET.Element) -> ET.Element | None:
         if child is not None:
             return child
     return None
-
-
-def junit_message(element: ET.Element) -> str:
-    """The `E   ` lines of a pytest traceback, else the message attribute, else the text."""
-    text = element.text or ""
-    e_lines = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
-    message = element.get("message") or ""
-    if e_lines and (message in ("", "collection failure") or message.startswith("failed on")):
-        return short("\n".join(e_lines))
-    return short(message or text)
-
-
-# ---------------------------------------------------------------- pytest
-
-def module_of(path: str) -> str:
-    return path.removesuffix(".py").replace("/", ".")
-
-
-def path_suffixes(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[i:]) for i in range(len(parts))]

@@ -3,8 +3,11 @@
 Runs INSIDE the sandbox with the repository's own interpreter, so it uses the standard
 library only and stays Python 3.8 compatible. The current directory is the repository.
 
-    python unittest_report.py --collect|--run --out OUT.json -- FILE...
-    python unittest_report.py --discover [--start .] [--pattern test*.py] [--top .] --out OUT.json
+    python unittest_report.py --collect|--run -- FILE...
+    python unittest_report.py --discover [--start .] [--pattern test*.py] [--top .]
+
+The report goes to the descriptor FIXFLEET_REPORT_FD names (the platform's report channel, a
+pipe: nothing the tests do can rewrite it), or to `--out FILE` when given.
 
 Each FILE becomes the module `python -m unittest FILE` would import (tests/test_x.py ->
 tests.test_x). The JSON holds {"mode", "tests": [{id, file, outcome, phase, message}],
@@ -216,7 +219,7 @@ def parse_args(argv):
     mode = parser.add_mutually_exclusive_group(required=True)
     for flag in ("--collect", "--run", "--discover"):
         mode.add_argument(flag, dest="mode", action="store_const", const=flag[2:])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     parser.add_argument("--start", default=".")
     parser.add_argument("--pattern", default="test*.py")
     parser.add_argument("--top", default=".")
@@ -247,11 +250,17 @@ def main(argv=None) -> int:
 
 
 def write_report(path, report):
+    data = (json.dumps(report) + "\n").encode("utf-8", "replace")
+    if path is None:
+        descriptor = int(os.environ["FIXFLEET_REPORT_FD"])
+        while data:
+            data = data[os.write(descriptor, data):]
+        return
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         os.makedirs(parent)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
+    with open(path, "wb") as handle:
+        handle.write(data)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def make_remote(directory: Path, files: dict[str, str]) -> tuple[str, str]:
     return upstream.url, upstream.sha("main")
 
 
-def change(sha: str, files: dict[str, str]) -> ChangeSet:
-    return ChangeSet(base_sha=sha, files=[FileChange(path=p, content=t.encode()) for p, t in sorted(files.items())])
+def change(sha: str, files: dict[str, str | None]) -> ChangeSet:
+    """A change of these files (None: deleted)."""
+    return ChangeSet(base_sha=sha, files=[FileChange(path=p, content=t.encode() if t is not None else None)
+                                          for p, t in sorted(files.items())])
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -264,6 +266,163 @@ async def test_the_agents_checkout_is_never_touched(calc: Repo, verifier: Verifi
     finally:
         await workspaces.discard(agent)
     assert list(workspaces.checkouts_dir.iterdir()) == []
+
+
+# -- judged against the base commit --------------------------------------------------------
+
+LEGACY_TESTS = """from calc import mul
+
+
+def test_mul():
+    assert mul(2, 3) == 6
+
+
+def test_mul_by_zero_was_broken_by_a_dependency():
+    assert mul(7, 0) == 7
+
+
+def test_mul_negative_was_broken_too():
+    assert mul(-1, 2) == 2
+"""
+ORDER_DEPENDENT = """def test_only_passes_alone(request):
+    # stands for a flaky test: it flips with the company it runs in
+    assert len(request.session.items) == 1
+"""
+
+
+async def test_failures_already_on_the_base_commit_are_listed_not_blamed(root: Path, workspaces: WorkspaceManager,
+                                                                         verifier: Verifier) -> None:
+    """Two tests in the very file the fix's test goes into fail on the base commit; the fix's
+    own test goes red to green, so the fix is proven and the two are named, not demanded."""
+    url, sha = make_remote(root / "legacy", BASE | {"tests/test_mul.py": LEGACY_TESTS})
+    await workspaces.resolve(url)
+    with_add = LEGACY_TESTS.replace("from calc import mul", "from calc import add, mul") + \
+        "\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+    evidence = await verify(verifier, url, change(sha, {"tests/test_mul.py": with_add, "src/calc/__init__.py": FIXED}),
+                            "legacy")
+
+    assert evidence.fail_to_pass == ["tests/test_mul.py::test_add"]
+    assert evidence.preexisting_failures == ["tests/test_mul.py::test_mul_by_zero_was_broken_by_a_dependency",
+                                             "tests/test_mul.py::test_mul_negative_was_broken_too"]
+    assert evidence.new_failures == [] and evidence.suite.exit_code != 0  # the exit code stays for who reads it
+    assert evidence.baseline is not None and evidence.baseline["sha"] == sha
+    assert evidence.baseline["failing"] == evidence.preexisting_failures
+    assert evidence.cross_check is not None and evidence.cross_check.checked == ["tests/test_mul.py::test_add"]
+
+    # an edited test that failed before is the change's own: it must now pass
+    edited = with_add.replace("assert mul(7, 0) == 7", "assert mul(7, 0) == 7 * 1")
+    refused = await refusal(verifier, url, change(sha, {"tests/test_mul.py": edited, "src/calc/__init__.py": FIXED}),
+                            "legacy-edited")
+    assert refused.stage == "green" and "test_mul_by_zero_was_broken_by_a_dependency" in str(refused)
+
+
+async def test_a_test_that_flips_when_run_again_neither_proves_nor_blocks(root: Path, workspaces: WorkspaceManager,
+                                                                          verifier: Verifier) -> None:
+    url, sha = make_remote(root / "flaky", BASE | {"tests/test_order.py": ORDER_DEPENDENT})
+    await workspaces.resolve(url)
+
+    evidence = await verify(verifier, url, change(sha, {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}),
+                            "flaky")
+
+    assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
+    assert evidence.flaky == ["tests/test_order.py::test_only_passes_alone"] and evidence.new_failures == []
+    assert evidence.baseline["flaky"] == ["tests/test_order.py::test_only_passes_alone"]
+
+
+async def test_the_change_is_held_to_the_approved_plan(calc: Repo, verifier: Verifier) -> None:
+    good = {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}
+    plan = ["src/calc/__init__.py"]
+
+    refused = await refusal(verifier, calc.url, change(calc.sha, good | {"PLAN.md": "# a plan nobody approved\n"}),
+                            "rewrites-plan", plan=plan)
+    assert refused.stage == "scope" and "edits PLAN.md" in str(refused)
+
+    refused = await refusal(verifier, calc.url, change(calc.sha, good | {"conftest.py": "import os\n"}), "conftest",
+                            plan=plan)
+    assert refused.stage == "scope" and "conftest.py" in str(refused) and "outside the approved plan" in str(refused)
+
+    refused = await refusal(verifier, calc.url, change(calc.sha, good | {"tests/test_mul.py": None}), "deletes-test",
+                            plan=plan)
+    assert "deletes the test file tests/test_mul.py" in str(refused)
+
+    evidence = await verify(verifier, calc.url, change(calc.sha, good | {"src/calc/extra.py": "X = 1\n"}), "extra",
+                            plan=plan)
+    assert evidence.scope.outside_plan == ["src/calc/extra.py"] and evidence.fail_to_pass
+
+
+# -- a hostile repository: forged reports and planted files ---------------------------------------
+
+FAKE_FIX = CALC + "# fixed\n"  # no fix at all: only a marker the forgeries look for
+SWALLOW = """import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    outcome = yield
+    if "# fixed" in open("src/calc/__init__.py").read():
+        outcome.force_result(True)  # the failure is swallowed: the test 'passes'
+"""
+
+
+async def test_a_conftest_that_swallows_failures_is_caught_by_the_cross_check(calc: Repo, verifier: Verifier) -> None:
+    """The plan allowed conftest.py, and the change's conftest turns the still-failing test into a
+    pass whenever the 'fix' is present: RED fails, GREEN 'passes'. The cross-check runs both again
+    with the base's (absent) conftest and the runner's word is refused."""
+    forged = {"conftest.py": SWALLOW, "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FAKE_FIX}
+    print("attack: a conftest hook that swallows the failure of the new test once the fake fix is present")
+    refused = await refusal(verifier, calc.url, change(calc.sha, forged), "swallow",
+                            plan=["conftest.py", "src/calc/__init__.py"])
+    print("held:", refused)
+    assert refused.stage == "cross_check" and "failed with it" in str(refused)
+
+
+async def test_a_plugin_named_in_addopts_is_caught_by_the_cross_check(calc: Repo, verifier: Verifier) -> None:
+    plugin = SWALLOW.replace("import pytest", "import pytest  # a 'helper' plugin")
+    forged = {"pytest.ini": "[pytest]\naddopts = -p helper_plugin\n", "helper_plugin.py": plugin,
+              "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FAKE_FIX}
+    print("attack: addopts = -p helper_plugin, a plugin that swallows failures")
+    refused = await refusal(verifier, calc.url, change(calc.sha, forged), "addopts",
+                            plan=["pytest.ini", "src/calc/__init__.py"])
+    print("held:", refused)
+    assert refused.stage == "cross_check"
+    assert "not named" not in str(refused)  # the plugin itself is a new file outside the plan: reported
+
+
+async def test_a_report_written_by_the_tests_themselves_is_refused(calc: Repo, verifier: Verifier) -> None:
+    """An exit handler in the test module writes results of its own to the report channel (the
+    JUnit-rewriting attack of old) and exits 0: what it wrote is more than the reporter wrote."""
+    forged_line = ('{"event": "test", "id": "tests/test_add.py::test_add", "file": "tests/test_add.py", '
+                   '"when": "call", "outcome": "passed", "message": ""}')
+    test = ("import atexit\nimport os\n\n\ndef forge():\n"
+            f"    os.write(int(os.environ['FIXFLEET_REPORT_FD']), b'{forged_line}\\n')\n    os._exit(0)\n\n\n"
+            "atexit.register(forge)\n" + TEST_ADD)
+    print("attack: an atexit handler that writes a passed result on the report channel and exits 0")
+    refused = await refusal(verifier, calc.url, change(calc.sha, {"tests/test_add.py": test,
+                                                                  "src/calc/__init__.py": FAKE_FIX}), "atexit")
+    print("held:", refused)
+    assert refused.stage == "report" and "after the session's end record" in str(refused)
+
+    exits = TEST_ADD + "\n\ndef test_zz_leave():\n    os._exit(0)\n"
+    refused = await refusal(verifier, calc.url, change(calc.sha, {"tests/test_add.py": "import os\n" + exits,
+                                                                  "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}),
+                            "exits")
+    assert refused.stage == "report" and "ended before the runner finished" in str(refused)
+
+
+async def test_nothing_a_run_writes_reaches_the_next_run(calc: Repo, verifier: Verifier) -> None:
+    """Each run gets a fresh copy: a test module that plants a file at collection (a conftest, a
+    rewritten source) finds the tree pristine in every run after."""
+    planter = ("import pathlib\n\n"
+               "planted = pathlib.Path('conftest.py')\n"
+               "assert not planted.exists(), 'a file planted by an earlier run is here'\n"
+               "planted.write_text('raise SystemExit(0)\\n')\n\n" + TEST_ADD)
+    print("attack: the test module writes a conftest that ends every later run 'successfully' into the checkout")
+    evidence = await verify(verifier, calc.url, change(calc.sha, {"tests/test_add.py": planter,
+                                                                  "src/calc/__init__.py": FIXED}), "planter")
+    print("held: every run found the tree as the platform made it;", evidence.fail_to_pass)
+    assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
+    assert evidence.red.tests == {"tests/test_add.py::test_add": "failed"}
 
 
 # -- unittest repository ------------------------------------------------------------------

@@ -34,6 +34,7 @@ INFRA_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "noxfile.py"
 INFRA_PATTERNS = (re.compile(r"(^|/)(jest|vitest|vite|babel|ava|playwright)\.(config|workspace)\.[cm]?[jt]s(on)?$"),
                   re.compile(r"(^|/)\.mocharc(\.[a-z]+)?$"),
                   re.compile(r"\.pth$"),
+                  re.compile(r"(^|/)requirements/[^/]+\.(txt|in)$|(^|/)[^/]*requirements[^/]*\.(txt|in)$"),
                   re.compile(r"^\.github/workflows/"),
                   re.compile(r"^\.circleci/"))
 TEST_FILE = re.compile(r"(^|/)(tests?|__tests__|specs?)/|(^|/)test_[^/]*\.py$|_test\.py$|\.(test|spec)\.[cm]?[jt]sx?$")
@@ -72,8 +73,6 @@ class ScopeReport(BaseModel):
 def is_test_infrastructure(path: str, content: bytes | None = None) -> bool:
     name = PurePosixPath(path).name
     if path in SPEC_FILES or name in INFRA_NAMES or any(p.search(path) for p in INFRA_PATTERNS):
-        return True
-    if name.startswith("requirements") and name.endswith(".txt"):
         return True
     return path.endswith(".py") and content is not None and bool(DECLARES_PLUGINS.search(content))
 

@@ -265,6 +265,7 @@ class _Proof:
         blocking = [i for i in failing(green, tests) if i not in excused]
         blocking += [i for i in new_failures(suite, known, excused=excused) if i not in blocking] if suite else []
         flaky = red_flaky | await self.flips("green", blocking, green if suite is None else _merged(green, suite))
+        flaky |= set(suite_failing) & set(baseline.flaky if baseline else ())  # flipped in the base run too
         evidence.preexisting_failures, evidence.flaky = sorted(pre), sorted(flaky)
         red_check = red_verdict(red, tests, preexisting=pre, flaky=flaky)
         if not red_check.ok:

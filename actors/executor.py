@@ -183,7 +183,8 @@ class Executor(AgentLoop):
         await self.store.record_event(task.id, actor=self.name, reason=reason,
                                       data={"evidence": redact.value(evidence), "stage": stage})
         await self.store.update_fields(task.id, context={"last_refusal": {
-            "attempt": task.attempts, "stage": stage, "text": redact.text(text or reason)[-6000:]}})
+            "attempt": task.attempts, "plan_version": task.plan_version, "stage": stage,
+            "text": redact.text(text or reason)[-6000:]}})
 
     def _verify_tool(self, task: Task, work: _Work) -> SdkMcpTool[Any]:
         """`verify_change`: the platform's own proof of the agent's current files, as the final
@@ -248,7 +249,7 @@ def executor_prompt(task: Task) -> str:
         "Hand back your work with the report_result tool.",
     ]
     refusal = task.context.get("last_refusal")
-    if refusal:
-        lines += ["", f"Your previous attempt ({refusal.get('attempt')}) was refused by the platform's verification. "
+    if refusal and refusal.get("plan_version") == task.plan_version:  # a refusal under an older plan tells nothing
+        lines += ["", "Your previous attempt was refused by the platform's verification. "
                   "Do not repeat it; what the platform said:", "```", str(refusal.get("text", "")), "```"]
     return "\n".join(lines)

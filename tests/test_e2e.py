@@ -156,7 +156,7 @@ def test_test_that_passes_before_the_fix_is_not_pushed(world: World) -> None:
     assert "RED check failed" in world.events(key)[-1]["reason"]
 
 
-def test_fix_that_breaks_another_test_is_not_pushed(world: World) -> None:
+def test_fix_that_breaks_another_test_is_not_pushed_and_the_retry_is_told_why(world: World) -> None:
     world.script(executor="executor_breaks_suite")
     key = world.post_alert()
     task = world.wait_for(key, {"AWAITING_APPROVAL"})
@@ -164,7 +164,35 @@ def test_fix_that_breaks_another_test_is_not_pushed(world: World) -> None:
     failed = world.wait_for(key, {"FAILED"})
     assert world.branch_log(failed["branch"]) == [f"docs: plan v1 for {key}"]
     verification = [e for e in world.events(key) if e["reason"].startswith("verification failed")]
-    assert "full test suite fails" in world.events(key)[-1]["reason"], verification
+    assert verification and "breaks tests that passed on the base commit: tests/test_mean.py::test_mean_of_numbers" \
+        in verification[-1]["reason"], world.events(key)[-3:]
+    assert verification[-1]["data"]["stage"] == "suite"
+
+    world.script()  # the next attempt fixes it properly, knowing why the first was refused
+    world.executor_model.clear()
+    assert world.api("POST", "/commands", json={"text": f"retry {key}"})["task"]["status"] == "APPROVED"
+    world.wait_for(key, {"COMPLETED"})
+    prompt = json.dumps(world.executor_model.main_requests()[0].body)
+    assert "Your previous attempt was refused" in prompt and "REFUSED at suite" in prompt
+
+
+def test_the_executor_verifies_in_its_session_and_mends_its_fix_in_one_attempt(world: World) -> None:
+    """A first wrong fix is told by verify_change that it breaks a test; the mended one is
+    VERIFIED; the final check takes that proof: one session, one attempt, COMPLETED."""
+    world.script(executor="executor_verifies")
+    world.executor_model.clear()
+    key = world.post_alert()
+    task = world.wait_for(key, {"AWAITING_APPROVAL"})
+    world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
+    done = world.wait_for(key, {"COMPLETED"})
+    reasons = [e["reason"] for e in world.events(key)]
+    assert "verify_change 1/3: refused (suite)" in reasons and "verify_change 2/3: verified" in reasons, reasons
+    assert "verified: the final change is the one proven during the session" in reasons
+    assert len([r for r in reasons if r.startswith("executor session")]) == 1 and done["attempts"] == 1
+    told = json.dumps([r.body for r in world.executor_model.main_requests()])
+    assert "breaks tests that passed on the base commit" in told  # the agent read the platform's verdict
+    evidence = world.api("GET", f"/tasks/{key}/evidence")["text"]
+    assert "tests/test_mean_empty.py::test_mean_of_empty_list" in evidence
 
 
 def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:

@@ -97,6 +97,7 @@ class Evidence(BaseModel):
     left_out: dict[str, str] = Field(default_factory=dict)  # files of the agent's tree that are not the change
     agent_test_command: str | None = None  # advice from the agent; never what ran
     sandboxed: bool = True
+    test_seconds: float = 0.0  # inside the repository's own test runs, all of them (the platform's time is the rest)
 
 
 class EvidenceError(RuntimeError):
@@ -200,6 +201,7 @@ class _Proof:
         self.trees: dict[str, tuple[Checkout, Environment]] = {}
         self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
         self._copies = 0
+        self.run_seconds = 0.0  # spent inside the repository's test runs
         self._stack = AsyncExitStack()
         self.network: Network | None = None
         self.scratch = verifier.workspaces.tmp_dir / f"verify-{uuid.uuid4().hex[:12]}"
@@ -283,6 +285,7 @@ class _Proof:
             raise EvidenceError("the full test suite fails with the change (it passed on the base commit)",
                                 evidence.model_dump(), stage="suite")
         evidence.cross_check = await self.cross_check(evidence, red, tests)
+        evidence.test_seconds = round(self.run_seconds, 2)
         if not evidence.cross_check.agreed:
             raise EvidenceError(f"the cross-check disagrees with the runner's report: {evidence.cross_check.detail}",
                                 evidence.model_dump(), stage="cross_check")
@@ -344,7 +347,9 @@ class _Proof:
             spec = self.network.apply(self.verifier.environments.spec(env, checkout))
             spec.read_only[HELPERS_MOUNT] = HELPERS_DIR
             spec.env = _with_runner_env(spec.env, {**self.runner.env(), **(extra_env or {})})
-            return await self.verifier.sandbox.run(spec, argv, timeout_s=timeout_s, report=True)
+            result = await self.verifier.sandbox.run(spec, argv, timeout_s=timeout_s, report=True)
+            self.run_seconds += result.seconds
+            return result
         finally:
             await asyncio.to_thread(remove_tree, copy)
 

@@ -10,6 +10,7 @@ with the evidence, and tell Jira and Slack. A change that does not prove itself 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -58,7 +59,7 @@ class Executor(AgentLoop):
         env = await self.environment(task, base)
         checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
         try:
-            before = snapshot(checkout.path)
+            before = await asyncio.to_thread(snapshot, checkout.path)  # a walk: never on the event loop
             report = await self._execute(task, checkout.path, spec, env.plan.test_domains)
             change = await self._change(task, checkout.path, base, before, placed)
         finally:
@@ -116,8 +117,8 @@ class Executor(AgentLoop):
     async def _change(self, task: Task, tree: Path, base: str, before: dict, placed: list[str]) -> ChangeSet:
         """The agent's work as checked data; a change that breaks a rule fails the task."""
         try:
-            change = extract(tree, base, await self.workspaces.list_tree(task.repo, base), before=before,
-                             mount_points=placed)
+            change = await asyncio.to_thread(extract, tree, base, await self.workspaces.list_tree(task.repo, base),
+                                             before=before, mount_points=placed)
             leaking = [c.path for c in change.files if c.content and self.runner.redactor.knows(
                 c.content.decode("utf-8", "replace"))]
             if leaking:

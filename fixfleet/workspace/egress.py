@@ -13,7 +13,7 @@ allowlist says (`EgressPolicy`), an address that is:
 - one of this node's own (every address of every interface: the platform listens there);
 - a platform service's (the hosts of DATABASE_URL, REDIS_URL, the Ray head, the ingress) or in
   the cluster's ranges (FIXFLEET_EGRESS_DENY_CIDRS, the Kubernetes API's address);
-- private (RFC 1918, CGNAT, unique-local, documentation, reserved ...), unless the operator
+- private (RFC 1918, CGNAT, unique-local, benchmarking, reserved ...), unless the operator
   allows it: FIXFLEET_EGRESS_ALLOW_PRIVATE, or FIXFLEET_EGRESS_ALLOW_CIDRS for some ranges.
 
 IPv6 forms of an IPv4 address (mapped, NAT64, 6to4) are judged as that address. Then it connects
@@ -58,6 +58,10 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # bare CR/LF/NUL would smuggle headers upstream
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.x.x to the local host
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))  # RFC 6052, 8215
+# The documentation ranges (RFC 5737, 3849) name no real network: labs use them to stand in for
+# public hosts (registries included), so they are judged as public, not private.
+_DOCUMENTATION = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+                                                          "2001:db8::/32"))
 PRIVATE_HINT = "an operator allows private ranges with FIXFLEET_EGRESS_ALLOW_PRIVATE or FIXFLEET_EGRESS_ALLOW_CIDRS"
 # Where the platform's own services are named: their hosts are never reachable from a sandbox.
 SERVICE_URLS = ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS", "FIXFLEET_URL")
@@ -163,6 +167,15 @@ def embedded_ipv4(address: IPAddress) -> IPAddress:
     return address.sixtofour or address
 
 
+def is_public(address: IPAddress) -> bool:
+    """Globally routable (or a documentation address); not private, shared (CGNAT), unique- or
+    site-local, reserved or otherwise special."""
+    if any(address.version == network.version and address in network for network in _DOCUMENTATION):
+        return True
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+    return address.is_global and not site_local
+
+
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
     """CIDRs or single addresses; raises ValueError naming the bad entry."""
     networks = []
@@ -201,8 +214,7 @@ class EgressPolicy:
         for network, what in self.denied:
             if address.version == network.version and address in network:
                 return what
-        site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
-        if (address.is_global and not site_local) or self.allow_private:
+        if self.allow_private or is_public(address):
             return None
         if any(address.version == network.version and address in network for network in self.private_allowed):
             return None

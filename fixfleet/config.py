@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # all of them, or these (a corporate registry's network).
     egress_allow_private: bool = False
     egress_allow_cidrs: list[str] = Field(default_factory=list)
+    # What one sandbox may use: processes (cgroup pids.max, else RLIMIT_NPROC), each tmpfs
+    # (/tmp, a home of its own), and how much a writable checkout may grow (also the largest file).
+    sandbox_max_processes: int = Field(512, ge=16)
+    sandbox_tmp_bytes: int = Field(1024**3, ge=1024**2)
+    sandbox_checkout_bytes: int = Field(4 * 1024**3, ge=1024**2)
     slack_channel: str | None = None  # where plans are posted for approval
     agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)

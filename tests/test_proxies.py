@@ -24,7 +24,12 @@ from multidict import CIMultiDict
 
 from fixfleet.config import Settings
 from fixfleet.replay import ReplayServer
-from fixfleet.workspace.egress import Allowlist, EgressPolicy, EgressProxy, node_addresses
+from fixfleet.workspace.egress import (
+    Allowlist,
+    EgressPolicy,
+    EgressProxy,
+    node_addresses,
+)
 from fixfleet.workspace.environments import platform_egress_policy
 from fixfleet.workspace.model_proxy import OAUTH_BETA, ModelProxy, upstream_headers
 

@@ -41,7 +41,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from fixfleet.workspace.limits import AUX_TMPFS_BYTES, SandboxLimits, growth_watch, new_run_id, process_limit
+from fixfleet.workspace.limits import (
+    AUX_TMPFS_BYTES,
+    SandboxLimits,
+    growth_watch,
+    new_run_id,
+    process_limit,
+)
 from fixfleet.workspace.spawn import without_inherited_fds
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -94,9 +95,10 @@ class ProcessLimit:
 
     def inside(self, limits: SandboxLimits) -> list[str]:
         """The prefix of the command inside the sandbox: its file size limit and, in rlimit
-        mode, its process limit."""
+        mode, its process limit. prlimit by its absolute path under /usr: a repository's
+        environment comes first on PATH and could hold a `prlimit` that sets nothing."""
         nproc = [f"--nproc={limits.max_processes}"] if self.base is None else []
-        return ["prlimit", f"--fsize={limits.checkout_bytes}", *nproc, "--"]
+        return [prlimit_path(), f"--fsize={limits.checkout_bytes}", *nproc, "--"]
 
     async def release(self, run_id: str, timeout_s: float = 5.0) -> None:
         """Kill what is left in the run's cgroup and remove it."""
@@ -228,6 +230,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def prlimit_path() -> str:
+    return os.path.realpath(shutil.which("prlimit") or "/usr/bin/prlimit")
 
 
 def new_run_id() -> str:

@@ -39,6 +39,7 @@ from fixfleet.workspace.environments import (
     network_access,
 )
 from fixfleet.workspace.baselines import BaselineStore
+from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
@@ -69,7 +70,8 @@ class AgentLoop:
 
     async def start(self) -> None:
         reap_orphans(self.home)
-        self.sandbox = Sandbox(self.home / "sandbox", enabled=self.settings.sandbox_enabled)
+        self.sandbox = Sandbox(self.home / "sandbox", enabled=self.settings.sandbox_enabled,
+                               limits=SandboxLimits.from_settings(self.settings))
         await self.sandbox.check()  # where the sandbox cannot start, agents refuse to run: it says why
         if not self.sandbox.enabled:
             log.warning("FIXFLEET_SANDBOX=off: %s runs agents and repository code WITHOUT a sandbox", self.name)

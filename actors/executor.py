@@ -89,7 +89,8 @@ class Executor(AgentLoop):
         env = await self.environment(task, base)
         checkout, spec, placed = await self.session_checkout(task, env, base, "exec", writable=True)
         try:
-            work = _Work(checkout.path, base, snapshot(checkout.path), placed)
+            before = await asyncio.to_thread(snapshot, checkout.path)  # a walk: never on the event loop
+            work = _Work(checkout.path, base, before, placed)
             report = await self._execute(task, checkout.path, spec, env.plan.test_domains, work)
             change = await self._change(task, work)
         finally:

@@ -17,7 +17,8 @@ What a session gets, and why:
   with pydantic, so nothing is parsed out of prose; and the platform tools a role offers
   (the executor's `verify_change`), which run on this side of the sandbox;
 - max turns and budget enforced by the CLI, wall-clock timeout enforced here by killing the
-  sandbox (and with it everything in it);
+  sandbox (and with it everything in it); so is the sandbox's disk quota (the checkout and the
+  session's home may grow by FIXFLEET_SANDBOX_CHECKOUT_BYTES);
 - a JSONL transcript on the platform's side, one SDK message per line, redacted.
 """
 
@@ -71,6 +72,7 @@ from actors.session_models import (
 from actors.skills import install_skills
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
+from fixfleet.workspace.limits import growth_watch
 from fixfleet.workspace.model_proxy import ModelProxy
 from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
 from fixfleet.workspace.spawn import CLOSE_INHERITED
@@ -197,6 +199,7 @@ class _Session:
         self.killed = 0
         self.descendants: list[psutil.Process] = []
         self.dummy_key: str | None = None
+        self.over_quota: list[str] = []  # why the sandbox was killed for its disk use, once it was
 
     @property
     def output_tool_name(self) -> str:
@@ -214,7 +217,9 @@ class _Session:
         # then closes and the SDK winds down on its own, with nothing left running.
         watchdog = loop.call_later(self.limits.timeout_s, self._on_timeout)
         try:
-            async with McpBridge(self._external_mcp_servers(), self.redactor) as bridge:
+            async with McpBridge(self._external_mcp_servers(), self.redactor) as bridge, \
+                    growth_watch(self._watched(), self.runner.sandbox.limits.checkout_bytes, self.kill) as over_quota:
+                self.over_quota = over_quota
                 async with asyncio.timeout(self.limits.timeout_s + KILL_GRACE_S):
                     await self._converse(self._options(skills, bridge))
         except TimeoutError:
@@ -228,6 +233,7 @@ class _Session:
         finally:
             watchdog.cancel()
             self._kill(self._cli_tree() + self.descendants)  # leftovers too
+            await self.runner.sandbox.release(self.session_id)
             if self.dummy_key and self.runner.model_proxy is not None:
                 self.runner.model_proxy.remove_session(self.dummy_key)
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
@@ -308,7 +314,7 @@ class _Session:
         if self.sandboxed:
             assert self.runner.model_proxy is not None
             spec.bridges = [*spec.bridges, Bridge(socket=self.runner.model_proxy.socket_path, port=MODEL_PORT)]
-            command = shlex.join(self.runner.sandbox.argv(spec, [CLI_INSIDE]))
+            command = shlex.join(self.runner.sandbox.argv(spec, [CLI_INSIDE], run_id=self.session_id))
         else:  # FIXFLEET_SANDBOX=off: a trusted local experiment, the CLI with the real key
             variables = self.runner.sandbox.environment(spec) | self._unsandboxed_env()
             command = shlex.join([f"{k}={v}" for k, v in variables.items()] + [str(BUNDLED_CLI)])
@@ -417,6 +423,13 @@ class _Session:
         """Kill the session's sandbox and everything in it now."""
         return self._kill(self._cli_tree())
 
+    def _watched(self) -> dict[str, Path]:
+        """What the sandbox writes on the host's disk, watched against its quota."""
+        if not self.sandboxed:
+            return {}
+        writable = {"the checkout": self.worktree} if self.request.role == "executor" else {}
+        return writable | {"the session's home": self.claude_dir}
+
     def _on_timeout(self) -> None:
         self.timed_out = True
         self.killed = self._kill(self._cli_tree())
@@ -461,6 +474,8 @@ class _Session:
         return denial.model_copy(update={"input_summary": self.redactor.text(denial.input_summary)})
 
     def _classify(self, message: ResultMessage | None, error: str | None) -> tuple[Subtype, str | None]:
+        if self.over_quota:
+            return "error_during_execution", self.over_quota[0]
         if self.timed_out:
             return "timeout", (f"no result within {self.limits.timeout_s:g}s; "
                                f"killed the CLI's sandbox ({self.killed} processes){self._api_trouble()}")

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from fixfleet.workspace.egress import parse_networks
 from fixfleet.workspace.repo_config import RepoConfig
 
 DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
@@ -93,6 +94,18 @@ class Settings(BaseSettings):
     sandbox: str = "on"
     # Per repository URL, what its `.fixfleet.yml` would say (for repositories the operator cannot change).
     repo_configs: dict[str, RepoConfig] = Field(default_factory=dict)
+    # The sandbox's way out (fixfleet/workspace/egress.py): whatever a repository allows, never this
+    # node, the platform's services or these ranges (the cluster's pod and service CIDRs) ...
+    egress_deny_cidrs: list[str] = Field(default_factory=list)
+    # ... and private ranges (RFC 1918, CGNAT, unique-local, ...) only when the operator says so:
+    # all of them, or these (a corporate registry's network).
+    egress_allow_private: bool = False
+    egress_allow_cidrs: list[str] = Field(default_factory=list)
+    # What one sandbox may use: processes (cgroup pids.max, else RLIMIT_NPROC), each tmpfs
+    # (/tmp, a home of its own), and how much a writable checkout may grow (also the largest file).
+    sandbox_max_processes: int = Field(512, ge=16)
+    sandbox_tmp_bytes: int = Field(1024**3, ge=1024**2)
+    sandbox_checkout_bytes: int = Field(4 * 1024**3, ge=1024**2)
     slack_channel: str | None = None  # where plans are posted for approval
     agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)
@@ -141,6 +154,12 @@ class Settings(BaseSettings):
     @property
     def sandbox_enabled(self) -> bool:
         return self.sandbox == "on"
+
+    @field_validator("egress_deny_cidrs", "egress_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        parse_networks(values)  # raises with the bad entry named
+        return values
 
     @field_validator("home", "credentials_file", "mcp_config", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.overview import Heartbeat, heartbeats
 from fixfleet.services import resolve_urls
+from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.sandbox import Sandbox, SandboxUnavailable
 
 SANDBOX_OFF_WARNING = ("FIXFLEET_SANDBOX=off: agents and repository code run WITHOUT the sandbox, with this "
@@ -98,7 +99,7 @@ class Platform:
         if not self.settings.sandbox_enabled:
             progress(f"WARNING: {SANDBOX_OFF_WARNING}")
             return
-        asyncio.run(Sandbox(self.settings.home / "sandbox").check())
+        asyncio.run(Sandbox(self.settings.home / "sandbox", limits=SandboxLimits.from_settings(self.settings)).check())
         if not (shutil.which("uv") or (Path(sys.executable).parent / "uv").exists()):
             raise SandboxUnavailable("uv is not installed (pip install uv): it builds each repository's environment")
         progress("sandbox ready (bubblewrap): agents and repository code run isolated")

@@ -30,6 +30,8 @@ from fixfleet.workspace.changes import (
     snapshot,
 )
 from fixfleet.workspace.mirrors import FileContent, TreeEntry
+from fixfleet.workspace.trees import remove_tree
+from tests.memory import MiB, make_deep_tree, peak_growth
 
 SHA = "0" * 40
 OLD = 1_000_000_000  # a checkout long ago: anything the agent writes afterwards has a newer mtime
@@ -547,14 +549,14 @@ def test_a_directory_that_cannot_be_read_is_refused_not_deleted(
 def test_a_file_that_cannot_be_read_is_refused(repo: tuple[Path, dict[str, TreeEntry]], monkeypatch: pytest.MonkeyPatch) -> None:
     root, base = repo
     (root / "src/app.py").write_text("changed\n")
-    real = Path.read_bytes
+    real = Path.open
 
-    def read_bytes(self: Path) -> bytes:
+    def open_(self: Path, *args: object, **kwargs: object) -> object:
         if self.name == "app.py":
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_)
     with pytest.raises(ChangeRefused, match="src/app.py"):
         extract(root, SHA, base)
 
@@ -699,3 +701,109 @@ def test_a_name_that_is_not_utf8_is_refused_and_left_out_names_stay_json(tmp_pat
     (tmp_path / os.fsdecode(b"latin-\xe9.py")).write_bytes(b"x")
     with pytest.raises(ChangeRefused, match="not a UTF-8 name"):
         extract(tmp_path, SHA, base)
+
+
+# -- limits hold while walking: memory stays flat, a deep tree is refused and removed --------
+
+
+def sparse(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.truncate(size)
+
+
+@pytest.mark.parametrize("shape", ["300 files of 1.9 MB", "one file of 500 MB", "a tracked file grown to 500 MB"])
+def test_a_500_mb_change_is_refused_while_reading_at_most_the_limit(
+        repo: tuple[Path, dict[str, TreeEntry]], shape: str) -> None:
+    """The issue's attack: 571 MB in 300 files (each under the per-file limit) grew the agent
+    process by 629 MB before the 10 MB limit refused it. Now the walk stops at the limit."""
+    root, base = repo
+    before = snapshot(root)
+    if shape == "300 files of 1.9 MB":
+        for i in range(300):
+            sparse(root / "data" / f"blob{i:03}.bin", 1_900_000)
+    elif shape == "one file of 500 MB":
+        sparse(root / "data" / "huge.bin", 500 * MiB)
+    else:
+        sparse(root / "src" / "app.py", 500 * MiB)
+    with peak_growth() as growth, pytest.raises(ChangeRefused) as refused:
+        extract(root, SHA, base, before=before)
+    print(f"{shape}: refused ({refused.value}); the walker's peak resident memory grew by {growth.grew / MiB:.1f} MiB")
+    assert "the limit is" in str(refused.value) or "the limit per file" in str(refused.value)
+    assert growth.grew < 64 * MiB  # the limit is 10 MB; the data 500 MB
+
+
+def test_a_2000_deep_tree_is_refused_and_then_removed(repo: tuple[Path, dict[str, TreeEntry]]) -> None:
+    """A 1,200-deep tree raised RecursionError and left a checkout that could not be deleted."""
+    root, base = repo
+    make_deep_tree(root, 2000)
+    (root / "d" / "d").chmod(0o000)  # odd modes on the way down
+    (root / "d").chmod(0o500)
+    try:
+        with peak_growth() as growth, pytest.raises(ChangeRefused, match="more than 128 directories deep") as refused:
+            extract(root, SHA, base)
+        print(f"refused: {refused.value}; peak memory grew by {growth.grew / MiB:.1f} MiB")
+        assert growth.grew < 32 * MiB
+    finally:
+        remove_tree(root)  # pytest's own clean-up recurses: it could not
+    assert not root.exists()
+
+
+def test_the_deepest_tree_allowed_is_extracted(repo: tuple[Path, dict[str, TreeEntry]]) -> None:
+    root, base = repo
+    make_deep_tree(root, changes.MAX_DEPTH - 1)
+    [change] = extract(root, SHA, base).files
+    assert change.path.count("/") == changes.MAX_DEPTH - 1 and change.content == b"deep\n"
+    remove_tree(root)
+
+
+def test_a_checkout_with_too_many_new_entries_is_refused(
+        repo: tuple[Path, dict[str, TreeEntry]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignored output counts too: the walk itself must not be made to hold millions of paths."""
+    root, base = repo
+    monkeypatch.setattr(changes, "MAX_NEW_ENTRIES", 50)
+    write(root, {".gitignore": "build/\n", **{f"build/out{i}.o": "x" for i in range(30)}})
+    assert extract(root, SHA, base).paths == [".gitignore"]
+    write(root, {f"build/more{i}.o": "x" for i in range(30)})
+    with pytest.raises(ChangeRefused, match="holds more than"):
+        extract(root, SHA, base)
+
+
+def test_files_left_out_are_never_read_and_never_counted(
+        repo: tuple[Path, dict[str, TreeEntry]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignored output over the change's limits is left out without a byte of it read."""
+    root, base = repo
+    write(root, {".gitignore": "build/\n"})
+    for i in range(20):
+        sparse(root / "build" / f"artifact{i}.bin", 1_900_000)  # 38 MB, over the 10 MB limit
+    opened = []
+    real = Path.open
+
+    def open_(self: Path, *args: object, **kwargs: object) -> object:
+        opened.append(self.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    result = extract(root, SHA, base)
+    assert result.paths == [".gitignore"] and not [name for name in opened if name.startswith("artifact")]
+    assert len([p for p in result.left_out if p.startswith("build/")]) == 20
+
+
+def test_a_long_list_of_left_out_paths_is_cut_short(
+        repo: tuple[Path, dict[str, TreeEntry]], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = repo
+    monkeypatch.setattr(changes, "MAX_LISTED_LEFT_OUT", 5)
+    write(root, {".gitignore": "*.log\n", **{f"logs/{i}.log": "x" for i in range(12)}})
+    left_out = extract(root, SHA, base).left_out
+    assert len(left_out) == 6 and left_out["..."] == "7 more paths left out"
+
+
+def test_a_path_too_long_to_name_is_refused(repo: tuple[Path, dict[str, TreeEntry]]) -> None:
+    root, base = repo
+    make_deep_tree(root, 20, name="n" * 200)
+    try:
+        with pytest.raises(ChangeRefused, match="is a path over 3000 bytes"):
+            extract(root, SHA, base)
+    finally:
+        remove_tree(root)
+    assert not root.exists()

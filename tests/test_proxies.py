@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import shutil
 import socket
@@ -21,8 +22,15 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from fixfleet.config import Settings
 from fixfleet.replay import ReplayServer
-from fixfleet.workspace.egress import Allowlist, EgressProxy, forbidden_reason
+from fixfleet.workspace.egress import (
+    Allowlist,
+    EgressPolicy,
+    EgressProxy,
+    node_addresses,
+)
+from fixfleet.workspace.environments import platform_egress_policy
 from fixfleet.workspace.model_proxy import OAUTH_BETA, ModelProxy, upstream_headers
 
 REAL_KEY = "sk-ant-api03-REAL-platform-secret-0123456789"
@@ -88,11 +96,16 @@ async def echo_port() -> AsyncIterator[int]:
 
 @dataclass
 class Upstream:
-    """A small aiohttp server on 127.0.0.1 that records what reached it."""
+    """A small aiohttp server on 127.0.0.1 that records what reached it. `POST /v1/messages`
+    answers as `mode` says: plain, gated (one event, the rest when released) or silent."""
     port: int = 0
+    mode: str = "plain"
     seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await {"plain": self.plain, "gated": self.gated, "silent": self.silent}[self.mode](request)
 
     @property
     def url(self) -> str:
@@ -131,8 +144,7 @@ class Upstream:
 async def upstream() -> AsyncIterator[Upstream]:
     state = Upstream()
     app = web.Application()
-    app.router.add_post("/v1/gated", state.gated)
-    app.router.add_post("/v1/silent", state.silent)
+    app.router.add_post("/v1/messages", state.messages)
     app.router.add_route("*", "/{tail:.*}", state.plain)
     # handler_cancellation: `silent` learns that its client (the proxy) hung up.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
@@ -209,21 +221,41 @@ def test_bad_allowlist_entries_fail_fast(entry: str) -> None:
 
 
 @pytest.mark.parametrize(("address", "reason"), [
-    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
-    ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
-    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"),
-    ("::", "unspecified"), ("0.1.2.3", "unspecified"),
-    # Private ranges stay reachable: corporate registries live there.
-    ("10.0.0.5", None), ("172.16.4.4", None), ("192.168.1.10", None), ("203.0.113.80", None),
-    ("fd00::5", None),
+    ("127.0.0.1", "a loopback address"), ("127.8.9.10", "a loopback address"), ("::1", "a loopback address"),
+    ("::ffff:127.0.0.1", "a loopback address"), ("169.254.169.254", "a link-local address"),
+    ("fe80::1", "a link-local address"), ("224.0.0.1", "a multicast address"), ("ff02::1", "a multicast address"),
+    ("0.0.0.0", "an unspecified address"), ("::", "an unspecified address"), ("0.1.2.3", "an unspecified address"),
+    # Private ranges only when the operator allows them: RFC 1918, CGNAT, unique-local, benchmarking,
+    # reserved; an IPv6 form of a private IPv4 address (mapped, NAT64, 6to4) too.
+    ("10.0.0.5", "a private address"), ("172.16.4.4", "a private address"), ("192.168.1.10", "a private address"),
+    ("100.64.0.1", "a private address"), ("fd00::5", "a private address"), ("198.18.0.1", "a private address"),
+    ("240.0.0.1", "a private address"), ("fec0::1", "a private address"), ("192.0.0.1", "a private address"),
+    ("::ffff:10.0.0.1", "a private address"), ("64:ff9b::a00:1", "a private address"),
+    ("2002:a00:1::1", "a private address"), ("64:ff9b::7f00:1", "a loopback address"),
+    ("93.184.215.14", None), ("2606:4700::1111", None), ("64:ff9b::808:808", None),
+    # Documentation ranges name no real network; labs (this one) use them for public hosts.
+    ("203.0.113.80", None), ("198.51.100.7", None), ("2001:db8::1", None),
 ])
 def test_forbidden_addresses(address: str, reason: str | None) -> None:
-    assert forbidden_reason(ipaddress.ip_address(address)) == reason
+    found = EgressPolicy().reason(ipaddress.ip_address(address))
+    assert found == reason if reason is None else (found or "").startswith(reason)
+
+
+def test_the_operator_allows_private_ranges_but_never_the_rest() -> None:
+    everything = EgressPolicy(allow_private=True)
+    some = EgressPolicy(private_allowed=(ipaddress.ip_network("10.20.0.0/16"),))
+    for address in ("10.0.0.5", "100.64.0.1", "fd00::5", "::ffff:192.168.1.1"):
+        assert everything.reason(ipaddress.ip_address(address)) is None
+    assert some.reason(ipaddress.ip_address("10.20.3.4")) is None
+    assert some.reason(ipaddress.ip_address("10.21.3.4")).startswith("a private address")
+    for policy in (everything, some):  # loopback, link-local (cloud metadata) stay out of reach
+        assert policy.reason(ipaddress.ip_address("127.0.0.1")) == "a loopback address"
+        assert policy.reason(ipaddress.ip_address("169.254.169.254")) == "a link-local address"
 
 
 def test_allow_loopback_relaxes_only_loopback() -> None:
-    assert forbidden_reason(ipaddress.ip_address("127.0.0.1"), allow_loopback=True) is None
-    assert forbidden_reason(ipaddress.ip_address("169.254.169.254"), allow_loopback=True) == "link-local"
+    assert EgressPolicy(allow_loopback=True).reason(ipaddress.ip_address("127.0.0.1")) is None
+    assert EgressPolicy(allow_loopback=True).reason(ipaddress.ip_address("169.254.169.254")) == "a link-local address"
 
 
 @pytest.mark.parametrize("request_head", [
@@ -235,8 +267,89 @@ async def test_ssrf_guard_refuses_listed_internal_hosts(sock_dir: Path, request_
     allow = ["localhost", "127.0.0.1", "::1", "169.254.169.254"]
     async with EgressProxy(sock_dir / "egress.sock", allow) as proxy:
         status, body = await exchange(proxy.socket_path, f"{request_head}\r\n\r\n".encode())
-    assert status == 403 and " resolves to a " in body
+    assert status == 403 and ("a loopback address" in body or "a link-local address" in body)
     assert [r.status for r in proxy.refused] == [403] and proxy.allowed == []
+
+
+def node_ip(version: int) -> str:
+    """An address of one of this machine's own interfaces (not loopback or link-local)."""
+    found = [str(n.network_address) for n in node_addresses() if n.version == version
+             and not n.network_address.is_loopback and not n.network_address.is_link_local]
+    assert found, f"this machine has no IPv{version} address of its own besides loopback"
+    return found[0]
+
+
+async def test_the_node_itself_is_refused_by_address_and_by_name(sock_dir: Path) -> None:
+    """Everything a `.fixfleet.yml` could name to reach this node: its addresses as literals,
+    and names the resolver turns into them (the decimal and hex forms of an IPv4 address are
+    names to the proxy, which the system resolver answers with the node's address). Refused
+    even where the operator allows private ranges."""
+    v4 = ipaddress.IPv4Address(node_ip(4))
+    targets = [f"{v4}:443", f"{int(v4)}:443", f"{hex(int(v4))}:443", f"[::ffff:{v4}]:443"]
+    targets += [f"[{n.network_address}]:443" for n in node_addresses() if n.version == 6
+                and not n.network_address.is_loopback and not n.network_address.is_link_local][:1]
+    for policy in (EgressPolicy(), EgressPolicy(allow_private=True)):
+        async with EgressProxy(sock_dir / "egress.sock", targets, policy=policy, connect_timeout_s=1) as proxy:
+            for target in targets:
+                status, body = await exchange(proxy.socket_path, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+                print(f"CONNECT {target} -> {status} {body.strip()}")
+                assert status == 403 and body.strip().endswith("this node's own address"), body
+        assert proxy.allowed == [] and len(proxy.refused) == len(targets)
+
+
+async def test_private_addresses_only_with_the_operators_setting(sock_dir: Path) -> None:
+    """A private address is refused by the policy without the operator's setting; with it the
+    proxy goes on to connect (whatever it finds there: a tunnel, or 502/504 for nothing),
+    which is what allowed means."""
+    target = "10.255.255.1:443"
+    policies = {"none": EgressPolicy(), "all private": EgressPolicy(allow_private=True),
+                "10.0.0.0/8": EgressPolicy(private_allowed=(ipaddress.ip_network("10.0.0.0/8"),)),
+                "192.168.0.0/16": EgressPolicy(private_allowed=(ipaddress.ip_network("192.168.0.0/16"),))}
+    outcomes = {}
+    for name, policy in policies.items():
+        async with EgressProxy(sock_dir / "egress.sock", [target], policy=policy, connect_timeout_s=0.5) as proxy:
+            reader, writer = await asyncio.open_unix_connection(str(proxy.socket_path))
+            writer.write(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            body = await asyncio.wait_for(reader.read(), 5) if b" 200 " not in head else b""
+            writer.close()
+            outcomes[name] = (int(head.split(b" ")[1]), body.decode(), [r.reason for r in proxy.refused])
+        print(f"allowed ranges {name}: CONNECT {target} -> {outcomes[name][:2]}")
+    for refused in ("none", "192.168.0.0/16"):
+        status, body, _ = outcomes[refused]
+        assert status == 403 and body.startswith("10.255.255.1 is a private address") and \
+            "FIXFLEET_EGRESS_ALLOW_PRIVATE" in body
+    for allowed in ("all private", "10.0.0.0/8"):
+        status, _, reasons = outcomes[allowed]
+        assert status in (200, 502, 504) and not [r for r in reasons if "private" in r]
+
+
+async def test_platform_services_and_cluster_ranges_are_refused_whatever_is_allowed(sock_dir: Path) -> None:
+    environ = {"DATABASE_URL": "postgresql://fixfleet:pw@10.1.2.3:5432/fixfleet", "REDIS_URL": "redis://10.1.2.4:6379/0",
+               "RAY_ADDRESS": "10.1.2.5:6379", "FIXFLEET_URL": "http://10.1.2.6:8000",
+               "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    policy = await EgressPolicy.for_platform(allow_private=True, deny_cidrs=["100.64.0.0/10"], environ=environ)
+    expected = {"10.1.2.3": "(DATABASE_URL)", "10.1.2.4": "(REDIS_URL)", "10.1.2.5": "(RAY_ADDRESS)",
+                "10.1.2.6": "(FIXFLEET_URL)", "10.96.0.1": "(KUBERNETES_SERVICE_HOST)",
+                "100.100.1.1": "(FIXFLEET_EGRESS_DENY_CIDRS)"}
+    async with EgressProxy(sock_dir / "egress.sock", [f"{a}:5432" for a in expected], policy=policy) as proxy:
+        for address, named in expected.items():
+            status, body = await exchange(proxy.socket_path, f"CONNECT {address}:5432 HTTP/1.1\r\n\r\n".encode())
+            print(f"CONNECT {address}:5432 -> {status} {body.strip()}")
+            assert status == 403 and body.strip().endswith(named), body
+    assert proxy.allowed == []
+
+
+async def test_the_settings_make_the_platforms_policy() -> None:
+    settings = Settings(_env_file=None, database_url="postgresql://u:pw@10.9.8.7:5432/db", egress_allow_private=True,
+                        egress_deny_cidrs=["10.96.0.0/12"], sandbox="on")
+    policy = await platform_egress_policy(settings)
+    assert "DATABASE_URL" in (policy.reason(ipaddress.ip_address("10.9.8.7")) or "")
+    assert "FIXFLEET_EGRESS_DENY_CIDRS" in (policy.reason(ipaddress.ip_address("10.100.0.1")) or "")
+    assert policy.reason(ipaddress.ip_address("10.0.0.1")) is None  # private, and allowed
+    strict = await platform_egress_policy(Settings(_env_file=None, egress_allow_cidrs=["10.0.0.0/24"]))
+    assert strict.reason(ipaddress.ip_address("10.0.0.1")) is None
+    assert strict.reason(ipaddress.ip_address("10.0.1.1")).startswith("a private address")
 
 
 async def test_plain_http_request_is_forwarded_in_origin_form(sock_dir: Path, upstream: Upstream) -> None:
@@ -438,10 +551,11 @@ async def test_key_file_newline_is_stripped_and_bad_credentials_are_500(
 
 
 async def test_stream_arrives_incrementally(sock_dir: Path, upstream: Upstream) -> None:
+    upstream.mode = "gated"
     async with ModelProxy(sock_dir / "model.sock", upstream.url, api_key) as proxy:
         key = proxy.add_session()
         async with client_for(proxy) as client, client.stream(
-                "POST", "/v1/gated", json=MESSAGE, headers={"x-api-key": key}) as response:
+                "POST", "/v1/messages", json=MESSAGE, headers={"x-api-key": key}) as response:
             chunks = response.aiter_raw()
             first = b""
             while b"\n\n" not in first:  # must arrive while upstream still holds the rest
@@ -454,10 +568,11 @@ async def test_stream_arrives_incrementally(sock_dir: Path, upstream: Upstream) 
 
 
 async def test_client_leaving_closes_the_upstream_stream(sock_dir: Path, upstream: Upstream) -> None:
+    upstream.mode = "silent"
     async with ModelProxy(sock_dir / "model.sock", upstream.url, api_key) as proxy:
         key = proxy.add_session()
         async with client_for(proxy) as client:
-            async with client.stream("POST", "/v1/silent", json=MESSAGE,
+            async with client.stream("POST", "/v1/messages", json=MESSAGE,
                                      headers={"x-api-key": key}) as response:
                 await asyncio.wait_for(anext(response.aiter_raw()), 2)
             # Upstream is silent: only the proxy hanging up can end its handler.
@@ -474,14 +589,71 @@ async def test_unreachable_upstream_is_a_502_api_error(sock_dir: Path) -> None:
     assert proxy.requests[key] == 0
 
 
-@pytest.mark.parametrize("path", ["/admin", "/v2/messages", "/v1/%2e%2e/admin", "/"])
-async def test_only_v1_paths_are_forwarded(sock_dir: Path, replay: ReplayServer, path: str) -> None:
+async def raw_request(sock: Path, request_line: str, key: str) -> tuple[int, str]:
+    """Exactly this request line (no client library normalising it): (status, body)."""
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    try:
+        writer.write(f"{request_line}\r\nHost: sandbox\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n"
+                     f"content-length: 2\r\nConnection: close\r\n\r\n{{}}".encode("latin-1"))
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/files"), ("POST", "/v1/files"), ("POST", "/v1/messages/../files"),
+    ("POST", "/v1/messages/..%2ffiles"), ("POST", "/v1/messages/..%252ffiles"), ("POST", "/v1/messages/%2e%2e/files"),
+    ("POST", "/v1/messages\\..\\files"), ("POST", "/v1/messages%5c..%5cfiles"), ("POST", "/v1\\files"),
+    ("POST", "/v1/messages/batches"), ("GET", "/v1/messages/batches/msgbatch_1/results"),
+    ("GET", "/v1/organizations/api_keys"), ("POST", "/v1/organizations/users"), ("GET", "/admin"),
+    ("GET", "/v1/%2e%2e/admin"), ("GET", "/v1/models/../../admin"), ("GET", "//api.anthropic.com/v1/files"),
+    ("GET", "/v2/messages"), ("GET", "/"), ("GET", "/v1/messages"), ("DELETE", "/v1/messages"),
+    ("PUT", "/v1/models"), ("POST", "/v1/%ff"), ("POST", "/v1/messages%00"),
+])
+async def test_only_the_clis_endpoints_are_forwarded(sock_dir: Path, replay: ReplayServer, method: str, path: str) -> None:
+    async with ModelProxy(sock_dir / "model.sock", replay.url, api_key) as proxy:
+        key = proxy.add_session()
+        status, body = await raw_request(proxy.socket_path, f"{method} {path} HTTP/1.1", key)
+    print(f"{method} {path} -> {status} {body}")
+    assert status == 403 and json.loads(body)["error"]["type"] == "permission_error"
+    assert replay.requests == []  # the upstream saw nothing
+    assert proxy.refused == [(method, path, 403)] and proxy.requests == {key: 0}
+
+
+@pytest.mark.parametrize("request_line", [
+    "GET http://api.anthropic.com/v1/models HTTP/1.1", "POST http://evil.example/v1/messages HTTP/1.1",
+    "POST http://x/v1/../files HTTP/1.1", "CONNECT api.anthropic.com:443 HTTP/1.1", "OPTIONS * HTTP/1.1",
+    "garbage", "GET v1/models HTTP/1.1", "GET http://[::1/v1/models HTTP/1.1", "GET /v1/models#frag HTTP/1.1",
+    "GET /v1/models?a=<script> HTTP/1.1",
+])
+async def test_absolute_form_and_malformed_request_lines_get_400(sock_dir: Path, replay: ReplayServer,
+                                                                 request_line: str) -> None:
+    async with ModelProxy(sock_dir / "model.sock", replay.url, api_key) as proxy:
+        key = proxy.add_session()
+        status, body = await raw_request(proxy.socket_path, request_line, key)
+    print(f"{request_line} -> {status} {body[:120]!r}")
+    assert status == 400
+    assert replay.requests == []
+
+
+@pytest.mark.parametrize(("method", "path", "forwarded"), [
+    ("POST", "/v1/messages?beta=true", ("/v1/messages", {"beta": "true"})),
+    ("POST", "/v1/./messages", ("/v1/messages", {})),
+    ("POST", "/v1//messages/count_tokens?beta=true", ("/v1/messages/count_tokens", {"beta": "true"})),
+    ("GET", "/v1/models?limit=1000", ("/v1/models", {"limit": "1000"})),
+])
+async def test_the_endpoints_go_upstream_by_their_canonical_path(
+        sock_dir: Path, replay: ReplayServer, method: str, path: str, forwarded: tuple[str, dict[str, str]]) -> None:
     async with ModelProxy(sock_dir / "model.sock", replay.url, api_key) as proxy:
         key = proxy.add_session()
         async with client_for(proxy) as client:
-            response = await client.get(path, headers={"x-api-key": key})
-    assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
-    assert replay.requests == []
+            response = await client.request(method, path, headers=CLIENT_HEADERS | {"x-api-key": key},
+                                            json=MESSAGE | {"stream": False} if method == "POST" else None)
+    assert response.status_code == 200
+    [recorded] = replay.requests
+    assert (recorded.path, recorded.query) == forwarded
 
 
 async def test_real_key_never_logged_or_shown(sock_dir: Path, replay: ReplayServer,
@@ -501,7 +673,7 @@ async def test_real_key_never_logged_or_shown(sock_dir: Path, replay: ReplayServ
                     response = await client.post(path, json=MESSAGE, headers={"x-api-key": auth})
                     answers.append((response.status_code, response.text))
             assert REAL_KEY not in repr(proxy) and key not in repr(proxy)
-    assert [status for status, _ in answers] == [200, 401, 404, 502, 401, 404, 500, 401, 404]
+    assert [status for status, _ in answers] == [200, 401, 403, 502, 401, 403, 500, 401, 403]
     assert all(REAL_KEY not in text for _, text in answers)
     assert caplog.records and REAL_KEY not in caplog.text
     assert all(REAL_KEY not in record.getMessage() and REAL_KEY not in (record.exc_text or "")

@@ -24,6 +24,8 @@ from actors.session_models import SessionLimits, SessionRequest, SessionResult
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
 from fixfleet.replay import ReplayServer
+from fixfleet.replay.scenario import Scenario
+from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from tests.conftest import python_env_spec
 
@@ -94,9 +96,10 @@ class Session:
         return texts
 
 
-def run_session(root: Path, scenario: str, role: str, limits: SessionLimits = QUICK,
+def run_session(root: Path, scenario: str | Scenario, role: str, limits: SessionLimits = QUICK,
                 require_output: bool = True, mcp_servers: dict | None = None,
-                env: Path | None = None, **runner_options: object) -> Session:
+                env: Path | None = None, sandbox_limits: SandboxLimits | None = None,
+                **runner_options: object) -> Session:
     repo = make_repo(root)
     outside = root / "outside"
     outside.mkdir()
@@ -106,7 +109,8 @@ def run_session(root: Path, scenario: str, role: str, limits: SessionLimits = QU
     with ReplayServer(scenario, variables=variables) as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url,
                             anthropic_api_key=API_KEY)
-        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
+        sandbox = Sandbox(root / "sandbox", limits=sandbox_limits)
+        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=sandbox,
                                model="claude-sonnet-4-5", mcp_template=template,
                                **runner_options)  # type: ignore[arg-type]
         request = SessionRequest(role=role, worktree=repo, prompt="Fix: add(2, 3) returns -1",
@@ -352,6 +356,22 @@ def test_a_stalled_stream_times_out_and_leaves_no_process(tmp_path: Path) -> Non
     while time.monotonic() < deadline and leftovers(result.session_id):
         time.sleep(0.1)
     assert leftovers(result.session_id) == []
+
+
+def test_a_checkout_outgrowing_its_quota_ends_the_session_with_the_reason(tmp_path: Path) -> None:
+    """The executor's checkout may grow by FIXFLEET_SANDBOX_CHECKOUT_BYTES; a session writing
+    without end is killed once it passes it, and says so."""
+    writer = Scenario.load({"name": "filler", "model": "claude-sonnet-4-5", "final_text": "done", "turns": [
+        {"content": [{"tool_use": {"name": "Bash", "input": {
+            "command": "i=0; while true; do head -c 1048576 /dev/urandom > blob$i.bin; i=$((i+1)); sleep 0.05; done",
+            "description": "fill the disk"}}}]}]})
+    session = run_session(tmp_path, writer, "executor", require_output=False,
+                          sandbox_limits=SandboxLimits(checkout_bytes=8 * 1024**2))
+    written = sum(path.stat().st_size for path in session.repo.glob("blob*.bin"))
+    print(f"{session.result.subtype}: {session.result.error} ({written / 1024**2:.0f} MiB written)")
+    assert (session.result.outcome, session.result.subtype) == ("error", "error_during_execution")
+    assert "the checkout grew by more than 8388608 bytes" in (session.result.error or "")
+    assert leftovers(session.result.session_id) == []
 
 
 def leftovers(session_id: str) -> list[str]:

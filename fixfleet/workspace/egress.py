@@ -5,9 +5,19 @@ Agents and repository test code run in a bubblewrap sandbox without a network
 sandbox, where a socat bridge exposes each as `127.0.0.1:<port>`.
 
 `EgressProxy` — HTTP CONNECT (and plain absolute-form HTTP) to an allowlist of hosts, for
-package registries and the like. It resolves names itself and refuses a host whose addresses
-are loopback, link-local (cloud metadata), multicast or unspecified, so an allowed name cannot
-be pointed at the platform's own services; then it connects to the very address it checked.
+package registries and the like. The allowlist is the repository's to write (`.fixfleet.yml`);
+what lies behind it is not. The proxy resolves every name itself and refuses, whatever the
+allowlist says (`EgressPolicy`), an address that is:
+
+- loopback, link-local (cloud metadata), multicast or unspecified;
+- one of this node's own (every address of every interface: the platform listens there);
+- a platform service's (the hosts of DATABASE_URL, REDIS_URL, the Ray head, the ingress) or in
+  the cluster's ranges (FIXFLEET_EGRESS_DENY_CIDRS, the Kubernetes API's address);
+- private (RFC 1918, CGNAT, unique-local, benchmarking, reserved ...), unless the operator
+  allows it: FIXFLEET_EGRESS_ALLOW_PRIVATE, or FIXFLEET_EGRESS_ALLOW_CIDRS for some ranges.
+
+IPv6 forms of an IPv4 address (mapped, NAT64, 6to4) are judged as that address. Then it connects
+to the very address it checked, never to the name again, so DNS rebinding cannot switch it.
 A plain asyncio object: start it on the event loop that should serve it (`async with`, or
 `await start()` / `await close()`).
 """
@@ -15,25 +25,29 @@ A plain asyncio object: start it on the event loop that should serve it (`async 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import re
 import socket
 import stat
+import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
+import psutil
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_PORTS = frozenset({80, 443})
@@ -43,6 +57,14 @@ _HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # bare CR/LF/NUL would smuggle headers upstream
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.x.x to the local host
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))  # RFC 6052, 8215
+# The documentation ranges (RFC 5737, 3849) name no real network: labs use them to stand in for
+# public hosts (registries included), so they are judged as public, not private.
+_DOCUMENTATION = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+                                                          "2001:db8::/32"))
+PRIVATE_HINT = "an operator allows private ranges with FIXFLEET_EGRESS_ALLOW_PRIVATE or FIXFLEET_EGRESS_ALLOW_CIDRS"
+# Where the platform's own services are named: their hosts are never reachable from a sandbox.
+SERVICE_URLS = ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS", "FIXFLEET_URL")
 # Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
@@ -134,21 +156,149 @@ class Allowlist:
         return any(rule.permits(host, port) for rule in self.rules)
 
 
-def forbidden_reason(address: IPAddress, *, allow_loopback: bool = False) -> str | None:
-    """Why connecting to `address` would reach what the sandbox must not, or None.
+def embedded_ipv4(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4), else the address itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if any(address in prefix for prefix in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour or address
 
-    Private (RFC 1918) ranges stay allowed: corporate registries live there."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    if address.is_loopback:
-        return None if allow_loopback else "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_unspecified or address in _THIS_NETWORK:
-        return "unspecified"
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable (or a documentation address); not private, shared (CGNAT), unique- or
+    site-local, reserved or otherwise special."""
+    if any(address.version == network.version and address in network for network in _DOCUMENTATION):
+        return True
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+    return address.is_global and not site_local
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs or single addresses; raises ValueError naming the bad entry."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address range like 10.96.0.0/12") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """What the egress proxy never connects to, whatever a repository's allowlist says.
+
+    `denied`: (range, what it is) the platform must not be reached at: this node's addresses,
+    its services, the cluster's ranges. Private ranges are refused unless `allow_private` or
+    one of `private_allowed` covers them. `allow_loopback` is for tests with local upstreams."""
+
+    denied: tuple[tuple[IPNetwork, str], ...] = ()
+    allow_private: bool = False
+    private_allowed: tuple[IPNetwork, ...] = ()
+    allow_loopback: bool = False
+
+    def reason(self, address: IPAddress) -> str | None:
+        """Why `address` is out of bounds (a phrase: "this node's own address"), or None."""
+        address = embedded_ipv4(address)
+        if address.is_loopback:
+            return None if self.allow_loopback else "a loopback address"
+        if address.is_link_local:
+            return "a link-local address"
+        if address.is_multicast:
+            return "a multicast address"
+        if address.is_unspecified or address in _THIS_NETWORK:
+            return "an unspecified address"
+        for network, what in self.denied:
+            if address.version == network.version and address in network:
+                return what
+        if self.allow_private or is_public(address):
+            return None
+        if any(address.version == network.version and address in network for network in self.private_allowed):
+            return None
+        return f"a private address ({PRIVATE_HINT})"
+
+    def denying(self, networks: Iterable[IPNetwork], what: str) -> EgressPolicy:
+        return replace(self, denied=(*self.denied, *((network, what) for network in networks)))
+
+    def with_node_addresses(self) -> EgressPolicy:
+        """Also deny every address of every interface of this node, as it is now."""
+        return self.denying(node_addresses(), "this node's own address")
+
+    @classmethod
+    async def for_platform(cls, *, allow_private: bool = False, allow_cidrs: Iterable[str] = (),
+                           deny_cidrs: Iterable[str] = (), environ: dict[str, str] | None = None,
+                           resolve_timeout_s: float = 5) -> EgressPolicy:
+        """The policy of a node of the platform: the addresses the service URLs in `environ`
+        (default: this process's environment) resolve to now, the Kubernetes API, the operator's
+        deny ranges; private ranges as the operator allows them. (The proxy adds the node's own.)"""
+        environ = dict(os.environ if environ is None else environ)
+        policy = cls(allow_private=allow_private, private_allowed=parse_networks(allow_cidrs))
+        policy = policy.denying(parse_networks(deny_cidrs), "in a range the operator denies (FIXFLEET_EGRESS_DENY_CIDRS)")
+        for name, host in service_hosts(environ):
+            addresses = await resolve_quietly(host, resolve_timeout_s)
+            policy = policy.denying((ipaddress.ip_network(a) for a in addresses), f"an address of a platform service ({name})")
+        return policy
+
+
+def node_addresses() -> list[IPNetwork]:
+    """Every address of every network interface of this machine, as single-address ranges."""
+    found = []
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(ValueError):
+                    found.append(ipaddress.ip_network(address.address.partition("%")[0]))
+    return found
+
+
+def service_hosts(environ: dict[str, str]) -> list[tuple[str, str]]:
+    """(setting, host) of each platform service named in `environ`: the URLs of SERVICE_URLS,
+    the Ray head Ray itself joined, the Kubernetes API."""
+    found = []
+    for name in SERVICE_URLS:
+        value = environ.get(name, "").strip()
+        if value and value not in ("auto", "local"):
+            host = _url_host(value if "://" in value else f"//{value}")
+            if host:
+                found.append((name, host))
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        found.append(("KUBERNETES_SERVICE_HOST", environ["KUBERNETES_SERVICE_HOST"].strip()))
+    gcs = _ray_head()
+    if gcs:
+        found.append(("the Ray head this process joined", gcs))
+    return found
+
+
+def _url_host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _ray_head() -> str | None:
+    """The host of the Ray cluster this process joined (only if Ray is loaded and connected)."""
+    ray = sys.modules.get("ray")
+    try:
+        if ray is not None and ray.is_initialized():
+            return _url_host(f"//{ray.get_runtime_context().gcs_address}")
+    except Exception:  # noqa: BLE001 - no Ray context here: nothing to add
+        return None
     return None
+
+
+async def resolve_quietly(host: str, timeout_s: float) -> list[str]:
+    """The addresses `host` resolves to now; none if it does not resolve (nothing to deny)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError, UnicodeError):
+        log.debug("egress policy: %s does not resolve", host)
+        return []
+    return list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
 
 
 # -- the egress proxy --------------------------------------------------------------------------
@@ -248,16 +398,20 @@ def origin_head(request: ProxyRequest) -> bytes:
 class EgressProxy:
     """HTTP CONNECT / absolute-form HTTP proxy on a Unix socket, limited to an allowlist.
 
-        async with EgressProxy(sock, ["pypi.org", "*.pythonhosted.org"]) as proxy:
+        async with EgressProxy(sock, ["pypi.org", "*.pythonhosted.org"], policy=policy) as proxy:
             ...  # HTTPS_PROXY=http://127.0.0.1:<bridged port> inside the sandbox
         proxy.refused  # what the sandbox tried and was denied
+
+    `policy` says what is out of bounds whatever the allowlist says (EgressPolicy.for_platform);
+    this node's own addresses are denied in any case.
     """
 
-    def __init__(self, socket_path: Path, allow: Sequence[str], *, allow_loopback: bool = False,
-                 connect_timeout_s: float = 15, head_timeout_s: float = 10) -> None:
+    def __init__(self, socket_path: Path, allow: Sequence[str], *, policy: EgressPolicy | None = None,
+                 allow_loopback: bool = False, connect_timeout_s: float = 15, head_timeout_s: float = 10) -> None:
         self.socket_path = Path(socket_path)
         self.allowlist = Allowlist(allow)
-        self.allow_loopback = allow_loopback
+        policy = policy or EgressPolicy()
+        self.policy = replace(policy.with_node_addresses(), allow_loopback=policy.allow_loopback or allow_loopback)
         self.connect_timeout_s = connect_timeout_s
         self.head_timeout_s = head_timeout_s
         self.allowed: list[tuple[str, int]] = []
@@ -367,11 +521,12 @@ class EgressProxy:
         except OSError:
             raise _Refused(502, f"cannot resolve {host}", host, port) from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        for address in addresses:
+        for address in addresses:  # every one: a name may not hide one bad address among good ones
             ip = ipaddress.ip_address(address.partition("%")[0])  # drop an IPv6 scope id
-            reason = forbidden_reason(ip, allow_loopback=self.allow_loopback)
+            reason = self.policy.reason(ip)
             if reason is not None:
-                raise _Refused(403, f"{host} resolves to a {reason} address ({ip})", host, port)
+                where = f"{host} is" if is_ip(host) else f"{host} resolves to {ip},"
+                raise _Refused(403, f"{where} {reason}", host, port)
         return addresses
 
     def _refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from fixfleet.config import Settings, get_settings
 from fixfleet.errors import PermanentError
 from fixfleet.workspace.changes import apply_files
-from fixfleet.workspace.egress import EgressProxy
+from fixfleet.workspace.egress import EgressPolicy, EgressProxy
 from fixfleet.workspace.mirrors import (
     Checkout,
     FileContent,
@@ -263,20 +264,34 @@ class Network:
 
 
 @contextlib.asynccontextmanager
-async def network_access(domains: list[str]) -> AsyncIterator[Network]:
-    """An egress proxy allowing only `domains`, for the length of the block."""
+async def network_access(domains: list[str], policy: EgressPolicy | None = None) -> AsyncIterator[Network]:
+    """An egress proxy allowing only `domains`, for the length of the block, within `policy`
+    (default: the platform's, from the settings): the node and its services stay out of reach."""
     if not domains:
         yield Network([], {})
         return
+    policy = policy or await platform_egress_policy(get_settings())
     socket_dir = Path(tempfile.mkdtemp(prefix="ff-egress-", dir=os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")))
     try:
-        async with EgressProxy(socket_dir / "egress.sock", domains) as proxy:
+        async with EgressProxy(socket_dir / "egress.sock", domains, policy=policy) as proxy:
             url = f"http://127.0.0.1:{PROXY_PORT}"
             env = {name: url for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}
             yield Network([Bridge(socket=socket_dir / "egress.sock", port=PROXY_PORT)],
                           env | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}, proxy)
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+async def platform_egress_policy(settings: Settings) -> EgressPolicy:
+    """What no sandbox of this platform reaches: its services (as the settings and this process's
+    environment name them), the operator's ranges, private ranges unless allowed."""
+    environ = dict(os.environ)
+    for name, url in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url)):
+        if url is not None:
+            environ[name] = url.get_secret_value()
+    return await EgressPolicy.for_platform(allow_private=settings.egress_allow_private,
+                                           allow_cidrs=settings.egress_allow_cidrs,
+                                           deny_cidrs=settings.egress_deny_cidrs, environ=environ)
 
 
 def find_interpreter(plan: SetupPlan) -> Path | None:

@@ -45,6 +45,7 @@ from fixfleet.workspace.git import (
     GitRunner,
     RepositoryUnavailable,
 )
+from fixfleet.workspace.trees import remove_tree
 
 log = logging.getLogger("fixfleet.workspace")
 
@@ -186,17 +187,6 @@ def read_last_used(mirror: Path) -> float:
             return mirror.stat().st_mtime
         except OSError:
             return 0.0
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a tree an agent may have made read-only or filled with odd modes."""
-    def unlock_and_retry(function, target, _exc):  # noqa: ANN001 - shutil's onerror signature
-        try:
-            os.chmod(os.path.dirname(target), 0o700)
-            function(target)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=unlock_and_retry)
 
 
 class WorkspaceManager:

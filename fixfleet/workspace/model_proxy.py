@@ -2,25 +2,35 @@
 
 The CLI inside the sandbox holds a per-session dummy key and reaches this proxy (a Unix socket,
 bridged to 127.0.0.1 by socat); the proxy swaps the dummy for the real credential, which so
-never enters the sandbox, and streams the answer back as it arrives. A plain asyncio object:
-start it on the event loop that should serve it (`async with`, or `start()` / `close()`).
+never enters the sandbox, and streams the answer back as it arrives. It forwards exactly the
+endpoints the CLI needs (ENDPOINTS), judged on the path as upstream would resolve it and sent
+by its canonical form; anything else is answered here (403, 400 for a target that is not a
+path) and never reaches upstream. A plain asyncio object: start it on the event loop that
+should serve it (`async with`, or `start()` / `close()`).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import posixpath
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
-from fixfleet.workspace.egress import HOP_BY_HOP, named_by_connection, prepare_socket_path
+from fixfleet.workspace.egress import (
+    HOP_BY_HOP,
+    named_by_connection,
+    prepare_socket_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,12 @@ ANTHROPIC_API = "https://api.anthropic.com"
 OAUTH_BETA = "oauth-2025-04-20"
 SESSION_KEY_PREFIX = "sk-ant-fixfleet-session-"
 MAX_MODEL_REQUEST_BYTES = 64 * 1024 * 1024  # long contexts; aiohttp's default 1 MiB is too small
+# What the CLI needs, and nothing else: files, batches, admin and organisation endpoints would
+# spend or read the platform's account with its real key.
+ENDPOINTS = frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")})
+MAX_DECODINGS = 4
+_QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")  # RFC 3986 query characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def api_error(status: int, kind: str, message: str) -> web.Response:
     """An error exactly as the Messages API words it, so the CLI reports it sensibly."""
@@ -61,8 +77,54 @@ def response_headers(incoming: MultiMapping[str]) -> CIMultiDict[str]:
     return CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in drop)
 
 
-def forwardable(path: str) -> bool:
-    return path.startswith("/v1/") and ".." not in path.split("/")
+class NotForwarded(Exception):
+    """A request the proxy answers itself: `status` and the reason, nothing sent upstream."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def endpoint(method: str, target: str) -> tuple[str, str]:
+    """(canonical path, raw query) of a request to forward, from its request line's target.
+
+    Only ENDPOINTS, judged on the path as upstream would read it: percent-decoded, `\\` as `/`,
+    `//` and `.`/`..` segments resolved. The canonical path is what goes upstream, never the
+    path as sent. Raises NotForwarded: 400 for a target that is not an origin-form path, 403
+    for anything but ENDPOINTS."""
+    if not target.startswith("/"):  # absolute-form (a URL), authority-form (CONNECT), `*`
+        raise NotForwarded(400, "the request target must be a path (origin-form), not a URL or an authority")
+    path, _, query = target.partition("?")
+    if "#" in target:
+        raise NotForwarded(400, "a fragment (#) has no place in a request target")
+    if not _QUERY.fullmatch(query):
+        raise NotForwarded(400, "the query string holds characters a query may not")
+    canonical = normalized_path(path)
+    if (method, canonical) not in ENDPOINTS:
+        shown = canonical if len(canonical) < 120 else canonical[:117] + "..."
+        raise NotForwarded(403, f"{method} {shown} is not an endpoint the sandbox may use; only "
+                                + ", ".join(f"{m} {p}" for m, p in sorted(ENDPOINTS)))
+    return canonical, query
+
+
+def normalized_path(path: str) -> str:
+    """The path as a server would resolve it: decoded until stable, `\\` read as `/`, then
+    `//`, `.` and `..` resolved (never above the root)."""
+    decoded = path
+    for _ in range(MAX_DECODINGS):
+        try:
+            again = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            raise NotForwarded(403, "the path is not UTF-8 once decoded") from None
+        if again == decoded:
+            break
+        decoded = again
+    else:
+        raise NotForwarded(403, f"the path is percent-encoded more than {MAX_DECODINGS} times over")
+    if _CONTROL.search(decoded):
+        raise NotForwarded(403, "control characters in the path")
+    normal = posixpath.normpath("/" + decoded.replace("\\", "/"))
+    return re.sub("/+", "/", normal)
 
 
 class ModelProxy:
@@ -85,6 +147,7 @@ class ModelProxy:
         self.connect_timeout_s = connect_timeout_s
         self.trust_env = trust_env  # True: honour HTTPS_PROXY on the platform side
         self.requests: dict[str, int] = {}
+        self.refused: list[tuple[str, str, int]] = []  # (method, target, status) answered here, not forwarded
         self._credential = credential
         self._sessions: set[str] = set()
         self._runner: web.AppRunner | None = None
@@ -120,8 +183,9 @@ class ModelProxy:
                                           sock_connect=self.connect_timeout_s),
             connector=aiohttp.TCPConnector(limit=0),  # a pool cap would queue live sessions
             auto_decompress=False, trust_env=self.trust_env, skip_auto_headers=("User-Agent",))
-        app = web.Application(client_max_size=MAX_MODEL_REQUEST_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # Every request goes to _handle, whatever its method or target (the router would answer
+        # a CONNECT or an odd target itself): one place decides what is forwarded.
+        app = web.Application(client_max_size=MAX_MODEL_REQUEST_BYTES, middlewares=[self._every_request])
         # handler_cancellation: a client that goes away cancels its handler, which closes the
         # upstream stream at once instead of at its next chunk.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -140,14 +204,24 @@ class ModelProxy:
             self._client = None
         self.socket_path.unlink(missing_ok=True)
 
+    @web.middleware
+    async def _every_request(self, request: web.Request, handler: object) -> web.StreamResponse:
+        return await self._handle(request)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            path, query = endpoint(request.method, request.raw_path)
+        except NotForwarded as refused:
+            self.refused.append((request.method, request.raw_path[:200], refused.status))
+            log.warning("model proxy: refused %s %r (%d): %s", request.method, request.raw_path[:200],
+                        refused.status, refused.reason)
+            kind = "invalid_request_error" if refused.status == 400 else "permission_error"
+            return api_error(refused.status, kind, refused.reason)
         key = self._session_of(request)
         if key is None:
-            log.warning("model proxy: %s %s without a session key", request.method, request.path)
+            log.warning("model proxy: %s %s without a session key", request.method, path)
             return api_error(401, "authentication_error",
                              "invalid x-api-key: not a session key issued by the fixfleet proxy")
-        if not forwardable(request.path):
-            return api_error(404, "not_found_error", f"{request.method} {request.path} is not forwarded")
         try:
             kind, secret = await self._current_credential()
         except Exception as error:  # noqa: BLE001 - its message might quote the secret: type only
@@ -155,12 +229,14 @@ class ModelProxy:
             return api_error(500, "api_error", "the platform has no usable model credential")
         headers = upstream_headers(request.headers, kind, secret)
         body = await request.read()
-        return await self._forward(request, key, headers, body)
+        target = path + (f"?{query}" if query else "")
+        return await self._forward(request, target, key, headers, body)
 
-    async def _forward(self, request: web.Request, key: str, headers: CIMultiDict[str],
+    async def _forward(self, request: web.Request, target: str, key: str, headers: CIMultiDict[str],
                        body: bytes) -> web.StreamResponse:
+        """Send the checked `target` (canonical path and query), never the path as it came."""
         assert self._client is not None
-        url = URL(str(self.upstream).rstrip("/") + request.raw_path, encoded=True)
+        url = URL(str(self.upstream).rstrip("/") + target, encoded=True)
         try:
             upstream = await self._client.request(request.method, url, headers=headers,
                                                   data=body or None, allow_redirects=False)
@@ -169,7 +245,7 @@ class ModelProxy:
             return api_error(502, "api_error", f"model API unreachable ({type(error).__name__})")
         if key in self.requests:
             self.requests[key] += 1
-        log.debug("model proxy: %s %s -> %d", request.method, request.path, upstream.status)
+        log.debug("model proxy: %s %s -> %d", request.method, target, upstream.status)
         async with upstream:
             return await relay(request, upstream)
 

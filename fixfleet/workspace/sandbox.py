@@ -14,6 +14,9 @@ repository's behalf (setup, RED, GREEN, suite) runs in one of these:
   checkouts, the mirrors, `/tmp/ray`, `~/.ray`, the platform's interpreter or its secrets;
 - no network but loopback. Each allowed way out is a platform-side proxy on a Unix socket
   (fixfleet/workspace/egress.py), bridged inside to 127.0.0.1:<port> by socat;
+- limits (fixfleet/workspace/limits.py): a process cap (a pids cgroup of its own, else
+  RLIMIT_NPROC), sized tmpfs mounts, a largest file, and a quota on how much a writable
+  checkout may grow, watched while it runs;
 - an environment built from nothing: bubblewrap itself starts with an empty one (its own
   `/proc/1/environ` is visible inside), every variable is set explicitly.
 
@@ -39,6 +42,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from fixfleet.workspace.limits import (
+    AUX_TMPFS_BYTES,
+    SandboxLimits,
+    growth_watch,
+    new_run_id,
+    process_limit,
+)
 from fixfleet.workspace.spawn import without_inherited_fds
 
 log = logging.getLogger(__name__)
@@ -108,16 +118,19 @@ class RunResult(BaseModel):
     output_tail: str
     timed_out: bool = False
     report: bytes | None = None  # what reached the report channel, when the run had one
+    killed_for: str | None = None  # a limit the run passed (its checkout's quota)
 
 
 class Sandbox:
     """Builds bubblewrap command lines and runs commands in them."""
 
-    def __init__(self, state_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(self, state_dir: Path, *, enabled: bool = True, limits: SandboxLimits | None = None) -> None:
         self.enabled = enabled
         self.state_dir = Path(state_dir)
         self.bwrap = shutil.which("bwrap")
         self.socat = shutil.which("socat")
+        self.limits = limits or SandboxLimits()
+        self.processes = process_limit()
         self._etc = self._write_identity_files()
 
     # -- checks --------------------------------------------------------------------------
@@ -130,6 +143,10 @@ class Sandbox:
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
         if self.socat is None:
             raise SandboxUnavailable(f"socat is not installed (the sandbox's bridge to its proxies): {INSTALL_HINT}")
+        if shutil.which("prlimit") is None:
+            raise SandboxUnavailable("prlimit is not installed (util-linux: the sandbox's limits)")
+        described = self.processes.describe(self.limits.max_processes)
+        (log.warning if described.startswith("NO ") else log.info)("sandbox process limit: %s", described)
         probe = await self.run(SandboxSpec(workspace=self.state_dir, workspace_writable=False), ["true"], timeout_s=30)
         if probe.exit_code != 0:
             raise SandboxUnavailable(f"bubblewrap cannot create its namespaces here ({probe.output_tail.strip()[-300:]}): "
@@ -137,20 +154,22 @@ class Sandbox:
 
     # -- command lines -------------------------------------------------------------------
 
-    def argv(self, spec: SandboxSpec, command: Sequence[str]) -> list[str]:
-        """bubblewrap's argv for `command`; start it with an EMPTY environment."""
+    def argv(self, spec: SandboxSpec, command: Sequence[str], *, run_id: str) -> list[str]:
+        """bubblewrap's argv for `command`; start it with an EMPTY environment. `run_id` names
+        its process cgroup (made here): `release(run_id)` when the run has ended."""
         if not self.enabled:
             return list(command)
         assert self.bwrap is not None
-        args = [self.bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        args = [*self.processes.enter(run_id, self.limits.max_processes),
+                self.bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/opt",
-                "--ro-bind", "/usr", "/usr", "--dir", "/etc", "--dir", "/home"]
+                "--proc", "/proc", "--dev", "/dev", *_tmpfs("/tmp", self.limits.tmp_bytes), *_tmpfs("/run"),
+                *_tmpfs("/opt"), "--ro-bind", "/usr", "/usr", "--dir", "/etc", "--dir", "/home"]
         args += self._root_links() + self._etc_binds() + self._python_binds(spec.python_prefix)
         args += ["--bind" if spec.workspace_writable else "--ro-bind", str(spec.workspace), WORKSPACE]
         if spec.env_dir is not None:
             args += ["--bind" if spec.env_writable else "--ro-bind", str(spec.env_dir), ENV_DIR]
-        args += ["--bind", str(spec.home), HOME] if spec.home is not None else ["--tmpfs", HOME]
+        args += ["--bind", str(spec.home), HOME] if spec.home is not None else _tmpfs(HOME, self.limits.tmp_bytes)
         for inside, host in spec.read_only.items():
             args += ["--ro-bind", str(host), inside]
         for inside, host in spec.writable.items():
@@ -158,7 +177,12 @@ class Sandbox:
         for bridge in spec.bridges:
             args += ["--ro-bind", str(bridge.socket), self._socket_inside(bridge)]
         args += ["--remount-ro", "/", "--clearenv", *self._setenv(spec), "--chdir", spec.cwd, "--"]
-        return args + self._with_bridges(spec.bridges, command)
+        return args + self.processes.inside(self.limits) + self._with_bridges(spec.bridges, command)
+
+    async def release(self, run_id: str) -> None:
+        """After a run: kill what is left of it and remove its process cgroup."""
+        if self.enabled:
+            await self.processes.release(run_id)
 
     def environment(self, spec: SandboxSpec) -> dict[str, str]:
         """What the command sees: for bubblewrap these go on its command line (`--setenv`);
@@ -203,9 +227,9 @@ class Sandbox:
             return []
         args = ["--ro-bind", str(prefix), str(prefix)]
         for purelib in sorted((prefix / "lib").glob("python3*/site-packages")):
-            args += ["--tmpfs", str(purelib)]
+            args += _tmpfs(str(purelib))
         bin_dir = prefix / "bin"
-        args += ["--tmpfs", str(bin_dir)]
+        args += _tmpfs(str(bin_dir))
         for entry in sorted(bin_dir.glob("python*")):
             if re.fullmatch(r"python[0-9.]*", entry.name) and entry.exists():
                 args += ["--ro-bind", str(entry.resolve()), str(entry)]
@@ -250,12 +274,13 @@ class Sandbox:
 
     async def run(self, spec: SandboxSpec, command: Sequence[str], *, timeout_s: float,
                   stdin: bytes | None = None, report: bool = False) -> RunResult:
-        """Run to completion (or the timeout, which kills the whole sandbox); output merged.
-        `report`: give the run the report channel (descriptor REPORT_FD, named by
+        """Run to completion (or the timeout, or a limit passed, which kill the whole sandbox);
+        output merged. `report`: give the run the report channel (descriptor REPORT_FD, named by
         FIXFLEET_REPORT_FD) and return what was written to it."""
         if report:
             spec = dataclasses.replace(spec, env={**spec.env, "FIXFLEET_REPORT_FD": str(REPORT_FD)})
-        argv = self.argv(spec, command)
+        run_id = new_run_id()
+        argv = self.argv(spec, command, run_id=run_id)
         started = time.monotonic()
         env = {} if self.enabled else self.environment(spec)
         cwd = None if self.enabled else (spec.workspace if spec.cwd == WORKSPACE else Path(spec.cwd))
@@ -271,24 +296,30 @@ class Sandbox:
         except BaseException:
             if channel:
                 channel.close()
+            await asyncio.shield(self.release(run_id))
             raise
         if channel:
             channel.start()
         tail: deque[bytes] = deque()
         timed_out = False
+        watched = {"the checkout": spec.workspace} if self.enabled and spec.workspace_writable else {}
         try:
-            await asyncio.wait_for(self._drain(process, tail, stdin), timeout_s)
+            async with growth_watch(watched, self.limits.checkout_bytes, lambda: _killpg(process)) as over_quota:
+                await asyncio.wait_for(self._drain(process, tail, stdin), timeout_s)
         except TimeoutError:
             timed_out = True
         finally:
             await asyncio.shield(kill_sandbox(process))
+            await asyncio.shield(self.release(run_id))
         received = await channel.finish() if channel else None
         text = b"".join(tail).decode("utf-8", "replace")[-OUTPUT_TAIL:]
         if timed_out:
             text += f"\n[fixfleet] timed out after {timeout_s:.0f}s; the sandbox was killed"
+        if over_quota:
+            text += f"\n[fixfleet] {over_quota[0]}"
         return RunResult(argv=list(command), exit_code=124 if timed_out else (process.returncode or 0),
                          seconds=round(time.monotonic() - started, 2), output_tail=text, timed_out=timed_out,
-                         report=received)
+                         report=received, killed_for=over_quota[0] if over_quota else None)
 
     @staticmethod
     async def _drain(process: asyncio.subprocess.Process, tail: deque[bytes], stdin: bytes | None) -> None:
@@ -359,7 +390,16 @@ class _ReportChannel:
 async def kill_sandbox(process: asyncio.subprocess.Process) -> None:
     """SIGKILL the sandbox's process group: bubblewrap's init dies with it (PR_SET_PDEATHSIG),
     and with the init the kernel kills every process left in the PID namespace."""
+    _killpg(process)
+    await process.wait()
+
+
+def _killpg(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    await process.wait()
+
+
+def _tmpfs(path: str, size: int = AUX_TMPFS_BYTES) -> list[str]:
+    """A tmpfs of `size` bytes at most (bubblewrap's --size applies to the next --tmpfs)."""
+    return ["--size", str(size), "--tmpfs", path]

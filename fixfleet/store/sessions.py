@@ -8,7 +8,8 @@ the platform's) and cut to the recording limit; the store writes what it is give
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -104,6 +105,27 @@ class SessionRecords:
             " FROM session_messages WHERE session_id = $1 ORDER BY seq DESC LIMIT $2) m ORDER BY seq",
             session_id, max(1, min(count, MAX_PAGE)))
         return [SessionMessage.model_validate(dict(r)) for r in rows]
+
+    async def follow_session(self, session_id: int, *, after: int = 0,
+                             poll_s: float = 0.5) -> AsyncIterator[SessionMessage | SessionRecord | None]:
+        """Follow a session live: its messages numbered above `after` as they are written, then,
+        once it is no longer running, its row (the last item). None on each poll that found
+        nothing new (a caller may send a keep-alive). SessionNotFound when there is no such session."""
+        while True:
+            session = await self.get_session(session_id)  # before the messages: none written before its end is missed
+            fresh = False
+            while page := await self.session_messages(session_id, after=after, limit=MAX_PAGE):
+                for message in page:
+                    yield message
+                after, fresh = page[-1].seq, True
+                if len(page) < MAX_PAGE:
+                    break
+            if session.status != SessionStatus.RUNNING:
+                yield session
+                return
+            if not fresh:
+                yield None
+            await asyncio.sleep(poll_s)
 
     # --- upkeep (the relay's periodic job) --------------------------------------------------
 

@@ -17,7 +17,12 @@ from fixfleet.approvals import Refused, StaleApproval
 from fixfleet.config import Settings
 from fixfleet.integrations.http import IntegrationError
 from fixfleet.repos import InvalidRepo
-from fixfleet.store import IllegalTransition, SessionNotFound, StaleVersion, TaskNotFound
+from fixfleet.store import (
+    IllegalTransition,
+    SessionNotFound,
+    StaleVersion,
+    TaskNotFound,
+)
 from serve_app import ops, sessions_api, tasks_api, webhooks
 from serve_app.context import lifespan_for
 from serve_app.errors import (

@@ -17,7 +17,13 @@ from pydantic import SecretStr
 from actors.recorder import SessionRecorder
 from fixfleet.config import Settings
 from fixfleet.models import NewTask
-from fixfleet.sessions import MessageBody, MessageKind, NewSession, SessionEnd, SessionStatus
+from fixfleet.sessions import (
+    MessageBody,
+    MessageKind,
+    NewSession,
+    SessionEnd,
+    SessionStatus,
+)
 from fixfleet.store import Store
 from tests.ingress_server import running_ingress
 
@@ -66,7 +72,7 @@ async def test_the_routes_answer_with_the_read_scope_only(api: str, store: Store
 
 
 async def test_a_transcript_is_read_in_pages_and_polled_with_after(api: str, store: Store) -> None:
-    key, recorder = await recorded_session(store, [f"m{n}" for n in range(1, 1001)], end=False)
+    _, recorder = await recorded_session(store, [f"m{n}" for n in range(1, 1001)], end=False)
     session_id = recorder.record_id
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         deadline = time.monotonic() + 30

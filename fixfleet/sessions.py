@@ -129,3 +129,46 @@ def clip(text: str, limit: int) -> tuple[str, int]:
     if len(encoded) > limit:
         return encoded[:limit].decode(errors="ignore"), len(encoded)
     return encoded.decode(), len(encoded)
+
+
+# --- in words (chat answers, the terminal) ----------------------------------------------------
+
+
+def describe_session(session: SessionRecord, now: datetime | None = None) -> str:
+    """One line: what the session was for and how it went."""
+    work = session.role + (" answering a question" if session.purpose == "answer" else "")
+    plan = f" (plan v{session.plan_version})" if session.plan_version else ""
+    head = f"{work}{plan}, attempt {session.attempt}"
+    count = f"{session.messages} message(s)" + (f", {session.dropped} not recorded" if session.dropped else "")
+    if session.status == SessionStatus.RUNNING:
+        running_s = ((now or datetime.now(session.started_at.tzinfo)) - session.started_at).total_seconds()
+        return f"{head}: running for {duration(running_s)}, {count} so far"
+    took = duration(((session.ended_at or session.beat_at) - session.started_at).total_seconds())
+    spent = f"{session.turns} turn(s), ${session.cost_usd:.4f}, {count}"
+    if session.status == SessionStatus.CUT_SHORT:
+        return f"{head}: cut short after {took} ({session.error or 'no reason recorded'}), {spent}"
+    failed = f": {first_line(session.error)}" if session.error and session.outcome != "success" else ""
+    return f"{head}: ended {session.outcome}{failed} in {took}, {spent}"
+
+
+def describe_message(message: SessionMessage, width: int = 120) -> str:
+    """One line: the message's kind, its name, the start of its content."""
+    label = {MessageKind.TOOL_USE: f"{message.name}", MessageKind.SYSTEM: f"system {message.name or ''}".strip(),
+             MessageKind.RESULT: f"result {message.name or ''}".strip(),
+             MessageKind.TOOL_RESULT: "tool error" if message.is_error else "tool result"}.get(message.kind, message.kind)
+    text = " ".join(message.content.split())
+    line = f"{label}: {text}" if text else label
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def first_line(text: str, width: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -133,3 +133,32 @@ async def test_a_reconnecting_stream_resumes_after_its_last_event(api: str, stor
             http.stream("GET", f"/sessions/{recorder.record_id}/stream", headers=READ | {"Last-Event-ID": "2"}) as response:
         got = [(e["event"], e["data"].get("content")) async for e in events(response)]
     assert got == [("session", None), ("message", "c"), ("end", None)]  # an ended session: sent, then closed
+
+
+async def test_logs_in_chat_sums_up_the_sessions_and_says_where_to_read_them(settings: Settings, store: Store) -> None:
+    key, first = await recorded_session(store, ["planned"])
+    task_id = int(key[3:])
+    second = SessionRecorder(store, NewSession(task_id=task_id, attempt=2, plan_version=1, agent="executor-b",
+                                               role="executor", cli_session_id=os.urandom(8).hex()))
+    await second.open()
+    second.add([MessageBody(kind=MessageKind.TOOL_USE, name="Bash", content='{"command": "python -m pytest -q"}',
+                            full_size=34)])
+    await second.close(SessionEnd(status=SessionStatus.ENDED, outcome="success"))  # writes it all ...
+    await store.pool.execute("UPDATE sessions SET status = 'running', ended_at = NULL WHERE id = $1",
+                             second.record_id)  # ... and is running again, as a live session would be
+    public = settings.model_copy(update={"api_tokens": SecretStr(json.dumps(TOKENS)),
+                                         "public_url": "https://fixfleet.acme.test/"})
+    with running_ingress(public) as api:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+            answer = (await http.post("/commands", json={"text": f"logs {key}"}, headers=READ)).json()["text"]
+            earlier = (await http.post("/commands", json={"text": f"logs {key} 1"}, headers=READ)).json()["text"]
+            beyond = (await http.post("/commands", json={"text": f"logs {key} 3"}, headers=READ)).json()["text"]
+    lines = answer.splitlines()
+    assert lines[0] == f"**{key}** (RECEIVED): 2 agent session(s)"
+    assert lines[1].startswith("1. executor (plan v1), attempt 1: ended success in ") and "1 message(s)" in lines[1]
+    assert lines[2].startswith("**2. executor (plan v1), attempt 2: running for ") and "1 message(s) so far" in lines[2]
+    assert lines[3] == "Session 2 is at: `Bash: {\"command\": \"python -m pytest -q\"}`"
+    assert lines[4] == (f"Its messages: https://fixfleet.acme.test/ui/tasks/{key}?session={second.record_id} "
+                        f"(or `fixfleet logs {key} --session 2`).")
+    assert "**1. executor (plan v1), attempt 1: ended success" in earlier and "is at" not in earlier
+    assert beyond == f"{key} has 2 session(s): name one from 1 to 2."

@@ -28,7 +28,12 @@ from fixfleet.models import (
     TaskStatus,
 )
 from fixfleet.repos import github_name
-from fixfleet.sessions import SessionRecord, SessionStatus, describe_message, describe_session
+from fixfleet.sessions import (
+    SessionRecord,
+    SessionStatus,
+    describe_message,
+    describe_session,
+)
 from fixfleet.store import Store
 
 QUEUE_SHOWN = 50

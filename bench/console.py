@@ -62,7 +62,7 @@ async def recording_overhead(database_url: str, args: argparse.Namespace) -> dic
         root = Path(directory)
         tree = root / "tree"
         tree.mkdir()
-        subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
+        await asyncio.to_thread(subprocess.run, ["git", "init", "-q"], cwd=tree, check=True)
         (root / "mcp.json").write_text('{"mcpServers": {}}')
         settings = Settings(_env_file=None, anthropic_base_url=server.url, anthropic_api_key="sk-ant-api03-bench-00000000")
         task, _ = await store.create_task(NewTask(repo=f"file://{tree}", title="bench"))
@@ -103,7 +103,13 @@ async def recording_loop_cost(database_url: str, args: argparse.Namespace) -> di
     """What recording asks of the session's own event loop per message (redacting, cutting,
     numbering, queueing: `Transcriber.bodies` + `SessionRecorder.add`), for messages like the
     scripted session's; the writing itself runs beside it. Steadier than the wall times on a busy machine."""
-    from claude_agent_sdk import AssistantMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
+    from claude_agent_sdk import (
+        AssistantMessage,
+        TextBlock,
+        ToolResultBlock,
+        ToolUseBlock,
+        UserMessage,
+    )
 
     from actors.recorder import SessionRecorder
     from actors.transcript import Transcriber

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from fixfleet.sessions import SessionMessage, SessionRecord
@@ -42,14 +42,16 @@ async def task_sessions(ref: str, _: ApiToken = Depends(caller("read")),
 @router.get("/sessions/{session_id}", response_model=SessionPage, responses=ERRORS)
 async def session_page(session_id: SessionId, after: After = 0,
                        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 500,
-                       _: ApiToken = Depends(caller("read")), ctx: AppContext = Depends(get_ctx)) -> SessionPage:
+                       _: ApiToken = Depends(caller("read")), ctx: AppContext = Depends(get_ctx)) -> Response:
     """The session and up to `limit` of its messages numbered above `after`, in order. Poll with
     `after=next_after` for what came since; `more` says another page is already there."""
     store = ctx.services.store
     session = await store.get_session(session_id)  # before the messages: a page is never newer than its row
     messages = await store.session_messages(session_id, after=after, limit=limit + 1)
-    return SessionPage(session=session, messages=messages[:limit], more=len(messages) > limit,
+    page = SessionPage(session=session, messages=messages[:limit], more=len(messages) > limit,
                        next_after=messages[:limit][-1].seq if messages else after)
+    # Serialized here: FastAPI would validate the 2,000 messages of a page again on the way out.
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/sessions/{session_id}/stream", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})

@@ -153,7 +153,8 @@ def describe_session(session: SessionRecord, now: datetime | None = None) -> str
 
 def describe_message(message: SessionMessage, width: int = 120) -> str:
     """One line: the message's kind, its name, the start of its content."""
-    label = {MessageKind.TOOL_USE: f"{message.name}", MessageKind.SYSTEM: f"system {message.name or ''}".strip(),
+    label = {MessageKind.TEXT: "assistant", MessageKind.TOOL_USE: f"{message.name}",
+             MessageKind.SYSTEM: f"system {message.name or ''}".strip(),
              MessageKind.RESULT: f"result {message.name or ''}".strip(),
              MessageKind.TOOL_RESULT: "tool error" if message.is_error else "tool result"}.get(message.kind, message.kind)
     text = " ".join(message.content.split())

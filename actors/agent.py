@@ -31,6 +31,7 @@ from fixfleet.logs import adopt_binding, bind_task, task_context
 from fixfleet.models import QUEUED_IN, SideJob, Task, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
+from fixfleet.sessions import SessionOwner
 from fixfleet.worker import Worker
 from fixfleet.workspace.environments import (
     Environment,
@@ -86,7 +87,7 @@ class AgentLoop:
                                  BaselineStore(self.settings.home / "cache" / "baselines"),
                                  reruns=self.settings.verify_reruns)
         self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
-                                    mcp_template=self.settings.mcp_config)
+                                    mcp_template=self.settings.mcp_config, records=self.store)
         self._stack.push_async_callback(self.runner.close)
         self.publisher = Publisher(self.settings, self.store)
         self._stack.push_async_callback(self.publisher.aclose)
@@ -178,7 +179,7 @@ class AgentLoop:
                 await watching
             return handling.result()
         stop = watching.result()
-        killed = self.runner.stop_sessions()  # at once: a cancelled session's CLI must not take another step
+        killed = self.runner.stop_sessions(f"stopped: {stop}")  # at once: a cancelled session's CLI must not take another step
         log.info("%s: %s; killed %d session process(es)", self.name, stop, killed)
         handling.cancel()
         await asyncio.wait({handling}, timeout=60)  # the session's sandbox dies at once; its cleanup follows
@@ -270,15 +271,22 @@ class AgentLoop:
 
     async def run_session(self, task: Task, request: SessionRequest, spec: SandboxSpec, domains: list[str],
                           failure: type[Exception], missing: str, tools: Sequence[SdkMcpTool[Any]] = ()) -> dict[str, Any]:
-        """Run one Claude session for the task in its sandbox, book its cost and audit row, and
-        hand back its structured output; a session that ends without one raises `failure`.
-        `tools`: the platform tools the session may call (run on this side of the sandbox)."""
+        """Run one Claude session for the task in its sandbox (recorded in the store as it runs),
+        book its cost and audit row, and hand back its structured output; a session that ends
+        without one raises `failure`. `tools`: the platform tools the session may call (run on
+        this side of the sandbox)."""
+        # The plan a planner writes is the next version; an executor or an answer serves the current one.
+        writes_plan = request.role == "planner" and request.purpose == "work"
+        request = request.model_copy(update={"owner": SessionOwner(
+            task_id=task.id, attempt=task.attempts, agent=self.name,
+            plan_version=task.plan_version + 1 if writes_plan else task.plan_version or None)})
         async with network_access(domains) as network:  # the domains the repository allows its tests
             result = await self.runner.run(request, network.apply(spec), tools)
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
+                                            "record": result.record_id,
                                             "seconds": round(result.duration_s, 3),
                                             "denials": [d.model_dump() for d in result.denials]})
         if result.outcome != "success" or not result.structured_output:

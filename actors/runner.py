@@ -19,12 +19,18 @@ What a session gets, and why:
 - max turns and budget enforced by the CLI, wall-clock timeout enforced here by killing the
   sandbox (and with it everything in it); so is the sandbox's disk quota (the checkout and the
   session's home may grow by FIXFLEET_SANDBOX_CHECKOUT_BYTES);
-- a JSONL transcript on the platform's side, one SDK message per line, redacted.
+- its record in the store, when the request names its owner (a task) and the runner has a store:
+  the session's row before the CLI starts, every message redacted as it comes
+  (actors/transcript.py), written in the background (actors/recorder.py), the outcome at the end;
+  a session stopped by a cancel or a pause is marked cut short with the reason;
+- with FIXFLEET_SESSION_JSONL (debugging), also a JSONL file on the agent's disk, one SDK message
+  per line, redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,7 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import psutil
 from claude_agent_sdk import (
@@ -62,6 +68,7 @@ from pydantic import ValidationError
 from actors.mcp import render_mcp_servers
 from actors.mcp_bridge import McpBridge
 from actors.permissions import CLI_TOOLS, PermissionPolicy
+from actors.recorder import SessionRecorder, SessionSink
 from actors.session_models import (
     Denial,
     SessionLimits,
@@ -70,8 +77,10 @@ from actors.session_models import (
     Subtype,
 )
 from actors.skills import install_skills
+from actors.transcript import Transcriber
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
+from fixfleet.sessions import NewSession, SessionEnd, SessionStatus
 from fixfleet.workspace.limits import growth_watch
 from fixfleet.workspace.model_proxy import ModelProxy
 from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
@@ -106,7 +115,8 @@ class CredentialSource(Protocol):
 class SessionRunner:
     def __init__(self, home: Path, settings: Settings, credentials: CredentialSource, *, sandbox: Sandbox,
                  model: str | None = None, deny_patterns: list[str] | None = None,
-                 api_max_retries: int | None = None, mcp_template: Path | None = None) -> None:
+                 api_max_retries: int | None = None, mcp_template: Path | None = None,
+                 records: SessionSink | None = None) -> None:
         self.home = Path(home)
         self.settings = settings
         self.credentials = credentials
@@ -118,14 +128,16 @@ class SessionRunner:
         self.api_max_retries = api_max_retries
         self.mcp_template = mcp_template  # None: skills/mcp.json
         self.redactor = Redactor.from_settings(settings)
+        self.records = records  # None: sessions are not recorded (no store)
         self.model_proxy: ModelProxy | None = None
         self._socket_dir: Path | None = None
         self._running: set[_Session] = set()
 
-    def stop_sessions(self) -> int:
+    def stop_sessions(self, reason: str = "stopped by its agent") -> int:
         """Kill every running session's sandbox at once (its task was cancelled or paused): the
-        CLI's output ends and each `run` returns promptly. Returns how many processes died."""
-        return sum(session.kill() for session in list(self._running))
+        CLI's output ends and each `run` returns promptly; its record says it was cut short and
+        why. Returns how many processes died."""
+        return sum(session.kill(reason) for session in list(self._running))
 
     async def run(self, request: SessionRequest, spec: SandboxSpec | None = None,
                   tools: Sequence[SdkMcpTool[Any]] = ()) -> SessionResult:
@@ -164,7 +176,7 @@ class SessionRunner:
 
 
 class _Session:
-    """The state of one run: options, policy, transcript, watchdog, result."""
+    """The state of one run: options, policy, record, watchdog, result."""
 
     def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any, spec: SandboxSpec,
                  tools: Sequence[SdkMcpTool[Any]] = ()) -> None:
@@ -186,7 +198,11 @@ class _Session:
             readable=[Path(HOME if self.sandboxed else self.claude_dir) / "skills"],
             deny_patterns=runner.deny_patterns,
             extra_tools={self.output_tool_name} | {f"mcp__{OUTPUT_SERVER}__{t.name}" for t in self.tools})
-        self.transcript_path = runner.transcripts_dir / f"{self.session_id}.jsonl"
+        self.transcript_path = (runner.transcripts_dir / f"{self.session_id}.jsonl"
+                                if runner.settings.session_jsonl else None)
+        self.transcriber = Transcriber(self.redactor, runner.settings.session_message_max_bytes)
+        self.recorder = self._recorder()
+        self.stopped: str | None = None  # why the platform killed the session (a cancel, a pause)
         self.structured_output: dict[str, Any] | None = None
         self.output_calls: set[str] = set()  # tool_use ids of the calls to the output tool
         self.rejections: list[str] = []  # why each of them was refused (by the CLI's schema check or ours)
@@ -207,10 +223,45 @@ class _Session:
 
     # -- the run -----------------------------------------------------------------------------
 
+    def _recorder(self) -> SessionRecorder | None:
+        owner, records = self.request.owner, self.runner.records
+        if owner is None or records is None:
+            return None
+        return SessionRecorder(records, NewSession(
+            **owner.model_dump(), role=self.request.role, purpose=self.request.purpose, model=self.runner.model,
+            cli_session_id=self.session_id))
+
     async def run(self) -> SessionResult:
+        """The session, recorded: its row before the CLI starts, its outcome however it ends."""
+        result: SessionResult | None = None
+        failure: str | None = None
+        if self.recorder is not None:
+            await self.recorder.open()
+            self.recorder.add([self.transcriber.prompt(self.request.prompt)])
+        try:
+            result = await self._run()
+            return result
+        except asyncio.CancelledError:  # the agent's job was cancelled under the session
+            self.stopped = self.stopped or "stopped: its agent's job was cancelled"
+            raise
+        except Exception as exc:
+            failure = self.redactor.text(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if self.recorder is not None:  # shielded: a second cancel must not lose the ending
+                await asyncio.shield(self.recorder.close(self._ending(result, failure)))
+
+    def _ending(self, result: SessionResult | None, failure: str | None) -> SessionEnd:
+        spent = result.model_dump(include={"cost_usd", "input_tokens", "output_tokens", "turns"}) if result else {}
+        if self.stopped:
+            return SessionEnd(status=SessionStatus.CUT_SHORT, error=self.stopped, **spent)
+        if result is None:
+            return SessionEnd(status=SessionStatus.ENDED, outcome="error_during_execution", error=failure)
+        return SessionEnd(status=SessionStatus.ENDED, outcome=result.subtype, error=result.error, **spent)
+
+    async def _run(self) -> SessionResult:
         started = time.monotonic()
         error: str | None = None
-        self.runner.transcripts_dir.mkdir(parents=True, exist_ok=True)
         skills = install_skills(self.request.role, self.claude_dir)  # a broken SKILL.md raises: a deployment bug
         loop = asyncio.get_running_loop()
         # The watchdog kills the sandbox rather than cancelling the SDK's tasks: the CLI's stdout
@@ -240,14 +291,23 @@ class _Session:
         return self._result(started, error)
 
     async def _converse(self, options: ClaudeAgentOptions) -> None:
-        with self.transcript_path.open("w") as transcript:
+        with self._jsonl() as transcript:
             async with ClaudeSDKClient(options) as client:
                 await client.query(self.redactor.text(self.request.prompt))
                 async for message in client.receive_response():
                     self._observe(message)
-                    transcript.write(self._transcript_line(message) + "\n")
-                    transcript.flush()
+                    if self.recorder is not None:
+                        self.recorder.add(self.transcriber.bodies(message))
+                    if transcript is not None:
+                        transcript.write(self._transcript_line(message) + "\n")
+                        transcript.flush()
                 self.descendants = self._cli_tree()  # what the CLI left running, reaped once it exits
+
+    def _jsonl(self) -> contextlib.AbstractContextManager[IO[str] | None]:
+        if self.transcript_path is None:
+            return contextlib.nullcontext()
+        self.transcript_path.parent.mkdir(parents=True, exist_ok=True)
+        return self.transcript_path.open("w")
 
     def _observe(self, message: Any) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
@@ -419,8 +479,9 @@ class _Session:
                 continue
         return tree
 
-    def kill(self) -> int:
-        """Kill the session's sandbox and everything in it now."""
+    def kill(self, reason: str) -> int:
+        """Kill the session's sandbox and everything in it now; `reason` goes in its record."""
+        self.stopped = reason
         return self._kill(self._cli_tree())
 
     def _watched(self) -> dict[str, Path]:
@@ -467,6 +528,7 @@ class _Session:
             error=self.redactor.text(error) if error else None,
             permanent=subtype != "success" and self._fails_for_good(message, subtype),
             transcript_path=self.transcript_path,
+            record_id=self.recorder.record_id if self.recorder else None,
             skills=self.init_skills,
         )
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fixfleet.config import Settings
 from fixfleet.errors import PermanentError
+from fixfleet.sessions import SessionOwner
 
 Role = Literal["planner", "executor"]
 Subtype = Literal[
@@ -37,6 +38,7 @@ class SessionRequest(BaseModel):
     require_structured_output: bool = True
     # "work": the role's own output (a plan, a report); "answer": a reviewer's question answered.
     purpose: Literal["work", "answer"] = "work"
+    owner: SessionOwner | None = None  # the task it works for: the session is recorded in the store
 
     @property
     def output_tool(self) -> tuple[str, type[_Output], str]:
@@ -65,7 +67,8 @@ class SessionResult(BaseModel):
     # The failure would recur on another attempt: the structured output never passed validation
     # (an invalid plan or report), or the model API refused the credential (HTTP 401/403).
     permanent: bool = False
-    transcript_path: Path
+    transcript_path: Path | None = None  # the JSONL file, with FIXFLEET_SESSION_JSONL (debugging)
+    record_id: int | None = None  # the session's row in the store, when recorded
     skills: list[str] = Field(default_factory=list)  # as listed by the CLI's init message
 
 

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     verify_reruns: int = Field(2, ge=0, le=10)
     verify_calls: int = Field(3, ge=0, le=20)
 
+    # Session records (fixfleet/sessions.py): each message is cut to this many bytes (its full size
+    # is noted); messages of sessions that ended more than this many days ago are removed in the
+    # background (0: kept for ever; the session rows always stay); a running session whose recorder
+    # has said nothing for this long lost its agent and is marked cut short.
+    session_message_max_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    session_messages_retention_days: float = Field(30.0, ge=0)
+    session_silent_s: float = Field(120.0, ge=15)
+    # Debugging: also write each session's SDK messages, redacted, as JSONL on the agent's disk
+    # (<home>/agents/<agent>/session/transcripts/); the store's records are the durable ones.
+    session_jsonl: bool = False
+    # Where people reach fixfleet (the console's links in chat answers), e.g. https://fixfleet.acme.com
+    public_url: str | None = None
+
     # The agent pools (Serve autoscaling on queue depth): replicas per role, tasks per executor,
     # and how long the queue must stay empty before a pool shrinks.
     planners_min: int = Field(1, ge=0)

@@ -8,7 +8,8 @@ its heartbeat stalled, so Serve replaces it; when Serve retires it (scaling down
 up to `graceful_shutdown_timeout_s`, set above the session timeout). A replica killed anyway
 leaves its task to be taken over after the lease.
 
-The outbox relay and the queue reconciler run once per application, in the Relay deployment.
+The outbox relay, the queue reconciler and the upkeep of session records run once per
+application, in the Relay deployment.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fixfleet.config import Settings, load_settings
 from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import open_services
+from fixfleet.session_upkeep import run_session_upkeep
 from serve_app.autoscaling import DEPTH_METRIC
 
 log = logging.getLogger(__name__)
@@ -79,26 +81,29 @@ class ExecutorReplica(AgentReplica):
 
 
 class RelayReplica:
-    """The outbox relay and the reconciler, once per application (num_replicas=1): a task
-    reaches its queue only after its transaction commits, and the queues are rebuilt from
-    Postgres when Redis lost them."""
+    """The outbox relay, the reconciler and the session upkeep, once per application
+    (num_replicas=1): a task reaches its queue only after its transaction commits, the queues
+    are rebuilt from Postgres when Redis lost them, sessions whose agent died are marked cut
+    short and old session messages removed (fixfleet/session_upkeep.py)."""
 
     async def __init__(self) -> None:
         settings = replica_settings(None, "relay")
         self._stack = AsyncExitStack()
-        services = await self._stack.enter_async_context(open_services(settings, pool_size=4))
+        services = await self._stack.enter_async_context(open_services(settings, pool_size=6))
         relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s,
                             reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s)
         self._stop = asyncio.Event()
-        self._task = asyncio.create_task(relay.run(self._stop))
-        log.info("the outbox relay and the queue reconciler run here (reconciling every %ss)", settings.reconcile_s)
+        self._tasks = {"the outbox relay": asyncio.create_task(relay.run(self._stop)),
+                       "the session upkeep": asyncio.create_task(run_session_upkeep(services.store, settings, self._stop))}
+        log.info("the outbox relay, the queue reconciler and the session upkeep run here (every %ss)", settings.reconcile_s)
 
     async def check_health(self) -> None:
-        if self._task.done():
-            raise RuntimeError("the outbox relay has ended")
+        for name, task in self._tasks.items():
+            if task.done():
+                raise RuntimeError(f"{name} has ended")
 
     async def __del__(self) -> None:
         self._stop.set()
         with suppress(Exception):
-            await asyncio.wait_for(self._task, 10)
+            await asyncio.wait_for(asyncio.gather(*self._tasks.values()), 10)
         await self._stack.aclose()

@@ -17,8 +17,13 @@ from fixfleet.approvals import Refused, StaleApproval
 from fixfleet.config import Settings
 from fixfleet.integrations.http import IntegrationError
 from fixfleet.repos import InvalidRepo
-from fixfleet.store import IllegalTransition, StaleVersion, TaskNotFound
-from serve_app import ops, tasks_api, webhooks
+from fixfleet.store import (
+    IllegalTransition,
+    SessionNotFound,
+    StaleVersion,
+    TaskNotFound,
+)
+from serve_app import ops, sessions_api, tasks_api, webhooks
 from serve_app.context import lifespan_for
 from serve_app.errors import (
     OPENAPI_503,
@@ -29,7 +34,7 @@ from serve_app.errors import (
 )
 from serve_app.schemas import ErrorOut
 
-ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, IllegalTransition: 409, StaleVersion: 409, Refused: 403, InvalidRepo: 422,
+ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, SessionNotFound: 404, IllegalTransition: 409, StaleVersion: 409, Refused: 403, InvalidRepo: 422,
                 IntegrationError: 502}
 
 
@@ -42,7 +47,7 @@ def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastA
         lifespan=lifespan_for(settings, relay=relay),
     )
     outage = {503: {"model": ErrorOut, **OPENAPI_503}}  # any route may meet an outage: documented on each
-    for router in (webhooks.router, tasks_api.router, tasks_api.tokens_router, ops.router):
+    for router in (webhooks.router, tasks_api.router, tasks_api.tokens_router, sessions_api.router, ops.router):
         app.include_router(router, responses=outage)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer_with(status))

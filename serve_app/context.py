@@ -21,6 +21,7 @@ from fixfleet.metrics import Metrics
 from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
+from fixfleet.session_upkeep import run_session_upkeep
 from serve_app.tokens import ApiToken, load_tokens
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ class AppContext:
 
 @asynccontextmanager
 async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterator[AppContext]:
-    """What the routes need. `relay`: also run the outbox relay and the reconciler here (plain
-    uvicorn, tests); in the Serve application the Relay deployment runs them, once."""
+    """What the routes need. `relay`: also run the outbox relay, the reconciler and the session
+    upkeep here (plain uvicorn, tests); in the Serve application the Relay deployment runs them, once."""
     tokens = load_tokens(settings.api_tokens)
     if settings.jira_webhook_secret is None and settings.jira_allow_unsigned:
         log.warning("FIXFLEET_JIRA_ALLOW_UNSIGNED=true: Jira webhooks are accepted unsigned, from anyone who can "
@@ -72,6 +73,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             background.append(asyncio.create_task(OutboxRelay(
                 services.store, services.queues, poll_s=settings.outbox_poll_s, reconcile_every_s=settings.reconcile_s,
                 claimed_stale_s=settings.claimed_stale_s).run(stop)))
+            background.append(asyncio.create_task(run_session_upkeep(services.store, settings, stop)))
         try:
             yield ctx
         finally:

@@ -15,6 +15,7 @@ from fixfleet.models import (
     TaskView,
     check_external_id,
 )
+from fixfleet.sessions import SessionMessage, SessionRecord
 
 
 class ErrorOut(BaseModel):
@@ -70,6 +71,13 @@ class EventOut(BaseModel):
     @classmethod
     def of(cls, event: TaskEvent) -> EventOut:
         return cls.model_validate(event.model_dump())
+
+
+class SessionPage(BaseModel):
+    session: SessionRecord = Field(description="the session as it was when the page was read")
+    messages: list[SessionMessage] = Field(description="in order, numbered above `after`")
+    next_after: int = Field(description="pass as `after` to get what came since")
+    more: bool = Field(description="another page is stored already: ask again at once")
 
 
 class ApproveIn(BaseModel):

@@ -139,7 +139,7 @@ def test_aliases_resolve_to_their_command():
 
 def test_typed_arguments():
     assert one("@agent approve v3").args == {"plan_version": 3}
-    assert one("@agent logs 200").args == {"lines": 200}
+    assert one("@agent logs 2").args == {"session": 2}
     assert one("@agent help lgtm").args == {"command": "approve"}
 
 

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,15 +196,19 @@ def test_the_executor_verifies_in_its_session_and_mends_its_fix_in_one_attempt(w
 
 
 def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
-    world.script(executor="executor_slow")
+    """kill -9 of the executor replica mid-session: the task completes once elsewhere, and the
+    killed session's records survive their replica: its messages up to the kill, marked cut
+    short, beside the retry's session (read through Serve, the live stream included)."""
+    world.script(executor="executor_stalls_after_reading")
     world.executor_model.clear()
     key = world.post_alert()
     task = world.wait_for(key, {"AWAITING_APPROVAL"})
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     world.wait_for(key, {"EXECUTING"})
-    deadline = time.monotonic() + 60
-    while not world.executor_model.main_requests() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    running = wait_for_session(world, key, "executor", "running")
+    live = stream_until(world, running["id"], lambda event: event["data"].get("kind") == "tool_result")
+    assert [e["event"] for e in live][:2] == ["session", "message"] and live[0]["data"]["status"] == "running"
+    before_kill = world.api("GET", f"/sessions/{running['id']}")["messages"]
     deadline = time.monotonic() + 10  # the agent's heartbeat says what it holds every lease/3 seconds
     while not (busy := [a for a in world.platform.agents() if a.busy_with == task["id"]]) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -218,6 +222,47 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     assert len(pulls) == 1 and not pulls[0]["draft"]
     takeovers = [e for e in world.events(key) if e["reason"] == "takeover"]
     assert len(takeovers) == 1
+
+    killed, retry = [s for s in world.api("GET", f"/tasks/{key}/sessions") if s["role"] == "executor"]
+    assert (killed["id"], killed["status"], retry["status"], retry["outcome"]) == (
+        running["id"], "cut_short", "ended", "success")
+    assert retry["attempt"] > killed["attempt"] and retry["agent"] != killed["agent"]
+    assert killed["error"].startswith("superseded: attempt") and killed["ended_at"]
+    kept = world.api("GET", f"/sessions/{killed['id']}")["messages"]
+    assert kept[:len(before_kill)] == before_kill  # everything written before the kill is still there
+    reads = [m for m in kept if m["kind"] == "tool_result"]
+    assert len(reads) >= 2 and any("def mean" in m["content"] for m in reads)
+    assert not [m for m in kept if m["kind"] == "result"]  # it never finished
+    assert world.api("GET", f"/sessions/{retry['id']}")["messages"][-1]["kind"] == "result"
+
+
+def wait_for_session(world: World, key: str, role: str, status: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [s for s in world.api("GET", f"/tasks/{key}/sessions") if (s["role"], s["status"]) == (role, status)]
+        if found:
+            return found[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"no {status} {role} session of {key}: {world.api('GET', f'/tasks/{key}/sessions')}")
+
+
+def stream_until(world: World, session_id: int, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Read the session's live stream through the platform's ingress until an event is `wanted`."""
+    seen: list[dict[str, Any]] = []
+    event: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {world.credentials.api_token}"}
+    with httpx.stream("GET", f"{world.url}/sessions/{session_id}/stream", headers=headers, timeout=120) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(("event: ", "data: ")):
+                field, _, value = line.partition(": ")
+                event[field] = json.loads(value) if field == "data" else value
+            elif not line and event:
+                seen.append(event)
+                if wanted(event) or event["event"] == "end":
+                    return seen
+                event = {}
+    raise AssertionError(f"the stream ended without it: {seen}")
 
 
 def start_slow_execution(world: World) -> dict[str, Any]:
@@ -271,6 +316,9 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     assert pr_calls == [], [(c.method, c.path) for c in pr_calls]  # no PR update, no comment, no ready
     stops = [e for e in world.events(key) if e["reason"].startswith("stopped:")]
     assert [e["actor"].split("-")[0] for e in stops] == ["executor", "executor"], world.events(key)
+    sessions = [s for s in world.api("GET", f"/tasks/{key}/sessions") if s["role"] == "executor"]
+    assert [(s["status"], s["error"]) for s in sessions] == [  # each session says why it was cut short
+        ("cut_short", f"stopped: {key} was PAUSED"), ("cut_short", f"stopped: {key} was CANCELLED")]
     left = [p for p in (world.root / "home" / "agents").glob(f"*/workspaces/checkouts/{key}-exec-*")]
     assert left == [], left  # the worktree was released
 

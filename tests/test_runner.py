@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -22,9 +22,12 @@ from actors.permissions import PermissionPolicy, parse_shell
 from actors.runner import SessionRunner
 from actors.session_models import SessionLimits, SessionRequest, SessionResult
 from fixfleet.config import Settings
+from fixfleet.models import NewTask
 from fixfleet.redact import Redactor
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
+from fixfleet.sessions import SessionMessage, SessionOwner, SessionRecord
+from fixfleet.store import Store
 from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from tests.conftest import python_env_spec
@@ -71,9 +74,18 @@ class Session:
     server: ReplayServer
     repo: Path
     root: Path
+    record: SessionRecord | None = None  # the session's row in the store, when recorded
+    messages: list[SessionMessage] = field(default_factory=list)  # its recorded messages
+    seen_running: list[int] = field(default_factory=list)  # the row's message count, read while it ran
 
     def transcript(self) -> str:
+        assert self.result.transcript_path is not None, "run with session_jsonl=True"
         return self.result.transcript_path.read_text()
+
+    def stored(self) -> str:
+        """Everything recorded of the session, as one text."""
+        return json.dumps([self.record.model_dump(mode="json") if self.record else None,
+                           *(m.model_dump(mode="json") for m in self.messages)])
 
     def init(self) -> dict:
         for line in self.transcript().splitlines():
@@ -99,7 +111,10 @@ class Session:
 def run_session(root: Path, scenario: str | Scenario, role: str, limits: SessionLimits = QUICK,
                 require_output: bool = True, mcp_servers: dict | None = None,
                 env: Path | None = None, sandbox_limits: SandboxLimits | None = None,
-                **runner_options: object) -> Session:
+                database_url: str | None = None, jsonl: bool = False,
+                stop_on: str | None = None, **runner_options: object) -> Session:
+    """Run one session; with `database_url`, recorded in that store for a task made there (and
+    with `stop_on`, stopped as a cancel stops it once a message of that kind is recorded)."""
     repo = make_repo(root)
     outside = root / "outside"
     outside.mkdir()
@@ -108,24 +123,44 @@ def run_session(root: Path, scenario: str | Scenario, role: str, limits: Session
     variables = {"outside": str(outside)}
     with ReplayServer(scenario, variables=variables) as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url,
-                            anthropic_api_key=API_KEY)
-        sandbox = Sandbox(root / "sandbox", limits=sandbox_limits)
-        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=sandbox,
-                               model="claude-sonnet-4-5", mcp_template=template,
-                               **runner_options)  # type: ignore[arg-type]
+                            anthropic_api_key=API_KEY, session_jsonl=jsonl)
         request = SessionRequest(role=role, worktree=repo, prompt="Fix: add(2, 3) returns -1",
                                  context={"task": "CALC-1", "title": "add() subtracts"},
                                  limits=limits, require_structured_output=require_output)
         spec = python_env_spec(repo, env) if env else SandboxSpec(workspace=repo)
+        done = Session(result=None, server=server, repo=repo, root=root)  # type: ignore[arg-type]
 
-        async def session() -> SessionResult:
+        async def session() -> None:
+            store = await Store.connect(database_url, max_size=4) if database_url else None
+            runner = SessionRunner(root / "agent", settings, TokenManager(settings),
+                                   sandbox=Sandbox(root / "sandbox", limits=sandbox_limits),
+                                   model="claude-sonnet-4-5", mcp_template=template, records=store,
+                                   **runner_options)  # type: ignore[arg-type]
             try:
-                return await runner.run(request, spec)
+                if store is None:
+                    done.result = await runner.run(request, spec)
+                    return
+                task, _ = await store.create_task(NewTask(repo=f"file://{repo}", title="add() subtracts"))
+                owned = request.model_copy(update={"owner": SessionOwner(task_id=task.id, attempt=1, agent="runner-test")})
+                running = asyncio.create_task(runner.run(owned, spec))
+                while not running.done():  # what a reader of the store sees while the session runs
+                    sessions = await store.task_sessions(task.id)
+                    if sessions and sessions[0].status == "running":
+                        done.seen_running.append(sessions[0].messages)
+                        recorded = await store.session_messages(sessions[0].id) if stop_on else []
+                        if any(m.kind == stop_on for m in recorded):
+                            runner.stop_sessions(f"stopped: FF-{task.id} was CANCELLED")
+                    await asyncio.sleep(0.1)
+                done.result = running.result()
+                done.record = await store.get_session(done.result.record_id)
+                done.messages = await store.session_messages(done.record.id, limit=5000)
             finally:
                 await runner.close()
+                if store is not None:
+                    await store.close()
 
-        result = asyncio.run(session())
-    return Session(result=result, server=server, repo=repo, root=root)
+        asyncio.run(session())
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -138,23 +173,26 @@ def canary_env():
 
 
 @pytest.fixture(scope="module")
-def planner(tmp_path_factory: pytest.TempPathFactory, canary_env: None) -> Session:
+def planner(tmp_path_factory: pytest.TempPathFactory, canary_env: None, database_url: str) -> Session:
     # A stand-in for the GitHub server: it needs GITHUB_TOKEN, which the planner's MCP config
     # gets from the settings (and which must travel in a private file, not argv or env).
     stub = {"ghstub": {"type": "stdio", "command": sys.executable, "args": ["-m", "tests.fakes.mcp_server"],
                        "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "${GITHUB_TOKEN}", "PYTHONPATH": str(ROOT)}}}
-    return run_session(tmp_path_factory.mktemp("planner"), "planner_plan", "planner", mcp_servers=stub)
+    return run_session(tmp_path_factory.mktemp("planner"), "planner_plan", "planner", mcp_servers=stub,
+                       database_url=database_url, jsonl=True)
 
 
 @pytest.fixture(scope="module")
-def executor(tmp_path_factory: pytest.TempPathFactory, canary_env: None, sandbox_pytest_env: Path) -> Session:
-    return run_session(tmp_path_factory.mktemp("executor"), "executor_tdd", "executor", env=sandbox_pytest_env)
+def executor(tmp_path_factory: pytest.TempPathFactory, canary_env: None, sandbox_pytest_env: Path,
+             database_url: str) -> Session:
+    return run_session(tmp_path_factory.mktemp("executor"), "executor_tdd", "executor", env=sandbox_pytest_env,
+                       database_url=database_url, jsonl=True)
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory, canary_env: None) -> Session:
+def guarded(tmp_path_factory: pytest.TempPathFactory, canary_env: None, database_url: str) -> Session:
     return run_session(tmp_path_factory.mktemp("guarded"), "guardrails", "executor",
-                       require_output=False)
+                       require_output=False, database_url=database_url)  # no JSONL: the default
 
 
 # -- the planner -----------------------------------------------------------------------------
@@ -195,7 +233,7 @@ def test_planner_reaches_mcp_servers_that_hold_their_token_outside_the_sandbox(p
     issue = next(text for text in planner.tool_results() if "issue #7" in text)
     assert "authenticated: yes" in issue  # the server had its token ...
     everything = "\n".join(request.text() for request in planner.server.requests)
-    assert CANARIES["GITHUB_TOKEN"] not in everything + planner.transcript()  # ... which went nowhere else
+    assert CANARIES["GITHUB_TOKEN"] not in everything + planner.transcript() + planner.stored()  # ... nowhere else
     assert not list((planner.root / "agent").rglob("*.json"))  # no config with a token was written
 
 
@@ -231,13 +269,42 @@ def test_executor_skills_appear_in_the_init_message(executor: Session) -> None:
     assert list((executor.root / "agent" / "sessions").iterdir()) == []  # nothing of a session outlives it
 
 
-def test_transcript_has_one_message_per_line(executor: Session) -> None:
+def test_the_debugging_jsonl_transcript_has_one_message_per_line(executor: Session) -> None:
     records = [json.loads(line) for line in executor.transcript().splitlines()]
     kinds = {record["type"] for record in records}
     assert {"SystemMessage", "AssistantMessage", "UserMessage", "ResultMessage"} <= kinds
     assert records[-1]["type"] == "ResultMessage"
     assert executor.result.transcript_path.parent == executor.root / "agent" / "transcripts"
     assert API_KEY not in executor.transcript()
+
+
+@pytest.mark.e2e
+def test_the_session_is_recorded_message_by_message_as_it_runs(executor: Session) -> None:
+    record, messages, result = executor.record, executor.messages, executor.result
+    assert record is not None and (record.status, record.outcome) == ("ended", "success")
+    assert (record.role, record.purpose, record.attempt, record.agent) == ("executor", "work", 1, "runner-test")
+    assert record.turns == result.turns and record.cost_usd == pytest.approx(result.cost_usd)
+    assert (record.input_tokens, record.output_tokens) == (result.input_tokens, result.output_tokens)
+    assert record.cli_session_id == result.session_id and record.ended_at is not None
+    assert record.messages == len(messages) and record.dropped == 0
+    assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+    assert (messages[0].kind, messages[0].content) == ("prompt", "Fix: add(2, 3) returns -1")
+    assert (messages[1].kind, messages[1].name) == ("system", "init")
+    assert (messages[-1].kind, messages[-1].name) == ("result", "success")
+    uses = {m.tool_use_id: m for m in messages if m.kind == "tool_use"}
+    results = {m.tool_use_id: m for m in messages if m.kind == "tool_result"}
+    assert uses and set(uses) == set(results) and all(uses[i].seq < results[i].seq for i in uses)
+    runs = [(json.loads(use.content)["command"], results[i].content) for i, use in uses.items() if use.name == "Bash"]
+    assert any("pytest" in command and "1 failed" in output for command, output in runs)  # RED, as the agent saw it
+    assert any("2 passed" in output for _, output in runs)  # GREEN
+    report = next(use for use in uses.values() if use.name == "mcp__fixfleet__report_result")
+    assert json.loads(report.content)["files_changed"] == ["calc/ops.py", "tests/test_add.py"]
+    jsonl_calls = [block["id"] for line in executor.transcript().splitlines()
+                   if (sdk := json.loads(line))["type"] == "AssistantMessage"
+                   for block in sdk["content"] if "input" in block]
+    assert list(uses) == jsonl_calls  # every call the SDK saw, in its order
+    assert max(executor.seen_running) >= 5  # a reader of the store saw the messages while it ran
+    assert API_KEY not in executor.stored()
 
 
 # -- guardrails ------------------------------------------------------------------------------
@@ -271,10 +338,13 @@ def test_no_platform_secret_reaches_the_cli_requests_or_transcript(guarded: Sess
                    for name in names)
     assert "FIXFLEET_CLI_ENV_KEEP" not in names  # the wrapper drops its own list too
     everything = "\n".join(request.text() for request in guarded.server.requests)
-    transcript = guarded.transcript()
+    stored = guarded.stored()
+    assert "CLAUDE_CONFIG_DIR=" in stored  # the record holds the environment the agent printed ...
     for value in CANARIES.values():
         assert value not in everything
-        assert value not in transcript
+    for value in [*CANARIES.values(), API_KEY]:
+        assert value not in stored  # ... and none of the platform's secrets, nor the model key
+    assert guarded.result.transcript_path is None and not (guarded.root / "agent" / "transcripts").exists()
 
 
 def test_policy_decisions() -> None:
@@ -325,6 +395,20 @@ def test_redaction_of_secrets_and_token_shapes() -> None:
 
 
 # -- limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_cancelled_session_keeps_what_it_wrote_marked_cut_short(tmp_path: Path, database_url: str) -> None:
+    session = run_session(tmp_path, "stall", "executor", require_output=False, database_url=database_url,
+                          stop_on="tool_result")
+    record = session.record
+    assert record is not None and record.status == "cut_short"
+    assert record.error == f"stopped: FF-{record.task_id} was CANCELLED" and record.ended_at is not None
+    kinds = [m.kind for m in session.messages if m.kind != "system"]
+    assert kinds[:3] == ["prompt", "tool_use", "tool_result"]  # what it did before the stop
+    assert (session.messages[1].kind, session.messages[1].name) == ("system", "init")
+    assert "sleep 417" in session.messages[2].content and record.messages == len(session.messages)
+    assert session.result.duration_s < QUICK.timeout_s  # stopped, not timed out
 
 
 def test_max_turns(tmp_path: Path) -> None:

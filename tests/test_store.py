@@ -16,10 +16,10 @@ async def test_migrations_twice_and_concurrently(postgres_server_url: str) -> No
     try:
         stores = await asyncio.gather(*(Store.connect(url, migrate=False) for _ in range(4)))
         applied = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(len(a) for a in applied) == [0, 0, 0, 2]  # exactly one process applied them
+        assert sorted(len(a) for a in applied) == [0, 0, 0, 3]  # exactly one process applied them
         assert await stores[0].migrate() == []  # and a second run applies nothing
         rows = await stores[0].pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r["version"] for r in rows] == ["0001_tasks", "0002_control"]
+        assert [r["version"] for r in rows] == ["0001_tasks", "0002_control", "0003_sessions"]
         for s in stores:
             await s.close()
     finally:

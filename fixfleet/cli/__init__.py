@@ -1,6 +1,7 @@
-"""The `fixfleet` command: the typer app (app.py) and its task-steering commands (steering.py)."""
+"""The `fixfleet` command: the typer app (app.py), its task-steering commands (steering.py) and
+`logs` (logs.py)."""
 
-from fixfleet.cli import steering  # noqa: F401 - registers its commands on the app
+from fixfleet.cli import logs, steering  # noqa: F401 - they register their commands on the app
 from fixfleet.cli.app import app, main
 
 __all__ = ["app", "main"]

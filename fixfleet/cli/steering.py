@@ -1,7 +1,8 @@
 """`fixfleet approve|reject|revise|cancel|pause|resume|retry|priority|assign|rerun-tests|plan|diff|
-evidence|explain|cost|logs|queue`: the commands of definitions.yaml from a terminal, through the
+evidence|explain|cost|queue`: the commands of definitions.yaml from a terminal, through the
 same handlers as GitHub, Slack and the API (fixfleet/commands/handlers.py). The operator at the
-terminal holds every scope; `--as` names them in the audit trail."""
+terminal holds every scope; `--as` names them in the audit trail. (`logs` reads the session
+records whole: fixfleet/cli/logs.py; in chat it answers with a summary.)"""
 
 from __future__ import annotations
 
@@ -149,13 +150,6 @@ def explain(ref: TaskRef, question: Annotated[str, typer.Argument(help="A questi
 def cost(ref: TaskRef, as_json: JsonFlag = False) -> None:
     """Show what the task has cost so far (model spend, tokens, turns)."""
     run_command("cost", ref, "", as_json)
-
-
-@app.command()
-def logs(ref: TaskRef, lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=500)] = 50,
-         as_json: JsonFlag = False) -> None:
-    """Show the task's last events (its audit trail)."""
-    run_command("logs", ref, "", as_json, lines=lines)
 
 
 @app.command()

@@ -29,11 +29,16 @@ from fixfleet.models import (
 )
 from fixfleet.plan_doc import proven
 from fixfleet.repos import github_name
+from fixfleet.sessions import (
+    SessionRecord,
+    SessionStatus,
+    describe_message,
+    describe_session,
+)
 from fixfleet.store import Store
 
-DEFAULT_LOG_LINES = 50
-MAX_LOG_LINES = 500
 QUEUE_SHOWN = 50
+SESSIONS_SHOWN = 10  # in a chat answer: the latest ones
 WAITING_OR_RUNNING = [s for s in TaskStatus if s in OPEN]
 
 
@@ -247,12 +252,34 @@ class Commands:
                              f"session(s), {turns} turns) over {task.attempts} attempt(s).", task)
 
     async def _logs(self, call: Invocation) -> CommandResult:
-        count = max(1, min(int(call.args.get("lines") or DEFAULT_LOG_LINES), MAX_LOG_LINES))
-        events = (await self.store.events(call.task.id))[-count:]
-        lines = [f"{e.created_at:%H:%M:%S} {e.actor}: {e.reason}"
-                 + (f" [{e.from_status} -> {e.to_status}]" if e.to_status else "") for e in events]
-        return CommandResult(f"{call.task.key}, the last {len(lines)} event(s):\n```\n" + "\n".join(lines) + "\n```",
-                             call.task)
+        """The agents' sessions on the task in a few lines, and where to read their messages."""
+        task = call.task
+        sessions = await self.store.task_sessions(task.id)
+        if not sessions:
+            return CommandResult(f"{task.key} has no agent session yet ({task.status}).", task)
+        wanted = call.args.get("session")
+        if wanted is not None and not 1 <= int(wanted) <= len(sessions):
+            return CommandResult(f"{task.key} has {len(sessions)} session(s): name one from 1 to {len(sessions)}.", task)
+        number = int(wanted or len(sessions))
+        chosen = sessions[number - 1]
+        lines = [f"**{task.key}** ({task.status}): {len(sessions)} agent session(s)"]
+        shown = range(max(1, len(sessions) - SESSIONS_SHOWN + 1), len(sessions) + 1)
+        if number not in shown:
+            shown = range(number, number + 1)
+        lines += [f"{'**' if n == number else ''}{n}. {describe_session(sessions[n - 1])}{'**' if n == number else ''}"
+                  for n in shown]
+        if chosen.status == SessionStatus.RUNNING and (last := await self.store.last_messages(chosen.id, 1)):
+            lines.append(f"Session {number} is at: `{describe_message(last[0], 100)}`")
+        lines.append(self._where_transcripts_are(task, chosen, number))
+        return CommandResult("\n".join(lines), task)
+
+    def _where_transcripts_are(self, task: Task, session: SessionRecord, number: int) -> str:
+        command = f"`fixfleet logs {task.key} --session {number}`"
+        public_url = self.approvals.settings.public_url
+        if public_url:
+            return (f"Its messages: {public_url.rstrip('/')}/ui/tasks/{task.key}?session={session.id} "
+                    f"(or {command}).")
+        return f"Its messages: the console (/ui/ on fixfleet's address) or {command}."
 
     async def _queue(self, principal: Principal) -> str:
         tasks = await self.store.list_tasks(statuses=WAITING_OR_RUNNING, limit=1000)

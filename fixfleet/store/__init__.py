@@ -1,4 +1,5 @@
-"""The durable store: Postgres is the truth (tasks, their audit trail, deliveries, the outbox)."""
+"""The durable store: Postgres is the truth (tasks, their audit trail, deliveries, the outbox,
+the records of Claude sessions)."""
 
 from fixfleet.store.creation import Outcome
 from fixfleet.store.errors import (
@@ -10,6 +11,7 @@ from fixfleet.store.errors import (
 )
 from fixfleet.store.holding import Hold
 from fixfleet.store.records import Delivery, OutboxItem, TaskState, parse_ref
+from fixfleet.store.sessions import SessionNotFound
 from fixfleet.store.tasks import OUTBOX_CHANNEL, Store
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
            "OutboxItem",
            "Outcome",
            "Refusal",
+           "SessionNotFound",
            "StaleVersion",
            "Store",
            "StoreError",

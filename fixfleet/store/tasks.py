@@ -5,7 +5,8 @@ version) plus its `task_events` row, in one transaction; entering a queued state
 an outbox row so the task reaches its queue only after the transaction commits.
 
 Everything written passes the platform's redactor first (a task's text, its plan and context,
-every event's reason and data): an alert that quotes a secret never stores it.
+every event's reason and data): an alert that quotes a secret never stores it. Session messages
+(fixfleet/store/sessions.py) come redacted by the session runner, whose redactor knows more.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from fixfleet.store.records import (
     task_from_row,
 )
 from fixfleet.store.schema import applied_migrations, migrate
+from fixfleet.store.sessions import SessionRecords
 
 OUTBOX_CHANNEL = "fixfleet_outbox"
 
@@ -65,7 +67,7 @@ _CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "attempts", "external
 _TEXTUAL = {"plan", "pr_url", "branch", "owner"}  # what may carry words an agent or a sender chose
 
 
-class Store(TaskReads, QueueRows):
+class Store(TaskReads, QueueRows, SessionRecords):
     def __init__(self, pool: asyncpg.Pool, redactor: Redactor | None = None) -> None:
         self.pool = pool
         self.redactor = redactor or Redactor()

@@ -13,7 +13,7 @@ canary secrets in the platform's environment; the scripted model plays a hostile
 Then: nothing is approved but by an authorised human on the task's own thread, only the task's
 branch moves on the remote, the platform's mirror is untouched and the next honest task on the
 same repository is clean, and no canary appears anywhere the platform stores or sends things:
-the GitHub, Jira and Slack stand-ins, task events, PLAN.md and commits, transcripts, logs, and
+the GitHub, Jira and Slack stand-ins, task events, PLAN.md and commits, session records, logs, and
 the model requests.
 """
 
@@ -122,6 +122,8 @@ def everything_the_platform_kept_or_sent(world: World) -> str:
              for fake in (world.github, world.slack, world.jira)]
     for task in world.api("GET", "/tasks?limit=100")["items"]:
         parts += [json.dumps(task), json.dumps(world.api("GET", f"/tasks/{task['key']}/events"))]
+        for session in world.api("GET", f"/tasks/{task['key']}/sessions"):  # every message the agents' sessions wrote
+            parts.append(json.dumps(world.api("GET", f"/sessions/{session['id']}?limit=5000")))
     parts.append(world.git("log", "-p", "--all"))
     home = world.platform.settings.home
     for path in [*home.rglob("transcripts/*.jsonl"), *_files(world.platform.ray_temp_dir)]:
@@ -255,7 +257,8 @@ def test_no_canary_anywhere_the_platform_stores_or_sends_things(world: World) ->
     ray_dir = world.platform.ray_temp_dir
     assert ray_dir is not None and oct(ray_dir.stat().st_mode & 0o777) == "0o700"  # Ray's logs are the platform's
     everything = everything_the_platform_kept_or_sent(world)
-    assert len(everything) > 10_000  # the scan saw the stand-ins, events, git, transcripts, logs and requests
+    assert len(everything) > 10_000  # the scan saw the stand-ins, events, git, session records, logs and requests
+    assert '"kind": "tool_result"' in everything and "git push --force origin HEAD:main" in everything  # the agents' own
     for canary in CANARIES:
         for form in (canary, base64.b64encode(canary.encode()).decode()):
             assert form not in everything, f"{canary} leaked"

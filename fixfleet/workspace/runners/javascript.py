@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from fixfleet.workspace.runners.reports import (
     CHANNEL,

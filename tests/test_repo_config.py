@@ -199,14 +199,16 @@ def package(test: str | None = None, dev: dict[str, str] | None = None, **script
     return json.dumps(body).encode()
 
 
-@pytest.mark.parametrize(("script", "runner"), [
-    ("jest", "jest"), ("jest --coverage", "jest"), ("mocha 'test/**/*.js'", "mocha"), ("node --test", "node"),
-    ("vitest run", "vitest"), ("cross-env NODE_ENV=test jest", "jest"),
+@pytest.mark.parametrize(("script", "runner", "command"), [
+    ("jest", "jest", "jest"), ("jest --coverage", "jest", "jest --coverage"),
+    ("mocha 'test/**/*.js'", "mocha", "mocha 'test/**/*.js'"), ("node --test", "node", "node --test"),
+    ("vitest run", "vitest", "vitest run"), ("cross-env NODE_ENV=test jest", "jest", "jest"),
 ])
-def test_the_test_script_names_the_runner(script: str, runner: str) -> None:
+def test_the_test_script_names_the_runner_which_runs_itself(script: str, runner: str, command: str) -> None:
     plan = detect_node({"package.json": package(script)})
     assert plan.test_runner == runner
-    assert plan.test_script == script and plan.suite_command == "npm test"
+    assert plan.test_script == command  # the runner's own command line: no wrapper, no npm
+    assert plan.suite_command is None  # the runner's whole suite, not `npm test`
     assert plan.language == "node" and plan.setup_domains == NPM
 
 
@@ -368,7 +370,7 @@ def test_describe_mentions_every_step_and_the_runner() -> None:
     assert "tests run with pytest; suite: pytest (whole suite)" in text
     assert text.startswith("python environment (detected): installs the package editable with its extras test")
     node = resolve({"package.json": package("jest"), "package-lock.json": b"{}"}).describe()
-    assert "$ npm ci --no-audit --no-fund" in node and "tests run with jest; suite: npm test" in node
+    assert "$ npm ci --no-audit --no-fund" in node and "tests run with jest: jest; suite: jest (whole suite)" in node
 
 
 # -- nothing from the repository escapes its quoting ---------------------------------------

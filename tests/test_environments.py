@@ -63,10 +63,10 @@ async def run_in(builder: EnvironmentBuilder, env: Environment, checkout: Checko
     return await builder.sandbox.run(builder.spec(env, checkout), ["/bin/bash", "-c", script], timeout_s=60)
 
 
-def env_dirs(workspaces: WorkspaceManager, url: str) -> list[str]:
-    """The environment directories of a repository (not its cache or lock files)."""
-    directory = workspaces.envs_dir / workspaces.mirror_key(url)
-    return sorted(p.name for p in directory.iterdir() if p.is_dir() and p.name != "cache")
+def env_dirs(builder: EnvironmentBuilder, url: str) -> list[str]:
+    """The environment directories of a repository on the node (not its lock files)."""
+    directory = builder.cache.envs_dir / builder.workspaces.mirror_key(url)
+    return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,13 +161,13 @@ async def test_concurrent_ensures_build_once(
     upstream, _, _ = demo
     sha = upstream.commit({"pyproject.toml": PYPROJECT.format(deps='"six"') + "# concurrent\n"})
     await workspaces.resolve(upstream.url)
-    before = env_dirs(workspaces, upstream.url)
+    before = env_dirs(builder, upstream.url)
 
     one, two = await asyncio.gather(builder.ensure(upstream.url, sha), builder.ensure(upstream.url, sha))
 
     assert one.path == two.path
     assert sorted([one.reused, two.reused]) == [False, True]
-    assert env_dirs(workspaces, upstream.url) == sorted([*before, one.hash])  # no .partial-* left
+    assert env_dirs(builder, upstream.url) == sorted([*before, one.hash])  # no .partial-* left
 
 
 PROCESS_SCRIPT = """
@@ -204,7 +204,7 @@ async def test_two_processes_on_one_root_build_once(root: Path, workspaces: Work
     results = [json.loads(stdout.decode().strip().splitlines()[-1]) for stdout, _ in outputs]
     assert results[0]["path"] == results[1]["path"]
     assert sorted(r["reused"] for r in results) == [False, True]
-    assert len(env_dirs(workspaces, upstream.url)) == 1
+    assert len(env_dirs(builder, upstream.url)) == 1
 
 
 async def test_failed_setup_raises_with_uvs_error_and_leaves_nothing(
@@ -220,7 +220,7 @@ async def test_failed_setup_raises_with_uvs_error_and_leaves_nothing(
     assert "fixfleet-no-such-package-0000" in raised.value.log_tail
     assert "not found in the package registry" in raised.value.log_tail  # uv's own words
     assert "requirements.txt" in raised.value.message  # names the step that failed, not the last one
-    assert env_dirs(workspaces, upstream.url) == []  # no partial directory, no environment
+    assert env_dirs(builder, upstream.url) == []  # no partial directory, no environment
     assert list(workspaces.checkouts_dir.iterdir()) == []  # the setup's checkout is gone
 
 
@@ -258,7 +258,7 @@ async def test_setup_reaching_an_unlisted_host_is_refused_by_the_proxy(
     tail = raised.value.log_tail
     assert "example.com:443" in tail and "not in network.setup" in tail, tail
     assert "403" in tail  # what the program itself was told by the proxy
-    assert env_dirs(workspaces, upstream.url) == []
+    assert env_dirs(builder, upstream.url) == []
 
 
 async def test_fixfleet_yml_setup_and_env_are_honoured(

@@ -1,0 +1,260 @@
+"""Real repositories set up the way their developers set them up, for real, in the sandbox.
+
+Each repository is made here with the real tools: its lockfile written by uv, pnpm or yarn on
+the host, then committed to a throwaway remote. The platform detects how to set it up, builds
+the environment in the sandbox with only the registries reachable (packages downloaded for
+real), and the repository's tests run there with the command the plan names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from fixfleet.workspace.env_cache import EnvCache
+from fixfleet.workspace.environments import Environment, EnvironmentBuilder
+from fixfleet.workspace.mirrors import WorkspaceManager
+from fixfleet.workspace.runners import make_runner
+from fixfleet.workspace.sandbox import RunResult, Sandbox
+from tests.gitrepos import Upstream, make_upstream, own_git_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+OUT = "/fixfleet-out"
+VITEST_TEST = 'import { expect, test } from "vitest";\n\ntest("adds", () => {\n  expect(1 + 2).toBe(3);\n});\n'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with own_git_config(tmp_path_factory.mktemp("gitconfig")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("setups")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def workspaces(root: Path) -> AsyncIterator[WorkspaceManager]:
+    manager = WorkspaceManager(root / "ws", 10**12, warm_spares=0)
+    yield manager
+    await manager.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def builder(root: Path, workspaces: WorkspaceManager) -> EnvironmentBuilder:
+    sandbox = Sandbox(root / "sandbox")
+    await sandbox.check()
+    return EnvironmentBuilder(workspaces, sandbox, cache=EnvCache(root / "node-cache"))
+
+
+async def repository(workspaces: WorkspaceManager, directory: Path, files: dict[str, str]) -> tuple[Upstream, str]:
+    upstream = make_upstream(directory, files)
+    await workspaces.resolve(upstream.url)
+    return upstream, upstream.sha("main")
+
+
+async def run_tests(builder: EnvironmentBuilder, env: Environment, upstream: Upstream, sha: str,
+                    command: list[str], out: Path | None = None) -> RunResult:
+    """`command` in a fresh checkout with the environment, as verification runs it (`out`: the
+    host directory of the reports, at /fixfleet-out)."""
+    checkout = await builder.workspaces.checkout(upstream.url, sha, f"tests-{env.hash[:8]}")
+    try:
+        builder.prepare(env, checkout)
+        spec = builder.spec(env, checkout)
+        spec.writable[OUT] = out or Path(tempfile.mkdtemp(prefix="ff-out-"))
+        return await builder.sandbox.run(spec, command, timeout_s=300)
+    finally:
+        await builder.workspaces.discard(checkout)
+
+
+def host_tool(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """A package manager on the host, as the repository's developers ran it to write their lockfile."""
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def corepack_env(scratch: Path) -> dict[str, str]:
+    # the registry here serves no signatures: corepack's key check would refuse every download
+    return {"COREPACK_HOME": str(scratch / "corepack"), "COREPACK_INTEGRITY_KEYS": "0",
+            "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", "COREPACK_NPM_REGISTRY": "https://registry.npmjs.org"}
+
+
+# -- Python ------------------------------------------------------------------------------
+
+
+UV_PROJECT = """\
+[project]
+name = "locked"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = []
+
+[dependency-groups]
+test = ["pytest"]
+"""
+
+
+def uv_lock(directory: Path, exclude_newer: str | None) -> str:
+    """Lock UV_PROJECT with uv; the pytest version the lock pins."""
+    directory.mkdir()
+    (directory / "pyproject.toml").write_text(UV_PROJECT)
+    argv = [sys.executable, "-m", "uv", "lock", "--quiet"] + (["--exclude-newer", exclude_newer] if exclude_newer else [])
+    done = host_tool(argv, directory, UV_CACHE_DIR=str(directory.parent / "uv-cache"))
+    assert done.returncode == 0, done.stderr
+    lock = (directory / "uv.lock").read_text()
+    return re.search(r'name = "pytest"\nversion = "([^"]+)"', lock).group(1)
+
+
+async def test_a_uv_lock_is_synced_frozen_with_the_locked_pytest_not_the_newest(
+        root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
+    locked = uv_lock(root / "uv-old", "2024-01-01T00:00:00Z")
+    newest = uv_lock(root / "uv-new", None)
+    assert tuple(map(int, locked.split(".")[:2])) < tuple(map(int, newest.split(".")[:2])), (locked, newest)
+    upstream, sha = await repository(workspaces, root / "uv-repo", {
+        "pyproject.toml": UV_PROJECT, "uv.lock": (root / "uv-old/uv.lock").read_text(),
+        "tests/test_it.py": "def test_it():\n    assert True\n"})
+
+    env = await builder.ensure(upstream.url, sha)
+
+    assert env.plan.steps[1] == 'uv sync --frozen --python "$FIXFLEET_PYTHON" --group test'
+    assert "uv.lock committed: a frozen uv sync installs the locked versions with the group(s) test" in env.plan.describe()
+    result = await run_tests(builder, env, upstream, sha, ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    assert result.exit_code == 0 and "1 passed" in result.output_tail, result.output_tail
+    version = await run_tests(builder, env, upstream, sha, ["python", "-m", "pytest", "--version"])
+    assert f"pytest {locked}" in version.output_tail, (locked, newest, version.output_tail)
+
+
+POETRY_PROJECT = """\
+[tool.poetry]
+name = "poetrydemo"
+version = "0.1.0"
+description = ""
+authors = ["Dev <dev@example.com>"]
+
+[tool.poetry.dependencies]
+python = "^3.9"
+
+[tool.poetry.group.dev.dependencies]
+pytest = "^8"
+pytest-mock = "^3.12"
+
+[build-system]
+requires = ["poetry-core"]
+build-backend = "poetry.core.masonry.api"
+"""
+MOCKER_TEST = """\
+import poetrydemo
+
+
+def test_the_mocker_fixture_patches(mocker):
+    mocker.patch.object(poetrydemo, "answer", return_value=42)
+    assert poetrydemo.answer() == 42
+"""
+
+
+async def test_a_poetry_projects_dev_group_is_installed_so_its_fixtures_work(
+        root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
+    upstream, sha = await repository(workspaces, root / "poetry-repo", {
+        "pyproject.toml": POETRY_PROJECT, "poetrydemo/__init__.py": "def answer():\n    return 1\n",
+        "tests/test_mocker.py": MOCKER_TEST})
+
+    env = await builder.ensure(upstream.url, sha)
+
+    assert "poetry install --no-interaction --with dev" in env.plan.steps[1]
+    assert env.plan.package_manager == "poetry" and env.plan.test_runner == "pytest"
+    result = await run_tests(builder, env, upstream, sha, ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    assert result.exit_code == 0 and "1 passed" in result.output_tail, result.output_tail
+
+
+# -- JavaScript ---------------------------------------------------------------------------
+
+
+async def run_suite(builder: EnvironmentBuilder, env: Environment, upstream: Upstream, sha: str,
+                    out: Path) -> tuple[RunResult, dict[str, str]]:
+    """The plan's runner over the whole suite, as verification runs it: (the run, test -> outcome)."""
+    runner = make_runner(env.plan.test_runner, test_script=env.plan.test_script)
+    argv = runner.suite_argv(OUT)
+    result = await run_tests(builder, env, upstream, sha, argv, out)
+    report = runner.parse_run(argv, result.exit_code, result.output_tail, out)
+    return result, {case.id: case.outcome for case in report.tests}
+
+
+PNPM_PACKAGE = {
+    "name": "pnpmdemo", "version": "1.0.0", "private": True, "type": "module", "packageManager": "pnpm@9.15.0",
+    "scripts": {"test": "pnpm lint && pnpm typecheck && vitest run", "lint": "eslint .", "typecheck": "tsc --noEmit"},
+    "devDependencies": {"vitest": "^3.2.0"},
+}
+
+
+async def test_a_pnpm_project_installs_with_pnpm_and_its_vitest_suite_runs_without_the_lint_chain(
+        root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
+    scratch = root / "pnpm-lock"
+    scratch.mkdir()
+    (root / "pnpm-out").mkdir()
+    (scratch / "package.json").write_text(json.dumps(PNPM_PACKAGE, indent=2))
+    done = host_tool(["corepack", "pnpm", "install", "--lockfile-only", "--store-dir", str(scratch / "store")],
+                     scratch, **corepack_env(scratch))
+    assert done.returncode == 0, done.stdout + done.stderr
+    upstream, sha = await repository(workspaces, root / "pnpm-repo", {
+        "package.json": json.dumps(PNPM_PACKAGE, indent=2), "pnpm-lock.yaml": (scratch / "pnpm-lock.yaml").read_text(),
+        "test/sum.test.ts": VITEST_TEST})
+
+    env = await builder.ensure(upstream.url, sha)
+
+    assert env.plan.steps == ["corepack pnpm install --frozen-lockfile"]
+    assert env.plan.test_script == "vitest run" and env.plan.suite_command is None
+    assert "package.json's packageManager is pnpm@9.15.0" in env.plan.reasons
+    result, outcomes = await run_suite(builder, env, upstream, sha, root / "pnpm-out")
+    assert result.exit_code == 0 and "pnpm: not found" not in result.output_tail, result.output_tail
+    assert outcomes == {"test/sum.test.ts > adds": "passed"}, (outcomes, result.output_tail)
+    pnpm = await run_tests(builder, env, upstream, sha, ["pnpm", "--version"])  # for sessions: offline, from /env
+    assert pnpm.exit_code == 0 and pnpm.output_tail.strip().endswith("9.15.0"), pnpm.output_tail
+
+
+YARN_PACKAGE = {
+    "name": "yarndemo", "version": "1.0.0", "private": True,
+    "scripts": {"test": "vitest --ui"},
+    # react-dom 17 wants react 17 as its peer: yarn classic warns, npm refuses (ERESOLVE)
+    "dependencies": {"react": "18.2.0", "react-dom": "17.0.2"},
+    "devDependencies": {"vitest": "^3.2.0"},
+}
+
+
+async def test_a_yarn_classic_project_installs_with_yarn_despite_a_peer_conflict_and_tests_with_vitest_run(
+        root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
+    scratch = root / "yarn-lock"
+    scratch.mkdir()
+    (root / "yarn-out").mkdir()
+    (scratch / "package.json").write_text(json.dumps(YARN_PACKAGE, indent=2))
+    npm = host_tool(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"], scratch,
+                    npm_config_cache=str(scratch / "npm-cache"))
+    assert npm.returncode != 0 and "ERESOLVE" in npm.stdout + npm.stderr  # what `npm install` does with it
+    (scratch / "package-lock.json").unlink(missing_ok=True)
+    done = host_tool(["corepack", "yarn@1.22.22", "install", "--ignore-scripts", "--cache-folder",
+                      str(scratch / "yarn-cache")], scratch, **corepack_env(scratch))
+    assert done.returncode == 0, done.stdout + done.stderr
+    upstream, sha = await repository(workspaces, root / "yarn-repo", {
+        "package.json": json.dumps(YARN_PACKAGE, indent=2), "yarn.lock": (scratch / "yarn.lock").read_text(),
+        "test/sum.test.js": VITEST_TEST})
+
+    env = await builder.ensure(upstream.url, sha)
+
+    assert env.plan.steps == ["corepack yarn@1.22.22 install --non-interactive --ignore-engines --frozen-lockfile"]
+    assert env.plan.test_script == "vitest run"
+    assert "package.json's test script (`vitest --ui`) is interactive: `vitest run` instead (--ui dropped)" \
+        in env.plan.reasons
+    result, outcomes = await run_suite(builder, env, upstream, sha, root / "yarn-out")  # --ui would never end
+    assert result.exit_code == 0 and not result.timed_out, result.output_tail
+    assert outcomes == {"test/sum.test.js > adds": "passed"}, (outcomes, result.output_tail)
+

@@ -37,7 +37,7 @@ from fixfleet.workspace.environments import (
     SetupFailed,
     network_access,
 )
-from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
+from fixfleet.workspace.mirrors import Checkout, WorkspaceManager, remove_tree
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
 
@@ -79,6 +79,9 @@ class AgentLoop:
         self.tokens = TokenManager(self.settings)
         self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token,
                                            history=self.git_history)
+        legacy = self.workspaces.root / "envs"  # environments were an agent's before they were the node's
+        if legacy.is_dir():
+            await asyncio.to_thread(remove_tree, legacy)
         cache = EnvCache(self.settings.cache_root, max_bytes=int(self.settings.cache_max_gb * 1024**3))
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
                                                self.settings.suite_command, cache=cache, holder=self.name)

@@ -596,3 +596,11 @@ def test_only_the_version_files_the_config_names_are_laid_and_never_code_that_ru
 def test_the_config_may_not_name_a_generated_file_that_runs_code(path: str) -> None:
     with pytest.raises(InvalidRepoConfig, match="generated"):
         parse_config(json.dumps({"generated": [path]}))
+
+
+def test_a_named_setup_is_not_given_the_detected_package_manager() -> None:
+    repository = {"package.json": node_package(packageManager="pnpm@9.15.0"), "pnpm-lock.yaml": b"lockfileVersion: '9.0'\n",
+                  ".fixfleet.yml": b"setup: [npm ci]\n"}
+    plan = resolve(repository)
+    assert plan.steps == ["npm ci"] and plan.package_manager is None
+    assert plan.test_script == "vitest run"  # the test command is still the runner's own

@@ -154,7 +154,9 @@ def resolve(files: Mapping[str, bytes], settings_config: RepoConfig | None = Non
         or (default_suite_command if language == "python" else None), "timeouts": config.timeouts,
         "setup_domains": config.network.setup if config.network.setup is not None else detected.setup_domains,
         "test_domains": config.network.test, "env": config.env, "source": source, "reasons": reasons + laid_why,
-        "generated": generated})
+        "generated": generated,
+        # the named setup installs the dependencies; the detected manager is not fetched for it
+        "package_manager": detected.package_manager if config.setup is None else None})
 
 
 def generated_files(files: Mapping[str, bytes], configured: list[str], source: str) -> tuple[list[str], list[str]]:

@@ -88,7 +88,6 @@ class Verifier:
         finally:
             shutil.rmtree(out, ignore_errors=True)
             await self.workspaces.discard(checkout)
-            env.release()  # held since ensure: eviction left it alone while it proved the change
 
     async def rerun_suite(self, url: str, sha: str, *, name: str) -> CommandRun:
         """The repository's whole suite on commit `sha` (a pushed branch), in the sandbox: what
@@ -103,7 +102,6 @@ class Verifier:
         finally:
             shutil.rmtree(out, ignore_errors=True)
             await self.workspaces.discard(checkout)
-            env.release()
 
     async def _prove(self, url: str, change: ChangeSet, run: _Runs) -> Evidence:
         """Split the change with the runner, then RED, GREEN and the suite; raises EvidenceError."""

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,13 +22,12 @@ import pytest_asyncio
 from fixfleet.workspace.env_cache import EnvCache
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder
 from fixfleet.workspace.mirrors import WorkspaceManager
-from fixfleet.workspace.runners import make_runner
 from fixfleet.workspace.sandbox import RunResult, Sandbox
+from fixfleet.workspace.verify import CommandRun, Verifier
 from tests.gitrepos import Upstream, make_upstream, own_git_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-OUT = "/fixfleet-out"
 VITEST_TEST = 'import { expect, test } from "vitest";\n\ntest("adds", () => {\n  expect(1 + 2).toBe(3);\n});\n'
 
 
@@ -65,15 +63,12 @@ async def repository(workspaces: WorkspaceManager, directory: Path, files: dict[
 
 
 async def run_tests(builder: EnvironmentBuilder, env: Environment, upstream: Upstream, sha: str,
-                    command: list[str], out: Path | None = None) -> RunResult:
-    """`command` in a fresh checkout with the environment, as verification runs it (`out`: the
-    host directory of the reports, at /fixfleet-out)."""
+                    command: list[str]) -> RunResult:
+    """`command` in a fresh checkout, in the environment's sandbox, as a session would run it."""
     checkout = await builder.workspaces.checkout(upstream.url, sha, f"tests-{env.hash[:8]}")
     try:
         builder.prepare(env, checkout)
-        spec = builder.spec(env, checkout)
-        spec.writable[OUT] = out or Path(tempfile.mkdtemp(prefix="ff-out-"))
-        return await builder.sandbox.run(spec, command, timeout_s=300)
+        return await builder.sandbox.run(builder.spec(env, checkout), command, timeout_s=300)
     finally:
         await builder.workspaces.discard(checkout)
 
@@ -180,14 +175,16 @@ async def test_a_poetry_projects_dev_group_is_installed_so_its_fixtures_work(
 # -- JavaScript ---------------------------------------------------------------------------
 
 
-async def run_suite(builder: EnvironmentBuilder, env: Environment, upstream: Upstream, sha: str,
-                    out: Path) -> tuple[RunResult, dict[str, str]]:
-    """The plan's runner over the whole suite, as verification runs it: (the run, test -> outcome)."""
-    runner = make_runner(env.plan.test_runner, test_script=env.plan.test_script)
-    argv = runner.suite_argv(OUT)
-    result = await run_tests(builder, env, upstream, sha, argv, out)
-    report = runner.parse_run(argv, result.exit_code, result.output_tail, out)
-    return result, {case.id: case.outcome for case in report.tests}
+async def suite_verdicts(builder: EnvironmentBuilder, upstream: Upstream, sha: str, broken: dict[str, str]
+                         ) -> tuple[CommandRun, CommandRun]:
+    """The platform's own run of the whole suite (what verification and rerun-tests run) on `sha`,
+    and on a commit where `broken` makes a test fail: the second fails only if the tests ran."""
+    verifier = Verifier(builder.workspaces, builder, builder.sandbox)
+    passing = await verifier.rerun_suite(upstream.url, sha, name=f"suite-{sha[:8]}")
+    failing_sha = upstream.commit(broken)
+    await builder.workspaces.resolve(upstream.url)
+    failing = await verifier.rerun_suite(upstream.url, failing_sha, name=f"suite-{failing_sha[:8]}")
+    return passing, failing
 
 
 PNPM_PACKAGE = {
@@ -201,7 +198,6 @@ async def test_a_pnpm_project_installs_with_pnpm_and_its_vitest_suite_runs_witho
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
     scratch = root / "pnpm-lock"
     scratch.mkdir()
-    (root / "pnpm-out").mkdir()
     (scratch / "package.json").write_text(json.dumps(PNPM_PACKAGE, indent=2))
     done = host_tool(["corepack", "pnpm", "install", "--lockfile-only", "--store-dir", str(scratch / "store")],
                      scratch, **corepack_env(scratch))
@@ -215,9 +211,11 @@ async def test_a_pnpm_project_installs_with_pnpm_and_its_vitest_suite_runs_witho
     assert env.plan.steps == ["corepack pnpm install --frozen-lockfile"]
     assert env.plan.test_script == "vitest run" and env.plan.suite_command is None
     assert "package.json's packageManager is pnpm@9.15.0" in env.plan.reasons
-    result, outcomes = await run_suite(builder, env, upstream, sha, root / "pnpm-out")
-    assert result.exit_code == 0 and "pnpm: not found" not in result.output_tail, result.output_tail
-    assert outcomes == {"test/sum.test.ts > adds": "passed"}, (outcomes, result.output_tail)
+    passing, failing = await suite_verdicts(builder, upstream, sha,
+                                            {"test/sum.test.ts": VITEST_TEST.replace("toBe(3)", "toBe(4)")})
+    assert passing.exit_code == 0 and "pnpm: not found" not in passing.output_tail, passing.output_tail
+    assert "vitest run" in passing.command and "pnpm" not in passing.command and "lint" not in passing.command
+    assert failing.exit_code != 0, failing.output_tail  # the suite really ran the test
     pnpm = await run_tests(builder, env, upstream, sha, ["pnpm", "--version"])  # for sessions: offline, from /env
     assert pnpm.exit_code == 0 and pnpm.output_tail.strip().endswith("9.15.0"), pnpm.output_tail
 
@@ -235,7 +233,6 @@ async def test_a_yarn_classic_project_installs_with_yarn_despite_a_peer_conflict
         root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
     scratch = root / "yarn-lock"
     scratch.mkdir()
-    (root / "yarn-out").mkdir()
     (scratch / "package.json").write_text(json.dumps(YARN_PACKAGE, indent=2))
     npm = host_tool(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"], scratch,
                     npm_config_cache=str(scratch / "npm-cache"))
@@ -254,7 +251,9 @@ async def test_a_yarn_classic_project_installs_with_yarn_despite_a_peer_conflict
     assert env.plan.test_script == "vitest run"
     assert "package.json's test script (`vitest --ui`) is interactive: `vitest run` instead (--ui dropped)" \
         in env.plan.reasons
-    result, outcomes = await run_suite(builder, env, upstream, sha, root / "yarn-out")  # --ui would never end
-    assert result.exit_code == 0 and not result.timed_out, result.output_tail
-    assert outcomes == {"test/sum.test.js > adds": "passed"}, (outcomes, result.output_tail)
+    passing, failing = await suite_verdicts(builder, upstream, sha,  # --ui would serve a page and never end
+                                            {"test/sum.test.js": VITEST_TEST.replace("toBe(3)", "toBe(4)")})
+    assert passing.exit_code == 0 and not passing.timed_out, passing.output_tail
+    assert "vitest run" in passing.command and "--ui" not in passing.command
+    assert failing.exit_code != 0 and not failing.timed_out, failing.output_tail
 

@@ -450,7 +450,12 @@ async def test_a_dependency_change_builds_a_new_environment_while_the_old_one_se
         await workspaces.discard(checkout)
     old.release()
     new.release()
-    assert {e.digest for e in await asyncio.to_thread(builder.cache.evict)} == {old.hash, new.hash}
+    async with builder.use(upstream.url, shas[2]) as third:  # held for the block only
+        assert third.held and third.path.is_dir()
+        assert not old.path.exists() and not new.path.exists()  # released: this build evicted them
+        assert await asyncio.to_thread(builder.cache.evict) == []
+    assert not third.held
+    assert [e.digest for e in await asyncio.to_thread(builder.cache.evict)] == [third.hash]
 
 
 async def test_a_dead_agents_lease_does_not_pin_its_environment(

@@ -104,7 +104,8 @@ class Lease:
         self._descriptor = None
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the process's end releases it anyway
+            self.release()
 
 
 class EnvCache:

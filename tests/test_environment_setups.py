@@ -172,6 +172,37 @@ async def test_a_poetry_projects_dev_group_is_installed_so_its_fixtures_work(
     assert result.exit_code == 0 and "1 passed" in result.output_tail, result.output_tail
 
 
+PDM_PROJECT = """\
+[project]
+name = "pdmdemo"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = []
+
+[tool.pdm]
+distribution = false
+
+[tool.pdm.dev-dependencies]
+test = ["pytest"]
+"""
+# what `pdm lock` writes, cut to what installing reads: pytest 8.3.3 and its dependencies
+PDM_LOCK = "[metadata]\ngroups = [\"default\", \"test\"]\nlock_version = \"4.5.0\"\n" + "".join(
+    f'\n[[package]]\nname = "{name}"\nversion = "{version}"\ngroups = ["test"]\n'
+    for name, version in (("pytest", "8.3.3"), ("iniconfig", "2.0.0"), ("packaging", "24.1"), ("pluggy", "1.5.0")))
+
+
+async def test_a_pdm_lock_installs_exactly_the_locked_versions(
+        root: Path, workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
+    upstream, sha = await repository(workspaces, root / "pdm-repo", {
+        "pyproject.toml": PDM_PROJECT, "pdm.lock": PDM_LOCK, "tests/test_it.py": "def test_it():\n    assert True\n"})
+
+    env = await builder.ensure(upstream.url, sha)
+
+    assert env.plan.package_manager == "pdm"
+    result = await run_tests(builder, env, upstream, sha, ["python", "-m", "pytest", "-p", "no:cacheprovider"])
+    assert result.exit_code == 0 and "pytest-8.3.3, pluggy-1.5.0" in result.output_tail, result.output_tail
+
+
 # -- JavaScript ---------------------------------------------------------------------------
 
 

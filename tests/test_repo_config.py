@@ -469,10 +469,55 @@ def test_poetry_installs_its_lock_with_the_dev_group_at_the_version_that_wrote_i
     assert "without poetry.lock: Poetry resolves" in unlocked.reasons[0]
 
 
-def test_pdm_and_pipenv_locks_are_installed_by_their_tools() -> None:
-    pdm = detect_python(with_names({"pyproject.toml": PYPROJECT + '[tool.pdm.dev-dependencies]\ntest = ["pytest"]\n',
-                                    "pdm.lock": ""}))
-    assert "pdm sync -G test" in pdm.steps[1] and pdm.package_manager == "pdm"
+PDM_LOCK = """
+[metadata]
+groups = ["default", "test"]
+lock_version = "4.5.0"
+
+[[package]]
+name = "pytest"
+version = "8.3.3"
+groups = ["test"]
+
+[[package]]
+name = "colorama"
+version = "0.4.6"
+groups = ["test"]
+marker = "sys_platform == \\"win32\\""
+
+[[package]]
+name = "sphinx"
+version = "7.0.0"
+groups = ["docs"]
+
+[[package]]
+name = "evil"
+version = "1.0\\nFIXFLEET_LOCKED_PINS\\nrm -rf /"
+
+[[package]]
+name = "requests"
+version = "2.32.3"
+groups = ["default"]
+extras = ["socks"]
+
+[[package]]
+name = "demo"
+path = "."
+"""
+
+
+def test_a_pdm_lock_is_installed_as_locked_for_the_default_and_test_groups() -> None:
+    pyproject = PYPROJECT + '[tool.pdm.dev-dependencies]\ntest = ["pytest"]\ndocs = ["sphinx"]\n'
+    plan = detect_python(with_names({"pyproject.toml": pyproject, "pdm.lock": PDM_LOCK}))
+    assert plan.steps[1].splitlines() == ["uv pip install --no-deps -r /dev/stdin <<'FIXFLEET_LOCKED_PINS'",
+                                          "pytest==8.3.3", 'colorama==0.4.6 ; sys_platform == "win32"',
+                                          "requests[socks]==2.32.3", "FIXFLEET_LOCKED_PINS"]
+    assert plan.steps[2] == "uv pip install --no-deps -e /workspace" and plan.package_manager == "pdm"
+    assert plan.reasons[0] == "pdm.lock committed: its 3 locked packages of the group(s) default, test installed as they are"
+    assert "# and 4 more lines" in plan.describe()  # the pins are not all printed in the PR
+
+
+def test_a_pipenv_lock_is_installed_by_pipenv() -> None:
     pipenv = detect_python(with_names({"Pipfile": "[dev-packages]\npytest = '*'\n", "Pipfile.lock": "{}"}))
     assert "pipenv sync --dev" in pipenv.steps[1] and pipenv.package_manager == "pipenv"
 

@@ -73,11 +73,16 @@ class SetupPlan(BaseModel):
 
     def describe(self) -> str:
         lines = [f"{self.language} environment ({self.source}): " + "; ".join(self.reasons)]
-        lines += [f"  $ {step}" for step in self.steps]
+        lines += [f"  $ {_first_line(step)}" for step in self.steps]
         command = f": {self.test_script}" if self.test_script else ""
         lines.append(f"  tests run with {self.test_runner}{command}; "
                      f"suite: {self.suite_command or self.test_runner + ' (whole suite)'}")
         return "\n".join(lines)
+
+
+def _first_line(step: str) -> str:
+    first, *rest = step.splitlines() or [""]
+    return first + (f"  # and {len(rest)} more lines" if rest else "")
 
 
 def never_laid(path: str) -> str | None:

@@ -1,7 +1,8 @@
 """How a Python repository is set up, read from its own files the way its developers set it up.
 
 In this order: a committed lockfile (uv.lock: a frozen `uv sync`; poetry.lock: Poetry; pdm.lock:
-PDM; Pipfile.lock: Pipenv), each with the repository's test groups and extras; a Poetry project
+its locked packages as they are; Pipfile.lock: Pipenv), each with the repository's test groups
+and extras; a Poetry project
 without a lock (Poetry resolves it); else the declared metadata: the package editable with its
 test extra, requirements files, PEP 735 groups, Hatch and PDM dev dependencies, tox's and nox's
 test deps. The runner is pytest when anything names it, else unittest. Pure functions over the
@@ -39,6 +40,8 @@ REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-t
 TEST_REQUIREMENTS = [name for name in REQUIREMENT_FILES if re.search(r"test|dev", name)]
 LOCKFILES = ("uv.lock", "poetry.lock", "pdm.lock", "Pipfile.lock")
 # A plain requirement (name, extras, version): what a noxfile's session.install may hand over.
+PINS_END = "FIXFLEET_LOCKED_PINS"  # the heredoc's end: no pin can be this line
+PINNED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.+!_-]+( ; [^\n]+)?")
 PLAIN_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+)?")
 
 
@@ -98,12 +101,38 @@ def _poetry(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> tuple[list
 
 
 def _pdm(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """pdm.lock's pinned packages of the default and test groups, installed as they are. (PDM's
+    own releases drift out of step with their dependencies: installing a complete lock needs no
+    resolver, so uv installs it.)"""
     declared = {**mapping(pyproject.get("dependency-groups")), **mapping(dig(pyproject, "tool", "pdm", "dev-dependencies")),
                 **{e: [] for e in _extras(files, pyproject)}}
     groups = _test_groups(declared)
-    options = "".join(f" -G {g}" for g in groups)
-    step = f"PDM_IGNORE_SAVED_PYTHON=1 uv tool run --python \"$FIXFLEET_PYTHON\" --from pdm pdm sync{options}"
-    return [step], ["pdm.lock committed: PDM installs the locked versions" + _with(groups, "group")]
+    pins = _pdm_pins(toml_document(files.get("pdm.lock")), {"default", *groups})
+    steps = [f"uv pip install --no-deps -r /dev/stdin <<'{PINS_END}'\n" + "\n".join(pins) + f"\n{PINS_END}"]
+    if "project" in pyproject and dig(pyproject, "tool", "pdm", "distribution") is not False:
+        steps.append("uv pip install --no-deps -e /workspace")
+    return steps, [f"pdm.lock committed: its {len(pins)} locked packages of the group(s) "
+                   f"{', '.join(['default', *groups])} installed as they are"]
+
+
+def _pdm_pins(lock: dict[str, Any], wanted: set[str]) -> list[str]:
+    """`name[extras]==version ; marker` of each locked package in a wanted group (a path, URL or
+    VCS package has no version: the project itself, installed after)."""
+    pins = []
+    for package in lock.get("package") if isinstance(lock.get("package"), list) else []:
+        package = mapping(package)
+        name, version, groups = package.get("name"), package.get("version"), package.get("groups")
+        if not isinstance(name, str) or not isinstance(version, str):
+            continue
+        if isinstance(groups, list) and not wanted & {g for g in groups if isinstance(g, str)}:
+            continue
+        extras = _strings(package.get("extras"))
+        marker = package.get("marker")
+        pin = name + (f"[{','.join(extras)}]" if extras else "") + f"=={version}" + (
+            f" ; {marker}" if isinstance(marker, str) and marker else "")
+        if PINNED.fullmatch(pin):
+            pins.append(pin)
+    return pins
 
 
 def _pipenv(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -111,8 +111,8 @@ def _pdm(files: Mapping[str, bytes], pyproject: dict[str, Any]) -> tuple[list[st
     steps = [f"uv pip install --no-deps -r /dev/stdin <<'{PINS_END}'\n" + "\n".join(pins) + f"\n{PINS_END}"]
     if "project" in pyproject and dig(pyproject, "tool", "pdm", "distribution") is not False:
         steps.append("uv pip install --no-deps -e /workspace")
-    return steps, [f"pdm.lock committed: its {len(pins)} locked packages of the group(s) "
-                   f"{', '.join(['default', *groups])} installed as they are"]
+    return steps, [(f"pdm.lock committed: its {len(pins)} locked packages of the group(s) "
+                   f"{', '.join(['default', *groups])} installed as they are")]
 
 
 def _pdm_pins(lock: dict[str, Any], wanted: set[str]) -> list[str]:

@@ -33,6 +33,7 @@ from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.sessions import SessionOwner
 from fixfleet.worker import Worker
+from fixfleet.workspace.env_cache import EnvCache
 from fixfleet.workspace.environments import (
     Environment,
     EnvironmentBuilder,
@@ -41,12 +42,15 @@ from fixfleet.workspace.environments import (
 )
 from fixfleet.workspace.baselines import BaselineStore
 from fixfleet.workspace.limits import SandboxLimits
-from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
+from fixfleet.workspace.mirrors import Checkout, WorkspaceManager, remove_tree
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
 
 log = logging.getLogger(__name__)
 MIRROR_BUDGET_BYTES = 20 * 1024**3
+# The environments a job holds (eviction leaves them alone), released when the job ends.
+_held_environments: contextvars.ContextVar[list[Environment] | None] = contextvars.ContextVar(
+    "held_environments", default=None)
 
 
 class AgentLoop:
@@ -81,10 +85,14 @@ class AgentLoop:
         self.tokens = TokenManager(self.settings)
         self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token,
                                            history=self.git_history)
+        legacy = self.workspaces.root / "envs"  # environments were an agent's before they were the node's
+        if legacy.is_dir():
+            await asyncio.to_thread(remove_tree, legacy)
+        cache = EnvCache(self.settings.cache_root, max_bytes=int(self.settings.cache_max_gb * 1024**3))
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
-                                               self.settings.suite_command)
+                                               self.settings.suite_command, cache=cache, holder=self.name)
         self.verifier = Verifier(self.workspaces, self.environments, self.sandbox,
-                                 BaselineStore(self.settings.home / "cache" / "baselines"),
+                                 BaselineStore(self.settings.cache_root / "baselines"),
                                  reruns=self.settings.verify_reruns)
         self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
                                     mcp_template=self.settings.mcp_config, records=self.store)
@@ -145,6 +153,7 @@ class AgentLoop:
     async def _handle_counted(self, job: Job) -> None:
         self.busy_since = time.time()
         self.metrics.started()
+        held = _held_environments.set([])  # the handler's child task shares this list
         with task_context(f"#{job.task_id}"):
             log.info("%s took the job from %s (delivery %d)", self.name, job.stream, job.deliveries)
             try:
@@ -160,6 +169,9 @@ class AgentLoop:
                 raise
             finally:
                 busy_for, self.busy_since, self.held = time.time() - self.busy_since, None, None
+                for env in _held_environments.get() or []:
+                    env.release()
+                _held_environments.reset(held)
             log.info("%s finished the job in %.1f s", self.name, busy_for)
         self.done += 1
         self.metrics.finished("completed", busy_for)
@@ -246,11 +258,14 @@ class AgentLoop:
         await self.store.record_event(task.id, actor=self.name, reason=reason, data={side.key: result} if result else None)
 
     async def environment(self, task: Task, sha: str) -> Environment:
-        """The repository's environment at `sha`; a repository that cannot be set up fails the
-        task early, with the setup log's tail in its audit trail."""
+        """The repository's environment at `sha`, held until the job ends; a repository that
+        cannot be set up fails the task early, with the setup log's tail in its audit trail."""
         started = time.monotonic()
         try:
             env = await self.environments.ensure(task.repo, sha)
+            held = _held_environments.get()
+            if held is not None:
+                held.append(env)
         except SetupFailed as exc:
             await self.store.record_event(task.id, actor=self.name, reason=f"setup failed: {exc.message}",
                                           data={"setup_log_tail": self.runner.redactor.text(exc.log_tail)})

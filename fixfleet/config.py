@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     suite_command: str | None = None  # default whole-suite command for Python repositories that name none
     # Where agents and repository code run: "on" (bubblewrap, required) or "off" (trusted local experiments only).
     sandbox: str = "on"
+    # The node's repository environments, shared by every agent process on it (default: <home>/cache),
+    # and their size budget: idle environments are evicted least recently used first above it.
+    cache_dir: Path | None = None
+    cache_max_gb: float = Field(20.0, gt=0)
     # Per repository URL, what its `.fixfleet.yml` would say (for repositories the operator cannot change).
     repo_configs: dict[str, RepoConfig] = Field(default_factory=dict)
     # The sandbox's way out (fixfleet/workspace/egress.py): whatever a repository allows, never this
@@ -168,13 +172,17 @@ class Settings(BaseSettings):
     def sandbox_enabled(self) -> bool:
         return self.sandbox == "on"
 
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
     @field_validator("egress_deny_cidrs", "egress_allow_cidrs")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
         parse_networks(values)  # raises with the bad entry named
         return values
 
-    @field_validator("home", "credentials_file", "mcp_config", mode="before")
+    @field_validator("home", "cache_dir", "credentials_file", "mcp_config", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value

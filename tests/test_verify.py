@@ -221,9 +221,9 @@ async def test_new_dependency_in_pyproject_builds_a_new_environment(calc: Repo, 
     assert evidence.environment != calc.env.hash
     assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
     assert "pyproject.toml" in evidence.fix_files
-    envs = verifier.workspaces.envs_dir / verifier.workspaces.mirror_key(calc.url)
-    assert list((envs / evidence.environment).glob("lib/python*/site-packages/six.py"))
-    assert not list((envs / calc.env.hash).glob("lib/python*/site-packages/six.py"))  # the base one untouched
+    envs = verifier.environments.cache.envs_dir / verifier.workspaces.mirror_key(calc.url)
+    assert list((envs / evidence.environment / "env").glob("lib/python*/site-packages/six.py"))
+    assert not list(calc.env.path.glob("lib/python*/site-packages/six.py"))  # the base one untouched
 
 
 async def test_dependency_that_cannot_be_installed_refuses_the_change(calc: Repo, verifier: Verifier) -> None:

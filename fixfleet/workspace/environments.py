@@ -1,18 +1,19 @@
-"""The repository's own environment: built once per dependency spec, in the sandbox, kept warm.
+"""The repository's own environment: built once per dependency spec per node, in the sandbox,
+shared by every agent on the node and by verification (the layout, leases and eviction are
+env_cache.py's).
 
-    envs/<repo>/<hash>/          what the sandbox mounts read-only at /env: a virtualenv, or
-                                 node_modules; `.fixfleet/env.json` says how it was made
-    envs/<repo>/<hash>.lock      held while it is built (two agents never build it twice)
-    envs/<repo>/cache/           uv's and npm's download caches for this repository only
+The hash covers what decides the contents: the setup plan (commands, runner, interpreter), the
+bytes of the dependency files (pyproject.toml, lockfiles, ...) and whether those came from the
+base commit or from a change. A change to any of them, the agent's included, means a new
+environment while the old one keeps serving its users; an unchanged one is found under one lock.
 
-The hash covers what decides the contents: the setup plan (commands, runner, interpreter) and
-the bytes of the dependency files (pyproject.toml, requirements*.txt, lockfiles, ...). A
-change to any of them, the agent's included, means a new environment; an unchanged one is
-found by one stat. The build runs the plan's commands in the sandbox on a clean checkout at
-/workspace, with /env writable and only the registries the plan names reachable. Files the
-setup generates in the checkout (a setuptools-scm `_version.py`, `*.egg-info`) are kept with
-the environment and laid into every checkout that uses it; they are never part of a change.
-The directory goes with the mirror when the mirror is evicted.
+A build runs the plan's commands in the sandbox on a clean checkout at /workspace, with /env
+writable and only the registries the plan names reachable. Nothing the repository's code
+makes is trusted by path: node_modules is kept only as a real directory (never a link) and
+bound only after the same check; other files the setup makes reach checkouts only when the
+repository's configuration names them (a version file), never code that runs at start-up or
+test configuration. A build from a change's dependency files gets a private download cache:
+the repository's shared one is written only by builds of its commits.
 """
 
 from __future__ import annotations
@@ -20,31 +21,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
+import stat
+import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+import semantic_version
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import BaseModel, Field, PrivateAttr
 
 from fixfleet.config import Settings, get_settings
 from fixfleet.errors import PermanentError
-from fixfleet.workspace.changes import apply_files
+from fixfleet.workspace.changes import ChangeRefused, apply_files
 from fixfleet.workspace.egress import EgressPolicy, EgressProxy
+from fixfleet.workspace.env_cache import Entry, EnvCache, Lease
 from fixfleet.workspace.mirrors import (
     Checkout,
     FileContent,
     WorkspaceManager,
-    remove_tree,
+    disk_usage,
 )
 from fixfleet.workspace.repo_config import (
     CONFIG_FILE,
@@ -54,17 +60,18 @@ from fixfleet.workspace.repo_config import (
     resolve,
 )
 from fixfleet.workspace.sandbox import Bridge, RunResult, Sandbox, SandboxSpec
+from fixfleet.workspace.setup_plan import never_laid
+from fixfleet.workspace.setup_python import MAKE_VENV
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = "2"  # 2: a Python setup always starts from a virtualenv at /env
-META = ".fixfleet"
+RECIPE_VERSION = "3"  # 3: lockfiles and package managers; node_modules checked; metadata outside /env
 PROXY_PORT = 3128
 SETUP_TAIL = 4000
 PRETEND_VERSION = "0.0.0"  # setuptools-scm / hatch-vcs need a version and there is no .git
-# Idempotent: a detected plan makes the venv itself; `.fixfleet.yml` setups (documented as plain
-# `uv pip install ...` with VIRTUAL_ENV=/env) need one to install into.
-MAKE_VENV = 'uv venv --allow-existing --quiet --python "$FIXFLEET_PYTHON" /env'
-TOOLCHAIN_BIN = ("/usr/bin", "/usr/local/bin")  # where other Python versions are looked for
+TOOLCHAIN_BIN = ("/usr/bin", "/usr/local/bin")  # where other Python versions are looked for first
+# Node LTS code names (.nvmrc's lts/<name>) -> major version
+NODE_LTS = {"argon": 4, "boron": 6, "carbon": 8, "dubnium": 10, "erbium": 12, "fermium": 14, "gallium": 16,
+            "hydrogen": 18, "iron": 20, "jod": 22, "krypton": 24}
 
 
 class SetupFailed(PermanentError):
@@ -77,32 +84,63 @@ class SetupFailed(PermanentError):
 
 
 class Environment(BaseModel):
-    """A ready environment: where it is, how it was made, what a checkout must receive."""
+    """A ready environment: where it is, how it was made, what a checkout must receive. Held
+    (eviction leaves it alone) from `ensure` until `release()`, or until the object is dropped."""
 
-    path: Path
+    path: Path  # mounted at /env
     hash: str
     plan: SetupPlan
     python_prefix: Path | None = None
-    generated: list[str] = Field(default_factory=list)  # files the setup made in the checkout
+    generated: list[str] = Field(default_factory=list)  # files the setup made that checkouts receive
     built_s: float = 0.0  # the build's own time (0 when reused)
     reused: bool = False
+    _lease: Lease | None = PrivateAttr(default=None)
+
+    @property
+    def held(self) -> bool:
+        return self._lease is not None and self._lease.held
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+
+    @property
+    def node_modules(self) -> Path | None:
+        """The environment's node_modules, only as a real directory inside it (no link followed)."""
+        path = self.path / "node_modules"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(mode) or os.path.realpath(path) != str(path):
+            raise SetupFailed(f"the environment's node_modules is not a real directory ({_kind(path)}): refused, "
+                              "nothing is mounted")
+        return path
 
     @property
     def mounts_node_modules(self) -> bool:
-        return (self.path / "node_modules").is_dir()
+        return self.node_modules is not None
 
     def sandbox_env(self) -> dict[str, str]:
-        path = "/env/bin:" if self.plan.language == "python" else "/workspace/node_modules/.bin:"
-        extra = {"VIRTUAL_ENV": "/env"} if self.plan.language == "python" else {}
-        return {"PATH": path + "/usr/local/bin:/usr/bin:/bin", **extra, **self.plan.env}
+        if self.plan.language == "python":
+            return {"PATH": "/env/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/env", **self.plan.env}
+        return {"PATH": "/workspace/node_modules/.bin:/env/bin:/usr/local/bin:/usr/bin:/bin",
+                "COREPACK_HOME": "/env/corepack", "COREPACK_ENABLE_NETWORK": "0",
+                "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", **self.plan.env}
 
 
 class EnvironmentBuilder:
+    """Environments for repositories, from the node's cache (`cache`, shared by every agent
+    process on the node; by default a private one beside the workspaces)."""
+
     def __init__(self, workspaces: WorkspaceManager, sandbox: Sandbox,
-                 configs: Mapping[str, RepoConfig] | None = None, default_suite_command: str | None = None) -> None:
+                 configs: Mapping[str, RepoConfig] | None = None, default_suite_command: str | None = None, *,
+                 cache: EnvCache | None = None, holder: str | None = None) -> None:
         self.workspaces, self.sandbox = workspaces, sandbox
         self.configs = dict(configs or {})  # operator settings per repository URL
         self.default_suite_command = default_suite_command
+        self.cache = cache or EnvCache(workspaces.root / "env-cache")
+        self.holder = holder or f"pid {os.getpid()}"  # who holds a lease: shown to whoever looks
 
     async def plan_for(self, url: str, files: Mapping[str, bytes]) -> SetupPlan:
         try:
@@ -125,41 +163,64 @@ class EnvironmentBuilder:
 
     async def ensure(self, url: str, sha: str, *, overlay: Mapping[str, FileContent] | None = None) -> Environment:
         """The environment for the repository at `sha`, with `overlay` (a change to its
-        dependency files) laid on top; built if needed. Raises SetupFailed with the log's tail."""
+        dependency files) laid on top; built if needed (once per node: another agent building
+        it is waited for). Returned held: `release()` it when done (or use `use`). Raises
+        SetupFailed with the log's tail."""
         overlay = dict(overlay or {})
-        files = await self.spec_files_at(url, sha)
+        base = await self.spec_files_at(url, sha)
+        files = dict(base)
         for path, change in overlay.items():
             if change.content is None:
                 files.pop(path, None)
             else:
                 files[path] = change.content
         plan = await self.plan_for(url, files)
-        interpreter = find_interpreter(plan)
+        interpreter, chosen = choose_interpreter(plan)
+        plan = plan.model_copy(update={"reasons": [*plan.reasons, *chosen, *await node_reasons(plan)]})
         python = interpreter.parent.parent if interpreter else None
-        digest = environment_hash(plan, files, interpreter)
-        directory = self.workspaces.envs_dir / self.workspaces.mirror_key(url)
-        final = directory / digest
-        if (final / META / "env.json").exists():
-            return self._load(final, plan, python, reused=True)
-        directory.mkdir(parents=True, exist_ok=True)
-        async with _file_lock(directory / f"{digest}.lock"):
-            if (final / META / "env.json").exists():  # built by someone else while we waited
-                return self._load(final, plan, python, reused=True)
-            return await self._build(url, sha, plan, python, directory, final, overlay)
+        from_change = files != base
+        entry = self.cache.entry(self.workspaces.mirror_key(url), environment_hash(plan, files, interpreter, from_change))
+        async with self.cache.locked(entry):
+            built_s = None if entry.ready else await self._build(url, sha, plan, interpreter, entry, overlay,
+                                                                 from_change)
+            env = self._load(entry, plan, python, built_s)
+            env._lease = self.cache.lease(entry, self.holder)
+        if built_s is not None:
+            await asyncio.to_thread(self.cache.evict)  # the new one is held: never its own victim
+        return env
+
+    @contextlib.asynccontextmanager
+    async def use(self, url: str, sha: str, *,
+                  overlay: Mapping[str, FileContent] | None = None) -> AsyncIterator[Environment]:
+        """`ensure`, held for the block."""
+        env = await self.ensure(url, sha, overlay=overlay)
+        try:
+            yield env
+        finally:
+            env.release()
 
     def prepare(self, env: Environment, checkout: Checkout) -> list[str]:
-        """Lay the setup's generated files into a checkout, and the mount point for node_modules.
-        Returns the paths the platform placed there (never part of a change)."""
+        """Lay the setup's generated files into a checkout (the ones the repository's config
+        names, where the checkout has none), and the mount point for node_modules. Returns the
+        paths the platform placed there (never part of a change)."""
         placed = []
-        source = env.path / META / "generated"
+        store = env.path.parent / "generated"
         for relative in env.generated:
-            target = checkout.path / relative
-            if not target.exists() and not target.is_symlink():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / relative, target, follow_symlinks=False)
+            source, target = store / relative, checkout.path / relative
+            if never_laid(relative) or os.path.lexists(target) or not _plain_file(source, store):
+                continue
+            try:
+                apply_files(checkout.path, {relative: FileContent(content=source.read_bytes())})
+            except ChangeRefused as refused:  # below a link the repository committed
+                log.warning("%s is not laid into the checkout: %s", relative, refused)
+                continue
             placed.append(relative)
-        if env.mounts_node_modules:
-            (checkout.path / "node_modules").mkdir(exist_ok=True)
+        if env.node_modules is not None:
+            mount_point = checkout.path / "node_modules"
+            if os.path.lexists(mount_point) and not stat.S_ISDIR(os.lstat(mount_point).st_mode):
+                raise SetupFailed(f"the checkout's node_modules is {_kind(mount_point)}: the environment's "
+                                  "node_modules cannot be mounted there")
+            mount_point.mkdir(exist_ok=True)
             placed.append("node_modules")
         return placed
 
@@ -167,83 +228,86 @@ class EnvironmentBuilder:
         """The sandbox of a session or a test run in `checkout` with this environment."""
         spec = SandboxSpec(workspace=checkout.path, env_dir=env.path, python_prefix=env.python_prefix,
                            env=env.sandbox_env(), **kwargs)  # type: ignore[arg-type]
-        if env.mounts_node_modules:
-            spec.read_only["/workspace/node_modules"] = env.path / "node_modules"
+        node_modules = env.node_modules  # checked again: a link is never handed to bubblewrap
+        if node_modules is not None:
+            spec.read_only["/workspace/node_modules"] = node_modules
         return spec
 
     # -- building ----------------------------------------------------------------------
 
-    async def _build(self, url: str, sha: str, plan: SetupPlan, python: Path | None,
-                     directory: Path, final: Path, overlay: Mapping[str, FileContent]) -> Environment:
+    async def _build(self, url: str, sha: str, plan: SetupPlan, interpreter: Path | None, entry: Entry,
+                     overlay: Mapping[str, FileContent], from_change: bool) -> float:
+        """Build into a scratch directory and move it into place (the caller holds the lock);
+        returns the seconds it took."""
         started = time.monotonic()
-        partial = directory / f".partial-{uuid.uuid4().hex[:8]}"
-        partial.mkdir()
-        cache = directory / "cache"
-        cache.mkdir(exist_ok=True)
-        checkout = await self.workspaces.checkout(url, sha, f"setup-{final.name[:12]}-{uuid.uuid4().hex[:6]}")
-        apply_files(checkout.path, overlay)
-        before = set(_files(checkout.path))
-        try:
-            result = await self._run_setup(plan, python, checkout.path, partial, cache)
-            if result.exit_code != 0:
-                step = _failed_step(_setup_steps(plan), result.output_tail)
-                raise SetupFailed(f"setting up the repository failed (exit {result.exit_code}): {step}",
-                                  result.output_tail[-SETUP_TAIL:])
-            generated = self._keep_generated(checkout.path, partial, before)
+        with self.cache.scratch("build") as scratch:
+            partial = scratch / "entry"
+            (partial / "env").mkdir(parents=True)
+            # a change's dependency files never write the repository's shared download cache
+            cache = scratch / "cache" if from_change else self.cache.package_cache(entry.repo)
+            cache.mkdir(exist_ok=True)
+            checkout = await self.workspaces.checkout(url, sha, f"setup-{entry.digest[:12]}-{scratch.name[-8:]}")
+            try:
+                apply_files(checkout.path, overlay)
+                before = set(await asyncio.to_thread(_files, checkout.path))
+                result = await self._run_setup(plan, interpreter, checkout.path, partial / "env", cache)
+                if result.exit_code != 0:
+                    step = _failed_step(_setup_steps(plan), result.output_tail)
+                    raise SetupFailed(f"setting up the repository failed (exit {result.exit_code}): {step}",
+                                      result.output_tail[-SETUP_TAIL:])
+                generated = await asyncio.to_thread(_keep_generated, checkout.path, partial, plan.generated, before)
+            finally:
+                await self.workspaces.discard(checkout)
             seconds = round(time.monotonic() - started, 2)
-            meta = {"plan": plan.model_dump(), "python": str(python) if python else None, "generated": generated,
-                    "built_s": seconds, "built_at": time.time(), "log_tail": result.output_tail[-SETUP_TAIL:]}
-            (partial / META).mkdir(exist_ok=True)
-            (partial / META / "env.json").write_text(json.dumps(meta, indent=2))
-            os.rename(partial, final)
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(remove_tree, partial))
-            raise
-        finally:
-            await self.workspaces.discard(checkout)
-        log.info("built the environment %s for %s in %.1fs", final.name, url, seconds)
-        env = self._load(final, plan, python, reused=False)
-        return env.model_copy(update={"built_s": seconds})
+            meta = {"repo": entry.repo, "plan": plan.model_dump(), "python": str(interpreter) if interpreter else None,
+                    "generated": generated, "from_change": from_change, "built_s": seconds, "built_at": time.time(),
+                    "bytes": await asyncio.to_thread(disk_usage, partial), "log_tail": result.output_tail[-SETUP_TAIL:]}
+            (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+            entry.directory.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(partial, entry.directory)
+        log.info("built the environment %s for %s in %.1fs", entry.digest, url, seconds)
+        return seconds
 
-    async def _run_setup(self, plan: SetupPlan, python: Path | None, tree: Path, env_dir: Path,
+    async def _run_setup(self, plan: SetupPlan, interpreter: Path | None, tree: Path, env_dir: Path,
                          cache: Path) -> RunResult:
         async with network_access(plan.setup_domains) as network:
-            spec = network.apply(SandboxSpec(workspace=tree, env_dir=env_dir, env_writable=True, python_prefix=python,
+            spec = network.apply(SandboxSpec(workspace=tree, env_dir=env_dir, env_writable=True,
+                                             python_prefix=interpreter.parent.parent if interpreter else None,
                                              writable={"/cache": cache},
                                              read_only={"/opt/fixfleet/bin/uv": Path(_uv_binary())},
-                                             env=self._setup_env(plan)))
+                                             env=setup_env(plan, interpreter)))
             script = _setup_script(_setup_steps(plan))
             result = await self.sandbox.run(spec, ["/bin/bash", "-c", script], timeout_s=plan.timeouts.setup_s)
             if network.refused():
                 result.output_tail += f"\n[fixfleet] the setup tried to reach {network.refused()}: not in network.setup"
             return result
 
-    def _setup_env(self, plan: SetupPlan) -> dict[str, str]:
-        interpreter = find_interpreter(plan) or ""
-        path = "/env/bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin" if plan.language == "python" else \
-            "/workspace/node_modules/.bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin"
-        return {"PATH": path, "UV_CACHE_DIR": "/cache/uv",
-                "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
-                "VIRTUAL_ENV": "/env", "FIXFLEET_PYTHON": str(interpreter),
-                "npm_config_cache": "/cache/npm", "npm_config_update_notifier": "false",
-                "SETUPTOOLS_SCM_PRETEND_VERSION": PRETEND_VERSION, **plan.env}
+    def _load(self, entry: Entry, plan: SetupPlan, python: Path | None, built_s: float | None) -> Environment:
+        generated = [p for p in entry.meta().get("generated", []) if not never_laid(p)]
+        return Environment(path=entry.env, hash=entry.digest, plan=plan, python_prefix=python, generated=generated,
+                           built_s=built_s or 0.0, reused=built_s is None)
 
-    @staticmethod
-    def _keep_generated(tree: Path, env_dir: Path, before: set[str]) -> list[str]:
-        """Move node_modules into the environment; keep copies of other files the setup made."""
-        if (tree / "node_modules").is_dir():
-            os.rename(tree / "node_modules", env_dir / "node_modules")
-        generated = sorted(p for p in _files(tree) if p not in before and not p.startswith("node_modules/"))
-        store = env_dir / META / "generated"
-        for relative in generated:
-            (store / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(tree / relative, store / relative, follow_symlinks=False)
-        return generated
 
-    def _load(self, final: Path, plan: SetupPlan, python: Path | None, *, reused: bool) -> Environment:
-        meta = json.loads((final / META / "env.json").read_text())
-        return Environment(path=final, hash=final.name, plan=plan, python_prefix=python,
-                           generated=meta.get("generated", []), built_s=meta.get("built_s", 0.0), reused=reused)
+def setup_env(plan: SetupPlan, interpreter: Path | None) -> dict[str, str]:
+    """The variables of a setup: where the tools cache (/cache), where they install (/env)."""
+    path = "/env/bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin" if plan.language == "python" else \
+        "/workspace/node_modules/.bin:/env/bin:/opt/fixfleet/bin:/usr/local/bin:/usr/bin:/bin"
+    return {"PATH": path, "VIRTUAL_ENV": "/env", "FIXFLEET_PYTHON": str(interpreter or ""),
+            "UV_CACHE_DIR": "/cache/uv", "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
+            "UV_NO_PROGRESS": "1", "UV_PROJECT_ENVIRONMENT": "/env", "UV_TOOL_DIR": "/tmp/uv-tools",
+            "POETRY_CACHE_DIR": "/cache/poetry", "POETRY_NO_INTERACTION": "1", "PDM_CACHE_DIR": "/cache/pdm",
+            "PIPENV_CACHE_DIR": "/cache/pipenv", "PIP_CACHE_DIR": "/cache/pip", "XDG_CACHE_HOME": "/cache/xdg",
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+            "npm_config_cache": "/cache/npm", "npm_config_update_notifier": "false",
+            "npm_config_store_dir": "/cache/pnpm", "YARN_CACHE_FOLDER": "/cache/yarn",
+            "YARN_ENABLE_GLOBAL_CACHE": "false", "YARN_ENABLE_TELEMETRY": "0",
+            # corepack fetches pnpm and yarn from the npm registry, like any package. The
+            # registry here serves no signatures, so corepack's key check is off: the download
+            # is still TLS from the registry, and a packageManager hash is still verified.
+            "COREPACK_HOME": "/env/corepack", "COREPACK_NPM_REGISTRY": "https://registry.npmjs.org",
+            "COREPACK_INTEGRITY_KEYS": "0", "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0",
+            "COREPACK_ENABLE_AUTO_PIN": "0",
+            "SETUPTOOLS_SCM_PRETEND_VERSION": PRETEND_VERSION, **plan.env}
 
 
 @dataclasses.dataclass
@@ -294,44 +358,165 @@ async def platform_egress_policy(settings: Settings) -> EgressPolicy:
                                            deny_cidrs=settings.egress_deny_cidrs, environ=environ)
 
 
+# -- the toolchain: which interpreter, which node -------------------------------------------
+
+
 def find_interpreter(plan: SetupPlan) -> Path | None:
-    """The interpreter a Python environment is made with (resolved, so its prefix can be mounted):
-    the platform's own base installation (its site-packages hidden in the sandbox), another
-    installed version a repository asks for ("3.12": python3.12 from the toolchain), or an
-    absolute path the operator (never a repository) names."""
+    """The interpreter a Python environment is made with (see choose_interpreter)."""
+    return choose_interpreter(plan)[0]
+
+
+def choose_interpreter(plan: SetupPlan) -> tuple[Path | None, list[str]]:
+    """(the interpreter, why) for a Python environment, resolved so its prefix can be mounted:
+    the version the configuration insists on (missing: SetupFailed), or an absolute path the
+    operator (never a repository) names; else the version `.python-version` pins, else one
+    `requires-python` accepts, when the toolchain has it (a mismatch is said, not fatal); else
+    the platform's own base installation (its site-packages hidden in the sandbox)."""
     if plan.language != "python":
-        return None
-    own = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    wanted = plan.python
-    if not wanted or wanted == f"{sys.version_info.major}.{sys.version_info.minor}":
-        return own.resolve()
+        return None, []
+    own_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    own = (Path(sys.base_prefix) / "bin" / f"python{own_version}").resolve()
+    if plan.python:
+        return _configured_interpreter(plan, own_version, own), []
+    reasons = []
+    if plan.python_pin:
+        found = own if plan.python_pin == own_version else toolchain_pythons().get(plan.python_pin)
+        if found:
+            return found, [f"python {plan.python_pin}, as .python-version pins"]
+        reasons.append(f".python-version pins python {plan.python_pin}, which the toolchain lacks")
+    if plan.requires_python:
+        try:
+            accepted = SpecifierSet(plan.requires_python)
+        except InvalidSpecifier:
+            return own, [*reasons, (f"requires-python {plan.requires_python!r} is not a version specifier: "
+                                   f"python {own_version}")]
+        if accepted.contains(platform_python_version(), prereleases=True):
+            return own, [*reasons, f"python {own_version} (requires-python {plan.requires_python})"]
+        for version, path in sorted(toolchain_pythons().items(), key=lambda item: _version_key(item[0]), reverse=True):
+            if accepted.contains(f"{version}.0", prereleases=True) or accepted.contains(f"{version}.99"):
+                return path, [*reasons, (f"python {version}: the newest here that requires-python "
+                                        f"{plan.requires_python} accepts")]
+        reasons.append(f"no python here satisfies requires-python {plan.requires_python}")
+    if reasons:
+        reasons[-1] += f"; python {own_version} is used"
+    return own, reasons
+
+
+def _configured_interpreter(plan: SetupPlan, own_version: str, own: Path) -> Path:
+    wanted = plan.python or ""
+    if wanted == own_version:
+        return own
     if wanted.startswith("/"):
         if plan.source != "settings":
             raise SetupFailed("python: an interpreter path may only be set by the operator (FIXFLEET_REPO_CONFIGS); "
                               'a repository names a version such as "3.12"')
-        candidates = [Path(wanted)]
-    else:
-        candidates = [Path(directory) / f"python{wanted}" for directory in TOOLCHAIN_BIN]
+        path = Path(wanted)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.resolve()
+        raise SetupFailed(f"python {wanted} is not installed here; install it or name an installed version")
+    found = toolchain_pythons().get(wanted)
+    if found is None:
+        looked = ", ".join(f"{d}/python{wanted}" for d in TOOLCHAIN_BIN)
+        raise SetupFailed(f"python {wanted} is not installed here (looked for {looked}, pyenv's and uv's "
+                          "versions); install it or name an installed version in .fixfleet.yml")
+    return found
+
+
+def platform_python_version() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
+@functools.cache
+def toolchain_pythons() -> dict[str, Path]:
+    """major.minor -> an interpreter of that version the machine has: /usr/bin, /usr/local/bin,
+    then pyenv's and uv's installed versions (never a shim: the sandbox has no pyenv)."""
+    found: dict[str, Path] = {}
+    candidates = [Path(d) / f"python3.{minor}" for d in TOOLCHAIN_BIN for minor in range(6, 20)]
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    uv = Path(os.environ.get("UV_PYTHON_INSTALL_DIR") or Path.home() / ".local/share/uv/python")
+    for root in (pyenv, uv):
+        with contextlib.suppress(OSError):
+            for version_dir in sorted(root.iterdir(), reverse=True):
+                candidates += sorted(version_dir.glob("bin/python3.[0-9]*"))
     for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate.resolve()
-    raise SetupFailed(f"python {wanted} is not installed here (looked for {', '.join(map(str, candidates))}); "
-                      "install it or name an installed version in .fixfleet.yml")
+        version = re.fullmatch(r"python(3\.\d+)", candidate.name)
+        if version and version.group(1) not in found and candidate.is_file() and os.access(candidate, os.X_OK):
+            found[version.group(1)] = candidate.resolve()
+    return found
 
 
-def environment_hash(plan: SetupPlan, files: Mapping[str, bytes], interpreter: Path | None) -> str:
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+async def node_reasons(plan: SetupPlan) -> list[str]:
+    """What the toolchain's node is against what the project pins (engines, .nvmrc): said, not fatal."""
+    if plan.language != "node" or not (plan.node_engines or plan.node_pin):
+        return []
+    version = await asyncio.to_thread(toolchain_node_version)
+    if version is None:
+        return ["node is not installed on this machine"]
+    reasons = []
+    if plan.node_engines:
+        try:
+            fits = semantic_version.NpmSpec(plan.node_engines).match(semantic_version.Version(version))
+            reasons.append(f"node {version}" + (f" satisfies engines.node {plan.node_engines}" if fits else
+                                                f" does not satisfy package.json's engines.node {plan.node_engines} "
+                                                "(the only node here): setup and tests run with it"))
+        except ValueError:
+            reasons.append(f"engines.node {plan.node_engines!r} is not an npm range fixfleet reads; node {version} is used")
+    if plan.node_pin and not _matches_pin(version, plan.node_pin):
+        reasons.append(f".nvmrc/.node-version pins node {plan.node_pin}; the toolchain has {version}, which is used")
+    return reasons
+
+
+def _matches_pin(version: str, pin: str) -> bool:
+    pin = pin.strip().lower().removeprefix("v")
+    if pin in ("node", "stable", "current", "lts/*", "latest"):
+        return True
+    if pin.startswith("lts/"):
+        return NODE_LTS.get(pin[4:]) == int(version.split(".")[0])
+    parts = pin.split(".")
+    return all(a == b for a, b in zip(parts, version.split("."), strict=False)) and len(parts) <= 3
+
+
+@functools.cache
+def toolchain_node_version() -> str | None:
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().removeprefix("v") or None
+
+
+# -- the build's parts ---------------------------------------------------------------------
+
+
+def environment_hash(plan: SetupPlan, files: Mapping[str, bytes], interpreter: Path | None,
+                     from_change: bool = False) -> str:
     digest = hashlib.sha256()
     digest.update(f"recipe {RECIPE_VERSION}\n".encode())
     digest.update(json.dumps(plan.model_dump(exclude={"reasons", "source"}), sort_keys=True).encode())
-    digest.update(f"\npython {interpreter}\n".encode())
+    digest.update(f"\npython {interpreter}\nfrom a change {from_change}\n".encode())
     for name in sorted(files):
         digest.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
     return digest.hexdigest()[:24]
 
 
 def _setup_steps(plan: SetupPlan) -> list[str]:
-    venv = plan.language == "python" and MAKE_VENV not in plan.steps
-    return [MAKE_VENV, *plan.steps] if venv else list(plan.steps)
+    """The plan's steps, with what the platform adds: a virtualenv to install into first, and
+    the package manager's command at /env/bin for sessions (offline, from /env/corepack)."""
+    steps = list(plan.steps)
+    if plan.language == "python" and MAKE_VENV not in steps:
+        steps.insert(0, MAKE_VENV)
+    manager = re.fullmatch(r"(pnpm|yarn)@([\w.+-]+)", plan.package_manager or "")
+    if manager:
+        steps.append(f"mkdir -p /env/bin && corepack install -g {manager.group(0)} "
+                     f"&& corepack enable --install-directory /env/bin {manager.group(1)}")
+    return steps
 
 
 def _setup_script(steps: list[str]) -> str:
@@ -347,6 +532,61 @@ def _failed_step(steps: list[str], output: str) -> str:
             if line == f"+ {step.splitlines()[0] if step else ''}":
                 return step
     return steps[-1] if steps else ""
+
+
+def _keep_generated(tree: Path, entry_dir: Path, allowed: list[str], before: set[str]) -> list[str]:
+    """Move node_modules into the environment (a real directory only); keep copies of the
+    files the repository's config names that the setup made (plain files only)."""
+    _keep_node_modules(tree / "node_modules", entry_dir / "env" / "node_modules")
+    kept = []
+    for relative in allowed:
+        source = tree / relative
+        if relative in before or never_laid(relative) or not _plain_file(source, inside=tree):
+            continue
+        target = entry_dir / "generated" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        kept.append(relative)
+    return kept
+
+
+def _keep_node_modules(made: Path, kept: Path) -> None:
+    if os.path.lexists(kept):  # /env was writable: the setup could have put anything there
+        raise SetupFailed(f"the setup made /env/node_modules itself ({_kind(kept)}): refused, nothing is mounted")
+    if not os.path.lexists(made):
+        return
+    if not stat.S_ISDIR(os.lstat(made).st_mode):
+        raise SetupFailed(f"the setup left node_modules as {_kind(made)}: refused, nothing is mounted "
+                          "(a setup's node_modules must be a real directory)")
+    os.rename(made, kept)
+
+
+def _plain_file(path: Path, inside: Path) -> bool:
+    """A regular file below `inside`, reached through real directories only (no link followed)."""
+    try:
+        parts = path.relative_to(inside).parts
+    except ValueError:
+        return False
+    current = inside
+    for index, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except OSError:
+            return False
+        if not (stat.S_ISREG(mode) if index == len(parts) - 1 else stat.S_ISDIR(mode)):
+            return False
+    return bool(parts)
+
+
+def _kind(path: Path) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISLNK(mode):
+        return f"a symbolic link to {os.readlink(path)}"
+    return "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "a special file"
 
 
 def _files(tree: Path) -> list[str]:
@@ -378,19 +618,3 @@ def _uv_binary() -> str:
 def _is_elf(path: Path) -> bool:
     with path.open("rb") as binary:
         return binary.read(4) == b"\x7fELF"
-
-
-@contextlib.asynccontextmanager
-async def _file_lock(path: Path):  # noqa: ANN202 - an async context manager
-    """An exclusive lock across processes, waited for without blocking the event loop."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.2)
-        yield
-    finally:
-        os.close(descriptor)  # closing releases the lock

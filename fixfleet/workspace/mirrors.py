@@ -5,7 +5,8 @@ An agent actor keeps, under its data directory:
     root/mirrors/<repo>/     bare mirror: cloned once, `git fetch --prune` afterwards
     root/spares/<repo>/<id>  spare checkouts made ahead of time at the default branch
     root/checkouts/<name>    plain trees handed to a session or a verification run
-    root/envs/<repo>/        the repository's environments (fixfleet/workspace/environments.py)
+
+The repositories' environments are the node's, not an agent's (fixfleet/workspace/env_cache.py).
 
 The trust boundary: the platform's git only ever runs in its mirrors, which no sandbox mounts.
 A checkout is a plain tree, no `.git` in it: made as a git worktree (fast, and a spare can be
@@ -200,7 +201,6 @@ class WorkspaceManager:
         self.mirrors_dir = self.root / "mirrors"
         self.spares_dir = self.root / "spares"
         self.checkouts_dir = self.root / "checkouts"
-        self.envs_dir = self.root / "envs"
         self.trash_dir = self.root / "trash"
         self.tmp_dir = self.root / "tmp"
         self.disk_budget_bytes = disk_budget_bytes
@@ -213,7 +213,7 @@ class WorkspaceManager:
                              network_timeout_s=network_timeout_s, local_timeout_s=local_timeout_s)
         self._states: dict[str, MirrorState] = {}
         self._evict_lock = asyncio.Lock()
-        for directory in (self.mirrors_dir, self.spares_dir, self.checkouts_dir, self.envs_dir,
+        for directory in (self.mirrors_dir, self.spares_dir, self.checkouts_dir,
                           self.trash_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -455,14 +455,14 @@ class WorkspaceManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _scan_mirrors(self, spare_bytes: dict[str, int]) -> list[tuple[Path, float, int]]:
-        """(mirror, last used, bytes with its spares and environments) per mirror. Spare sizes
+        """(mirror, last used, bytes with its spares) per mirror. Spare sizes
         measured when they were built are reused: walking every spare on every check costs."""
         found = []
         for mirror in self.mirrors_dir.iterdir():
             if mirror.name.startswith(".") or not mirror.is_dir():
                 continue
-            spares, envs = self.spares_dir / mirror.name, self.envs_dir / mirror.name
-            footprint = disk_usage(mirror) + (disk_usage(envs) if envs.is_dir() else 0)
+            spares = self.spares_dir / mirror.name
+            footprint = disk_usage(mirror)
             if mirror.name in spare_bytes:
                 footprint += spare_bytes[mirror.name]
             elif spares.is_dir():
@@ -474,7 +474,7 @@ class WorkspaceManager:
         """Synchronous on purpose: no other coroutine can start using it half way."""
         log.info("evicting mirror %s (least recently used, over budget)", mirror.name)
         self._states.pop(mirror.name, None)
-        for path in (mirror, self.spares_dir / mirror.name, self.envs_dir / mirror.name):
+        for path in (mirror, self.spares_dir / mirror.name):
             if path.exists():
                 os.rename(path, self.trash_dir / f"{path.name}-{uuid.uuid4().hex[:8]}")
         self.stats.evictions += 1

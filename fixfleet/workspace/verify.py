@@ -192,13 +192,15 @@ def _in_scope(change: ChangeSet, plan: PlanScope | None, tests: Collection[str] 
 
 
 class _Proof:
-    """One verification: its pristine trees, the fresh copy each run gets, the runs and the verdict."""
+    """One verification: its pristine trees, the fresh copy each run gets, the runs and the
+    verdict. It holds the environments it was given or fetched, and releases them when it ends."""
 
     def __init__(self, verifier: Verifier, url: str, change: ChangeSet, env: Environment, name: str) -> None:
         self.verifier, self.url, self.change, self.env, self.name = verifier, url, change, env, name
         self.runner = make_runner(env.plan.test_runner, test_script=env.plan.test_script)
         self.timeouts: Timeouts = env.plan.timeouts
         self.trees: dict[str, tuple[Checkout, Environment]] = {}
+        self.held: list[Environment] = [env]
         self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
         self._copies = 0
         self.run_seconds = 0.0  # spent inside the repository's test runs
@@ -218,6 +220,8 @@ class _Proof:
             for checkout, _ in self.trees.values():
                 await self.verifier.workspaces.discard(checkout)
             await asyncio.to_thread(remove_tree, self.scratch)
+            for env in self.held:
+                env.release()
 
     # -- the proof ---------------------------------------------------------------------------
 
@@ -425,7 +429,10 @@ class _Proof:
         """The suite's results on the base commit, in the base's environment: (base run, reused)."""
         verifier = self.verifier
         changes_specs = any(p in SPEC_FILES for p in self.change.paths)
-        env = await verifier.environments.ensure(self.url, self.change.base_sha) if changes_specs else self.env
+        env = self.env
+        if changes_specs:
+            env = await verifier.environments.ensure(self.url, self.change.base_sha)
+            self.held.append(env)
         tree = await verifier.workspaces.list_tree(self.url, self.change.base_sha)
         command = self.env.plan.suite_command or " ".join(self.runner.suite_argv())
         key = baseline_key(tree, env.hash, command)

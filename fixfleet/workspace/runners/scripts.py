@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from fixfleet.workspace.runners.reports import JS_EXTENSIONS
 
@@ -51,26 +53,35 @@ def node_runs_tests(args: list[str]) -> bool:
     return not scripts or args.index("--test") < scripts[0]
 
 
-def find_invocation(script: str, scripts: dict[str, str] | None = None,
-                    _depth: int = 0) -> tuple[str, list[str]] | None:
+def find_invocation(script: str, scripts: dict[str, str] | None = None) -> tuple[str, list[str]] | None:
     """(runner, the runner's own arguments) of the first test-runner command in a script.
 
     Wrappers (nyc, c8, cross-env, npx, env assignments) are skipped by scanning each command
     for the runner word; `npm run x` is followed one level through `scripts`.
     """
+    for runner, tokens in invocations(script, scripts):
+        return runner, tokens[1:]
+    return None
+
+
+def invocations(script: str, scripts: dict[str, str] | None = None,
+                _depth: int = 0) -> Iterator[tuple[str, list[str]]]:
+    """Every test-runner command of a script, in order: (runner, tokens from the runner's word on)."""
     for tokens in segments(script):
         for i, token in enumerate(tokens):
             base = token.rsplit("/", 1)[-1]
             if base in RUNNER_BINS:
-                return RUNNER_BINS[base], tokens[i + 1:]
+                yield RUNNER_BINS[base], tokens[i:]
+                break
             if base == "node" and node_runs_tests(tokens[i + 1:]):
-                return "node", tokens[i + 1:]
+                yield "node", tokens[i:]
+                break
             target = npm_run_target(tokens, i)
             if target and _depth == 0 and scripts and target in scripts and scripts[target] != script:
-                found = find_invocation(scripts[target], scripts, _depth + 1)
+                found = list(invocations(scripts[target], scripts, _depth + 1))
+                yield from found
                 if found:
-                    return found
-    return None
+                    break
 
 
 def detect_js_runner(test_script: str, dev_dependencies: dict | None = None,
@@ -83,6 +94,74 @@ def detect_js_runner(test_script: str, dev_dependencies: dict | None = None,
         if runner in (dev_dependencies or {}):
             return runner
     raise ValueError(f"no supported JavaScript test runner in {test_script!r} or devDependencies")
+
+
+# Options that make a runner wait for input or watch files instead of running once and exiting.
+INTERACTIVE = {"vitest": frozenset({"--ui", "--open", "--watch", "-w"}),
+               "jest": frozenset({"--watch", "--watchAll"}),
+               "mocha": frozenset({"--watch", "-w"}),
+               "node": frozenset({"--watch"})}
+VITEST_WATCHING = frozenset({"watch", "dev"})  # vitest's subcommands that keep it running
+OTHER_TEST_SCRIPTS = re.compile(r"^(?:test|tests|unit|spec)(?:[:_-][\w:.-]*)?$|^ci[:_-]test")
+
+
+@dataclass
+class TestCommand:
+    """The project's own test-runner command, and where it was found."""
+
+    runner: str
+    command: str | None  # the runner's command line, interactive options taken out (None: the runner's defaults)
+    script: str | None  # the package.json script it came from
+    why: str
+
+
+def interactive_options(runner: str, tokens: list[str]) -> list[str]:
+    """The options (and vitest subcommand) of a runner command that make it interactive."""
+    found = [t for t in tokens[1:] if t.split("=", 1)[0] in INTERACTIVE.get(runner, ())]
+    if runner == "vitest" and len(tokens) > 1 and tokens[1] in VITEST_WATCHING:
+        found.append(tokens[1])
+    return found
+
+
+def run_once(runner: str, tokens: list[str]) -> list[str]:
+    """The command without its interactive options: the runner once, as a CI job runs it."""
+    dropped = set(interactive_options(runner, tokens))
+    kept = [tokens[0]] + [t for t in tokens[1:] if t not in dropped and t.split("=", 1)[0] not in dropped]
+    if runner == "vitest" and (len(kept) == 1 or kept[1] not in ("run", *VITEST_WATCHING)):
+        kept.insert(1, "run")
+    return kept
+
+
+def choose_test_command(scripts: dict[str, str], dependencies: dict | None = None,
+                        runner: str | None = None) -> TestCommand:
+    """The project's test runner run directly, never a script that chains lint or type checks
+    and never an interactive mode: the runner command of the `test` script when it runs once;
+    else one of another test script (`test:ci`, `test:unit`, ...) that does; else the `test`
+    script's with its interactive options dropped; else the runner from the dependencies.
+    `runner`: the one the configuration names (its command is looked for, nothing else)."""
+    names = ["test", *sorted(n for n in scripts if n != "test" and OTHER_TEST_SCRIPTS.search(n))]
+    found = [(name, kind, tokens) for name in names if name in scripts
+             for kind, tokens in invocations(scripts[name], scripts) if runner in (None, kind)]
+    if not found:
+        chosen = runner or detect_js_runner("", dependencies)
+        source = "named in .fixfleet.yml" if runner else "from the dependencies"
+        return TestCommand(runner=chosen, command=None, script=None, why=f"{chosen} {source}, with its defaults")
+    first = found[0]
+    once = [f for f in found if not interactive_options(f[1], f[2]) and f[1] == first[1]] or \
+        [f for f in found if not interactive_options(f[1], f[2])]
+    name, kind, tokens = once[0] if once else first
+    command = shlex.join(run_once(kind, tokens))
+    script = scripts[name]
+    if once and name == "test":
+        extra = "" if command == script.strip() else f" (from `{script}`)"
+        why = f"package.json's test script runs {kind}: `{command}`{extra}"
+    elif once:
+        why = (f"package.json's test script (`{scripts.get('test', '')}`) is interactive or runs no runner; "
+               f"its {name} script runs {kind} once: `{command}`")
+    else:
+        dropped = " ".join(interactive_options(kind, tokens))
+        why = f"package.json's {name} script (`{script}`) is interactive: `{command}` instead ({dropped} dropped)"
+    return TestCommand(runner=kind, command=command, script=name, why=why)
 
 
 def split_options(args: list[str], valued: frozenset[str], dropped: frozenset[str],

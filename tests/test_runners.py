@@ -19,6 +19,7 @@ import pytest
 from fixfleet.workspace.runners import (
     CHANNEL,
     HELPERS_DIR,
+    HELPERS_MOUNT,
     SESSION_ID,
     ForgedReport,
     TestCase,
@@ -425,10 +426,12 @@ def test_jest_argv_collection_and_report():
     runner = make_runner("jest", test_script="cross-env NODE_ENV=test jest --config jest.unit.js --coverage --watch -i src")
     files = ["src/math.test.js", "src/math.js"]
     assert runner.run_argv(files) == [
-        "node_modules/.bin/jest", "--config", "jest.unit.js", "-i", "--ci", "--json", f"--outputFile={CHANNEL}",
+        "node", f"{HELPERS_MOUNT}/jest_run.js", "--config", "jest.unit.js", "-i", "--ci", "--json",
+        f"--outputFile={CHANNEL}",
         "--runTestsByPath", "--", *files]
     assert runner.collect_argv(files) == [
-        "node_modules/.bin/jest", "--config", "jest.unit.js", "-i", "--listTests", "--json", "--runTestsByPath",
+        "node", f"{HELPERS_MOUNT}/jest_run.js", "--config", "jest.unit.js", "-i", "--listTests", "--json",
+        "--runTestsByPath",
         "--", *files]
     assert runner.suite_argv()[-2:] == ["--", "src"]
 

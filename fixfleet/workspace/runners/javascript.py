@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 from fixfleet.workspace.runners.reports import (
     CHANNEL,
+    HELPERS_MOUNT,
     WORKSPACE_MOUNT,
     Collected,
     TestCase,
@@ -207,10 +208,12 @@ class MochaRunner(JsRunner):
 
 
 class JestRunner(JsRunner):
-    """node_modules/.bin/jest --json with exact paths (--runTestsByPath); --listTests collects."""
+    """The repository's jest --json with exact paths (--runTestsByPath); --listTests collects.
+    Started through sandbox_helpers/jest_run.js, so that the platform's options are not in the
+    arguments of the process that runs the tests in band."""
 
     name = "jest"
-    bin = ("node_modules/.bin/jest",)
+    bin = ("node", f"{HELPERS_MOUNT}/jest_run.js")
     valued = frozenset({"--config", "-c", "--rootDir", "--roots", "--testEnvironment", "--env", "--maxWorkers", "-w",
               "--testTimeout", "--outputFile", "--reporters", "--testNamePattern", "-t", "--testPathPattern",
               "--testPathPatterns", "--testPathIgnorePatterns", "--selectProjects", "--ignoreProjects",

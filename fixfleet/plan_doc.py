@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from fixfleet.models import Task
+from fixfleet.models import Task, TaskEvent, TaskStatus
 
 
 SANDBOX_OFF = ("> **Warning: FIXFLEET_SANDBOX=off.** The agent and the repository's tests ran without the "
@@ -61,3 +64,26 @@ def render_evidence(task: Task, evidence: dict[str, Any], *, commits: list[str],
     if evidence.get("agent_test_command"):
         parts.append(f"The agent suggested `{evidence['agent_test_command']}`; the platform ran the commands above.")
     return "\n\n".join([*parts, "Commits: " + ", ".join(f"`{c[:10]}`" for c in commits), f"Cost: ${cost_usd:.4f}"])
+
+
+@dataclass(frozen=True)
+class PlanVersion:
+    """A plan as it was posted: the audit row that moved the task to AWAITING_APPROVAL keeps it."""
+
+    version: int
+    plan: dict[str, Any]
+    setup: str
+    posted_at: datetime
+    posted_by: str
+
+
+def plan_versions(events: Iterable[TaskEvent]) -> list[PlanVersion]:
+    """Every plan version a task has had, oldest first (a version posted twice: the last)."""
+    found: dict[int, PlanVersion] = {}
+    for event in events:
+        data = event.data
+        if event.to_status == TaskStatus.AWAITING_APPROVAL and isinstance(data.get("plan"), dict) \
+                and isinstance(data.get("plan_version"), int):
+            found[data["plan_version"]] = PlanVersion(data["plan_version"], data["plan"], str(data.get("setup") or ""),
+                                                      event.created_at, event.actor)
+    return [found[version] for version in sorted(found)]

@@ -271,6 +271,7 @@ class AgentLoop:
         self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
+                                            "tokens": result.input_tokens + result.output_tokens, "role": self.role,
                                             "seconds": round(result.duration_s, 3),
                                             "denials": [d.model_dump() for d in result.denials]})
         if result.outcome != "success" or not result.structured_output:

@@ -21,6 +21,7 @@ from fixfleet.metrics import Metrics
 from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
+from serve_app.console.transcripts import AuditTrailSessions, SessionReader
 from serve_app.tokens import ApiToken, load_tokens
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class AppContext:
     metrics: Metrics
     credentials: TokenManager
     commands: Commands
+    sessions: SessionReader  # the agents' sessions as the console reads them
 
 
 @asynccontextmanager
@@ -65,6 +67,8 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
+            sessions=AuditTrailSessions(services.store, services.redis, settings.home,
+                                        stale_after_s=3 * settings.lease_s),
         )
         stop = asyncio.Event()
         background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop))]

@@ -1,0 +1,163 @@
+"""What the console tests share: tokens, tasks in the states a reviewer meets, agent sessions as
+the session runner records them, and a signed-in HTTP client."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
+from redis.asyncio import Redis
+
+from actors.runner import _Session
+from fixfleet.config import Settings
+from fixfleet.models import NewTask, Source, Task, TaskStatus
+from fixfleet.redact import Redactor
+from fixfleet.services import AGENTS_KEY
+from fixfleet.store import Store
+
+TOKENS = [
+    {"name": "reader", "token": "tok-read-0123456789", "scopes": ["read"]},
+    {"name": "ci", "token": "tok-submit-0123456789", "scopes": ["read", "submit"]},
+    {"name": "lead", "token": "tok-approve-0123456789", "scopes": ["read", "submit", "approve"]},
+]
+READ, SUBMIT, APPROVE = (t["token"] for t in TOKENS)
+REPO = "https://github.com/acme/api.git"
+PLANNER = "planner-7f3a"
+
+
+def console_settings(settings: Settings, tokens: list[dict[str, Any]] | None = None) -> Settings:
+    configured = settings.model_copy(update={"api_tokens": json.dumps(TOKENS if tokens is None else tokens),
+                                             "repo_allowlist": ["https://github.com/acme/*"]})
+    return Settings.model_validate(configured.model_dump())  # re-validated: secrets as SecretStr
+
+
+def a_plan(root_cause: str = "parse_date() drops the timezone, so naive and aware datetimes are compared",
+           **changes: Any) -> dict[str, Any]:
+    """A plan as the planner's submit_plan tool hands it back (actors/session_models.PlanOutput)."""
+    return {"repository": "acme/api", "confidence": 0.85,
+            "affected_files": [{"path": "api/dates.py", "reason": "parse_date() is where the zone is lost"}],
+            "root_cause": root_cause, "steps": ["keep tzinfo in parse_date()", "compare aware datetimes"],
+            "tests_to_add": [{"path": "tests/test_dates.py::test_keeps_zone", "description": "an aware date stays aware"}],
+            "test_command": "pytest tests/test_dates.py", "risk": "low"} | changes
+
+
+async def new_task(store: Store, title: str = "TypeError: can't compare offset-naive and offset-aware datetimes",
+                   *, body: str = "Seen 41 times in `api.dates`.", repo: str = REPO, source: Source = Source.API,
+                   priority: str = "normal") -> Task:
+    task, _ = await store.create_task(NewTask(source=source, repo=repo, title=title, body=body, priority=priority,
+                                              context={"initiator": "api:ci"}), actor="api:ci")
+    return task
+
+
+async def post_plan(store: Store, task: Task, plan: dict[str, Any], *, agent: str = PLANNER) -> Task:
+    """The planner's moves: claim the task, then post plan v<n+1> (what actors/planner.py records)."""
+    task = await store.transition(task.id, TaskStatus.PLANNING, actor=agent, reason="planning",
+                                  changes={"attempts": task.attempts + 1, "branch": f"fixfleet/{task.key}"})
+    version = task.plan_version + 1
+    return await store.transition(
+        task.id, TaskStatus.AWAITING_APPROVAL, actor=agent, reason=f"plan v{version} ready",
+        data={"branch": task.branch, "pr_url": "https://github.com/acme/api/pull/7", "setup": "uv venv; uv pip install -e .",
+              "plan_version": version, "plan": plan},
+        changes={"plan": plan, "plan_version": version, "pr_url": "https://github.com/acme/api/pull/7"})
+
+
+async def planned_task(store: Store, **kwargs: Any) -> Task:
+    plan = kwargs.pop("plan", None) or a_plan()
+    return await post_plan(store, await new_task(store, **kwargs), plan)
+
+
+# --- agent sessions, recorded as actors/runner.py records them ----------------------------------
+
+
+def transcript_line(message: Any) -> str:
+    """The session runner's own transcript line for an SDK message (redacted, one JSON object)."""
+    return _Session._transcript_line(SimpleNamespace(redactor=Redactor()), message)  # type: ignore[arg-type]
+
+
+def opening_messages(task: Task) -> list[Any]:
+    return [
+        SystemMessage(subtype="init", data={"type": "system", "subtype": "init", "model": "claude-test", "tools": ["Read", "Bash"]}),
+        AssistantMessage(content=[TextBlock(f"I will read `api/dates.py` to find why {task.key} fails.")], model="claude-test"),
+        AssistantMessage(content=[ToolUseBlock(id="toolu_1", name="Read", input={"file_path": "/workspace/api/dates.py"})],
+                         model="claude-test"),
+        UserMessage(content=[ToolResultBlock(tool_use_id="toolu_1", content="def parse_date(text):\n    return datetime.strptime(text, FMT)\n",
+                                             is_error=False)]),
+    ]
+
+
+def closing_messages() -> list[Any]:
+    return [
+        AssistantMessage(content=[TextBlock("The zone is dropped by `strptime`; the plan keeps it.")], model="claude-test"),
+        ResultMessage(subtype="success", duration_ms=4200, duration_api_ms=3900, is_error=False, num_turns=3,
+                      session_id="ignored", total_cost_usd=0.0123, usage={"input_tokens": 1200, "output_tokens": 300}),
+    ]
+
+
+def transcript_path(home: Path, session_id: str, agent: str = PLANNER) -> Path:
+    return home / "agents" / agent / "session" / "transcripts" / f"{session_id}.jsonl"
+
+
+def write_messages(home: Path, session_id: str, messages: list[Any], *, agent: str = PLANNER) -> Path:
+    path = transcript_path(home, session_id, agent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        for message in messages:
+            out.write(transcript_line(message) + "\n")
+    return path
+
+
+async def beat(redis: Redis, task: Task | None, *, agent: str = PLANNER, role: str = "planner",
+               since: float | None = None) -> None:
+    """The agent's heartbeat as actors/agent.py writes it."""
+    await redis.hset(AGENTS_KEY, agent, json.dumps({
+        "name": agent, "role": role, "busy_with": task.id if task else None,
+        "busy_since": (since or time.time()) if task else None, "draining": False, "done": 3, "failed": 0,
+        "pid": 1234, "at": time.time()}))
+
+
+async def session_ended(store: Store, task: Task, session_id: str, *, agent: str = PLANNER, role: str = "planner") -> None:
+    """The audit row run_session writes when a session ends (actors/agent.py)."""
+    await store.add_cost(task.id, 0.0123, 1500)
+    await store.record_event(task.id, actor=agent, reason=f"{role} session: success",
+                             data={"cost_usd": 0.0123, "turns": 3, "session": session_id, "tokens": 1500, "role": role,
+                                   "seconds": 4.2, "denials": []})
+
+
+# --- a browser's view, over HTTP ----------------------------------------------------------------
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_in(html: str) -> str:
+    found = CSRF.search(html)
+    assert found, "no CSRF field on the page"
+    return found[1]
+
+
+def signed_in(url: str, token: str) -> tuple[httpx.Client, str]:
+    """A client holding a console session for `token`, and the session's CSRF token."""
+    client = httpx.Client(base_url=url, follow_redirects=False, timeout=20)
+    form = client.get("/ui/login")
+    answer = client.post("/ui/login", data={"token": token, "csrf": csrf_in(form.text), "next": "/ui/"})
+    assert answer.status_code == 303, answer.text
+    return client, csrf_in(client.get("/ui/pool").text)
+
+
+def act(client: httpx.Client, key: str, command: str, csrf: str | None, **fields: Any) -> httpx.Response:
+    data = {k: str(v) for k, v in fields.items()} | ({"csrf": csrf} if csrf is not None else {})
+    return client.post(f"/ui/tasks/{key}/do/{command}", data=data)
+
+
+def flash_after(client: httpx.Client, answer: httpx.Response) -> str:
+    """The line the task page shows after a form's redirect."""
+    assert answer.status_code == 303, (answer.status_code, answer.text[:500])
+    page = client.get(answer.headers["location"]).text
+    found = re.search(r'<div class="flash[^"]*" role="[a-z]+">(.*?)</div>', page, re.S)
+    return re.sub(r"<[^>]+>", "", found[1]).strip() if found else ""

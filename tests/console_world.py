@@ -3,9 +3,12 @@ the session runner records them, and a signed-in HTTP client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,8 +35,9 @@ PLANNER = "planner-7f3a"
 
 
 def console_settings(settings: Settings, tokens: list[dict[str, Any]] | None = None) -> Settings:
+    # A lease of 30 s: an agent's heartbeat written once stays alive through a test (3 leases).
     configured = settings.model_copy(update={"api_tokens": json.dumps(TOKENS if tokens is None else tokens),
-                                             "repo_allowlist": ["https://github.com/acme/*"]})
+                                             "repo_allowlist": ["https://github.com/acme/*"], "lease_s": 30.0})
     return Settings.model_validate(configured.model_dump())  # re-validated: secrets as SecretStr
 
 
@@ -119,6 +123,25 @@ async def beat(redis: Redis, task: Task | None, *, agent: str = PLANNER, role: s
         "name": agent, "role": role, "busy_with": task.id if task else None,
         "busy_since": (since or time.time()) if task else None, "draining": False, "done": 3, "failed": 0,
         "pid": 1234, "at": time.time()}))
+
+
+@asynccontextmanager
+async def beating(redis: Redis, task: Task | None, **kwargs: Any) -> AsyncIterator[None]:
+    """An agent alive for the block: it beats every lease/3 as actors/agent.py does (the tests' lease is 1 s)."""
+    since = kwargs.pop("since", None) or time.time()
+
+    async def loop() -> None:
+        while True:
+            await beat(redis, task, since=since, **kwargs)
+            await asyncio.sleep(0.3)
+
+    beats = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        beats.cancel()
+        with suppress(asyncio.CancelledError):
+            await beats
 
 
 async def session_ended(store: Store, task: Task, session_id: str, *, agent: str = PLANNER, role: str = "planner") -> None:

@@ -338,7 +338,8 @@ async def test_a_transcript_page_and_its_live_tail(console: str, store: Store, r
     await session_ended(store, task, SESSION)
     await beat(redis, None)
     ended = client.get(f"/ui/tasks/{task.key}/sessions/{SESSION}/more?after=6").text
-    assert 'id="session-state" class="badge ended" hx-swap-oob="true">success<' in ended and "more?after" not in ended
+    assert '<div id="session-head" hx-swap-oob="true">' in ended and 'class="badge ended">success<' in ended
+    assert "$0.0123" in ended and "more?after" not in ended  # the head is drawn again, the polling stops
     assert client.get(f"/ui/tasks/{task.key}/sessions/../../etc/passwd").status_code == 404
     assert client.get(f"/ui/tasks/{task.key}/sessions/not-a-session-of-this-task").status_code == 404
 

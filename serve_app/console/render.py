@@ -50,9 +50,14 @@ def _markdown() -> MarkdownIt:
 MARKDOWN = _markdown()
 
 
-def markdown(text: Any) -> Markup:
-    """Markdown written by someone else, as HTML that carries no markup of theirs."""
-    return Markup(MARKDOWN.render(str(text or "")))
+def markdown(text: Any, below: int = 2) -> Markup:
+    """Markdown written by someone else, as HTML that carries no markup of theirs. Its headings
+    sit `below` levels under the page's (a PLAN.md's `#` inside the page's section is an h3)."""
+    tokens = MARKDOWN.parse(str(text or ""))
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + below)}"
+    return Markup(MARKDOWN.renderer.render(tokens, MARKDOWN.options, {}))
 
 
 def age(moment: datetime | float | None, now: datetime | None = None) -> str:

@@ -340,6 +340,8 @@ async def test_a_transcript_page_and_its_live_tail(console: str, store: Store, r
     ended = client.get(f"/ui/tasks/{task.key}/sessions/{SESSION}/more?after=6").text
     assert '<div id="session-head" hx-swap-oob="true">' in ended and 'class="badge ended">success<' in ended
     assert "$0.0123" in ended and "more?after" not in ended  # the head is drawn again, the polling stops
+    chat_link = client.get(f"/ui/tasks/{task.key}?session={SESSION}")  # as `logs` answers link it
+    assert chat_link.status_code == 303 and chat_link.headers["location"] == f"/ui/tasks/{task.key}/sessions/{SESSION}"
     assert client.get(f"/ui/tasks/{task.key}/sessions/../../etc/passwd").status_code == 404
     assert client.get(f"/ui/tasks/{task.key}/sessions/not-a-session-of-this-task").status_code == 404
 

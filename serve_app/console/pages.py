@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from fixfleet.models import Priority, Source, Task, TaskStatus
@@ -21,7 +21,7 @@ from fixfleet.store import TaskFilter
 from serve_app.console import views
 from serve_app.console.auth import Viewer, sessions, viewer
 from serve_app.console.render import environment
-from serve_app.console.transcripts import SessionInfo, SessionReader
+from serve_app.console.transcripts import SESSION_ID, SessionInfo, SessionReader
 from serve_app.context import AppContext, get_ctx
 from serve_app.errors import validation_reason
 
@@ -126,7 +126,12 @@ async def task_view(ctx: AppContext, who: Viewer, key: str) -> dict[str, Any]:
 
 
 @router.get("/tasks/{key}", response_class=HTMLResponse)
-async def task_page(key: str, who: Viewer = Depends(viewer), ctx: AppContext = Depends(get_ctx)) -> HTMLResponse:
+async def task_page(key: str, session: str | None = None, who: Viewer = Depends(viewer),
+                    ctx: AppContext = Depends(get_ctx)) -> Response:
+    """The task; `?session=<id>` (the links chat answers give) goes to that session's transcript."""
+    if session is not None and SESSION_ID.fullmatch(session):
+        task = await ctx.services.store.get_task(key)
+        return RedirectResponse(f"/ui/tasks/{task.key}/sessions/{session}", status_code=303)
     return await page(ctx, who, "task.html", **await task_view(ctx, who, key))
 
 

@@ -49,6 +49,7 @@ class SessionInfo(BaseModel):
     cost_usd: float | None = None
     tokens: int | None = None
     turns: int | None = None
+    note: str | None = None  # why it failed or was cut short, when known
 
 
 class Block(BaseModel):
@@ -59,6 +60,7 @@ class Block(BaseModel):
     tool: str | None = None  # the tool called
     tool_use_id: str | None = None
     is_error: bool = False
+    omitted: int = 0  # bytes the recording left out (a message cut to the recording limit)
 
 
 class SessionMessage(BaseModel):

@@ -84,14 +84,18 @@ def transcript_line(message: Any) -> str:
     return _Session._transcript_line(SimpleNamespace(redactor=Redactor()), message)  # type: ignore[arg-type]
 
 
+# What the Read tool answered: long enough to be fetched only when its fold is opened.
+DATES_PY = "def parse_date(text):\n    return datetime.strptime(text, FMT)\n" + "".join(
+    f"\n\ndef helper_{n}(value):\n    return value  # keeps line {n}\n" for n in range(20))
+
+
 def opening_messages(task: Task) -> list[Any]:
     return [
         SystemMessage(subtype="init", data={"type": "system", "subtype": "init", "model": "claude-test", "tools": ["Read", "Bash"]}),
         AssistantMessage(content=[TextBlock(f"I will read `api/dates.py` to find why {task.key} fails.")], model="claude-test"),
         AssistantMessage(content=[ToolUseBlock(id="toolu_1", name="Read", input={"file_path": "/workspace/api/dates.py"})],
                          model="claude-test"),
-        UserMessage(content=[ToolResultBlock(tool_use_id="toolu_1", content="def parse_date(text):\n    return datetime.strptime(text, FMT)\n",
-                                             is_error=False)]),
+        UserMessage(content=[ToolResultBlock(tool_use_id="toolu_1", is_error=False, content=DATES_PY)]),
     ]
 
 

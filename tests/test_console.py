@@ -326,8 +326,14 @@ async def test_a_transcript_page_and_its_live_tail(console: str, store: Store, r
     assert page.status_code == 200
     text = page.text
     assert 'id="session-state" class="badge running"' in text
-    assert "Tool call: <code>Read</code>" in text and "def parse_date(text):" in text
-    assert "<code>api/dates.py</code>" in text  # the assistant's Markdown, rendered
+    assert "Tool call: <code>Read</code>" in text and "/workspace/api/dates.py" in text  # a short call: on the page
+    assert "def parse_date(text):" not in text  # a long result: fetched when its fold is opened
+    fold = re.search(r'hx-get="(/ui/tasks/[^"]+/blocks/4/0)" hx-trigger="toggle once"', text)[1]
+    assert client.get(fold, headers={"HX-Request": "true"}).text.startswith("def parse_date(text):")
+    alone = client.get(fold).text  # without htmx: a page of its own
+    assert "<h1>" in alone and "keeps line 19" in alone
+    assert client.get(fold.replace("/4/0", "/4/7")).status_code == 404
+    assert f"I will read `api/dates.py` to find why {task.key} fails." in text  # the model's words as it wrote them
     assert text.count('class="msg msg-') == 4
     poll = re.search(r'hx-get="(/ui/tasks/[^"]+/more\?after=4)"', text)[1]
     assert client.get(poll).status_code == 204  # nothing new yet

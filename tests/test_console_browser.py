@@ -164,6 +164,9 @@ async def test_read_a_plan_and_a_live_transcript(
         await expect(tool_call.locator("pre")).to_be_hidden()  # folded until opened
         await tool_call.locator("summary").click()
         await expect(tool_call.locator("pre")).to_contain_text("/workspace/api/dates.py")
+        result = page.locator("details.block-tool_result").first
+        await result.locator("summary").click()  # a long result is fetched as it opens
+        await expect(result.locator("pre")).to_contain_text("keeps line 19")
         write_messages(settings.home, SESSION, closing_messages())  # the agent writes on
         await expect(page.locator("#m6")).to_contain_text("success: 3 turns", timeout=LIVE_S)
         await session_ended(store, task, SESSION)

@@ -29,7 +29,9 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 TEMPLATES = environment()
 PAGE_SIZE = 50
 TRANSCRIPT_PAGE = 2000  # messages on one transcript page
-MAX_BLOCK_CHARS = 20_000  # a block longer than this (a whole file read) is cut on the page
+MAX_BLOCK_CHARS = 20_000  # text longer than this (a whole file read) is cut on the transcript page
+INLINE_CHARS = 600  # a folded block (tool call, result, thinking) longer than this is fetched when opened
+BLOCK_LIMIT = 500_000  # a block read on its own, at most
 
 
 def render(name: str, *, status: int = 200, headers: dict[str, str] | None = None, **values: Any) -> HTMLResponse:
@@ -172,7 +174,7 @@ async def transcript(key: str, session_id: str, after: int = 0, who: Viewer = De
     flash = await sessions(ctx).take_flash(who)
     html = await asyncio.to_thread(TEMPLATES.get_template("transcript.html").render, viewer=who, flash=flash,
                                    task=task, session=session, messages=messages, more=more, after=after, last=last,
-                                   page=TRANSCRIPT_PAGE, cut=MAX_BLOCK_CHARS)
+                                   page=TRANSCRIPT_PAGE, cut=MAX_BLOCK_CHARS, inline_chars=INLINE_CHARS)
     return HTMLResponse(html)
 
 
@@ -187,7 +189,23 @@ async def transcript_more(key: str, session_id: str, after: int = 0, _: Viewer =
         return Response(status_code=204)
     last = messages[-1].seq if messages else after
     return render("_messages.html", task=task, session=session, messages=messages, last=last, cut=MAX_BLOCK_CHARS,
-                  poll=session.running or bool(messages), state_changed=not session.running)
+                  inline_chars=INLINE_CHARS, poll=session.running or bool(messages), state_changed=not session.running)
+
+
+@router.get("/tasks/{key}/sessions/{session_id}/blocks/{seq}/{index}", response_class=HTMLResponse)
+async def transcript_block(key: str, session_id: str, seq: int, index: int, request: Request,
+                           who: Viewer = Depends(viewer), ctx: AppContext = Depends(get_ctx)) -> HTMLResponse:
+    """One piece of one message, whole: a folded tool result opened on the transcript page (htmx
+    asks for the text alone), or a page of its own."""
+    task = await ctx.services.store.get_task(key)
+    session = await session_of(ctx, task, session_id)
+    found = await session_reader(ctx).messages(session.id, after=max(0, seq - 1), limit=1)
+    if not found or found[0].seq != seq or not 0 <= index < len(found[0].blocks):
+        raise SessionNotFound(f"{task.key}'s session {session.id[:40]} has no message {seq} with a part {index}")
+    message, block = found[0], found[0].blocks[index]
+    if request.headers.get("hx-request"):
+        return render("_block_body.html", block=block, limit=BLOCK_LIMIT)
+    return await page(ctx, who, "block.html", task=task, session=session, message=message, block=block, limit=BLOCK_LIMIT)
 
 
 # --- the pool -----------------------------------------------------------------------------------

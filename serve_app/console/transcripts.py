@@ -1,4 +1,5 @@
 """The agents' sessions as the console reads them: a small interface and today's implementation.
+(Plain dataclasses: a transcript page builds thousands of them.)
 
 The console asks a `SessionReader` for a task's sessions (role, cost, tokens, running or not) and
 for a session's messages by position. `AuditTrailSessions` answers from what the platform keeps
@@ -16,12 +17,12 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from fixfleet.models import TaskEvent
@@ -35,7 +36,8 @@ AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_LIMIT = 5000
 
 
-class SessionInfo(BaseModel):
+@dataclass(slots=True)
+class SessionInfo:
     """One model session of a task's agents."""
 
     id: str
@@ -52,7 +54,8 @@ class SessionInfo(BaseModel):
     note: str | None = None  # why it failed or was cut short, when known
 
 
-class Block(BaseModel):
+@dataclass(slots=True)
+class Block:
     """A piece of a message: text, the model's thinking, a tool call or its result, other data."""
 
     kind: BlockKind
@@ -63,12 +66,13 @@ class Block(BaseModel):
     omitted: int = 0  # bytes the recording left out (a message cut to the recording limit)
 
 
-class SessionMessage(BaseModel):
+@dataclass(slots=True)
+class SessionMessage:
     seq: int  # 1-based position in its session
     kind: MessageKind
     at: datetime | None = None
     summary: str = ""  # one line: a system message's subtype, a result's outcome and cost
-    blocks: list[Block] = []
+    blocks: list[Block] = field(default_factory=list)
 
 
 class SessionReader(Protocol):

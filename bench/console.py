@@ -1,0 +1,286 @@
+"""The console's figures: `python -m bench.console [--only pages] [--tasks 10000] [--messages 200000]`.
+
+- pages: the console's pages with a big store behind them. `--tasks` tasks (10,000: every state,
+  each with its audit rows; the finished ones with a plan, evidence and a diff) and `--messages`
+  session messages (200,000: sessions of 2,000 messages each, recorded the way the platform keeps
+  them today: each session's audit row and the runner's JSONL transcript, read through the
+  console's SessionReader). The app runs under uvicorn in a subprocess (uvloop, httptools: as
+  bench.ingress runs it); one signed-in client asks for one page after another: the task list
+  (filters and pages in turn), a task page (plans, evidence, diff, sessions, timeline) and a
+  transcript page of 2,000 messages. Prints p50/p95/max per page; goal: p95 under 150 ms each.
+
+Each measurement is a function returning its figures (MEASUREMENTS); the figures are printed,
+then the last line: one JSON object with the issue's keys (LAST_LINE) of whichever measurements ran.
+DATABASE_URL / REDIS_URL name the servers (else the embedded ones); the measurements work in a
+throwaway database and Redis db 12, dropped and flushed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fixfleet.config import Settings
+from fixfleet.scratch import create_database, drop_database, flush_redis, redis_db_url
+from fixfleet.store import Store
+
+Measurement = Callable[[str, argparse.Namespace], Awaitable[dict[str, Any]]]
+REDIS_DB = 12  # bench.ingress uses 10 and 11
+TOKEN = "bench-console-token-0123456789"
+SESSION_MESSAGES = 2000  # one transcript page
+AGENT = "planner-bench"
+
+
+# --- the store: tasks, audit rows, sessions ---------------------------------------------------------
+
+STATUSES = (["COMPLETED"] * 8 + ["FAILED", "FAILED", "AWAITING_APPROVAL", "AWAITING_APPROVAL", "RECEIVED", "RECEIVED",
+            "EXECUTING", "PLANNING", "CANCELLED", "REJECTED", "PAUSED", "APPROVED"])
+TITLES = ["TypeError: can't compare offset-naive and offset-aware datetimes", "KeyError: 'region' in billing.invoice",
+          "Checkout times out when the cart has 200 items", "NullPointerException in ReportExporter.render",
+          "Flaky retry: ConnectionResetError in the webhook sender"]
+
+
+def plan(n: int) -> dict[str, Any]:
+    return {"repository": "acme/api", "confidence": 0.8, "risk": "low", "test_command": "pytest tests/test_dates.py",
+            "root_cause": f"parse_date() drops the timezone (seen in task {n}); " + "the caller compares it. " * 8,
+            "affected_files": [{"path": f"api/module_{i}.py", "reason": "where the zone is lost " * 3} for i in range(4)],
+            "steps": [f"step {i}: " + "change the parser to keep tzinfo " * 3 for i in range(6)],
+            "tests_to_add": [{"path": f"tests/test_dates.py::test_case_{i}", "description": "stays aware " * 4}
+                             for i in range(3)]}
+
+
+def finished_context() -> dict[str, Any]:
+    diff = "".join(f"diff --git a/api/m{i}.py b/api/m{i}.py\n--- a/api/m{i}.py\n+++ b/api/m{i}.py\n@@ -1,8 +1,8 @@\n"
+                   + " context line\n" * 4 + "-    return naive(value)\n+    return aware(value)\n" + " tail\n" * 3
+                   for i in range(12))
+    run = {"command": "pytest tests/test_dates.py", "exit_code": 0, "seconds": 1.2,
+           "output_tail": "tests/test_dates.py::test_case PASSED\n" * 80,
+           "tests": {f"tests/test_dates.py::test_case_{i}": "passed" for i in range(30)}}
+    return {"diff": diff, "evidence": {"red": run | {"exit_code": 1}, "green": run, "suite": run | {"command": "pytest"},
+                                       "red_to_green": [f"tests/test_dates.py::test_case_{i}" for i in range(3)],
+                                       "setup": "uv venv; uv pip install -e .[test]"}}
+
+
+SEED_TASKS = """
+INSERT INTO tasks (source, repo, title, body, priority, status, version, attempts, plan, plan_version, branch, pr_url,
+                   cost_usd, tokens, context, created_at, updated_at)
+SELECT (ARRAY['sentry','jira','github','api','slack','cli'])[1 + n % 6],
+       'https://github.com/acme/service-' || (n % 40) || '.git',
+       ($2::text[])[1 + n % array_length($2::text[], 1)] || ' #' || n,
+       repeat('  File "api/dates.py", line 41, in parse_date' || chr(10), 30),
+       (ARRAY['critical','high','normal','low'])[1 + n % 4],
+       status, 4, 1,
+       CASE WHEN planned THEN $4::jsonb END, CASE WHEN planned THEN 1 ELSE 0 END,
+       CASE WHEN planned THEN 'fixfleet/FF-' || n END, CASE WHEN planned THEN 'https://github.com/acme/service/pull/' || n END,
+       (n % 97) / 10.0, (n * 13) % 200000, '{}'::jsonb,
+       now() - make_interval(mins => $1 - n), now() - make_interval(mins => ($1 - n) / 2)
+FROM (SELECT n, s AS status, s NOT IN ('RECEIVED', 'PLANNING') AS planned
+      FROM generate_series(1, $1) AS n, LATERAL (SELECT ($3::text[])[1 + (n * 7919) % array_length($3::text[], 1)]) AS x(s)) AS seeded
+"""
+SEED_EVENTS = """
+INSERT INTO task_events (task_id, from_status, to_status, actor, reason, data, created_at)
+SELECT t.id, e.from_status, e.to_status, e.actor, e.reason,
+       CASE WHEN e.to_status = 'AWAITING_APPROVAL' THEN jsonb_build_object('plan_version', 1, 'plan', t.plan, 'setup', 'uv venv')
+            ELSE '{}'::jsonb END,
+       t.created_at + make_interval(secs => e.step * 30)
+FROM tasks t CROSS JOIN (VALUES (1, NULL, 'RECEIVED', 'sentry', 'task received'),
+                                (2, 'RECEIVED', 'PLANNING', 'planner-1', 'planning'),
+                                (3, 'PLANNING', 'AWAITING_APPROVAL', 'planner-1', 'plan v1 ready'),
+                                (4, 'AWAITING_APPROVAL', 'APPROVED', 'api:lead', 'approved'),
+                                (5, 'APPROVED', 'EXECUTING', 'executor-1', 'executing'),
+                                (6, 'EXECUTING', 'COMPLETED', 'executor-1', 'pushed')) AS e(step, from_status, to_status, actor, reason)
+"""
+
+
+def transcript_lines(count: int) -> list[str]:
+    """A session's messages as the session runner writes them (actors/runner.py: one SDK message a line)."""
+    from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock, ThinkingBlock, ToolResultBlock, \
+        ToolUseBlock, UserMessage
+
+    from tests.console_world import transcript_line
+
+    messages: list[Any] = [SystemMessage(subtype="init", data={"model": "claude", "tools": ["Read", "Bash", "Edit"]})]
+    turn = 0
+    while len(messages) < count - 1:
+        turn += 1
+        messages += [
+            AssistantMessage(content=[TextBlock(f"Step {turn}: I read `api/module_{turn % 9}.py` to see where the "
+                                                f"zone is lost; **next** the caller.")], model="claude"),
+            AssistantMessage(content=[ThinkingBlock("The caller passes a naive value. " * 6, "sig")], model="claude"),
+            AssistantMessage(content=[ToolUseBlock(f"toolu_{turn}", "Bash", {"command": f"grep -n parse_date api/ -r | head -{turn % 50}"})],
+                             model="claude"),
+            UserMessage(content=[ToolResultBlock(f"toolu_{turn}", f"api/module_{turn % 9}.py:41:    value = parse_date(text)\n" * 25,
+                                                 False)]),
+        ]
+    messages = messages[:count - 1] + [ResultMessage(subtype="success", duration_ms=1, duration_api_ms=1, is_error=False,
+                                                     num_turns=turn, session_id="s", total_cost_usd=0.5)]
+    return [transcript_line(m) + "\n" for m in messages]
+
+
+async def seed(database_url: str, home: Path, tasks: int, messages: int) -> dict[str, Any]:
+    """The store as a busy platform has it; returns what the pages will be asked for."""
+    store = await Store.connect(database_url, max_size=2)
+    try:
+        started = time.perf_counter()
+        await store.pool.execute(SEED_TASKS, tasks, TITLES, STATUSES, plan(0))  # the jsonb codec encodes
+        await store.pool.execute(SEED_EVENTS)
+        sessions = max(1, messages // SESSION_MESSAGES)
+        rich = list(range(1, sessions + 1))  # these tasks have a session each, a diff and evidence
+        await store.pool.execute("UPDATE tasks SET context = $1::jsonb, status = 'COMPLETED' WHERE id = ANY($2::bigint[])",
+                                 finished_context(), rich)
+        lines = "".join(transcript_lines(SESSION_MESSAGES))
+        directory = home / "agents" / AGENT / "session" / "transcripts"
+        directory.mkdir(parents=True, exist_ok=True)
+        session_ids = []
+        for task_id in rich:
+            session_id = f"bench-session-{task_id:05d}"
+            (directory / f"{session_id}.jsonl").write_text(lines)
+            await store.record_event(task_id, actor=AGENT, reason="planner session: success",
+                                     data={"cost_usd": 0.5, "turns": 500, "session": session_id, "tokens": 150_000,
+                                           "role": "planner", "seconds": 300, "denials": []})
+            session_ids.append((f"FF-{task_id}", session_id))
+        counts = await store.pool.fetchrow("SELECT (SELECT count(*) FROM tasks) AS tasks, (SELECT count(*) FROM task_events) AS events")
+        print(f"seeded {counts['tasks']} tasks, {counts['events']} audit rows, {len(session_ids)} sessions of "
+              f"{SESSION_MESSAGES} messages ({len(session_ids) * SESSION_MESSAGES} messages, "
+              f"{len(lines.encode()) // 1024} KB each) in {time.perf_counter() - started:.1f} s", flush=True)
+        return {"sessions": session_ids}
+    finally:
+        await store.close()
+
+
+# --- page timings -----------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def sign_in(url: str) -> httpx.Client:
+    client = httpx.Client(base_url=url, follow_redirects=False, timeout=60)
+    form = client.get("/ui/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)[1]
+    answer = client.post("/ui/login", data={"token": TOKEN, "csrf": csrf})
+    if answer.status_code != 303:
+        raise SystemExit(f"could not sign in to the console: {answer.status_code} {answer.text[:200]}")
+    return client
+
+
+def timed(client: httpx.Client, paths: list[str], requests: int, warmup: int = 10) -> dict[str, Any]:
+    for path in paths[:warmup]:
+        client.get(path)
+    times, sizes = [], []
+    for n in range(requests):
+        started = time.perf_counter()
+        answer = client.get(paths[n % len(paths)])
+        times.append((time.perf_counter() - started) * 1000)
+        if answer.status_code != 200:
+            raise SystemExit(f"{paths[n % len(paths)]} answered {answer.status_code}: {answer.text[:300]}")
+        sizes.append(len(answer.content))
+    return {"requests": requests, "p50_ms": round(statistics.median(times), 1), "p95_ms": round(percentile(times, 95), 1),
+            "max_ms": round(max(times), 1), "kb": round(statistics.mean(sizes) / 1024)}
+
+
+LIST_QUERIES = ["", "status=COMPLETED", "status=AWAITING_APPROVAL", "repo=https://github.com/acme/service-7.git",
+                "source=sentry&priority=high", "q=timezone", "q=FF-4242", "offset=500", "offset=9000",
+                "status=FAILED&source=jira"]
+
+
+async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.ingress import uvicorn_target
+
+    redis_url = redis_db_url(args.redis_server, REDIS_DB)
+    await flush_redis(redis_url)
+    with tempfile.TemporaryDirectory(prefix="bench-console-") as directory:
+        home = Path(directory)
+        seeded = await seed(database_url, home, args.tasks, args.messages)
+        env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(home),
+               "FIXFLEET_API_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["read", "submit", "approve"]}])}
+        try:
+            with uvicorn_target(env, args) as url:
+                client = sign_in(url)
+                sessions = seeded["sessions"]
+                figures = {
+                    "list": timed(client, [f"/ui/?{q}" for q in LIST_QUERIES], args.requests),
+                    "task": timed(client, [f"/ui/tasks/{key}" for key, _ in sessions[:20]], args.requests),
+                    "transcript": timed(client, [f"/ui/tasks/{key}/sessions/{sid}" for key, sid in sessions[:20]],
+                                        max(20, args.requests // 2)),
+                }
+        finally:
+            await flush_redis(redis_url)
+    load = os.getloadavg()
+    print(f"load average while measuring: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on {os.cpu_count()} CPUs: "
+          "a shared machine's figures move with it", flush=True)
+    for name, timing in figures.items():
+        print(f"{name} page: p50 {timing['p50_ms']} ms, p95 {timing['p95_ms']} ms, max {timing['max_ms']} ms over "
+              f"{timing['requests']} requests ({timing['kb']} KB each): {'meets' if timing['p95_ms'] < 150 else 'misses'} "
+              "the goal of p95 under 150 ms", flush=True)
+    return {"tasks": args.tasks, "messages": len(seeded["sessions"]) * SESSION_MESSAGES,
+            "load_average": round(load[0], 1), **figures}
+
+
+MEASUREMENTS: dict[str, Measurement] = {"pages": page_timings}
+# The issue's last line: key -> (measurement, its figure). A measurement that did not run is left out.
+LAST_LINE: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "list_p95_ms": ("pages", lambda f: f["list"]["p95_ms"]),
+    "task_p95_ms": ("pages", lambda f: f["task"]["p95_ms"]),
+    "transcript_p95_ms": ("pages", lambda f: f["transcript"]["p95_ms"]),
+    "recording_overhead": ("recording", lambda f: f["ratio"]),
+}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def server_urls(stack: ExitStack) -> tuple[str, str]:
+    """DATABASE_URL's and REDIS_URL's servers, else the embedded ones (stopped when `stack` closes)."""
+    from fixfleet.embedded import EmbeddedServers
+    from fixfleet.services import resolve_urls
+
+    settings = Settings()
+    embedded = EmbeddedServers(settings.home)
+    stack.callback(embedded.stop)
+    return resolve_urls(settings, embedded)
+
+
+async def measure(names: list[str], server: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    database_url = await create_database(server, "fixfleet_bench")
+    try:
+        return {name: await MEASUREMENTS[name](database_url, args) for name in names}
+    finally:
+        await drop_database(server, database_url)
+
+
+def last_line(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {key: read(figures[name]) for key, (name, read) in LAST_LINE.items() if name in figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=sorted(MEASUREMENTS), help="run only these (repeatable)")
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the store (pages)")
+    parser.add_argument("--messages", type=int, default=200_000, help="session messages in the store (pages)")
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per page (pages)")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        server, args.redis_server = server_urls(stack)
+        figures = asyncio.run(measure(args.only or list(MEASUREMENTS), server, args))
+    print(json.dumps(figures))
+    print(json.dumps(last_line(figures)))
+
+
+if __name__ == "__main__":
+    main()

@@ -271,9 +271,9 @@ class AgentLoop:
         self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
-                                            "tokens": result.input_tokens + result.output_tokens, "role": self.role,
                                             "seconds": round(result.duration_s, 3),
-                                            "denials": [d.model_dump() for d in result.denials]})
+                                            "denials": [d.model_dump() for d in result.denials],
+                                            "tokens": result.input_tokens + result.output_tokens, "role": self.role})
         if result.outcome != "success" or not result.structured_output:
             reason = f"{self.role} session ended {result.subtype}: {result.error or missing}"
             raise SessionFailedForGood(reason) if result.permanent else failure(reason)

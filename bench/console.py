@@ -1,12 +1,12 @@
-"""The console's figures: `python -m bench.console [--only pages] [--tasks 10000] [--messages 200000]`.
+"""The console's figures: `python -m bench.console [--only pages] [--tasks 10000] [--store-messages 200000]`.
 
 - pages: the console's pages with a big store behind them. `--tasks` tasks (10,000: every state,
-  each with its audit rows; the finished ones with a plan, evidence and a diff) and `--messages`
-  session messages (200,000: sessions of 2,000 messages each, recorded the way the platform keeps
-  them today: each session's audit row and the runner's JSONL transcript, read through the
-  console's SessionReader). The app runs under uvicorn in a subprocess (uvloop, httptools: as
-  bench.ingress runs it); one signed-in client asks for one page after another: the task list
-  (filters and pages in turn), a task page (plans, evidence, diff, sessions, timeline) and a
+  each with its audit rows; the finished ones with a plan, evidence and a diff) and
+  `--store-messages` session messages (200,000: sessions of 2,000 messages each, kept the way the
+  platform keeps them today: each session's audit row and the runner's JSONL transcript, read
+  through the console's SessionReader). The app runs under uvicorn in a subprocess (uvloop,
+  httptools: as bench.ingress runs it); one signed-in client asks for one page after another: the
+  task list (filters and pages in turn), a task page (plans, evidence, diff, sessions, timeline) and a
   transcript page of 2,000 messages. Prints p50/p95/max per page; goal: p95 under 150 ms each.
 
 Each measurement is a function returning its figures (MEASUREMENTS); the figures are printed,
@@ -106,8 +106,16 @@ FROM tasks t CROSS JOIN (VALUES (1, NULL, 'RECEIVED', 'sentry', 'task received')
 
 def transcript_lines(count: int) -> list[str]:
     """A session's messages as the session runner writes them (actors/runner.py: one SDK message a line)."""
-    from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock, ThinkingBlock, ToolResultBlock, \
-        ToolUseBlock, UserMessage
+    from claude_agent_sdk import (
+        AssistantMessage,
+        ResultMessage,
+        SystemMessage,
+        TextBlock,
+        ThinkingBlock,
+        ToolResultBlock,
+        ToolUseBlock,
+        UserMessage,
+    )
 
     from tests.console_world import transcript_line
 
@@ -205,7 +213,7 @@ async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str,
     await flush_redis(redis_url)
     with tempfile.TemporaryDirectory(prefix="bench-console-") as directory:
         home = Path(directory)
-        seeded = await seed(database_url, home, args.tasks, args.messages)
+        seeded = await seed(database_url, home, args.tasks, args.store_messages)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(home),
                "FIXFLEET_API_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["read", "submit", "approve"]}])}
         try:
@@ -272,7 +280,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=sorted(MEASUREMENTS), help="run only these (repeatable)")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the store (pages)")
-    parser.add_argument("--messages", type=int, default=200_000, help="session messages in the store (pages)")
+    parser.add_argument("--store-messages", type=int, default=200_000, help="session messages in the store (pages)")
     parser.add_argument("--requests", type=int, default=200, help="timed requests per page (pages)")
     args = parser.parse_args()
     with ExitStack() as stack:

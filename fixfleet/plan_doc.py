@@ -9,7 +9,6 @@ from typing import Any
 
 from fixfleet.models import Task, TaskEvent, TaskStatus
 
-
 SANDBOX_OFF = ("> **Warning: FIXFLEET_SANDBOX=off.** The agent and the repository's tests ran without the "
                "sandbox, with the platform's own rights. Only for trusted local experiments.")
 

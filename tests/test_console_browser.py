@@ -39,7 +39,6 @@ from tests.console_world import (
 )
 from tests.ingress_server import running_ingress
 
-
 CHROMIUM = Path(os.environ.get("FIXFLEET_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -12,7 +12,6 @@ from fixfleet.models import TERMINAL, SideJob, Task, TaskEvent, TaskStatus, Task
 from fixfleet.store.errors import TaskNotFound
 from fixfleet.store.records import TaskState, parse_ref, task_from_row
 
-
 VIEW_COLUMNS = ", ".join(TaskView.model_fields)  # every column but the platform's context
 
 

@@ -14,7 +14,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
+from claude_agent_sdk import (
+    AssistantMessage,
+    ResultMessage,
+    SystemMessage,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
 from redis.asyncio import Redis
 
 from actors.runner import _Session
@@ -49,6 +57,23 @@ def a_plan(root_cause: str = "parse_date() drops the timezone, so naive and awar
             "root_cause": root_cause, "steps": ["keep tzinfo in parse_date()", "compare aware datetimes"],
             "tests_to_add": [{"path": "tests/test_dates.py::test_keeps_zone", "description": "an aware date stays aware"}],
             "test_command": "pytest tests/test_dates.py", "risk": "low"} | changes
+
+
+def an_evidence() -> dict[str, Any]:
+    """The executor's proof as it records it (fixfleet/workspace/verify.Evidence, dumped)."""
+    test = "tests/test_dates.py::test_keeps_zone"
+    return {"red": {"command": "pytest tests/test_dates.py", "exit_code": 1, "seconds": 0.8, "tests": {test: "failed"},
+                    "output_tail": f"FAILED {test} - TypeError: can't compare offset-naive and offset-aware datetimes\n"
+                                   "1 failed in 0.41s"},
+            "green": {"command": "pytest tests/test_dates.py", "exit_code": 0, "seconds": 0.7, "tests": {test: "passed"},
+                      "output_tail": "1 passed in 0.38s"},
+            "suite": {"command": "pytest", "exit_code": 0, "seconds": 9.5, "output_tail": "212 passed in 9.12s"},
+            "red_to_green": [test], "test_files": ["tests/test_dates.py"], "fix_files": ["api/dates.py"],
+            "runner": "pytest", "setup": "uv venv; uv pip install -e .", "environment": "e3b0c442"}
+
+
+A_DIFF = ("diff --git a/api/dates.py b/api/dates.py\n--- a/api/dates.py\n+++ b/api/dates.py\n@@ -1,2 +1,2 @@\n"
+          " def parse_date(text):\n-    return datetime.strptime(text, FMT)\n+    return datetime.strptime(text, FMT).replace(tzinfo=UTC)\n")
 
 
 async def new_task(store: Store, title: str = "TypeError: can't compare offset-naive and offset-aware datetimes",

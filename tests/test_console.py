@@ -23,6 +23,7 @@ from fixfleet.store import Store
 from serve_app.console.render import markdown, safe_href
 from serve_app.console.transcripts import AuditTrailSessions
 from tests.console_world import (
+    A_DIFF,
     APPROVE,
     PLANNER,
     READ,
@@ -30,6 +31,7 @@ from tests.console_world import (
     TOKENS,
     a_plan,
     act,
+    an_evidence,
     beat,
     closing_messages,
     console_settings,
@@ -293,14 +295,7 @@ async def test_the_task_page_shows_plans_evidence_change_sessions_and_timeline(c
     revised = await store.transition(task.id, TaskStatus.REVISING, actor="api:lead", reason="cover parse_time() too",
                                      data={"feedback": "cover parse_time() too"})
     task = await post_plan(store, revised, a_plan(steps=["keep tzinfo in parse_date()", "also in parse_time()"]))
-    evidence = {"red": {"command": "pytest tests/test_dates.py", "exit_code": 1, "seconds": 0.8,
-                        "output_tail": "FAILED tests/test_dates.py::test_keeps_zone", "tests": {"tests/test_dates.py::test_keeps_zone": "failed"}},
-                "green": {"command": "pytest tests/test_dates.py", "exit_code": 0, "seconds": 0.7, "output_tail": "1 passed",
-                          "tests": {"tests/test_dates.py::test_keeps_zone": "passed"}},
-                "suite": {"command": "pytest", "exit_code": 0, "seconds": 9.5, "output_tail": "212 passed"},
-                "red_to_green": ["tests/test_dates.py::test_keeps_zone"], "setup": "uv venv"}
-    diff = "diff --git a/api/dates.py b/api/dates.py\n--- a/api/dates.py\n+++ b/api/dates.py\n@@ -1,2 +1,2 @@\n-    return naive\n+    return aware\n"
-    await store.update_fields(task.id, context={"evidence": evidence, "diff": diff})
+    await store.update_fields(task.id, context={"evidence": an_evidence(), "diff": A_DIFF})
     write_messages(settings.home, SESSION, opening_messages(task) + closing_messages())
     await session_ended(store, task, SESSION)
     client, _ = signed_in(console, READ)
@@ -309,7 +304,7 @@ async def test_the_task_page_shows_plans_evidence_change_sessions_and_timeline(c
     assert "What changed in v2" in page and '<span class="d-add">+2. also in parse_time()</span>' in page
     assert "Plan v1 as posted" in page
     assert "tests/test_dates.py::test_keeps_zone" in page and "212 passed" in page and "exit 1" in page
-    assert '<span class="d-add">+    return aware</span>' in page
+    assert '<span class="d-add">+    return datetime.strptime(text, FMT).replace(tzinfo=UTC)</span>' in page
     assert f'href="/ui/tasks/{task.key}/sessions/{SESSION}"' in page and "$0.0123" in page and "1.5k" in page
     assert "cover parse_time() too" in page and "plan v2 ready" in page  # the timeline: who, what, why
     assert 'href="https://github.com/acme/api/pull/7"' in page

@@ -24,9 +24,11 @@ from fixfleet.models import Source, TaskStatus
 from fixfleet.services import SCALE_DECISIONS_KEY
 from fixfleet.store import Store
 from tests.console_world import (
+    A_DIFF,
     APPROVE,
     READ,
     a_plan,
+    an_evidence,
     beat,
     beating,
     closing_messages,
@@ -177,7 +179,7 @@ async def test_read_a_plan_and_a_live_transcript(
 
 
 async def test_approve_and_see_the_task_move_on_then_the_pool(console: str, browser: Browser, store: Store,
-                                                              redis: Redis) -> None:
+                                                              redis: Redis, settings: Settings) -> None:
     task = await planned_task(store)
     watched = await open_page(browser, console)
     page = await sign_in(watched, APPROVE)
@@ -189,6 +191,16 @@ async def test_approve_and_see_the_task_move_on_then_the_pool(console: str, brow
     await store.transition(task.id, TaskStatus.EXECUTING, actor="executor-aa11", reason="executing")
     await expect(page.locator("#task-status")).to_have_text("EXECUTING", timeout=LIVE_S)  # the page follows it
     await expect(page.locator("#timeline-h + ol li").first).to_contain_text("executor-aa11")
+    # The executor proves its change and pushes it: the page shows the evidence, the change and its session.
+    write_messages(settings.home, SESSION, opening_messages(task) + closing_messages(), agent="executor-aa11")
+    await session_ended(store, task, SESSION, agent="executor-aa11", role="executor")
+    await store.update_fields(task.id, context={"evidence": an_evidence(), "diff": A_DIFF})
+    await store.transition(task.id, TaskStatus.COMPLETED, actor="executor-aa11", reason="fix pushed, PR ready",
+                           data={"commits": ["4f2a9c1", "b81e0d3"]})
+    await expect(page.locator("#task-status")).to_have_text("COMPLETED", timeout=LIVE_S)
+    await expect(page.locator("#verified-diff")).to_contain_text("replace(tzinfo=UTC)")
+    await expect(page.locator(".run-red summary")).to_contain_text("exit 1")
+    await expect(page.locator(".sessions")).to_contain_text("executor")
     await shot(page, "task")
 
     async with beating(redis, task, agent="executor-aa11", role="executor", since=time.time() - 95), \
@@ -257,7 +269,12 @@ async def test_hostile_content_runs_no_script(console: str, browser: Browser, st
     await store.update_fields(task.id, context={"diff": f"+{HOSTILE}\n", "evidence": {
         "red": {"command": HOSTILE, "exit_code": 1, "seconds": 1, "output_tail": HOSTILE, "tests": {HOSTILE: "failed"}},
         "red_to_green": [HOSTILE]}})
-    from claude_agent_sdk import AssistantMessage, TextBlock, ToolResultBlock, UserMessage
+    from claude_agent_sdk import (
+        AssistantMessage,
+        TextBlock,
+        ToolResultBlock,
+        UserMessage,
+    )
 
     write_messages(settings.home, SESSION, [AssistantMessage(content=[TextBlock(HOSTILE_MD)], model="m"),
                                             UserMessage(content=[ToolResultBlock("t1", HOSTILE, False)])])

@@ -12,7 +12,8 @@
 Each measurement is a function returning its figures (MEASUREMENTS); the figures are printed,
 then the last line: one JSON object with the issue's keys (LAST_LINE) of whichever measurements ran.
 DATABASE_URL / REDIS_URL name the servers (else the embedded ones); the measurements work in a
-throwaway database and Redis db 12, dropped and flushed at the end.
+throwaway database and the Redis db REDIS_URL names (12 when it names 0 or none), dropped and
+flushed at the end.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from typing import Any
 import httpx
 
 from fixfleet.config import Settings
-from fixfleet.scratch import create_database, drop_database, flush_redis, redis_db_url
+from fixfleet.scratch import create_database, drop_database, flush_redis, named_redis_db, redis_db_url
 from fixfleet.store import Store
 
 Measurement = Callable[[str, argparse.Namespace], Awaitable[dict[str, Any]]]
-REDIS_DB = 12  # bench.ingress uses 10 and 11
+REDIS_DB = 12  # unless REDIS_URL names a database of its own (bench.ingress uses 10 and 11)
 TOKEN = "bench-console-token-0123456789"
 SESSION_MESSAGES = 2000  # one transcript page
 AGENT = "planner-bench"
@@ -209,7 +210,7 @@ LIST_QUERIES = ["", "status=COMPLETED", "status=AWAITING_APPROVAL", "repo=https:
 async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str, Any]:
     from bench.ingress import uvicorn_target
 
-    redis_url = redis_db_url(args.redis_server, REDIS_DB)
+    redis_url = redis_db_url(args.redis_server, named_redis_db(os.environ.get("REDIS_URL")) or REDIS_DB)
     await flush_redis(redis_url)
     with tempfile.TemporaryDirectory(prefix="bench-console-") as directory:
         home = Path(directory)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from fixfleet.config import Settings
 from fixfleet.scratch import create_database, drop_database, flush_redis, named_redis_db, redis_db_url
@@ -187,10 +188,22 @@ def sign_in(url: str) -> httpx.Client:
     return client
 
 
-def timed(client: httpx.Client, paths: list[str], requests: int, warmup: int = 10) -> dict[str, Any]:
+def server_process(url: str) -> psutil.Process:
+    """The process listening on `url`'s port (uvicorn, started by bench.ingress.uvicorn_target)."""
+    port = int(url.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
+            return psutil.Process(connection.pid)
+    raise SystemExit(f"no process listens on port {port}")
+
+
+def timed(client: httpx.Client, server: psutil.Process, paths: list[str], requests: int, warmup: int = 10) -> dict[str, Any]:
+    """Wall time per request as the client sees it, and the server's CPU time per request (a
+    steadier figure on a shared machine: waiting for a CPU does not count in it)."""
     for path in paths[:warmup]:
         client.get(path)
     times, sizes = [], []
+    cpu_before = sum(server.cpu_times()[:2])
     for n in range(requests):
         started = time.perf_counter()
         answer = client.get(paths[n % len(paths)])
@@ -198,8 +211,9 @@ def timed(client: httpx.Client, paths: list[str], requests: int, warmup: int = 1
         if answer.status_code != 200:
             raise SystemExit(f"{paths[n % len(paths)]} answered {answer.status_code}: {answer.text[:300]}")
         sizes.append(len(answer.content))
+    cpu_ms = (sum(server.cpu_times()[:2]) - cpu_before) * 1000 / requests
     return {"requests": requests, "p50_ms": round(statistics.median(times), 1), "p95_ms": round(percentile(times, 95), 1),
-            "max_ms": round(max(times), 1), "kb": round(statistics.mean(sizes) / 1024)}
+            "max_ms": round(max(times), 1), "server_cpu_ms": round(cpu_ms, 1), "kb": round(statistics.mean(sizes) / 1024)}
 
 
 LIST_QUERIES = ["", "status=COMPLETED", "status=AWAITING_APPROVAL", "repo=https://github.com/acme/service-7.git",
@@ -219,12 +233,12 @@ async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str,
                "FIXFLEET_API_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["read", "submit", "approve"]}])}
         try:
             with uvicorn_target(env, args) as url:
-                client = sign_in(url)
+                client, server = sign_in(url), server_process(url)
                 sessions = seeded["sessions"]
                 figures = {
-                    "list": timed(client, [f"/ui/?{q}" for q in LIST_QUERIES], args.requests),
-                    "task": timed(client, [f"/ui/tasks/{key}" for key, _ in sessions[:20]], args.requests),
-                    "transcript": timed(client, [f"/ui/tasks/{key}/sessions/{sid}" for key, sid in sessions[:20]],
+                    "list": timed(client, server, [f"/ui/?{q}" for q in LIST_QUERIES], args.requests),
+                    "task": timed(client, server, [f"/ui/tasks/{key}" for key, _ in sessions[:20]], args.requests),
+                    "transcript": timed(client, server, [f"/ui/tasks/{key}/sessions/{sid}" for key, sid in sessions[:20]],
                                         max(20, args.requests // 2)),
                 }
         finally:
@@ -234,8 +248,8 @@ async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str,
           "a shared machine's figures move with it", flush=True)
     for name, timing in figures.items():
         print(f"{name} page: p50 {timing['p50_ms']} ms, p95 {timing['p95_ms']} ms, max {timing['max_ms']} ms over "
-              f"{timing['requests']} requests ({timing['kb']} KB each): {'meets' if timing['p95_ms'] < 150 else 'misses'} "
-              "the goal of p95 under 150 ms", flush=True)
+              f"{timing['requests']} requests ({timing['kb']} KB each; the server's CPU {timing['server_cpu_ms']} ms "
+              f"each): {'meets' if timing['p95_ms'] < 150 else 'misses'} the goal of p95 under 150 ms", flush=True)
     return {"tasks": args.tasks, "messages": len(seeded["sessions"]) * SESSION_MESSAGES,
             "load_average": round(load[0], 1), **figures}
 

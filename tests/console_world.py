@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -152,6 +153,54 @@ async def beat(redis: Redis, task: Task | None, *, agent: str = PLANNER, role: s
         "name": agent, "role": role, "busy_with": task.id if task else None,
         "busy_since": (since or time.time()) if task else None, "draining": False, "done": 3, "failed": 0,
         "pid": 1234, "at": time.time()}))
+
+
+class Recording:
+    """An agent's session of a task as the platform records it, for the console to read: today
+    the agent's heartbeat while it runs, the session runner's JSONL transcript under the agents'
+    home, and the audit row run_session writes at its end (actors/agent.py). The console's
+    tests go through this class only, so a new way of recording sessions changes it alone."""
+
+    def __init__(self, store: Store, redis: Redis, home: Path, task: Task, *, agent: str = PLANNER,
+                 role: str = "planner") -> None:
+        self.store, self.redis, self.home, self.task, self.agent, self.role = store, redis, home, task, agent, role
+        self.id = str(uuid.uuid4())
+        self._beats: asyncio.Task | None = None
+
+    async def start(self, messages: list[Any] = ()) -> Recording:
+        """The session is running (its agent beats, as agents do, until it ends) and has said `messages`."""
+        since = time.time() - 1
+
+        async def beats() -> None:
+            while True:
+                await beat(self.redis, self.task, agent=self.agent, role=self.role, since=since)
+                await asyncio.sleep(0.3)
+
+        await beat(self.redis, self.task, agent=self.agent, role=self.role, since=since)
+        self._beats = asyncio.create_task(beats())
+        await self.write(messages)
+        return self
+
+    async def write(self, messages: list[Any]) -> None:
+        write_messages(self.home, self.id, list(messages), agent=self.agent)
+
+    async def end(self, messages: list[Any] = ()) -> None:
+        """The session says `messages`, ends with success (3 turns, $0.0123, 1,500 tokens) and its agent goes idle."""
+        await self.write(messages)
+        await session_ended(self.store, self.task, self.id, agent=self.agent, role=self.role)
+        if self._beats is not None:
+            self._beats.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._beats
+        await beat(self.redis, None, agent=self.agent, role=self.role)
+
+
+async def recorded(store: Store, redis: Redis, home: Path, task: Task, messages: list[Any], **kwargs: Any) -> Recording:
+    """A session that ran and ended, having said `messages`."""
+    recording = Recording(store, redis, home, task, **kwargs)
+    await recording.start(messages)
+    await recording.end()
+    return recording
 
 
 @asynccontextmanager

@@ -29,6 +29,7 @@ from tests.console_world import (
     READ,
     SUBMIT,
     TOKENS,
+    Recording,
     a_plan,
     act,
     an_evidence,
@@ -41,6 +42,7 @@ from tests.console_world import (
     opening_messages,
     planned_task,
     post_plan,
+    recorded,
     session_ended,
     signed_in,
     write_messages,
@@ -289,15 +291,14 @@ async def test_the_list_follows_a_task_as_it_moves(console: str, store: Store) -
     assert fresh.status_code == 200 and "status-planning" in fresh.text and 'id="task-rows"' in fresh.text
 
 
-async def test_the_task_page_shows_plans_evidence_change_sessions_and_timeline(console: str, store: Store,
+async def test_the_task_page_shows_plans_evidence_change_sessions_and_timeline(console: str, store: Store, redis: Redis,
                                                                               settings: Settings) -> None:
     task = await planned_task(store)
     revised = await store.transition(task.id, TaskStatus.REVISING, actor="api:lead", reason="cover parse_time() too",
                                      data={"feedback": "cover parse_time() too"})
     task = await post_plan(store, revised, a_plan(steps=["keep tzinfo in parse_date()", "also in parse_time()"]))
     await store.update_fields(task.id, context={"evidence": an_evidence(), "diff": A_DIFF})
-    write_messages(settings.home, SESSION, opening_messages(task) + closing_messages())
-    await session_ended(store, task, SESSION)
+    session = await recorded(store, redis, settings.home, task, opening_messages(task) + closing_messages())
     client, _ = signed_in(console, READ)
     page = client.get(f"/ui/tasks/{task.key}").text
     assert "Plan version: <strong>v2</strong>" in page and "also in parse_time()" in page
@@ -305,19 +306,18 @@ async def test_the_task_page_shows_plans_evidence_change_sessions_and_timeline(c
     assert "Plan v1 as posted" in page
     assert "tests/test_dates.py::test_keeps_zone" in page and "212 passed" in page and "exit 1" in page
     assert '<span class="d-add">+    return datetime.strptime(text, FMT).replace(tzinfo=UTC)</span>' in page
-    assert f'href="/ui/tasks/{task.key}/sessions/{SESSION}"' in page and "$0.0123" in page and "1.5k" in page
+    assert f'href="/ui/tasks/{task.key}/sessions/{session.id}"' in page and "$0.0123" in page and "1.5k" in page
     assert "cover parse_time() too" in page and "plan v2 ready" in page  # the timeline: who, what, why
     assert 'href="https://github.com/acme/api/pull/7"' in page
 
 
 async def test_a_transcript_page_and_its_live_tail(console: str, store: Store, redis: Redis, settings: Settings) -> None:
     task = await planned_task(store)
-    await beat(redis, task, since=time.time() - 5)
-    write_messages(settings.home, SESSION, opening_messages(task))
+    session = await Recording(store, redis, settings.home, task).start(opening_messages(task))
     client, _ = signed_in(console, READ)
     task_page = client.get(f"/ui/tasks/{task.key}").text
     assert '<span class="badge running">running</span>' in task_page
-    page = client.get(f"/ui/tasks/{task.key}/sessions/{SESSION}")
+    page = client.get(f"/ui/tasks/{task.key}/sessions/{session.id}")
     assert page.status_code == 200
     text = page.text
     assert 'id="session-state" class="badge running"' in text
@@ -332,17 +332,16 @@ async def test_a_transcript_page_and_its_live_tail(console: str, store: Store, r
     assert text.count('class="msg msg-') == 4
     poll = re.search(r'hx-get="(/ui/tasks/[^"]+/more\?after=4)"', text)[1]
     assert client.get(poll).status_code == 204  # nothing new yet
-    write_messages(settings.home, SESSION, closing_messages())
+    await session.write(closing_messages())
     more = client.get(poll).text
-    assert 'id="m5"' in more and 'id="m6"' in more and "success: 3 turns, $0.0123" in more
+    assert 'id="m5"' in more and 'id="m6"' in more and "success" in more.split('id="m6"')[1]
     assert "more?after=6" in more  # still running: it polls on
-    await session_ended(store, task, SESSION)
-    await beat(redis, None)
-    ended = client.get(f"/ui/tasks/{task.key}/sessions/{SESSION}/more?after=6").text
+    await session.end()
+    ended = client.get(f"/ui/tasks/{task.key}/sessions/{session.id}/more?after=6").text
     assert '<div id="session-head" hx-swap-oob="true">' in ended and 'class="badge ended">success<' in ended
     assert "$0.0123" in ended and "more?after" not in ended  # the head is drawn again, the polling stops
-    chat_link = client.get(f"/ui/tasks/{task.key}?session={SESSION}")  # as `logs` answers link it
-    assert chat_link.status_code == 303 and chat_link.headers["location"] == f"/ui/tasks/{task.key}/sessions/{SESSION}"
+    chat_link = client.get(f"/ui/tasks/{task.key}?session={session.id}")  # as `logs` answers link it
+    assert chat_link.status_code == 303 and chat_link.headers["location"] == f"/ui/tasks/{task.key}/sessions/{session.id}"
     assert client.get(f"/ui/tasks/{task.key}/sessions/../../etc/passwd").status_code == 404
     assert client.get(f"/ui/tasks/{task.key}/sessions/not-a-session-of-this-task").status_code == 404
 

@@ -27,17 +27,16 @@ from tests.console_world import (
     A_DIFF,
     APPROVE,
     READ,
+    Recording,
     a_plan,
     an_evidence,
-    beat,
     beating,
     closing_messages,
     console_settings,
     new_task,
     opening_messages,
     planned_task,
-    session_ended,
-    write_messages,
+    recorded,
 )
 from tests.ingress_server import running_ingress
 
@@ -46,7 +45,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(os.environ.get("FIXFLEET_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts") / "console"
 LIVE_S = 20_000  # ms: the pages poll every 2-3 s; a loaded machine gets ample time, a broken page still fails
-SESSION = "0c6f2a55-3e1d-4b8a-9f0e-7a1b2c3d4e5f"
 
 
 @pytest.fixture
@@ -150,28 +148,27 @@ async def test_sign_in_and_watch_the_list_follow_a_task(console: str, browser: B
 async def test_read_a_plan_and_a_live_transcript(
         console: str, browser: Browser, store: Store, redis: Redis, settings: Settings) -> None:
     task = await planned_task(store)
-    write_messages(settings.home, SESSION, opening_messages(task))
+    session = await Recording(store, redis, settings.home, task).start(opening_messages(task))
     watched = await open_page(browser, console)
     page = await sign_in(watched, APPROVE)
-    async with beating(redis, task, since=time.time() - 30):  # the planner, busy with the task
-        await page.get_by_role("link", name=task.key, exact=True).click()
-        await expect(page.locator("#plan-current")).to_contain_text("parse_date() drops the timezone")
-        await expect(page.locator(".sessions .badge.running")).to_have_text("running")
+    await page.get_by_role("link", name=task.key, exact=True).click()
+    await expect(page.locator("#plan-current")).to_contain_text("parse_date() drops the timezone")
+    await expect(page.locator(".sessions .badge.running")).to_have_text("running")
 
-        await page.get_by_role("link", name=SESSION[:8]).click()
-        await expect(page.locator("#session-state")).to_have_text("running")
-        await expect(page.locator("#messages > li.msg")).to_have_count(4)
-        tool_call = page.locator("details.block-tool_use").first
-        await expect(tool_call.locator("pre")).to_be_hidden()  # folded until opened
-        await tool_call.locator("summary").click()
-        await expect(tool_call.locator("pre")).to_contain_text("/workspace/api/dates.py")
-        result = page.locator("details.block-tool_result").first
-        await result.locator("summary").click()  # a long result is fetched as it opens
-        await expect(result.locator("pre")).to_contain_text("keeps line 19")
-        write_messages(settings.home, SESSION, closing_messages())  # the agent writes on
-        await expect(page.locator("#m6")).to_contain_text("success: 3 turns", timeout=LIVE_S)
-        await session_ended(store, task, SESSION)
-    await beat(redis, None)
+    await page.locator(f'.sessions a[href$="/sessions/{session.id}"]').click()
+    await expect(page.locator("#session-state")).to_have_text("running")
+    await expect(page.locator("#messages > li.msg")).to_have_count(4)
+    tool_call = page.locator("details.block-tool_use").first
+    await expect(tool_call.locator("pre")).to_be_hidden()  # folded until opened
+    await tool_call.locator("summary").click()
+    await expect(tool_call.locator("pre")).to_contain_text("/workspace/api/dates.py")
+    result = page.locator("details.block-tool_result").first
+    await result.locator("summary").click()  # a long result is fetched as it opens
+    await expect(result.locator("pre")).to_contain_text("keeps line 19")
+    await session.write(closing_messages())  # the agent writes on
+    await expect(page.locator("#m6")).to_contain_text("success", timeout=LIVE_S)
+    await expect(page.locator("#m5")).to_contain_text("the plan keeps it")
+    await session.end()
     await expect(page.locator("#session-state")).to_have_text("success", timeout=LIVE_S)
     await expect(page.locator("#session-head")).to_contain_text("$0.0123")
     await shot(page, "transcript")
@@ -192,8 +189,8 @@ async def test_approve_and_see_the_task_move_on_then_the_pool(console: str, brow
     await expect(page.locator("#task-status")).to_have_text("EXECUTING", timeout=LIVE_S)  # the page follows it
     await expect(page.locator("#timeline-h + ol li").first).to_contain_text("executor-aa11")
     # The executor proves its change and pushes it: the page shows the evidence, the change and its session.
-    write_messages(settings.home, SESSION, opening_messages(task) + closing_messages(), agent="executor-aa11")
-    await session_ended(store, task, SESSION, agent="executor-aa11", role="executor")
+    await recorded(store, redis, settings.home, task, opening_messages(task) + closing_messages(), agent="executor-aa11",
+                   role="executor")
     await store.update_fields(task.id, context={"evidence": an_evidence(), "diff": A_DIFF})
     await store.transition(task.id, TaskStatus.COMPLETED, actor="executor-aa11", reason="fix pushed, PR ready",
                            data={"commits": ["4f2a9c1", "b81e0d3"]})
@@ -276,9 +273,8 @@ async def test_hostile_content_runs_no_script(console: str, browser: Browser, st
         UserMessage,
     )
 
-    write_messages(settings.home, SESSION, [AssistantMessage(content=[TextBlock(HOSTILE_MD)], model="m"),
-                                            UserMessage(content=[ToolResultBlock("t1", HOSTILE, False)])])
-    await session_ended(store, task, SESSION)
+    session = await recorded(store, redis, settings.home, task, [AssistantMessage(content=[TextBlock(HOSTILE_MD)], model="m"),
+                                                                 UserMessage(content=[ToolResultBlock("t1", HOSTILE, False)])])
     watched = await open_page(browser, console)
     page = await sign_in(watched, APPROVE)
     await expect(page.locator(f'tr[data-key="{task.key}"] td.title')).to_contain_text("<script>console.log('pwned-script')")
@@ -290,7 +286,7 @@ async def test_hostile_content_runs_no_script(console: str, browser: Browser, st
     for details in await page.locator("details").all():
         await details.locator("summary").first.click()  # open everything: nothing hides a payload
     await expect(page.locator("#verified-diff")).to_contain_text("<script>")
-    await page.goto(f"/ui/tasks/{task.key}/sessions/{SESSION}")
+    await page.goto(f"/ui/tasks/{task.key}/sessions/{session.id}")
     await expect(page.locator("#m1")).to_contain_text("<script>console.log('pwned-script')</script>")
     hrefs = await page.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
     assert not [h for h in hrefs if not h.startswith(("/ui/", "http://", "https://", "#"))], hrefs

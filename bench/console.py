@@ -106,8 +106,8 @@ FROM tasks t CROSS JOIN (VALUES (1, NULL, 'RECEIVED', 'sentry', 'task received')
 """
 
 
-def transcript_lines(count: int) -> list[str]:
-    """A session's messages as the session runner writes them (actors/runner.py: one SDK message a line)."""
+def session_messages(count: int) -> list[Any]:
+    """`count` SDK messages of a long session: the model reads, thinks, calls a tool, reads its output."""
     from claude_agent_sdk import (
         AssistantMessage,
         ResultMessage,
@@ -119,8 +119,6 @@ def transcript_lines(count: int) -> list[str]:
         UserMessage,
     )
 
-    from tests.console_world import transcript_line
-
     messages: list[Any] = [SystemMessage(subtype="init", data={"model": "claude", "tools": ["Read", "Bash", "Edit"]})]
     turn = 0
     while len(messages) < count - 1:
@@ -129,14 +127,37 @@ def transcript_lines(count: int) -> list[str]:
             AssistantMessage(content=[TextBlock(f"Step {turn}: I read `api/module_{turn % 9}.py` to see where the "
                                                 f"zone is lost; **next** the caller.")], model="claude"),
             AssistantMessage(content=[ThinkingBlock("The caller passes a naive value. " * 6, "sig")], model="claude"),
-            AssistantMessage(content=[ToolUseBlock(f"toolu_{turn}", "Bash", {"command": f"grep -n parse_date api/ -r | head -{turn % 50}"})],
+            AssistantMessage(content=[ToolUseBlock(f"toolu_{turn}", "Bash",
+                                                   {"command": f"grep -n parse_date api/ -r | head -{turn % 50}"})],
                              model="claude"),
-            UserMessage(content=[ToolResultBlock(f"toolu_{turn}", f"api/module_{turn % 9}.py:41:    value = parse_date(text)\n" * 25,
-                                                 False)]),
+            UserMessage(content=[ToolResultBlock(f"toolu_{turn}",
+                                                 f"api/module_{turn % 9}.py:41:    value = parse_date(text)\n" * 25, False)]),
         ]
-    messages = messages[:count - 1] + [ResultMessage(subtype="success", duration_ms=1, duration_api_ms=1, is_error=False,
-                                                     num_turns=turn, session_id="s", total_cost_usd=0.5)]
-    return [transcript_line(m) + "\n" for m in messages]
+    return messages[:count - 1] + [ResultMessage(subtype="success", duration_ms=1, duration_api_ms=1, is_error=False,
+                                                 num_turns=turn, session_id="s", total_cost_usd=0.5)]
+
+
+class TodaysRecording:
+    """Sessions kept the way the platform keeps them today (what the console's SessionReader reads):
+    the session runner's JSONL transcript under the agents' home, and run_session's audit row."""
+
+    def __init__(self, store: Store, home: Path, messages: list[Any]) -> None:
+        from tests.console_world import transcript_line
+
+        self.store, self.home = store, home
+        self.lines = "".join(transcript_line(m) + "\n" for m in messages)
+        self.count = len(messages)
+
+    async def record(self, task_id: int) -> str:
+        """One ended planner session of the task, with the messages; returns its id."""
+        session_id = f"bench-session-{task_id:05d}"
+        directory = self.home / "agents" / AGENT / "session" / "transcripts"
+        directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread((directory / f"{session_id}.jsonl").write_text, self.lines)
+        await self.store.record_event(task_id, actor=AGENT, reason="planner session: success",
+                                      data={"cost_usd": 0.5, "turns": 500, "session": session_id, "tokens": 150_000,
+                                            "role": "planner", "seconds": 300, "denials": []})
+        return session_id
 
 
 async def seed(database_url: str, home: Path, tasks: int, messages: int) -> dict[str, Any]:
@@ -150,21 +171,12 @@ async def seed(database_url: str, home: Path, tasks: int, messages: int) -> dict
         rich = list(range(1, sessions + 1))  # these tasks have a session each, a diff and evidence
         await store.pool.execute("UPDATE tasks SET context = $1::jsonb, status = 'COMPLETED' WHERE id = ANY($2::bigint[])",
                                  finished_context(), rich)
-        lines = "".join(transcript_lines(SESSION_MESSAGES))
-        directory = home / "agents" / AGENT / "session" / "transcripts"
-        directory.mkdir(parents=True, exist_ok=True)
-        session_ids = []
-        for task_id in rich:
-            session_id = f"bench-session-{task_id:05d}"
-            (directory / f"{session_id}.jsonl").write_text(lines)
-            await store.record_event(task_id, actor=AGENT, reason="planner session: success",
-                                     data={"cost_usd": 0.5, "turns": 500, "session": session_id, "tokens": 150_000,
-                                           "role": "planner", "seconds": 300, "denials": []})
-            session_ids.append((f"FF-{task_id}", session_id))
+        recording = TodaysRecording(store, home, session_messages(SESSION_MESSAGES))
+        session_ids = [(f"FF-{task_id}", await recording.record(task_id)) for task_id in rich]
         counts = await store.pool.fetchrow("SELECT (SELECT count(*) FROM tasks) AS tasks, (SELECT count(*) FROM task_events) AS events")
         print(f"seeded {counts['tasks']} tasks, {counts['events']} audit rows, {len(session_ids)} sessions of "
-              f"{SESSION_MESSAGES} messages ({len(session_ids) * SESSION_MESSAGES} messages, "
-              f"{len(lines.encode()) // 1024} KB each) in {time.perf_counter() - started:.1f} s", flush=True)
+              f"{SESSION_MESSAGES} messages ({len(session_ids) * SESSION_MESSAGES} messages) in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
         return {"sessions": session_ids}
     finally:
         await store.close()

@@ -4,8 +4,8 @@
   each with its audit rows; the finished ones with a plan, evidence and a diff) and
   `--store-messages` session messages (200,000: sessions of 2,000 messages each, kept the way the
   platform keeps them today: each session's audit row and the runner's JSONL transcript, read
-  through the console's SessionReader). The app runs under uvicorn in a subprocess (uvloop,
-  httptools: as bench.ingress runs it); one signed-in client asks for one page after another: the
+  through the console's SessionReader). The ingress runs under uvicorn in a subprocess (uvloop,
+  httptools, as bench.ingress runs it; without the outbox relay, as a Serve replica); one signed-in client asks for one page after another: the
   task list (filters and pages in turn), a task page (plans, evidence, diff, sessions, timeline) and a
   transcript page of 2,000 messages. Prints p50/p95/max per page; goal: p95 under 150 ms each.
 
@@ -23,11 +23,14 @@ import asyncio
 import json
 import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ import httpx
 import psutil
 
 from fixfleet.config import Settings
+from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, flush_redis, named_redis_db, redis_db_url
 from fixfleet.store import Store
 
@@ -233,8 +237,37 @@ LIST_QUERIES = ["", "status=COMPLETED", "status=AWAITING_APPROVAL", "repo=https:
                 "status=FAILED&source=jira"]
 
 
+def ingress_app() -> Any:
+    """The ingress as a Serve replica runs it: the outbox relay and the reconciler run elsewhere."""
+    from serve_app.app import create_app
+
+    return create_app(relay=False)
+
+
+@contextmanager
+def served(env: dict[str, str]) -> Iterator[str]:
+    """The app under uvicorn (uvloop, httptools) in a subprocess of its own, as bench.ingress runs it."""
+    from bench.ingress import wait_healthy
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.console:ingress_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
+    process = subprocess.Popen(command, env=clean | env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, 60, alive=lambda: process.poll() is None)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    from bench.ingress import uvicorn_target
 
     redis_url = redis_db_url(args.redis_server, named_redis_db(os.environ.get("REDIS_URL")) or REDIS_DB)
     await flush_redis(redis_url)
@@ -244,7 +277,7 @@ async def page_timings(database_url: str, args: argparse.Namespace) -> dict[str,
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FIXFLEET_HOME": str(home),
                "FIXFLEET_API_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["read", "submit", "approve"]}])}
         try:
-            with uvicorn_target(env, args) as url:
+            with served(env) as url:
                 client, server = sign_in(url), server_process(url)
                 sessions = seeded["sessions"]
                 figures = {

@@ -21,12 +21,14 @@ from fixfleet.store import TaskFilter
 from serve_app.console import views
 from serve_app.console.auth import Viewer, sessions, viewer
 from serve_app.console.render import environment
+from serve_app.console.transcript_html import message_list
 from serve_app.console.transcripts import SESSION_ID, SessionInfo
 from serve_app.context import AppContext, get_ctx
 from serve_app.errors import validation_reason
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 TEMPLATES = environment()
+TEMPLATES.globals["message_list"] = message_list  # a transcript's list items, drawn in Python (transcript_html.py)
 PAGE_SIZE = 50
 TRANSCRIPT_PAGE = 2000  # messages on one transcript page
 MAX_BLOCK_CHARS = 20_000  # text longer than this (a whole file read) is cut on the transcript page

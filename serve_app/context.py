@@ -94,11 +94,17 @@ def lifespan_for(settings: Settings | None, *, relay: bool = True):
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with app_context(settings or load_settings(), relay=relay) as ctx:
             app.state.ctx = ctx
-            # What the process holds once it is up lives as long as it does: Python's full
-            # collections then walk only what requests made. Walking the whole heap took 100-300 ms
-            # on a busy machine, every few transcript pages (each makes some 20,000 objects).
+            # What the app holds once it is up lives as long as it does: Python's full collections
+            # then walk only what requests made. Walking the whole heap took 100-300 ms on a busy
+            # machine, every few transcript pages (each makes some 20,000 objects). Garbage is
+            # collected first (never frozen), and the app's objects thawed when it stops (tests
+            # run many apps in one process).
+            gc.collect()
             gc.freeze()
-            yield
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     return lifespan
 

@@ -303,7 +303,8 @@ class AgentLoop:
                                       data={"cost_usd": result.cost_usd, "turns": result.turns, "session": result.session_id,
                                             "record": result.record_id,
                                             "seconds": round(result.duration_s, 3),
-                                            "denials": [d.model_dump() for d in result.denials]})
+                                            "denials": [d.model_dump() for d in result.denials],
+                                            "tokens": result.input_tokens + result.output_tokens, "role": self.role})
         if result.outcome != "success" or not result.structured_output:
             reason = f"{self.role} session ended {result.subtype}: {result.error or missing}"
             raise SessionFailedForGood(reason) if result.permanent else failure(reason)

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     independent_approval: list[str] = Field(default_factory=list)
     max_body_bytes: int = 1024 * 1024
 
+    # The web console at /ui/ (API tokens sign in; a session lives this long unless signed out or
+    # its token is removed), and where its pool page links to the Ray dashboard (http(s) only).
+    console_session_hours: float = Field(8.0, gt=0, le=24 * 30)
+    ray_dashboard_url: str | None = "http://127.0.0.1:8265"
+
     # Agent limits.
     agent_model: str | None = None  # None: the CLI's default model
     mcp_config: Path | None = None  # MCP servers template for the planner; None: skills/mcp.json
@@ -159,6 +164,13 @@ class Settings(BaseSettings):
         """A claimed task (PLANNING, EXECUTING) whose queue entry vanished and that has been
         quiet this long has lost its agent (two leases): the reconciler queues it again."""
         return 2 * self.lease_s
+
+    @field_validator("ray_dashboard_url")
+    @classmethod
+    def _http_link(cls, value: str | None) -> str | None:
+        if value and not re.match(r"https?://[^\s/]+", value):
+            raise ValueError("FIXFLEET_RAY_DASHBOARD_URL must be an http:// or https:// URL")
+        return value or None
 
     @field_validator("sandbox")
     @classmethod

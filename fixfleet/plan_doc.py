@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from fixfleet.models import Task
-
+from fixfleet.models import Task, TaskEvent, TaskStatus
 
 SANDBOX_OFF = ("> **Warning: FIXFLEET_SANDBOX=off.** The agent and the repository's tests ran without the "
                "sandbox, with the platform's own rights. Only for trusted local experiments.")
@@ -101,3 +103,24 @@ def _judgement(evidence: dict[str, Any]) -> list[str]:
         parts.append("**Outside the approved plan** (changed, though the plan does not name them):\n"
                      + _listed(scope["outside_plan"]))
     return parts
+@dataclass(frozen=True)
+class PlanVersion:
+    """A plan as it was posted: the audit row that moved the task to AWAITING_APPROVAL keeps it."""
+
+    version: int
+    plan: dict[str, Any]
+    setup: str
+    posted_at: datetime
+    posted_by: str
+
+
+def plan_versions(events: Iterable[TaskEvent]) -> list[PlanVersion]:
+    """Every plan version a task has had, oldest first (a version posted twice: the last)."""
+    found: dict[int, PlanVersion] = {}
+    for event in events:
+        data = event.data
+        if event.to_status == TaskStatus.AWAITING_APPROVAL and isinstance(data.get("plan"), dict) \
+                and isinstance(data.get("plan_version"), int):
+            found[data["plan_version"]] = PlanVersion(data["plan_version"], data["plan"], str(data.get("setup") or ""),
+                                                      event.created_at, event.actor)
+    return [found[version] for version in sorted(found)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -40,6 +40,15 @@ def redis_db_url(server_url: str, db: int) -> str:
     if parts.scheme == "unix":
         return f"{server_url.split('?')[0]}?db={db}"
     return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def named_redis_db(url: str | None) -> int | None:
+    """The database number a redis:// URL names (`/11`, or `?db=11` for unix sockets), unless 0."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    text = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
+    return int(text) if text.isdigit() and int(text) != 0 else None
 
 
 async def flush_redis(url: str) -> None:

@@ -24,6 +24,7 @@ from fixfleet.store import (
     TaskNotFound,
 )
 from serve_app import ops, sessions_api, tasks_api, webhooks
+from serve_app.console.mount import mount_console
 from serve_app.context import lifespan_for
 from serve_app.errors import (
     OPENAPI_503,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastA
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    mount_console(app)  # the web console at /ui/ (after the API's error answers: it keeps them outside /ui)
     _document_one_error_shape(app)
     return app
 

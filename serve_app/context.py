@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -22,6 +23,8 @@ from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
 from fixfleet.session_upkeep import run_session_upkeep
+from serve_app.console.recorded import RecordedSessions
+from serve_app.console.transcripts import SessionReader
 from serve_app.tokens import ApiToken, load_tokens
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class AppContext:
     metrics: Metrics
     credentials: TokenManager
     commands: Commands
+    sessions: SessionReader  # the agents' sessions as the console reads them
 
 
 @asynccontextmanager
@@ -66,6 +70,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
+            sessions=RecordedSessions(services.store),
         )
         stop = asyncio.Event()
         background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop))]
@@ -91,7 +96,17 @@ def lifespan_for(settings: Settings | None, *, relay: bool = True):
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with app_context(settings or load_settings(), relay=relay) as ctx:
             app.state.ctx = ctx
-            yield
+            # What the app holds once it is up lives as long as it does: Python's full collections
+            # then walk only what requests made. Walking the whole heap took 100-300 ms on a busy
+            # machine, every few transcript pages (each makes some 20,000 objects). Garbage is
+            # collected first (never frozen), and the app's objects thawed when it stops (tests
+            # run many apps in one process).
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     return lifespan
 

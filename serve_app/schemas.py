@@ -116,6 +116,10 @@ class ReviseIn(BaseModel):
     feedback: str = Field(min_length=1, max_length=50_000)
 
 
+class QuestionIn(BaseModel):
+    question: str = Field(min_length=1, max_length=10_000, description="a question about the plan or the fix")
+
+
 class WebhookOut(BaseModel):
     status: str = Field(description="created, duplicate, attached, command, ignored or pong")
     task: str | None = None

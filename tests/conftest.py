@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -19,7 +18,7 @@ from redis.asyncio import Redis
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.queue import Queue
-from fixfleet.scratch import create_database, drop_database, redis_db_url
+from fixfleet.scratch import create_database, drop_database, named_redis_db, redis_db_url
 from fixfleet.services import make_queues
 from fixfleet.store import Store
 from fixfleet.workspace.sandbox import SandboxSpec
@@ -64,15 +63,6 @@ def redis_url(redis_server_url: str) -> str:
     real data usually lives) is never used."""
     named = named_redis_db(os.environ.get("REDIS_URL"))
     return redis_db_url(redis_server_url, named or TEST_REDIS_DB)
-
-
-def named_redis_db(url: str | None) -> int | None:
-    """The database number a redis:// URL names (`/11`, or `?db=11` for unix sockets), unless 0."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    text = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
-    return int(text) if text.isdigit() and int(text) != 0 else None
 
 
 @pytest.fixture

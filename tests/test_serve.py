@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from tests.shared import CORPUS
 ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 SERVE_REDIS_DB = 12  # not the suite's 13: the replica's outbox relay writes here
 REPO = f"https://github.com/fixfleet-tests/front-end-{uuid.uuid4().hex[:6]}"  # only the replica's env knows it
+CONSOLE_TOKEN = "console-token-0123456789"
 SECRET = "serve-test-secret"
 
 
@@ -105,6 +107,7 @@ def served(serve_database: str, serve_redis: str, tmp_path_factory: pytest.TempP
             "FIXFLEET_SENTRY_PROJECT_REPOS": json.dumps({"front-end": REPO}),
             "FIXFLEET_REPO_ALLOWLIST": '["https://github.com/fixfleet-tests/*"]',
             "FIXFLEET_HOME": str(tmp_path_factory.mktemp("serve-home")),
+            "FIXFLEET_API_TOKENS": json.dumps([{"name": "lead", "token": CONSOLE_TOKEN, "scopes": ["read", "submit", "approve"]}]),
         },
         args={"planners_min": 1, "planners_max": 1, "executors_min": 1, "executors_max": 1},
     )
@@ -162,6 +165,22 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
     assert time.monotonic() - started < 30
     planned_by = asyncio.run(claimed_by(serve_database, task["id"], "PLANNING", timeout_s=60))
     assert planned_by.startswith("planner-"), planned_by
+
+
+@pytest.mark.slow
+def test_the_console_is_served_by_the_same_application(served: LocalServe) -> None:
+    """/ui/ through Serve's ingress: its static files, its headers, a sign-in and a page."""
+    with httpx.Client(base_url=served.url, timeout=30, follow_redirects=False) as client:
+        assert client.get("/ui/").headers["location"].startswith("/ui/login")
+        form = client.get("/ui/login")
+        assert form.status_code == 200 and "script-src 'self'" in form.headers["content-security-policy"]
+        assert client.get("/ui/static/htmx.min.js").status_code == 200
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]
+        signed = client.post("/ui/login", data={"token": CONSOLE_TOKEN, "csrf": csrf})
+        assert signed.status_code == 303, signed.text
+        pool = client.get("/ui/pool")
+        assert pool.status_code == 200 and "Signed in as <strong>lead</strong>" in pool.text
+        assert "planner-" in pool.text and "executor-" in pool.text  # the application's own agents
 
 
 async def claimed_by(database: str, task_id: int, status: str, *, timeout_s: float) -> str:

@@ -27,7 +27,7 @@ from fixfleet.models import (
     Task,
     TaskStatus,
 )
-from fixfleet.plan_doc import proven
+from fixfleet.plan_doc import plan_versions, proven
 from fixfleet.repos import github_name
 from fixfleet.sessions import (
     SessionRecord,
@@ -198,10 +198,8 @@ class Commands:
         return CommandResult(render_plan(task.key, version, plan), task)
 
     async def _earlier_plan(self, task: Task, version: int) -> dict[str, Any] | None:
-        for event in await self.store.events(task.id):
-            if event.to_status == TaskStatus.AWAITING_APPROVAL and event.data.get("plan_version") == version:
-                return event.data.get("plan")
-        return None
+        earlier = {posted.version: posted.plan for posted in plan_versions(await self.store.events(task.id))}
+        return earlier.get(version)
 
     async def _diff(self, call: Invocation) -> CommandResult:
         task = call.task

@@ -10,6 +10,7 @@ from fixfleet.store.errors import (
            TaskNotFound,
 )
 from fixfleet.store.holding import Hold
+from fixfleet.store.reads import TaskFilter
 from fixfleet.store.records import Delivery, OutboxItem, TaskState, parse_ref
 from fixfleet.store.sessions import SessionNotFound
 from fixfleet.store.tasks import OUTBOX_CHANNEL, Store
@@ -26,6 +27,7 @@ __all__ = [
            "StaleVersion",
            "Store",
            "StoreError",
+           "TaskFilter",
            "TaskNotFound",
            "TaskState",
            "parse_ref",

@@ -3,13 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from fixfleet.models import TERMINAL, SideJob, Task, TaskEvent, TaskStatus
+from fixfleet.models import TERMINAL, SideJob, Task, TaskEvent, TaskStatus, TaskView
 from fixfleet.store.errors import TaskNotFound
 from fixfleet.store.records import TaskState, parse_ref, task_from_row
+
+VIEW_COLUMNS = ", ".join(TaskView.model_fields)  # every column but the platform's context
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks a list shows: each field given narrows it (None: any)."""
+
+    statuses: tuple[TaskStatus, ...] | None = None
+    external: tuple[tuple[str, str], ...] | None = None  # carrying any of these (key, id) external ids
+    repo: str | None = None
+    source: str | None = None
+    priorities: tuple[str, ...] | None = None
+    text: str | None = None  # in the title (any case), or the task's key (FF-12)
+
+    @classmethod
+    def of(cls, *, statuses: Iterable[TaskStatus] | None = None, external: Iterable[tuple[str, str]] | None = None,
+           **narrower: Any) -> TaskFilter:
+        return cls(statuses=tuple(statuses) if statuses else None,
+                   external=tuple(external) if external is not None else None, **narrower)
+
+    def where(self, *, first: int) -> tuple[str, list[Any]]:
+        """The SQL condition and its arguments, numbered from `$first`."""
+        tests, args = ["true"], []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${first + len(args) - 1}"
+
+        if self.statuses:
+            tests.append(f"status = ANY({arg([s.value for s in self.statuses])}::text[])")
+        if self.external is not None:
+            # One containment test per id, OR-ed: each can use the GIN index on external_ids.
+            carried = [f"external_ids @> {arg({key: value})}::jsonb" for key, value in self.external]
+            tests.append(f"({' OR '.join(carried) or 'false'})")
+        if self.repo:
+            tests.append(f"repo = {arg(self.repo)}")
+        if self.source:
+            tests.append(f"source = {arg(self.source)}")
+        if self.priorities:
+            tests.append(f"priority = ANY({arg(list(self.priorities))}::text[])")
+        if self.text:
+            pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            tests.append(f"(title ILIKE {arg(pattern)} OR key = {arg(self.text.strip().upper())})")
+        return " AND ".join(tests), args
 
 
 class TaskReads:
@@ -49,22 +95,22 @@ class TaskReads:
         offset: int = 0,
     ) -> list[Task]:
         """Newest first. `external`: only tasks carrying one of these (key, id) external ids."""
-        wanted = [s.value for s in statuses] if statuses else None
-        args: list[Any] = [wanted, limit, offset]
-        carried = ""
-        if external is not None:
-            # One containment test per id, OR-ed: each can use the GIN index on external_ids.
-            tests = []
-            for key, value in external:
-                args.append({key: value})
-                tests.append(f"external_ids @> ${len(args)}::jsonb")
-            carried = f" AND ({' OR '.join(tests) or 'false'})"
-        rows = await self.pool.fetch(
-            f"SELECT * FROM tasks WHERE ($1::text[] IS NULL OR status = ANY($1::text[])){carried}"
-            " ORDER BY id DESC LIMIT $2 OFFSET $3",
-            *args,
-        )
+        where, args = TaskFilter.of(statuses=statuses, external=external).where(first=3)
+        rows = await self.pool.fetch(f"SELECT * FROM tasks WHERE {where} ORDER BY id DESC LIMIT $1 OFFSET $2",
+                                     limit, offset, *args)
         return [task_from_row(r) for r in rows]
+
+    async def list_views(self, wanted: TaskFilter, *, limit: int = 50, offset: int = 0) -> list[TaskView]:
+        """A page of tasks as people see them (without the platform's context), newest first."""
+        where, args = wanted.where(first=3)
+        rows = await self.pool.fetch(f"SELECT {VIEW_COLUMNS} FROM tasks WHERE {where} ORDER BY id DESC LIMIT $1 OFFSET $2",
+                                     limit, offset, *args)
+        return [TaskView.model_validate(dict(r) | {"cost_usd": float(r["cost_usd"])}) for r in rows]
+
+    async def repos(self, limit: int = 200) -> list[str]:
+        """The repositories tasks were made for, for a filter to offer."""
+        rows = await self.pool.fetch("SELECT DISTINCT repo FROM tasks ORDER BY repo LIMIT $1", limit)
+        return [r["repo"] for r in rows]
 
     async def events(self, ref: int | str) -> list[TaskEvent]:
         task = await self.get_task(ref)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-verify one real-bug fixture: tests/realbugs/verify_fixture.sh <slug> [red] [green] [suite]
 #
-# Each phase gets a FRESH extraction of source.tar.gz and a FRESH environment
+# Each phase gets a FRESH tree (source.tar.gz, or the upstream snapshot for a metadata-only
+# fixture: bench/realbug_sources.py) and a FRESH environment
 # (bug.yaml `setup` is run inside the extracted tree):
 #   red   = test.patch only             -> test_command must exit non-zero
 #   green = test.patch + fix.patch      -> test_command must exit 0
@@ -40,11 +41,10 @@ prepare() {  # prepare <phase> <patches...>  -> echoes tree path; returns non-ze
   local phase=$1; shift
   local tree
   tree=$(mktemp -d "$WORK_ROOT/$SLUG-$phase.XXXXXX")
-  tar -xzf "$FIX_DIR/source.tar.gz" -C "$tree" || return 1
-  local p
-  for p in "$@"; do
-    patch -p1 -s -d "$tree" < "$FIX_DIR/$p" >&2 || { echo "[$SLUG/$phase] $p does not apply" >&2; return 1; }
-  done
+  # The buggy tree plus the named patches, from source.tar.gz and the .patch files, or (a
+  # metadata-only fixture) from the upstream snapshot: see bench/realbug_sources.py.
+  PYTHONPATH="$HERE/../.." "$YPY" -m bench.realbug_sources tree "$SLUG" "$tree" "$@" >&2 \
+    || { echo "[$SLUG/$phase] could not materialise the tree" >&2; return 1; }
   ( cd "$tree" && bash -euo pipefail -c "$SETUP" ) > "$tree.setup.log" 2>&1 \
     || { echo "[$SLUG/$phase] setup failed, see $tree.setup.log" >&2; tail -20 "$tree.setup.log" >&2; return 1; }
   echo "$tree"
@@ -66,7 +66,8 @@ run_phase() {  # run_phase <phase> <command> <patches...>
 import re, sys, yaml
 want = yaml.safe_load(open(sys.argv[1]))["failing_tests"]
 log = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[2], errors="replace").read())
-marks = ("FAILED", "ERROR", "FAIL:", "\u25cf", "\u2715", "not ok")  # pytest, unittest, jest (bullet, cross), TAP
+marks = ("FAILED", "ERROR", "FAIL:", "FAIL ", "\u25cf", "\u2715", "\u00d7", "\u2716", "not ok")
+# pytest, unittest, jest (bullet, cross), vitest (FAIL, times), mocha (heavy cross), TAP and node --test
 bad = [l for l in log.splitlines() if any(m in l for m in marks)]
 missing = [t for t in want if not any(t in l for l in bad)]
 print(f"[{sys.argv[3]}/red] failing_tests reported as failed: {len(want) - len(missing)}/{len(want)}")
@@ -82,9 +83,9 @@ PY
 RESULT=""
 for ph in $PHASES; do
   case $ph in
-    red)   RESULT="$RESULT $(run_phase red "$TEST_CMD" test.patch)" ;;
-    green) RESULT="$RESULT $(run_phase green "$TEST_CMD" test.patch fix.patch)" ;;
-    suite) RESULT="$RESULT $(run_phase suite "$SUITE_CMD" test.patch fix.patch)" ;;
+    red)   RESULT="$RESULT $(run_phase red "$TEST_CMD" test)" ;;
+    green) RESULT="$RESULT $(run_phase green "$TEST_CMD" test fix)" ;;
+    suite) RESULT="$RESULT $(run_phase suite "$SUITE_CMD" test fix)" ;;
     *) echo "unknown phase $ph" >&2; exit 2 ;;
   esac
 done

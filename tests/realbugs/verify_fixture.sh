@@ -66,9 +66,9 @@ run_phase() {  # run_phase <phase> <command> <patches...>
 import re, sys, yaml
 want = yaml.safe_load(open(sys.argv[1]))["failing_tests"]
 log = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[2], errors="replace").read())
-marks = ("FAILED", "ERROR", "FAIL:", "FAIL ", "\u25cf", "\u2715", "\u00d7", "\u2716", "not ok")
-# pytest, unittest, jest (bullet, cross), vitest (FAIL, times), mocha (heavy cross), TAP and node --test
-bad = [l for l in log.splitlines() if any(m in l for m in marks)]
+marks = ("FAILED", "ERROR", "FAIL:", "FAIL ", "\u25cf", "\u2715", "\u00d7", "not ok")
+# pytest, unittest, jest (bullet, cross), vitest (FAIL, times), TAP and node --test
+bad = [l for l in log.splitlines() if any(m in l for m in marks) or re.match(r"\s*\d+\) ", l)]  # mocha: "  1) title"
 missing = [t for t in want if not any(t in l for l in bad)]
 print(f"[{sys.argv[3]}/red] failing_tests reported as failed: {len(want) - len(missing)}/{len(want)}")
 for t in missing:

@@ -70,7 +70,7 @@ def find_git_dir(upstream: str, commits: list[str], root: Path | None = None) ->
 
 def _has_commit(git_dir: Path, commit: str) -> bool:
     probe = subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "-e", f"{commit}^{{commit}}"],
-                           capture_output=True)
+                           capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -141,7 +141,7 @@ def apply_patch(tree: Path, patch: bytes, what: str) -> None:
     if not patch.strip():
         raise ValueError(f"{what} is empty: check bug.yaml's commits and file lists")
     done = subprocess.run(["patch", "-s", "-p1", "--no-backup-if-mismatch"], cwd=tree, input=patch,
-                          capture_output=True)
+                          capture_output=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{what} does not apply: {done.stdout.decode()[-500:]}{done.stderr.decode()[-500:]}")
 

@@ -3,7 +3,7 @@
 A fixture directory under tests/realbugs/ holds bug.yaml. Either it also holds `source.tar.gz`,
 `test.patch` and `fix.patch` (vendored), or it holds only bug.yaml (metadata only) and its code
 is materialised on this machine from a bare git snapshot of the upstream repository: the buggy
-commit's tree (`git archive`), and the upstream diff from the buggy to the fix commit restricted
+commit's tree (every file, checked out through a scratch index), and the upstream diff from the buggy to the fix commit restricted
 to bug.yaml's test files, then to its fix files. Snapshots are looked up under
 $REALBUGS_SNAPSHOTS (default /work/.mirror), in `<owner>+<name>/` at any depth up to three.
 
@@ -14,7 +14,6 @@ Also a command for tests/realbugs/verify_fixture.sh (needs only PyYAML):
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -74,6 +73,18 @@ def _has_commit(git_dir: Path, commit: str) -> bool:
     return probe.returncode == 0
 
 
+def checkout_tree(git_dir: Path, commit: str, target: Path) -> None:
+    """Every file of `commit` into `target`, through a scratch index: unlike `git archive` this
+    keeps the files `.gitattributes` marks export-ignore and leaves export-subst text alone."""
+    with tempfile.TemporaryDirectory(prefix="realbug-index-") as scratch:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        for args in (["read-tree", commit], ["--work-tree", str(target), "checkout-index", "--all", "--force"]):
+            done = subprocess.run(["git", "--git-dir", str(git_dir), *args], env=env, capture_output=True, text=True,
+                                  check=False)
+            if done.returncode:  # e.g. a blob the snapshot lacks (files of 4 MiB and more are left out)
+                raise RuntimeError(f"cannot check out {commit[:12]} from {git_dir}: {done.stderr.strip()[-500:]}")
+
+
 def _git(git_dir: Path, *args: str) -> bytes:
     return subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True, check=True).stdout
 
@@ -113,9 +124,7 @@ class Bug:
             with tarfile.open(self.directory / "source.tar.gz") as archive:
                 archive.extractall(target, filter="data")
             return
-        archive = _git(self._snapshot(), "archive", "--format=tar", self.meta["buggy_commit"])
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(target, filter="data")
+        checkout_tree(self._snapshot(), self.meta["buggy_commit"], target)
 
     def patch(self, kind: str) -> bytes:
         """The upstream change to the test files (kind 'test') or to the fix files ('fix')."""

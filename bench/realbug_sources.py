@@ -3,9 +3,10 @@
 A fixture directory under tests/realbugs/ holds bug.yaml. Either it also holds `source.tar.gz`,
 `test.patch` and `fix.patch` (vendored), or it holds only bug.yaml (metadata only) and its code
 is materialised on this machine from a bare git snapshot of the upstream repository: the buggy
-commit's tree (every file, checked out through a scratch index), and the upstream diff from the buggy to the fix commit restricted
-to bug.yaml's test files, then to its fix files. Snapshots are looked up under
-$REALBUGS_SNAPSHOTS (default /work/.mirror), in `<owner>+<name>/` at any depth up to three.
+commit's tree (every file, checked out through a scratch index), and the upstream diff from the
+buggy to the fix commit restricted to bug.yaml's test files, then to its fix files. Snapshots are
+looked up under $REALBUGS_SNAPSHOTS (default /work/.mirror), in `<owner>+<name>/` at any depth up
+to three, and must hold both commits.
 
 Also a command for tests/realbugs/verify_fixture.sh (needs only PyYAML):
     python -m bench.realbug_sources tree <slug> <target-dir> [test] [fix]
@@ -15,6 +16,7 @@ Also a command for tests/realbugs/verify_fixture.sh (needs only PyYAML):
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -28,6 +30,7 @@ import yaml
 BUGS_DIR = Path(__file__).resolve().parents[1] / "tests" / "realbugs"
 SNAPSHOTS_ENV = "REALBUGS_SNAPSHOTS"
 DEFAULT_SNAPSHOTS = Path("/work/.mirror")
+GITHUB_URL = re.compile(r"https://github\.com/(?P<repo>[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+?)(?:\.git)?/?")
 
 
 class SnapshotMissing(RuntimeError):
@@ -39,11 +42,11 @@ def snapshots_root() -> Path:
 
 
 def repository_of(upstream: str) -> str:
-    """'https://github.com/owner/name' -> 'owner/name'."""
-    path = upstream.removeprefix("https://github.com/").removesuffix(".git").strip("/")
-    if path.count("/") != 1 or not all(path.split("/")):
+    """'https://github.com/owner/name' -> 'owner/name' (names as GitHub allows them, no '..')."""
+    match = GITHUB_URL.fullmatch(upstream)
+    if not match or ".." in match["repo"]:
         raise ValueError(f"upstream is not a GitHub repository URL: {upstream!r}")
-    return path
+    return match["repo"]
 
 
 def fetch_line(upstream: str) -> str:

@@ -1,18 +1,24 @@
 """Real upstream bugs through the whole platform: `python -m bench.realbugs [--only NAME ...]`.
 
-Each bug under tests/realbugs/ is the buggy commit of a public repository (a tarball), the
-upstream test change and the upstream fix (patches), and bug.yaml (see tests/realbugs/README.md).
-For each one this builds a local git remote from the tarball, then drives the real platform
-(Ray, Serve, a planner and an executor, the real claude CLI in the sandbox) with scripted
-model sessions that apply the upstream test and then the upstream fix. The platform must set
-the repository up by itself and prove the change (RED, GREEN, suite) before it pushes.
+Each bug under tests/realbugs/ is a buggy commit of a public repository, the upstream test
+change and the upstream fix, and bug.yaml (see tests/realbugs/README.md). Five are vendored
+(a tarball and two patches); the others are metadata only and are materialised here from a
+fetched upstream snapshot (bench/realbug_sources.py; $REALBUGS_SNAPSHOTS, default
+/work/.mirror). For each bug present this builds a local git remote from the buggy tree, then
+drives the real platform (Ray, Serve, a planner and an executor, the real claude CLI in the
+sandbox) with scripted model sessions that apply the upstream test and then the upstream fix.
+The platform must set the repository up by itself and prove the change (RED, GREEN, suite)
+before it pushes. A bug whose snapshot is absent is listed with the line that gets it.
 
-Printed per bug: status, RED/GREEN/suite exit codes, the tests that went red to green, the
-environment's build time cold and warm (measured apart, with the same builder the agents
-use), and the platform's own time for the task: planning and execution stages minus the
-time inside Claude sessions. The last line is one JSON object:
-{"bugs", "completed", "evidence_ok", "env_cold_s", "env_warm_s", "overhead_p50_s"}.
-Goal: every bug completed with its evidence; a warm environment ready in under 1 s.
+Printed: one JSON object per bug (status; the evidence: fail_to_pass, new_failures,
+preexisting_failures, flaky, the RED/GREEN/suite exit codes; the environment's build time cold
+and warm, measured apart with the builder the agents use; the platform's own time for the
+task, `overhead_s`: planning and execution stages minus the time inside Claude sessions), then
+one summary object: {"bugs", "completed", "evidence_ok", "missing", "preexisting", "flaky",
+"env_cold_s", "env_warm_s", "overhead_p50_s"} ("preexisting"/"flaky": how many bugs' evidence
+named pre-existing failures / flaky tests). Evidence written before fail_to_pass existed is read
+through `red_to_green`. Goal: every bug completed with fail_to_pass non-empty and new_failures
+empty; a warm environment ready in under 1 s.
 """
 
 from __future__ import annotations
@@ -25,71 +31,28 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bench.realbug_sources import Bug, fetch_line, load_all, snapshots_root, with_contents
 from fixfleet.ports import free_port
 
-BUGS_DIR = Path(__file__).resolve().parents[1] / "tests" / "realbugs"
 API_TOKEN = "realbugs-operator-token"
 
 
-@dataclass
-class Bug:
-    """One vendored upstream bug and the contents its scripted sessions write."""
-
-    name: str
-    meta: dict[str, Any]
-    directory: Path
-    tests_after: dict[str, str] = field(default_factory=dict)  # test files with the upstream test applied
-    fix_after: dict[str, str] = field(default_factory=dict)  # code files with the upstream fix applied
-
-    @property
-    def language(self) -> str:
-        return self.meta["language"]
-
-
-def load_bugs(only: list[str] | None = None) -> list[Bug]:
-    bugs = []
-    for directory in sorted(p for p in BUGS_DIR.iterdir() if (p / "bug.yaml").is_file()):
-        meta = yaml.safe_load((directory / "bug.yaml").read_text())
-        if not only or meta["name"] in only:
-            bugs.append(_with_contents(Bug(meta["name"], meta, directory)))
-    return bugs
-
-
-def _with_contents(bug: Bug) -> Bug:
-    """Apply the patches once in a scratch tree and keep the resulting files."""
-    with tempfile.TemporaryDirectory(prefix="realbug-") as scratch:
-        tree = Path(scratch)
-        extract(bug, tree)
-        _patch(tree, bug.directory / "test.patch")
-        bug.tests_after = {p: (tree / p).read_text() for p in bug.meta["test_files"]}
-        _patch(tree, bug.directory / "fix.patch")
-        bug.fix_after = {p: (tree / p).read_text() for p in bug.meta["fix_files"]}
-    return bug
-
-
-def extract(bug: Bug, target: Path) -> None:
-    with tarfile.open(bug.directory / "source.tar.gz") as archive:
-        archive.extractall(target, filter="data")
-
-
-def _patch(tree: Path, patch: Path) -> None:
-    subprocess.run(["patch", "-s", "-p1", "-i", str(patch)], cwd=tree, check=True)
+def load_bugs(only: list[str] | None = None, *, vendored_only: bool = False) -> list[Bug]:
+    """The bugs whose code is here, with the files their scripted sessions write."""
+    return [with_contents(b) for b in load_all(only) if b.available and (b.vendored or not vendored_only)]
 
 
 def make_remote(bug: Bug, root: Path) -> Path:
     """A bare git remote whose main branch is the buggy commit's tree."""
     work, remote = root / bug.name, root / f"{bug.name}.git"
     work.mkdir(parents=True)
-    extract(bug, work)
+    bug.extract(work)
     git = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.invalid", "-c", "init.defaultBranch=main"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", f"{bug.name}: the buggy commit"]):
         subprocess.run([*git, *args], cwd=work, check=True, capture_output=True)
@@ -158,16 +121,22 @@ class Outcome:
     red: int | None = None
     green: int | None = None
     suite: int | None = None
-    red_to_green: list[str] = field(default_factory=list)
+    fail_to_pass: list[str] = field(default_factory=list)  # failed without the fix, pass with it
+    new_failures: list[str] = field(default_factory=list)  # suite failures the base commit did not have
+    preexisting_failures: list[str] = field(default_factory=list)  # failing on the base commit already
+    flaky: list[str] = field(default_factory=list)  # flipped between runs of the same tree
     reason: str = ""
-    platform_s: float | None = None
+    overhead_s: float | None = None
     env_cold_s: float | None = None
     env_warm_s: float | None = None
 
     @property
     def evidence_ok(self) -> bool:
-        return self.status == "COMPLETED" and self.red not in (None, 0) and self.green is not None \
-            and self.suite == 0 and bool(self.red_to_green)
+        return self.status == "COMPLETED" and bool(self.fail_to_pass) and not self.new_failures
+
+    def line(self) -> dict[str, Any]:
+        return {"bug": self.name, **{k: v for k, v in asdict(self).items() if k != "name"},
+                "evidence_ok": self.evidence_ok}
 
 
 def run_bug(bug: Bug, url: str, remote: Path, planner: Any, executor: Any, timeout_s: float = 900) -> Outcome:
@@ -209,10 +178,29 @@ def outcome_of(bug: Bug, task: dict[str, Any], events: list[dict[str, Any]]) -> 
     failed = [e["data"].get("evidence") for e in events if e["reason"].startswith("verification failed")]
     evidence = completed[-1]["data"]["evidence"] if completed else (failed[-1] if failed else None) or {}
     if evidence:
-        outcome.red, outcome.green, outcome.suite = (evidence[k]["exit_code"] for k in ("red", "green", "suite"))
-        outcome.red_to_green = evidence.get("red_to_green", [])
-    outcome.platform_s = platform_seconds(events)
+        read_evidence(outcome, evidence)
+    outcome.overhead_s = platform_seconds(events)
     return outcome
+
+
+def read_evidence(outcome: Outcome, evidence: dict[str, Any]) -> None:
+    """The platform's evidence, as written now (fail_to_pass, new_failures, ...) or before
+    (red_to_green only; a failing suite then counts as a new failure)."""
+    outcome.red, outcome.green, outcome.suite = ((evidence.get(k) or {}).get("exit_code") for k in ("red", "green", "suite"))
+    outcome.fail_to_pass = _names(evidence.get("fail_to_pass", evidence.get("red_to_green")))
+    if "new_failures" in evidence:
+        outcome.new_failures = _names(evidence["new_failures"])
+    elif outcome.suite not in (0, None):
+        outcome.new_failures = [f"(the suite exited {outcome.suite})"]
+    outcome.preexisting_failures = _names(evidence.get("preexisting_failures"))
+    outcome.flaky = _names(evidence.get("flaky"))
+
+
+def _names(value: Any) -> list[str]:
+    """Test ids from a list, or from a mapping keyed by test id."""
+    if isinstance(value, dict):
+        return sorted(str(k) for k in value)
+    return [str(v) for v in value or []]
 
 
 def platform_seconds(events: list[dict[str, Any]]) -> float | None:
@@ -278,13 +266,21 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="bug names (default: all)")
     args = parser.parse_args()
 
+    everything = load_all(args.only)
+    missing = [b for b in everything if not b.available]
+    for bug in missing:
+        print(json.dumps({"bug": bug.name, "status": "SNAPSHOT_MISSING", "get": fetch_line(bug.meta["upstream"]),
+                          "looked_in": str(snapshots_root())}), flush=True)
+    bugs = [b for b in everything if b.available]
+    if not bugs:
+        print(json.dumps(summary([], len(missing))))
+        return
     from fixfleet.config import Settings
     from fixfleet.platform import Platform, PlatformOptions
     from fixfleet.replay import ReplayServer
 
-    bugs = load_bugs(args.only)
     root = Path(tempfile.mkdtemp(prefix="bench-realbugs-"))
-    outcomes = []
+    outcomes: list[Outcome] = []
     planner, executor = ReplayServer("one_turn").start(), ReplayServer("one_turn").start()
     settings = Settings(home=root / "home", database_url=os.environ.get("DATABASE_URL"),
                         redis_url=os.environ.get("REDIS_URL"))
@@ -295,26 +291,43 @@ def main() -> None:
     try:
         platform.start(progress=lambda line: print(f"  {line}", file=sys.stderr))
         for bug in bugs:
-            remote = make_remote(bug, root / "remotes")
-            outcome = run_bug(bug, platform.url, remote, planner, executor)
-            outcome.env_cold_s, outcome.env_warm_s = asyncio.run(environment_times(bug, remote, root / f"env-{bug.name}"))
+            outcome = run_one(bug, platform.url, root, planner, executor)
             outcomes.append(outcome)
-            print(f"{bug.name:24} {outcome.status:10} RED {outcome.red} GREEN {outcome.green} suite {outcome.suite}  "
-                  f"env cold {outcome.env_cold_s}s warm {outcome.env_warm_s}s  platform {outcome.platform_s}s  "
-                  f"red->green {len(outcome.red_to_green)}" + ("" if outcome.evidence_ok else f"  ({outcome.reason[:200]})"))
+            print(json.dumps(outcome.line()), flush=True)
     finally:
         platform.stop()
         planner.stop()
         executor.stop()
         shutil.rmtree(root, ignore_errors=True)
-    overheads = [o.platform_s for o in outcomes if o.platform_s is not None]
-    print(json.dumps({
+    print(json.dumps(summary(outcomes, len(missing))))
+
+
+def run_one(bug: Bug, url: str, root: Path, planner: Any, executor: Any) -> Outcome:
+    """One bug through the platform; a bug that cannot be materialised or run is an ERROR line."""
+    print(f"{bug.name}: {'vendored' if bug.vendored else bug.git_dir}", file=sys.stderr)
+    try:
+        with_contents(bug)
+        remote = make_remote(bug, root / "remotes")
+        outcome = run_bug(bug, url, remote, planner, executor)
+        outcome.env_cold_s, outcome.env_warm_s = asyncio.run(environment_times(bug, remote, root / f"env-{bug.name}"))
+    except Exception as error:  # noqa: BLE001 - one bug's failure is reported, the others still run
+        return Outcome(bug.name, "ERROR", reason=f"{type(error).__name__}: {error}"[:500])
+    return outcome
+
+
+def summary(outcomes: list[Outcome], missing: int) -> dict[str, Any]:
+    overheads = [o.overhead_s for o in outcomes if o.overhead_s is not None]
+    colds = [o.env_cold_s for o in outcomes if o.env_cold_s is not None]
+    warms = [o.env_warm_s for o in outcomes if o.env_warm_s is not None]
+    return {
         "bugs": len(outcomes), "completed": sum(o.status == "COMPLETED" for o in outcomes),
-        "evidence_ok": sum(o.evidence_ok for o in outcomes),
-        "env_cold_s": round(statistics.median([o.env_cold_s for o in outcomes]), 2) if outcomes else None,
-        "env_warm_s": round(max(o.env_warm_s for o in outcomes), 4) if outcomes else None,
+        "evidence_ok": sum(o.evidence_ok for o in outcomes), "missing": missing,
+        "preexisting": sum(bool(o.preexisting_failures) for o in outcomes),
+        "flaky": sum(bool(o.flaky) for o in outcomes),
+        "env_cold_s": round(statistics.median(colds), 2) if colds else None,
+        "env_warm_s": round(max(warms), 4) if warms else None,
         "overhead_p50_s": round(statistics.median(overheads), 2) if overheads else None,
-    }))
+    }
 
 
 if __name__ == "__main__":

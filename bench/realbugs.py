@@ -91,11 +91,7 @@ def executor_scenario(bug: Bug) -> dict[str, Any]:
     run = meta["test_command"].replace(".venv/bin/", "")
 
     def writes(files: dict[str, str]) -> list[dict[str, Any]]:
-        # Through Bash, byte for byte: the CLI's Write tool strips trailing whitespace from the lines
-        # it writes, and upstream test files compare against output with trailing spaces (cleo).
-        return [{"tool_use": {"name": "Bash", "input": {
-            "command": f"mkdir -p \"$(dirname '{path}')\" && printf %s '{_base64(text)}' | base64 -d > '{path}'",
-            "description": f"Write {path}"}}} for path, text in files.items()]
+        return [block for path, text in files.items() for block in _write(path, text)]
 
     return {"name": f"{bug.name}-executor", "model": "claude-sonnet-4-5",
             "usage": {"input_tokens": 6000, "output_tokens": 400},
@@ -115,8 +111,19 @@ def executor_scenario(bug: Bug) -> dict[str, Any]:
             "final_text": "Done."}
 
 
-def _base64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def _write(path: str, text: str) -> list[dict[str, Any]]:
+    """The tool calls that write `text` to `path`. The CLI's Write tool strips trailing whitespace
+    from the lines it writes, and some upstream tests compare against output with trailing spaces
+    (cleo): such a file goes through Bash, byte for byte, in pieces a command line takes."""
+    if not any(line != line.rstrip() for line in text.splitlines()):
+        return [{"tool_use": {"name": "Write", "input": {"file_path": f"{{cwd}}/{path}", "content": text}}}]
+    encoded = base64.b64encode(text.encode()).decode()
+    pieces = [encoded[i:i + 48_000] for i in range(0, len(encoded), 48_000)]
+    commands = [f"mkdir -p \"$(dirname '{path}')\" && : > '{path}.b64'",
+                *(f"printf %s '{piece}' >> '{path}.b64'" for piece in pieces),
+                f"base64 -d '{path}.b64' > '{path}' && rm '{path}.b64'"]
+    return [{"tool_use": {"name": "Bash", "input": {"command": command, "description": f"Write {path}"}}}
+            for command in commands]
 
 
 # -- one bug through the platform ----------------------------------------------------------

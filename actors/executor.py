@@ -170,7 +170,7 @@ class Executor(AgentLoop):
         if (proven := work.verified.get(change_digest(change))) is not None:
             await self.store.record_event(task.id, actor=self.name,
                                           reason="verified: the final change is the one proven during the session")
-            return proven.model_copy(update={"agent_test_command": agent_command})
+            return proven.model_copy(update={"agent_test_command": agent_command, "test_seconds": 0.0})  # none ran now
         try:
             return await self.verifier.verify(task.repo, change, name=task.key, plan=PlanScope.from_plan(task.plan),
                                               agent_test_command=agent_command)

@@ -13,7 +13,8 @@ before it pushes. A bug whose snapshot is absent is listed with the line that ge
 Printed: one JSON object per bug (status; the evidence: fail_to_pass, new_failures,
 preexisting_failures, flaky, the RED/GREEN/suite exit codes; the environment's build time cold
 and warm, measured apart with the builder the agents use; the platform's own time for the
-task, `overhead_s`: planning and execution stages minus the time inside Claude sessions), then
+task, `overhead_s`: planning and execution stages minus the time inside Claude sessions, the
+environments' builds and the repository's own test runs), then
 one summary object: {"bugs", "completed", "evidence_ok", "missing", "preexisting", "flaky",
 "env_cold_s", "env_warm_s", "overhead_p50_s"} ("preexisting"/"flaky": how many bugs' evidence
 named pre-existing failures / flaky tests). Evidence written before fail_to_pass existed is read
@@ -219,7 +220,9 @@ def _names(value: Any) -> list[str]:
 
 
 def platform_seconds(events: list[dict[str, Any]]) -> float | None:
-    """Time in the planning and executing stages, minus the time inside Claude sessions."""
+    """The platform's own time: the planning and executing stages, minus the time inside Claude
+    sessions (the model's), the environments' builds and the repository's own test runs (the
+    evidence's test_seconds: collection, RED, GREEN, the suite, reruns, cross-checks)."""
     stages, entered = 0.0, None
     for event in events:
         at = _timestamp(event["created_at"])
@@ -229,7 +232,10 @@ def platform_seconds(events: list[dict[str, Any]]) -> float | None:
             stages += at - entered
             entered = None
     sessions = sum(e["data"].get("seconds", 0.0) for e in events if e["reason"].endswith("session: success"))
-    return round(stages - sessions, 2) if stages else None
+    builds = sum(e["data"].get("built_s", 0.0) for e in events if e["reason"] == "environment built")
+    tests = sum((e["data"].get("evidence") or {}).get("test_seconds", 0.0) for e in events
+                if e["to_status"] == "COMPLETED")
+    return round(stages - sessions - builds - tests, 2) if stages else None
 
 
 def _timestamp(text: str) -> float:

@@ -26,7 +26,7 @@ from fixfleet.scratch import create_database, drop_database, redis_db_url
 from serve_app.signatures import sign_jira
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_e2e_token", slack_token="xoxb-e2e-token", jira_token="jira-e2e-token",
                           model_key="e2e-model-key", api_token="e2e-approver-token",
                           secrets={"github": "gh-e2e", "sentry": "sentry-e2e", "jira": "jira-e2e"})

@@ -26,7 +26,7 @@ from tests.gitrepos import Upstream, make_upstream, own_git_config
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager
 from fixfleet.workspace.sandbox import RunResult, Sandbox
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BIG_BUDGET = 10**12
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -61,7 +61,7 @@ def text_of(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_the_notebook_works_off_the_sample_backlog_on_a_platform_it_starts(own_stores: tuple[str, str],
                                                                           tmp_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -83,7 +83,7 @@ def test_the_notebook_works_off_the_sample_backlog_on_a_platform_it_starts(own_s
     assert "6/6 ended" in shown and "5 charts" in shown
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_papermill_parameters_point_it_at_a_running_fixfleet(own_stores: tuple[str, str], tmp_path: Path) -> None:
     import papermill
 

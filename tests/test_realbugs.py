@@ -25,7 +25,7 @@ from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from tests.conftest import clean_slate
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 BUGS = load_bugs()
 
 

@@ -43,7 +43,7 @@ PLANNER_SKILLS = {"discovery", "execution", "jira-enrichment", "plan-changes"}
 QUICK = SessionLimits(max_turns=20, max_budget_usd=2.0, timeout_s=60)
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def make_repo(root: Path) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from bench.scale import ScaleRun, run
 from tests.test_grafana import FAILURE_ONLY, dashboard_metric_names
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster
 TASKS, MINIMUM, MAXIMUM = 8, 1, 4
 
 

@@ -121,7 +121,7 @@ def served(serve_database: str, serve_redis: str, tmp_path_factory: pytest.TempP
     assert not left, f"processes of the Ray node still alive after shutdown: {left}"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: str, serve_redis: str) -> None:
     started = time.monotonic()
     body, request_id = event_alert(), f"serve-test-{uuid.uuid4()}"
@@ -180,7 +180,7 @@ async def claimed_by(database: str, task_id: int, status: str, *, timeout_s: flo
         await conn.close()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalServe) -> None:
     from ray import serve
     from ray.util.state import list_actors
@@ -197,7 +197,7 @@ def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalS
     assert agents == {"status": "ok", "detail": "2 of 2 agents alive"}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_agents_and_the_policy_export_ray_metrics(served: LocalServe, serve_database: str) -> None:
     """Ray's metrics agent exports what the agents and the autoscaling policy record (ray_ prefix)."""
     import ray
@@ -216,7 +216,7 @@ def test_agents_and_the_policy_export_ray_metrics(served: LocalServe, serve_data
         assert any(line.startswith(name) and label in line for line in text.splitlines()), (name, text[-3000:])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_replicas_log_json_lines_naming_component_agent_and_task(served: LocalServe) -> None:
     import ray
 

@@ -23,7 +23,7 @@ from fixfleet.workspace.sandbox import Sandbox
 from fixfleet.workspace.verify import Evidence, EvidenceError, Verifier
 from tests.gitrepos import make_upstream, own_git_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BIG_BUDGET = 10**12
 PYPROJECT = """\

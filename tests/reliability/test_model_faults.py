@@ -37,7 +37,7 @@ from fixfleet.services import Services, open_services
 from tests.conftest import clean_slate
 from tests.reliability.harness import report
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.chaos
 
 MODEL_KEY = "sk-ant-api03-chaos-model-key-0123456789"
 SESSION_TIMEOUT_S = 6.0  # the stall case waits this long per attempt

@@ -36,7 +36,7 @@ from tests.reliability.test_model_faults import (
     no_leftover_processes,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.chaos
 
 SUITE_LIMIT_S = 5  # the hanging repository's own `timeouts.suite_s`
 HANGING_CHILD = ["sleep", "4172"]  # what the hanging test starts: it must not outlive the run

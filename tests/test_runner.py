@@ -25,7 +25,7 @@ from fixfleet.config import Settings
 from fixfleet.redact import Redactor
 from fixfleet.replay import ReplayServer
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
-from tests.conftest import python_env_spec
+from tests.sandbox_env import python_env_spec
 
 API_KEY = "sk-ant-api03-runner-test-key-0123456789"
 CANARIES = {  # set in the platform's environment; none may reach the agent

@@ -189,7 +189,9 @@ def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalS
     assert {name: str(d.status.value) for name, d in app.deployments.items()} == {
         "ingress": "HEALTHY", "planner": "HEALTHY", "executor": "HEALTHY", "relay": "HEALTHY"}
     assert served.dashboard_url and httpx.get(served.dashboard_url, timeout=10).status_code == 200
-    replicas = {a.class_name: a.state for a in list_actors(limit=1000) if a.class_name.startswith("ServeReplica:")}
+    # The State API of this node, by its dashboard's address: never looked up (another Ray on the machine).
+    actors = list_actors(address=served.dashboard_url, limit=1000)
+    replicas = {a.class_name: a.state for a in actors if a.class_name.startswith("ServeReplica:")}
     for name in ("ingress", "planner", "executor", "relay"):
         assert replicas.get(f"ServeReplica:fixfleet:{name}") == "ALIVE", replicas
     with httpx.Client(base_url=served.url, timeout=10) as client:

@@ -38,7 +38,7 @@ from fixfleet.workspace.environments import EnvironmentBuilder
 from fixfleet.workspace.mirrors import WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import EvidenceError, Verifier
-from tests.conftest import python_env_spec
+from tests.sandbox_env import python_env_spec
 
 pytestmark = pytest.mark.e2e
 ATTACK = (Path(__file__).parent / "attack.py").read_text()

@@ -236,7 +236,7 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     cancel_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
     time.sleep(max(0.0, asked + 35 - time.monotonic()))  # past the slow answer: a session left running would push now
     print(json.dumps({"pause_stopped_s": round(pause_s, 2), "cancel_stopped_s": round(cancel_s, 2)}))
-    assert pause_s < 10 and cancel_s < 10
+    assert pause_s < 25 and cancel_s < 25  # let go before the slow answer (30 s) came: stopped, not finished
     assert world.api("GET", f"/tasks/{key}")["status"] == "CANCELLED"
     assert world.branch_log(branch) == [f"docs: plan v1 for {key}"]  # the plan only: nothing was pushed
     pr_calls = [c for c in world.github.calls[calls_before:] if c.method != "GET"]

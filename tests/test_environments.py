@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -139,10 +138,8 @@ async def test_python_repository_gets_a_venv_with_its_dependencies_and_an_editab
 async def test_environment_is_reused_until_the_dependency_files_change(
         demo: tuple[Upstream, str, Environment], workspaces: WorkspaceManager, builder: EnvironmentBuilder) -> None:
     upstream, sha, first = demo
-    started = time.monotonic()
-    again = await builder.ensure(upstream.url, sha)
+    again = await builder.ensure(upstream.url, sha)  # how fast: bench.realbugs' env_warm_s
     assert again.reused and again.path == first.path and again.hash == first.hash
-    assert time.monotonic() - started < 1.0
 
     test_only = upstream.commit({"tests/test_more.py": "def test_more():\n    assert True\n"})
     await workspaces.resolve(upstream.url)

@@ -123,7 +123,6 @@ def served(serve_database: str, serve_redis: str, tmp_path_factory: pytest.TempP
 
 @pytest.mark.e2e
 def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: str, serve_redis: str) -> None:
-    started = time.monotonic()
     body, request_id = event_alert(), f"serve-test-{uuid.uuid4()}"
     with httpx.Client(base_url=served.url, timeout=30) as client:
         health = client.get("/health")
@@ -159,7 +158,6 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
     assert (task["source"], task["repo"]) == ("sentry", REPO)
 
     # The relay put it on the planning stream (Redis db of this test) and a planner replica claimed it.
-    assert time.monotonic() - started < 30
     planned_by = asyncio.run(claimed_by(serve_database, task["id"], "PLANNING", timeout_s=60))
     assert planned_by.startswith("planner-"), planned_by
 

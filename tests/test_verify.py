@@ -301,7 +301,7 @@ async def test_a_suite_that_hangs_is_killed_at_its_limit_and_said_to(root: Path,
 
     assert "the full test suite did not finish within 3s" in str(refused.value)
     suite = refused.value.evidence["suite"]
-    assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 10
+    assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 60  # not the 10**6 s it sleeps
     assert refused.value.evidence["red_to_green"] == [] and not refused.value.evidence["green"]["timed_out"]
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4171"]]
 

@@ -22,7 +22,7 @@ from fixfleet.queue import Queue
 from fixfleet.scratch import create_database, drop_database, redis_db_url
 from fixfleet.services import make_queues
 from fixfleet.store import Store
-from tests.slate import TABLES
+from tests.slate import empty_tables
 
 # Tests commit in throwaway repositories: give git an identity on machines with none.
 for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "tests@fixfleet.invalid",
@@ -90,7 +90,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
     store = await Store.connect(database_url, max_size=8)
-    await store.pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    await empty_tables(store.pool)
     yield store
     await store.close()
 

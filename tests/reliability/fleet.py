@@ -180,9 +180,10 @@ async def measure_pace(fleet: Fleet, repo: str, *, execute: bool = False) -> Pac
     """A clean task planned (and with `execute`, approved and carried out) by `fleet`: its longest
     session is the pace. It also builds the repository's environment the cases then reuse."""
     task = await fleet.submit(repo, title="a clean task: how long a session takes on this machine")
-    task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL}, timeout_s=3 * SESSION_BOUND_S)
+    task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL}, 3 * SESSION_BOUND_S)
     if execute and task.status == TaskStatus.AWAITING_APPROVAL:
-        task = await fleet.wait_until((await fleet.approve(task)).id, {TaskStatus.COMPLETED}, timeout_s=3 * SESSION_BOUND_S)
+        approved = await fleet.approve(task)
+        task = await fleet.wait_until(approved.id, {TaskStatus.COMPLETED}, 3 * SESSION_BOUND_S)
     events = await fleet.events(task.id)
     sessions = [e.data["seconds"] for e in events if e.reason.endswith(" session: success")]
     wanted = TaskStatus.COMPLETED if execute else TaskStatus.AWAITING_APPROVAL

@@ -21,7 +21,7 @@ from fixfleet.queue import Queue
 from fixfleet.scratch import create_database, drop_database, named_redis_db, redis_db_url
 from fixfleet.services import make_queues
 from fixfleet.store import Store
-from fixfleet.workspace.sandbox import SandboxSpec
+from tests.slate import empty_tables
 
 # Tests commit in throwaway repositories: give git an identity on machines with none.
 for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "tests@fixfleet.invalid",
@@ -29,7 +29,6 @@ for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "
     os.environ.setdefault(_name, _value)
 
 TEST_REDIS_DB = 13  # a database of its own so the suite never touches real data
-TABLES = "tasks, task_events, webhook_deliveries, outbox"
 
 
 @pytest.fixture(scope="session")
@@ -78,25 +77,10 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     )
 
 
-def clean_slate(database_url: str, redis_url: str) -> None:
-    """Empty tables and queues, for a module-scoped world that cannot use the async fixtures:
-    what an earlier test left (a task still RECEIVED, say) must not become its work."""
-
-    async def main() -> None:
-        store = await Store.connect(database_url, max_size=1)
-        await store.pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-        await store.close()
-        redis = Redis.from_url(redis_url)
-        await redis.flushdb()
-        await redis.aclose()
-
-    asyncio.run(main())
-
-
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
     store = await Store.connect(database_url, max_size=8)
-    await store.pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    await empty_tables(store.pool)
     yield store
     await store.close()
 
@@ -123,9 +107,3 @@ def sandbox_pytest_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["uv", "venv", "--quiet", "--python", str(python), str(env)], check=True)
     subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "pytest"], check=True)
     return env
-
-
-def python_env_spec(workspace: Path, env: Path) -> SandboxSpec:
-    """The sandbox of a session in `workspace` with the virtualenv `env` at /env."""
-    return SandboxSpec(workspace=workspace, env_dir=env, python_prefix=Path(sys.base_prefix),
-                       env={"PATH": "/env/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/env"})

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -70,26 +71,35 @@ async def test_approve_and_retry_move_the_task(env: dict[str, str], store: Store
     assert retried["status"] == "APPROVED"  # the approved plan is executed again, not re-planned
 
 
+def run_at_once(calls: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess]:
+    """Independent invocations side by side: a process's start-up is most of its time."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: run(*call), calls))
+
+
 def test_bad_input_is_one_clear_line(env: dict[str, str]) -> None:
-    unknown = run(["status", "FF-424242"], env)
+    refused_repos = [("not-a-url", "scheme"), ("https://github.com/acme/app.git --upload-pack=x", "spaces"),
+                     ("https://bob:pw@github.com/acme/app.git", "credentials")]
+    unknown, bad_priority, outside, missing, down, bad_setting, not_json, *refused = run_at_once([
+        (["status", "FF-424242"], env),
+        (["submit", "file:///r", "-t", "x", "-p", "urgent"], env),
+        (["submit", "https://gitlab.example/acme/app.git", "-t", "x"],
+         env | {"FIXFLEET_REPO_ALLOWLIST": '["https://github.com/acme/*"]'}),
+        (["submit", "file:///r", "-t", "x", "--body-file", "/nonexistent/body"], env),
+        (["tasks"], env | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}),
+        (["tasks"], env | {"FIXFLEET_MAX_TURNS": "lots"}),
+        (["tasks"], env | {"FIXFLEET_REPO_ALLOWLIST": "*"}),  # a list setting that is not JSON
+        *((["submit", repo, "-t", "x"], env) for repo, _ in refused_repos)])
     assert unknown.returncode == 1 and unknown.stderr.strip() == "error: no task FF-424242"
-    bad_priority = run(["submit", "file:///r", "-t", "x", "-p", "urgent"], env)
     assert bad_priority.returncode == 2 and "urgent" in bad_priority.stderr
-    for repo, reason in [("not-a-url", "scheme"), ("https://github.com/acme/app.git --upload-pack=x", "spaces"),
-                         ("https://bob:pw@github.com/acme/app.git", "credentials")]:
-        refused = run(["submit", repo, "-t", "x"], env)
-        assert refused.returncode == 1 and reason in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
-    outside = run(["submit", "https://gitlab.example/acme/app.git", "-t", "x"], env | {"FIXFLEET_REPO_ALLOWLIST": '["https://github.com/acme/*"]'})
+    for answer, (_, reason) in zip(refused, refused_repos, strict=True):
+        assert answer.returncode == 1 and reason in answer.stderr and "Traceback" not in answer.stderr, answer.stderr
     assert outside.returncode == 1 and "FIXFLEET_REPO_ALLOWLIST" in outside.stderr
     assert json.loads(run(["tasks", "--json"], env).stdout) == []  # nothing refused was stored
-    missing = run(["submit", "file:///r", "-t", "x", "--body-file", "/nonexistent/body"], env)
     assert missing.returncode == 1 and "cannot read --body-file" in missing.stderr
-    down = run(["tasks"], env | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
     assert down.returncode == 1 and "DATABASE_URL" in down.stderr and "Traceback" not in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
-    bad_setting = run(["tasks"], env | {"FIXFLEET_MAX_TURNS": "lots"})
     assert bad_setting.returncode == 1 and "FIXFLEET_MAX_TURNS" in bad_setting.stderr
-    not_json = run(["tasks"], env | {"FIXFLEET_REPO_ALLOWLIST": "*"})  # a list setting that is not JSON
     assert not_json.returncode == 1 and "Traceback" not in not_json.stderr
     assert not_json.stderr.strip().splitlines() == [
         "error: FIXFLEET_REPO_ALLOWLIST is not valid JSON: give a JSON list or object, "

@@ -26,7 +26,7 @@ from fixfleet.scratch import create_database, drop_database, redis_db_url
 from serve_app.signatures import sign_jira
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_e2e_token", slack_token="xoxb-e2e-token", jira_token="jira-e2e-token",
                           model_key="e2e-model-key", api_token="e2e-approver-token",
                           secrets={"github": "gh-e2e", "sentry": "sentry-e2e", "jira": "jira-e2e"})
@@ -309,7 +309,7 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     cancel_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
     time.sleep(max(0.0, asked + 35 - time.monotonic()))  # past the slow answer: a session left running would push now
     print(json.dumps({"pause_stopped_s": round(pause_s, 2), "cancel_stopped_s": round(cancel_s, 2)}))
-    assert pause_s < 10 and cancel_s < 10
+    assert pause_s < 25 and cancel_s < 25  # let go before the slow answer (30 s) came: stopped, not finished
     assert world.api("GET", f"/tasks/{key}")["status"] == "CANCELLED"
     assert world.branch_log(branch) == [f"docs: plan v1 for {key}"]  # the plan only: nothing was pushed
     pr_calls = [c for c in world.github.calls[calls_before:] if c.method != "GET"]

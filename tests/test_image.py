@@ -501,7 +501,7 @@ def built(dockerfile: list[Instruction], tmp_path_factory: pytest.TempPathFactor
     return Built(root=root, prefix=root / prefix.lstrip("/"), source=root / workdir.lstrip("/"), log=log)
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_install_python_builds_the_locked_environment(built: Built) -> None:
     assert "install-python.sh: ok:" in built.log
     assert (built.prefix / "bin" / "python").exists() and (built.prefix / "pyvenv.cfg").is_file()
@@ -516,20 +516,20 @@ def test_install_python_builds_the_locked_environment(built: Built) -> None:
     assert _lock_pins("\n".join(line for line in lines if not line.startswith("-e "))) == _lock_pins()
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_installed_environment_passes_pip_check(built: Built) -> None:
     done = built.run(*_uv(), "pip", "check", "--python", built.prefix / "bin" / "python")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_fixfleet_command_works(built: Built) -> None:
     done = built.run(built.prefix / "bin" / "fixfleet", "--help")
     assert done.returncode == 0, done.stderr
     assert "demo" in done.stdout and "up" in done.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_ray_is_the_pinned_version(built: Built) -> None:
     done = built.run(built.prefix / "bin" / "ray", "--version")
     assert done.returncode == 0, done.stderr
@@ -537,7 +537,7 @@ def test_ray_is_the_pinned_version(built: Built) -> None:
     assert _lock_pins()["ray"] == "2.60.0"
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_bundled_claude_cli_answers(built: Built) -> None:
     """The CLI fixfleet binds into the agents' sandbox (actors.runner.BUNDLED_CLI) is there and runs."""
     probe = ("import subprocess; from actors.runner import BUNDLED_CLI; print(BUNDLED_CLI); "
@@ -551,7 +551,7 @@ def test_bundled_claude_cli_answers(built: Built) -> None:
     assert answer.strip() == shipped, "the CLI is the one claude-agent-sdk ships"
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_installed_fixfleet_finds_its_skills_and_serve_config(built: Built) -> None:
     probe = ("import importlib.util; from actors.skills import SKILLS_ROOT; from actors.mcp import DEFAULT_TEMPLATE; "
              "print(importlib.util.find_spec('serve_app.deployment').origin, SKILLS_ROOT, DEFAULT_TEMPLATE, sep='\\n')")
@@ -565,7 +565,7 @@ def test_installed_fixfleet_finds_its_skills_and_serve_config(built: Built) -> N
     assert (deployment.resolve().parents[1] / "cluster" / "serve_config.yaml").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_kuberays_login_shell_finds_the_environment(built: Built) -> None:
     """KubeRay runs `/bin/bash -lc -- "ulimit -n 65536; ray start ..."`: Debian's /etc/profile resets
     PATH, then sources /etc/profile.d/*.sh, where the image links the environment's profile file."""

@@ -3,8 +3,9 @@
 With nbclient and no parameters, the notebook starts fixfleet here (Ray, the application, the
 scripted model) with its sample backlog of six Sentry issues over two repositories, and works it
 off: no cell fails, the results table has six rows with final statuses, the bar reached the end,
-and the charts were drawn. With papermill parameters, it talks to a fixfleet it is given (the
-ingress here, with no agents) and honours the cap on tasks in flight.
+and the charts were drawn; where its execution queue ran deep, the executor pool was grown.
+With papermill parameters, it talks to a fixfleet it is given (the ingress here, with no agents)
+and honours the cap on tasks in flight.
 """
 
 from __future__ import annotations
@@ -20,22 +21,25 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from fixfleet.config import Settings
-from fixfleet.scratch import create_database, drop_database, redis_db_url
+from fixfleet.overview import Decision, scale_decisions
+from fixfleet.scratch import create_database, drop_database
 from tests.ingress_server import running_ingress
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "backlog.ipynb"
-NOTEBOOK_REDIS_DB = 9  # the suite has 13; the demo 10, the Serve test 12, bench.scale 14
 FINAL = {"COMPLETED", "FAILED", "REJECTED", "CANCELLED"}
 
 
 @pytest.fixture
-def own_stores(postgres_server_url: str, redis_server_url: str, tmp_path: Path,
+def own_stores(postgres_server_url: str, redis_url: str, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    """A database and a Redis db of the notebook's own, named in the environment the kernel inherits."""
+    """A database of the notebook's own and the suite's Redis db (this run's alone: a fixed db
+    number was shared with every other run on the server, whose agents joined this pool), named
+    in the environment the kernel inherits."""
     database = asyncio.run(create_database(postgres_server_url))
-    redis = redis_db_url(redis_server_url, NOTEBOOK_REDIS_DB)
+    redis = redis_url
     Redis.from_url(redis).flushdb()
     for name in [n for n in os.environ if n.startswith(("FIXFLEET_", "ANTHROPIC_", "GITHUB_", "SLACK_", "JIRA_"))]:
         monkeypatch.delenv(name)
@@ -46,6 +50,15 @@ def own_stores(postgres_server_url: str, redis_server_url: str, tmp_path: Path,
     yield database, redis
     Redis.from_url(redis).flushdb()
     asyncio.run(drop_database(postgres_server_url, database))
+
+
+async def decisions(redis_url: str) -> list[Decision]:
+    """The autoscaling policy's decisions the platform kept in its Redis."""
+    client = AsyncRedis.from_url(redis_url)
+    try:
+        return await scale_decisions(client, limit=50)
+    finally:
+        await client.aclose()
 
 
 def outputs(notebook: nbformat.NotebookNode, kind: str) -> list[dict]:
@@ -61,7 +74,7 @@ def text_of(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_the_notebook_works_off_the_sample_backlog_on_a_platform_it_starts(own_stores: tuple[str, str],
                                                                           tmp_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -77,13 +90,26 @@ def test_the_notebook_works_off_the_sample_backlog_on_a_platform_it_starts(own_s
     assert all(r["bulk_approved"] == "True" and r["approved_by"] == "api:notebook" for r in rows)
     assert len(outputs(notebook, "image/png")) >= 2, "the charts"
     with (tmp_path / "backlog-pool.csv").open() as handle:
-        executors = [int(row["executors"]) for row in csv.DictReader(handle)]
-    assert executors[0] <= 1 < max(executors), executors  # the pool grew with the backlog
+        samples = list(csv.DictReader(handle))
+    executors = [int(s["executors"]) for s in samples]
+    assert executors[0] <= 1 and max(executors) <= 3, executors  # from its minimum, never past its maximum
+    # The pool follows its queue, at whatever pace this machine has: how deep the execution queue
+    # runs depends on how fast planning goes beside execution, so the verdict is read from what
+    # happened. Where the queue held more tasks than one executor takes (one each here) in three
+    # samples running (4 s and more: the policy reads the queue every 2 s), the autoscaling policy
+    # grew the pool (its decisions, as `fixfleet status` shows them). How soon a new replica is up
+    # is bench.scale's figure.
+    queue = [int(s["execution_queue"]) for s in samples]
+    ran_deep = any(min(queue[i:i + 3]) > 1 for i in range(len(queue) - 2))
+    kept = [d for d in asyncio.run(decisions(own_stores[1])) if d.queue == "execution"]
+    grown = [d for d in kept if d.replicas > max(d.current, 1)]  # past the minimum of one executor
+    assert grown or not ran_deep, (queue, executors, kept)
+    assert all(d.replicas <= min(d.depth, 3) for d in grown), grown  # one per task, within the cap
     shown = text_of(notebook)
     assert "6/6 ended" in shown and "5 charts" in shown
 
 
-@pytest.mark.slow
+@pytest.mark.image
 def test_papermill_parameters_point_it_at_a_running_fixfleet(own_stores: tuple[str, str], tmp_path: Path) -> None:
     import papermill
 

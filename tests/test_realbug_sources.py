@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.realbug_sources import Bug, SnapshotMissing, find_git_dir, load_all, load_bug, with_contents
+from tests.upstream_bugs import Bug, SnapshotMissing, find_git_dir, load_all, load_bug, with_contents
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.invalid", "-c", "init.defaultBranch=main"]

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.realbugs import Bug, load_bugs, make_remote, platform_env, run_bug
 from fixfleet.config import Settings
 from fixfleet.platform import Platform, PlatformOptions
 from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
-from tests.conftest import clean_slate
+from tests.slate import clean_slate
+from tests.upstream_bugs import Bug, load_bugs, make_remote, platform_env, run_bug
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 BUGS = load_bugs(vendored_only=True)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.realbug_sources import Bug
-from bench.realbugs import Outcome, outcome_of, summary
+from tests.upstream_bugs import Bug
+from tests.upstream_bugs import Outcome, outcome_of, summary
 
 BUG = Bug("widgets-1", {"name": "widgets-1"}, Path("."))
 

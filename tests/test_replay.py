@@ -218,7 +218,7 @@ def test_a_stall_sends_nothing_then_drops(after_events: int) -> None:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/v1/messages", json=body([user()]), timeout=0.5)
         started = time.monotonic()
-    assert time.monotonic() - started < 3  # stop() does not wait for the stall
+    assert time.monotonic() - started < 20  # stop() does not wait for the stall's 30 s
 
 
 def test_every_bundled_scenario_loads() -> None:

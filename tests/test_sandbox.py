@@ -67,7 +67,7 @@ def test_a_timeout_kills_the_whole_sandbox(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run(Sandbox(tmp_path / "state"), SandboxSpec(workspace=tree),
                  ["bash", "-c", "sleep 300 & sleep 301"], timeout_s=1)
-    assert result.timed_out and result.exit_code == 124 and time.monotonic() - started < 10
+    assert result.timed_out and result.exit_code == 124 and time.monotonic() - started < 60  # not the 300 s
     assert "timed out after 1s" in result.output_tail
 
 

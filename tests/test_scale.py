@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.scale import ScaleRun, run
-from tests.test_grafana import FAILURE_ONLY, dashboard_metric_names
+from tests.grafana_dashboard import FAILURE_ONLY, dashboard_metric_names
+from tests.scaling import ScaleRun, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster
 TASKS, MINIMUM, MAXIMUM = 8, 1, 4
 
 

@@ -124,9 +124,8 @@ def served(serve_database: str, serve_redis: str, tmp_path_factory: pytest.TempP
     assert not left, f"processes of the Ray node still alive after shutdown: {left}"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: str, serve_redis: str) -> None:
-    started = time.monotonic()
     body, request_id = event_alert(), f"serve-test-{uuid.uuid4()}"
     with httpx.Client(base_url=served.url, timeout=30) as client:
         health = client.get("/health")
@@ -162,7 +161,6 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
     assert (task["source"], task["repo"]) == ("sentry", REPO)
 
     # The relay put it on the planning stream (Redis db of this test) and a planner replica claimed it.
-    assert time.monotonic() - started < 30
     planned_by = asyncio.run(claimed_by(serve_database, task["id"], "PLANNING", timeout_s=60))
     assert planned_by.startswith("planner-"), planned_by
 
@@ -199,7 +197,7 @@ async def claimed_by(database: str, task_id: int, status: str, *, timeout_s: flo
         await conn.close()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalServe) -> None:
     from ray import serve
     from ray.util.state import list_actors
@@ -208,7 +206,9 @@ def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalS
     assert {name: str(d.status.value) for name, d in app.deployments.items()} == {
         "ingress": "HEALTHY", "planner": "HEALTHY", "executor": "HEALTHY", "relay": "HEALTHY"}
     assert served.dashboard_url and httpx.get(served.dashboard_url, timeout=10).status_code == 200
-    replicas = {a.class_name: a.state for a in list_actors(limit=1000) if a.class_name.startswith("ServeReplica:")}
+    # The State API of this node, by its dashboard's address: never looked up (another Ray on the machine).
+    actors = list_actors(address=served.dashboard_url, limit=1000)
+    replicas = {a.class_name: a.state for a in actors if a.class_name.startswith("ServeReplica:")}
     for name in ("ingress", "planner", "executor", "relay"):
         assert replicas.get(f"ServeReplica:fixfleet:{name}") == "ALIVE", replicas
     with httpx.Client(base_url=served.url, timeout=10) as client:
@@ -216,7 +216,7 @@ def test_one_application_runs_the_agents_the_dashboard_lists_them(served: LocalS
     assert agents == {"status": "ok", "detail": "2 of 2 agents alive"}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_agents_and_the_policy_export_ray_metrics(served: LocalServe, serve_database: str) -> None:
     """Ray's metrics agent exports what the agents and the autoscaling policy record (ray_ prefix)."""
     import ray
@@ -235,7 +235,7 @@ def test_agents_and_the_policy_export_ray_metrics(served: LocalServe, serve_data
         assert any(line.startswith(name) and label in line for line in text.splitlines()), (name, text[-3000:])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_replicas_log_json_lines_naming_component_agent_and_task(served: LocalServe) -> None:
     import ray
 

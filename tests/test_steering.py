@@ -29,7 +29,7 @@ from fixfleet.store import Outcome, Store
 from serve_app.signatures import sign_slack
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
-from tests.test_ingress import (
+from tests.ingress_world import (
     GITHUB_TOKEN,
     REPO,
     SLACK_SECRET,

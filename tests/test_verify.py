@@ -24,7 +24,7 @@ from fixfleet.workspace.scope import PlanScope
 from fixfleet.workspace.verify import Evidence, EvidenceError, Verifier
 from tests.gitrepos import make_upstream, own_git_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BIG_BUDGET = 10**12
 PYPROJECT = """\
@@ -467,7 +467,7 @@ async def test_a_suite_that_hangs_is_killed_at_its_limit_and_said_to(root: Path,
 
     assert "the full test suite did not finish within 3s" in str(refused.value)
     suite = refused.value.evidence["suite"]
-    assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 10
+    assert suite["timed_out"] and suite["exit_code"] == 124 and suite["seconds"] < 60  # not the 10**6 s it sleeps
     assert refused.value.evidence["fail_to_pass"] == [] and not refused.value.evidence["green"]["timed_out"]
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4171"]]
 

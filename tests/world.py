@@ -27,7 +27,7 @@ from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
 from serve_app.signatures import sign_github, sign_sentry
-from tests.conftest import clean_slate
+from tests.slate import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.slack import FakeSlack

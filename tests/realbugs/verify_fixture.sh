@@ -2,7 +2,7 @@
 # Re-verify one real-bug fixture: tests/realbugs/verify_fixture.sh <slug> [red] [green] [suite] [base]
 #
 # Each phase gets a FRESH tree (source.tar.gz, or the upstream snapshot for a metadata-only
-# fixture: bench/realbug_sources.py) and a FRESH environment
+# fixture: tests/upstream_bugs.py) and a FRESH environment
 # (bug.yaml `setup` is run inside the extracted tree):
 #   red   = test.patch only             -> test_command must exit non-zero
 #   green = test.patch + fix.patch      -> test_command must exit 0
@@ -48,8 +48,8 @@ prepare() {  # prepare <phase> <patches...>  -> echoes tree path; returns non-ze
   local tree
   tree=$(mktemp -d "$WORK_ROOT/$SLUG-$phase.XXXXXX")
   # The buggy tree plus the named patches, from source.tar.gz and the .patch files, or (a
-  # metadata-only fixture) from the upstream snapshot: see bench/realbug_sources.py.
-  PYTHONPATH="$HERE/../.." "$YPY" -m bench.realbug_sources tree "$SLUG" "$tree" "$@" >&2 \
+  # metadata-only fixture) from the upstream snapshot: see tests/upstream_bugs.py.
+  PYTHONPATH="$HERE/../.." "$YPY" -m tests.upstream_bugs tree "$SLUG" "$tree" "$@" >&2 \
     || { echo "[$SLUG/$phase] could not materialise the tree" >&2; return 1; }
   ( cd "$tree" && bash -euo pipefail -c "$SETUP" ) > "$tree.setup.log" 2>&1 \
     || { echo "[$SLUG/$phase] setup failed, see $tree.setup.log" >&2; tail -20 "$tree.setup.log" >&2; return 1; }

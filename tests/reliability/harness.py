@@ -31,11 +31,11 @@ from fixfleet.config import Settings
 from fixfleet.ports import free_port
 from serve_app.signatures import sign_github, sign_sentry
 from tests.shared import CORPUS
+from tests.slate import TABLES
 
 GITHUB_SECRET, SENTRY_SECRET = "chaos-github-secret", "chaos-sentry-secret"
 REPO = "https://github.com/acme/api.git"
 TOKEN = "chaos-token"  # every scope: the suite approves plans through the task API like a person would
-TABLES = "tasks, task_events, webhook_deliveries, outbox"
 
 
 # --- private servers ---------------------------------------------------------------------------

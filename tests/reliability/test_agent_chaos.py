@@ -28,7 +28,7 @@ import pytest
 
 from tests.world import Credentials, World, platform_world
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.chaos
 FULL = os.environ.get("FIXFLEET_CHAOS_SCALE", "") == "full"
 KILL_TASKS, KILLS = (20, 20) if FULL else (4, 4)
 STEERED_TASKS = 20 if FULL else 6

@@ -6,167 +6,39 @@ server, which fails on purpose. For every fault the task either retries and reac
 AWAITING_APPROVAL, or ends FAILED with a reason in its audit trail that names the fault; each
 case is bounded in time, and the agent plans the next task as if nothing had happened.
 
-The `Fleet` below (agents, the outbox relay, the store, in this process) is shared with
-tests/reliability/test_repo_faults.py.
+The agents are tests/reliability/fleet.py's `Fleet`. The sessions' limit (what the stalled stream
+runs into) and each case's bound are derived from a clean session measured first on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-import psutil
 import pytest
 
-from actors.agent import AgentLoop
-from actors.executor import Executor
-from actors.planner import Planner
-from fixfleet.approvals import Approvals, Decision, Principal
 from fixfleet.config import Settings
 from fixfleet.demo import make_sample_repo
-from fixfleet.models import NewTask, Task, TaskEvent, TaskStatus
-from fixfleet.outbox import OutboxRelay
+from fixfleet.models import TaskStatus
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
-from fixfleet.services import Services, open_services
-from tests.conftest import clean_slate
+from tests.reliability.fleet import (
+    Fleet,
+    Pace,
+    attempts,
+    failure_reason,
+    fleet_settings,
+    measure_pace,
+    no_leftover_processes,
+)
 from tests.reliability.harness import report
+from tests.slate import clean_slate
 
-pytestmark = pytest.mark.slow
-
-MODEL_KEY = "sk-ant-api03-chaos-model-key-0123456789"
-SESSION_TIMEOUT_S = 6.0  # the stall case waits this long per attempt
-CASE_LIMIT_S = 60.0  # no fault may hold a task longer than this
-ENDED = {TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.AWAITING_APPROVAL, TaskStatus.CANCELLED,
-         TaskStatus.REJECTED}
-BUG_REPORT = "statskit.mean([]) raises ZeroDivisionError: division by zero (statskit/mean.py, line 6)"
-
-
-# --- the fleet: real agents in this process ----------------------------------------------------
-
-
-def fleet_settings(database_url: str, redis_url: str, home: Path, model_url: str, **overrides: Any) -> Settings:
-    """The agents' settings: the scripted model, no SaaS (the pushed branch is the publication),
-    no MCP servers, quick retries and short sessions."""
-    no_mcp = home.parent / "no-mcp.json"
-    no_mcp.write_text('{"mcpServers": {}}')
-    values: dict[str, Any] = {
-        "database_url": database_url, "redis_url": redis_url, "home": home,
-        "anthropic_base_url": model_url, "anthropic_api_key": MODEL_KEY, "claude_code_oauth_token": None,
-        "credentials_file": None, "github_token": None, "slack_bot_token": None, "jira_base_url": None,
-        "jira_api_token": None, "mcp_config": no_mcp, "agent_model": "claude-sonnet-4-5",
-        "max_attempts": 2, "retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0, "lease_s": 3.0,
-        "session_timeout_s": SESSION_TIMEOUT_S, "outbox_poll_s": 0.1, "control_poll_s": 0.5,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
-
-
-class Fleet:
-    """A planner and an executor (`AgentLoop`s, as a Serve replica runs them, without Ray), the
-    outbox relay that queues their tasks, and the store to submit, approve and watch tasks.
-    `executor_settings`: the executor's own (its model server), None: no executor."""
-
-    def __init__(self, settings: Settings, executor_settings: Settings | None = None) -> None:
-        self.settings = settings
-        self.planner = Planner("planner-chaos", settings)
-        self.executor = Executor("executor-chaos", executor_settings) if executor_settings else None
-        self._stop = asyncio.Event()
-        self._relay: asyncio.Task[None] | None = None
-
-    @property
-    def agents(self) -> list[AgentLoop]:
-        return [a for a in (self.planner, self.executor) if a is not None]
-
-    async def __aenter__(self) -> Self:
-        self._services_context = open_services(self.settings, pool_size=4)
-        self.services: Services = await self._services_context.__aenter__()
-        self.store = self.services.store
-        relay = OutboxRelay(self.store, self.services.queues, poll_s=self.settings.outbox_poll_s,
-                            reconcile_every_s=self.settings.reconcile_s, claimed_stale_s=self.settings.claimed_stale_s)
-        self._relay = asyncio.create_task(relay.run(self._stop))
-        for agent in self.agents:
-            await agent.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for agent in self.agents:
-            await agent.stop()
-        self._stop.set()
-        if self._relay is not None:
-            await asyncio.wait_for(self._relay, 15)
-        await self._services_context.__aexit__(None, None, None)
-
-    async def submit(self, repo: str, title: str = "mean() of an empty list", body: str = BUG_REPORT) -> Task:
-        task, _ = await self.store.create_task(NewTask(repo=repo, title=title, body=body))
-        return task
-
-    async def approve(self, task: Task) -> Task:
-        return await Approvals(self.store, self.settings).decide(
-            Principal(kind="cli", name="lead"), task.id, Decision.APPROVE, plan_version=task.plan_version)
-
-    async def wait_until(self, task_id: int, statuses: set[TaskStatus], timeout_s: float = CASE_LIMIT_S) -> Task:
-        """The task once it is in one of `statuses` (or has ended elsewhere); fails the test past
-        the deadline: nothing may hang."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            task = await self.store.get_task(task_id)
-            if task.status in statuses or task.status in ENDED:
-                return task
-            await asyncio.sleep(0.2)
-        trail = [(e.to_status, e.reason) for e in await self.store.events(task_id)]
-        raise AssertionError(f"task {task_id} still {task.status} after {timeout_s:.0f}s: {trail[-6:]}")
-
-    async def events(self, task_id: int) -> list[TaskEvent]:
-        return await self.store.events(task_id)
-
-    async def idle(self, timeout_s: float = 15.0) -> None:
-        """Until no agent holds a job: the worker has finished with the last one (acked, retried or
-        failed it), so what it left behind can be looked at."""
-        deadline = time.monotonic() + timeout_s
-        while any(a.worker.busy_with is not None for a in self.agents) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-
-
-def attempts(events: list[TaskEvent]) -> int:
-    """How many times an agent took the task up: the first claim and every retry."""
-    return 1 + sum(1 for e in events if "retry in" in e.reason)
-
-
-def failure_reason(events: list[TaskEvent]) -> str:
-    return next((e.reason for e in reversed(events) if e.to_status == TaskStatus.FAILED), "")
-
-
-def leftover_processes(home: Path) -> list[str]:
-    """Processes (children of this one, or working under the agents' home) still alive."""
-    found = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                found.append(" ".join(process.cmdline())[:160])
-        except psutil.Error:
-            continue
-    for process in psutil.process_iter(["pid", "cwd", "status"]):
-        cwd = process.info["cwd"]
-        if process.pid != os.getpid() and cwd and Path(cwd).is_relative_to(home) \
-                and process.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(f"pid {process.pid} in {cwd}")
-    return found
-
-
-async def no_leftover_processes(home: Path, timeout_s: float = 10.0) -> list[str]:
-    """What is still running once the background work (a spare checkout being built) has had
-    `timeout_s` to end; [] when all is clean."""
-    deadline = time.monotonic() + timeout_s
-    while (left := leftover_processes(home)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    return left
-
+pytestmark = pytest.mark.chaos
 
 # --- the faults ------------------------------------------------------------------------------
 
@@ -176,7 +48,7 @@ class Fault:
     name: str
     error: dict[str, Any]  # the scenario's ErrorSpec for the planner's first turn
     recovers: bool  # the CLI's own retry gets past it, within one attempt of the task
-    words: tuple[str, ...] = ()  # when it fails: what the task's reason must mention (any of them)
+    words: tuple[str, ...] = ()  # when it fails: what the task's reason must mention (any of them; {timeout}: the limit)
     permanent: bool = False  # fails on its first attempt: retrying cannot help
 
 
@@ -186,7 +58,7 @@ FAULTS = [
     Fault("500-server-error", {"kind": "status", "status": 500, "times": 1}, recovers=True),
     Fault("stream-cut", {"kind": "cut", "after_events": 4, "times": 1}, recovers=True),
     Fault("stall-past-timeout", {"kind": "stall", "after_events": 3, "seconds": 600, "times": 1000},
-          recovers=False, words=("timeout", f"{SESSION_TIMEOUT_S:g}s")),
+          recovers=False, words=("no result within {timeout}s",)),  # the pace's session limit
     Fault("529-for-good", {"kind": "status", "status": 529, "retry_after": 0, "times": 1000},
           recovers=False, words=("the model API kept failing: HTTP 529 overloaded",)),
     Fault("401-refused-key", {"kind": "status", "status": 401, "times": 1000}, recovers=False,
@@ -208,13 +80,21 @@ class Rig:
     model: ReplayServer
     database_url: str
     redis_url: str
+    pace: Pace | None = None  # measured once the rig stands
 
     @property
     def repo(self) -> str:
         return f"file://{self.remote}"
 
     def settings(self, **overrides: Any) -> Settings:
-        return fleet_settings(self.database_url, self.redis_url, self.root / "home", self.model.url, **overrides)
+        limit = {"session_timeout_s": self.pace.session_timeout_s} if self.pace else {}
+        return fleet_settings(self.database_url, self.redis_url, self.root / "home", self.model.url,
+                              **limit, **overrides)
+
+    async def measure_pace(self) -> Pace:
+        """A clean planning session first (which also builds statskit's environment)."""
+        async with Fleet(self.settings()) as fleet:
+            return await measure_pace(fleet, self.repo)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +103,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: 
     root = tmp_path_factory.mktemp("model-faults")
     model = ReplayServer("demo_planner").start()
     try:
-        yield Rig(root, make_sample_repo(root), model, database_url, redis_url)
+        rig = Rig(root, make_sample_repo(root), model, database_url, redis_url)
+        rig.pace = asyncio.run(rig.measure_pace())
+        report("model_fault[pace]", session_s=rig.pace.session_s, session_timeout_s=rig.pace.session_timeout_s,
+               case_limit_s=rig.pace.case_limit_s)
+        yield rig
     finally:
         model.stop()
 
@@ -232,7 +116,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: 
 def test_a_model_fault_is_retried_or_fails_with_its_reason(rig: Rig, fault: Fault) -> None:
     figures = asyncio.run(model_fault_case(rig, fault))
     report(f"model_fault[{fault.name}]", **figures)
-    assert figures["seconds"] < CASE_LIMIT_S
+    assert rig.pace and figures["seconds"] < rig.pace.case_limit_s
     assert figures["fault_served"], "the scripted model never produced the fault"
     if fault.recovers:
         assert figures["status"] == "AWAITING_APPROVAL", figures
@@ -242,7 +126,8 @@ def test_a_model_fault_is_retried_or_fails_with_its_reason(rig: Rig, fault: Faul
             assert figures["attempts"] == 1 and figures["retried_events"] == 0, figures
         else:
             assert figures["attempts"] == 2 and figures["retried_events"] == 1, figures  # transient: retried once
-        assert any(word in figures["reason"] for word in fault.words), figures
+        words = [word.format(timeout=f"{rig.pace.session_timeout_s:g}") for word in fault.words]
+        assert any(word in figures["reason"] for word in words), (words, figures)
     if "retry_after" in fault.error and fault.recovers:  # the CLI waited as long as it was asked to
         assert figures["retry_gap_s"] is not None and figures["retry_gap_s"] >= 0.9 * fault.error["retry_after"]
     assert figures["leftover_processes"] == []
@@ -259,11 +144,13 @@ def retry_gap(model: ReplayServer) -> float | None:
 
 
 async def model_fault_case(rig: Rig, fault: Fault) -> dict[str, Any]:
+    assert rig.pace
+    limit = rig.pace.case_limit_s
     rig.model.scenario, _ = faulty_planner(fault), rig.model.clear()
     async with Fleet(rig.settings()) as fleet:
         started = time.monotonic()
         task = await fleet.submit(rig.repo, title=f"mean() fails ({fault.name})")
-        task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL, TaskStatus.FAILED})
+        task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL, TaskStatus.FAILED}, limit)
         seconds = time.monotonic() - started
         await fleet.idle()
         events = await fleet.events(task.id)
@@ -273,7 +160,7 @@ async def model_fault_case(rig: Rig, fault: Fault) -> dict[str, Any]:
         left = await no_leftover_processes(rig.root / "home")
         rig.model.scenario, _ = Scenario.load("demo_planner"), rig.model.clear()
         after = await fleet.submit(rig.repo, title=f"after {fault.name}")
-        after = await fleet.wait_until(after.id, {TaskStatus.AWAITING_APPROVAL, TaskStatus.FAILED})
+        after = await fleet.wait_until(after.id, {TaskStatus.AWAITING_APPROVAL, TaskStatus.FAILED}, limit)
     return {"fault": fault.name, "status": task.status.value, "seconds": round(seconds, 1),
             "attempts": attempts(events), "retried_events": sum("retry in" in e.reason for e in events),
             "fault_served": len(served), "model_requests": requests, "retry_gap_s": gap,

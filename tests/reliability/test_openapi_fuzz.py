@@ -32,6 +32,7 @@ from serve_app.app import create_app
 from tests.ingress_server import running_ingress
 from tests.reliability.harness import REPO, TOKEN, chaos_settings, empty_tables, report
 
+pytestmark = pytest.mark.chaos
 MAX_EXAMPLES = 40  # per operation: well under a minute for the whole document here
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 S = TaskStatus

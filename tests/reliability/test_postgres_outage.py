@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings
@@ -32,6 +33,7 @@ from tests.reliability.harness import (
     status_counts,
 )
 
+pytestmark = pytest.mark.chaos
 OUTAGE_S = 10.0
 RATE_PER_S = 40  # a steady stream: one new alert every 25 ms
 BEFORE_S, AFTER_S = 3.0, 6.0  # load before the outage, and after Postgres is back

@@ -40,6 +40,7 @@ from tests.reliability.harness import (
     status_counts,
 )
 
+pytestmark = pytest.mark.chaos
 WEBHOOKS = 500
 RATE_PER_S = 80  # they arrive over about 6 s, so both restarts fall among them
 RESTART_AFTER = (150, 325)  # kill Redis once this many webhooks were answered

@@ -1,11 +1,11 @@
 """The repository misbehaves: its remote refuses the push, its tests hang, it has no tests, it
 does not exist; and the model credential is missing.
 
-Real agents (planner and executor `AgentLoop`s, no Ray; tests/reliability/test_model_faults.py's
-`Fleet`) plan and carry out tasks on local git remotes with the real claude CLI in bubblewrap
+Real agents (planner and executor `AgentLoop`s, no Ray; tests/reliability/fleet.py's `Fleet`) plan and carry out tasks on local git remotes with the real claude CLI in bubblewrap
 against the scripted model server. Each fault must end the task FAILED with a reason that says
 what happened, leave nothing behind (no checkout, no session directory, no process), and the
 same agents must then complete a normal task. A permanent error fails on the first attempt.
+The sessions' limit and each case's bound are derived from a clean task measured first.
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ from fixfleet.demo import make_sample_repo
 from fixfleet.models import Task, TaskStatus
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
-from tests.conftest import clean_slate
-from tests.reliability.harness import report
-from tests.reliability.test_model_faults import (
+from tests.reliability.fleet import (
     Fleet,
+    Pace,
     attempts,
     failure_reason,
     fleet_settings,
+    measure_pace,
     no_leftover_processes,
 )
+from tests.reliability.harness import report
+from tests.slate import clean_slate
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.chaos
 
 SUITE_LIMIT_S = 5  # the hanging repository's own `timeouts.suite_s`
 HANGING_CHILD = ["sleep", "4172"]  # what the hanging test starts: it must not outlive the run
@@ -107,12 +109,25 @@ class Rig:
     executor_model: ReplayServer
     database_url: str
     redis_url: str
+    pace: Pace | None = None  # measured once the rig stands
 
     def fleet(self, **overrides: Any) -> Fleet:
         home = self.root / "home"
+        overrides = ({"session_timeout_s": self.pace.session_timeout_s} if self.pace else {}) | overrides
         planner = fleet_settings(self.database_url, self.redis_url, home, self.planner_model.url, **overrides)
         executor = fleet_settings(self.database_url, self.redis_url, home, self.executor_model.url, **overrides)
         return Fleet(planner, executor)
+
+    @property
+    def limit_s(self) -> float:
+        assert self.pace
+        return self.pace.case_limit_s
+
+    async def measure_pace(self) -> Pace:
+        """A clean task planned and carried out first (which also builds statskit's environment)."""
+        self.script()
+        async with self.fleet() as fleet:
+            return await measure_pace(fleet, f"file://{self.remote}", execute=True)
 
     def script(self, executor: Scenario | dict[str, Any] | str = "demo_executor") -> None:
         self.planner_model.scenario = Scenario.load("demo_planner")
@@ -127,7 +142,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: 
     root = tmp_path_factory.mktemp("repo-faults")
     planner, executor = ReplayServer("demo_planner").start(), ReplayServer("demo_executor").start()
     try:
-        yield Rig(root, make_sample_repo(root), planner, executor, database_url, redis_url)
+        rig = Rig(root, make_sample_repo(root), planner, executor, database_url, redis_url)
+        rig.pace = asyncio.run(rig.measure_pace())
+        report("repo_fault[pace]", session_s=rig.pace.session_s, session_timeout_s=rig.pace.session_timeout_s,
+               case_limit_s=rig.pace.case_limit_s)
+        yield rig
     finally:
         planner.stop()
         executor.stop()
@@ -158,9 +177,9 @@ def hanging_children() -> list[int]:
             if p.info["cmdline"] == HANGING_CHILD and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
-async def plan_and_approve(fleet: Fleet, repo: str, title: str) -> Task:
+async def plan_and_approve(fleet: Fleet, repo: str, title: str, limit_s: float) -> Task:
     task = await fleet.submit(repo, title=title)
-    task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL})
+    task = await fleet.wait_until(task.id, {TaskStatus.AWAITING_APPROVAL}, limit_s)
     assert task.status == TaskStatus.AWAITING_APPROVAL, [e.reason for e in await fleet.events(task.id)][-4:]
     return await fleet.approve(task)
 
@@ -168,8 +187,8 @@ async def plan_and_approve(fleet: Fleet, repo: str, title: str) -> Task:
 async def then_a_normal_task(rig: Rig, fleet: Fleet) -> str:
     """The same agents, on the healthy repository: plan, approve, carry out."""
     rig.script()
-    task = await plan_and_approve(fleet, f"file://{rig.remote}", "a normal task after the fault")
-    return (await fleet.wait_until(task.id, {TaskStatus.COMPLETED, TaskStatus.FAILED}, timeout_s=120)).status.value
+    task = await plan_and_approve(fleet, f"file://{rig.remote}", "a normal task after the fault", rig.limit_s)
+    return (await fleet.wait_until(task.id, {TaskStatus.COMPLETED, TaskStatus.FAILED}, rig.limit_s)).status.value
 
 
 # --- the faults ----------------------------------------------------------------------------------
@@ -198,7 +217,7 @@ def test_a_repository_fault_fails_cleanly_and_the_agent_stays_healthy(rig: Rig, 
     assert figures["attempts"] == (1 if fault.permanent else 2), figures
     assert figures["workspace_leftovers"] == [] and figures["leftover_processes"] == [], figures
     assert figures["hanging_children"] == [] and not figures["fix_pushed"]
-    assert figures["seconds"] < 150
+    assert figures["seconds"] < 2 * rig.limit_s  # planned, then carried out: each within the bound
     assert figures["next_task"] == "COMPLETED"
 
 
@@ -207,11 +226,11 @@ async def repo_fault_case(rig: Rig, fault: RepoFault) -> dict[str, Any]:
     async with rig.fleet() as fleet:
         started = time.monotonic()
         rig.script()
-        task = await plan_and_approve(fleet, f"file://{repo}", f"mean() of an empty list ({fault.name})")
+        task = await plan_and_approve(fleet, f"file://{repo}", f"mean() of an empty list ({fault.name})", rig.limit_s)
         rig.script(executor)
         if fault.name == "push-refused":
             refuse_pushes(repo)
-        task = await fleet.wait_until(task.id, {TaskStatus.COMPLETED, TaskStatus.FAILED}, timeout_s=120)
+        task = await fleet.wait_until(task.id, {TaskStatus.COMPLETED, TaskStatus.FAILED}, rig.limit_s)
         seconds = time.monotonic() - started
         await fleet.idle()
         events = await fleet.events(task.id)
@@ -266,7 +285,7 @@ def test_a_permanent_error_fails_the_task_on_its_first_attempt(rig: Rig, case: s
     assert "attempt 1, not retried" in figures["reason"], figures
     assert figures["max_attempts"] > 1  # retries were allowed: the error itself stopped them
     assert figures["model_requests"] == 0  # nothing was asked of the model for a task that cannot be done
-    assert figures["seconds"] < 60
+    assert figures["seconds"] < rig.limit_s
     assert figures["workspace_leftovers"] == [] and figures["leftover_processes"] == [], figures
 
 
@@ -281,7 +300,7 @@ async def permanent_case(rig: Rig, case: str) -> dict[str, Any]:
     async with rig.fleet(**overrides) as fleet:
         started = time.monotonic()
         task = await fleet.submit(repo, title=f"a task that cannot be done ({case})")
-        task = await fleet.wait_until(task.id, {TaskStatus.FAILED, TaskStatus.AWAITING_APPROVAL})
+        task = await fleet.wait_until(task.id, {TaskStatus.FAILED, TaskStatus.AWAITING_APPROVAL}, rig.limit_s)
         seconds = time.monotonic() - started
         await fleet.idle()
         events = await fleet.events(task.id)

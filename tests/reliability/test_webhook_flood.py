@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from tests.ingress_server import running_ingress
@@ -33,6 +34,7 @@ from tests.reliability.harness import (
     status_counts,
 )
 
+pytestmark = pytest.mark.chaos
 FULL_SIZE = 10_000
 REDELIVERED, DUPLICATE_EVENTS = 0.30, 0.10
 SENDERS = 48  # bursts in flight at once

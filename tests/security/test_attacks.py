@@ -32,7 +32,7 @@ from fixfleet.demo import sentry_alert
 from fixfleet.replay.scenario import Conversation, Scenario
 from tests.world import Credentials, World, platform_world, pr_number
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_canarySECURITY0123456789abcdefghij", slack_token="xoxb-canary-security-7788",
                           jira_token="jira-canary-security-5511", model_key="sk-ant-api03-canary-security-model-key",
                           api_token="api-canary-security-4242",

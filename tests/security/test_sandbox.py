@@ -38,9 +38,9 @@ from fixfleet.workspace.environments import EnvironmentBuilder
 from fixfleet.workspace.mirrors import WorkspaceManager
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import EvidenceError, Verifier
-from tests.conftest import python_env_spec
+from tests.sandbox_env import python_env_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 ATTACK = (Path(__file__).parent / "attack.py").read_text()
 CANARIES = {"GITHUB_TOKEN": "ghp_sandboxcanary0123456789abcdefghijklm",
             "FIXFLEET_API_TOKENS": '[{"name": "ops", "token": "api-canary-7d1f"}]',

@@ -165,7 +165,7 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
     assert planned_by.startswith("planner-"), planned_by
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_console_is_served_by_the_same_application(served: LocalServe) -> None:
     """/ui/ through Serve's ingress: its static files, its headers, a sign-in and a page."""
     with httpx.Client(base_url=served.url, timeout=30, follow_redirects=False) as client:

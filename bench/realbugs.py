@@ -92,7 +92,7 @@ def main() -> None:
     planner, executor = ReplayServer("one_turn").start(), ReplayServer("one_turn").start()
     settings = Settings(home=root / "home", database_url=os.environ.get("DATABASE_URL"),
                         redis_url=os.environ.get("REDIS_URL"))
-    options = PlatformOptions(http_port=free_port(), executors=1, env=platform_env(root),
+    options = PlatformOptions(http_port=free_port(), executors=1, env=platform_env(root, bugs),
                               planner_overrides={"anthropic_base_url": planner.url},
                               executor_overrides={"anthropic_base_url": executor.url})
     platform = Platform(settings, options)

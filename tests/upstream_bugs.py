@@ -401,12 +401,22 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def platform_env(root: Path) -> dict[str, str]:
+def remote_of(bug: Bug, root: Path) -> Path:
+    """Where make_remote(bug, root / "remotes") puts the bug's remote."""
+    return root / "remotes" / f"{bug.name}.git"
+
+
+def platform_env(root: Path, bugs: list[Bug] = ()) -> dict[str, str]:
+    """The platform's settings for the bench: an operator token, local remotes under `root`, and
+    the operator's word for a repository that needs one (bug.yaml `repo_config`: what
+    FIXFLEET_REPO_CONFIGS says for a repository its operator cannot change)."""
     (root / "no-mcp.json").write_text('{"mcpServers": {}}')
+    configs = {f"file://{remote_of(b, root)}": b.meta["repo_config"] for b in bugs if b.meta.get("repo_config")}
     return {"FIXFLEET_API_TOKENS": json.dumps([{"name": "operator", "token": API_TOKEN,
                                                "scopes": ["read", "submit", "approve"]}]),
             "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]), "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"),
             "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
+            "FIXFLEET_REPO_CONFIGS": json.dumps(configs),
             "FIXFLEET_MAX_ATTEMPTS": "1", "ANTHROPIC_API_KEY": "realbugs-model-key"}
 
 

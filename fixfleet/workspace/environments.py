@@ -124,9 +124,12 @@ class Environment(BaseModel):
     def sandbox_env(self) -> dict[str, str]:
         if self.plan.language == "python":
             return {"PATH": "/env/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/env", **self.plan.env}
+        # node_modules is the environment's, read-only: tools that keep a cache in
+        # node_modules/.cache (find-cache-dir: nyc, ava; @babel/register) keep it in /tmp instead
         return {"PATH": "/workspace/node_modules/.bin:/env/bin:/usr/local/bin:/usr/bin:/bin",
                 "COREPACK_HOME": "/env/corepack", "COREPACK_ENABLE_NETWORK": "0",
-                "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", **self.plan.env}
+                "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", "CACHE_DIR": "/tmp/.cache",
+                "BABEL_CACHE_PATH": "/tmp/.cache/babel.json", **self.plan.env}
 
 
 class EnvironmentBuilder:

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         quiet this long has lost its agent (two leases): the reconciler queues it again."""
         return 2 * self.lease_s
 
+    @property
+    def agent_lost_s(self) -> float:
+        """An agent whose heartbeat is older than this is gone (it beats every lease/3 seconds)."""
+        return 3 * max(self.lease_s, 1.0) + 5.0
+
     @field_validator("sandbox")
     @classmethod
     def _on_or_off(cls, value: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -49,6 +51,17 @@ class ProcessRef:
                     and process.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
+
+
+@functools.cache
+def this_node() -> str:
+    """This machine (or container) as its processes' heartbeats name it: a pid is checked only
+    on the node that wrote it. The boot id tells a rebooted machine of the same name apart."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
 
 
 def server_processes(program: str, directory: Path) -> list[psutil.Process]:

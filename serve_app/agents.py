@@ -6,7 +6,8 @@ stream, with warm workspaces under its home); `check_health` fails when the loop
 its heartbeat stalled, so Serve replaces it; when Serve retires it (scaling down, a redeploy),
 `__del__` stops claiming and lets the task in hand finish before the replica goes (Serve waits
 up to `graceful_shutdown_timeout_s`, set above the session timeout). A replica killed anyway
-leaves its task to be taken over after the lease.
+leaves its task to be taken over: at once when the relay sees it gone (Serve no longer lists
+it, its process died), else after the lease.
 
 The outbox relay and the queue reconciler run once per application, in the Relay deployment.
 """
@@ -29,6 +30,7 @@ from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import open_services
 from serve_app.autoscaling import DEPTH_METRIC
+from serve_app.roster import ServeRoster, this_application
 
 log = logging.getLogger(__name__)
 DRAIN_MARGIN_S = 120.0  # Serve's graceful timeout is the session timeout plus this
@@ -80,15 +82,18 @@ class ExecutorReplica(AgentReplica):
 
 class RelayReplica:
     """The outbox relay and the reconciler, once per application (num_replicas=1): a task
-    reaches its queue only after its transaction commits, and the queues are rebuilt from
-    Postgres when Redis lost them."""
+    reaches its queue only after its transaction commits, the queues are rebuilt from
+    Postgres when Redis lost them (at start too), and the claims of agents that are gone
+    (Serve no longer runs them, their process died) are handed over at once."""
 
     async def __init__(self) -> None:
         settings = replica_settings(None, "relay")
         self._stack = AsyncExitStack()
         services = await self._stack.enter_async_context(open_services(settings, pool_size=4))
         relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s,
-                            reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s)
+                            reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s,
+                            roster=ServeRoster(this_application()), takeover_every_s=min(5.0, settings.lease_s),
+                            agent_lost_s=settings.agent_lost_s)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(relay.run(self._stop))
         log.info("the outbox relay and the queue reconciler run here (reconciling every %ss)", settings.reconcile_s)

@@ -28,6 +28,7 @@ from fixfleet import logs
 from fixfleet.config import Settings, load_settings
 from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
+from fixfleet.retention import Retention
 from fixfleet.services import open_services
 from serve_app.autoscaling import DEPTH_METRIC
 from serve_app.roster import ServeRoster, this_application
@@ -84,7 +85,8 @@ class RelayReplica:
     """The outbox relay and the reconciler, once per application (num_replicas=1): a task
     reaches its queue only after its transaction commits, the queues are rebuilt from
     Postgres when Redis lost them (at start too), and the claims of agents that are gone
-    (Serve no longer runs them, their process died) are handed over at once."""
+    (Serve no longer runs them, their process died) are handed over at once. Old closed tasks
+    are purged here too (fixfleet/retention.py)."""
 
     async def __init__(self) -> None:
         settings = replica_settings(None, "relay")
@@ -96,6 +98,7 @@ class RelayReplica:
                             agent_lost_s=settings.agent_lost_s)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(relay.run(self._stop))
+        self._retention = asyncio.create_task(Retention(services.store, settings).run(self._stop))
         log.info("the outbox relay and the queue reconciler run here (reconciling every %ss)", settings.reconcile_s)
 
     async def check_health(self) -> None:
@@ -105,5 +108,5 @@ class RelayReplica:
     async def __del__(self) -> None:
         self._stop.set()
         with suppress(Exception):
-            await asyncio.wait_for(self._task, 10)
+            await asyncio.wait_for(asyncio.gather(self._task, self._retention), 10)
         await self._stack.aclose()

@@ -23,7 +23,7 @@ from fixfleet.models import (
 )
 from fixfleet.queue import Queue
 from fixfleet.store import OUTBOX_CHANNEL, Store
-from fixfleet.takeover import Liveness, Roster, release_gone
+from fixfleet.takeover import Liveness, Roster, forget_gone, release_gone
 
 log = logging.getLogger(__name__)
 RECONCILE_LOCK_ID = 0x6669786672  # "fixfr": one reconciler at a time across processes
@@ -123,7 +123,9 @@ class OutboxRelay:
             log.warning("Redis restarted (run id %s): reconciling the queues now", run_id)
             self._next_reconcile = 0.0
         self._redis_run_id = run_id
-        await release_gone(self.queues, await self._liveness())
+        liveness = await self._liveness()
+        await release_gone(self.queues, liveness)
+        await forget_gone(redis, liveness)
 
     async def _liveness(self) -> Liveness:
         redis = next(iter(self.queues.values())).redis

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from fixfleet.overview import Heartbeat, heartbeats
 from fixfleet.processes import ProcessRef, this_node
 from fixfleet.queue import Queue
+from fixfleet.services import AGENTS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,16 @@ async def release_gone(queues: Mapping[str, Queue], liveness: Liveness) -> dict[
                 log.warning("%s held %d %s entr%s and is gone (%s): released for the next agent", agent, count, name,
                             "y" if count == 1 else "ies", reason)
     return released
+
+
+async def forget_gone(redis: Redis, liveness: Liveness) -> list[str]:
+    """Drop the heartbeat lines of agents that are gone and have been silent past the bound: a
+    replica killed -9 never removes its own, and the status would list it as lost for ever."""
+    forgotten = [name for name, beat in liveness.beats.items()
+                 if liveness.now - beat.at > liveness.stale_after_s and liveness.gone(name)]
+    if forgotten:
+        await redis.hdel(AGENTS_KEY, *forgotten)
+    return forgotten
 
 
 async def _roster_names(roster: Roster | None) -> set[str] | None:

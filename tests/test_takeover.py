@@ -19,7 +19,7 @@ import pytest
 from fixfleet.queue import LeaseLost, Queue
 from fixfleet.services import AGENTS_KEY
 from fixfleet.store import Store
-from fixfleet.takeover import Liveness, release_gone
+from fixfleet.takeover import Liveness, forget_gone, release_gone
 from serve_app.roster import agent_names
 
 NOW = 1_000_000.0
@@ -144,3 +144,16 @@ async def test_a_claimed_task_whose_entry_vanished_comes_back_at_once_when_its_a
     report = await reconcile(store, queues, claimed_stale_s=600, liveness=look)
     assert report.requeued == [gone.id]  # not after ten quiet minutes: its agent is gone
     assert (await reconcile(store, queues, claimed_stale_s=600)).requeued == []  # without evidence: the quiet rule
+
+
+async def test_the_heartbeat_line_of_a_long_gone_agent_is_forgotten(redis: Redis) -> None:
+    me = ProcessRef.current()
+    now = time.time()
+    await redis.hset(AGENTS_KEY, mapping={
+        "executor-killed": json.dumps({"at": now - LOST_AFTER_S - 10}),  # replaced by Serve long ago
+        "executor-just-killed": json.dumps({"at": now - 5}),  # still shown as lost for a while
+        "executor-alive": json.dumps({"pid": me.pid, "started": me.started, "node": this_node(), "at": now})})
+    look = await Liveness.look(redis, None, stale_after_s=LOST_AFTER_S)
+    look = Liveness(look.beats, frozenset({"executor-alive"}), LOST_AFTER_S)
+    assert await forget_gone(redis, look) == ["executor-killed"]
+    assert set(await redis.hkeys(AGENTS_KEY)) == {b"executor-just-killed", b"executor-alive"}

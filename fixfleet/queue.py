@@ -114,7 +114,8 @@ for _, p in ipairs(pending) do
 end
 return #pending
 """
-RECLAIM_EVERY_S = 5.0  # the longest an agent goes without looking for expired (or released) claims
+RECLAIM_EVERY_S = 5.0
+DEAD_LETTERS_KEPT = 10_000  # the newest; the task's own row keeps why it failed  # the longest an agent goes without looking for expired (or released) claims
 
 
 class LeaseLost(Exception):
@@ -340,7 +341,7 @@ class Queue:
     async def dead_letter(self, job: Job, reason: str) -> None:
         record = {"job": job.message.model_dump_json(), "reason": reason[:4000], "failed_at": str(time.time())}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_key, record)
+            pipe.xadd(self.dead_key, record, maxlen=DEAD_LETTERS_KEPT, approximate=True)
             pipe.xack(job.stream, GROUP, job.entry_id)
             pipe.xdel(job.stream, job.entry_id)
             await pipe.execute()

@@ -3,11 +3,17 @@ tasks and recent ones stay; 0 keeps everything. Logs rotate at their size."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from fixfleet.config import Settings
 from fixfleet.embedded import rotate
 from fixfleet.models import NewTask, TaskStatus
+from fixfleet.platform import Platform, PlatformOptions
+from fixfleet.processes import ProcessRef
 from fixfleet.retention import Retention
 from fixfleet.store import Store
 from fixfleet.store.records import Delivery
@@ -64,3 +70,23 @@ def test_a_log_past_its_size_moves_aside_and_the_oldest_falls_off(tmp_path: Path
     log.write_text("small")
     rotate(log, max_bytes=10, backups=2)
     assert log.read_text() == "small"
+
+
+def test_the_ray_temp_dir_a_crashed_run_left_is_removed_at_the_next_start(tmp_path: Path, settings: Settings) -> None:
+    crashed = subprocess.Popen(["true"])
+    ref = ProcessRef.of(crashed.pid)
+    crashed.wait()
+    left = Path(tempfile.mkdtemp(prefix="ff-ray-"))
+    (left / "session_latest").mkdir()
+    note = settings.home / "run" / "ray-temp.json"
+    note.parent.mkdir(parents=True)
+    note.write_text(json.dumps({"dir": str(left), "pid": ref.pid, "started": ref.started}))
+    fresh = Platform(settings, PlatformOptions())._ray_temp_dir()  # noqa: SLF001 - the start's first step
+    try:
+        assert not left.exists() and fresh.is_dir()
+        assert json.loads(note.read_text())["dir"] == str(fresh)
+        again = Platform(settings, PlatformOptions())._ray_temp_dir()  # noqa: SLF001
+        assert fresh.is_dir(), "a live run's temp dir was removed"
+        shutil.rmtree(again)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)

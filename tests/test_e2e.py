@@ -302,7 +302,8 @@ def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world
     world.github.fail_next(r"graphql", 422, times=1)  # marking the PR ready fails once
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     failed = world.wait_for(key, {"FAILED"})
-    assert [m.split(":")[0] for m in world.branch_log(failed["branch"])] == ["fix", "test", "docs"]  # pushed
+    assert [m.split(":")[0] for m in world.branch_log(failed["branch"])] == ["fix", "test", "docs"], \
+        [(e["to_status"], e["reason"]) for e in world.events(key)[-4:]]  # pushed
     retried = world.api("POST", "/commands", json={"text": f"retry {key}"})
     assert retried["task"]["status"] == "APPROVED", retried
     done = world.wait_for(key, {"COMPLETED"})

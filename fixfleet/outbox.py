@@ -179,8 +179,10 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     report = ReconcileReport(checked=len(states) + sum(map(len, asked.values())))
     missing = [state.id for state in states if (_queue_for(state.status), state.id, WORK) not in present]
     # A fresh look at the few that seem lost: one may have moved on (claimed, acked) meanwhile.
+    fresh = await store.task_states(watched, ids=missing) if missing else []
+    # Who holds them, read after that look: a takeover meanwhile names the new (live) holder.
     holders = await store.claimed_by(missing) if missing and liveness is not None else {}
-    for state in await store.task_states(watched, ids=missing) if missing else []:
+    for state in fresh:
         if state.status in CLAIMED_IN and state.seconds_since_update < claimed_stale_s:
             left = liveness.left(holders.get(state.id), state.id, state.seconds_since_update) if liveness else None
             if left is None:

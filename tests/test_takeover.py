@@ -4,23 +4,27 @@ reconciler's fast path for a claimed task whose entry vanished."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
+from contextlib import suppress
 
 from redis.asyncio import Redis
 
+from fixfleet.config import Settings
 from fixfleet.models import NewTask, TaskStatus
-from fixfleet.outbox import reconcile
+from fixfleet.outbox import OutboxRelay, reconcile
 from fixfleet.overview import Heartbeat
 from fixfleet.processes import ProcessRef, this_node
 import pytest
 
 from fixfleet.queue import LeaseLost, Queue
-from fixfleet.services import AGENTS_KEY
+from fixfleet.services import AGENTS_KEY, make_queues
 from fixfleet.store import Store
 from fixfleet.takeover import Liveness, forget_gone, release_gone
 from serve_app.roster import agent_names
+from tests.reliability.harness import PrivateRedis
 
 NOW = 1_000_000.0
 LOST_AFTER_S = 60.0
@@ -157,3 +161,66 @@ async def test_the_heartbeat_line_of_a_long_gone_agent_is_forgotten(redis: Redis
     look = Liveness(look.beats, frozenset({"executor-alive"}), LOST_AFTER_S)
     assert await forget_gone(redis, look) == ["executor-killed"]
     assert set(await redis.hkeys(AGENTS_KEY)) == {b"executor-just-killed", b"executor-alive"}
+
+
+class FixedRoster:
+    """The agents Serve would list: a value, as `serve_app.roster.ServeRoster` returns it."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    async def agent_names(self) -> set[str] | None:
+        return self.names
+
+
+async def test_a_running_relay_hands_a_gone_agents_claim_over_by_itself(store: Store, redis: Redis) -> None:
+    queues = {name: Queue(redis, name, lease_s=600.0) for name in ("planning", "execution")}
+    task, _ = await store.create_task(NewTask(repo="file:///r", title="claimed by a replica that died"))
+    relay = OutboxRelay(store, queues, poll_s=0.05, reconcile_every_s=3600, takeover_every_s=0.1,
+                        roster=FixedRoster({"planner-new"}), agent_lost_s=LOST_AFTER_S)
+    await relay.drain()
+    assert (await queues["planning"].dequeue("planner-old", block_s=0)).task_id == task.id
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        successor = Queue(redis, "planning", lease_s=600.0)
+        taken = None
+        for _ in range(100):  # a lease of ten minutes: only the release can hand it over this soon
+            if taken := await successor.dequeue("planner-new", block_s=0.1):
+                break
+        assert taken is not None and taken.task_id == task.id and taken.deliveries == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
+
+async def test_a_redis_restart_makes_the_relay_reconcile_at_once(store: Store, settings: Settings) -> None:
+    server = PrivateRedis()  # killed and started again, it comes back empty with a new run id
+    server.start()
+    client = Redis.from_url(server.url)
+    try:
+        queues = make_queues(client, settings)
+        relay = OutboxRelay(store, queues, poll_s=0.05, reconcile_every_s=3600, takeover_every_s=0.1)
+        stop = asyncio.Event()
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            task, _ = await store.create_task(NewTask(repo="file:///r", title="waiting through a Redis restart"))
+            for _ in range(100):
+                if task.id in await queues["planning"].task_ids():
+                    break
+                await asyncio.sleep(0.05)
+            server.kill()
+            await asyncio.to_thread(server.start)  # same port, empty
+            back = False
+            for _ in range(200):  # the next reconcile is an hour away: only the restart's notice brings it back
+                with suppress(Exception):
+                    if back := task.id in await queues["planning"].task_ids():
+                        break
+                await asyncio.sleep(0.05)
+            assert back
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 5)
+    finally:
+        await client.aclose()
+        server.kill()

@@ -46,6 +46,9 @@ USER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("embedded-home")
+    made = EmbeddedServers(home)  # a new cluster's initdb, once for the module
+    made.postgres_url(), made.redis_url()
+    made.stop()
     yield home
     stop_redis(home / "redis")  # whatever a failed test left
     stop_postgres(home / "postgres")

@@ -17,8 +17,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

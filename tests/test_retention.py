@@ -36,7 +36,8 @@ async def test_old_closed_tasks_and_old_delivery_ids_go_and_the_rest_stays(store
         await store.record_delivery(Delivery("github", delivery), old_done)
         await store.pool.execute("UPDATE webhook_deliveries SET received_at = now() - make_interval(days => $2::int)"
                                  " WHERE delivery_id = $1", delivery, days)
-    retention = Retention(store, settings.model_copy(update={"task_retention_days": 180, "delivery_retention_days": 30}))
+    kept = {"task_retention_days": 180, "delivery_retention_days": 30}
+    retention = Retention(store, settings.model_copy(update=kept))
 
     purged = await retention.run_once()
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 from contextlib import suppress
 
+import pytest
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings
@@ -17,8 +18,6 @@ from fixfleet.models import NewTask, TaskStatus
 from fixfleet.outbox import OutboxRelay, reconcile
 from fixfleet.overview import Heartbeat
 from fixfleet.processes import ProcessRef, this_node
-import pytest
-
 from fixfleet.queue import LeaseLost, Queue
 from fixfleet.services import AGENTS_KEY, make_queues
 from fixfleet.store import Store
@@ -83,8 +82,9 @@ def test_an_agent_that_beat_since_the_claim_without_the_task_has_left_it() -> No
 
 def test_serve_details_name_every_replica_and_an_absent_app_names_none() -> None:
     details = {"applications": {"fixfleet": {"deployments": {
-        "executor": {"replicas": [{"replica_id": "ab12", "state": "RUNNING"}, {"replica_id": "cd34", "state": "STOPPING"}]},
-        "planner": {"replicas": [{"replica_id": "ef56", "state": "STARTING"}]},
+        "executor": {"replicas": [{"replica_id": "ab12", "state": "RUNNING"},
+                                  {"replica_id": "cd34", "state": "STOPPING"}]},  # draining: still alive
+        "planner": {"replicas": [{"replica_id": "ef56", "state": "STARTING"}]},  # named before it runs
         "ingress": {"replicas": [{"replica_id": "zz99", "state": "RUNNING"}]}}}}}
     assert agent_names(details, "fixfleet") == {"executor-ab12", "executor-cd34", "planner-ef56"}
     assert agent_names(details, "another-app") is None  # unknown, not "nobody": no mass takeover

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,8 +70,8 @@ class Operator:
 
     def up(self) -> None:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.reliability.up_process", json.dumps(self.spec)],
-                                            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            command = [sys.executable, "-m", "tests.reliability.up_process", json.dumps(self.spec)]
+            self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -108,10 +109,8 @@ class Operator:
                        + server_processes("redis-server", self.home / "redis")}
             victims = [p for p in victims if p.pid not in servers]
         for process in victims:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(victims, timeout=30)
         if self.process is not None:
             self.process.wait(timeout=30)
@@ -164,7 +163,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
                if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith(("FIXFLEET_", "RAY_"))}
         env |= world_env(root, remote, github, slack, jira, CREDENTIALS) | {
             "FIXFLEET_HOME": str(home), "FIXFLEET_LEASE_S": str(LEASE_S), "FIXFLEET_MAX_ATTEMPTS": "3",
-            "FIXFLEET_RETRY_BACKOFF_S": "1", "FIXFLEET_EXECUTORS_MIN": "2", "FIXFLEET_SUITE_COMMAND": "python -m pytest -q",
+            "FIXFLEET_RETRY_BACKOFF_S": "1", "FIXFLEET_EXECUTORS_MIN": "2",
+            "FIXFLEET_SUITE_COMMAND": "python -m pytest -q",
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         spec = {"port": free_port(), "executors": 2, "planner_model": planner_model.url,
                 "executor_model": executor_model.url}
@@ -174,10 +174,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
         finally:
             if operator.process is not None and operator.process.poll() is None:
                 operator.process.send_signal(signal.SIGINT)
-                try:
+                with suppress(subprocess.TimeoutExpired):
                     operator.process.wait(timeout=300)
-                except subprocess.TimeoutExpired:
-                    pass
             operator.kill(servers_too=True)  # whatever a failed test left
 
 

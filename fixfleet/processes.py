@@ -25,12 +25,12 @@ from pathlib import Path
 import psutil
 
 log = logging.getLogger(__name__)
-START_TIME_SLACK_S = 0.05  # psutil's create time is read from /proc at clock-tick precision
 
 
 @dataclass(frozen=True)
 class ProcessRef:
-    """A process as it was when it was seen: its pid and when it started."""
+    """A process as it was when it was seen: its pid and when it started, in seconds after the
+    machine booted (the kernel's own count: a wall-clock step cannot move it)."""
 
     pid: int
     started: float
@@ -41,16 +41,37 @@ class ProcessRef:
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef:
-        return cls(pid, psutil.Process(pid).create_time())
+        started = _started(pid)
+        if started is None:
+            raise psutil.NoSuchProcess(pid)
+        return cls(pid, started)
 
     def alive(self) -> bool:
         """The same process still runs: its pid exists and started at the same moment."""
-        try:
-            process = psutil.Process(self.pid)
-            return (abs(process.create_time() - self.started) <= START_TIME_SLACK_S
-                    and process.status() != psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return False
+        started = _started(self.pid)
+        return started is not None and abs(started - self.started) < 1e-6
+
+
+def _started(pid: int) -> float | None:
+    """When a live (not zombie) process started, in seconds after boot; None when there is none."""
+    try:
+        # /proc/<pid>/stat: "pid (comm) state ... starttime" (field 22, in clock ticks after boot);
+        # comm may hold spaces and parentheses, so the fields are counted after its last ")".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return _started_portably(pid)
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _started_portably(pid: int) -> float | None:
+    """Where there is no /proc: the start time psutil gives (wall clock)."""
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:
+        return None
 
 
 @functools.cache

@@ -74,8 +74,9 @@ def test_a_log_past_its_size_moves_aside_and_the_oldest_falls_off(tmp_path: Path
 
 
 def test_the_ray_temp_dir_a_crashed_run_left_is_removed_at_the_next_start(tmp_path: Path, settings: Settings) -> None:
-    crashed = subprocess.Popen(["true"])
+    crashed = subprocess.Popen(["sleep", "60"])
     ref = ProcessRef.of(crashed.pid)
+    crashed.kill()
     crashed.wait()
     left = Path(tempfile.mkdtemp(prefix="ff-ray-"))
     (left / "session_latest").mkdir()

@@ -39,8 +39,9 @@ def liveness(*beats: Heartbeat, roster: set[str] | None = None) -> Liveness:
 
 
 def dead_process() -> ProcessRef:
-    child = subprocess.Popen(["true"])
+    child = subprocess.Popen(["sleep", "60"])
     ref = ProcessRef.of(child.pid)
+    child.kill()
     child.wait()
     return ref
 

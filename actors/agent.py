@@ -29,6 +29,7 @@ from fixfleet.config import Settings
 from fixfleet.errors import Interrupted
 from fixfleet.logs import adopt_binding, bind_task, task_context
 from fixfleet.models import QUEUED_IN, SideJob, Task, TaskStatus
+from fixfleet.processes import ProcessRef, this_node
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.sessions import SessionOwner
@@ -70,6 +71,7 @@ class AgentLoop:
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._process = ProcessRef.current()  # named in its heartbeat: the reconciler can tell when it is gone
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -105,7 +107,8 @@ class AgentLoop:
 
     async def drain(self, timeout_s: float) -> None:
         """Stop claiming, let the task in hand finish (up to `timeout_s`), then stop: what a
-        replica does when Serve retires it. A task cut off anyway is taken over after its lease."""
+        replica does when Serve retires it. A task cut off anyway is taken over by the next agent
+        (at once when the relay sees this one gone, else after its lease)."""
         self._stop.set()
         worker = self._tasks[0] if self._tasks else None
         if worker is not None and not worker.done():
@@ -137,7 +140,8 @@ class AgentLoop:
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "busy_since": self.busy_since,
-                "draining": self._stop.is_set(), "done": self.done, "failed": self.failed, "pid": os.getpid(), "at": time.time()}
+                "draining": self._stop.is_set(), "done": self.done, "failed": self.failed, "pid": os.getpid(),
+                "started": self._process.started, "node": this_node(), "at": time.time()}
 
     async def _heartbeat(self) -> None:
         """The agent's line in the shared status hash (/health, `fixfleet status` read it)."""

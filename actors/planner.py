@@ -33,7 +33,7 @@ from fixfleet.workspace.sandbox import SandboxSpec
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "pushing", "evidence", "commits", "diff", "last_refusal",
+PLATFORM_CONTEXT = {"slack_ts", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -56,6 +56,14 @@ class Planner(AgentLoop):
         branch = task.branch or f"fixfleet/{task.key}"
         task = await self.claim(task, TaskStatus.PLANNING, branch=branch)
         head = await self.workspaces.branch_head(task.repo, branch)  # a plan pushed before (revise, retry)
+        pushed = task.context.get("plan_pushing") or {}
+        if head and head == pushed.get("commit") and pushed.get("version") == task.plan_version + 1:
+            # An earlier attempt pushed this plan and stopped before recording it (killed, a power
+            # cut): only the publication is left; planning again would stack a second plan commit.
+            await self.store.record_event(task.id, actor=self.name, reason="the plan is already on the branch; finishing")
+            await self._publish(task, branch, head, head, pushed)
+            await self._warm_baseline(task, pushed["base"])
+            return
         base = head or await self.workspaces.resolve(task.repo)
         env = await self.environment(task, base)
         checkout, spec, _ = await self.session_checkout(task, env, base, "plan", writable=False)
@@ -68,19 +76,28 @@ class Planner(AgentLoop):
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
                                               f"docs: plan v{version} for {task.key}")
+        pushing = {"commit": commit, "version": version, "plan": plan, "setup": env.plan.describe(), "base": base}
+        # Recorded before the push: a takeover after a push whose recording was lost finds it.
+        await self.store.update_fields(task.id, context={"plan_pushing": pushing})
+        await self._publish(task, branch, head, commit, pushing)
+        await self._warm_baseline(task, base)
+
+    async def _publish(self, task: Task, branch: str, head: str | None, commit: str, pushing: dict[str, Any]) -> None:
+        """Push the plan's commit (unless the branch has it already), publish it and ask a human."""
+        plan, version = pushing["plan"], pushing["version"]
         async with self.store.holding(task) as hold:  # as claimed: a cancel waits, or stops this
             task = hold.task
-            await self.workspaces.push(task.repo, commit, branch, expected=head)
+            if head != commit:
+                await self.workspaces.push(task.repo, commit, branch, expected=head)
             published = await self.publisher.plan_ready(task, plan, version, branch)
             await hold.transition(
                 TaskStatus.AWAITING_APPROVAL, actor=self.name, reason=f"plan v{version} ready",
-                data={"branch": branch, "pr_url": published.pr_url, "setup": env.plan.describe(),
+                data={"branch": branch, "pr_url": published.pr_url, "setup": pushing["setup"],
                       "plan_version": version, "plan": plan},  # `plan v1` finds earlier plans here
                 changes={"plan": plan, "plan_version": version, "pr_url": published.pr_url or task.pr_url,
                          "external_ids": task.external_ids | published.external_ids},
                 context=published.context,
             )
-        await self._warm_baseline(task, base)
 
     async def _warm_baseline(self, task: Task, sha: str) -> None:
         """The suite on the base commit, run while a human reads the plan, so that the executor's

@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     control_poll_s: float = Field(1.0, gt=0, le=60)
     task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # a queued task older than this expires
     outbox_poll_s: float = Field(0.5, gt=0)
+    # Retention: what stays on disk. Logs (Ray's, the platform's, the embedded servers') rotate
+    # at this size, keeping this many old files.
+    log_max_bytes: int = Field(50 * 1024**2, ge=1024**2)
+    log_backups: int = Field(5, ge=0, le=100)
+    # Closed tasks (with their audit trail and outbox rows) are deleted this long after they
+    # closed, and webhook delivery ids (kept to recognise a redelivery) this long after they
+    # arrived; 0 keeps them for ever. Checked every `retention_check_s`.
+    task_retention_days: float = Field(180.0, ge=0)
+    delivery_retention_days: float = Field(30.0, ge=0)
+    retention_check_s: float = Field(3600.0, gt=0)
     reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres
 
     @property
@@ -164,6 +174,11 @@ class Settings(BaseSettings):
         """A claimed task (PLANNING, EXECUTING) whose queue entry vanished and that has been
         quiet this long has lost its agent (two leases): the reconciler queues it again."""
         return 2 * self.lease_s
+
+    @property
+    def agent_lost_s(self) -> float:
+        """An agent whose heartbeat is older than this is gone (it beats every lease/3 seconds)."""
+        return 3 * max(self.lease_s, 1.0) + 5.0
 
     @field_validator("ray_dashboard_url")
     @classmethod

@@ -23,6 +23,7 @@ from fixfleet.models import (
 )
 from fixfleet.queue import Queue
 from fixfleet.store import OUTBOX_CHANNEL, Store
+from fixfleet.takeover import Liveness, Roster, forget_gone, release_gone
 
 log = logging.getLogger(__name__)
 RECONCILE_LOCK_ID = 0x6669786672  # "fixfr": one reconciler at a time across processes
@@ -39,6 +40,9 @@ class OutboxRelay:
         gather_s: float = 0.002,
         reconcile_every_s: float | None = None,
         claimed_stale_s: float = 120.0,
+        roster: Roster | None = None,
+        takeover_every_s: float = 5.0,
+        agent_lost_s: float = 180.0,
     ) -> None:
         self.store, self.queues, self.poll_s, self.batch = store, queues, poll_s, batch
         # After a wake-up, wait this long so commits arriving together go out as one batch: a
@@ -48,6 +52,12 @@ class OutboxRelay:
         # restarted empty is refilled without anyone asking.
         self.reconcile_every_s, self.claimed_stale_s = reconcile_every_s, claimed_stale_s
         self._next_reconcile = 0.0
+        # With reconciling, claims of agents that are gone are released every `takeover_every_s`
+        # (fixfleet/takeover.py), judged with the platform's list of agents (`roster`) and their
+        # heartbeats (older than `agent_lost_s`: gone).
+        self.roster, self.takeover_every_s, self.agent_lost_s = roster, takeover_every_s, agent_lost_s
+        self._next_takeover = 0.0
+        self._redis_run_id: str | None = None
         self._wake = asyncio.Event()
 
     async def relay_once(self) -> int:
@@ -93,10 +103,33 @@ class OutboxRelay:
                     await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
 
     async def _reconcile_when_due(self) -> None:
-        if self.reconcile_every_s is None or time.monotonic() < self._next_reconcile:
+        if self.reconcile_every_s is None:
+            return
+        await self._take_over_when_due()
+        if time.monotonic() < self._next_reconcile:
             return
         self._next_reconcile = time.monotonic() + self.reconcile_every_s  # also after a failed pass
-        await reconcile(self.store, self.queues, claimed_stale_s=self.claimed_stale_s)
+        await reconcile(self.store, self.queues, claimed_stale_s=self.claimed_stale_s, liveness=await self._liveness())
+
+    async def _take_over_when_due(self) -> None:
+        """Release the claims of agents that are gone; reconcile at once when Redis restarted
+        (a new run id: it may have come back empty)."""
+        if time.monotonic() < self._next_takeover:
+            return
+        self._next_takeover = time.monotonic() + self.takeover_every_s
+        redis = next(iter(self.queues.values())).redis
+        run_id = (await redis.info("server")).get("run_id")
+        if self._redis_run_id is not None and run_id != self._redis_run_id:
+            log.warning("Redis restarted (run id %s): reconciling the queues now", run_id)
+            self._next_reconcile = 0.0
+        self._redis_run_id = run_id
+        liveness = await self._liveness()
+        await release_gone(self.queues, liveness)
+        await forget_gone(redis, liveness)
+
+    async def _liveness(self) -> Liveness:
+        redis = next(iter(self.queues.values())).redis
+        return await Liveness.look(redis, self.roster, stale_after_s=self.agent_lost_s)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -120,21 +153,23 @@ class ReconcileReport:
     skipped: bool = False  # another process was reconciling at the same moment
 
 
-async def reconcile(store: Store, queues: Mapping[str, Queue], *, claimed_stale_s: float) -> ReconcileReport:
+async def reconcile(store: Store, queues: Mapping[str, Queue], *, claimed_stale_s: float,
+                    liveness: Liveness | None = None) -> ReconcileReport:
     """Enqueue every task that should be in a queue but is not.
 
     Waiting states (RECEIVED, REVISING, APPROVED) must have an entry. A claimed state
-    (PLANNING, EXECUTING) whose entry vanished is re-enqueued once it has been quiet for
-    `claimed_stale_s` (its agent is gone); the next agent takes it over. One process
-    reconciles at a time.
+    (PLANNING, EXECUTING) whose entry vanished is re-enqueued as soon as `liveness` shows that
+    the agent that claimed it is gone or works on something else, else once it has been quiet
+    for `claimed_stale_s`; the next agent takes it over. One process reconciles at a time.
     """
     async with store.try_lock(RECONCILE_LOCK_ID) as held:
         if not held:
             return ReconcileReport(skipped=True)
-        return await _reconcile(store, queues, claimed_stale_s)
+        return await _reconcile(store, queues, claimed_stale_s, liveness)
 
 
-async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s: float) -> ReconcileReport:
+async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s: float,
+                     liveness: Liveness | None) -> ReconcileReport:
     watched = [*QUEUED_IN, *CLAIMED_IN]
     # States first, then where the entries are: a task that is published meanwhile leaves
     # the outbox only after its entry is in the stream, so it is seen in one or the other.
@@ -144,9 +179,15 @@ async def _reconcile(store: Store, queues: Mapping[str, Queue], claimed_stale_s:
     report = ReconcileReport(checked=len(states) + sum(map(len, asked.values())))
     missing = [state.id for state in states if (_queue_for(state.status), state.id, WORK) not in present]
     # A fresh look at the few that seem lost: one may have moved on (claimed, acked) meanwhile.
-    for state in await store.task_states(watched, ids=missing) if missing else []:
+    fresh = await store.task_states(watched, ids=missing) if missing else []
+    # Who holds them, read after that look: a takeover meanwhile names the new (live) holder.
+    holders = await store.claimed_by(missing) if missing and liveness is not None else {}
+    for state in fresh:
         if state.status in CLAIMED_IN and state.seconds_since_update < claimed_stale_s:
-            continue
+            left = liveness.left(holders.get(state.id), state.id, state.seconds_since_update) if liveness else None
+            if left is None:
+                continue
+            log.warning("task %s: its entry is gone and %s %s: queued again", state.id, holders.get(state.id), left)
         await queues[_queue_for(state.status)].enqueue(state.id, state.priority, state.version)
         report.requeued.append(state.id)
     # A side job asked for and not answered is one a person waits for: it comes back too.

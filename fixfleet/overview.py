@@ -32,6 +32,8 @@ class Heartbeat(BaseModel):
     done: int = 0
     failed: int = 0
     pid: int | None = None
+    started: float | None = None  # when its process started: with `pid`, which process it is
+    node: str | None = None  # where that process runs (fixfleet.processes.this_node)
     at: float = 0.0
 
     @classmethod

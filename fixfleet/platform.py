@@ -10,6 +10,7 @@ resolved once here and handed to every process.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.overview import Heartbeat, heartbeats
+from fixfleet.processes import ProcessRef
 from fixfleet.services import resolve_urls
 from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.sandbox import Sandbox, SandboxUnavailable
@@ -53,7 +55,8 @@ class PlatformOptions:
 class Platform:
     def __init__(self, settings: Settings, options: PlatformOptions) -> None:
         self.settings, self.options = settings, options
-        self.embedded = EmbeddedServers(settings.home)
+        self.embedded = EmbeddedServers(settings.home, log_max_bytes=settings.log_max_bytes,
+                                        log_backups=settings.log_backups)
         self.url = f"http://{options.http_host}:{options.http_port}"
         self.dashboard_url: str | None = None
         self.ray_temp_dir: Path | None = None
@@ -64,6 +67,12 @@ class Platform:
         database_url, redis_url = resolve_urls(self.settings, self.embedded)
         env = self.options.env | {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                                   "FIXFLEET_HOME": str(self.settings.home)}
+        # Ray's own logs and every worker's stdout/stderr (the platform's JSON lines) rotate;
+        # an operator's own values win.
+        env = {"RAY_ROTATION_MAX_BYTES": str(self.settings.log_max_bytes),
+               "RAY_ROTATION_BACKUP_COUNT": str(self.settings.log_backups)} | {
+            name: value for name in ("RAY_ROTATION_MAX_BYTES", "RAY_ROTATION_BACKUP_COUNT")
+            if (value := os.environ.get(name))} | env
         # Local Ray workers inherit the driver's environment: secrets reach them that way, never
         # through runtime_env, whose env_vars Ray writes in clear into its world-readable logs. A
         # cluster's nodes take theirs from the cluster (a Kubernetes Secret), not from this process.
@@ -71,7 +80,7 @@ class Platform:
         progress("starting Ray")
         local = self.options.address is None
         # Ray makes its temp dir world-writable; inside a 0700 parent nobody else reaches its logs.
-        self.ray_temp_dir = Path(tempfile.mkdtemp(prefix="ff-ray-")) if local else None
+        self.ray_temp_dir = self._ray_temp_dir() if local else None
         context = ray.init(
             address=self.options.address or "local",  # "local": never attach to a cluster `ray start` left running
             namespace=APP_NAME,
@@ -93,6 +102,22 @@ class Platform:
         serve.run(build_app(self._app_args()), name=APP_NAME, route_prefix="/", blocking=False)
         self._wait_running()
         self._wait_healthy()
+
+    def _ray_temp_dir(self) -> Path:
+        """A new private temp dir for Ray, noted in the home; the one a crashed run of this home
+        left (its process is gone, so nothing removed it) is removed first."""
+        note = self.settings.home / "run" / "ray-temp.json"
+        try:
+            last = json.loads(note.read_text())
+            if not ProcessRef(int(last["pid"]), float(last["started"])).alive():
+                shutil.rmtree(last["dir"], ignore_errors=True)
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+        path = Path(tempfile.mkdtemp(prefix="ff-ray-"))
+        me = ProcessRef.current()
+        note.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        note.write_text(json.dumps({"dir": str(path), "pid": me.pid, "started": me.started}))
+        return path
 
     def check_machine(self, progress) -> None:  # noqa: ANN001 - any callable taking a line
         """What the agents need on this machine: the sandbox (bubblewrap, socat) and uv."""

@@ -57,12 +57,19 @@ for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
 end
 for i = 2, (ARGV[5] == '1') and #KEYS or 1 do
-  local claimed = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[4], '0-0', 'COUNT', 1)
-  for _, entry in ipairs(claimed[2]) do
-    if entry and entry ~= false and entry[2] then
-      local info = redis.call('XPENDING', KEYS[i], ARGV[1], entry[1], entry[1], 1)
-      return {i - 1, entry[1], entry[2][2], info[1][4]}
+  -- XAUTOCLAIM looks at ten pending entries per call: follow its cursor through the stream's
+  -- claims (a bounded number of calls) so an expired one behind live ones is found too.
+  local cursor = '0-0'
+  for _ = 1, 20 do
+    local claimed = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[4], cursor, 'COUNT', 1)
+    for _, entry in ipairs(claimed[2]) do
+      if entry and entry ~= false and entry[2] then
+        local info = redis.call('XPENDING', KEYS[i], ARGV[1], entry[1], entry[1], 1)
+        return {i - 1, entry[1], entry[2][2], info[1][4]}
+      end
     end
+    cursor = claimed[1]
+    if cursor == '0-0' then break end
   end
 end
 for i = 2, #KEYS do
@@ -94,6 +101,21 @@ if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
+
+
+# Make every entry a consumer holds in a stream claimable at once, as if its lease had run out:
+# its idle time is set past the lease (its delivery count kept), so the next consumer that looks
+# for expired claims takes it over. A holder that is alive after all renews it and keeps it.
+# KEYS: stream. ARGV: group, consumer, idle_ms.
+_RELEASE = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
+for _, p in ipairs(pending) do
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1], 'IDLE', ARGV[3], 'JUSTID')
+end
+return #pending
+"""
+RECLAIM_EVERY_S = 5.0
+DEAD_LETTERS_KEPT = 10_000  # the newest; the task's own row keeps why it failed  # the longest an agent goes without looking for expired (or released) claims
 
 
 class LeaseLost(Exception):
@@ -163,6 +185,7 @@ class Queue:
         self._claim_next = redis.register_script(_CLAIM_NEXT)
         self._if_owner = redis.register_script(_IF_OWNER)
         self._add = redis.register_script(_ADD)
+        self._release = redis.register_script(_RELEASE)
         self._claim_keys = [k.encode() for k in (self.delayed_key, *self.streams)]  # bytes: sent as they are
         self._lease_ms = int(lease_s * 1000)
         self._groups_ready = False
@@ -283,12 +306,13 @@ class Queue:
         return Job(message=message, stream=stream, entry_id=_text(entry_id), consumer=consumer, deliveries=deliveries)
 
     def _reclaim_due(self) -> str:
-        """Expired claims are looked for a few times per lease, not on every claim: that scan
-        is the costly part of a claim under load, and a takeover waits a lease anyway."""
+        """Expired claims are looked for a few times per lease (at least every RECLAIM_EVERY_S:
+        a claim released because its holder is gone is taken over that soon), not on every
+        claim: that scan is the costly part of a claim under load."""
         now = time.monotonic()
         if now < self._next_reclaim:
             return "0"
-        self._next_reclaim = now + self.lease_s / 4
+        self._next_reclaim = now + min(self.lease_s / 4, RECLAIM_EVERY_S)
         return "1"
 
     async def heartbeat(self, job: Job) -> None:
@@ -317,7 +341,7 @@ class Queue:
     async def dead_letter(self, job: Job, reason: str) -> None:
         record = {"job": job.message.model_dump_json(), "reason": reason[:4000], "failed_at": str(time.time())}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_key, record)
+            pipe.xadd(self.dead_key, record, maxlen=DEAD_LETTERS_KEPT, approximate=True)
             pipe.xack(job.stream, GROUP, job.entry_id)
             pipe.xdel(job.stream, job.entry_id)
             await pipe.execute()
@@ -326,7 +350,30 @@ class Queue:
         entries = await self.redis.xrevrange(self.dead_key, count=count)
         return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
 
+    async def release(self, consumer: str) -> int:
+        """Hand every claim `consumer` holds to the next consumer that asks (its holder is gone);
+        returns how many. The takeover is the usual one after a lease: a redelivery."""
+        if not self._groups_ready:
+            await self.ensure_groups()
+        idle_ms = self._lease_ms + 1000
+        return sum([int(await self._release(keys=[stream], args=[GROUP, consumer, idle_ms])) for stream in self.streams])
+
     # --- inspecting ---------------------------------------------------------------------------
+
+    async def holders(self) -> dict[str, int]:
+        """Consumer -> how many entries it holds (claimed, not yet acked), over all priorities."""
+        counts: dict[str, int] = {}
+        for stream in self.streams:
+            try:
+                summary = await self.redis.xpending(stream, GROUP)
+            except Exception as exc:  # NOGROUP: Redis lost the stream; nobody holds anything there
+                if "NOGROUP" not in str(exc):
+                    raise
+                continue
+            for consumer in summary.get("consumers") or []:
+                name = _text(consumer["name"])
+                counts[name] = counts.get(name, 0) + int(consumer["pending"])
+        return counts
 
     async def depth(self) -> Depth:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -62,7 +62,7 @@ def resolve_urls(settings: Settings, embedded: EmbeddedServers) -> tuple[str, st
 
 @asynccontextmanager
 async def open_services(settings: Settings, *, migrate: bool = True, pool_size: int = 10) -> AsyncIterator[Services]:
-    embedded = EmbeddedServers(settings.home)
+    embedded = EmbeddedServers(settings.home, log_max_bytes=settings.log_max_bytes, log_backups=settings.log_backups)
     try:
         database_url, redis_url = resolve_urls(settings, embedded)
         store = await _connect_store(database_url, migrate=migrate, pool_size=pool_size,

@@ -6,7 +6,8 @@ stream, with warm workspaces under its home); `check_health` fails when the loop
 its heartbeat stalled, so Serve replaces it; when Serve retires it (scaling down, a redeploy),
 `__del__` stops claiming and lets the task in hand finish before the replica goes (Serve waits
 up to `graceful_shutdown_timeout_s`, set above the session timeout). A replica killed anyway
-leaves its task to be taken over after the lease.
+leaves its task to be taken over: at once when the relay sees it gone (Serve no longer lists
+it, its process died), else after the lease.
 
 The outbox relay, the queue reconciler and the upkeep of session records run once per
 application, in the Relay deployment.
@@ -28,9 +29,11 @@ from fixfleet import logs
 from fixfleet.config import Settings, load_settings
 from fixfleet.outbox import OutboxRelay
 from fixfleet.redact import Redactor, redact_logs
+from fixfleet.retention import Retention
 from fixfleet.services import open_services
 from fixfleet.session_upkeep import run_session_upkeep
 from serve_app.autoscaling import DEPTH_METRIC
+from serve_app.roster import ServeRoster, this_application
 
 log = logging.getLogger(__name__)
 DRAIN_MARGIN_S = 120.0  # Serve's graceful timeout is the session timeout plus this
@@ -81,21 +84,27 @@ class ExecutorReplica(AgentReplica):
 
 
 class RelayReplica:
-    """The outbox relay, the reconciler and the session upkeep, once per application
-    (num_replicas=1): a task reaches its queue only after its transaction commits, the queues
-    are rebuilt from Postgres when Redis lost them, sessions whose agent died are marked cut
-    short and old session messages removed (fixfleet/session_upkeep.py)."""
+    """The outbox relay, the reconciler, the session upkeep and retention, once per application
+    (num_replicas=1): a task reaches its queue only after its transaction commits, the queues are
+    rebuilt from Postgres when Redis lost them (at start too), the claims of agents that are gone
+    (Serve no longer runs them, their process died) are handed over at once, sessions whose agent
+    died are marked cut short and old session messages removed (fixfleet/session_upkeep.py), and
+    old closed tasks purged (fixfleet/retention.py)."""
 
     async def __init__(self) -> None:
         settings = replica_settings(None, "relay")
         self._stack = AsyncExitStack()
         services = await self._stack.enter_async_context(open_services(settings, pool_size=6))
         relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s,
-                            reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s)
+                            reconcile_every_s=settings.reconcile_s, claimed_stale_s=settings.claimed_stale_s,
+                            roster=ServeRoster(this_application()), takeover_every_s=min(5.0, settings.lease_s),
+                            agent_lost_s=settings.agent_lost_s)
         self._stop = asyncio.Event()
         self._tasks = {"the outbox relay": asyncio.create_task(relay.run(self._stop)),
-                       "the session upkeep": asyncio.create_task(run_session_upkeep(services.store, settings, self._stop))}
-        log.info("the outbox relay, the queue reconciler and the session upkeep run here (every %ss)", settings.reconcile_s)
+                       "the session upkeep": asyncio.create_task(run_session_upkeep(services.store, settings, self._stop)),
+                       "retention": asyncio.create_task(Retention(services.store, settings).run(self._stop))}
+        log.info("the outbox relay, the queue reconciler, the session upkeep and retention run here (reconciling every "
+                 "%ss)", settings.reconcile_s)
 
     async def check_health(self) -> None:
         for name, task in self._tasks.items():

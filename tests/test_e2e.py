@@ -323,6 +323,24 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     assert left == [], left  # the worktree was released
 
 
+def test_a_plan_pushed_by_an_attempt_that_stopped_is_published_without_a_second_plan(world: World) -> None:
+    """The plan was pushed but its draft PR could not be opened, so the attempt ended before the
+    plan was recorded (as when a planner is killed there): the next attempt publishes the plan
+    that is on the branch instead of stacking a second plan commit on it."""
+    world.script()
+    world.github.fail_next(r"/pulls$", 422, method="POST", times=1)
+    key = world.post_alert()
+    failed = world.wait_for(key, {"FAILED"})
+    assert world.branch_log(failed["branch"]) == [f"docs: plan v1 for {key}"]  # pushed, not recorded
+    assert world.api("POST", "/commands", json={"text": f"retry {key}"})["task"]["status"] == "RECEIVED"
+    task = world.wait_for(key, {"AWAITING_APPROVAL"})
+    assert task["plan_version"] == 1 and task["pr_url"]
+    assert world.branch_log(task["branch"]) == [f"docs: plan v1 for {key}"]  # one plan commit
+    events = world.events(key)
+    assert len([e for e in events if e["reason"].startswith("planner session")]) == 1
+    assert any(e["reason"] == "the plan is already on the branch; finishing" for e in events)
+
+
 def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world: World) -> None:
     """The fix was pushed but the PR could not be marked ready, so the task failed: `retry`
     publishes and completes from what is on the branch, without running the agent again."""
@@ -332,7 +350,8 @@ def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world
     world.github.fail_next(r"graphql", 422, times=1)  # marking the PR ready fails once
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     failed = world.wait_for(key, {"FAILED"})
-    assert [m.split(":")[0] for m in world.branch_log(failed["branch"])] == ["fix", "test", "docs"]  # pushed
+    assert [m.split(":")[0] for m in world.branch_log(failed["branch"])] == ["fix", "test", "docs"], \
+        [(e["to_status"], e["reason"]) for e in world.events(key)[-4:]]  # pushed
     retried = world.api("POST", "/commands", json={"text": f"retry {key}"})
     assert retried["task"]["status"] == "APPROVED", retried
     done = world.wait_for(key, {"COMPLETED"})

@@ -147,21 +147,7 @@ def platform_world(root: Path, database_url: str, redis_url: str, credentials: C
         github.grant(REPO_NAME, "maintainer", "write")
         github.grant(REPO_NAME, "visitor", "read")
         planner_model, executor_model = ReplayServer("demo_planner").start(), ReplayServer("demo_executor").start()
-        (root / "no-mcp.json").write_text('{"mcpServers": {}}')
-        env = {
-            "FIXFLEET_GITHUB_WEBHOOK_SECRET": c.secrets["github"], "FIXFLEET_SENTRY_CLIENT_SECRET": c.secrets["sentry"],
-            "FIXFLEET_JIRA_WEBHOOK_SECRET": c.secrets["jira"],
-            "FIXFLEET_API_TOKENS": json.dumps([{"name": "lead", "token": c.api_token, "scopes": ["read", "submit", "approve"]}]),
-            "FIXFLEET_DEFAULT_REPO": f"file://{remote}", "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]),
-            "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
-            "FIXFLEET_GITHUB_REPOS": json.dumps({f"file://{remote}": REPO_NAME}),
-            "FIXFLEET_JIRA_PROJECTS": '["STAT"]', "FIXFLEET_JIRA_PROJECT_REPOS": json.dumps({"STAT": f"file://{remote}"}),
-            "GITHUB_TOKEN": c.github_token, "FIXFLEET_GITHUB_API_URL": github.url,
-            "SLACK_BOT_TOKEN": c.slack_token, "FIXFLEET_SLACK_API_URL": slack.api_url, "FIXFLEET_SLACK_CHANNEL": CHANNEL,
-            "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": c.jira_email, "JIRA_API_TOKEN": c.jira_token,
-            "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"), "FIXFLEET_MAX_ATTEMPTS": "1", "FIXFLEET_LEASE_S": "4",
-            "ANTHROPIC_API_KEY": c.model_key, **(extra_env or {}),
-        }
+        env = world_env(root, remote, github, slack, jira, credentials, extra_env)
         settings = Settings(database_url=database_url, redis_url=redis_url, home=root / "home")
         options = PlatformOptions(http_port=free_port(), executors=executors, env=env,
                                   planner_overrides={"anthropic_base_url": planner_model.url},
@@ -177,3 +163,24 @@ def platform_world(root: Path, database_url: str, redis_url: str, credentials: C
             executor_model.stop()
             os.environ.clear()
             os.environ.update(saved_env)
+
+
+def world_env(root: Path, remote: Path, github: FakeGitHub, slack: FakeSlack, jira: FakeJira, credentials: Credentials,
+              extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The platform's environment for the stand-ins: secrets, repository, tokens, their URLs."""
+    c = credentials
+    (root / "no-mcp.json").write_text('{"mcpServers": {}}')
+    return {
+        "FIXFLEET_GITHUB_WEBHOOK_SECRET": c.secrets["github"], "FIXFLEET_SENTRY_CLIENT_SECRET": c.secrets["sentry"],
+        "FIXFLEET_JIRA_WEBHOOK_SECRET": c.secrets["jira"],
+        "FIXFLEET_API_TOKENS": json.dumps([{"name": "lead", "token": c.api_token, "scopes": ["read", "submit", "approve"]}]),
+        "FIXFLEET_DEFAULT_REPO": f"file://{remote}", "FIXFLEET_LOCAL_REPO_ROOTS": json.dumps([str(root)]),
+        "FIXFLEET_REPO_ALLOWLIST": json.dumps([f"file://{root}/*"]),
+        "FIXFLEET_GITHUB_REPOS": json.dumps({f"file://{remote}": REPO_NAME}),
+        "FIXFLEET_JIRA_PROJECTS": '["STAT"]', "FIXFLEET_JIRA_PROJECT_REPOS": json.dumps({"STAT": f"file://{remote}"}),
+        "GITHUB_TOKEN": c.github_token, "FIXFLEET_GITHUB_API_URL": github.url,
+        "SLACK_BOT_TOKEN": c.slack_token, "FIXFLEET_SLACK_API_URL": slack.api_url, "FIXFLEET_SLACK_CHANNEL": CHANNEL,
+        "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": c.jira_email, "JIRA_API_TOKEN": c.jira_token,
+        "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"), "FIXFLEET_MAX_ATTEMPTS": "1", "FIXFLEET_LEASE_S": "4",
+        "ANTHROPIC_API_KEY": c.model_key, **(extra_env or {}),
+    }

@@ -25,6 +25,7 @@ from fixfleet.redact import Redactor, redact_logs
 from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.services import Services, ServiceUnavailable, open_services
 from fixfleet.store import StoreError
+from fixfleet.takeover import Liveness
 from fixfleet.workspace.sandbox import SandboxUnavailable
 
 app = typer.Typer(help="fixfleet: production errors and tickets in, tested pull requests out.", no_args_is_help=True)
@@ -231,7 +232,9 @@ def reconcile_queues(as_json: JsonFlag = False) -> None:
     restart, say). Running services do this by themselves every FIXFLEET_RECONCILE_S."""
 
     async def run(s: Services) -> ReconcileReport:
-        return await reconcile(s.store, s.queues, claimed_stale_s=s.settings.claimed_stale_s)
+        # The agents' heartbeats tell which of them are gone (no Serve here to ask).
+        liveness = await Liveness.look(s.redis, None, stale_after_s=s.settings.agent_lost_s)
+        return await reconcile(s.store, s.queues, claimed_stale_s=s.settings.claimed_stale_s, liveness=liveness)
 
     report = with_services(run)
     if report.skipped:

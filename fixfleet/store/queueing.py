@@ -1,14 +1,22 @@
 """What the outbox relay and the reconciler read: the outbox rows, and the lock that lets one
-process reconcile at a time."""
+process reconcile at a time; and the retention purge of what old closed tasks leave behind."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 
+from fixfleet.models import TERMINAL
 from fixfleet.store.records import OutboxItem
+
+
+@dataclass(frozen=True)
+class Purged:
+    tasks: int  # closed tasks removed with their audit trail and outbox rows
+    deliveries: int  # webhook delivery ids forgotten
 
 
 class QueueRows:
@@ -45,3 +53,29 @@ class QueueRows:
         """(queue, task id, action) of every row still to publish."""
         return {(r["queue"], r["task_id"], r["action"])
                 for r in await self.pool.fetch("SELECT queue, task_id, action FROM outbox")}
+
+    async def purge(self, *, closed_for_s: float | None, deliveries_for_s: float | None, batch: int = 1000) -> Purged:
+        """Delete tasks closed (COMPLETED, FAILED, REJECTED, CANCELLED) for longer than
+        `closed_for_s`, with their events and outbox rows, and the webhook delivery ids older
+        than `deliveries_for_s` (a sender's redelivery after that is matched to its open task
+        by the external id, not by the delivery id). None keeps them. In batches: no long lock
+        on the tables."""
+        tasks = deliveries = 0
+        while closed_for_s is not None:
+            deleted = await self.pool.fetchval(
+                "WITH gone AS (DELETE FROM tasks WHERE id IN ("
+                " SELECT id FROM tasks WHERE status = ANY($1::text[])"
+                " AND updated_at < now() - make_interval(secs => $2) LIMIT $3) RETURNING 1)"
+                " SELECT count(*) FROM gone", [s.value for s in TERMINAL], closed_for_s, batch)
+            tasks += deleted
+            if deleted < batch:
+                break
+        while deliveries_for_s is not None:
+            deleted = await self.pool.fetchval(
+                "WITH gone AS (DELETE FROM webhook_deliveries WHERE ctid IN ("
+                " SELECT ctid FROM webhook_deliveries WHERE received_at < now() - make_interval(secs => $1)"
+                " LIMIT $2) RETURNING 1) SELECT count(*) FROM gone", deliveries_for_s, batch)
+            deliveries += deleted
+            if deleted < batch:
+                break
+        return Purged(tasks, deliveries)

@@ -134,3 +134,10 @@ class TaskReads:
             ids,
         )
         return [TaskState(r["id"], TaskStatus(r["status"]), r["priority"], float(r["age"]), r["version"]) for r in rows]
+
+    async def claimed_by(self, ids: list[int]) -> dict[int, str]:
+        """Task id -> who moved it into its current state (for a claimed task: the agent holding it)."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT ON (task_id) task_id, actor FROM task_events"
+            " WHERE task_id = ANY($1::bigint[]) AND to_status IS NOT NULL ORDER BY task_id, id DESC", ids)
+        return {r["task_id"]: r["actor"] for r in rows}

@@ -324,7 +324,7 @@ async def test_revise_sends_the_task_back_with_feedback(api: str, store: Store) 
 
 
 async def test_slack_button_from_allowlisted_user_only(api: str, store: Store) -> None:
-    from fixfleet.intake import slack_action_value
+    from fixfleet.formats.slack import slack_action_value
 
     task = await awaiting_task(store)
 

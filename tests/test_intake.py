@@ -18,15 +18,15 @@ from fixfleet.intake import (
     Ping,
     SlackAction,
     TaskRequest,
-    adf_to_text,
     delivery_id,
     parse_github,
     parse_jira,
     parse_sentry,
     parse_slack_command,
     parse_slack_interaction,
-    slack_action_value,
 )
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.formats.slack import slack_action_value
 from fixfleet.models import Priority, Source
 from tests.shared import CORPUS
 

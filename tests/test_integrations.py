@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from fixfleet.config import Settings
-from fixfleet.intake import adf_to_text, parse_slack_interaction, slack_action_value
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.formats.slack import slack_action_value
+from fixfleet.intake import parse_sentry, parse_slack_interaction
 from fixfleet.integrations.base import (
     AuthenticationError,
     NotFoundError,
@@ -455,34 +457,35 @@ async def test_jira_search_pages_by_token_and_returns_the_fields_asked(jira: Jir
 # --- Sentry -----------------------------------------------------------------------------------
 
 
-async def test_sentry_issue_and_latest_event_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
-    issue = await sentry.get_issue("4242")
-    assert issue["title"].startswith("ZeroDivisionError") and issue["project"]["slug"] == "backend"
-    frames = await sentry.latest_event("4242")
-    assert frames == [
+async def test_sentry_latest_event_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
+    details = await sentry.latest_event_details("4242")
+    assert details["frames"] == [
         {"filename": "app/main.py", "abs_path": "/srv/app/main.py", "function": "handler", "lineno": 12,
          "in_app": True, "context_line": "    return div(total, count)"},
         {"filename": "app/calc.py", "abs_path": "/srv/app/calc.py", "function": "div", "lineno": 2,
          "in_app": True, "context_line": "    return a / b"},
     ]
-    details = await sentry.latest_event_details(4242)
-    assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["frames"] == frames
+    assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["title"].startswith("ZeroDivisionError")
+    assert (await sentry.latest_event_details(4242))["frames"] == details["frames"]
     assert fake_sentry.calls[-1].path == "/api/0/issues/4242/events/latest/"
 
 
-async def test_sentry_frames_match_the_webhook_parser(sentry: SentryClient) -> None:
-    from fixfleet.intake.sentry import _sentry_exceptions
-
-    webhook_event = {"exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
-                                               "stacktrace": {"frames": FRAMES}}]}}
-    assert await sentry.latest_event("4242") == _sentry_exceptions(webhook_event)[0]["frames"]
+async def test_sentry_frames_read_alike_from_a_webhook_and_the_api(sentry: SentryClient) -> None:
+    """The API spells frames in camelCase, the webhook in snake_case: the planner reads one shape."""
+    alert = {"action": "triggered", "data": {"event": {
+        "issue_id": "4242", "project_slug": "backend", "title": "ZeroDivisionError: division by zero",
+        "exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
+                                  "stacktrace": {"frames": FRAMES}}]}}}}
+    parsed = parse_sentry("event_alert", alert, Settings(_env_file=None, default_repo="https://github.com/acme/api.git"))
+    assert parsed.new_task.context["frames"] == (await sentry.latest_event_details("4242"))["frames"]
 
 
 async def test_sentry_message_event_has_no_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
     fake_sentry.add_issue("77", "Something logged", None)
-    assert await sentry.latest_event("77") == []
+    details = await sentry.latest_event_details("77")
+    assert details["frames"] == [] and details["message"] == "Something logged"
     with pytest.raises(NotFoundError):
-        await sentry.get_issue("78")
+        await sentry.latest_event_details("78")
 
 
 async def test_sentry_project_issues_follow_the_link_cursor(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
@@ -503,7 +506,7 @@ async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:
     client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", **FAST)
     try:
         with pytest.raises(AuthenticationError) as caught:
-            await client.latest_event("4242")
+            await client.latest_event_details("4242")
         assert_no_secret(caught.value, "sntrys_wrong_0123456789")
     finally:
         await client.aclose()
@@ -548,19 +551,6 @@ async def test_slack_update_replaces_the_buttons(slack: SlackClient, fake_slack:
     assert fake_slack.message("C0PLANS", ts)["blocks"] == done
     with pytest.raises(SlackNotFoundError):
         await slack.update("C0PLANS", "1.2", "nothing there")
-
-
-async def test_slack_respond_sends_no_token(slack: SlackClient, fake_slack: FakeSlack) -> None:
-    url = fake_slack.response_url()
-    await slack.respond(url, "Approved FF-12")
-    assert fake_slack.responses[-1]["text"] == "Approved FF-12"
-    assert fake_slack.responses[-1]["authorization"] is None
-    with pytest.raises(ValueError):
-        await slack.respond("https://evil.test/actions/x", "no")
-    fake_slack.fail_next(r"^/actions/", 404, body="expired_url")
-    with pytest.raises(NotFoundError) as caught:
-        await slack.respond(url, "late")
-    assert url not in str(caught.value)  # the response_url is a credential of sorts too
 
 
 async def test_slack_ok_false_is_typed(slack: SlackClient, fake_slack: FakeSlack) -> None:

@@ -14,8 +14,9 @@ from fixfleet.config import Settings, load_settings
 from fixfleet.integrations.jira import JiraClient
 from fixfleet.integrations.registry import REQUIRED
 from fixfleet.integrations.sentry import SentryClient
-from fixfleet.intake.access import as_int, as_str, dig
-from fixfleet.intake.jira import adf_to_text, jira_priority, sentry_issue_links
+from fixfleet.formats.access import as_int, as_str, dig
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.intake.jira import jira_priority, sentry_issue_links
 from fixfleet.intake.sentry import sentry_body, sentry_priority
 from fixfleet.redact import Redactor
 

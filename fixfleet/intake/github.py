@@ -7,7 +7,8 @@ from datetime import datetime
 from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
-from fixfleet.intake.access import as_int, as_list, as_str, dig, obj, one_line, require_object, task_request
+from fixfleet.formats.access import as_int, as_list, as_str, dig, obj
+from fixfleet.intake.access import one_line, require_object, task_request
 from fixfleet.intake.events import CommandRequest, Ignored, Ping, TaskRequest
 from fixfleet.models import Priority, Source
 

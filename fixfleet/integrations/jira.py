@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from fixfleet.intake import adf_to_text
+from fixfleet.formats.adf import adf_to_text
 from fixfleet.integrations.base import ApiClient, RejectedError, ClientOptions, secret_value
 
 MAX_COMMENT_PAGES = 40

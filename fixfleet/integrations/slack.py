@@ -1,5 +1,5 @@
-"""Slack Web API: the plan message with Approve / Reject buttons, its updates, and replies to a
-`response_url`.
+"""Slack Web API: the plan message with Approve / Reject buttons, its updates, and messages in a
+channel or thread.
 
 Slack answers HTTP 200 with `{"ok": false, "error": "..."}` when a call fails: that becomes a
 SlackError carrying the code (SlackAuthError for credential problems). Rate limits come as HTTP
@@ -9,12 +9,10 @@ SlackError carrying the code (SlackAuthError for credential problems). Rate limi
 from __future__ import annotations
 
 from typing import Any, Unpack
-from urllib.parse import urlsplit
 
-import httpx
 from pydantic import SecretStr
 
-from fixfleet.intake import slack_action_value
+from fixfleet.formats.slack import slack_action_value
 from fixfleet.integrations.base import (
     ApiClient,
     AuthenticationError,
@@ -26,7 +24,6 @@ from fixfleet.integrations.base import (
 )
 
 SLACK_API_URL = "https://slack.com/api"
-RESPONSE_URL_HOSTS = {"hooks.slack.com"}
 MAX_SECTION_TEXT = 3000
 AUTH_ERRORS = {"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
                "missing_scope", "not_allowed_token_type", "no_permission"}
@@ -109,12 +106,6 @@ class SlackClient(ApiClient):
         super().__init__(
             base_url=api_url, headers={"Authorization": f"Bearer {plain}"}, secrets=[plain], **retry,
         )
-        # response_urls need no token: a client without one, so it never leaves for such a URL.
-        self._hooks = httpx.AsyncClient(timeout=self.http.timeout)
-
-    async def aclose(self) -> None:
-        await self._hooks.aclose()
-        await super().aclose()
 
     async def api(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Call a Web API method with a JSON body; `ok: false` raises a SlackError."""
@@ -157,15 +148,3 @@ class SlackClient(ApiClient):
         if blocks is not None:
             payload["blocks"] = blocks
         return await self.api("chat.update", payload)
-
-    async def respond(self, response_url: str, text: str, *, replace_original: bool = False,
-                      response_type: str = "ephemeral") -> None:
-        """Answer an interaction or slash command through its response_url (no token sent)."""
-        parts, api = urlsplit(response_url), urlsplit(self.base_url)
-        allowed = (parts.scheme == "https" and parts.netloc in RESPONSE_URL_HOSTS) or (
-            (parts.scheme, parts.netloc) == (api.scheme, api.netloc)
-        )
-        if not allowed:
-            raise ValueError("response_url is not a Slack hooks URL")
-        payload = {"text": text, "replace_original": replace_original, "response_type": response_type}
-        await self._call("POST", response_url, client=self._hooks, extra_secrets=[response_url, parts.path], json=payload)

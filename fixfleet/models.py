@@ -197,15 +197,22 @@ class Task(TaskView):
     context: dict[str, Any]
 
 
-class TaskEvent(BaseModel):
+class TaskEventView(BaseModel):
+    """One row of a task's audit trail as the task API shows it: who moved it (or tried), when, why."""
+
     id: int
-    task_id: int
     from_status: TaskStatus | None
     to_status: TaskStatus | None
     actor: str
     reason: str
     data: dict[str, Any]
     created_at: datetime
+
+
+class TaskEvent(TaskEventView):
+    """A row of the audit trail as the store holds it: the view plus its task."""
+
+    task_id: int
 
 
 class QueuedTask(BaseModel):

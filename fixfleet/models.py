@@ -99,10 +99,6 @@ QUESTION_ASKED, QUESTION_ANSWERED = "question about the plan", "explain: the pla
 SIDE_JOBS = {job.action: job for job in (RERUN, EXPLAIN)}
 
 
-def is_legal(source: TaskStatus, target: TaskStatus) -> bool:
-    return source in ALLOWED_FROM[target]
-
-
 class Priority(StrEnum):
     CRITICAL = "critical"
     HIGH = "high"

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, THREAD
+
 
 class TaskStatus(StrEnum):
     RECEIVED = "RECEIVED"
@@ -128,9 +130,9 @@ class Source(StrEnum):
 EXTERNAL_ID_FORMATS: dict[str, re.Pattern[str]] = {
     "sentry_issue": re.compile(r"\d{1,20}"),
     "jira": re.compile(r"[A-Z][A-Z0-9_]{0,99}-\d{1,18}"),
-    "github_issue": re.compile(r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[\w.-]{1,100}/[\w.-]{1,100}#\d{1,18}"),
+    ISSUE_KEY: THREAD,
 }
-LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, "github_pr")  # what tasks can be found by
+LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, PULL_KEY)  # what tasks can be found by
 # At most one open task per external thing of these kinds: the database enforces it (migration 0002).
 ONE_OPEN_TASK_PER = tuple(EXTERNAL_ID_FORMATS)
 MAX_EXTERNAL_ID = 200

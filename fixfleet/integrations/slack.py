@@ -1,5 +1,5 @@
 """Slack Web API: the plan message with Approve / Reject buttons, its updates, and messages in a
-channel or thread.
+channel or thread; and Slack as the platform's Notifier (`SlackNotifier`).
 
 Slack answers HTTP 200 with `{"ok": false, "error": "..."}` when a call fails: that becomes a
 SlackError carrying the code (SlackAuthError for credential problems). Rate limits come as HTTP
@@ -16,15 +16,19 @@ from fixfleet.formats.slack import slack_action_value
 from fixfleet.integrations.base import (
     ApiClient,
     AuthenticationError,
+    ClientOptions,
     NotFoundError,
     RateLimitedError,
     RejectedError,
-    ClientOptions,
     secret_value,
 )
+from fixfleet.integrations.notifier import ChatThread, Notifier
+from fixfleet.models import Task
 
 SLACK_API_URL = "https://slack.com/api"
+PLAN_MESSAGE = "slack_ts"  # the task context's key for its plan message (its ts in the configured channel)
 MAX_SECTION_TEXT = 3000
+MAX_REPLY_TEXT = 3900  # Slack cuts a message's text at 4,000 characters
 AUTH_ERRORS = {"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
                "missing_scope", "not_allowed_token_type", "no_permission"}
 NOT_FOUND_ERRORS = {"channel_not_found", "message_not_found", "not_in_channel", "thread_not_found"}
@@ -148,3 +152,27 @@ class SlackClient(ApiClient):
         if blocks is not None:
             payload["blocks"] = blocks
         return await self.api("chat.update", payload)
+
+
+class SlackNotifier(Notifier):
+    """Slack as the platform's chat: plan messages go to `channel` (FIXFLEET_SLACK_CHANNEL; none:
+    plans are not posted), command answers wherever the command was given."""
+
+    def __init__(self, client: SlackClient, channel: str | None) -> None:
+        self.client, self.channel = client, channel
+
+    async def plan_ready(self, task: Task, version: int, summary: str, link: str | None) -> dict[str, Any]:
+        if not self.channel:
+            return {}
+        return {PLAN_MESSAGE: await self.client.post_plan(self.channel, task.key, version, task.title, summary, link)}
+
+    async def task_changed(self, task: Task, text: str) -> None:
+        if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
+            await self.client.update(self.channel, ts, text)
+
+    async def task_reply(self, task: Task, text: str) -> None:
+        if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
+            await self.client.post_message(self.channel, text[:MAX_REPLY_TEXT], thread_ts=ts)
+
+    async def answer(self, where: ChatThread, text: str) -> None:
+        await self.client.post_message(where.channel, text, thread_ts=where.thread)

@@ -6,8 +6,9 @@ which measures queueing in a saturated system rather than the claim). Uses DATAB
 REDIS_URL (or the embedded servers) with a throwaway database and Redis key prefix.
 
 As in the platform, the submitters and the outbox relay share one process (the ingress) and
-the consumers run in others (the agents; P processes, default 1). Claim latency is the time
-from the entry's XADD to its claim. Last line: one JSON object.
+the consumers run in others (the agents; P processes, default 1), each consumer the agents' own
+loop (fixfleet/worker.py) with a handler that only takes note. Claim latency is the time from the
+entry's XADD to its claim. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from fixfleet.config import Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.models import NewTask
 from fixfleet.outbox import OutboxRelay
-from fixfleet.queue import QUEUES, Queue
+from fixfleet.queue import QUEUES, Job, Queue
 from fixfleet.scratch import create_database, drop_database
 from fixfleet.services import resolve_urls
 from fixfleet.store import Store
+from fixfleet.worker import Worker
 
 SUBMITTERS = 16
 RELAY_BATCH = 50  # small batches: a big one sits in the stream while consumers catch up
@@ -55,21 +57,25 @@ async def submit_all(store: Store, count: int, rate: float) -> None:
     await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
 
 
-async def consume(queue: Queue, name: str, claimed: Synchronized, total: int, report: ConsumerReport) -> None:
-    """Claim and ack until every task was claimed; the ack of each job rides on the next claim."""
-    finished = None
-    while claimed.value < total:
-        job = await queue.dequeue(name, block_s=0.2, ack=finished)
-        finished = job
-        if job is None:
-            continue
+async def consume(queue: Queue, store: Store, name: str, claimed: Synchronized, total: int,
+                  report: ConsumerReport) -> None:
+    """Claim and ack as an agent does (fixfleet/worker.py: claim, handle with a heartbeat, ack),
+    with a handler that only takes note, until every task was claimed."""
+    stop = asyncio.Event()
+
+    async def note(job: Job) -> None:
         report.last_claim_at = time.time()
         report.latencies.append(report.last_claim_at - job.message.enqueued_at)
         report.task_ids.append(job.task_id)
         with claimed.get_lock():
             claimed.value += 1
-    if finished is not None:
-        await queue.ack(finished)
+
+    async def until_all_claimed() -> None:
+        while claimed.value < total:
+            await asyncio.sleep(0.05)
+        stop.set()
+
+    await asyncio.gather(Worker(queue, store, note, name).run(stop, block_s=0.2), until_all_claimed())
 
 
 @dataclass
@@ -81,16 +87,20 @@ class ConsumerReport:
 
 
 async def consumers_main(
-    redis_url: str, prefix: str, names: list[str], total: int, claimed: Synchronized, ready: Semaphore, results: ResultQueue
+    redis_url: str, database_url: str, prefix: str, names: list[str], total: int, claimed: Synchronized,
+    ready: Semaphore, results: ResultQueue,
 ) -> None:
     redis = Redis.from_url(redis_url)
+    store = await Store.connect(database_url, min_size=1, max_size=2)  # the workers' (unused unless a job fails)
     queue = Queue(redis, "planning", lease_s=30, prefix=prefix)
     # Warm, as a running agent is: scripts loaded, a connection per consumer.
     await asyncio.gather(*(queue.dequeue(name, block_s=0) for name in names))
     report, cpu_before = ConsumerReport(), time.process_time()
     ready.release()
-    await asyncio.wait_for(asyncio.gather(*(consume(queue, name, claimed, total, report) for name in names)), timeout=300)
+    consumers = [consume(queue, store, name, claimed, total, report) for name in names]
+    await asyncio.wait_for(asyncio.gather(*consumers), timeout=300)
     report.cpu_s = time.process_time() - cpu_before
+    await store.close()
     await redis.aclose()
     results.put(report)
 
@@ -119,10 +129,8 @@ async def run(tasks: int, consumers: int, rate: float, processes: int) -> dict[s
         context = multiprocessing.get_context("spawn")
         ready, results, claimed = context.Semaphore(0), context.Queue(), context.Value("q", 0)
         names = [f"c{i}" for i in range(consumers)]
-        children = [
-            context.Process(target=consumers_process, args=(redis_url, prefix, names[p::processes], tasks, claimed, ready, results))
-            for p in range(processes)
-        ]
+        children = [context.Process(target=consumers_process, args=(
+            redis_url, database_url, prefix, names[p::processes], tasks, claimed, ready, results)) for p in range(processes)]
         for child in children:
             child.start()
         for _ in children:

@@ -25,9 +25,9 @@ from typing import Literal
 
 from fixfleet.commands.loader import Scope
 from fixfleet.config import Settings
-from fixfleet.integrations.github import GitHubClient
+from fixfleet.forges.refs import ForgeRef
+from fixfleet.forges.registry import Forges
 from fixfleet.models import Task, TaskStatus
-from fixfleet.repos import github_name
 from fixfleet.store import Store
 
 
@@ -49,7 +49,7 @@ class Principal:
     kind: Literal["github", "slack", "api", "cli"]
     name: str
     scopes: frozenset[str] = field(default_factory=frozenset)  # api tokens
-    where: str | None = None  # github: the pull request or issue the comment was made on, "[host/]owner/name#n"
+    where: ForgeRef | None = None  # github: the pull request or issue the comment was made on
 
     @property
     def actor(self) -> str:
@@ -65,8 +65,9 @@ class StaleApproval(Refused):
 
 
 class Approvals:
-    def __init__(self, store: Store, settings: Settings, github: GitHubClient | None = None) -> None:
-        self.store, self.settings, self.github = store, settings, github
+    def __init__(self, store: Store, settings: Settings, forges: Forges | None = None) -> None:
+        """`forges`: where repositories are reviewed (none: every repository is a plain git remote)."""
+        self.store, self.settings, self.forges = store, settings, forges or Forges()
 
     async def decide(
         self,
@@ -112,7 +113,7 @@ class Approvals:
             self._authorize_slack(principal, scope)
             return
         if task is not None:
-            await self._authorize_github(principal, task, scope)
+            await self._authorize_on_forge(principal, task, scope)
         elif scope != "read":
             raise Refused(f"name the task: {scope} acts on one task")
 
@@ -123,23 +124,24 @@ class Approvals:
         if scope == "submit" and principal.name not in {*approvers, *self.settings.slack_submitters}:
             raise Refused("this Slack user is not in FIXFLEET_SLACK_SUBMITTERS (or FIXFLEET_SLACK_APPROVERS)")
 
-    async def _authorize_github(self, principal: Principal, task: Task, scope: Scope) -> None:
+    async def _authorize_on_forge(self, principal: Principal, task: Task, scope: Scope) -> None:
         """Permission on the task's own repository, asked on the task's own pull request or issue:
         write access to some other repository that sends webhooks here proves nothing."""
-        repo = github_name(task.repo, self.settings)
-        if self.github is None or repo is None:
+        forge = self.forges.for_repo(task.repo)
+        if forge.kind != principal.kind:
             raise Refused(f"{task.key}'s repository is not reviewed on GitHub (or GITHUB_TOKEN is not set): "
                           "use Slack, the API or the CLI")
-        own = {task.external_ids.get("github_pr"), task.external_ids.get("github_issue")} - {None}
+        own = forge.threads_of(task)
         if principal.where not in own:
             raise Refused(f"this comment is on {principal.where or 'another thread'}, but {task.key} lives on "
-                          f"{' and '.join(sorted(own)) or 'no GitHub thread'}: comment there")
+                          f"{' and '.join(sorted(map(str, own))) or 'no GitHub thread'}: comment there")
         if scope == "read" or (scope == "submit" and task.context.get("initiator") == principal.actor):
             return
-        level = await self.github.permission(repo, principal.name)
+        level = await forge.permission(task.repo, principal.name)
         if level not in GITHUB_LEVELS[scope]:
-            raise Refused(f"@{principal.name} has {level} permission on {repo}; {scope} needs "
-                          f"{' or '.join(sorted(GITHUB_LEVELS[scope]))}")
+            repo = forge.repo_of(task.repo)
+            raise Refused(f"@{principal.name} has {level} permission on {repo.name if repo else task.repo}; {scope} "
+                          f"needs {' or '.join(sorted(GITHUB_LEVELS[scope]))}")
 
     def _check_independent(self, principal: Principal, task: Task) -> None:
         if not any(fnmatchcase(task.repo, pattern) for pattern in self.settings.independent_approval):

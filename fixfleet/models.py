@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, THREAD
+
 
 class TaskStatus(StrEnum):
     RECEIVED = "RECEIVED"
@@ -99,10 +101,6 @@ QUESTION_ASKED, QUESTION_ANSWERED = "question about the plan", "explain: the pla
 SIDE_JOBS = {job.action: job for job in (RERUN, EXPLAIN)}
 
 
-def is_legal(source: TaskStatus, target: TaskStatus) -> bool:
-    return source in ALLOWED_FROM[target]
-
-
 class Priority(StrEnum):
     CRITICAL = "critical"
     HIGH = "high"
@@ -132,9 +130,9 @@ class Source(StrEnum):
 EXTERNAL_ID_FORMATS: dict[str, re.Pattern[str]] = {
     "sentry_issue": re.compile(r"\d{1,20}"),
     "jira": re.compile(r"[A-Z][A-Z0-9_]{0,99}-\d{1,18}"),
-    "github_issue": re.compile(r"(?:[A-Za-z0-9.-]+(?::\d{1,5})?/)?[\w.-]{1,100}/[\w.-]{1,100}#\d{1,18}"),
+    ISSUE_KEY: THREAD,
 }
-LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, "github_pr")  # what tasks can be found by
+LOOKUP_EXTERNAL_KEYS = (*EXTERNAL_ID_FORMATS, PULL_KEY)  # what tasks can be found by
 # At most one open task per external thing of these kinds: the database enforces it (migration 0002).
 ONE_OPEN_TASK_PER = tuple(EXTERNAL_ID_FORMATS)
 MAX_EXTERNAL_ID = 200
@@ -197,15 +195,22 @@ class Task(TaskView):
     context: dict[str, Any]
 
 
-class TaskEvent(BaseModel):
+class TaskEventView(BaseModel):
+    """One row of a task's audit trail as the task API shows it: who moved it (or tried), when, why."""
+
     id: int
-    task_id: int
     from_status: TaskStatus | None
     to_status: TaskStatus | None
     actor: str
     reason: str
     data: dict[str, Any]
     created_at: datetime
+
+
+class TaskEvent(TaskEventView):
+    """A row of the audit trail as the store holds it: the view plus its task."""
+
+    task_id: int
 
 
 class QueuedTask(BaseModel):

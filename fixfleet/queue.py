@@ -37,19 +37,15 @@ local function ack_if_owned(stream, group, id, consumer)
 end
 """
 
-# Ack the job just finished (if any), promote due retries, then take (1) an entry whose claim
-# expired, else (2) a new entry, scanning priorities from the highest: one round trip, and
-# never a lower priority first.
+# Promote due retries, then take (1) an entry whose claim expired, else (2) a new entry,
+# scanning priorities from the highest: one round trip, and never a lower priority first.
 # KEYS: delayed zset, then one stream per priority (highest first).
 # ARGV: group, consumer, now (epoch seconds), lease_ms, reclaim ('1' to look for expired
-# claims), finished entry's stream index (1-based, '0' for none), finished entry id.
+# claims).
 # Returns {stream index (1-based), entry id, job json, delivery count}, or when there is
 # nothing {0, due time of the next delayed retry ('' if none)} so the caller knows how long
 # it may block without a second round trip.
-_CLAIM_NEXT = _OWNED + """
-if ARGV[6] ~= '0' then
-  ack_if_owned(KEYS[tonumber(ARGV[6]) + 1], ARGV[1], ARGV[7], ARGV[2])
-end
+_CLAIM_NEXT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, member in ipairs(due) do
   local rank = cjson.decode(member)['rank']
@@ -232,14 +228,11 @@ class Queue:
 
     # --- consuming ----------------------------------------------------------------------------
 
-    async def dequeue(self, consumer: str, *, block_s: float = 1.0, ack: Job | None = None) -> Job | None:
-        """The next job for this consumer, highest priority first; None after `block_s` idle.
-
-        `ack`: the job this consumer just finished, acked in the same round trip (a consumer
-        loop's usual step; `ack()` does it alone)."""
+    async def dequeue(self, consumer: str, *, block_s: float = 1.0) -> Job | None:
+        """The next job for this consumer, highest priority first; None after `block_s` idle."""
         if not self._groups_ready:
             await self.ensure_groups()
-        job, next_due_in = await self._claim(consumer, ack)
+        job, next_due_in = await self._claim(consumer)
         if job is not None or block_s <= 0:
             return job
         block_ms = self._block_ms(min(block_s, next_due_in))
@@ -256,24 +249,20 @@ class Queue:
     def _block_ms(self, block_s: float) -> int:
         return max(1, int(min(block_s, self.lease_s / 2) * 1000))
 
-    async def _claim(self, consumer: str, ack: Job | None = None) -> tuple[Job | None, float]:
+    async def _claim(self, consumer: str) -> tuple[Job | None, float]:
         """A job, or None and the seconds until the next delayed retry is due."""
-        if ack is not None and ack.consumer != consumer:
-            await self.ack(ack)
-            ack = None
-        finished = (str(self.streams.index(ack.stream) + 1), ack.entry_id) if ack else ("0", "")
         try:
             found = await self._line(consumer).evalsha(
                 self._claim_next.sha,
                 self._claim_next.script,
                 self._claim_keys,
-                [GROUP, consumer, repr(time.time()), self._lease_ms, self._reclaim_due(), *finished],
+                [GROUP, consumer, repr(time.time()), self._lease_ms, self._reclaim_due()],
             )
         except Exception as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self.ensure_groups()  # Redis lost its data: recreate and try once more
-            return await self._claim(consumer, ack)
+            return await self._claim(consumer)
         rank = int(found[0])
         if rank == 0:
             due = _text(found[1])
@@ -346,10 +335,6 @@ class Queue:
             pipe.xdel(job.stream, job.entry_id)
             await pipe.execute()
 
-    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
-        entries = await self.redis.xrevrange(self.dead_key, count=count)
-        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
-
     async def release(self, consumer: str) -> int:
         """Hand every claim `consumer` holds to the next consumer that asks (its holder is gone);
         returns how many. The takeover is the usual one after a lease: a redelivery."""
@@ -388,10 +373,6 @@ class Queue:
         length = sum(_int(r) for r in results[:n])
         pending = sum(r["pending"] if isinstance(r, dict) else 0 for r in results[n : 2 * n])
         return Depth(waiting=length - pending, pending=pending, delayed=_int(results[-2]), dead=_int(results[-1]))
-
-    async def task_ids(self) -> set[int]:
-        """Every task with an entry here: waiting, claimed or delayed."""
-        return {task_id for task_id, _ in await self.entries()}
 
     async def entries(self) -> set[tuple[int, str]]:
         """(task id, action) of every entry here: waiting, claimed or delayed (for the reconciler)."""

@@ -24,7 +24,6 @@ _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^/:]+):(?P<path>.+)$"
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/~-]+$")
-_GITHUB = re.compile(r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 
 
 class InvalidRepo(ValueError):
@@ -105,18 +104,3 @@ def _check_local(path: str, settings: Settings, any_local_path: bool) -> None:
 def _check_allowlist(url: str, settings: Settings) -> None:
     if not any(fnmatchcase(url, pattern) for pattern in settings.repo_allowlist):
         raise InvalidRepo(f"{url} is not in FIXFLEET_REPO_ALLOWLIST")
-
-
-def github_name(url: str, settings: Settings) -> str | None:
-    """owner/name when the repository is reviewed on GitHub, else None (a plain git remote)."""
-    if url in settings.github_repos:
-        return settings.github_repos[url]
-    match = _GITHUB.match(url)
-    return match["name"] if match else None
-
-
-def github_ref(settings: Settings, full_name: str, number: int) -> str:
-    """How an issue or pull request on the configured GitHub is named in external ids and matched
-    against comments: "owner/name#n" on github.com, "host/owner/name#n" on GitHub Enterprise."""
-    host = (urlsplit(settings.github_api_url).hostname or "api.github.com").lower()
-    return f"{full_name}#{number}" if host == "api.github.com" else f"{host}/{full_name}#{number}"

@@ -15,7 +15,9 @@ from fastapi import BackgroundTasks
 from fixfleet.approvals import Principal, Refused
 from fixfleet.commands import ParsedCommand, parse_commands, unknown_reply
 from fixfleet.commands.handlers import Commands, NeedsTask
+from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY
 from fixfleet.intake import CommandRequest, SlackAction
+from fixfleet.integrations.notifier import ChatThread
 from fixfleet.models import Task
 from fixfleet.store import StoreError, TaskNotFound
 from serve_app.context import AppContext
@@ -77,9 +79,10 @@ class CommandHandler:
                 return await self.store.get_task(key)
             except TaskNotFound:
                 return None
-        if event.where:
-            for external_key in ("github_pr", "github_issue"):
-                task = await self.store.find_task(external_key=external_key, external_id=event.where, open_only=False)
+        if event.where is not None:
+            for external_key in (PULL_KEY, ISSUE_KEY):
+                task = await self.store.find_task(external_key=external_key, external_id=str(event.where),
+                                                  open_only=False)
                 if task is not None:
                     return task
         return None
@@ -87,11 +90,12 @@ class CommandHandler:
     def _reply(self, event: CommandRequest, text: str, background: BackgroundTasks) -> None:
         """Answer where the command was given: the GitHub thread, or the Slack message's thread
         (a slash command's answer is the HTTP response itself)."""
-        github, slack = self.ctx.github, self.ctx.slack
-        if event.source == "github" and github and event.repo_full_name and event.issue_number is not None:
-            send = github.comment(event.repo_full_name, event.issue_number, text)
-        elif event.source == "slack" and slack and event.slack_channel:
-            send = slack.post_message(event.slack_channel, text, thread_ts=event.slack_thread_ts)
+        providers = self.ctx.providers
+        forge = providers.forges.of_kind(event.source)
+        if forge is not None and event.where is not None:
+            send = forge.comment(event.where, text)
+        elif event.source == "slack" and providers.notifier and event.slack_channel:
+            send = providers.notifier.answer(ChatThread(channel=event.slack_channel, thread=event.slack_thread_ts), text)
         else:
             return
 

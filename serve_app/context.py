@@ -14,12 +14,11 @@ from fastapi import FastAPI, Request
 from actors.credentials import TokenManager
 from fixfleet.approvals import Approvals
 from fixfleet.commands.handlers import Commands
-from fixfleet.commands.notices import GitHubOwnerNotice
+from fixfleet.commands.notices import ForgeOwnerNotice
 from fixfleet.config import Settings, load_settings
-from fixfleet.integrations.github import GitHubClient
-from fixfleet.integrations.slack import SlackClient
 from fixfleet.metrics import Metrics
 from fixfleet.outbox import OutboxRelay
+from fixfleet.providers import Providers, connect
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
 from fixfleet.session_upkeep import run_session_upkeep
@@ -34,8 +33,7 @@ log = logging.getLogger(__name__)
 class AppContext:
     settings: Settings
     services: Services
-    github: GitHubClient | None
-    slack: SlackClient | None
+    providers: Providers  # the forges and the chat commands are answered on
     approvals: Approvals
     tokens: list[ApiToken]
     metrics: Metrics
@@ -55,18 +53,14 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
     async with open_services(settings, pool_size=20) as services:
         redactor = Redactor.from_settings(settings)
         redact_logs(redactor)
-        github = (GitHubClient(settings.github_token, api_url=settings.github_api_url, redactor=redactor)
-                  if settings.github_token else None)
-        slack = (SlackClient(settings.slack_bot_token, api_url=settings.slack_api_url, redactor=redactor)
-                 if settings.slack_bot_token else None)
-        approvals = Approvals(services.store, settings, github)
+        providers = connect(settings, redactor)
+        approvals = Approvals(services.store, settings, providers.forges)
         ctx = AppContext(
             settings=settings,
             services=services,
-            github=github,
-            slack=slack,
+            providers=providers,
             approvals=approvals,
-            commands=Commands(services.store, approvals, notice=GitHubOwnerNotice(github, settings)),
+            commands=Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges)),
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
@@ -86,9 +80,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             for task in background:
                 with suppress(Exception):
                     await asyncio.wait_for(task, 5)
-            for client in (github, slack):
-                if client is not None:
-                    await client.aclose()
+            await providers.aclose()
 
 
 def lifespan_for(settings: Settings | None, *, relay: bool = True):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -11,7 +9,7 @@ from fixfleet.models import (
     Priority,
     Task,
     TaskEvent,
-    TaskStatus,
+    TaskEventView,
     TaskView,
     check_external_id,
 )
@@ -59,14 +57,7 @@ class TaskPage(BaseModel):
     next_offset: int | None
 
 
-class EventOut(BaseModel):
-    id: int
-    from_status: TaskStatus | None
-    to_status: TaskStatus | None
-    actor: str
-    reason: str
-    data: dict[str, Any]
-    created_at: datetime
+class EventOut(TaskEventView):
 
     @classmethod
     def of(cls, event: TaskEvent) -> EventOut:

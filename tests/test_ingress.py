@@ -87,7 +87,7 @@ async def test_sentry_alert_becomes_one_queued_task(api: str, store: Store, queu
     deadline = time.monotonic() + 5  # the app's outbox relay puts it on the planning queue
     while (await queues["planning"].depth()).waiting == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert await queues["planning"].task_ids() == {task.id}
+    assert {task_id for task_id, _ in await queues["planning"].entries()} == {task.id}
 
 
 async def test_repeat_alert_attaches_to_the_open_task(api: str, store: Store) -> None:
@@ -267,7 +267,7 @@ async def test_revise_sends_the_task_back_with_feedback(api: str, store: Store) 
 
 
 async def test_slack_button_from_allowlisted_user_only(api: str, store: Store) -> None:
-    from fixfleet.intake import slack_action_value
+    from fixfleet.formats.slack import slack_action_value
 
     task = await awaiting_task(store)
 

@@ -18,15 +18,15 @@ from fixfleet.intake import (
     Ping,
     SlackAction,
     TaskRequest,
-    adf_to_text,
     delivery_id,
     parse_github,
     parse_jira,
     parse_sentry,
     parse_slack_command,
     parse_slack_interaction,
-    slack_action_value,
 )
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.formats.slack import slack_action_value
 from fixfleet.models import Priority, Source
 from tests.shared import CORPUS
 
@@ -151,7 +151,7 @@ def test_issue_comment_is_a_command_request(settings):
     assert result.issue_number == 1 and not result.is_pull_request
     assert result.comment_id == "492700400"
     assert result.comment_url == "https://github.com/Codertocat/Hello-World/issues/1#issuecomment-492700400"
-    assert result.where == "Codertocat/Hello-World#1"
+    assert str(result.where) == "Codertocat/Hello-World#1"
     assert not result.edited
 
 

@@ -7,11 +7,17 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from fixfleet.config import Settings
-from fixfleet.intake import adf_to_text, parse_slack_interaction, slack_action_value
+from fixfleet.forges.git_remote import PlainGitRemote
+from fixfleet.forges.github import GitHubForge
+from fixfleet.forges.github_api import GitHubClient, graphql_url
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.formats.slack import slack_action_value
+from fixfleet.intake import parse_sentry, parse_slack_interaction
 from fixfleet.integrations.base import (
     AuthenticationError,
     NotFoundError,
@@ -19,12 +25,26 @@ from fixfleet.integrations.base import (
     RejectedError,
     UnavailableError,
 )
-from fixfleet.integrations.github import GitHubClient, graphql_url
 from fixfleet.integrations.http import IntegrationError
-from fixfleet.integrations.jira import JiraClient, TransitionNotFoundError, text_to_adf
-from fixfleet.integrations.registry import from_settings, reset_skip_log
+from fixfleet.integrations.jira import (
+    JiraClient,
+    JiraTracker,
+    TransitionNotFoundError,
+    text_to_adf,
+)
+from fixfleet.integrations.notifier import ChatThread
 from fixfleet.integrations.sentry import SentryClient
-from fixfleet.integrations.slack import SlackAuthError, SlackClient, SlackError, SlackNotFoundError
+from fixfleet.integrations.slack import (
+    SlackAuthError,
+    SlackClient,
+    SlackError,
+    SlackNotFoundError,
+    SlackNotifier,
+)
+from fixfleet.integrations.tracker import Stage
+from fixfleet.models import Priority, Source, Task, TaskStatus
+from fixfleet.providers import connect, reset_skip_log
+from fixfleet.redact import Redactor
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.sentry import FakeSentry
@@ -36,6 +56,11 @@ SENTRY_TOKEN = "sntrys_integrationTestToken0123"
 SLACK_TOKEN = "xoxb-1111-2222-integrationTestToken"
 FAST = {"attempts": 3, "backoff_s": 0.01, "max_wait_s": 2.0}
 REPO = "acme/api"
+NOW = datetime.now(UTC)
+TASK = Task(id=1, key="FF-1", source=Source.SENTRY, external_ids={}, repo="https://github.com/acme/api.git",
+            title="div by zero", body="", priority=Priority.HIGH, status=TaskStatus.AWAITING_APPROVAL, version=3,
+            attempts=1, plan=None, plan_version=2, branch="fixfleet/FF-1", pr_url=None, context={}, cost_usd=0.0,
+            tokens=0, created_at=NOW, updated_at=NOW)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -113,80 +138,20 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
 # --- GitHub -----------------------------------------------------------------------------------
 
 
-async def test_github_existing_methods_still_work(github: GitHubClient, fake_github: FakeGitHub) -> None:
+async def test_github_permission_and_a_plain_comment(github: GitHubClient, fake_github: FakeGitHub) -> None:
     fake_github.grant(REPO, "maintainer", "maintain")
     assert await github.permission(REPO, "maintainer") == "maintain"
-    assert await github.can_write(REPO, "maintainer")
-    assert not await github.can_write(REPO, "stranger")  # 404: not a collaborator
+    assert await github.permission(REPO, "stranger") == "none"  # 404: not a collaborator
     comment = await github.comment(REPO, 3, "hello")
     assert comment["body"] == "hello" and fake_github.comments_on(REPO, 3) == [comment]
-
-
-async def test_github_default_branch_and_branches(github: GitHubClient, fake_github: FakeGitHub) -> None:
     assert await github.default_branch(REPO) == "main"
-    main = await github.get_branch_sha(REPO, "main")
-    assert main == fake_github.repos[REPO].refs["main"]
-    assert await github.get_branch_sha(REPO, "fixfleet/FF-1") is None
-
-    assert await github.create_branch(REPO, "fixfleet/FF-1", main) == main
-    assert await github.get_branch_sha(REPO, "fixfleet/FF-1") == main
-    # Again, even from another commit: the existing branch is kept, not an error.
-    other = fake_github.push(REPO, "main", {"x.txt": "x"})
-    assert await github.create_branch(REPO, "fixfleet/FF-1", other) == main
-    assert fake_github.repos[REPO].refs["fixfleet/FF-1"] == main
-    with pytest.raises(RejectedError):
-        await github.create_branch(REPO, "fixfleet/FF-2", "0" * 40)  # no such commit
-
-
-async def test_github_files_create_update_and_unchanged(github: GitHubClient, fake_github: FakeGitHub) -> None:
-    main = await github.get_branch_sha(REPO, "main")
-    await github.create_branch(REPO, "fixfleet/FF-1", main)
-    assert await github.get_file(REPO, "PLAN.md", "fixfleet/FF-1") is None
-
-    plan = "# Plan v1\n\nRoot cause: division by zero — ünïcode ✓\n"
-    first = await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan, "docs: plan v1")
-    assert first is not None and fake_github.repos[REPO].refs["fixfleet/FF-1"] == first
-    put = fake_github.calls_to(r"/contents/PLAN\.md$", "PUT")[-1]
-    assert base64.b64decode(put.body["content"]).decode() == plan and "sha" not in put.body
-    text, sha = await github.get_file(REPO, "PLAN.md", "fixfleet/FF-1")
-    assert text == plan
-    assert await github.get_file(REPO, "PLAN.md", "main") is None  # only on the branch
-
-    commits = len(fake_github.commit_log)
-    puts = len(fake_github.calls_to(r"/contents/", "PUT"))
-    assert await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan, "docs: plan v1") is None
-    assert len(fake_github.commit_log) == commits and len(fake_github.calls_to(r"/contents/", "PUT")) == puts
-
-    second = await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", plan + "v2\n", "docs: plan v2")
-    assert second not in (None, first)
-    assert fake_github.calls_to(r"/contents/PLAN\.md$", "PUT")[-1].body["sha"] == sha
-    assert fake_github.files(REPO, "fixfleet/FF-1")["PLAN.md"] == plan + "v2\n"
-    assert fake_github.commit_log[-2:] == [(REPO, "fixfleet/FF-1", "docs: plan v1"), (REPO, "fixfleet/FF-1", "docs: plan v2")]
-
-
-async def test_github_put_file_rereads_after_a_conflict(github: GitHubClient, fake_github: FakeGitHub) -> None:
-    fake_github.fail_next(r"/contents/app/calc\.py$", 409, method="PUT")
-    assert await github.put_file(REPO, "app/calc.py", "main", "fixed\n", "fix: calc") is not None
-    assert len(fake_github.calls_to(r"/contents/app/calc\.py$", "PUT")) == 2
-    assert fake_github.files(REPO)["app/calc.py"] == "fixed\n"
-
-
-async def test_github_fake_refuses_bad_content(github: GitHubClient, fake_github: FakeGitHub) -> None:
-    with pytest.raises(RejectedError) as caught:
-        await github._call("PUT", f"/repos/{REPO}/contents/a.txt",
-                           json={"message": "m", "content": "not base64!!", "branch": "main"})
-    assert caught.value.status == 422
-    with pytest.raises(RejectedError):  # an existing file without its sha
-        await github._call("PUT", f"/repos/{REPO}/contents/README.md",
-                           json={"message": "m", "content": base64.b64encode(b"x").decode(), "branch": "main"})
 
 
 async def test_github_pull_requests_are_idempotent(github: GitHubClient, fake_github: FakeGitHub) -> None:
-    main = await github.get_branch_sha(REPO, "main")
-    await github.create_branch(REPO, "fixfleet/FF-1", main)
+    fake_github.repos[REPO].refs["fixfleet/FF-1"] = fake_github.repos[REPO].refs["main"]  # pushed, nothing new
     with pytest.raises(RejectedError, match="No commits between"):
         await github.create_pull(REPO, "fixfleet/FF-1", "main", "FF-1", "body")
-    await github.put_file(REPO, "PLAN.md", "fixfleet/FF-1", "# Plan\n", "docs: plan")
+    fake_github.push(REPO, "fixfleet/FF-1", {"PLAN.md": "# Plan\n"})
     assert await github.find_pull(REPO, "fixfleet/FF-1") is None
     refused = len(fake_github.calls_to(r"/pulls$", "POST"))
 
@@ -260,11 +225,11 @@ async def test_github_upsert_comment_finds_its_comment_on_a_later_page(github: G
 async def test_retry_after_429_then_success(fake_github: FakeGitHub) -> None:
     client = GitHubClient(GITHUB_TOKEN, api_url=fake_github.url, attempts=3, backoff_s=0.01, max_wait_s=5)
     try:
-        fake_github.fail_next(r"/git/ref/heads/main$", 429, retry_after=0.3)
+        fake_github.fail_next(r"^/repos/acme/api$", 429, retry_after=0.3)
         started = time.monotonic()
-        assert await client.get_branch_sha(REPO, "main") is not None
+        assert await client.default_branch(REPO) == "main"
         assert time.monotonic() - started >= 0.3  # waited as told, not the 0.01 s backoff
-        assert len(fake_github.calls_to(r"/git/ref/heads/main$")) == 2
+        assert len(fake_github.calls_to(r"^/repos/acme/api$")) == 2
     finally:
         await client.aclose()
 
@@ -452,37 +417,49 @@ async def test_jira_search_pages_by_token_and_returns_the_fields_asked(jira: Jir
         await jira.search("assignee = currentUser()")
 
 
+async def test_jira_as_a_tracker_comments_once_and_moves_to_review(jira: JiraClient, fake_jira: FakeJira) -> None:
+    tracker = JiraTracker(jira)
+    assert tracker.issue_of(TASK.model_copy(update={"external_ids": {"jira": "OPS-7"}})) == "OPS-7"
+    assert tracker.issue_of(TASK) is None
+    for _ in range(2):  # a retried step
+        await tracker.comment("OPS-7", "fixfleet pushed a tested fix", marker="FF-1-done")
+        await tracker.move("OPS-7", Stage.IN_REVIEW)
+    assert [adf_to_text(c["body"]).splitlines()[0] for c in fake_jira.issue_comments["OPS-7"]] == ["fixfleet pushed a tested fix"]
+    assert fake_jira.status("OPS-7") == "In Review" and len(fake_jira.calls_to(r"/transitions$", "POST")) == 1
+
+
 # --- Sentry -----------------------------------------------------------------------------------
 
 
-async def test_sentry_issue_and_latest_event_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
-    issue = await sentry.get_issue("4242")
-    assert issue["title"].startswith("ZeroDivisionError") and issue["project"]["slug"] == "backend"
-    frames = await sentry.latest_event("4242")
-    assert frames == [
+async def test_sentry_latest_event_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
+    details = await sentry.latest_event_details("4242")
+    assert details["frames"] == [
         {"filename": "app/main.py", "abs_path": "/srv/app/main.py", "function": "handler", "lineno": 12,
          "in_app": True, "context_line": "    return div(total, count)"},
         {"filename": "app/calc.py", "abs_path": "/srv/app/calc.py", "function": "div", "lineno": 2,
          "in_app": True, "context_line": "    return a / b"},
     ]
-    details = await sentry.latest_event_details(4242)
-    assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["frames"] == frames
+    assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["title"].startswith("ZeroDivisionError")
+    assert (await sentry.latest_event_details(4242))["frames"] == details["frames"]
     assert fake_sentry.calls[-1].path == "/api/0/issues/4242/events/latest/"
 
 
-async def test_sentry_frames_match_the_webhook_parser(sentry: SentryClient) -> None:
-    from fixfleet.intake.sentry import _sentry_exceptions
-
-    webhook_event = {"exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
-                                               "stacktrace": {"frames": FRAMES}}]}}
-    assert await sentry.latest_event("4242") == _sentry_exceptions(webhook_event)[0]["frames"]
+async def test_sentry_frames_read_alike_from_a_webhook_and_the_api(sentry: SentryClient) -> None:
+    """The API spells frames in camelCase, the webhook in snake_case: the planner reads one shape."""
+    alert = {"action": "triggered", "data": {"event": {
+        "issue_id": "4242", "project_slug": "backend", "title": "ZeroDivisionError: division by zero",
+        "exception": {"values": [{"type": "ZeroDivisionError", "value": "division by zero",
+                                  "stacktrace": {"frames": FRAMES}}]}}}}
+    parsed = parse_sentry("event_alert", alert, Settings(_env_file=None, default_repo="https://github.com/acme/api.git"))
+    assert parsed.new_task.context["frames"] == (await sentry.latest_event_details("4242"))["frames"]
 
 
 async def test_sentry_message_event_has_no_frames(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
     fake_sentry.add_issue("77", "Something logged", None)
-    assert await sentry.latest_event("77") == []
+    details = await sentry.latest_event_details("77")
+    assert details["frames"] == [] and details["message"] == "Something logged"
     with pytest.raises(NotFoundError):
-        await sentry.get_issue("78")
+        await sentry.latest_event_details("78")
 
 
 async def test_sentry_project_issues_follow_the_link_cursor(sentry: SentryClient, fake_sentry: FakeSentry) -> None:
@@ -503,7 +480,7 @@ async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:
     client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", **FAST)
     try:
         with pytest.raises(AuthenticationError) as caught:
-            await client.latest_event("4242")
+            await client.latest_event_details("4242")
         assert_no_secret(caught.value, "sntrys_wrong_0123456789")
     finally:
         await client.aclose()
@@ -550,19 +527,6 @@ async def test_slack_update_replaces_the_buttons(slack: SlackClient, fake_slack:
         await slack.update("C0PLANS", "1.2", "nothing there")
 
 
-async def test_slack_respond_sends_no_token(slack: SlackClient, fake_slack: FakeSlack) -> None:
-    url = fake_slack.response_url()
-    await slack.respond(url, "Approved FF-12")
-    assert fake_slack.responses[-1]["text"] == "Approved FF-12"
-    assert fake_slack.responses[-1]["authorization"] is None
-    with pytest.raises(ValueError):
-        await slack.respond("https://evil.test/actions/x", "no")
-    fake_slack.fail_next(r"^/actions/", 404, body="expired_url")
-    with pytest.raises(NotFoundError) as caught:
-        await slack.respond(url, "late")
-    assert url not in str(caught.value)  # the response_url is a credential of sorts too
-
-
 async def test_slack_ok_false_is_typed(slack: SlackClient, fake_slack: FakeSlack) -> None:
     with pytest.raises(SlackError) as caught:
         await slack.post_message("C0NOPE", "hi")
@@ -593,7 +557,32 @@ async def test_slack_ratelimited_429_honours_retry_after(slack: SlackClient, fak
     assert len(fake_slack.calls_to(r"chat\.postMessage")) == 2 and len(fake_slack.messages) == 1
 
 
-# --- registry ---------------------------------------------------------------------------------
+async def test_slack_as_the_notifier_keeps_the_plan_message_and_answers_in_threads(slack: SlackClient,
+                                                                                    fake_slack: FakeSlack) -> None:
+    notifier = SlackNotifier(slack, "C0PLANS")
+    kept = await notifier.plan_ready(TASK, 2, "Guard b == 0.", "https://github.com/acme/api/pull/1")
+    task = TASK.model_copy(update={"context": kept})
+    message = fake_slack.message("C0PLANS", kept["slack_ts"])
+    assert message is not None and message["blocks"][1]["elements"][0]["value"] == "FF-1:v2"
+    await notifier.task_changed(task, "FF-1 fixed and tested")
+    await notifier.task_reply(task, "the planner's answer " + "x" * 5000)
+    assert fake_slack.message("C0PLANS", kept["slack_ts"])["text"] == "FF-1 fixed and tested"
+    reply = fake_slack.messages[-1]
+    assert reply["thread_ts"] == kept["slack_ts"] and len(reply["text"]) == 3900
+    fake_slack.channels.add("C0OTHER")
+    await notifier.answer(ChatThread(channel="C0OTHER", thread="171.1"), "FF-1 is now APPROVED")
+    assert (fake_slack.messages[-1]["channel"], fake_slack.messages[-1]["thread_ts"]) == ("C0OTHER", "171.1")
+
+    calls = len(fake_slack.calls)
+    quiet = SlackNotifier(slack, None)  # no FIXFLEET_SLACK_CHANNEL: plans are not posted
+    assert await quiet.plan_ready(TASK, 1, "s", None) == {}
+    await quiet.task_changed(task, "x")
+    await quiet.task_reply(task, "x")
+    await notifier.task_changed(TASK, "no plan message: nothing to change")
+    assert len(fake_slack.calls) == calls
+
+
+# --- the one factory: fixfleet/providers.py ------------------------------------------------------
 
 ENV_NAMES = ["GITHUB_TOKEN", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "SENTRY_AUTH_TOKEN", "SLACK_BOT_TOKEN"]
 
@@ -607,41 +596,52 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     reset_skip_log()
 
 
-async def test_registry_skips_unconfigured_services_once(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
-    found = from_settings(Settings(_env_file=None))
-    assert (found.github, found.jira, found.sentry, found.slack) == (None, None, None, None)
-    assert found.configured == []
+def bare(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+async def test_unconfigured_services_are_skipped_and_said_once(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.providers")
+    found = connect(bare(), Redactor())
+    assert (found.github, found.jira, found.sentry, found.slack, found.notifier) == (None, None, None, None, None)
+    assert found.configured == [] and found.trackers == []
+    assert isinstance(found.forges.for_repo("https://github.com/acme/api.git"), PlainGitRemote)  # no token: plain git
     messages = [r.getMessage() for r in caplog.records]
     assert "jira not configured (JIRA_BASE_URL, JIRA_EMAIL, JIRA_API_TOKEN): skipped" in messages
     assert "slack not configured (SLACK_BOT_TOKEN): skipped" in messages
     assert len(messages) == 4
-    from_settings(Settings(_env_file=None))
+    connect(bare(), Redactor())
     assert len(caplog.records) == 4  # said once
     await found.aclose()
 
 
-async def test_registry_builds_configured_clients(clean_env: None, caplog: pytest.LogCaptureFixture,
-                                                  fake_jira: FakeJira) -> None:
-    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
-    settings = Settings(_env_file=None, github_token="ghp_x123456", jira_base_url=fake_jira.url,
-                        jira_email=JIRA_EMAIL, jira_api_token=JIRA_TOKEN, slack_bot_token="xoxb-1-2-3")
-    found = from_settings(settings, **FAST)
+async def test_configured_services_are_built_with_the_one_redactor(clean_env: None, caplog: pytest.LogCaptureFixture,
+                                                                   fake_jira: FakeJira, fake_slack: FakeSlack) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.providers")
+    settings = bare(github_token="ghp_x123456", jira_base_url=fake_jira.url, jira_email=JIRA_EMAIL,
+                    jira_api_token=JIRA_TOKEN, slack_bot_token=SLACK_TOKEN, slack_api_url=fake_slack.api_url,
+                    slack_channel="C0PLANS")
+    redactor = Redactor(["hunter2-the-database-password"])
+    found = connect(settings, redactor, **FAST)
     try:
         assert isinstance(found.github, GitHubClient) and isinstance(found.jira, JiraClient)
         assert isinstance(found.slack, SlackClient) and found.sentry is None
         assert found.configured == ["github", "jira", "slack"]
-        assert (await found.jira.get_issue("OPS-7"))["key"] == "OPS-7"
+        assert all(client.redactor is redactor for client in (found.github, found.jira, found.slack))
+        assert isinstance(found.forges.for_repo("https://github.com/acme/api.git"), GitHubForge)
+        assert [type(t) for t in found.trackers] == [JiraTracker] and isinstance(found.notifier, SlackNotifier)
+        await found.notifier.answer(ChatThread(channel="C0PLANS"), "the password is hunter2-the-database-password")
+        assert fake_slack.messages[-1]["text"] == "the password is [REDACTED]"  # what leaves passes the redactor
         assert [r.getMessage() for r in caplog.records] == ["sentry not configured (SENTRY_AUTH_TOKEN): skipped"]
         assert not any(secret in r.getMessage() for r in caplog.records for secret in (JIRA_TOKEN, "ghp_x123456"))
     finally:
         await found.aclose()
 
 
-async def test_registry_names_what_a_partial_config_lacks(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="fixfleet.integrations.registry")
-    found = from_settings(Settings(_env_file=None, jira_base_url="https://acme.atlassian.net", jira_email="a@b.c"))
-    assert found.jira is None
+async def test_a_partial_config_is_named_with_what_it_lacks(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fixfleet.providers")
+    found = connect(bare(jira_base_url="https://acme.atlassian.net", jira_email="a@b.c"), Redactor())
+    assert found.jira is None and found.trackers == []
     jira_lines = [r for r in caplog.records if r.getMessage().startswith("jira")]
     assert jira_lines[0].levelno == logging.WARNING and "missing JIRA_API_TOKEN" in jira_lines[0].getMessage()
     await found.aclose()

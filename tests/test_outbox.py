@@ -112,8 +112,8 @@ async def test_flushall_then_reconcile_brings_every_queued_task_back(
 
         expected = {tasks[t].id for t in ("received", "revising", "approved", "planning-dead-agent")}
         assert set(report.requeued) == expected
-        planning = await queues["planning"].task_ids()
-        execution = await queues["execution"].task_ids()
+        planning = {task_id for task_id, _ in await queues["planning"].entries()}
+        execution = {task_id for task_id, _ in await queues["execution"].entries()}
         assert planning == {tasks[t].id for t in ("received", "revising", "planning-dead-agent")}
         assert execution == {tasks["approved"].id}
         again = await reconcile(store, queues, claimed_stale_s=600)
@@ -134,7 +134,7 @@ async def test_a_running_relay_refills_a_flushed_redis_by_itself(
     try:
         task, _ = await store.create_task(NewTask(repo="file:///r", title="survives a Redis restart"))
         for _ in range(50):
-            if task.id in await queues["planning"].task_ids():
+            if task.id in {task_id for task_id, _ in await queues["planning"].entries()}:
                 break
             await asyncio.sleep(0.05)
         await redis.flushall()

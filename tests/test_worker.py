@@ -50,8 +50,8 @@ async def test_a_permanent_error_fails_the_task_on_the_first_attempt(redis: Redi
     assert failure.data["permanent"] is True and failure.data["attempt"] == 1
     assert not any("retry in" in e.reason for e in events)
     assert [t for t, _ in told] == [task_id]
-    dead = await queue.dead_letters()
-    assert len(dead) == 1 and "does not exist" in dead[0]["reason"]
+    dead = await redis.xrevrange(queue.dead_key)
+    assert len(dead) == 1 and b"does not exist" in dead[0][1][b"reason"]
     depth = await queue.depth()
     assert (depth.waiting, depth.pending, depth.delayed, depth.dead) == (0, 0, 0, 1)
 

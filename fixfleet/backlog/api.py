@@ -9,14 +9,13 @@ retry because it carries an Idempotency-Key.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import ConfigDict, SecretStr
 
 from fixfleet.backlog.items import BacklogItem
-from fixfleet.models import TERMINAL, TaskStatus, TaskView
+from fixfleet.models import TERMINAL, TaskEventView, TaskView
 
 RETRIED = {502, 503, 504}
 FIND_BATCH = 100  # the API's limit of external filters per request
@@ -40,15 +39,10 @@ class RemoteTask(TaskView):
         return self.status in TERMINAL
 
 
-class RemoteEvent(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class RemoteEvent(TaskEventView):
+    """A row of a task's audit trail as the API shows it."""
 
-    from_status: TaskStatus | None
-    to_status: TaskStatus | None
-    actor: str
-    reason: str
-    data: dict[str, Any]
-    created_at: datetime
+    model_config = ConfigDict(extra="ignore")
 
 
 class TaskApi:

@@ -12,11 +12,12 @@ from typing import Any
 from fixfleet.backlog.items import BacklogItem, make_item, repository_for
 from fixfleet.config import Settings, load_settings
 from fixfleet.integrations.jira import JiraClient
-from fixfleet.integrations.registry import REQUIRED
 from fixfleet.integrations.sentry import SentryClient
-from fixfleet.intake.access import as_int, as_str, dig
-from fixfleet.intake.jira import adf_to_text, jira_priority, sentry_issue_links
+from fixfleet.formats.access import as_int, as_str, dig
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.intake.jira import jira_priority, sentry_issue_links
 from fixfleet.intake.sentry import sentry_body, sentry_priority
+from fixfleet.providers import REQUIRED, connect
 from fixfleet.redact import Redactor
 
 
@@ -50,24 +51,15 @@ async def load_sentry(organization: str, project: str, *, query: str = "is:unres
 
 @asynccontextmanager
 async def _client(service: str, given: Any, settings: Settings) -> AsyncIterator[Any]:
-    """The client given, or one made from the settings (and closed after)."""
+    """The client given, or the one the settings configure (closed after)."""
     if given is not None:
         yield given
         return
-    made = _from_settings(service, settings)
-    try:
+    async with connect(settings, Redactor.from_settings(settings)) as providers:
+        made = getattr(providers, service)
+        if made is None:
+            raise SourceNotConfigured(f"{service} is not configured: set {', '.join(REQUIRED[service])} or pass client=")
         yield made
-    finally:
-        await made.aclose()
-
-
-def _from_settings(service: str, settings: Settings) -> JiraClient | SentryClient:
-    redactor = Redactor.from_settings(settings)
-    if service == "jira" and settings.jira_base_url and settings.jira_email and settings.jira_api_token:
-        return JiraClient(settings.jira_base_url, settings.jira_email, settings.jira_api_token, redactor=redactor)
-    if service == "sentry" and settings.sentry_auth_token:
-        return SentryClient(settings.sentry_auth_token, settings.sentry_api_url, redactor=redactor)
-    raise SourceNotConfigured(f"{service} is not configured: set {', '.join(REQUIRED[service])} or pass client=")
 
 
 async def _latest_exceptions(sentry: SentryClient, issues: list[dict[str, Any]],

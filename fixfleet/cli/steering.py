@@ -24,9 +24,10 @@ from fixfleet.cli.app import (
     with_services,
 )
 from fixfleet.commands.handlers import CommandResult, Commands, NeedsTask
-from fixfleet.commands.notices import GitHubOwnerNotice
-from fixfleet.integrations.github import GitHubClient
+from fixfleet.commands.notices import ForgeOwnerNotice
 from fixfleet.models import Priority
+from fixfleet.providers import connect
+from fixfleet.redact import Redactor
 from fixfleet.services import Services
 
 Reason = Annotated[str, typer.Option(help="Why (kept in the audit trail).")]
@@ -38,17 +39,14 @@ def run_command(name: str, ref: str | None, actor: str, as_json: bool, **args: A
 
     async def run(services: Services) -> CommandResult:
         settings = services.settings
-        github = GitHubClient(settings.github_token, api_url=settings.github_api_url) if settings.github_token else None
-        try:
-            approvals = Approvals(services.store, settings, github)
-            commands = Commands(services.store, approvals, notice=GitHubOwnerNotice(github, settings))
-            return await commands.run(Principal(kind="cli", name=actor or getpass.getuser()), name,
-                                      task_ref=ref, args=args)
-        except (Refused, NeedsTask) as refusal:
-            raise CliError(str(refusal)) from None
-        finally:
-            if github is not None:
-                await github.aclose()
+        async with connect(settings, Redactor.from_settings(settings)) as providers:
+            try:
+                approvals = Approvals(services.store, settings, providers.forges)
+                commands = Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges))
+                return await commands.run(Principal(kind="cli", name=actor or getpass.getuser()), name,
+                                          task_ref=ref, args=args)
+            except (Refused, NeedsTask) as refusal:
+                raise CliError(str(refusal)) from None
 
     result = with_services(run)
     payload = (task_json(result.task) if result.task else {}) | {"reply": result.text}  # scripts read the task's fields

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from fixfleet.approvals import Approvals, Decision, Principal, Refused
 from fixfleet.commands.loader import Scope, default_commands
 from fixfleet.commands.parser import help_text
+from fixfleet.forges.refs import PULL_KEY
+from fixfleet.integrations.slack import PLAN_MESSAGE
 from fixfleet.models import (
     EXPLAIN,
     OPEN,
@@ -28,7 +30,6 @@ from fixfleet.models import (
     TaskStatus,
 )
 from fixfleet.plan_doc import plan_versions, proven
-from fixfleet.repos import github_name
 from fixfleet.sessions import (
     SessionRecord,
     SessionStatus,
@@ -281,15 +282,18 @@ class Commands:
 
     async def _queue(self, principal: Principal) -> str:
         tasks = await self.store.list_tasks(statuses=WAITING_OR_RUNNING, limit=1000)
-        if principal.kind == "github" and principal.where:  # only the thread's own repository
-            repo = principal.where.rsplit("#", 1)[0]
-            tasks = [t for t in tasks if (github_name(t.repo, self.approvals.settings) or "") in repo]
+        if principal.where is not None:  # asked on a forge's thread: only that repository's tasks
+            tasks = [t for t in tasks if self._repo_name(t) == principal.where.repo.name]
         tasks.sort(key=lambda t: (t.priority.rank, t.id))
         if not tasks:
             return "No task is waiting or running."
         rows = [f"{t.key:<8} {t.priority:<8} {t.status:<17} {t.title[:60]}" for t in tasks[:QUEUE_SHOWN]]
         more = f"\n... and {len(tasks) - QUEUE_SHOWN} more" if len(tasks) > QUEUE_SHOWN else ""
         return f"{len(tasks)} task(s) waiting or running, by priority:\n```\n" + "\n".join(rows) + f"\n```{more}"
+
+    def _repo_name(self, task: Task) -> str | None:
+        repo = self.approvals.forges.for_repo(task.repo).repo_of(task.repo)
+        return repo.name if repo else None
 
 
 Handler = Callable[[Commands, Invocation], Awaitable[CommandResult]]
@@ -333,8 +337,8 @@ def render_answer(answer: dict[str, Any]) -> str:
 
 
 def where_answers_go(task: Task) -> str:
-    places = [name for name, present in (("on the pull request", task.external_ids.get("github_pr")),
-                                         ("in the Slack thread", task.context.get("slack_ts"))) if present]
+    places = [name for name, present in (("on the pull request", task.external_ids.get(PULL_KEY)),
+                                         ("in the Slack thread", task.context.get(PLAN_MESSAGE))) if present]
     return " and ".join(places) or "on the task"
 
 

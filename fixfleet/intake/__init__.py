@@ -10,12 +10,10 @@ from fixfleet.intake.delivery import delivery_id
 from fixfleet.intake.events import (CommandRequest, Ignored, ParsedEvent, ParseError, Ping, SlackAction, TaskRequest,
                                     UrlVerification)
 from fixfleet.intake.github import parse_github
-from fixfleet.intake.jira import adf_to_text, parse_jira
-from fixfleet.intake.sentry import MAX_CONTEXT_LINE, MAX_FRAMES, parse_sentry
-from fixfleet.intake.slack import (parse_slack_action_value, parse_slack_command, parse_slack_event,
-                                   parse_slack_interaction, slack_action_value)
+from fixfleet.intake.jira import parse_jira
+from fixfleet.intake.sentry import parse_sentry
+from fixfleet.intake.slack import parse_slack_command, parse_slack_event, parse_slack_interaction
 
-__all__ = ["MAX_CONTEXT_LINE", "MAX_FRAMES", "CommandRequest", "Ignored", "ParseError", "ParsedEvent", "Ping",
-           "SlackAction", "TaskRequest", "UrlVerification", "adf_to_text", "delivery_id", "parse_github", "parse_jira",
-           "parse_sentry", "parse_slack_action_value", "parse_slack_command", "parse_slack_event", "parse_slack_interaction",
-           "slack_action_value"]
+__all__ = ["CommandRequest", "Ignored", "ParseError", "ParsedEvent", "Ping", "SlackAction", "TaskRequest",
+           "UrlVerification", "delivery_id", "parse_github", "parse_jira", "parse_sentry", "parse_slack_command",
+           "parse_slack_event", "parse_slack_interaction"]

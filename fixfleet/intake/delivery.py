@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fixfleet.intake.access import as_str, dig
+from fixfleet.formats.access import as_str, dig
 
 _DELIVERY_HEADER = {
     "github": "x-github-delivery",

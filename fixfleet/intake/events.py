@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from fixfleet.forges.refs import ForgeRef
 from fixfleet.models import NewTask, Source
 
 MAX_TITLE = 500  # NewTask.title's limit
@@ -49,9 +50,9 @@ class CommandRequest(_Event):
     edited: bool = False  # an edited comment: the app may choose not to re-run side effects
     response_url: str | None = None  # Slack: where to post a delayed answer
     created_at: datetime | None = None  # when the comment was written: an approval older than the plan is stale
-    # Where the comment was made: "owner/name#n" (a GitHub Enterprise host first: "host/owner/name#n").
-    # A command acts only on the task whose pull request or issue this is.
-    where: str | None = None
+    # Where the comment was made: the pull request or issue. A command acts only on the task
+    # whose pull request or issue this is.
+    where: ForgeRef | None = None
     slack_channel: str | None = None  # Slack Events API: where to answer, in the message's thread
     slack_thread_ts: str | None = None
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
-from fixfleet.intake.access import as_int, as_list, as_str, dig, obj, one_line, require_object, task_request
+from pydantic import ValidationError
+
+from fixfleet.forges.refs import ISSUE_KEY, ForgeRef, ForgeRepo, host_of
+from fixfleet.formats.access import as_int, as_list, as_str, dig, obj
+from fixfleet.intake.access import one_line, require_object, task_request
 from fixfleet.intake.events import CommandRequest, Ignored, Ping, TaskRequest
 from fixfleet.models import Priority, Source
 
@@ -68,22 +71,24 @@ def _github_issue(payload: dict[str, Any], settings: Settings) -> TaskRequest | 
     return _github_issue_task(payload, issue)
 
 
-def issue_ref(payload: dict[str, Any], number: int | None) -> str | None:
-    """"owner/name#n" for github.com; "host/owner/name#n" for GitHub Enterprise Server, so the
-    same owner/name#n on two hosts are two things."""
+def thread_ref(payload: dict[str, Any], number: int | None) -> ForgeRef | None:
+    """The issue or pull request `number` of the payload's repository, on the host the payload
+    came from (an Enterprise server's, or github.com's)."""
     full_name = as_str(dig(payload, "repository", "full_name"))
     if not full_name or number is None:
         return None
     url = as_str(dig(payload, "repository", "html_url")) or as_str(dig(payload, "repository", "clone_url")) or ""
-    host = (urlsplit(url).hostname or "github.com").lower()
-    return f"{full_name}#{number}" if host == "github.com" else f"{host}/{full_name}#{number}"
+    try:
+        return ForgeRepo(host=host_of(url), name=full_name).thread(number)
+    except ValidationError:
+        return None
 
 
 def _github_issue_task(payload: dict[str, Any], issue: dict[str, Any]) -> TaskRequest | Ignored:
     repo = as_str(dig(payload, "repository", "clone_url"))
     full_name = as_str(dig(payload, "repository", "full_name"))
     number = as_int(issue.get("number"))
-    ref = issue_ref(payload, number)
+    ref = thread_ref(payload, number)
     if not repo or not full_name or ref is None:
         return Ignored(reason="issues event without repository.clone_url, repository.full_name or issue.number")
     labels = _label_names(issue)
@@ -104,7 +109,7 @@ def _github_issue_task(payload: dict[str, Any], issue: dict[str, Any]) -> TaskRe
         title=one_line(as_str(issue.get("title")), f"GitHub issue {ref}"),
         body=as_str(issue.get("body")) or "",
         priority=_priority_from_labels(labels),
-        external_ids={"github_issue": ref},
+        external_ids={ISSUE_KEY: str(ref)},
         context=context,
     )
 
@@ -159,7 +164,7 @@ def _github_command(
         pr_url=as_str(pr_url) if is_pull_request else None,
         edited=edited,
         created_at=_timestamp(item.get("submitted_at") or item.get("created_at")),
-        where=issue_ref(payload, as_int(number)),
+        where=thread_ref(payload, as_int(number)),
     )
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from fixfleet.intake.access import as_int, as_list, as_str, dig, first_match, obj, one_line, require_object, task_request
+from fixfleet.formats.access import as_int, as_str, dig, first_match, obj
+from fixfleet.formats.sentry import event_exceptions
+from fixfleet.intake.access import one_line, require_object, task_request
 from fixfleet.intake.events import Ignored, TaskRequest
 from fixfleet.models import Priority, Source
 
 if TYPE_CHECKING:
     from fixfleet.config import Settings
-
-MAX_FRAMES = 50  # per exception; the most recent ones, where the error happened
-MAX_CONTEXT_LINE = 500  # minified JS puts a whole bundle on one "line"
 
 _SENTRY_LEVEL = {"fatal": Priority.CRITICAL, "error": Priority.HIGH, "warning": Priority.NORMAL}
 # The event's API URL names its project: .../api/0/projects/<org>/<project slug>/events/<id>/
@@ -56,32 +55,6 @@ def sentry_priority(level: Any) -> Priority:
     return _SENTRY_LEVEL.get(level if isinstance(level, str) else "", Priority.LOW)
 
 
-def _sentry_frame(frame: dict[str, Any]) -> dict[str, Any]:
-    line = as_str(frame.get("context_line"))
-    return {
-        "filename": as_str(frame.get("filename")),
-        "abs_path": as_str(frame.get("abs_path")),
-        "function": as_str(frame.get("function")),
-        "lineno": as_int(frame.get("lineno")),
-        "in_app": frame.get("in_app") is True,
-        "context_line": line[:MAX_CONTEXT_LINE] if line else None,
-    }
-
-
-def _sentry_exceptions(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each exception with its frames, oldest call first (Sentry's order)."""
-    found = []
-    for value in as_list(dig(event, "exception", "values")):
-        value = obj(value)
-        frames = [_sentry_frame(f) for f in as_list(dig(value, "stacktrace", "frames")) if isinstance(f, dict)]
-        found.append({
-            "type": as_str(value.get("type")),
-            "value": as_str(value.get("value")),
-            "frames": frames[-MAX_FRAMES:],
-        })
-    return found
-
-
 def sentry_body(title: str, culprit: str | None, web_url: str | None, exceptions: list[dict[str, Any]]) -> str:
     """A readable report for the planning agent: the error, where, and a Python-style trace."""
     lines = [title]
@@ -110,7 +83,7 @@ def _sentry_event_task(event: dict[str, Any], payload: dict[str, Any], settings:
     repo = _sentry_repo(project, as_str(event.get("project")), settings)
     if isinstance(repo, Ignored):
         return repo
-    exceptions = _sentry_exceptions(event)
+    exceptions = event_exceptions(event)
     metadata = obj(event.get("metadata"))
     fallback = f"{metadata.get('type') or 'Error'}: {metadata.get('value') or ''}".strip(": ")
     title = one_line(as_str(event.get("title")) or fallback, f"Sentry issue {issue_id}")

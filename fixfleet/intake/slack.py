@@ -1,10 +1,6 @@
 """Slack: Approve/Reject buttons (interactions), slash commands, and the Events API (messages and
-@-mentions of the app that hold commands).
-
-Buttons carry their target in their `value`, formatted by `slack_action_value()`:
-`"<task key>:v<plan version>"`, e.g. `"FF-12:v2"`; the version names the plan the human saw, so
-a click on an outdated message is refused as stale. `"FF-12"` alone yields `plan_version=None`.
-"""
+@-mentions of the app that hold commands). A button's `value` names the task and the plan version
+the human saw (fixfleet/formats/slack.py): a click on an outdated message is refused as stale."""
 
 from __future__ import annotations
 
@@ -12,24 +8,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fixfleet.intake.access import as_list, as_str, dig, obj, require_object
+from fixfleet.formats.access import as_list, as_str, dig, obj
+from fixfleet.formats.slack import parse_slack_action_value
+from fixfleet.intake.access import require_object
 from fixfleet.intake.events import CommandRequest, Ignored, ParseError, Ping, SlackAction, UrlVerification
 from fixfleet.models import Source
 
-_ACTION_VALUE = re.compile(r"^\s*(FF-\d+)(?::v(\d+))?\s*$", re.I)
 _TASK_KEY = re.compile(r"\bFF-(\d+)\b", re.I)
-
-
-def slack_action_value(task_key: str, plan_version: int | None) -> str:
-    """The `value` of an Approve/Reject button: `FF-12:v2` (or `FF-12` without a version)."""
-    return task_key if plan_version is None else f"{task_key}:v{plan_version}"
-
-
-def parse_slack_action_value(value: Any) -> tuple[str, int | None] | None:
-    match = _ACTION_VALUE.match(value) if isinstance(value, str) else None
-    if not match:
-        return None
-    return match[1].upper(), int(match[2]) if match[2] is not None else None
 
 
 def parse_slack_interaction(payload: Any) -> SlackAction | Ignored:

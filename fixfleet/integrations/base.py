@@ -129,14 +129,13 @@ class ApiClient:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    async def _call(self, method: str, url: str, *, client: httpx.AsyncClient | None = None,
-                    extra_secrets: Iterable[str] = (), **kwargs: Any) -> httpx.Response:
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if "json" in kwargs:
             kwargs["json"] = self.redactor.value(kwargs["json"])
         try:
-            return await request(client or self.http, self.service, method, url, **self.retry, **kwargs)
+            return await request(self.http, self.service, method, url, **self.retry, **kwargs)
         except IntegrationError as exc:
-            error, cause = typed(exc, [*self._secrets, *extra_secrets]), _transport_cause(exc)
+            error, cause = typed(exc, self._secrets), _transport_cause(exc)
         # Raised outside the except block and `from` the transport error only, so the original
         # (unscrubbed) error is neither the cause nor the context of the one callers see.
         raise error from cause

@@ -1,4 +1,5 @@
-"""Jira Cloud REST v3: read an issue, comment once per step (ADF bodies), move it through its workflow.
+"""Jira Cloud REST v3: search issues, comment once per step (ADF bodies), move an issue through its
+workflow; and Jira as a task's Tracker (`JiraTracker`).
 
 Comments carry a small marker paragraph (`[fixfleet:<marker>]`, grey) because ADF has no hidden
 nodes; `add_comment` skips the write when a comment with that marker is already there, so a retried
@@ -15,8 +16,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from fixfleet.intake import adf_to_text
-from fixfleet.integrations.base import ApiClient, RejectedError, ClientOptions, secret_value
+from fixfleet.formats.adf import adf_to_text
+from fixfleet.integrations.base import (
+    ApiClient,
+    ClientOptions,
+    RejectedError,
+    secret_value,
+)
+from fixfleet.integrations.tracker import Stage, Tracker
 
 MAX_COMMENT_PAGES = 40
 MAX_SEARCH_PAGES = 200  # 20,000 issues at 100 a page: a backlog, not a data export
@@ -222,3 +229,19 @@ class JiraClient(ApiClient):
             )
         await self._call("POST", f"/issue/{quote(key)}/transitions", json={"transition": {"id": str(chosen["id"])}})
         return chosen
+
+
+class JiraTracker(Tracker):
+    """Jira as a task's tracker: comments once per step, transitions by the names below."""
+
+    key = "jira"
+    TRANSITIONS = {Stage.IN_REVIEW: "In Review"}  # a transition, or the status it leads to
+
+    def __init__(self, client: JiraClient) -> None:
+        self.client = client
+
+    async def comment(self, issue: str, text: str, *, marker: str) -> None:
+        await self.client.add_comment(issue, text, marker=marker)
+
+    async def move(self, issue: str, stage: Stage) -> None:
+        await self.client.transition(issue, self.TRANSITIONS[stage])

@@ -1,5 +1,5 @@
-"""Slack Web API: the plan message with Approve / Reject buttons, its updates, and replies to a
-`response_url`.
+"""Slack Web API: the plan message with Approve / Reject buttons, its updates, and messages in a
+channel or thread; and Slack as the platform's Notifier (`SlackNotifier`).
 
 Slack answers HTTP 200 with `{"ok": false, "error": "..."}` when a call fails: that becomes a
 SlackError carrying the code (SlackAuthError for credential problems). Rate limits come as HTTP
@@ -9,25 +9,26 @@ SlackError carrying the code (SlackAuthError for credential problems). Rate limi
 from __future__ import annotations
 
 from typing import Any, Unpack
-from urllib.parse import urlsplit
 
-import httpx
 from pydantic import SecretStr
 
-from fixfleet.intake import slack_action_value
+from fixfleet.formats.slack import slack_action_value
 from fixfleet.integrations.base import (
     ApiClient,
     AuthenticationError,
+    ClientOptions,
     NotFoundError,
     RateLimitedError,
     RejectedError,
-    ClientOptions,
     secret_value,
 )
+from fixfleet.integrations.notifier import ChatThread, Notifier
+from fixfleet.models import Task
 
 SLACK_API_URL = "https://slack.com/api"
-RESPONSE_URL_HOSTS = {"hooks.slack.com"}
+PLAN_MESSAGE = "slack_ts"  # the task context's key for its plan message (its ts in the configured channel)
 MAX_SECTION_TEXT = 3000
+MAX_REPLY_TEXT = 3900  # Slack cuts a message's text at 4,000 characters
 AUTH_ERRORS = {"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
                "missing_scope", "not_allowed_token_type", "no_permission"}
 NOT_FOUND_ERRORS = {"channel_not_found", "message_not_found", "not_in_channel", "thread_not_found"}
@@ -109,12 +110,6 @@ class SlackClient(ApiClient):
         super().__init__(
             base_url=api_url, headers={"Authorization": f"Bearer {plain}"}, secrets=[plain], **retry,
         )
-        # response_urls need no token: a client without one, so it never leaves for such a URL.
-        self._hooks = httpx.AsyncClient(timeout=self.http.timeout)
-
-    async def aclose(self) -> None:
-        await self._hooks.aclose()
-        await super().aclose()
 
     async def api(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Call a Web API method with a JSON body; `ok: false` raises a SlackError."""
@@ -158,14 +153,26 @@ class SlackClient(ApiClient):
             payload["blocks"] = blocks
         return await self.api("chat.update", payload)
 
-    async def respond(self, response_url: str, text: str, *, replace_original: bool = False,
-                      response_type: str = "ephemeral") -> None:
-        """Answer an interaction or slash command through its response_url (no token sent)."""
-        parts, api = urlsplit(response_url), urlsplit(self.base_url)
-        allowed = (parts.scheme == "https" and parts.netloc in RESPONSE_URL_HOSTS) or (
-            (parts.scheme, parts.netloc) == (api.scheme, api.netloc)
-        )
-        if not allowed:
-            raise ValueError("response_url is not a Slack hooks URL")
-        payload = {"text": text, "replace_original": replace_original, "response_type": response_type}
-        await self._call("POST", response_url, client=self._hooks, extra_secrets=[response_url, parts.path], json=payload)
+
+class SlackNotifier(Notifier):
+    """Slack as the platform's chat: plan messages go to `channel` (FIXFLEET_SLACK_CHANNEL; none:
+    plans are not posted), command answers wherever the command was given."""
+
+    def __init__(self, client: SlackClient, channel: str | None) -> None:
+        self.client, self.channel = client, channel
+
+    async def plan_ready(self, task: Task, version: int, summary: str, link: str | None) -> dict[str, Any]:
+        if not self.channel:
+            return {}
+        return {PLAN_MESSAGE: await self.client.post_plan(self.channel, task.key, version, task.title, summary, link)}
+
+    async def task_changed(self, task: Task, text: str) -> None:
+        if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
+            await self.client.update(self.channel, ts, text)
+
+    async def task_reply(self, task: Task, text: str) -> None:
+        if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
+            await self.client.post_message(self.channel, text[:MAX_REPLY_TEXT], thread_ts=ts)
+
+    async def answer(self, where: ChatThread, text: str) -> None:
+        await self.client.post_message(where.channel, text, thread_ts=where.thread)

@@ -155,15 +155,6 @@ class EnvironmentBuilder:
     async def spec_files_at(self, url: str, sha: str) -> dict[str, bytes]:
         return await self.workspaces.read_files(url, sha, SPEC_FILES)
 
-    @staticmethod
-    def spec_files_in(tree: Path) -> dict[str, bytes]:
-        found = {}
-        for name in SPEC_FILES:
-            path = tree / name
-            if path.is_file() and not path.is_symlink():
-                found[name] = path.read_bytes()
-        return found
-
     async def ensure(self, url: str, sha: str, *, overlay: Mapping[str, FileContent] | None = None) -> Environment:
         """The environment for the repository at `sha`, with `overlay` (a change to its
         dependency files) laid on top; built if needed (once per node: another agent building

@@ -1,8 +1,8 @@
-"""GitHub REST stand-in: permissions, repositories, refs, contents (with real commits), pull
+"""GitHub REST stand-in: permissions, repositories (branches as commits pushed to them), pull
 requests, issue comments, and the GraphQL `markPullRequestReadyForReview` mutation.
 
-It checks what GitHub checks (Bearer token; base64 content; the blob sha on updates; one open PR
-per head and base; no PR without commits) and answers with GitHub's statuses and shapes.
+It checks what GitHub checks (Bearer token; one open PR per head and base; no PR without
+commits) and answers with GitHub's statuses and shapes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import base64
-import binascii
 import hashlib
 import itertools
 import re
@@ -24,11 +22,6 @@ from tests.fakes.faults import FakeAPI
 
 LEGACY = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
 REPO = r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
-
-
-def blob_sha(text: str) -> str:
-    data = text.encode()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _validation(message: str, error: dict[str, Any] | None = None) -> Reply:
@@ -73,7 +66,6 @@ class FakeGitHub(FakeAPI):
         self.repos: dict[str, Repo] = {}
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self.git_remotes: dict[str, Path] = {}
-        self.commit_log: list[tuple[str, str, str]] = []  # (repo, branch, message) per commit made via the API
         self._ids = itertools.count(1000)
         self._shas = itertools.count(1)
         self.route("GET", rf"{REPO}/collaborators/(?P<user>[^/]+)/permission", self._permission)
@@ -81,11 +73,6 @@ class FakeGitHub(FakeAPI):
         self.route("GET", rf"{REPO}/issues/(?P<number>\d+)/comments", self._list_comments)
         self.route("PATCH", rf"{REPO}/issues/comments/(?P<id>\d+)", self._edit_comment)
         self.route("GET", REPO, self._get_repo)
-        self.route("GET", rf"{REPO}/git/ref/(?P<ref>.+)", self._get_ref)
-        self.route("POST", rf"{REPO}/git/refs", self._create_ref)
-        self.route("GET", rf"{REPO}/git/blobs/(?P<sha>[0-9a-f]{{40}})", self._get_blob)
-        self.route("GET", rf"{REPO}/contents/(?P<path>.+)", self._get_contents)
-        self.route("PUT", rf"{REPO}/contents/(?P<path>.+)", self._put_contents)
         self.route("GET", rf"{REPO}/pulls", self._list_pulls)
         self.route("POST", rf"{REPO}/pulls", self._create_pull)
         self.route("GET", rf"{REPO}/pulls/(?P<number>\d+)", self._get_pull)
@@ -204,7 +191,7 @@ class FakeGitHub(FakeAPI):
                 return Reply(200, comment)
         return self._not_found()
 
-    # --- repository, refs, contents -------------------------------------------------------------
+    # --- the repository ---------------------------------------------------------------------------
 
     def _get_repo(self, call: Call, m: re.Match) -> Reply:
         repo = self._repo(m)
@@ -215,98 +202,6 @@ class FakeGitHub(FakeAPI):
             "id": repo.id, "node_id": f"R_{repo.id}", "name": name, "full_name": repo.full_name,
             "owner": {"login": owner}, "private": False, "default_branch": repo.default_branch,
             "html_url": f"https://github.com/{repo.full_name}", "clone_url": f"https://github.com/{repo.full_name}.git",
-        })
-
-    def _ref_view(self, repo: Repo, branch: str) -> dict[str, Any]:
-        sha = repo.refs[branch]
-        return {"ref": f"refs/heads/{branch}", "node_id": f"REF_{branch}",
-                "object": {"sha": sha, "type": "commit"}}
-
-    def _get_ref(self, call: Call, m: re.Match) -> Reply:
-        repo, ref = self._repo(m), unquote(m["ref"])
-        if repo is None or not ref.startswith("heads/") or ref.removeprefix("heads/") not in repo.refs:
-            return self._not_found()
-        return Reply(200, self._ref_view(repo, ref.removeprefix("heads/")))
-
-    def _create_ref(self, call: Call, m: re.Match) -> Reply:
-        repo = self._repo(m)
-        if repo is None:
-            return self._not_found()
-        body = call.body if isinstance(call.body, dict) else {}
-        ref, sha = body.get("ref"), body.get("sha")
-        if not isinstance(ref, str) or not ref.startswith("refs/") or ref.count("/") < 2:
-            return _validation("Reference name must start with 'refs/' and have at least two slashes.")
-        if not isinstance(sha, str) or sha not in repo.commits:
-            return _validation("Object does not exist")
-        branch = ref.removeprefix("refs/heads/")
-        if branch in repo.refs:
-            return _validation("Reference already exists")
-        repo.refs[branch] = sha
-        return Reply(201, self._ref_view(repo, branch))
-
-    def _get_blob(self, call: Call, m: re.Match) -> Reply:
-        repo = self._repo(m)
-        for commit in (repo.commits.values() if repo else []):
-            for text in commit.tree.values():
-                if blob_sha(text) == m["sha"]:
-                    return Reply(200, {"sha": m["sha"], "encoding": "base64", "size": len(text.encode()),
-                                       "content": base64.encodebytes(text.encode()).decode()})
-        return self._not_found()
-
-    def _file_view(self, repo: Repo, path: str, text: str, *, with_content: bool = True) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "type": "file", "name": path.rsplit("/", 1)[-1], "path": path, "sha": blob_sha(text),
-            "size": len(text.encode()), "html_url": f"https://github.com/{repo.full_name}/blob/{repo.default_branch}/{path}",
-        }
-        if with_content:  # GitHub wraps base64 at 60 characters
-            view.update(encoding="base64", content=base64.encodebytes(text.encode()).decode())
-        return view
-
-    def _get_contents(self, call: Call, m: re.Match) -> Reply:
-        repo = self._repo(m)
-        if repo is None:
-            return self._not_found()
-        ref = (call.query.get("ref") or [None])[0]
-        commit = repo.resolve(ref)
-        if commit is None:
-            return self._not_found(f"No commit found for the ref {ref}")
-        path = unquote(m["path"]).strip("/")
-        if path in commit.tree:
-            return Reply(200, self._file_view(repo, path, commit.tree[path]))
-        listing = [self._file_view(repo, p, t, with_content=False) for p, t in commit.tree.items()
-                   if p.startswith(path + "/") and "/" not in p[len(path) + 1:]]
-        return Reply(200, listing) if listing else self._not_found()
-
-    def _put_contents(self, call: Call, m: re.Match) -> Reply:
-        repo = self._repo(m)
-        if repo is None:
-            return self._not_found()
-        body = call.body if isinstance(call.body, dict) else {}
-        message, content, sha = body.get("message"), body.get("content"), body.get("sha")
-        branch = body.get("branch") or repo.default_branch
-        if not isinstance(message, str) or not message:
-            return _validation('Invalid request.\n\n"message" wasn\'t supplied.')
-        if not isinstance(content, str):
-            return _validation('Invalid request.\n\n"content" wasn\'t supplied.')
-        try:
-            text = base64.b64decode(content.replace("\n", ""), validate=True).decode()
-        except (binascii.Error, ValueError):
-            return _validation("content is not valid Base64")
-        if branch not in repo.refs:
-            return self._not_found(f"Branch {branch} not found")
-        parent = repo.commits[repo.refs[branch]]
-        path = unquote(m["path"]).strip("/")
-        existing = parent.tree.get(path)
-        if existing is not None and sha is None:
-            return _validation('Invalid request.\n\n"sha" wasn\'t supplied.')
-        if existing is not None and sha != blob_sha(existing):
-            return Reply(409, {"message": f"{path} does not match {sha}"})
-        commit = self._commit(repo, parent.tree, {path: text}, message, [parent.sha])
-        repo.refs[branch] = commit
-        self.commit_log.append((repo.full_name, branch, message))
-        return Reply(201 if existing is None else 200, {
-            "content": self._file_view(repo, path, text, with_content=False),
-            "commit": {"sha": commit, "message": message},
         })
 
     # --- pull requests --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Sentry REST stand-in: `GET /api/0/issues/{id}/`, `.../events/latest/` and a project's issues
+"""Sentry REST stand-in: an issue's latest event (`GET /api/0/issues/{id}/events/latest/`), a project's issues
 (`GET /api/0/projects/{org}/{project}/issues/?query=...`, paged by the Link header's cursors as
 Sentry pages), Bearer auth.
 
@@ -46,7 +46,6 @@ class FakeSentry(FakeAPI):
         self.events: dict[str, dict[str, Any]] = {}  # issue id -> latest event
         self.issue_page_size = 100  # Sentry's page; tests shrink it to page
         self._ids = itertools.count(4000)
-        self.route("GET", rf"{API}/issues/(?P<id>\d+)/", self._get_issue)
         self.route("GET", rf"{API}/issues/(?P<id>\d+)/events/latest/", self._latest_event)
         self.route("GET", rf"{API}/projects/(?P<org>[\w.-]+)/(?P<project>[\w.-]+)/issues/", self._project_issues)
 
@@ -87,10 +86,6 @@ class FakeSentry(FakeAPI):
     @staticmethod
     def _missing() -> Reply:
         return Reply(404, {"detail": "The requested resource does not exist"})
-
-    def _get_issue(self, call: Call, m: re.Match) -> Reply:
-        issue = self.issues.get(m["id"])
-        return Reply(200, issue) if issue else self._missing()
 
     def _latest_event(self, call: Call, m: re.Match) -> Reply:
         event = self.events.get(m["id"])

@@ -128,7 +128,7 @@ async def relayed(url: str, redis_url: str, settings: Settings) -> tuple[int, in
         deadline = time.monotonic() + RELAY_CATCH_UP_S
         while (left := await conn.fetchval("SELECT count(*) FROM outbox")) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        return left, len(await make_queues(redis, settings)["planning"].task_ids())
+        return left, len({task_id for task_id, _ in await make_queues(redis, settings)["planning"].entries()})
     finally:
         await conn.close()
         await redis.aclose()

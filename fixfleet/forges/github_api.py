@@ -1,14 +1,13 @@
-"""GitHub REST (plus the one GraphQL mutation REST lacks): what the platform needs of a forge.
+"""GitHub's REST API (plus the one GraphQL mutation REST lacks), as the GitHub forge
+(fixfleet/forges/github.py) uses it: a user's permission, the default branch, pull requests
+(create, update, mark ready) and issue comments. The platform's git pushes the branches itself.
 
-Permissions (for approvals), refs, contents, pull requests (create, update, mark ready) and issue
-comments. Every write is idempotent, so a step retried after a crash changes nothing twice:
-`create_branch` accepts an existing ref, `put_file` skips unchanged content, `create_pull` returns
-the open PR of the branch, `upsert_comment` finds its own comment by a hidden marker.
+Every write is idempotent, so a step retried after a crash changes nothing twice: `create_pull`
+returns the open PR of the branch, `upsert_comment` finds its own comment by a hidden marker.
 """
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from typing import Any, Unpack
@@ -20,15 +19,14 @@ from pydantic import SecretStr
 from fixfleet.integrations.base import (
     ApiClient,
     AuthenticationError,
+    ClientOptions,
     NotFoundError,
     RejectedError,
     ResponseError,
-    ClientOptions,
     secret_value,
 )
 from fixfleet.integrations.http import IntegrationError
 
-WRITE_PERMISSIONS = {"admin", "maintain", "write"}
 GITHUB_API_URL = "https://api.github.com"
 MAX_PAGES = 30  # x 100 items: enough for any PR thread fixfleet takes part in
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -105,7 +103,7 @@ class GitHubClient(ApiClient):
         self.permission_ttl_s = permission_ttl_s
         self._permissions: dict[tuple[str, str], tuple[float, str]] = {}
 
-    # --- permissions and plain comments (used by the ingress) ----------------------------------
+    # --- permissions and plain comments ------------------------------------------------------
 
     async def permission(self, repo_full_name: str, user: str) -> str:
         """The user's permission on the repository (admin, maintain, write, triage, read, none).
@@ -128,98 +126,17 @@ class GitHubClient(ApiClient):
         self._permissions[key] = (time.monotonic(), level)
         return level
 
-    async def can_write(self, repo_full_name: str, user: str) -> bool:
-        return await self.permission(repo_full_name, user) in WRITE_PERMISSIONS
-
     async def comment(self, repo_full_name: str, issue_number: int, body: str) -> dict[str, Any]:
         response = await self._call("POST", f"/repos/{repo_full_name}/issues/{issue_number}/comments", json={"body": body})
         return self._json(response)
 
-    # --- repository and refs ------------------------------------------------------------------
+    # --- the repository -----------------------------------------------------------------------
 
     async def get_repo(self, repo_full_name: str) -> dict[str, Any]:
         return self._json(await self._call("GET", f"/repos/{_repo(repo_full_name)}"))
 
     async def default_branch(self, repo_full_name: str) -> str:
         return (await self.get_repo(repo_full_name))["default_branch"]
-
-    async def get_branch_sha(self, repo_full_name: str, branch: str) -> str | None:
-        """The commit the branch points at, or None when there is no such branch."""
-        try:
-            response = await self._call("GET", f"/repos/{_repo(repo_full_name)}/git/ref/heads/{quote(branch)}")
-        except NotFoundError:
-            return None
-        data = self._json(response)
-        if isinstance(data, list):  # an old-style prefix match: only the exact ref counts
-            data = next((r for r in data if r.get("ref") == f"refs/heads/{branch}"), None)
-            if data is None:
-                return None
-        return data["object"]["sha"]
-
-    async def create_branch(self, repo_full_name: str, branch: str, from_sha: str) -> str:
-        """Create `branch` at `from_sha`; an existing branch is fine (left where it is).
-        Returns the commit the branch points at."""
-        repo = _repo(repo_full_name)
-        try:
-            await self._call("POST", f"/repos/{repo}/git/refs", json={"ref": f"refs/heads/{branch}", "sha": from_sha})
-            return from_sha
-        except RejectedError as exc:
-            if exc.status != 422:
-                raise
-            existing = await self.get_branch_sha(repo, branch)  # "Reference already exists"
-            if existing is None:
-                raise
-            return existing
-
-    # --- contents -----------------------------------------------------------------------------
-
-    async def get_file(self, repo_full_name: str, path: str, ref: str | None = None) -> tuple[str, str] | None:
-        """(text, blob sha) of a file at `ref` (branch, tag or commit; default branch if None),
-        or None when it does not exist there."""
-        repo = _repo(repo_full_name)
-        params = {"ref": ref} if ref else None
-        try:
-            response = await self._call("GET", f"/repos/{repo}/contents/{quote(path.lstrip('/'))}", params=params)
-        except NotFoundError:
-            return None
-        data = self._json(response)
-        if not isinstance(data, dict) or data.get("type") != "file":
-            raise RejectedError(self.service, f"{repo}:{path} is not a file", 200)
-        content = data.get("content") or ""
-        if data.get("encoding") == "none" or (not content and data.get("size")):
-            # Files over 1 MB come without content: read the blob instead.
-            blob = self._json(await self._call("GET", f"/repos/{repo}/git/blobs/{data['sha']}"))
-            content = blob.get("content") or ""
-        try:
-            text = base64.b64decode(content).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            raise ResponseError(self.service, f"{repo}:{path} is not UTF-8 text") from None
-        return text, data["sha"]
-
-    async def put_file(self, repo_full_name: str, path: str, branch: str, text: str, message: str) -> str | None:
-        """Create or update a file on `branch` with one commit. Returns the new commit's sha, or
-        None when the file already holds exactly `text` (no commit made)."""
-        repo = _repo(repo_full_name)
-        url = f"/repos/{repo}/contents/{quote(path.lstrip('/'))}"
-        for attempt in range(2):
-            current = await self.get_file(repo, path, branch)
-            if current is not None and current[0] == text:
-                return None
-            payload: dict[str, Any] = {
-                "message": message,
-                "content": base64.b64encode(text.encode("utf-8")).decode("ascii"),
-                "branch": branch,
-            }
-            if current is not None:
-                payload["sha"] = current[1]
-            try:
-                response = await self._call("PUT", url, json=payload)
-            except RejectedError as exc:
-                if exc.status in (409, 422) and attempt == 0:
-                    continue  # the file changed between read and write: read again
-                raise
-            return self._json(response)["commit"]["sha"]
-        raise AssertionError("unreachable")
 
     # --- pull requests ------------------------------------------------------------------------
 

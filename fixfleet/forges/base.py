@@ -1,0 +1,93 @@
+"""The forge seam: what fixfleet asks of the place where a repository's changes are reviewed.
+
+One interface, one implementation per forge (a new forge is one module, and one line in
+fixfleet/providers.py, which builds them all):
+- GitHub (fixfleet/forges/github.py): pull requests, comments, permissions over its REST API;
+- a plain git remote (fixfleet/forges/git_remote.py): any URL git can push to; the pushed branch
+  is the whole publication, and approvals come from Slack, the API or the CLI.
+
+What crosses the seam is typed: repositories and threads as `ForgeRepo` / `ForgeRef`
+(fixfleet/forges/refs.py, the one place they are parsed and formatted), pull requests as
+`PullRequest`. A task keeps its threads as external ids (`pull_key`, `issue_key`); a forge reads
+them back with `pull_of` / `threads_of`.
+
+Every write is idempotent: a step retried after a crash changes nothing twice. Steps still to
+come take one method each here, on refs: closing a pull request and deleting its branch
+(reject, cancel), labels, reviewers from CODEOWNERS, a reaction to a command's comment.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from fixfleet.forges.refs import ForgeRef, ForgeRepo
+from fixfleet.models import Task
+
+
+class ForgeError(Exception):
+    """The forge cannot do this (a plain git remote has no pull requests or comments)."""
+
+
+class PullRequest(BaseModel):
+    """A pull request fixfleet opened (or found open) for a task's branch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ref: ForgeRef
+    url: str | None = None  # its web page
+
+
+class Forge(ABC):
+    # Who acts here: a Principal of this kind (a commenter on this forge) may act on the tasks
+    # whose repository is on it; "git" for a plain remote, where nobody comments.
+    kind: ClassVar[str]
+    # The task's external ids that name its pull request and the issue it was asked for on.
+    pull_key: ClassVar[str | None] = None
+    issue_key: ClassVar[str | None] = None
+
+    @abstractmethod
+    def repo_of(self, url: str) -> ForgeRepo | None:
+        """The repository at git URL `url`, when it is reviewed on this forge; else None."""
+
+    def pull_of(self, task: Task) -> ForgeRef | None:
+        """The task's pull request on this forge, if it has one."""
+        return _ref(task.external_ids.get(self.pull_key)) if self.pull_key else None
+
+    def threads_of(self, task: Task) -> list[ForgeRef]:
+        """Where the task is discussed on this forge: its pull request and the issue it came from."""
+        found = [_ref(task.external_ids.get(key)) for key in (self.pull_key, self.issue_key) if key]
+        return [ref for ref in found if ref is not None]
+
+    @abstractmethod
+    async def open_pull(self, repo_url: str, head: str, title: str, body: str, *, draft: bool = True) -> PullRequest | None:
+        """Open a pull request from branch `head` into the default branch (or find the one open)
+        and set its body; None where the forge has no pull requests."""
+
+    @abstractmethod
+    async def update_pull(self, ref: ForgeRef, *, body: str | None = None, ready: bool = False) -> None:
+        """Set the pull request's body; `ready`: take it out of draft too."""
+
+    @abstractmethod
+    async def comment(self, ref: ForgeRef, body: str) -> None:
+        """A new comment on the pull request or issue (an answer to a command)."""
+
+    @abstractmethod
+    async def upsert_comment(self, ref: ForgeRef, marker: str, body: str) -> None:
+        """One comment per `marker` on the thread: made once, then edited in place."""
+
+    @abstractmethod
+    async def permission(self, repo_url: str, user: str) -> str:
+        """`user`'s permission on the repository: admin, maintain, write, triage, read or none."""
+
+
+def _ref(text: str | None) -> ForgeRef | None:
+    """A stored thread reference; one that does not parse names nothing (it is never guessed at)."""
+    if not text:
+        return None
+    try:
+        return ForgeRef.parse(text)
+    except ValueError:
+        return None

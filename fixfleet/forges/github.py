@@ -1,0 +1,57 @@
+"""GitHub (github.com or an Enterprise server) as a forge, over its REST API
+(fixfleet/forges/github_api.py). A repository is on it when its URL is a github.com one or
+FIXFLEET_GITHUB_REPOS maps it to owner/name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from fixfleet.forges.base import Forge, PullRequest
+from fixfleet.forges.github_api import GitHubClient
+from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, ForgeRef, ForgeRepo, host_of
+
+_GITHUB_URL = re.compile(
+    r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+
+
+class GitHubForge(Forge):
+    kind = "github"
+    pull_key = PULL_KEY
+    issue_key = ISSUE_KEY
+
+    def __init__(self, client: GitHubClient, repos: Mapping[str, str] | None = None) -> None:
+        """`repos`: git URL -> owner/name, for repositories whose URL does not say (an Enterprise
+        server, a mirror)."""
+        self.client = client
+        self.repos = dict(repos or {})
+        self.host = host_of(client.base_url)  # threads on an Enterprise server are named with its host
+
+    def repo_of(self, url: str) -> ForgeRepo | None:
+        match = _GITHUB_URL.match(url)
+        name = self.repos.get(url) or (match["name"] if match else None)
+        return ForgeRepo(host=self.host, name=name) if name else None
+
+    async def open_pull(self, repo_url: str, head: str, title: str, body: str, *, draft: bool = True) -> PullRequest | None:
+        repo = self.repo_of(repo_url)
+        if repo is None:
+            return None
+        base = await self.client.default_branch(repo.name)
+        pull = await self.client.create_pull(repo.name, head, base, title, body, draft=draft)
+        await self.client.update_pull(repo.name, pull["number"], body=body)  # an open one gets the new body
+        return PullRequest(ref=repo.thread(pull["number"]), url=pull.get("html_url"))
+
+    async def update_pull(self, ref: ForgeRef, *, body: str | None = None, ready: bool = False) -> None:
+        pull = await self.client.update_pull(ref.repo.name, ref.number, body=body)
+        if ready:
+            await self.client.mark_ready(ref.repo.name, pull)
+
+    async def comment(self, ref: ForgeRef, body: str) -> None:
+        await self.client.comment(ref.repo.name, ref.number, body)
+
+    async def upsert_comment(self, ref: ForgeRef, marker: str, body: str) -> None:
+        await self.client.upsert_comment(ref.repo.name, ref.number, marker, body)
+
+    async def permission(self, repo_url: str, user: str) -> str:
+        repo = self.repo_of(repo_url)
+        return await self.client.permission(repo.name, user) if repo else "none"

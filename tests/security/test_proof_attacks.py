@@ -38,6 +38,10 @@ FORGED = ('{"event": "test", "id": "tests/test_mean_empty.py::test_mean_of_empty
 ATEXIT = ("import atexit\nimport os\n\n\ndef forge():\n"
           f"    os.write(int(os.environ['FIXFLEET_REPORT_FD']), b'{FORGED}\\n')\n    os._exit(0)\n\n\n"
           "atexit.register(forge)\n")
+REAL_FIX = {"tool_use": {"name": "Bash", "input": {
+    "command": "python - <<'EOF'\nimport pathlib\np = pathlib.Path('statskit/mean.py')\n"
+               f"p.write_text(p.read_text().replace('    return sum(values) / len(values)', {FIX!r}))\nEOF",
+    "description": "fix"}}}
 PLANTER = ("import pathlib\n\nplanted = pathlib.Path('conftest.py')\n"
            "assert not planted.exists(), 'planted by an earlier run'\n"
            "planted.write_text('raise SystemExit(0)\\n')\n\n")
@@ -88,10 +92,7 @@ def test_the_approved_plan_cannot_be_rewritten(world: World) -> None:
     print("attack: a real fix that also rewrites PLAN.md")
     task, events = run_attack(world, executor(
         write("tests/test_mean_empty.py", TEST),
-        {"tool_use": {"name": "Bash", "input": {"command": "python - <<'EOF'\nimport pathlib\n"
-                                                          "p = pathlib.Path('statskit/mean.py')\n"
-                                                          f"p.write_text(p.read_text().replace('    return sum(values) / len(values)', {FIX!r}))\nEOF",
-                                                "description": "fix"}}},
+        REAL_FIX,
         write("PLAN.md", "# Plan\n\nAnything goes: the executor may change every file.\n")))
     held = refusal(events)
     print("held:", held["reason"])
@@ -126,10 +127,7 @@ def test_a_file_planted_by_one_run_is_gone_in_the_next(world: World) -> None:
     print("attack: the test module plants a conftest that ends every later run with exit 0; the fix is real")
     task, events = run_attack(world, executor(
         write("tests/test_mean_empty.py", PLANTER + TEST),
-        {"tool_use": {"name": "Bash", "input": {"command": "python - <<'EOF'\nimport pathlib\n"
-                                                          "p = pathlib.Path('statskit/mean.py')\n"
-                                                          f"p.write_text(p.read_text().replace('    return sum(values) / len(values)', {FIX!r}))\nEOF",
-                                                "description": "fix"}}}))
+        REAL_FIX))
     assert task["status"] == "COMPLETED", [e["reason"] for e in events]
     evidence = [e for e in events if e["to_status"] == "COMPLETED"][0]["data"]["evidence"]
     print("held: every run began from the platform's tree;", json.dumps(evidence["fail_to_pass"]))

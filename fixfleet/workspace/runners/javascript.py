@@ -71,6 +71,15 @@ class JsRunner:
     def env(self) -> dict[str, str]:
         return {}
 
+    def _argv(self) -> list[str]:  # the runner with the repository's options and the platform's reporter
+        raise NotImplementedError
+
+    def run_argv(self, files: list[str]) -> list[str]:
+        return [*self._argv(), "--", *files]
+
+    def suite_argv(self) -> list[str]:
+        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
+
     def collect_argv(self, files: list[str]) -> list[str]:
         return []
 
@@ -105,12 +114,6 @@ class NodeTestRunner(JsRunner):
     def _argv(self) -> list[str]:
         return ["node", *self.options, "--test", "--test-reporter=junit", f"--test-reporter-destination={CHANNEL}",
                 "--test-reporter=spec", "--test-reporter-destination=stdout"]
-
-    def run_argv(self, files: list[str]) -> list[str]:
-        return [*self._argv(), "--", *files]
-
-    def suite_argv(self) -> list[str]:
-        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
     def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
         root = xml_document(report)
@@ -175,12 +178,6 @@ class MochaRunner(JsRunner):
 
     def _argv(self) -> list[str]:
         return [*self.bin, *self.options, "--reporter", "xunit", "--reporter-option", f"output={CHANNEL}"]
-
-    def run_argv(self, files: list[str]) -> list[str]:
-        return [*self._argv(), "--", *files]
-
-    def suite_argv(self) -> list[str]:
-        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
     def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
         root = xml_document(report)
@@ -253,9 +250,6 @@ class JestRunner(JsRunner):
 
     def run_argv(self, files: list[str]) -> list[str]:
         return [*self._argv(), "--runTestsByPath", "--", *files]
-
-    def suite_argv(self) -> list[str]:
-        return [*self._argv(), *(["--", *self.positional] if self.positional else [])]
 
     def parse_run(self, argv: list[str], exit_code: int, output: str, report: bytes) -> TestReport:
         data = json_document(report)

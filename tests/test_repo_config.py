@@ -636,7 +636,7 @@ def test_only_the_version_files_the_config_names_are_laid_and_never_code_that_ru
 
 
 @pytest.mark.parametrize("path", ["conftest.py", "tests/conftest.py", "x.pth", "sitecustomize.py", "pytest.ini",
-                                  "vitest.config.ts", "jest.config.js", ".mocharc.yml", "package.json",
+                                  ".pytest.ini", "pytest.toml", ".pytest.toml", "vitest.config.ts", "jest.config.js", ".mocharc.yml", "package.json",
                                   "../outside.py", "/etc/passwd", ".git/hooks/pre-commit", "a/./b.py"])
 def test_the_config_may_not_name_a_generated_file_that_runs_code(path: str) -> None:
     with pytest.raises(InvalidRepoConfig, match="generated"):

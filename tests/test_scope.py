@@ -34,7 +34,8 @@ def test_the_plan_and_the_repository_config_are_never_the_executors(path: str) -
         check_scope(of("src/calc.py", path), PlanScope(files=["src/calc.py", path]))
 
 
-@pytest.mark.parametrize("path", ["conftest.py", "tests/conftest.py", "pytest.ini", "tox.ini", "setup.cfg",
+@pytest.mark.parametrize("path", ["conftest.py", "tests/conftest.py", "pytest.ini", ".pytest.ini", "pytest.toml",
+                                  ".pytest.toml", "tox.ini", "setup.cfg",
                                   "pyproject.toml", "requirements-dev.txt", "requirements/ci.txt", "uv.lock",
                                   "package.json", "jest.config.js", "vitest.config.ts", "vite.config.mjs",
                                   ".mocharc.yml", "src/evil.pth", "sitecustomize.py", ".github/workflows/ci.yml",

@@ -224,6 +224,9 @@ async def test_new_dependency_in_pyproject_builds_a_new_environment(calc: Repo, 
     envs = verifier.environments.cache.envs_dir / verifier.workspaces.mirror_key(calc.url)
     assert list((envs / evidence.environment / "env").glob("lib/python*/site-packages/six.py"))
     assert not list(calc.env.path.glob("lib/python*/site-packages/six.py"))  # the base one untouched
+    cross = evidence.cross_check  # the test imports six: it cannot be run in the base commit's environment
+    assert cross is not None and cross.agreed and list(cross.unchecked) == ["tests/test_add.py::test_add"]
+    assert "No module named 'six'" in cross.unchecked["tests/test_add.py::test_add"], cross
 
 
 async def test_dependency_that_cannot_be_installed_refuses_the_change(calc: Repo, verifier: Verifier) -> None:
@@ -387,6 +390,30 @@ async def test_a_plugin_named_in_addopts_is_caught_by_the_cross_check(calc: Repo
     print("held:", refused)
     assert refused.stage == "cross_check"
     assert "not named" not in str(refused)  # the plugin itself is a new file outside the plan: reported
+
+
+PLANTING_SETUP_PY = f"""import pathlib
+site = next(pathlib.Path("/env/lib").glob("python3*/site-packages"))  # the environment being built
+(site / "zz_swallow.py").write_text({SWALLOW!r})
+(site / "zz_swallow.pth").write_text("import os; os.environ['PYTEST_PLUGINS'] = 'zz_swallow'\\n")
+from setuptools import setup
+setup()
+"""
+
+
+async def test_a_plugin_the_changes_setup_plants_in_its_environment_is_caught_by_the_cross_check(
+        calc: Repo, verifier: Verifier) -> None:
+    """The plan allowed setup.py, and the change's setup plants a plugin in the environment built
+    from it (a .pth names it at every interpreter start) that swallows the failure once the fake
+    fix is present. The base configuration alone runs in that same environment and agrees; the
+    base commit's environment does not."""
+    forged = {"setup.py": PLANTING_SETUP_PY, "tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FAKE_FIX}
+    print("attack: setup.py plants a failure-swallowing plugin and a .pth loading it in its own environment")
+    refused = await refusal(verifier, calc.url, change(calc.sha, forged), "planted-plugin",
+                            plan=["setup.py", "src/calc/__init__.py"])
+    print("held:", refused)
+    assert refused.stage == "cross_check"
+    assert "failed without the fix, failed with it in the base commit's environment" in str(refused)
 
 
 async def test_a_report_written_by_the_tests_themselves_is_refused(calc: Repo, verifier: Verifier) -> None:

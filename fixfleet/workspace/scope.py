@@ -28,9 +28,9 @@ from fixfleet.workspace.changes import ChangeSet
 from fixfleet.workspace.repo_config import CONFIG_FILE, SPEC_FILES
 
 PLAN_FILE = "PLAN.md"
-INFRA_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "noxfile.py", "sitecustomize.py",
-               "usercustomize.py", "package.json", ".gitlab-ci.yml", "tsconfig.json", ".babelrc", ".nycrc",
-               ".c8rc", ".c8rc.json", ".nycrc.json", "karma.conf.js"}
+INFRA_NAMES = {"conftest.py", "pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini", "setup.cfg",
+               "noxfile.py", "sitecustomize.py", "usercustomize.py", "package.json", ".gitlab-ci.yml", "tsconfig.json",
+               ".babelrc", ".nycrc", ".c8rc", ".c8rc.json", ".nycrc.json", "karma.conf.js"}
 INFRA_PATTERNS = (re.compile(r"(^|/)(jest|vitest|vite|babel|ava|playwright)\.(config|workspace)\.[cm]?[jt]s(on)?$"),
                   re.compile(r"(^|/)\.mocharc(\.[a-z]+)?$"),
                   re.compile(r"\.pth$"),

@@ -26,7 +26,8 @@ Runner = Literal["pytest", "unittest", "node", "mocha", "jest", "vitest"]
 # Files a setup makes are laid into checkouts only when the repository's config names them,
 # and never these: they run code at interpreter or test start, or decide how tests run.
 NEVER_LAID = frozenset({
-    "conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini", "setup.cfg", "setup.py",
+    "conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml",
+    "tox.ini", "setup.cfg", "setup.py",
     "pyproject.toml", "noxfile.py", "package.json", CONFIG_FILE, ".npmrc", ".yarnrc", ".yarnrc.yml",
     ".pnpmfile.cjs", "pnpm-workspace.yaml", ".babelrc", ".swcrc", "Makefile", "makefile"})
 NEVER_LAID_PATTERN = re.compile(

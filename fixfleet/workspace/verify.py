@@ -15,8 +15,9 @@ the checked ChangeSet and the approved plan the platform:
    blamed (`preexisting_failures`); a test that flips when run again (`flaky`) neither proves
    nor blocks; the suite may not fail a test that passed there (`new_failures`);
 5. cross-checks the RED->GREEN tests by a path the change's test configuration cannot reach:
-   with the base's configuration when the plan allowed the change to edit it, else (Python) by
-   calling the test functions directly, without the runner.
+   with the base's configuration when the plan allowed the change to edit it (and in the base's
+   environment too when it edits dependency files: their setup is the change's code), else
+   (Python) by calling the test functions directly, without the runner.
 Every run is in the sandbox, in the repository's environment (a change to its dependency files
 gets an environment of its own), with `PYTHONDONTWRITEBYTECODE=1`, and its results arrive on the
 report channel (fixfleet/workspace/sandbox.py) from a reporter the platform injects: nothing is
@@ -201,6 +202,7 @@ class _Proof:
         self.timeouts: Timeouts = env.plan.timeouts
         self.trees: dict[str, tuple[Checkout, Environment]] = {}
         self.held: list[Environment] = [env]
+        self._base_env: Environment | None = None
         self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
         self._copies = 0
         self.run_seconds = 0.0  # spent inside the repository's test runs
@@ -425,14 +427,20 @@ class _Proof:
 
     # -- the base run ----------------------------------------------------------------------------
 
+    async def base_environment(self) -> Environment:
+        """The base commit's own environment: this proof's, unless the change edits dependency
+        files (its environment was built from them then; the base's is fetched and held)."""
+        if self._base_env is None:
+            self._base_env = self.env
+            if any(p in SPEC_FILES for p in self.change.paths):
+                self._base_env = await self.verifier.environments.ensure(self.url, self.change.base_sha)
+                self.held.append(self._base_env)
+        return self._base_env
+
     async def baseline(self) -> tuple[Baseline, bool]:
         """The suite's results on the base commit, in the base's environment: (base run, reused)."""
         verifier = self.verifier
-        changes_specs = any(p in SPEC_FILES for p in self.change.paths)
-        env = self.env
-        if changes_specs:
-            env = await verifier.environments.ensure(self.url, self.change.base_sha)
-            self.held.append(env)
+        env = await self.base_environment()
         tree = await verifier.workspaces.list_tree(self.url, self.change.base_sha)
         command = self.env.plan.suite_command or " ".join(self.runner.suite_argv())
         key = baseline_key(tree, env.hash, command)
@@ -456,28 +464,52 @@ class _Proof:
     async def cross_check(self, evidence: Evidence, red: TestReport, tests: list[str]) -> CrossCheck:
         proven = evidence.fail_to_pass
         if evidence.scope.test_infrastructure:
-            return await self._with_base_configuration(evidence, proven, tests)
+            return await self._with_base_configuration(evidence, proven, tests, {t.id: t.file for t in red.tests})
         if self.env.plan.test_runner in PYTHON_RUNNERS:
             return await self._direct_call(proven, {t.id: t for t in red.tests})
         return CrossCheck(method="not needed: the change leaves the test configuration as on the base commit",
                           checked=[])
 
-    async def _with_base_configuration(self, evidence: Evidence, proven: list[str], tests: list[str]) -> CrossCheck:
-        """RED and GREEN again, with every file of test infrastructure as on the base commit."""
+    async def _with_base_configuration(self, evidence: Evidence, proven: list[str], tests: list[str],
+                                       files: dict[str, str | None]) -> CrossCheck:
+        """RED and GREEN again, with every file of test infrastructure as on the base commit: in
+        the change's environment, and, when the change's dependency files made that environment,
+        in the base commit's as well. A setup is the change's code: what it planted in its own
+        environment (a plugin, a `.pth`) runs in every run there, base configuration or not. A
+        test whose file loads only in the change's environment (it imports a new dependency) is
+        unchecked there, and says why."""
         infra = evidence.scope.test_infrastructure
         base = await self.verifier.workspaces.read_files(self.url, self.change.base_sha, infra)
         reverted = {p: FileContent(content=base.get(p)) for p in infra}
-        red_files = [p for p in evidence.test_files if p not in infra]
-        await self.tree("red-base-config", {**self.change.subset(red_files), **reverted})
-        await self.tree("green-base-config", {**self.change.everything(), **reverted})
-        _, red = await self.tests("red-base-config", tests)
-        _, green = await self.tests("green-base-config", tests)
-        red_out, green_out = {t.id: t.outcome for t in red.tests}, {t.id: t.outcome for t in green.tests}
-        disagree = [i for i in proven if red_out.get(i) not in FAILING or green_out.get(i) != "passed"]
-        detail = "; ".join(f"{i}: {red_out.get(i, 'absent')} without the fix, {green_out.get(i, 'absent')} with it"
-                           for i in disagree)
-        return CrossCheck(method=f"the base commit's test configuration ({', '.join(infra)} as before the change)",
-                          agreed=not disagree, checked=[i for i in proven if i not in disagree], detail=detail)
+        red_files = {**self.change.subset([p for p in evidence.test_files if p not in infra]), **reverted}
+        green_files = {**self.change.everything(), **reverted}
+        method = f"the base commit's test configuration ({', '.join(infra)} as before the change)"
+        red, green = await self._red_green("base-config", red_files, green_files, tests, self.env)
+        disagree = _disagreeing(proven, red, green)
+        unchecked: dict[str, str] = {}
+        base_env = await self.base_environment()
+        if base_env is not self.env:
+            method += ", in the change's environment and in the base commit's"
+            red, green = await self._red_green("base-env", red_files, green_files, tests, base_env)
+            loads_only_with_change = _unloadable(red, green)
+            for test_id in proven:
+                if (file := files.get(test_id)) in loads_only_with_change:
+                    unchecked[test_id] = (f"{file} cannot be loaded in the base commit's environment "
+                                          f"({loads_only_with_change[file]}): it needs the change's own")
+            env_only = _disagreeing([i for i in proven if i not in unchecked and i not in disagree], red, green)
+            disagree |= {i: f"{why} in the base commit's environment: it passes only in the environment built from the "
+                            "change's dependency files, whose setup is the change's own code" for i, why in env_only.items()}
+        return CrossCheck(method=method, agreed=not disagree, unchecked=unchecked,
+                          checked=[i for i in proven if i not in disagree and i not in unchecked],
+                          detail="; ".join(disagree.values()))
+
+    async def _red_green(self, label: str, red_files: dict[str, FileContent], green_files: dict[str, FileContent],
+                         tests: list[str], env: Environment) -> tuple[TestReport, TestReport]:
+        await self.tree(f"red-{label}", red_files, env)
+        await self.tree(f"green-{label}", green_files, env)
+        _, red = await self.tests(f"red-{label}", tests)
+        _, green = await self.tests(f"green-{label}", tests)
+        return red, green
 
     async def _direct_call(self, proven: list[str], cases: dict[str, TestCase]) -> CrossCheck:
         """Each proven test called directly on the RED and GREEN trees: no conftest, no plugin,
@@ -554,6 +586,19 @@ def _timed_out(evidence: Evidence, limits: Timeouts) -> str | None:
             return (f"{what} did not finish within {limit:g}s (a test that hangs or waits for something?); "
                     "the run was killed")
     return None
+
+
+def _disagreeing(proven: list[str], red: TestReport, green: TestReport) -> dict[str, str]:
+    """The proven tests that do not fail without the fix and pass with it in these runs, and how."""
+    red_out, green_out = {t.id: t.outcome for t in red.tests}, {t.id: t.outcome for t in green.tests}
+    return {i: f"{i}: {red_out.get(i, 'absent')} without the fix, {green_out.get(i, 'absent')} with it"
+            for i in proven if red_out.get(i) not in FAILING or green_out.get(i) != "passed"}
+
+
+def _unloadable(red: TestReport, green: TestReport) -> dict[str, str]:
+    """The files that could not be loaded in either run, with why."""
+    loaded = {t.file for t in green.collection_errors() if t.file}
+    return {t.file: t.message for t in red.collection_errors() if t.file and t.file in loaded}
 
 
 def _direct_id(case: TestCase) -> str:

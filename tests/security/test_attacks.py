@@ -30,6 +30,7 @@ import pytest
 
 from fixfleet.demo import sentry_alert
 from fixfleet.replay.scenario import Conversation, Scenario
+from tests.security.leaks import everything_the_platform_kept_or_sent
 from tests.world import Credentials, World, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e
@@ -113,33 +114,6 @@ def hostile_executor(link_out: bool = False) -> Scenario:
 
 def remote_refs(world: World) -> dict[str, str]:
     return dict(line.split() for line in world.git("for-each-ref", "--format=%(refname) %(objectname)").splitlines())
-
-
-def everything_the_platform_kept_or_sent(world: World) -> str:
-    """Every place a secret could leak to, as one text (request headers aside: there the
-    stand-ins and the model API are meant to get their credentials)."""
-    parts = [json.dumps([[c.method, c.path, c.query, c.body] for c in fake.calls], default=str)
-             for fake in (world.github, world.slack, world.jira)]
-    for task in world.api("GET", "/tasks?limit=100")["items"]:
-        parts += [json.dumps(task), json.dumps(world.api("GET", f"/tasks/{task['key']}/events"))]
-        for session in world.api("GET", f"/tasks/{task['key']}/sessions"):  # every message the agents' sessions wrote
-            parts.append(json.dumps(world.api("GET", f"/sessions/{session['id']}?limit=5000")))
-    parts.append(world.git("log", "-p", "--all"))
-    home = world.platform.settings.home
-    for path in [*home.rglob("transcripts/*.jsonl"), *_files(world.platform.ray_temp_dir)]:
-        parts.append(path.read_text(errors="replace"))
-    for server in (world.planner_model, world.executor_model):  # what the platform sent the model, not
-        for request in server.requests:                          # what the scripted "model" itself wrote
-            body = request.body if isinstance(request.body, dict) else {}
-            sent = [m for m in body.get("messages", []) if m.get("role") != "assistant"]
-            parts.append(json.dumps({"system": body.get("system"), "messages": sent}))
-    return "\n".join(parts)
-
-
-def _files(root: Path | None) -> list[Path]:
-    if root is None:
-        return []
-    return [p for p in root.rglob("*") if p.is_file() and not p.is_socket() and p.stat().st_size < 20_000_000]
 
 
 def test_prompt_injection_through_an_alert_is_contained(world: World) -> None:

@@ -144,7 +144,7 @@ async def test_fix_with_a_failing_test_is_proven_red_green_and_suite(calc: Repo,
     assert evidence.red.exit_code != 0 and evidence.red.tests == {"tests/test_add.py::test_add": "failed"}
     assert "assert -1 == 5" in evidence.red.output_tail
     assert evidence.green.exit_code == 0 and evidence.green.tests == {"tests/test_add.py::test_add": "passed"}
-    assert evidence.suite.exit_code == 0 and "2 passed" in evidence.suite.output_tail
+    assert evidence.suite.exit_code == 0 and "1 passed" in evidence.suite.output_tail  # the old test: new files are GREEN's
     assert evidence.runner == "pytest" and evidence.environment == calc.env.hash
     assert "installs the package editable with its extras tests" in evidence.setup
     assert evidence.sandboxed
@@ -435,6 +435,17 @@ async def test_a_report_written_by_the_tests_themselves_is_refused(calc: Repo, v
                                                                   "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}),
                             "exits")
     assert refused.stage == "report" and "ended before the runner finished" in str(refused)
+
+
+async def test_a_new_test_module_cannot_hide_what_the_fix_breaks(calc: Repo, verifier: Verifier) -> None:
+    """The fix breaks mul; the new test module patches mul back when it is imported, so in one
+    suite process every old test would pass. The suite runs without the files the change adds."""
+    patcher = "import calc\n\ncalc.mul = lambda a, b: a * b  # 'helper' for the tests\n\n" + TEST_ADD
+    print("attack: a new test module that patches the broken function back at import")
+    refused = await refusal(verifier, calc.url, change(calc.sha, {
+        "tests/test_add.py": patcher, "src/calc/__init__.py": FIXED.replace("a * b", "a ** b")}), "patches-back")
+    print("held:", refused)
+    assert refused.stage == "suite" and refused.evidence["new_failures"] == ["tests/test_mul.py::test_mul"]
 
 
 async def test_nothing_a_run_writes_reaches_the_next_run(calc: Repo, verifier: Verifier) -> None:

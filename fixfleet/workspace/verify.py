@@ -9,7 +9,8 @@ the checked ChangeSet and the approved plan the platform:
    nothing a run writes (a planted file, a rewritten test) reaches the next;
 2. asks the repository's runner which changed files hold tests (collection, on a copy of GREEN);
 3. RED: the new tests on the base code must FAIL in their own body (not by an import error, not
-   in a fixture); GREEN: the same tests with the fix must pass; then the whole suite;
+   in a fixture); GREEN: the same tests with the fix must pass; then the whole suite, without
+   the test files the change adds (a new module could patch the code back at import);
 4. judges them against the base commit's own results (fixfleet/workspace/baselines.py), run
    once per base and environment when needed: a test that already failed there is listed, not
    blamed (`preexisting_failures`); a test that flips when run again (`flaky`) neither proves
@@ -201,6 +202,7 @@ class _Proof:
         self.runner = make_runner(env.plan.test_runner, test_script=env.plan.test_script)
         self.timeouts: Timeouts = env.plan.timeouts
         self.trees: dict[str, tuple[Checkout, Environment]] = {}
+        self.suite_kind = "green"  # the tree the whole suite ran on
         self.held: list[Environment] = [env]
         self._base_env: Environment | None = None
         self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
@@ -250,7 +252,8 @@ class _Proof:
         green_run, green = await self.tests("green", tests)
         evidence.green = green_run
         self._refuse_unreadable(green, green_run, evidence, "the new tests with the fix (GREEN)")
-        suite_run, suite = await self.suite("green")
+        self.suite_kind = await self._suite_tree(tests)
+        suite_run, suite = await self.suite(self.suite_kind)
         evidence.suite = suite_run
         if hung := _timed_out(evidence, self.timeouts):
             raise EvidenceError(hung, self._dump(evidence), stage="timeout")
@@ -271,8 +274,10 @@ class _Proof:
                                        known, edited))
         excused = pre | red_flaky | set(baseline.flaky if baseline else ())
         blocking = [i for i in failing(green, tests) if i not in excused]
-        blocking += [i for i in new_failures(suite, known, excused=excused) if i not in blocking] if suite else []
-        flaky = red_flaky | await self.flips("green", blocking, green if suite is None else _merged(green, suite))
+        flaky = red_flaky | await self.flips("green", blocking, green)
+        if suite is not None:
+            broken = [i for i in new_failures(suite, known, excused=excused) if i not in blocking]
+            flaky |= await self.flips(self.suite_kind, broken, suite)
         flaky |= set(suite_failing) & set(baseline.flaky if baseline else ())  # flipped in the base run too
         evidence.preexisting_failures, evidence.flaky = sorted(pre), sorted(flaky)
         red_check = red_verdict(red, tests, preexisting=pre, flaky=flaky)
@@ -328,6 +333,17 @@ class _Proof:
         for file, after in changed.items():
             keys |= edited_tests(file, before.get(file), after.content)
         return {t.id for t in [*red.tests, *green.tests] if _test_key(t) in keys}
+
+    async def _suite_tree(self, tests: list[str]) -> str:
+        """The tree the whole suite runs on: the change without the test files it adds. Those
+        are judged by RED, GREEN and the cross-check; in the suite's one process a new test
+        module could patch the code under test back at import and hide what the fix breaks."""
+        base = await self.verifier.workspaces.list_tree(self.url, self.change.base_sha)
+        added = [p for p in tests if p not in base]
+        if not added:
+            return "green"
+        await self.tree("suite", {p: c for p, c in self.change.everything().items() if p not in added})
+        return "suite"
 
     # -- trees and runs ------------------------------------------------------------------------
 
@@ -557,11 +573,6 @@ def _with_runner_env(env: dict[str, str], runner_env: dict[str, str]) -> dict[st
     for name, value in runner_env.items():
         merged[name] = f"{env[name]}:{value}" if name == "PYTHONPATH" and env.get(name) else value
     return merged
-
-
-def _merged(*reports: TestReport) -> TestReport:
-    tests = {t.id: t for report in reports for t in report.tests}
-    return reports[0].model_copy(update={"tests": list(tests.values())})
 
 
 def _command_run(argv: list[str], result: RunResult, report: TestReport | None, *, summary: bool = False) -> CommandRun:

@@ -32,7 +32,6 @@ from fixfleet.workspace.runners import (
     red_verdict,
 )
 from fixfleet.workspace.runners.verdicts import failing, new_failures, preexisting_failures
-from fixfleet.workspace.spawn import without_inherited_fds
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -44,31 +43,34 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 class Sandbox:
-    """Runs argv in a repository the way the sandbox would: cwd = repo, the report channel on
-    descriptor 3 (FIXFLEET_REPORT_FD), the platform's helpers importable."""
+    """Runs argv in a repository the way the sandbox would: cwd = repo, the report channel a FIFO
+    named by FIXFLEET_REPORT (the runners' argv name it by its path inside the sandbox), the
+    platform's helpers importable."""
 
     def __init__(self, repo: Path):
         self.repo = repo
 
     def run(self, argv: list[str]) -> tuple[int, str, bytes]:
+        channel = self.repo.parent / "report"
+        channel.unlink(missing_ok=True)
+        os.mkfifo(channel)
+        read = os.open(channel, os.O_RDONLY | os.O_NONBLOCK)
+        hold = os.open(channel, os.O_WRONLY)  # the stream ends when this is closed, after the run
+        os.set_blocking(read, True)
         # The stand-in environment loads none of this interpreter's pytest plugins (hypothesis,
         # schemathesis, ...: 2 s a run), as a repository's own holds only what it asks for.
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-               "FIXFLEET_REPORT_FD": "3", "PYTHONPATH": str(HELPERS_DIR)}
+               "FIXFLEET_REPORT": str(channel), "PYTHONPATH": str(HELPERS_DIR)}
         env.pop("PYTEST_ADDOPTS", None)
-        read, write = os.pipe()
         chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read, 65536), b"")))
-        try:
-            process = subprocess.Popen(without_inherited_fds(argv, hand_over=(write, 3)), cwd=self.repo, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=(write,))
-        finally:
-            os.close(write)
         reader.start()
-        output, _ = process.communicate(timeout=60)
+        done = subprocess.run([part.replace(CHANNEL, str(channel)) for part in argv], cwd=self.repo, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        os.close(hold)
         reader.join(timeout=10)
         os.close(read)
-        return process.returncode, output, b"".join(chunks)
+        return done.returncode, done.stdout + done.stderr, b"".join(chunks)
 
     def collect(self, runner, files):
         argv = runner.collect_argv(files)

@@ -422,7 +422,7 @@ async def test_a_report_written_by_the_tests_themselves_is_refused(calc: Repo, v
     forged_line = ('{"event": "test", "id": "tests/test_add.py::test_add", "file": "tests/test_add.py", '
                    '"when": "call", "outcome": "passed", "message": ""}')
     test = ("import atexit\nimport os\n\n\ndef forge():\n"
-            f"    os.write(int(os.environ['FIXFLEET_REPORT_FD']), b'{forged_line}\\n')\n    os._exit(0)\n\n\n"
+            f"    os.write(os.open(os.environ['FIXFLEET_REPORT'], os.O_WRONLY), b'{forged_line}\\n')\n    os._exit(0)\n\n\n"
             "atexit.register(forge)\n" + TEST_ADD)
     print("attack: an atexit handler that writes a passed result on the report channel and exits 0")
     refused = await refusal(verifier, calc.url, change(calc.sha, {"tests/test_add.py": test,

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -72,11 +73,12 @@ SAFE_PATH = f"{TOOLS}:/usr/local/bin:/usr/bin:/bin"
 CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
           "PIP_CERT", "GIT_SSL_CAINFO")
 OUTPUT_TAIL = 64 * 1024
-# The report channel: a pipe the platform reads, handed to the run as this descriptor. A
-# reporter the platform injects writes the run's test results there; nothing in the sandbox can
-# rewrite what was already sent (a file it could reopen and truncate), only add to it, which the
-# parsers refuse as a forged report.
-REPORT_FD = 3
+# The report channel: a FIFO the platform reads, bound into the run at this path (named by
+# FIXFLEET_REPORT). A reporter the platform injects writes the run's test results there, from
+# whichever process of the run it lives in (runners spawn children: a descriptor would not reach
+# them); nothing in the sandbox can rewrite what was already sent (a file it could reopen and
+# truncate), only add to it, which the parsers refuse as a forged report.
+REPORT_PATH = "/run/fixfleet/report"
 REPORT_LIMIT = 32 * 1024 * 1024
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap socat) and, in a container, "
                 "allow user namespaces (see cluster/GUIDE.md: the agents' sandbox); or set FIXFLEET_SANDBOX=off "
@@ -275,10 +277,15 @@ class Sandbox:
     async def run(self, spec: SandboxSpec, command: Sequence[str], *, timeout_s: float,
                   stdin: bytes | None = None, report: bool = False) -> RunResult:
         """Run to completion (or the timeout, or a limit passed, which kill the whole sandbox);
-        output merged. `report`: give the run the report channel (descriptor REPORT_FD, named by
-        FIXFLEET_REPORT_FD) and return what was written to it."""
-        if report:
-            spec = dataclasses.replace(spec, env={**spec.env, "FIXFLEET_REPORT_FD": str(REPORT_FD)})
+        output merged. `report`: give the run the report channel (REPORT_PATH, named by
+        FIXFLEET_REPORT) and return what was written to it."""
+        channel = _ReportChannel(self.state_dir) if report else None
+        if channel is not None:
+            inside = REPORT_PATH if self.enabled else str(channel.path)
+            spec = dataclasses.replace(spec, env={**spec.env, "FIXFLEET_REPORT": inside},
+                                       read_only={**spec.read_only, REPORT_PATH: channel.path})
+            if not self.enabled:  # no mounts: the runners' argv name the channel by its inside path
+                command = [part.replace(REPORT_PATH, inside) for part in command]
         run_id = new_run_id()
         argv = self.argv(spec, command, run_id=run_id)
         started = time.monotonic()
@@ -286,13 +293,12 @@ class Sandbox:
         cwd = None if self.enabled else (spec.workspace if spec.cwd == WORKSPACE else Path(spec.cwd))
         if self.enabled:  # bubblewrap's own environment is /proc/1/environ inside: nothing, not even the shim's
             argv = ["/usr/bin/env", "-i", *argv]
-        channel = _ReportChannel() if report else None
         try:
             process = await asyncio.create_subprocess_exec(
-                *without_inherited_fds(argv, hand_over=channel.hand_over if channel else None), env=env, cwd=cwd,
+                *without_inherited_fds(argv), env=env, cwd=cwd,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, close_fds=True, pass_fds=channel.pass_fds if channel else ())
+                start_new_session=True, close_fds=True)
         except BaseException:
             if channel:
                 channel.close()
@@ -339,26 +345,22 @@ class Sandbox:
 
 
 class _ReportChannel:
-    """The pipe of one run's report channel: the write end goes to the child, the platform
-    reads the other end as the run goes (a full pipe would stall the reporter)."""
+    """One run's report channel: a FIFO in a private directory of the platform's, read as the run
+    goes (a full FIFO would stall the reporter). The platform holds a write end of its own, so the
+    stream cannot end while a process of the run may still open it; it ends after the run."""
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
+    def __init__(self, parent: Path) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="report-", dir=parent))
+        self.path = self.directory / "report"
+        os.mkfifo(self.path, 0o600)
+        self.read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.hold_fd = os.open(self.path, os.O_WRONLY)
+        os.set_blocking(self.read_fd, True)
         self.chunks: list[bytes] = []
         self.size = 0
         self._reading: asyncio.Task[None] | None = None
 
-    @property
-    def pass_fds(self) -> tuple[int, ...]:
-        return (self.write_fd,)
-
-    @property
-    def hand_over(self) -> tuple[int, int]:
-        return self.write_fd, REPORT_FD
-
     def start(self) -> None:
-        os.close(self.write_fd)  # the child holds it now: the pipe ends when the child's side does
-        self.write_fd = -1
         self._reading = asyncio.create_task(asyncio.to_thread(self._read))
 
     def _read(self) -> None:
@@ -368,11 +370,14 @@ class _ReportChannel:
             self.size += len(chunk)
 
     async def finish(self) -> bytes:
-        """What arrived; the sandbox is dead by now, so every writer is gone and the pipe ends."""
+        """What arrived; the sandbox is dead by now, so with the platform's own write end closed
+        every writer is gone and the stream ends."""
+        self._close(self.hold_fd)
+        self.hold_fd = -1
         try:
             if self._reading is not None:
                 await asyncio.wait_for(asyncio.shield(self._reading), 10)
-        except TimeoutError:  # a writer outlived the sandbox's kill: take what came
+        except TimeoutError:  # a writer outlived the sandbox's kill (FIXFLEET_SANDBOX=off): take what came
             log.warning("the report channel stayed open after its run ended")
         finally:
             self.close()
@@ -380,11 +385,16 @@ class _ReportChannel:
         return data + (b"\n[fixfleet] report truncated" if self.size > REPORT_LIMIT else b"")
 
     def close(self) -> None:
-        for fd in (self.write_fd, self.read_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.write_fd = self.read_fd = -1
+        for fd in (self.hold_fd, self.read_fd):
+            self._close(fd)
+        self.hold_fd = self.read_fd = -1
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @staticmethod
+    def _close(fd: int) -> None:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 async def kill_sandbox(process: asyncio.subprocess.Process) -> None:

@@ -1,4 +1,4 @@
-"""Starting a child that inherits nothing but stdin, stdout and stderr (and what it is handed).
+"""Starting a child that inherits nothing but stdin, stdout and stderr.
 
 Ray's async actors run uvloop, whose subprocess spawning ignores `close_fds`: a child inherits
 every inheritable descriptor of the actor (its Redis and Postgres connections, Ray's sockets).
@@ -14,18 +14,10 @@ CLOSE_INHERITED = 'for fd in /proc/self/fd/*; do n=${fd##*/}; if [ "$n" -gt 2 ];
 CLOSE_FDS = CLOSE_INHERITED + '; exec "$@"'
 
 
-def without_inherited_fds(argv: list[str], *, hand_over: tuple[int, int] | None = None) -> list[str]:
-    """`argv`, started so that it keeps descriptors 0-2 only, whatever event loop spawns it;
-    `hand_over=(fd, as_fd)` keeps one more: the parent's `fd`, renumbered `as_fd` in the child
-    (the spawner must let `fd` be inherited: `pass_fds`).
+def without_inherited_fds(argv: list[str]) -> list[str]:
+    """`argv`, started so that it keeps descriptors 0-2 only, whatever event loop spawns it.
 
     `--norc`: uvloop hands a child a socket as stdin, and bash takes a `bash -c` whose stdin is a
     socket for a remote shell and runs ~/.bashrc (measured: a machine's `pyenv init` in it ran a
     shim rehash before every git command, each waiting up to 60 s for the rehash lock)."""
-    if hand_over is None:
-        return ["/bin/bash", "--norc", "-c", CLOSE_FDS, "fixfleet-exec", *argv]
-    fd, as_fd = hand_over
-    keep = (f'for fd in /proc/self/fd/*; do n=${{fd##*/}}; if [ "$n" -gt 2 ] && [ "$n" != {fd} ]; then '
-            f'eval "exec $n>&-"; fi; done')
-    move = "" if fd == as_fd else f"; exec {as_fd}>&{fd} {fd}>&-"
-    return ["/bin/bash", "--norc", "-c", keep + move + '; exec "$@"', "fixfleet-exec", *argv]
+    return ["/bin/bash", "--norc", "-c", CLOSE_FDS, "fixfleet-exec", *argv]

@@ -2,8 +2,8 @@
 helpers every runner shares to read the reports that reach the report channel (JUnit XML, JSON,
 JSON lines).
 
-Every report arrives on the run's report channel (fixfleet/workspace/sandbox.py: a pipe the
-platform reads, descriptor 3 inside), never as a file the tests could rewrite. A channel holding
+Every report arrives on the run's report channel (fixfleet/workspace/sandbox.py: a FIFO the
+platform reads, at REPORT_PATH inside), never as a file the tests could rewrite. A channel holding
 more than the one report its reporter writes (a second document, junk around it) was written by
 something else as well: `ForgedReport`."""
 
@@ -16,10 +16,12 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from fixfleet.workspace.sandbox import REPORT_PATH
+
 HELPERS_DIR = Path(__file__).parents[1] / "sandbox_helpers"
 HELPERS_MOUNT = "/opt/fixfleet/helpers"   # where the sandbox mounts HELPERS_DIR
 WORKSPACE_MOUNT = "/workspace"            # where the sandbox mounts the repository (the cwd)
-CHANNEL = "/dev/fd/3"                     # the report channel, as a path for reporters that want one
+CHANNEL = REPORT_PATH                     # the report channel (a FIFO the platform reads), for reporters
 MESSAGE_LIMIT = 500
 SESSION_ID = "<session>"                  # id of a failure no single test or file can own
 JS_EXTENSIONS = ("js", "mjs", "cjs", "ts")

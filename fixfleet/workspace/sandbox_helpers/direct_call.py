@@ -13,7 +13,7 @@ runner's set-up (a conftest that extends sys.path).
 
 Runs INSIDE the sandbox with the repository's interpreter: standard library only, Python 3.8
 compatible. The report (one JSON document {"tests": [{id, outcome, message}]}) goes to the
-descriptor FIXFLEET_REPORT_FD names, after every test has been called.
+report channel FIXFLEET_REPORT names, after every test has been called.
 
     python direct_call.py -- tests/test_x.py::test_a tests/test_x.py::TestY::test_b
 """
@@ -138,9 +138,10 @@ def main(argv: list) -> int:
         except BaseException as exc:  # noqa: BLE001 - an import that fails: the test cannot run
             results.append({"id": test_id, "outcome": "error", "message": short(repr(exc))})
     data = (json.dumps({"tests": results}) + "\n").encode("utf-8", "replace")
-    descriptor = int(os.environ["FIXFLEET_REPORT_FD"])
+    descriptor = os.open(os.environ["FIXFLEET_REPORT"], os.O_WRONLY)
     while data:
         data = data[os.write(descriptor, data):]
+    os.close(descriptor)
     return 0
 
 

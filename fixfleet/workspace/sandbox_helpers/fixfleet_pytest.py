@@ -3,7 +3,7 @@
 Loaded by the platform with `-p fixfleet_pytest` (its directory on PYTHONPATH), so it is
 registered before the repository's conftest files and plugins. It runs INSIDE the sandbox with
 the repository's interpreter: standard library only, Python 3.8 compatible. Each record is one
-JSON line written to the descriptor named by FIXFLEET_REPORT_FD, a pipe whose other end the
+JSON line written to the report channel FIXFLEET_REPORT names, a FIFO whose other end the
 platform reads as the run goes; nothing is written to a file the tests could rewrite.
 
     {"event": "start", ...}                 when pytest is configured, before any collection
@@ -29,7 +29,8 @@ import os
 import pytest
 
 MESSAGE_LIMIT = 2000
-_fd = int(os.environ.get("FIXFLEET_REPORT_FD") or -1)
+_channel = os.environ.get("FIXFLEET_REPORT")
+_fd = os.open(_channel, os.O_WRONLY) if _channel else -1
 _root = os.getcwd()  # the repository: the platform starts every run there
 _rootdir = _root  # pytest's rootdir, which node ids are relative to
 

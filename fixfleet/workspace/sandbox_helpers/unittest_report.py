@@ -6,8 +6,8 @@ library only and stays Python 3.8 compatible. The current directory is the repos
     python unittest_report.py --collect|--run -- FILE...
     python unittest_report.py --discover [--start .] [--pattern test*.py] [--top .]
 
-The report goes to the descriptor FIXFLEET_REPORT_FD names (the platform's report channel, a
-pipe: nothing the tests do can rewrite it), or to `--out FILE` when given.
+The report goes to the report channel FIXFLEET_REPORT names (a FIFO the platform reads: nothing
+the tests do can rewrite it), or to `--out FILE` when given.
 
 Each FILE becomes the module `python -m unittest FILE` would import (tests/test_x.py ->
 tests.test_x). The JSON holds {"mode", "tests": [{id, file, outcome, phase, message}],
@@ -252,9 +252,10 @@ def main(argv=None) -> int:
 def write_report(path, report):
     data = (json.dumps(report) + "\n").encode("utf-8", "replace")
     if path is None:
-        descriptor = int(os.environ["FIXFLEET_REPORT_FD"])
+        descriptor = os.open(os.environ["FIXFLEET_REPORT"], os.O_WRONLY)
         while data:
             data = data[os.write(descriptor, data):]
+        os.close(descriptor)
         return
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):

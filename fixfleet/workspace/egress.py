@@ -457,6 +457,10 @@ class EgressProxy:
             await self._serve(reader, writer)
         except _Refused as refused:
             self._refuse(writer, refused)
+        except asyncio.CancelledError:
+            # close() cut the connection: end quietly (3.11's stream callback would log the
+            # cancellation of a connection task as an error with its traceback)
+            pass
         except Exception as error:  # a bug must cost one connection, not the proxy
             log.exception("egress proxy: unexpected %s", type(error).__name__)
         finally:

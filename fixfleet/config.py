@@ -6,7 +6,9 @@ the URLs and third-party credentials keep the names their own tools use.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,23 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from fixfleet.workspace.egress import parse_networks
-from fixfleet.workspace.repo_config import RepoConfig
+from fixfleet.repo_schema import RepoConfig
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs or single addresses; raises ValueError naming the bad entry."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address range like 10.96.0.0/12") from None
+    return tuple(networks)
 
 
 def _env(name: str) -> Any:

@@ -44,7 +44,7 @@ from fixfleet.store import Delivery, Outcome
 from serve_app.commands import CommandHandler
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import ErrorOut, WebhookOut
-from serve_app.signatures import (
+from fixfleet.intake.signatures import (
     SignatureError,
     verify_github,
     verify_jira,

@@ -13,7 +13,7 @@ import httpx
 from fixfleet.config import Settings
 from fixfleet.models import NewTask, Source, TaskStatus
 from fixfleet.store import Store
-from serve_app.signatures import sign_github
+from fixfleet.intake.signatures import sign_github
 from tests.fakes.github import FakeGitHub
 from tests.shared import CORPUS
 

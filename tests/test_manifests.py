@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fixfleet.config import Settings
-from serve_app.deployment import SERVE_NODE_ENV
+from fixfleet.platform import SERVE_NODE_ENV
 from tests.shared import SHARED
 
 ROOT = Path(__file__).resolve().parent.parent

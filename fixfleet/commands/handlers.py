@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from fixfleet.approvals import Approvals, Decision, Principal, Refused
-from fixfleet.commands.loader import Scope, default_commands
+from fixfleet.approvals import Approvals, Decision, Principal, Refused, Scope
+from fixfleet.commands.loader import default_commands
 from fixfleet.commands.parser import help_text
 from fixfleet.forges.refs import PULL_KEY
 from fixfleet.integrations.slack import PLAN_MESSAGE

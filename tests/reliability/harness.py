@@ -29,7 +29,7 @@ import redis
 
 from fixfleet.config import Settings
 from fixfleet.ports import free_port
-from serve_app.signatures import sign_github, sign_sentry
+from fixfleet.intake.signatures import sign_github, sign_sentry
 from tests.shared import CORPUS
 from tests.slate import TABLES
 

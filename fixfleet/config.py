@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ from fixfleet.repo_schema import RepoConfig
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What the repository's top-level folders hold that the installed package needs: the agents'
+# skills (skills/) and the Serve config (cluster/serve_config.yaml). In a checkout fixfleet/data
+# links to them; a wheel holds copies (package data), so an installed fixfleet never looks for
+# the source tree.
+DATA_DIR = Path(str(resources.files("fixfleet").joinpath("data")))
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:

@@ -35,7 +35,7 @@ import yaml
 from ray import serve
 from redis.asyncio import Redis
 
-from fixfleet.config import Settings
+from fixfleet.config import DATA_DIR, Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.overview import Heartbeat, heartbeats
 from fixfleet.processes import ProcessRef
@@ -49,7 +49,7 @@ SANDBOX_OFF_WARNING = ("FIXFLEET_SANDBOX=off: agents and repository code run WIT
 APP_NAME = "fixfleet"
 APP_IMPORT_PATH = "serve_app.deployment:build_app"  # Serve's application builder, imported where it runs
 DEPLOYMENT_NAME = "ingress"  # serve_app.deployment's ingress deployment (tests/test_serve.py keeps them equal)
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "cluster" / "serve_config.yaml"
+CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipped in the package
 
 # The environment of every Ray node that serves the ingress: the RayService sets it in the head and
 # worker pod templates (Ray's "high throughput" mode for KubeRay). Serve reads these when its

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fixfleet.ports import free_port
-from tests.shared import SHARED
+from tests.corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
-ALERT = SHARED / "corpus" / "sentry-webhooks" / "event_alert.triggered.json"
+ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 CONFIG = ROOT / "cluster" / "serve_config.yaml"
 REPO = "https://github.com/example/front-end"
 

@@ -36,7 +36,7 @@ from tests.ingress_world import (
     post_github,
     wait_for_comments,
 )
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 
 @pytest.fixture

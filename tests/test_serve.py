@@ -30,7 +30,7 @@ from fixfleet.intake.signatures import sign_sentry
 from fixfleet.platform import APP_IMPORT_PATH, CONFIG_PATH, DEPLOYMENT_NAME, LocalServe, load_config, running_config
 from serve_app import deployment
 from serve_app.deployment import build_app
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 SERVE_REDIS_DB = 12  # not the suite's 13: the replica's outbox relay writes here

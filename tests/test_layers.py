@@ -8,9 +8,11 @@ says what each layer is.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,14 @@ def run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_tools_find_nothing(tool: tuple[str, ...]) -> None:
     done = run_tool(*tool)
     assert done.returncode == 0, f"{' '.join(tool)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+
+
+def test_the_architecture_page_shows_the_layers_the_tools_check() -> None:
+    """docs/ARCHITECTURE.md's table of fixfleet's layers is the import-linter contract, in order."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layered,) = [c for c in contracts if c["type"] == "layers" and c.get("containers") == ["fixfleet"]]
+    checked = [sorted(name.strip() for name in re.split(r"[|:]", layer)) for layer in layered["layers"]]
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| (`[^|]*`(?: \\\| `[^|]*`)*) \|", page, flags=re.MULTILINE)
+    shown = [sorted(re.findall(r"`([\w.]+)`", modules)) for _, modules in rows]
+    assert shown == checked, "docs/ARCHITECTURE.md's layers differ from pyproject.toml's contract"

@@ -68,6 +68,8 @@ class Invocation:
 
 
 class Commands:
+    """The one handler of every command (`run`): every channel calls it, whatever it came from."""
+
     def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None) -> None:
         self.store, self.approvals, self.notice = store, approvals, notice
         self.specs = default_commands()

@@ -439,7 +439,7 @@ def test_install_python_script_usage() -> None:
 class Built:
     root: Path  # stands for the image's /
     prefix: Path  # the environment (the image's /opt/fixfleet/venv)
-    source: Path  # the project's source (the image's /opt/fixfleet/src)
+    source: Path  # the project's source (the build stage's /opt/fixfleet/src: its wheel is built there)
     log: str
 
     def run(self, *argv: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -44,10 +44,11 @@ from urllib.parse import urlsplit
 import psutil
 from pydantic import BaseModel, Field
 
+from fixfleet.config import IPNetwork, parse_networks
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_PORTS = frozenset({80, 443})
@@ -174,17 +175,6 @@ def is_public(address: IPAddress) -> bool:
         return True
     site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
     return address.is_global and not site_local
-
-
-def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs or single addresses; raises ValueError naming the bad entry."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{entry!r} is not an address range like 10.96.0.0/12") from None
-    return tuple(networks)
 
 
 @dataclass(frozen=True)

@@ -476,7 +476,11 @@ class _Proof:
                             complete=suite is not None and suite.complete,
                             seconds=round(time.monotonic() - started, 2), ran_at=round(time.time(), 3))
 
-        return await verifier.baselines.get_or_run(self.url, key, run)
+        waiting = time.monotonic()
+        baseline, reused = await verifier.baselines.get_or_run(self.url, key, run)
+        if reused:  # time spent waiting for another agent's base run is the repository's test time too
+            self.run_seconds += time.monotonic() - waiting
+        return baseline, reused
 
     # -- the cross-check -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from fixfleet.config import Settings
 from fixfleet.forges.base import Forge, PullRequest
-from fixfleet.integrations.tracker import Stage, Tracker
+from fixfleet.integrations.tracker import Tracker
 from fixfleet.models import Task
 from fixfleet.plan_doc import SANDBOX_OFF, render_evidence
 from fixfleet.providers import connect
@@ -66,7 +66,7 @@ class Publisher:
             await forge.upsert_comment(pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
         where = task.pr_url or task.branch
         await self._tell_trackers(task, f"fixfleet pushed a tested fix for {task.key}: {where}", f"{task.key}-done",
-                                  move_to=Stage.IN_REVIEW)
+                                  move_to="COMPLETED")
         await self._chat_update(task, f"{task.key} fixed and tested: {where}")
         return task.pr_url
 
@@ -109,7 +109,7 @@ class Publisher:
             body = f"{SANDBOX_OFF}\n\n{body}"
         return await forge.open_pull(task.repo, branch, title, body, draft=True)
 
-    async def _tell_trackers(self, task: Task, text: str, marker: str, *, move_to: Stage | None = None) -> None:
+    async def _tell_trackers(self, task: Task, text: str, marker: str, *, move_to: str | None = None) -> None:
         for tracker in self.trackers:
             if issue := tracker.issue_of(task):
                 await tracker.comment(issue, text, marker=marker)
@@ -117,7 +117,7 @@ class Publisher:
                     await self._move(tracker, issue, move_to)
 
     @staticmethod
-    async def _move(tracker: Tracker, issue: str, stage: Stage) -> None:
+    async def _move(tracker: Tracker, issue: str, stage: str) -> None:
         try:
             await tracker.move(issue, stage)
         except Exception as exc:  # workflows differ between sites; the comment already went out

@@ -95,7 +95,7 @@ def connect(settings: Settings, redactor: Redactor, **options: Unpack[ClientOpti
     slack = SlackClient(settings.slack_bot_token, settings.slack_api_url, **options) if found["slack"] else None
     return Providers(
         forges=Forges(*([GitHubForge(github, settings.github_repos)] if github else [])),
-        trackers=[JiraTracker(jira)] if jira else [],
+        trackers=[JiraTracker(jira, settings.jira_transitions)] if jira else [],
         notifier=SlackNotifier(slack, settings.slack_channel or None) if slack else None,
         github=github, jira=jira, sentry=sentry, slack=slack,
     )

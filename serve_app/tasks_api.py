@@ -145,7 +145,9 @@ async def approve(ref: str, body: ApproveIn, token: ApiToken = Depends(caller("a
 
 @router.post("/{ref}/reject", response_model=TaskOut, responses=ERRORS)
 async def reject(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("approve")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    return TaskOut.of(await ctx.approvals.decide(principal(token), ref, Decision.REJECT, feedback=body.reason))
+    task = await ctx.approvals.decide(principal(token), ref, Decision.REJECT, feedback=body.reason)
+    await ctx.loops.ended_soon(task)  # its draft pull request closed, the trackers and the chat told
+    return TaskOut.of(task)
 
 
 @router.post("/{ref}/revise", response_model=TaskOut, responses=ERRORS)

@@ -41,7 +41,6 @@ from fixfleet.integrations.slack import (
     SlackNotFoundError,
     SlackNotifier,
 )
-from fixfleet.integrations.tracker import Stage
 from fixfleet.models import Priority, Source, Task, TaskStatus
 from fixfleet.providers import connect, reset_skip_log
 from fixfleet.redact import Redactor
@@ -418,12 +417,13 @@ async def test_jira_search_pages_by_token_and_returns_the_fields_asked(jira: Jir
 
 
 async def test_jira_as_a_tracker_comments_once_and_moves_to_review(jira: JiraClient, fake_jira: FakeJira) -> None:
-    tracker = JiraTracker(jira)
+    tracker = JiraTracker(jira, {"COMPLETED": "In Review"})
     assert tracker.issue_of(TASK.model_copy(update={"external_ids": {"jira": "OPS-7"}})) == "OPS-7"
     assert tracker.issue_of(TASK) is None
     for _ in range(2):  # a retried step
         await tracker.comment("OPS-7", "fixfleet pushed a tested fix", marker="FF-1-done")
-        await tracker.move("OPS-7", Stage.IN_REVIEW)
+        await tracker.move("OPS-7", "COMPLETED")
+        await tracker.move("OPS-7", "EXECUTING")  # not mapped: nothing
     assert [adf_to_text(c["body"]).splitlines()[0] for c in fake_jira.issue_comments["OPS-7"]] == ["fixfleet pushed a tested fix"]
     assert fake_jira.status("OPS-7") == "In Review" and len(fake_jira.calls_to(r"/transitions$", "POST")) == 1
 

@@ -21,6 +21,7 @@ from fixfleet.commands.parser import help_text
 from fixfleet.forges.refs import PULL_KEY
 from fixfleet.integrations.slack import PLAN_MESSAGE
 from fixfleet.models import (
+    ENDED_UNFINISHED,
     EXPLAIN,
     OPEN,
     QUESTION_ASKED,
@@ -67,9 +68,15 @@ class Invocation:
     seen_at: datetime | None  # when the person wrote the command (a GitHub comment's time)
 
 
+EndHook = Callable[[Task], Awaitable[None]]
+
+
 class Commands:
-    def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None) -> None:
-        self.store, self.approvals, self.notice = store, approvals, notice
+    def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None,
+                 on_end: EndHook | None = None) -> None:
+        """`on_end`: told of a task a command rejected or cancelled (fixfleet/loops.py closes its
+        draft pull request; its sweep finishes the job when this one is lost)."""
+        self.store, self.approvals, self.notice, self.on_end = store, approvals, notice, on_end
         self.specs = default_commands()
 
     async def run(self, principal: Principal, name: str, *, task_ref: str | int | None = None,
@@ -89,9 +96,14 @@ class Commands:
         task = await self.store.get_task(task_ref)
         call = Invocation(principal, task, args, seen_at)
         if spec.name in DECISIONS:  # the decision checks (and audits) its own permission
-            return await DECISIONS[spec.name](self, call)
-        await self._authorize(call, spec.scope, spec.name)
-        return await HANDLERS[spec.name](self, call)
+            result = await DECISIONS[spec.name](self, call)
+        else:
+            await self._authorize(call, spec.scope, spec.name)
+            result = await HANDLERS[spec.name](self, call)
+        ended = result.task is not None and result.task.status in ENDED_UNFINISHED and task.status != result.task.status
+        if ended and self.on_end is not None:
+            await self.on_end(result.task)
+        return result
 
     async def _authorize(self, call: Invocation, scope: Scope, name: str) -> None:
         try:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from fixfleet.forges.base import PullState
 from fixfleet.forges.refs import ForgeRef
 from fixfleet.models import NewTask, Source
 
@@ -57,6 +58,16 @@ class CommandRequest(_Event):
     slack_thread_ts: str | None = None
 
 
+class PullRequestChanged(_Event):
+    """A pull request was closed (merged or not) or reopened: the outcome of the task it belongs
+    to (found by the pull request, or by its `fixfleet/<task>` branch)."""
+
+    where: ForgeRef
+    state: PullState
+    task_key: str | None = None  # from the head branch, when it is fixfleet's
+    sender: str | None = None  # who closed or reopened it
+
+
 class SlackAction(_Event):
     action: Literal["approve", "reject"]
     task_key: str
@@ -80,4 +91,4 @@ class Ping(_Event):
     """A source checking that the endpoint is alive (GitHub `ping`, Slack `ssl_check`)."""
 
 
-ParsedEvent = TaskRequest | CommandRequest | SlackAction | UrlVerification | Ignored | Ping
+ParsedEvent = TaskRequest | CommandRequest | PullRequestChanged | SlackAction | UrlVerification | Ignored | Ping

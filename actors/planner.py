@@ -33,7 +33,7 @@ from fixfleet.workspace.sandbox import SandboxSpec
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
+PLATFORM_CONTEXT = {"slack_ts", "sentry_event", "sentry_event_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -55,6 +55,7 @@ class Planner(AgentLoop):
         feedback = await self._feedback_thread(task)
         branch = task.branch or f"fixfleet/{task.key}"
         task = await self.claim(task, TaskStatus.PLANNING, branch=branch)
+        task = await self.publisher.fetch_context(task)  # Sentry's latest event for a task without a trace
         head = await self.workspaces.branch_head(task.repo, branch)  # a plan pushed before (revise, retry)
         pushed = task.context.get("plan_pushing") or {}
         if head and head == pushed.get("commit") and pushed.get("version") == task.plan_version + 1:
@@ -206,6 +207,30 @@ def planner_prompt(task: Task, feedback: list[dict[str, Any]]) -> str:
         f"Use the `{skill}` skill, then hand back the plan with the submit_plan tool.",
         "Do not edit files: the platform writes PLAN.md from your plan.",
     ]
+    lines += sentry_lines(task.context)
     if feedback:
         lines += ["", "Reviewer feedback to address (oldest first):", json.dumps(feedback, indent=2)]
     return "\n".join(lines)
+
+
+def sentry_lines(context: dict[str, Any]) -> list[str]:
+    """The latest Sentry event the platform fetched (or why it could not), for the prompt."""
+    if error := context.get("sentry_event_error"):
+        return ["", f"Sentry could not be reached for this issue's latest event ({error}): plan from the "
+                    "title and the code, and say in the plan that the stack trace was not available."]
+    event = context.get("sentry_event")
+    if not isinstance(event, dict):
+        return []
+    lines = ["", "The Sentry issue's latest event (fetched by the platform):"]
+    for exc in event.get("exceptions") or []:
+        lines.append(f"{exc.get('type') or 'Error'}: {exc.get('value') or ''}")
+        lines += [f"  {f.get('filename') or f.get('abs_path')}:{f.get('lineno')} in {f.get('function')}"
+                  + (f"\n      {f['context_line'].strip()}" if f.get("context_line") else "")
+                  for f in exc.get("frames") or []]
+    facts = {k: event.get(k) for k in ("release", "environment", "user_count") if event.get(k) is not None}
+    if facts:
+        lines.append("Facts: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    if crumbs := event.get("breadcrumbs"):
+        lines.append("Breadcrumbs (last first): " + "; ".join(
+            f"{c.get('category')}: {c.get('message')}" for c in reversed(crumbs[-10:])))
+    return lines

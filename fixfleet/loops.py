@@ -103,7 +103,7 @@ class Loops:
         for tracker in self.providers.trackers:
             if issue := tracker.issue_of(task):
                 await self._attempt(tracker.key, "move", tracker.move(issue, MERGED))
-                if tracker.key != "sentry" or self.settings.sentry_resolve_on_merge:
+                if tracker.key != "sentry_issue" or self.settings.sentry_resolve_on_merge:
                     await self._attempt(tracker.key, "fixed", tracker.fixed(issue, text, marker=f"{task.key}-merged"))
         if self.providers.notifier:
             await self._attempt("slack", "reply", self.providers.notifier.task_reply(task, text))
@@ -134,31 +134,34 @@ class Loops:
             await self.store.update_fields(task.id, context={"pull_closed_at": _now()})
         return closed
 
-    async def ended(self, task: Task) -> None:
-        """A command ended the task (the Commands hook): close its loops now, never failing the command."""
+    async def decided(self, task: Task) -> None:
+        """A person decided (the Commands hook; approve, revise, reject, cancel): the chat's plan
+        message says so instead of offering its buttons, and an ended task's loops are closed.
+        Never fails the command: the sweep finishes an ended task's part."""
         try:
-            await self.close_ended(task)
-        except Exception as exc:  # the sweep finishes it
-            log_once(log, ("close", type(exc).__name__), "closing %s's loops: %s; the sweep retries", task.key, exc)
+            if task.status in ENDED_UNFINISHED:
+                await self.close_ended(task)
+            elif task.status in DECISIONS and self.providers.notifier:
+                await self._attempt("slack", "update", self.providers.notifier.task_changed(
+                    task, f"{task.key} {await self._decision(task)}"))
+        except Exception as exc:
+            log_once(log, ("decided", type(exc).__name__), "telling %s's decision: %s", task.key, exc)
 
-    def ended_later(self, task: Task) -> None:
-        """The same, after the caller has answered (the ingress: GitHub wants a quick answer)."""
-        job = asyncio.get_running_loop().create_task(self.ended(task))
+    async def decided_soon(self, task: Task) -> None:
+        """The same, after the caller has answered (the ingress: GitHub and Slack want a quick answer)."""
+        job = asyncio.get_running_loop().create_task(self.decided(task))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def ended_soon(self, task: Task) -> None:
-        self.ended_later(task)
-
     async def _decision(self, task: Task) -> str:
-        """"rejected by alice, 14:02: the reason", from the audit row that ended the task."""
+        """"rejected by @alice, 14:02: the reason", from the audit row that moved the task."""
         events = [e for e in await self.store.events(task.id) if e.to_status == task.status]
+        word = DECISIONS.get(task.status, task.status.lower())
         if not events:
-            return task.status.lower()
+            return word
         last = events[-1]
-        who = last.actor.split(":", 1)[-1]
-        reason = f": {last.reason}" if last.reason and last.reason not in ("rejected", "cancelled") else ""
-        return f"{task.status.lower()} by {who}, {last.created_at:%H:%M}{reason}"[:600]
+        reason = f": {last.reason}" if last.reason and last.reason.lower() not in DECISIONS.values() else ""
+        return f"{word} by {who(last.actor)}, {last.created_at:%H:%M} UTC{reason}"[:600]
 
     # --- the sweep ----------------------------------------------------------------------------
 
@@ -192,6 +195,19 @@ class Loops:
             log_once(log, (service, step, type(exc).__name__), "%s %s failed: %s: %s", service, step,
                      type(exc).__name__, exc)
             return False
+
+
+DECISIONS = {TaskStatus.APPROVED: "approved", TaskStatus.REVISING: "sent back for revision",
+             TaskStatus.REJECTED: "rejected", TaskStatus.CANCELLED: "cancelled"}
+
+
+def who(actor: str) -> str:
+    """An audit row's actor as people know them: `slack:U123` -> <@U123> (Slack shows the name),
+    `github:alice` -> @alice, `api:lead` -> lead."""
+    kind, _, name = actor.partition(":")
+    if not name:
+        return actor
+    return f"<@{name}>" if kind == "slack" else f"@{name}" if kind == "github" else name
 
 
 def _now() -> str:

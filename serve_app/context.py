@@ -64,7 +64,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             providers=providers,
             approvals=approvals,
             commands=Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges),
-                              on_end=loops.ended_soon),
+                              on_decision=loops.decided_soon),
             loops=loops,
             tokens=tokens,
             metrics=Metrics(),

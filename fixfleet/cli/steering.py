@@ -45,7 +45,7 @@ def run_command(name: str, ref: str | None, actor: str, as_json: bool, **args: A
                 approvals = Approvals(services.store, settings, providers.forges)
                 loops = Loops(settings, services.store, providers)
                 commands = Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges),
-                                    on_end=loops.ended)
+                                    on_decision=loops.decided)
                 return await commands.run(Principal(kind="cli", name=actor or getpass.getuser()), name,
                                           task_ref=ref, args=args)
             except (Refused, NeedsTask) as refusal:

@@ -21,7 +21,6 @@ from fixfleet.commands.parser import help_text
 from fixfleet.forges.refs import PULL_KEY
 from fixfleet.integrations.slack import PLAN_MESSAGE
 from fixfleet.models import (
-    ENDED_UNFINISHED,
     EXPLAIN,
     OPEN,
     QUESTION_ASKED,
@@ -68,15 +67,17 @@ class Invocation:
     seen_at: datetime | None  # when the person wrote the command (a GitHub comment's time)
 
 
-EndHook = Callable[[Task], Awaitable[None]]
+DecisionHook = Callable[[Task], Awaitable[None]]
+TOLD = frozenset({TaskStatus.APPROVED, TaskStatus.REVISING, TaskStatus.REJECTED, TaskStatus.CANCELLED})
 
 
 class Commands:
     def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None,
-                 on_end: EndHook | None = None) -> None:
-        """`on_end`: told of a task a command rejected or cancelled (fixfleet/loops.py closes its
-        draft pull request; its sweep finishes the job when this one is lost)."""
-        self.store, self.approvals, self.notice, self.on_end = store, approvals, notice, on_end
+                 on_decision: DecisionHook | None = None) -> None:
+        """`on_decision`: told of a task a command approved, sent back, rejected or cancelled
+        (fixfleet/loops.py: the chat's buttons replaced by the decision, a closed task's draft pull
+        request closed; its sweep finishes that when this call is lost)."""
+        self.store, self.approvals, self.notice, self.on_decision = store, approvals, notice, on_decision
         self.specs = default_commands()
 
     async def run(self, principal: Principal, name: str, *, task_ref: str | int | None = None,
@@ -100,9 +101,9 @@ class Commands:
         else:
             await self._authorize(call, spec.scope, spec.name)
             result = await HANDLERS[spec.name](self, call)
-        ended = result.task is not None and result.task.status in ENDED_UNFINISHED and task.status != result.task.status
-        if ended and self.on_end is not None:
-            await self.on_end(result.task)
+        decided = result.task is not None and result.task.status in TOLD and task.status != result.task.status
+        if decided and self.on_decision is not None:
+            await self.on_decision(result.task)
         return result
 
     async def _authorize(self, call: Invocation, scope: Scope, name: str) -> None:

@@ -26,6 +26,7 @@ from fixfleet.integrations.notifier import ChatThread, Notifier
 from fixfleet.models import Task
 
 SLACK_API_URL = "https://slack.com/api"
+MAX_SECTION_TEXT = 3000  # Slack's limit for a section block's text
 PLAN_MESSAGE = "slack_ts"  # the task context's key for its plan message (its ts in the configured channel)
 MAX_SECTION_TEXT = 3000
 MAX_REPLY_TEXT = 3900  # Slack cuts a message's text at 4,000 characters
@@ -167,8 +168,11 @@ class SlackNotifier(Notifier):
         return {PLAN_MESSAGE: await self.client.post_plan(self.channel, task.key, version, task.title, summary, link)}
 
     async def task_changed(self, task: Task, text: str) -> None:
+        """The plan message becomes `text`: its blocks are replaced (Slack keeps a message's old
+        blocks, buttons included, when an update names none), so Approve / Reject go."""
         if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
-            await self.client.update(self.channel, ts, text)
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION_TEXT]}}]
+            await self.client.update(self.channel, ts, text, blocks)
 
     async def task_reply(self, task: Task, text: str) -> None:
         if self.channel and (ts := task.context.get(PLAN_MESSAGE)):

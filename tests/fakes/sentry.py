@@ -48,6 +48,11 @@ class FakeSentry(FakeAPI):
         self._ids = itertools.count(4000)
         self.route("GET", rf"{API}/issues/(?P<id>\d+)/events/latest/", self._latest_event)
         self.route("GET", rf"{API}/projects/(?P<org>[\w.-]+)/(?P<project>[\w.-]+)/issues/", self._project_issues)
+        self.route("PUT", rf"{API}/issues/(?P<id>\d+)/", self._update_issue)
+        self.route("GET", rf"{API}/issues/(?P<id>\d+)/", self._get_issue)
+        self.route("GET", rf"{API}/issues/(?P<id>\d+)/comments/", self._list_comments)
+        self.route("POST", rf"{API}/issues/(?P<id>\d+)/comments/", self._add_comment)
+        self.notes: dict[str, list[dict[str, Any]]] = {}  # issue id -> its comments (Sentry's "notes")
 
     def authorized(self, call: Call) -> bool:
         return call.headers.get("authorization") == f"Bearer {self.token}"
@@ -79,8 +84,12 @@ class FakeSentry(FakeAPI):
         self.events[issue_id] = {
             "id": uuid.uuid4().hex, "eventID": uuid.uuid4().hex, "groupID": issue_id, "title": title,
             "message": "" if frames is not None else title, "platform": "python", "entries": entries,
-            "tags": [{"key": "level", "value": "error"}], "dateCreated": "2024-01-02T00:00:00Z",
+            "tags": [{"key": "level", "value": "error"}, {"key": "environment", "value": "production"}],
+            "dateCreated": "2024-01-02T00:00:00Z", "release": {"version": "api@1.4.2"},
         }
+        self.events[issue_id]["entries"].append({"type": "breadcrumbs", "data": {"values": [
+            {"category": "http", "level": "info", "message": "GET /totals?count=0", "timestamp": "2024-01-02T00:00:00Z"},
+        ]}})
         return issue
 
     @staticmethod
@@ -109,3 +118,40 @@ class FakeSentry(FakeAPI):
         return (f'<{self.url}{path}?&cursor={before}>; rel="previous"; results="{str(start > 0).lower()}"; '
                 f'cursor="{before}", <{self.url}{path}?&cursor={after}>; rel="next"; '
                 f'results="{str(start + size < total).lower()}"; cursor="{after}"')
+
+    # --- updating an issue, its comments ----------------------------------------------------------
+
+    STATUSES = ("resolved", "resolvedInNextRelease", "unresolved", "ignored")
+
+    def _get_issue(self, call: Call, m: re.Match) -> Reply:
+        issue = self.issues.get(m["id"])
+        return Reply(200, issue) if issue else self._missing()
+
+    def _update_issue(self, call: Call, m: re.Match) -> Reply:
+        issue = self.issues.get(m["id"])
+        if issue is None:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        body = call.body if isinstance(call.body, dict) else {}
+        status = body.get("status")
+        if status is not None and status not in self.STATUSES:
+            return Reply(400, {"status": [f'"{status}" is not a valid choice.']})
+        if status == "resolvedInNextRelease":  # Sentry answers with the resolution it made
+            issue["status"], issue["statusDetails"] = "resolved", {"inNextRelease": True}
+        elif status is not None:
+            issue["status"], issue["statusDetails"] = status, body.get("statusDetails") or {}
+        return Reply(200, {"status": issue["status"], "statusDetails": issue.get("statusDetails", {})})
+
+    def _list_comments(self, call: Call, m: re.Match) -> Reply:
+        if m["id"] not in self.issues:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        return Reply(200, self.notes.get(m["id"], []))
+
+    def _add_comment(self, call: Call, m: re.Match) -> Reply:
+        if m["id"] not in self.issues:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        text = call.body.get("text") if isinstance(call.body, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return Reply(400, {"text": ["This field is required."]})
+        note = {"id": str(next(self._ids)), "type": "note", "data": {"text": text}, "user": {"name": "fixfleet"}}
+        self.notes.setdefault(m["id"], []).insert(0, note)  # newest first, as Sentry lists activity
+        return Reply(201, note)

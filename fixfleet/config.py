@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     # repo URL -> owner/name, so its plan and fix go to pull requests there.
     github_repos: dict[str, str] = Field(default_factory=dict)
     sentry_api_url: str = "https://sentry.io/api/0"
+    sentry_org: str | None = None  # the organization's slug: issues addressed as Sentry's published API does
     slack_api_url: str = "https://slack.com/api"
     slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
     slack_submitters: list[str] = Field(default_factory=list)  # Slack user ids allowed to steer tasks (cancel, retry, ...)

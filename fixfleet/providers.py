@@ -91,7 +91,8 @@ def connect(settings: Settings, redactor: Redactor, **options: Unpack[ClientOpti
     github = GitHubClient(settings.github_token, api_url=settings.github_api_url, **options) if found["github"] else None
     jira = (JiraClient(settings.jira_base_url, settings.jira_email, settings.jira_api_token, **options)
             if found["jira"] else None)
-    sentry = SentryClient(settings.sentry_auth_token, settings.sentry_api_url, **options) if found["sentry"] else None
+    sentry = (SentryClient(settings.sentry_auth_token, settings.sentry_api_url, settings.sentry_org, **options)
+              if found["sentry"] else None)
     slack = SlackClient(settings.slack_bot_token, settings.slack_api_url, **options) if found["slack"] else None
     return Providers(
         forges=Forges(*([GitHubForge(github, settings.github_repos)] if github else [])),

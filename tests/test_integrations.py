@@ -110,7 +110,7 @@ def fake_sentry() -> Iterator[FakeSentry]:
 
 @pytest.fixture
 async def sentry(fake_sentry: FakeSentry) -> AsyncIterator[SentryClient]:
-    client = SentryClient(SENTRY_TOKEN, f"{fake_sentry.url}/api/0", **FAST)
+    client = SentryClient(SENTRY_TOKEN, f"{fake_sentry.url}/api/0", "acme", **FAST)
     yield client
     await client.aclose()
 
@@ -441,7 +441,7 @@ async def test_sentry_latest_event_frames(sentry: SentryClient, fake_sentry: Fak
     ]
     assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["title"].startswith("ZeroDivisionError")
     assert (await sentry.latest_event_details(4242))["frames"] == details["frames"]
-    assert fake_sentry.calls[-1].path == "/api/0/issues/4242/events/latest/"
+    assert fake_sentry.calls[-1].path == "/api/0/organizations/acme/issues/4242/events/latest/"  # as Sentry publishes it
 
 
 async def test_sentry_frames_read_alike_from_a_webhook_and_the_api(sentry: SentryClient) -> None:
@@ -477,7 +477,7 @@ async def test_sentry_project_issues_follow_the_link_cursor(sentry: SentryClient
 
 
 async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:
-    client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", **FAST)
+    client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", "acme", **FAST)
     try:
         with pytest.raises(AuthenticationError) as caught:
             await client.latest_event_details("4242")

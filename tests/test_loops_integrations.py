@@ -63,6 +63,7 @@ def world(settings: Settings, fakes, tmp_path: Path) -> Settings:
     return Settings.model_validate(base.model_dump() | {
         "github_token": GITHUB_TOKEN, "jira_base_url": jira.url, "jira_email": "bot@acme.test",
         "jira_api_token": "jira-token", "sentry_auth_token": "sentry-token", "sentry_api_url": f"{sentry.url}/api/0",
+        "sentry_org": "acme",
         "slack_bot_token": "xoxb-test", "slack_api_url": slack.api_url, "slack_channel": "C0PLANS",
         "jira_transitions": TRANSITIONS, "slack_approvers": ["U_LEAD"]})
 
@@ -159,7 +160,7 @@ async def test_a_merge_moves_jira_to_done_and_resolves_sentry_in_the_next_releas
     assert any(merged.pr_url in n["data"]["text"] and "merged by alice" in n["data"]["text"] for n in notes)
     assert any(m["thread_ts"] and "merged by alice" in m["text"] for m in slack.messages)
     await loops.sweep()  # told once
-    assert len(sentry.calls_to(r"/issues/4242/$", "PUT")) == 1
+    assert len(sentry.calls_to(r"/organizations/acme/issues/4242/$", "PUT")) == 1
 
 
 async def test_sentry_resolution_can_be_turned_off(store: Store, world: Settings, providers: Providers, fakes) -> None:
@@ -170,7 +171,7 @@ async def test_sentry_resolution_can_be_turned_off(store: Store, world: Settings
         task = await store.transition(task.id, target, actor="t")
     await store.record_outcome(task.id, PullOutcome.MERGED, by="alice", at=None, actor="t")
     await Loops(off, store, providers).sweep()
-    assert sentry.issues["4242"]["status"] == "unresolved" and not sentry.calls_to(r"/issues/4242/$", "PUT")
+    assert sentry.issues["4242"]["status"] == "unresolved" and not sentry.calls_to(r"/organizations/acme/issues/4242/$", "PUT")
 
 
 async def test_a_missing_jira_transition_is_logged_once_per_project_with_the_available_ones(

@@ -31,8 +31,12 @@ class SentryClient(ApiClient):
         self,
         token: SecretStr | str,
         api_url: str = SENTRY_API_URL,
+        organization: str | None = None,
         **retry: Unpack[ClientOptions],
     ) -> None:
+        """`organization` (FIXFLEET_SENTRY_ORG): issues are addressed as Sentry's published API
+        does, `/organizations/{org}/issues/{id}/`; without it, by the older `/issues/{id}/` paths."""
+        self.organization = organization
         plain = secret_value(token) or ""
         super().__init__(
             base_url=api_url, headers={"Authorization": f"Bearer {plain}", "Accept": "application/json"},
@@ -57,10 +61,16 @@ class SentryClient(ApiClient):
             params = {"query": query, "cursor": following["cursor"]}
         return found[:limit] if limit is not None else found
 
-    async def latest_event_details(self, issue_id: str | int) -> dict[str, Any]:
+    def issue_path(self, issue_id: str | int, organization: str | None = None) -> str:
+        """An issue's path: under its organization (Sentry's published API) when it is known."""
+        org = organization or self.organization
+        issue = quote(str(issue_id), safe="")
+        return f"/organizations/{quote(org, safe='')}/issues/{issue}/" if org else f"/issues/{issue}/"
+
+    async def latest_event_details(self, issue_id: str | int, organization: str | None = None) -> dict[str, Any]:
         """The latest event, summarised: event_id, title, message, exceptions (type, value,
         frames), frames (all exceptions' frames in order) and `raw`, the API's answer."""
-        event = self._json(await self._call("GET", f"/issues/{quote(str(issue_id))}/events/latest/"))
+        event = self._json(await self._call("GET", f"{self.issue_path(issue_id, organization)}events/latest/"))
         exceptions = event_exceptions(event)
         return {
             "event_id": as_str(event.get("eventID")) or as_str(event.get("event_id")) or as_str(event.get("id")),
@@ -72,7 +82,7 @@ class SentryClient(ApiClient):
         }
 
     async def issue(self, issue_id: str | int) -> dict[str, Any]:
-        return self._json(await self._call("GET", f"/issues/{quote(str(issue_id))}/"))
+        return self._json(await self._call("GET", self.issue_path(issue_id)))
 
     async def event_context(self, issue_id: str | int) -> dict[str, Any]:
         """What the planner is shown of an issue without a trace: the latest event's exceptions
@@ -98,13 +108,12 @@ class SentryClient(ApiClient):
 
     async def resolve_in_next_release(self, issue_id: str | int) -> dict[str, Any]:
         """PUT /issues/{id}/ {"status": "resolvedInNextRelease"} (Sentry's Update an Issue)."""
-        return self._json(await self._call("PUT", f"/issues/{quote(str(issue_id))}/",
-                                           json={"status": "resolvedInNextRelease"}))
+        return self._json(await self._call("PUT", self.issue_path(issue_id), json={"status": "resolvedInNextRelease"}))
 
     async def add_comment(self, issue_id: str | int, text: str, marker: str) -> dict[str, Any] | None:
         """A comment (Sentry's issue note) once per `marker`: None when one with it is there."""
         tag = MARKER.format(marker)
-        path = f"/issues/{quote(str(issue_id))}/comments/"
+        path = f"{self.issue_path(issue_id)}comments/"  # the notes endpoint Sentry's own UI uses: not in the published API
         for note in self._json(await self._call("GET", path)) or []:
             if tag in str(obj(obj(note).get("data")).get("text") or ""):
                 return None

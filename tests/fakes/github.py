@@ -57,6 +57,8 @@ class Repo:
 
 
 class FakeGitHub(FakeAPI):
+    published_api = "github"
+
     def __init__(self, token: str, *, bot_login: str = "fixfleet[bot]") -> None:
         super().__init__()
         self.token = token

@@ -98,6 +98,8 @@ def jql_matcher(jql: str) -> Callable[[dict[str, Any]], bool]:
 
 
 class FakeJira(FakeAPI):
+    published_api = "jira"
+
     def __init__(self, email: str, token: str) -> None:
         super().__init__()
         self.email, self.token = email, token

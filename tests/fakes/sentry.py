@@ -1,4 +1,5 @@
-"""Sentry REST stand-in: an issue's latest event (`GET /api/0/issues/{id}/events/latest/`), a project's issues
+"""Sentry REST stand-in: an issue's latest event (`GET /api/0/organizations/{org}/issues/{id}/events/latest/`),
+an issue (read, updated: resolved in the next release), its comments, a project's issues
 (`GET /api/0/projects/{org}/{project}/issues/?query=...`, paged by the Link header's cursors as
 Sentry pages), Bearer auth.
 
@@ -39,6 +40,8 @@ def api_frame(frame: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeSentry(FakeAPI):
+    published_api = "sentry"
+
     def __init__(self, token: str, organization: str = "acme") -> None:
         super().__init__()
         self.token, self.organization = token, organization
@@ -46,12 +49,13 @@ class FakeSentry(FakeAPI):
         self.events: dict[str, dict[str, Any]] = {}  # issue id -> latest event
         self.issue_page_size = 100  # Sentry's page; tests shrink it to page
         self._ids = itertools.count(4000)
-        self.route("GET", rf"{API}/issues/(?P<id>\d+)/events/latest/", self._latest_event)
+        issue = rf"{API}/organizations/(?P<org>[\w.-]+)/issues/(?P<id>\d+)/"  # as Sentry's published API names them
+        self.route("GET", rf"{issue}events/latest/", self._latest_event)
         self.route("GET", rf"{API}/projects/(?P<org>[\w.-]+)/(?P<project>[\w.-]+)/issues/", self._project_issues)
-        self.route("PUT", rf"{API}/issues/(?P<id>\d+)/", self._update_issue)
-        self.route("GET", rf"{API}/issues/(?P<id>\d+)/", self._get_issue)
-        self.route("GET", rf"{API}/issues/(?P<id>\d+)/comments/", self._list_comments)
-        self.route("POST", rf"{API}/issues/(?P<id>\d+)/comments/", self._add_comment)
+        self.route("PUT", issue, self._update_issue)
+        self.route("GET", issue, self._get_issue)
+        self.route("GET", rf"{issue}comments/", self._list_comments)
+        self.route("POST", rf"{issue}comments/", self._add_comment)
         self.notes: dict[str, list[dict[str, Any]]] = {}  # issue id -> its comments (Sentry's "notes")
 
     def authorized(self, call: Call) -> bool:
@@ -97,7 +101,7 @@ class FakeSentry(FakeAPI):
         return Reply(404, {"detail": "The requested resource does not exist"})
 
     def _latest_event(self, call: Call, m: re.Match) -> Reply:
-        event = self.events.get(m["id"])
+        event = self.events.get(m["id"]) if m["org"] == self.organization else None
         return Reply(200, event) if event else self._missing()
 
     def _project_issues(self, call: Call, m: re.Match) -> Reply:
@@ -124,7 +128,7 @@ class FakeSentry(FakeAPI):
     STATUSES = ("resolved", "resolvedInNextRelease", "unresolved", "ignored")
 
     def _get_issue(self, call: Call, m: re.Match) -> Reply:
-        issue = self.issues.get(m["id"])
+        issue = self.issues.get(m["id"]) if m["org"] == self.organization else None
         return Reply(200, issue) if issue else self._missing()
 
     def _update_issue(self, call: Call, m: re.Match) -> Reply:

@@ -33,7 +33,7 @@ from fixfleet.workspace.sandbox import SandboxSpec
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "sentry_event", "sentry_event_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
+PLATFORM_CONTEXT = {"slack_ts", "sentry_event", "sentry_event_error", "jira_ticket", "jira_ticket_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -207,10 +207,26 @@ def planner_prompt(task: Task, feedback: list[dict[str, Any]]) -> str:
         f"Use the `{skill}` skill, then hand back the plan with the submit_plan tool.",
         "Do not edit files: the platform writes PLAN.md from your plan.",
     ]
-    lines += sentry_lines(task.context)
+    lines += sentry_lines(task.context) + jira_lines(task.context)
     if feedback:
         lines += ["", "Reviewer feedback to address (oldest first):", json.dumps(feedback, indent=2)]
     return "\n".join(lines)
+
+
+def jira_lines(context: dict[str, Any]) -> list[str]:
+    """The Jira ticket the platform read (or why it could not), for the prompt."""
+    if error := context.get("jira_ticket_error"):
+        return ["", f"The Jira ticket could not be read ({error}): plan from the title and the text above."]
+    ticket = context.get("jira_ticket")
+    if not isinstance(ticket, dict):
+        return []
+    lines = ["", "The Jira ticket (read by the platform):", ticket.get("description") or "(no description)"]
+    if ticket.get("components"):
+        lines.append("Components: " + ", ".join(ticket["components"]))
+    lines += [f"Comment: {c}" for c in ticket.get("comments") or []]
+    if ticket.get("sentry_links"):
+        lines.append("Linked Sentry issues: " + ", ".join(ticket["sentry_links"]))
+    return lines
 
 
 def sentry_lines(context: dict[str, Any]) -> list[str]:

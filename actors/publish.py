@@ -80,9 +80,28 @@ class Publisher:
             return {}
 
     async def fetch_context(self, task: Task) -> Task:
-        """A Sentry task without a stack trace (`needs_event_fetch`) gets the issue's latest event,
-        stored with it (redacted by the store) for the planner's prompt. Sentry down or not
-        configured: planning goes on, and the prompt says the trace could not be fetched."""
+        """Context before planning, stored with the task (redacted by the store) for the planner's
+        prompt: Sentry's latest event for a task without a stack trace, the Jira ticket's text."""
+        task = await self._jira_ticket(task)
+        return await self._sentry_event(task)
+
+    async def _jira_ticket(self, task: Task) -> Task:
+        """A Jira task's ticket: description, comments, components, linked Sentry issues. Jira down:
+        planning goes on, and the prompt says so."""
+        key = task.external_ids.get("jira")
+        if not key or self.providers.jira is None or task.context.get("jira_ticket"):
+            return task
+        try:
+            found: dict[str, Any] = {"jira_ticket": await self.providers.jira.ticket_context(key), "jira_ticket_error": None}
+        except Exception as exc:
+            log_once(log, ("jira", "ticket", type(exc).__name__), "jira: ticket %s could not be read (%s: %s); planning "
+                     "goes on without it", key, type(exc).__name__, exc)
+            found = {"jira_ticket_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return await self.store.update_fields(task.id, context=found)
+
+    async def _sentry_event(self, task: Task) -> Task:
+        """A Sentry task without a stack trace (`needs_event_fetch`) gets the issue's latest event.
+        Sentry down or not configured: planning goes on, and the prompt says the trace could not be fetched."""
         issue = task.external_ids.get("sentry_issue")
         if not task.context.get("needs_event_fetch") or not issue or "sentry_event" in task.context:
             return task

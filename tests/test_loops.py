@@ -202,3 +202,28 @@ async def test_cancel_keeps_the_branch_when_told_and_a_forge_outage_is_retried_b
     assert github.pull("acme/api", number)["state"] == "closed"
     assert f"fixfleet/{task.key}" in github.repos["acme/api"].refs  # kept
     assert "not needed any more" in github.comments_on("acme/api", number)[0]["body"]
+
+
+# --- how the figures read ------------------------------------------------------------------------------
+
+
+async def test_status_and_the_backlog_say_merge_rate_and_time_to_merge(store: Store, github: FakeGitHub) -> None:
+    from fixfleet.backlog.results import TaskResult, merge_summary
+    from fixfleet.cli.app import outcomes_line
+
+    tasks = [await task_with_pull(store, github, n=n) for n in range(1, 5)]
+    await store.pool.execute("UPDATE task_events SET created_at = now() - interval '2 hours' WHERE to_status = 'COMPLETED'")
+    await store.record_outcome(tasks[0].id, PullOutcome.MERGED, by="alice", at=None, actor="t")
+    await store.record_outcome(tasks[1].id, PullOutcome.MERGED, by="bob", at=None, actor="t")
+    await store.record_outcome(tasks[2].id, PullOutcome.CLOSED, by="carol", at=None, actor="t")
+    line = outcomes_line((await store.outcome_figures()).as_dict())
+    assert line == ("pull requests of 4 completed tasks: 2 merged, 1 closed unmerged, 1 open · merge rate 67 % · "
+                    "median time to merge 2h00m")
+    results = [TaskResult(source="github", external_id=str(n), title="t", task=f"FF-{n}", status=S.COMPLETED,
+                          repository=REPO, pr_url=None, branch=None, cost_usd=0, tokens=0, duration_s=0, queued_s=0,
+                          planning_s=0, waiting_for_approval_s=0, executing_s=0, attempts=1, failure=None,
+                          approved_by=None, bulk_approved=False, created_at=tasks[0].created_at, ended_at=None,
+                          pr_outcome=outcome, time_to_merge_s=seconds)
+               for n, (outcome, seconds) in enumerate([("merged", 60.0), ("merged", 180.0), ("closed", None), (None, None)])]
+    assert merge_summary(results) == ("2 of 4 completed merged, 1 closed unmerged (merge rate 67 % of decided), "
+                                      "median time to merge 2m00s")

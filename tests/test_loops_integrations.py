@@ -18,6 +18,7 @@ from fixfleet.approvals import Approvals, Principal
 from fixfleet.commands.handlers import Commands
 from fixfleet.config import Settings
 from fixfleet.formats.adf import adf_to_text
+from fixfleet.integrations.jira import text_to_adf
 from fixfleet.integrations.tracker import reset_log_once
 from fixfleet.loops import Loops
 from fixfleet.models import NewTask, PullOutcome, Source, Task, TaskStatus
@@ -209,6 +210,22 @@ async def test_the_planner_is_given_sentrys_latest_event_and_told_when_sentry_is
         down = await publisher.fetch_context(other)
     assert "Sentry could not be reached" in planner_prompt(down, [])
     assert len([r for r in caplog.records if "could not be fetched" in r.getMessage()]) == 1
+
+
+async def test_the_planner_is_given_the_jira_ticket(store: Store, world: Settings, providers: Providers, fakes) -> None:
+    _, jira, _, _ = fakes
+    await providers.jira.add_comment("OPS-7", "happens only for empty carts", marker="human-1")  # marked: fixfleet's
+    jira.issue_comments["OPS-7"].append({"id": "77", "body": text_to_adf("the cart may be empty on Sundays")})
+    jira.remote_links["OPS-7"] = [{"id": 1, "object": {"url": "https://acme.sentry.io/issues/4242/", "title": "s"}}]
+    task, _ = await store.create_task(NewTask(source=Source.JIRA, repo=REPO, title="Totals crash",
+                                              external_ids={"jira": "OPS-7"}))
+    prompt = planner_prompt(await Publisher(world, store, providers).fetch_context(task), [])
+    assert "It fails." in prompt and "Linked Sentry issues: https://acme.sentry.io/issues/4242/" in prompt
+    assert "happens only for empty carts" not in prompt  # marked as fixfleet's own comment: left out
+    assert "Comment: the cart may be empty on Sundays" in prompt
+    jira.fail_next(r"/issue/", status=503, times=None)
+    other, _ = await store.create_task(NewTask(source=Source.JIRA, repo=REPO, title="x", external_ids={"jira": "OPS-9"}))
+    assert "The Jira ticket could not be read" in planner_prompt(await Publisher(world, store, providers).fetch_context(other), [])
 
 
 @pytest.mark.parametrize("down", ["jira", "slack", "sentry"])

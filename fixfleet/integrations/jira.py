@@ -225,6 +225,23 @@ class JiraClient(ApiClient):
                 "object": {"url": url, "title": title[:255]}}
         return self._json(await self._call("POST", f"/issue/{quote(key)}/remotelink", json=body))
 
+    async def remote_links(self, key: str) -> list[dict[str, Any]]:
+        return self._json(await self._call("GET", f"/issue/{quote(key)}/remotelink")) or []
+
+    async def ticket_context(self, key: str) -> dict[str, Any]:
+        """What the planner is shown of a ticket: its description, comments (the last 20, not
+        fixfleet's own), components, labels and the Sentry issues linked to it."""
+        fields = (await self.get_issue(key, fields=["description", "components", "labels"])).get("fields") or {}
+        comments = [adf_to_text(c.get("body")) for c in await self.comments(key)]
+        links = [str((link.get("object") or {}).get("url") or "") for link in await self.remote_links(key)]
+        return {
+            "description": adf_to_text(fields.get("description"))[:20000],
+            "comments": [c[:4000] for c in comments if "[fixfleet:" not in c][-20:],
+            "components": [str(c.get("name")) for c in fields.get("components") or [] if isinstance(c, dict)],
+            "labels": list(fields.get("labels") or []),
+            "sentry_links": [url for url in links if "sentry" in url],
+        }
+
     async def add_label(self, key: str, label: str) -> None:
         """Add a label (the issue's others stay): PUT /issue/{key} with an `update` operation."""
         await self._call("PUT", f"/issue/{quote(key)}", json={"update": {"labels": [{"add": label}]}})

@@ -117,6 +117,7 @@ class FakeJira(FakeAPI):
         self.route("POST", rf"{ISSUE}/transitions", self._transition)
         self.route("PUT", rf"{ISSUE}/comment/(?P<id>\d+)", self._edit_comment)
         self.route("POST", rf"{ISSUE}/remotelink", self._remote_link)
+        self.route("GET", rf"{ISSUE}/remotelink", self._list_remote_links)
         self.route("PUT", ISSUE, self._edit_issue)
         self.route("GET", rf"{API}/search/jql", self._search)
         self.route("POST", rf"{API}/search/jql", self._search)
@@ -234,6 +235,11 @@ class FakeJira(FakeAPI):
         link_id = next(self._ids)
         links.append({**body, "id": link_id})
         return Reply(201, {"id": link_id, "self": f"{self.url}{API}/issue/{m['key']}/remotelink/{link_id}"})
+
+    def _list_remote_links(self, call: Call, m: re.Match) -> Reply:
+        if self._issue(m) is None:
+            return self._missing()
+        return Reply(200, self.remote_links.get(m["key"], []))
 
     def _edit_issue(self, call: Call, m: re.Match) -> Reply:
         issue = self._issue(m)

@@ -227,3 +227,14 @@ async def test_status_and_the_backlog_say_merge_rate_and_time_to_merge(store: St
                for n, (outcome, seconds) in enumerate([("merged", 60.0), ("merged", 180.0), ("closed", None), (None, None)])]
     assert merge_summary(results) == ("2 of 4 completed merged, 1 closed unmerged (merge rate 67 % of decided), "
                                       "median time to merge 2m00s")
+
+
+def test_a_command_in_a_github_comment_is_acknowledged_with_a_reaction(api: str, github: FakeGitHub) -> None:
+    from tests.ingress_world import comment_payload
+
+    payload = comment_payload("maintainer", "@agent help")
+    assert post_github(api, "issue_comment", payload, os.urandom(6).hex()).json()["status"] == "command"
+    deadline = time.monotonic() + 5
+    while not github.reactions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert github.reactions == [{"comment_id": payload["comment"]["id"], "content": "+1"}]

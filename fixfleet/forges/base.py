@@ -12,8 +12,7 @@ What crosses the seam is typed: repositories and threads as `ForgeRepo` / `Forge
 them back with `pull_of` / `threads_of`.
 
 Every write is idempotent: a step retried after a crash changes nothing twice. Steps still to
-come take one method each here, on refs: reviewers from CODEOWNERS, a reaction to a command's
-comment.
+come take one method each here, on refs: reviewers from CODEOWNERS.
 """
 
 from __future__ import annotations
@@ -101,6 +100,9 @@ class Forge(ABC):
         """Say why on the pull request (once per `marker`), close it, and delete its head branch
         (`delete_branch`); each step does nothing when already done."""
         raise ForgeError(f"{ref}: {self.kind} has no pull requests")
+
+    async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
+        """Say a command in comment `comment_id` on the thread was read (GitHub: a +1 reaction)."""
 
     async def add_labels(self, ref: ForgeRef, labels: list[str]) -> None:
         """Put these labels on the pull request or issue (the ones it has stay)."""

@@ -75,6 +75,10 @@ class GitHubForge(Forge):
         if delete_branch and same_repo and isinstance(branch, str) and branch.startswith("fixfleet/"):
             await self.client.delete_branch(ref.repo.name, branch)
 
+    async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
+        if comment_id.isdigit():  # an issue comment's id (a review's is answered by the reply alone)
+            await self.client.react(ref.repo.name, int(comment_id))
+
     async def add_labels(self, ref: ForgeRef, labels: list[str]) -> None:
         await self.client.add_labels(ref.repo.name, ref.number, labels)
 

@@ -65,6 +65,7 @@ class FakeGitHub(FakeAPI):
         self.bot_login = bot_login
         self.permissions: dict[tuple[str, str], str] = {}  # (owner/repo, login) -> role
         self.comments: list[dict] = []
+        self.reactions: list[dict] = []  # {"comment_id", "content"}
         self.repos: dict[str, Repo] = {}
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self.git_remotes: dict[str, Path] = {}
@@ -80,6 +81,7 @@ class FakeGitHub(FakeAPI):
         self.route("GET", rf"{REPO}/pulls/(?P<number>\d+)", self._get_pull)
         self.route("PATCH", rf"{REPO}/pulls/(?P<number>\d+)", self._update_pull)
         self.route("POST", rf"{REPO}/issues/(?P<number>\d+)/labels", self._add_labels)
+        self.route("POST", rf"{REPO}/issues/comments/(?P<id>\d+)/reactions", self._react)
         self.route("DELETE", rf"{REPO}/git/refs/heads/(?P<branch>.+)", self._delete_branch)
         self.route("POST", r"/graphql", self._graphql)
 
@@ -327,6 +329,13 @@ class FakeGitHub(FakeAPI):
             return self._not_found()
         pr["labels"] = list(dict.fromkeys([*pr.get("labels", []), *labels]))
         return Reply(200, [{"name": name, "color": "ededed"} for name in pr["labels"]])
+
+    def _react(self, call: Call, m: re.Match) -> Reply:
+        content = call.body.get("content") if isinstance(call.body, dict) else None
+        if content not in ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"):
+            return _validation("Validation Failed", {"field": "content", "code": "invalid"})
+        self.reactions.append({"comment_id": int(m["id"]), "content": content})
+        return Reply(201, {"id": next(self._ids), "content": content, "user": {"login": self.bot_login}})
 
     def _delete_branch(self, call: Call, m: re.Match) -> Reply:
         repo = self._repo(m)

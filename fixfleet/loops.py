@@ -28,7 +28,7 @@ from fixfleet.forges.refs import PULL_KEY
 from fixfleet.integrations.tracker import MERGED, log_once
 from fixfleet.models import ENDED_UNFINISHED, PullOutcome, Task, TaskStatus
 from fixfleet.providers import Providers
-from fixfleet.store import Store, StoreError
+from fixfleet.store import Store
 
 log = logging.getLogger(__name__)
 ACTOR = "fixfleet:loops"
@@ -44,15 +44,12 @@ class Loops:
 
     # --- what became of the pull request ----------------------------------------------------
 
-    async def pull_changed(self, where: str, state: PullState, *, task_key: str | None = None,
-                           actor: str = "webhook:github") -> Task | None:
-        """A pull request was closed or reopened: record the outcome on its task (found by the pull
-        request, else by its fixfleet branch's task key); None when it is no task's, the task is
-        not COMPLETED (an audit note then) or nothing changed."""
+    async def pull_changed(self, where: str, state: PullState, *, actor: str = "webhook:github") -> Task | None:
+        """A pull request was closed or reopened: record the outcome on its task, found by the pull
+        request itself (never by a branch name: anyone can open a PR from a branch called
+        `fixfleet/FF-12`); None when it is no task's, the task is not COMPLETED (an audit note
+        then) or nothing changed."""
         task = await self.store.find_task(external_key=PULL_KEY, external_id=where, open_only=False)
-        if task is None and task_key:
-            with suppress(StoreError):
-                task = await self.store.get_task(task_key)
         if task is None:
             return None
         if task.status != TaskStatus.COMPLETED:

@@ -254,7 +254,7 @@ async def accept_task(ctx: AppContext, response: Response, delivery: Delivery, e
 async def pull_changed(ctx: AppContext, background: BackgroundTasks, event: PullRequestChanged) -> WebhookOut:
     """A pull request closed (merged or not) or reopened: the outcome of its task, recorded; a merge
     told to the trackers and the chat after the answer (the sweep retries what fails)."""
-    task = await ctx.loops.pull_changed(str(event.where), event.state, task_key=event.task_key)
+    task = await ctx.loops.pull_changed(str(event.where), event.state)
     ctx.metrics.count("webhooks", "github", "outcome" if task else "ignored")
     if task is None:
         return WebhookOut(status="ignored", detail=f"{event.where}: no completed task's outcome changed")

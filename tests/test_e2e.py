@@ -127,7 +127,7 @@ def test_reject_and_merge_close_the_loops_with_github_jira_and_slack(world: Worl
     assert "fixfleet" in world.jira.issues["STAT-8"]["fields"]["labels"] and world.jira.status("STAT-8") == "In Progress"
     world.api("POST", f"/tasks/{rejected}/reject", json={"reason": "empty input is the caller's bug"})
     eventually(lambda: world.github.pull(REPO_NAME, number)["state"] == "closed")
-    assert world.git("branch", "--list", f"fixfleet/{rejected}").strip() == ""
+    eventually(lambda: world.git("branch", "--list", f"fixfleet/{rejected}").strip() == "")  # deleted after the close
     plan_message = eventually(lambda: next((m for m in world.slack.messages if not m["thread_ts"]
                                             and f"{rejected} rejected by lead" in m["text"]), None))
     assert not any(block["type"] == "actions" for block in plan_message["blocks"])  # no more buttons

@@ -59,12 +59,11 @@ class CommandRequest(_Event):
 
 
 class PullRequestChanged(_Event):
-    """A pull request was closed (merged or not) or reopened: the outcome of the task it belongs
-    to (found by the pull request, or by its `fixfleet/<task>` branch)."""
+    """A pull request was closed (merged or not) or reopened: the outcome of the task whose pull
+    request it is."""
 
     where: ForgeRef
     state: PullState
-    task_key: str | None = None  # from the head branch, when it is fixfleet's
     sender: str | None = None  # who closed or reopened it
 
 

@@ -260,8 +260,7 @@ def _github_pull_request(payload: dict[str, Any], settings: Settings) -> PullReq
     sender = as_str(dig(payload, "sender", "login"))
     if state.by is None and sender and action == "closed":
         state = state.model_copy(update={"by": sender})  # closed unmerged: the sender closed it
-    return PullRequestChanged(where=ref, state=state, task_key=_task_key_from_branch(dig(pull, "head", "ref")),
-                              sender=sender)
+    return PullRequestChanged(where=ref, state=state, sender=sender)
 
 
 _GITHUB_HANDLERS = {

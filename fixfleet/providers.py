@@ -98,7 +98,7 @@ def connect(settings: Settings, redactor: Redactor, **options: Unpack[ClientOpti
         forges=Forges(*([GitHubForge(github, settings.github_repos)] if github else [])),
         trackers=[*([JiraTracker(jira, settings.jira_transitions)] if jira else []),
                   *([SentryTracker(sentry)] if sentry else [])],
-        notifier=SlackNotifier(slack, settings.slack_channel or None) if slack else None,
+        notifier=SlackNotifier(slack, settings.slack_channel or None, settings.public_url) if slack else None,
         github=github, jira=jira, sentry=sentry, slack=slack,
     )
 

@@ -66,7 +66,7 @@ def world(settings: Settings, fakes, tmp_path: Path) -> Settings:
         "jira_api_token": "jira-token", "sentry_auth_token": "sentry-token", "sentry_api_url": f"{sentry.url}/api/0",
         "sentry_org": "acme",
         "slack_bot_token": "xoxb-test", "slack_api_url": slack.api_url, "slack_channel": "C0PLANS",
-        "jira_transitions": TRANSITIONS, "slack_approvers": ["U_LEAD"]})
+        "jira_transitions": TRANSITIONS, "slack_approvers": ["U_LEAD"], "public_url": "https://fixfleet.acme.test/"})
 
 
 @pytest.fixture
@@ -127,6 +127,7 @@ async def test_approval_replaces_the_slack_buttons_with_who_decided_and_when(
     message = slack.message("C0PLANS", task.context["slack_ts"])
     assert "approved by <@U_LEAD>, " in message["text"] and " UTC" in message["text"]
     assert not any(block["type"] == "actions" for block in message["blocks"])  # the buttons are gone
+    assert f"<https://fixfleet.acme.test/ui/tasks/{task.key}|Task page>" in message["blocks"][0]["text"]["text"]
 
 
 async def test_a_reject_comments_on_jira_and_replaces_the_buttons(store: Store, world: Settings,

@@ -69,15 +69,15 @@ class Loops:
         for task in await self.store.outcomes_to_check(older_than_s=self.settings.outcome_check_s, limit=limit):
             forge = self.providers.forges.for_repo(task.repo)
             pull = forge.pull_of(task)
-            if pull is None:  # a plain git remote: nobody will tell; stop asking
-                await self.store.outcome_checked(task.id)
+            if pull is None:  # a plain git remote: no pull request to ask about
+                await self.store.outcome_checked(task.id, still_open=False)
                 continue
             try:
                 state = await forge.pull_state(pull)
             except Exception as exc:
                 log_once(log, ("outcome-check", forge.kind, type(exc).__name__),
                          "could not ask %s about %s (%s): %s; retried later", forge.kind, pull, task.key, exc)
-                await self.store.outcome_checked(task.id)
+                await self.store.outcome_checked(task.id, still_open=False)
                 continue
             if state.outcome == PullOutcome.OPEN and task.outcome != PullOutcome.CLOSED:
                 await self.store.outcome_checked(task.id)  # still open: nothing happened

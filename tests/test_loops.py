@@ -235,3 +235,25 @@ def test_a_command_in_a_github_comment_is_acknowledged_with_a_reaction(api: str,
     while not github.reactions and time.monotonic() < deadline:
         time.sleep(0.05)
     assert github.reactions == [{"comment_id": payload["comment"]["id"], "content": "+1"}]
+
+
+async def test_the_periodic_check_says_nothing_it_does_not_know(loop_settings: Settings, store: Store,
+                                                                github: FakeGitHub,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from fixfleet.integrations.tracker import reset_log_once
+
+    reset_log_once()
+    plain, _ = await store.create_task(NewTask(source=Source.CLI, repo="file:///srv/git/tool.git", title="plain"))
+    for target in TO_COMPLETED:
+        plain = await store.transition(plain.id, target, actor="test")
+    on_github = await task_with_pull(store, github, n=2)
+    github.fail_next(r"/pulls/\d+$", status=503, times=None)
+    async with connect(loop_settings, Redactor(), attempts=1) as providers:
+        loops = Loops(loop_settings, store, providers)
+        assert await loops.check_outcomes() == 0
+        await store.pool.execute("UPDATE tasks SET outcome_checked_at = now() - interval '1 day'")
+        assert await loops.check_outcomes() == 0
+    assert (await store.get_task(plain.id)).outcome is None  # a branch on a plain remote: no outcome to know
+    assert (await store.get_task(on_github.id)).outcome is None  # GitHub did not answer: nothing recorded
+    said = [r.getMessage() for r in caplog.records if "could not ask github" in r.getMessage()]
+    assert len(said) == 1 and "503" in said[0]

@@ -75,10 +75,12 @@ class OutcomeRecords:
                                                    "merge_seconds": task.merge_seconds, **(data or {})}))
         return task
 
-    async def outcome_checked(self, ref: int | str) -> None:
-        """The forge was asked and had nothing new: check this task again later."""
+    async def outcome_checked(self, ref: int | str, *, still_open: bool = True) -> None:
+        """Checked, nothing new: ask again later. `still_open`: the forge said the pull request is
+        open (False: nobody could say, as for a branch on a plain git remote: no outcome recorded)."""
         await self.pool.execute("UPDATE tasks SET outcome_checked_at = now(),"
-                                " outcome = coalesce(outcome, 'open') WHERE id = $1", parse_ref(ref))
+                                " outcome = CASE WHEN $2 THEN coalesce(outcome, 'open') ELSE outcome END"
+                                " WHERE id = $1", parse_ref(ref), still_open)
 
     async def outcomes_to_check(self, *, older_than_s: float, limit: int) -> list[Task]:
         """COMPLETED tasks whose pull request may still change (no outcome yet, open, or closed:

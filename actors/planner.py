@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,13 +28,14 @@ from fixfleet.models import (
 )
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
+from fixfleet.forges.codeowners import owners_for, read_codeowners
 from fixfleet.workspace.mirrors import FileContent
 from fixfleet.workspace.sandbox import SandboxSpec
 
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "sentry_event", "sentry_event_error", "jira_ticket", "jira_ticket_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
+PLATFORM_CONTEXT = {"slack_ts", "reviewers", "sentry_event", "sentry_event_error", "jira_ticket", "jira_ticket_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -70,14 +72,18 @@ class Planner(AgentLoop):
         checkout, spec, _ = await self.session_checkout(task, env, base, "plan", writable=False)
         try:
             plan = await self._plan(task, checkout.path, spec, env.plan.test_domains, feedback)
+            codeowners = read_codeowners(Path(checkout.path))  # asked to review the fix, by the files it touches
         finally:
             await self.workspaces.discard(checkout)
+        users, teams = owners_for(codeowners, [str(f.get("path")) for f in plan.get("affected_files", [])
+                                               if isinstance(f, dict) and f.get("path")])
         plan = self.runner.redactor.value(plan)  # PLAN.md, the PR, Jira and Slack quote it
         version = task.plan_version + 1
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
                                               f"docs: plan v{version} for {task.key}")
-        pushing = {"commit": commit, "version": version, "plan": plan, "setup": env.plan.describe(), "base": base}
+        pushing = {"commit": commit, "version": version, "plan": plan, "setup": env.plan.describe(), "base": base,
+                   "reviewers": {"users": users, "teams": teams}}
         # Recorded before the push: a takeover after a push whose recording was lost finds it.
         await self.store.update_fields(task.id, context={"plan_pushing": pushing})
         await self._publish(task, branch, head, commit, pushing)
@@ -97,7 +103,7 @@ class Planner(AgentLoop):
                       "plan_version": version, "plan": plan},  # `plan v1` finds earlier plans here
                 changes={"plan": plan, "plan_version": version, "pr_url": published.pr_url or task.pr_url,
                          "external_ids": task.external_ids | published.external_ids},
-                context=published.context,
+                context=published.context | {"reviewers": pushing.get("reviewers") or {}},
             )
 
     async def _warm_baseline(self, task: Task, sha: str) -> None:

@@ -151,6 +151,8 @@ class Publisher:
         forge = self.forges.for_repo(task.repo)
         if pull := forge.pull_of(task):
             await forge.update_pull(pull, body=body, ready=True)
+            users, teams = reviewers_of(task, self.settings.github_bot_login)
+            await self._quietly(forge.kind, "reviewers", forge.request_reviewers(pull, users, teams))
             await forge.upsert_comment(pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
         where = task.pr_url or task.branch
         await self._tell_trackers(task, f"fixfleet pushed a tested fix for {task.key}: {where}", f"{task.key}-done",
@@ -253,3 +255,14 @@ def analysis_text(task: Task, plan: dict[str, Any], version: int, where: str) ->
     return (f"fixfleet analysis of {task.key}, plan v{version} ({where}; the plan is PLAN.md there)\n\n"
             f"Root cause: {plan.get('root_cause', '')}\n\nAffected files:\n{files}\n\n"
             f"Confidence: {plan.get('confidence', '?')} · risk: {plan.get('risk', '?')}")
+
+
+def reviewers_of(task: Task, bot_login: str) -> tuple[list[str], list[str]]:
+    """Who reviews the fix: the owners (CODEOWNERS) of the files its plan touches, and the task's
+    owner when that is a GitHub login; never fixfleet itself."""
+    found = task.context.get("reviewers") or {}
+    users = [u for u in found.get("users") or [] if isinstance(u, str)]
+    if task.owner and ":" not in task.owner and task.owner not in users:
+        users.append(task.owner)
+    users = [u for u in users if u.casefold() != bot_login.casefold()]
+    return users, [t for t in found.get("teams") or [] if isinstance(t, str)]

@@ -243,3 +243,34 @@ async def test_each_integration_down_leaves_the_plan_published_and_is_logged_onc
     failures = [r for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith(down)]
     assert failures and len({r.getMessage().split(":")[0] for r in failures}) == len(failures)  # once per step
     assert all("503" in r.getMessage() or "Unavailable" in r.getMessage() for r in failures)
+
+
+def test_codeowners_name_the_owners_of_the_files_a_plan_touches() -> None:
+    from fixfleet.forges.codeowners import owners_for
+
+    codeowners = """# owners
+*           @acme/core
+*.md        docs@acme.test
+/app/       @carol
+app/calc.py @dave @acme/math   # the last matching line wins
+docs/**     @erin
+"""
+    assert owners_for(codeowners, ["app/calc.py"]) == (["dave"], ["acme/math"])
+    assert owners_for(codeowners, ["app/api.py", "README.md", "setup.py"]) == (["carol"], ["acme/core"])
+    assert owners_for(codeowners, ["docs/a/b.txt", "src/app/x.py"]) == (["erin"], ["acme/core"])
+    assert owners_for("", ["app/calc.py"]) == ([], [])
+
+
+async def test_the_ready_pull_request_asks_the_code_owners_and_the_tasks_owner_to_review(
+        store: Store, world: Settings, providers: Providers, fakes) -> None:
+    github, _, _, _ = fakes
+    github.grant("acme/api", "dave", "write")
+    github.grant("acme/api", "olivia", "write")
+    task = await planned(store, Publisher(world, store, providers), github)
+    task = await store.update_fields(task.id, context={"reviewers": {"users": ["dave", "fixfleet[bot]"],
+                                                                     "teams": ["acme/math"]}}, owner="olivia")
+    run = {"command": "pytest", "exit_code": 0, "output_tail": "1 passed"}
+    await Publisher(world, store, providers).fix_ready(task, {"red": run, "green": run, "suite": run}, ["abc"], 0.0)
+    pull = github.pull("acme/api", number(task))
+    assert [r["login"] for r in pull["requested_reviewers"]] == ["dave", "olivia"]
+    assert [t["slug"] for t in pull["requested_teams"]] == ["math"]

@@ -12,7 +12,7 @@ What crosses the seam is typed: repositories and threads as `ForgeRepo` / `Forge
 them back with `pull_of` / `threads_of`.
 
 Every write is idempotent: a step retried after a crash changes nothing twice. Steps still to
-come take one method each here, on refs: reviewers from CODEOWNERS.
+come take one method each here, on refs.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class Forge(ABC):
         """Say why on the pull request (once per `marker`), close it, and delete its head branch
         (`delete_branch`); each step does nothing when already done."""
         raise ForgeError(f"{ref}: {self.kind} has no pull requests")
+
+    async def request_reviewers(self, ref: ForgeRef, users: list[str], teams: list[str]) -> None:
+        """Ask these people (logins) and teams (`org/team`) to review the pull request."""
 
     async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
         """Say a command in comment `comment_id` on the thread was read (GitHub: a +1 reaction)."""

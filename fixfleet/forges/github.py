@@ -75,6 +75,11 @@ class GitHubForge(Forge):
         if delete_branch and same_repo and isinstance(branch, str) and branch.startswith("fixfleet/"):
             await self.client.delete_branch(ref.repo.name, branch)
 
+    async def request_reviewers(self, ref: ForgeRef, users: list[str], teams: list[str]) -> None:
+        if users or teams:
+            await self.client.request_reviewers(ref.repo.name, ref.number, users,
+                                                [t.split("/", 1)[1] for t in teams if "/" in t])
+
     async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
         if comment_id.isdigit():  # an issue comment's id (a review's is answered by the reply alone)
             await self.client.react(ref.repo.name, int(comment_id))

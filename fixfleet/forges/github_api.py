@@ -131,6 +131,11 @@ class GitHubClient(ApiClient):
         response = await self._call("POST", f"/repos/{repo_full_name}/issues/{issue_number}/comments", json={"body": body})
         return self._json(response)
 
+    async def request_reviewers(self, repo_full_name: str, number: int, users: list[str],
+                                team_slugs: list[str]) -> dict[str, Any]:
+        url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}/requested_reviewers"
+        return self._json(await self._call("POST", url, json={"reviewers": users, "team_reviewers": team_slugs}))
+
     async def react(self, repo_full_name: str, comment_id: int, content: str = "+1") -> dict[str, Any]:
         """A reaction to an issue comment (GitHub answers 200 when it is there already)."""
         url = f"/repos/{_repo(repo_full_name)}/issues/comments/{int(comment_id)}/reactions"

@@ -82,6 +82,7 @@ class FakeGitHub(FakeAPI):
         self.route("PATCH", rf"{REPO}/pulls/(?P<number>\d+)", self._update_pull)
         self.route("POST", rf"{REPO}/issues/(?P<number>\d+)/labels", self._add_labels)
         self.route("POST", rf"{REPO}/issues/comments/(?P<id>\d+)/reactions", self._react)
+        self.route("POST", rf"{REPO}/pulls/(?P<number>\d+)/requested_reviewers", self._request_reviewers)
         self.route("DELETE", rf"{REPO}/git/refs/heads/(?P<branch>.+)", self._delete_branch)
         self.route("POST", r"/graphql", self._graphql)
 
@@ -234,6 +235,8 @@ class FakeGitHub(FakeAPI):
             "merged": pr.get("merged", False), "merged_at": pr.get("merged_at"), "closed_at": pr.get("closed_at"),
             "merged_by": {"login": pr["merged_by"], "type": "User"} if pr.get("merged_by") else None,
             "labels": [{"name": name} for name in pr.get("labels", [])],
+            "requested_reviewers": [{"login": login} for login in pr.get("requested_reviewers", [])],
+            "requested_teams": [{"slug": slug} for slug in pr.get("requested_teams", [])],
             "html_url": f"https://github.com/{repo.full_name}/pull/{pr['number']}",
             "url": f"{self.url}/repos/{repo.full_name}/pulls/{pr['number']}",
             "user": {"login": self.bot_login},
@@ -329,6 +332,23 @@ class FakeGitHub(FakeAPI):
             return self._not_found()
         pr["labels"] = list(dict.fromkeys([*pr.get("labels", []), *labels]))
         return Reply(200, [{"name": name, "color": "ededed"} for name in pr["labels"]])
+
+    def _request_reviewers(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        if repo is None or pr is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else {}
+        users, teams = body.get("reviewers", []), body.get("team_reviewers", [])
+        if not all(isinstance(x, str) for x in [*users, *teams]):
+            return _validation("Invalid request: reviewers must be strings.")
+        unknown = [u for u in users if (repo.full_name.lower(), u.lower()) not in self.permissions]
+        if unknown:  # GitHub: only collaborators may be asked
+            return _validation("Reviews may only be requested from collaborators. One or more of the users or teams "
+                               "you specified is not a collaborator of the " + repo.full_name + " repository.")
+        pr["requested_reviewers"] = list(dict.fromkeys([*pr.get("requested_reviewers", []), *users]))
+        pr["requested_teams"] = list(dict.fromkeys([*pr.get("requested_teams", []), *teams]))
+        return Reply(201, self._pull_view(repo, pr))
 
     def _react(self, call: Call, m: re.Match) -> Reply:
         content = call.body.get("content") if isinstance(call.body, dict) else None

@@ -26,6 +26,7 @@ from fixfleet.redact import Redactor
 from fixfleet.store import Store
 
 log = logging.getLogger(__name__)
+STATE_LABEL = "fixfleet: "  # the PR's label saying where its task is: "fixfleet: awaiting approval", ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Publisher:
         pr_url = pull.url if pull else None
         if pull:
             await self._quietly(forge.kind, "labels", forge.add_labels(pull.ref, ["fixfleet", f"priority: {task.priority}"]))
+            await self._state_label(forge, pull.ref, "awaiting approval")
             if version > 1:
                 await forge.upsert_comment(pull.ref, f"{task.key}-plan-v{version}", revised_text(task, plan, version))
         await self._tell_analysis(task, plan, version, pr_url or f"branch `{branch}`", pr_url)
@@ -132,10 +134,18 @@ class Publisher:
                 await self._quietly(tracker.key, "move", tracker.move(issue, "AWAITING_APPROVAL"))
 
     async def task_started(self, task: Task, step: str) -> None:
-        """A step began (PLANNING, EXECUTING): the trackers moved by their mapping; never fatal."""
+        """A step began (PLANNING, EXECUTING): the PR's state label, the trackers moved by their
+        mapping; never fatal."""
+        forge = self.forges.for_repo(task.repo)
+        if step == "EXECUTING" and (pull := forge.pull_of(task)):
+            await self._state_label(forge, pull, "fixing")
         for tracker in self.trackers:
             if issue := tracker.issue_of(task):
                 await self._quietly(tracker.key, "move", tracker.move(issue, step))
+
+    async def _state_label(self, forge: Forge, pull: ForgeRef, state: str) -> None:
+        """The PR's `fixfleet: <state>` label, replacing the one before."""
+        await self._quietly(forge.kind, "labels", forge.set_state_label(pull, f"{STATE_LABEL}{state}", prefix=STATE_LABEL))
 
     @staticmethod
     async def _quietly(service: str, step: str, call: Any) -> None:
@@ -151,6 +161,7 @@ class Publisher:
         forge = self.forges.for_repo(task.repo)
         if pull := forge.pull_of(task):
             await forge.update_pull(pull, body=body, ready=True)
+            await self._state_label(forge, pull, "ready for review")
             users, teams = reviewers_of(task, self.settings.github_bot_login)
             await self._quietly(forge.kind, "reviewers", forge.request_reviewers(pull, users, teams))
             await forge.upsert_comment(pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
@@ -187,6 +198,7 @@ class Publisher:
         forge = self.forges.for_repo(task.repo)
         if pull := forge.pull_of(task):
             await forge.upsert_comment(pull, f"{task.key}-failed", text)
+            await self._state_label(forge, pull, "failed")
         await self._tell_trackers(task, text, f"{task.key}-failed", move_to="FAILED")
         await self._chat_update(task, text)
 

@@ -104,7 +104,8 @@ async def test_a_plan_is_labelled_fixes_its_issue_and_a_revision_is_announced_on
     github, jira, _, slack = fakes
     task = await planned(store, Publisher(world, store, providers), github, versions=2)
     pull = github.pull("acme/api", number(task))
-    assert "Fixes #7" in pull["body"] and {label["name"] for label in pull["labels"]} == {"fixfleet", "priority: normal"}
+    assert "Fixes #7" in pull["body"]
+    assert {label["name"] for label in pull["labels"]} == {"fixfleet", "priority: normal", "fixfleet: awaiting approval"}
     revised = [c["body"] for c in github.comments_on("acme/api", number(task))]
     assert len(revised) == 1 and "plan v2 is ready (revised from v1)" in revised[0] and "`app/api.py`" in revised[0]
     analysis = [adf_to_text(c["body"]) for c in jira.comments("OPS-7")]
@@ -272,5 +273,7 @@ async def test_the_ready_pull_request_asks_the_code_owners_and_the_tasks_owner_t
     run = {"command": "pytest", "exit_code": 0, "output_tail": "1 passed"}
     await Publisher(world, store, providers).fix_ready(task, {"red": run, "green": run, "suite": run}, ["abc"], 0.0)
     pull = github.pull("acme/api", number(task))
+    assert "fixfleet: ready for review" in [label["name"] for label in pull["labels"]]
+    assert "fixfleet: awaiting approval" not in [label["name"] for label in pull["labels"]]  # one state label
     assert [r["login"] for r in pull["requested_reviewers"]] == ["dave", "olivia"]
     assert [t["slug"] for t in pull["requested_teams"]] == ["math"]

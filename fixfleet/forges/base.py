@@ -111,6 +111,10 @@ class Forge(ABC):
         """Put these labels on the pull request or issue (the ones it has stay)."""
         raise ForgeError(f"{ref}: {self.kind} has no labels")
 
+    async def set_state_label(self, ref: ForgeRef, label: str, *, prefix: str) -> None:
+        """`label` on the pull request, and no other label starting with `prefix` (the task's state)."""
+        raise ForgeError(f"{ref}: {self.kind} has no labels")
+
 
 def _ref(text: str | None) -> ForgeRef | None:
     """A stored thread reference; one that does not parse names nothing (it is never guessed at)."""

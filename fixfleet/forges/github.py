@@ -87,6 +87,15 @@ class GitHubForge(Forge):
     async def add_labels(self, ref: ForgeRef, labels: list[str]) -> None:
         await self.client.add_labels(ref.repo.name, ref.number, labels)
 
+    async def set_state_label(self, ref: ForgeRef, label: str, *, prefix: str) -> None:
+        pull = await self.client.get_pull(ref.repo.name, ref.number)
+        names = [str(item.get("name")) for item in pull.get("labels") or [] if isinstance(item, dict)]
+        for name in names:
+            if name.startswith(prefix) and name != label:
+                await self.client.remove_label(ref.repo.name, ref.number, name)
+        if label not in names:
+            await self.client.add_labels(ref.repo.name, ref.number, [label])
+
 
 def pull_state(pull: dict[str, Any]) -> PullState:
     """A pull request as the REST API (or a `pull_request` webhook) shows it, as a PullState."""

@@ -131,6 +131,14 @@ class GitHubClient(ApiClient):
         response = await self._call("POST", f"/repos/{repo_full_name}/issues/{issue_number}/comments", json={"body": body})
         return self._json(response)
 
+    async def remove_label(self, repo_full_name: str, issue_number: int, name: str) -> None:
+        """Take a label off an issue or pull request (gone already: nothing)."""
+        url = f"/repos/{_repo(repo_full_name)}/issues/{int(issue_number)}/labels/{quote(name, safe='')}"
+        try:
+            await self._call("DELETE", url)
+        except NotFoundError:
+            pass
+
     async def request_reviewers(self, repo_full_name: str, number: int, users: list[str],
                                 team_slugs: list[str]) -> dict[str, Any]:
         url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}/requested_reviewers"

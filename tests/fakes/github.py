@@ -82,6 +82,7 @@ class FakeGitHub(FakeAPI):
         self.route("PATCH", rf"{REPO}/pulls/(?P<number>\d+)", self._update_pull)
         self.route("POST", rf"{REPO}/issues/(?P<number>\d+)/labels", self._add_labels)
         self.route("POST", rf"{REPO}/issues/comments/(?P<id>\d+)/reactions", self._react)
+        self.route("DELETE", rf"{REPO}/issues/(?P<number>\d+)/labels/(?P<name>[^/]+)", self._remove_label)
         self.route("POST", rf"{REPO}/pulls/(?P<number>\d+)/requested_reviewers", self._request_reviewers)
         self.route("DELETE", rf"{REPO}/git/refs/heads/(?P<branch>.+)", self._delete_branch)
         self.route("POST", r"/graphql", self._graphql)
@@ -349,6 +350,14 @@ class FakeGitHub(FakeAPI):
         pr["requested_reviewers"] = list(dict.fromkeys([*pr.get("requested_reviewers", []), *users]))
         pr["requested_teams"] = list(dict.fromkeys([*pr.get("requested_teams", []), *teams]))
         return Reply(201, self._pull_view(repo, pr))
+
+    def _remove_label(self, call: Call, m: re.Match) -> Reply:
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        name = unquote(m["name"])
+        if pr is None or name not in pr.get("labels", []):
+            return Reply(404, {"message": "Label does not exist", "documentation_url": "https://docs.github.com/rest"})
+        pr["labels"].remove(name)
+        return Reply(200, [{"name": label} for label in pr["labels"]])
 
     def _react(self, call: Call, m: re.Match) -> Reply:
         content = call.body.get("content") if isinstance(call.body, dict) else None

@@ -231,6 +231,8 @@ class AgentLoop:
             reason="takeover" if task.status == target else target.value.lower(),
             expected_version=task.version, changes={"attempts": task.attempts + 1, **changes},
         )
+        if task.status != target:  # a step begins: the trackers move by their mapping (never fatal)
+            await self.publisher.task_started(self.held, target.value)
         return self.held
 
     async def claimable(self, job: Job, states: set[TaskStatus]) -> Task | None:

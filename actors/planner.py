@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,13 +28,14 @@ from fixfleet.models import (
 )
 from fixfleet.plan_doc import render_plan
 from fixfleet.queue import Job
+from fixfleet.forges.codeowners import owners_for, read_codeowners
 from fixfleet.workspace.mirrors import FileContent
 from fixfleet.workspace.sandbox import SandboxSpec
 
 log = logging.getLogger(__name__)
 CLAIMABLE = {TaskStatus.RECEIVED, TaskStatus.REVISING, TaskStatus.PLANNING}
 # What the platform keeps in a task's context for itself: not the planner's business.
-PLATFORM_CONTEXT = {"slack_ts", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
+PLATFORM_CONTEXT = {"slack_ts", "reviewers", "sentry_event", "sentry_event_error", "jira_ticket", "jira_ticket_error", "pull_closed_at", "merge_told_at", "pushing", "plan_pushing", "evidence", "commits", "diff", "last_refusal",
                     *(key for job in SIDE_JOBS.values() for key in (job.key, job.asked, job.answered))}
 
 
@@ -55,6 +57,7 @@ class Planner(AgentLoop):
         feedback = await self._feedback_thread(task)
         branch = task.branch or f"fixfleet/{task.key}"
         task = await self.claim(task, TaskStatus.PLANNING, branch=branch)
+        task = await self.publisher.fetch_context(task)  # Sentry's latest event for a task without a trace
         head = await self.workspaces.branch_head(task.repo, branch)  # a plan pushed before (revise, retry)
         pushed = task.context.get("plan_pushing") or {}
         if head and head == pushed.get("commit") and pushed.get("version") == task.plan_version + 1:
@@ -69,14 +72,18 @@ class Planner(AgentLoop):
         checkout, spec, _ = await self.session_checkout(task, env, base, "plan", writable=False)
         try:
             plan = await self._plan(task, checkout.path, spec, env.plan.test_domains, feedback)
+            codeowners = read_codeowners(Path(checkout.path))  # asked to review the fix, by the files it touches
         finally:
             await self.workspaces.discard(checkout)
+        users, teams = owners_for(codeowners, [str(f.get("path")) for f in plan.get("affected_files", [])
+                                               if isinstance(f, dict) and f.get("path")])
         plan = self.runner.redactor.value(plan)  # PLAN.md, the PR, Jira and Slack quote it
         version = task.plan_version + 1
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
                                               f"docs: plan v{version} for {task.key}")
-        pushing = {"commit": commit, "version": version, "plan": plan, "setup": env.plan.describe(), "base": base}
+        pushing = {"commit": commit, "version": version, "plan": plan, "setup": env.plan.describe(), "base": base,
+                   "reviewers": {"users": users, "teams": teams}}
         # Recorded before the push: a takeover after a push whose recording was lost finds it.
         await self.store.update_fields(task.id, context={"plan_pushing": pushing})
         await self._publish(task, branch, head, commit, pushing)
@@ -96,7 +103,7 @@ class Planner(AgentLoop):
                       "plan_version": version, "plan": plan},  # `plan v1` finds earlier plans here
                 changes={"plan": plan, "plan_version": version, "pr_url": published.pr_url or task.pr_url,
                          "external_ids": task.external_ids | published.external_ids},
-                context=published.context,
+                context=published.context | {"reviewers": pushing.get("reviewers") or {}},
             )
 
     async def _warm_baseline(self, task: Task, sha: str) -> None:
@@ -206,6 +213,46 @@ def planner_prompt(task: Task, feedback: list[dict[str, Any]]) -> str:
         f"Use the `{skill}` skill, then hand back the plan with the submit_plan tool.",
         "Do not edit files: the platform writes PLAN.md from your plan.",
     ]
+    lines += sentry_lines(task.context) + jira_lines(task.context)
     if feedback:
         lines += ["", "Reviewer feedback to address (oldest first):", json.dumps(feedback, indent=2)]
     return "\n".join(lines)
+
+
+def jira_lines(context: dict[str, Any]) -> list[str]:
+    """The Jira ticket the platform read (or why it could not), for the prompt."""
+    if error := context.get("jira_ticket_error"):
+        return ["", f"The Jira ticket could not be read ({error}): plan from the title and the text above."]
+    ticket = context.get("jira_ticket")
+    if not isinstance(ticket, dict):
+        return []
+    lines = ["", "The Jira ticket (read by the platform):", ticket.get("description") or "(no description)"]
+    if ticket.get("components"):
+        lines.append("Components: " + ", ".join(ticket["components"]))
+    lines += [f"Comment: {c}" for c in ticket.get("comments") or []]
+    if ticket.get("sentry_links"):
+        lines.append("Linked Sentry issues: " + ", ".join(ticket["sentry_links"]))
+    return lines
+
+
+def sentry_lines(context: dict[str, Any]) -> list[str]:
+    """The latest Sentry event the platform fetched (or why it could not), for the prompt."""
+    if error := context.get("sentry_event_error"):
+        return ["", f"Sentry could not be reached for this issue's latest event ({error}): plan from the "
+                    "title and the code, and say in the plan that the stack trace was not available."]
+    event = context.get("sentry_event")
+    if not isinstance(event, dict):
+        return []
+    lines = ["", "The Sentry issue's latest event (fetched by the platform):"]
+    for exc in event.get("exceptions") or []:
+        lines.append(f"{exc.get('type') or 'Error'}: {exc.get('value') or ''}")
+        lines += [f"  {f.get('filename') or f.get('abs_path')}:{f.get('lineno')} in {f.get('function')}"
+                  + (f"\n      {f['context_line'].strip()}" if f.get("context_line") else "")
+                  for f in exc.get("frames") or []]
+    facts = {k: event.get(k) for k in ("release", "environment", "user_count") if event.get(k) is not None}
+    if facts:
+        lines.append("Facts: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    if crumbs := event.get("breadcrumbs"):
+        lines.append("Breadcrumbs (last first): " + "; ".join(
+            f"{c.get('category')}: {c.get('message')}" for c in reversed(crumbs[-10:])))
+    return lines

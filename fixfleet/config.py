@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     # repo URL -> owner/name, so its plan and fix go to pull requests there.
     github_repos: dict[str, str] = Field(default_factory=dict)
     sentry_api_url: str = "https://sentry.io/api/0"
+    sentry_org: str | None = None  # the organization's slug: issues addressed as Sentry's published API does
     slack_api_url: str = "https://slack.com/api"
     slack_approvers: list[str] = Field(default_factory=list)  # Slack user ids allowed to approve
     slack_submitters: list[str] = Field(default_factory=list)  # Slack user ids allowed to steer tasks (cancel, retry, ...)
@@ -135,6 +136,15 @@ class Settings(BaseSettings):
     sandbox_tmp_bytes: int = Field(1024**3, ge=1024**2)
     sandbox_checkout_bytes: int = Field(4 * 1024**3, ge=1024**2)
     slack_channel: str | None = None  # where plans are posted for approval
+    # Closing the loops (fixfleet/loops.py): a rejected or cancelled task's draft PR is closed and its
+    # fixfleet/* branch deleted unless this keeps the branches; completed tasks' pull requests are
+    # asked for their outcome this often (installs without pull_request webhooks; 0: never); Jira
+    # transitions by state (JSON: {"PLANNING": "In Progress", "COMPLETED": "In Review",
+    # "MERGED": "Done"}); a merged fix marks its Sentry issue resolved in the next release.
+    keep_closed_branches: bool = False
+    outcome_check_s: float = Field(600.0, ge=0)
+    jira_transitions: dict[str, str] = Field(default_factory=lambda: {"COMPLETED": "In Review"})
+    sentry_resolve_on_merge: bool = True
     agent_deny_patterns: list[str] = Field(default_factory=list)  # regexes over tool input, denied
     max_turns: int = Field(40, ge=1)
     max_budget_usd: float = Field(5.0, gt=0)

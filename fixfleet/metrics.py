@@ -3,7 +3,9 @@
 Counters (webhooks, API calls) live in Redis: each replica counts locally and adds its counts to
 Redis every second and before it answers a scrape, so a scrape sees every replica's counts up
 to about a second old. Gauges (tasks by status, queue depths, agents by role and state, the
-model credential's time left) are read from Postgres and Redis at scrape time. The agents' own
+model credential's time left) are read from Postgres and Redis at scrape time, and so are the
+outcomes of completed tasks' pull requests (ai_agent_outcomes_total, ai_agent_time_to_merge_seconds:
+counted over the tasks the store keeps). The agents' own
 metrics (ai_agent_*) go through Ray's metrics (actors/metrics.py).
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis.asyncio import Redis
 
 from fixfleet.overview import heartbeats
@@ -76,11 +78,25 @@ class Metrics:
         now = time.time()
         for (role, state), n in Counter((b.role, b.state(now, 3 * lease_s)) for b in await heartbeats(redis)).items():
             agents.add_metric([role, state], n)
-        families += [depth, tasks, agents]
+        families += [depth, tasks, agents, *await outcome_families(store)]
         if credential_seconds_left is not None:
             families.append(GaugeMetricFamily("fixfleet_model_credential_seconds_left",
                                               "Seconds until the model credential expires", value=credential_seconds_left))
         return generate_latest(_Registry(families))
+
+
+async def outcome_families(store: Store) -> list[Metric]:
+    """What became of completed tasks' pull requests, and how long merges took after completion."""
+    figures = await store.outcome_figures()
+    outcomes = CounterMetricFamily("ai_agent_outcomes", "Completed tasks by what became of their pull request",
+                                   labels=["outcome"])
+    for outcome in ("merged", "closed", "open"):
+        outcomes.add_metric([outcome], getattr(figures, outcome))
+    buckets = [(f"{bound:g}", count) for bound, count in figures.merge_buckets] + [("+Inf", figures.merged)]
+    merge = HistogramMetricFamily("ai_agent_time_to_merge_seconds",
+                                  "Seconds from a task's completion to its pull request's merge",
+                                  buckets=buckets, sum_value=figures.merge_seconds_sum)
+    return [outcomes, merge]
 
 
 async def _counter(redis: Redis, name: str) -> CounterMetricFamily:

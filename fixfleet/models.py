@@ -56,6 +56,17 @@ RESUMES_TO: dict[TaskStatus, TaskStatus] = {
 }
 
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REJECTED, S.CANCELLED})
+ENDED_UNFINISHED = frozenset({S.REJECTED, S.CANCELLED})  # ended by a person: the draft PR is closed
+
+
+class PullOutcome(StrEnum):
+    """What became of a COMPLETED task's pull request, as the forge says (a fact recorded on the
+    task, not a state: COMPLETED stays the last state). MERGED is final; a closed pull request
+    may be reopened (OPEN again) and merged later."""
+
+    OPEN = "open"
+    MERGED = "merged"
+    CLOSED = "closed"
 OPEN = frozenset(set(TaskStatus) - TERMINAL)
 
 # States in which a task sits in a queue, waiting for an agent, and that queue's name.
@@ -184,6 +195,10 @@ class TaskView(BaseModel):
     owner: str | None = None
     created_at: datetime
     updated_at: datetime
+    outcome: PullOutcome | None = None  # a COMPLETED task's pull request: merged, closed or still open
+    outcome_by: str | None = None  # who merged (or closed) it
+    outcome_at: datetime | None = None
+    merge_seconds: float | None = None  # from the task's completion to the merge
 
 
 class Task(TaskView):

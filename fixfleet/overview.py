@@ -85,6 +85,8 @@ class Overview(BaseModel):
     queues: dict[str, dict[str, int]]  # queue -> waiting/pending/delayed/dead
     decisions: list[Decision]  # newest first
     tasks: list[TaskLine]  # most recently updated first
+    # Completed tasks' pull requests: completed, merged, closed, open, merge_rate, median_merge_s.
+    outcomes: dict[str, float | int | None] = {}
 
 
 async def heartbeats(redis: Redis) -> list[Heartbeat]:
@@ -123,6 +125,7 @@ async def gather(services: Services, *, tasks: int = 10, now: float | None = Non
         decisions=await scale_decisions(services.redis),
         tasks=[TaskLine(key=t.key, status=t.status, repo=t.repo, title=t.title, updated_at=t.updated_at.isoformat())
                for t in recent],
+        outcomes=(await services.store.outcome_figures()).as_dict(),
     )
 
 

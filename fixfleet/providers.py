@@ -22,7 +22,7 @@ from fixfleet.forges.registry import Forges
 from fixfleet.integrations.base import ApiClient, ClientOptions, secret_value
 from fixfleet.integrations.jira import JiraClient, JiraTracker
 from fixfleet.integrations.notifier import Notifier
-from fixfleet.integrations.sentry import SentryClient
+from fixfleet.integrations.sentry import SentryClient, SentryTracker
 from fixfleet.integrations.slack import SlackClient, SlackNotifier
 from fixfleet.integrations.tracker import Tracker
 from fixfleet.redact import Redactor
@@ -91,12 +91,14 @@ def connect(settings: Settings, redactor: Redactor, **options: Unpack[ClientOpti
     github = GitHubClient(settings.github_token, api_url=settings.github_api_url, **options) if found["github"] else None
     jira = (JiraClient(settings.jira_base_url, settings.jira_email, settings.jira_api_token, **options)
             if found["jira"] else None)
-    sentry = SentryClient(settings.sentry_auth_token, settings.sentry_api_url, **options) if found["sentry"] else None
+    sentry = (SentryClient(settings.sentry_auth_token, settings.sentry_api_url, settings.sentry_org, **options)
+              if found["sentry"] else None)
     slack = SlackClient(settings.slack_bot_token, settings.slack_api_url, **options) if found["slack"] else None
     return Providers(
         forges=Forges(*([GitHubForge(github, settings.github_repos)] if github else [])),
-        trackers=[JiraTracker(jira)] if jira else [],
-        notifier=SlackNotifier(slack, settings.slack_channel or None) if slack else None,
+        trackers=[*([JiraTracker(jira, settings.jira_transitions)] if jira else []),
+                  *([SentryTracker(sentry)] if sentry else [])],
+        notifier=SlackNotifier(slack, settings.slack_channel or None, settings.public_url) if slack else None,
         github=github, jira=jira, sentry=sentry, slack=slack,
     )
 

@@ -27,10 +27,12 @@ from actors.executor import Executor
 from actors.planner import Planner
 from fixfleet import logs
 from fixfleet.config import Settings, load_settings
+from fixfleet.loops import Loops
 from fixfleet.outbox import OutboxRelay
+from fixfleet.providers import connect
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.retention import Retention
-from fixfleet.services import open_services
+from fixfleet.services import Services, open_services
 from fixfleet.session_upkeep import run_session_upkeep
 from serve_app.autoscaling import DEPTH_METRIC
 from serve_app.roster import ServeRoster, this_application
@@ -102,9 +104,15 @@ class RelayReplica:
         self._stop = asyncio.Event()
         self._tasks = {"the outbox relay": asyncio.create_task(relay.run(self._stop)),
                        "the session upkeep": asyncio.create_task(run_session_upkeep(services.store, settings, self._stop)),
-                       "retention": asyncio.create_task(Retention(services.store, settings).run(self._stop))}
+                       "retention": asyncio.create_task(Retention(services.store, settings).run(self._stop)),
+                       "closing the loops": asyncio.create_task(self._loops(services, settings))}
         log.info("the outbox relay, the queue reconciler, the session upkeep and retention run here (reconciling every "
                  "%ss)", settings.reconcile_s)
+
+    async def _loops(self, services: Services, settings: Settings) -> None:
+        """Pull requests' outcomes checked, ended tasks' pull requests closed, merges told."""
+        providers = await self._stack.enter_async_context(connect(settings, Redactor.from_settings(settings)))
+        await Loops(settings, services.store, providers).run(self._stop)
 
     async def check_health(self) -> None:
         for name, task in self._tasks.items():

@@ -39,6 +39,7 @@ class ChatCommands:
         commands = parse_commands(event.text)
         if not commands:
             return WebhookOut(status="ignored", detail="no command in this comment")
+        self._acknowledge(event, background)
         replies = [await self._run(command, event) for command in commands]
         text = "\n\n".join(r for r in replies if r)
         if text:
@@ -89,6 +90,21 @@ class ChatCommands:
                 if task is not None:
                     return task
         return None
+
+    def _acknowledge(self, event: CommandRequest, background: BackgroundTasks) -> None:
+        """A +1 reaction on the GitHub comment that held commands, after the answer (best effort)."""
+        forge = self.ctx.providers.forges.of_kind(event.source)
+        if forge is None or event.where is None or not event.comment_id or event.edited:
+            return
+        where, comment_id = event.where, event.comment_id
+
+        async def react() -> None:
+            try:
+                await forge.acknowledge(where, comment_id)
+            except Exception as exc:
+                log.warning("could not acknowledge a %s command: %s", event.source, type(exc).__name__)
+
+        background.add_task(react)
 
     def _reply(self, event: CommandRequest, text: str, background: BackgroundTasks) -> None:
         """Answer where the command was given: the GitHub thread, or the Slack message's thread

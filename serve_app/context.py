@@ -16,6 +16,7 @@ from fixfleet.approvals import Approvals
 from fixfleet.commands.handlers import Commands
 from fixfleet.commands.notices import ForgeOwnerNotice
 from fixfleet.config import Settings, load_settings
+from fixfleet.loops import Loops
 from fixfleet.metrics import Metrics
 from fixfleet.outbox import OutboxRelay
 from fixfleet.providers import Providers, connect
@@ -37,6 +38,7 @@ class AppContext:
     metrics: Metrics
     credentials: TokenManager
     commands: Commands
+    loops: Loops  # what became of pull requests; closing a rejected task's PR
 
 
 @asynccontextmanager
@@ -52,12 +54,15 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
         redact_logs(redactor)
         providers = connect(settings, redactor)
         approvals = Approvals(services.store, settings, providers.forges)
+        loops = Loops(settings, services.store, providers)
         ctx = AppContext(
             settings=settings,
             services=services,
             providers=providers,
             approvals=approvals,
-            commands=Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges)),
+            commands=Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges),
+                              on_decision=loops.decided_soon),
+            loops=loops,
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
@@ -69,6 +74,7 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
                 services.store, services.queues, poll_s=settings.outbox_poll_s, reconcile_every_s=settings.reconcile_s,
                 claimed_stale_s=settings.claimed_stale_s).run(stop)))
             background.append(asyncio.create_task(run_session_upkeep(services.store, settings, stop)))
+            background.append(asyncio.create_task(loops.run(stop)))
         try:
             yield ctx
         finally:

@@ -112,7 +112,7 @@ class QuestionIn(BaseModel):
 
 
 class WebhookOut(BaseModel):
-    status: str = Field(description="created, duplicate, attached, command, ignored or pong")
+    status: str = Field(description="created, duplicate, attached, command, outcome, ignored or pong")
     task: str | None = None
     detail: str | None = None
     text: str | None = Field(None, description="a reply to show the person (Slack displays it)")

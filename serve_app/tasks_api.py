@@ -139,18 +139,24 @@ async def task_events(ref: str, _: ApiToken = Depends(caller("read")), ctx: AppC
 
 @router.post("/{ref}/approve", response_model=TaskOut, responses=ERRORS)
 async def approve(ref: str, body: ApproveIn, token: ApiToken = Depends(caller("approve")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    return TaskOut.of(await ctx.approvals.decide(principal(token), ref, Decision.APPROVE, plan_version=body.plan_version,
-                                                 note=body.note))
+    task = await ctx.approvals.decide(principal(token), ref, Decision.APPROVE, plan_version=body.plan_version,
+                                      note=body.note)
+    await ctx.loops.decided_soon(task)  # the chat's buttons replaced by the decision
+    return TaskOut.of(task)
 
 
 @router.post("/{ref}/reject", response_model=TaskOut, responses=ERRORS)
 async def reject(ref: str, body: ReasonIn, token: ApiToken = Depends(caller("approve")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    return TaskOut.of(await ctx.approvals.decide(principal(token), ref, Decision.REJECT, feedback=body.reason))
+    task = await ctx.approvals.decide(principal(token), ref, Decision.REJECT, feedback=body.reason)
+    await ctx.loops.decided_soon(task)  # its draft pull request closed, the trackers and the chat told
+    return TaskOut.of(task)
 
 
 @router.post("/{ref}/revise", response_model=TaskOut, responses=ERRORS)
 async def revise(ref: str, body: ReviseIn, token: ApiToken = Depends(caller("approve")), ctx: AppContext = Depends(get_ctx)) -> TaskOut:
-    return TaskOut.of(await ctx.approvals.decide(principal(token), ref, Decision.REVISE, feedback=body.feedback))
+    task = await ctx.approvals.decide(principal(token), ref, Decision.REVISE, feedback=body.feedback)
+    await ctx.loops.decided_soon(task)
+    return TaskOut.of(task)
 
 
 async def run_command(ctx: AppContext, token: ApiToken, name: str, ref: str | None, **args: Any) -> CommandOut:

@@ -28,6 +28,7 @@ from fixfleet.intake import (
     Ignored,
     ParseError,
     Ping,
+    PullRequestChanged,
     SlackAction,
     TaskRequest,
     UrlVerification,
@@ -39,6 +40,7 @@ from fixfleet.intake import (
     parse_slack_event,
     parse_slack_interaction,
 )
+from fixfleet.models import PullOutcome
 from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.store import Delivery, Outcome
 from serve_app.commands import ChatCommands
@@ -217,6 +219,8 @@ async def route_event(
     if not await ctx.services.store.record_delivery(delivery):
         ctx.metrics.count("webhooks", source, "duplicate")
         return WebhookOut(status="duplicate")
+    if isinstance(event, PullRequestChanged):
+        return await pull_changed(ctx, background, event)
     handler = ChatCommands(ctx)
     if isinstance(event, SlackAction):
         outcome = await handler.slack_action(event, background)
@@ -245,3 +249,15 @@ async def accept_task(ctx: AppContext, response: Response, delivery: Delivery, e
     ctx.metrics.count("webhooks", source, status)
     response.status_code = 202 if outcome is Outcome.CREATED else 200
     return WebhookOut(status=status, task=task.key)
+
+
+async def pull_changed(ctx: AppContext, background: BackgroundTasks, event: PullRequestChanged) -> WebhookOut:
+    """A pull request closed (merged or not) or reopened: the outcome of its task, recorded; a merge
+    told to the trackers and the chat after the answer (the sweep retries what fails)."""
+    task = await ctx.loops.pull_changed(str(event.where), event.state)
+    ctx.metrics.count("webhooks", "github", "outcome" if task else "ignored")
+    if task is None:
+        return WebhookOut(status="ignored", detail=f"{event.where}: no completed task's outcome changed")
+    if task.outcome == PullOutcome.MERGED:
+        background.add_task(ctx.loops.tell_merged, task)
+    return WebhookOut(status="outcome", task=task.key, detail=task.outcome)

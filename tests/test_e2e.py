@@ -23,20 +23,22 @@ from redis import Redis
 
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from fixfleet.intake.signatures import sign_jira
+from fixfleet.intake.signatures import sign_github, sign_jira
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_e2e_token", slack_token="xoxb-e2e-token", jira_token="jira-e2e-token",
                           model_key="e2e-model-key", api_token="e2e-approver-token",
                           secrets={"github": "gh-e2e", "sentry": "sentry-e2e", "jira": "jira-e2e"})
+JIRA_TRANSITIONS = {"PLANNING": "Start Progress", "COMPLETED": "Ready for Review", "MERGED": "Done"}
 DEMO_REDIS_DB = 10  # the suite has 13, the Serve test 12, bench.scale 14
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[World]:
     with platform_world(tmp_path_factory.mktemp("e2e"), database_url, redis_url, CREDENTIALS,
-                        {"FIXFLEET_SUITE_COMMAND": "python -m pytest -q"}) as world:
+                        {"FIXFLEET_SUITE_COMMAND": "python -m pytest -q",
+                         "FIXFLEET_JIRA_TRANSITIONS": json.dumps(JIRA_TRANSITIONS)}) as world:
         yield world
 
 
@@ -85,8 +87,71 @@ def test_jira_ticket_to_the_same_end(world: World) -> None:
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     world.wait_for(key, {"COMPLETED"})
     comments = " ".join(json.dumps(c) for c in world.jira.comments("STAT-7"))
-    assert "planned a fix" in comments and "tested fix" in comments
+    assert "fixfleet analysis of" in comments and "tested fix" in comments
     assert world.jira.status("STAT-7") != "To Do"
+
+
+def post_jira_story(world: World, issue: str, summary: str) -> str:
+    world.jira.add_issue(issue, summary=summary)
+    payload = {"webhookEvent": "jira:issue_created", "timestamp": int(time.time() * 1000),
+               "issue": {"key": issue, "id": issue.split("-")[1], "fields": {
+                   "summary": summary, "project": {"key": "STAT"}, "labels": [], "priority": {"name": "High"},
+                   "issuetype": {"name": "Bug"}, "description": {"type": "doc", "version": 1, "content": [
+                       {"type": "paragraph", "content": [{"type": "text", "text": "statskit.mean([]) raises"}]}]}}}}
+    body = json.dumps(payload).encode()
+    answer = httpx.post(f"{world.url}/webhooks/jira", content=body, timeout=30, headers={
+        "Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": f"jira-delivery-{issue}",
+        "X-Hub-Signature": sign_jira(CREDENTIALS.secrets["jira"], body)})
+    assert answer.status_code == 202, answer.text
+    return answer.json()["task"]
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert found, "not within the time allowed"
+    return found
+
+
+def test_reject_and_merge_close_the_loops_with_github_jira_and_slack(world: World) -> None:
+    """Issue #22: a rejected task's draft PR is closed and its branch deleted, the Slack buttons
+    replaced by the decision, the Jira ticket commented; a merged one's outcome is recorded from
+    the webhook and moves the ticket to Done, with a reply in the Slack thread."""
+    world.script()
+    rejected = post_jira_story(world, "STAT-8", "mean() crashes on an empty list")
+    task = world.wait_for(rejected, {"AWAITING_APPROVAL"})
+    number = pr_number(task)
+    assert {label["name"] for label in world.github.pull(REPO_NAME, number)["labels"]} >= {"fixfleet"}
+    assert world.jira.remote_links["STAT-8"][0]["object"]["url"] == task["pr_url"]
+    assert "fixfleet" in world.jira.issues["STAT-8"]["fields"]["labels"] and world.jira.status("STAT-8") == "In Progress"
+    world.api("POST", f"/tasks/{rejected}/reject", json={"reason": "empty input is the caller's bug"})
+    eventually(lambda: world.github.pull(REPO_NAME, number)["state"] == "closed")
+    eventually(lambda: world.git("branch", "--list", f"fixfleet/{rejected}").strip() == "")  # deleted after the close
+    plan_message = eventually(lambda: next((m for m in world.slack.messages if not m["thread_ts"]
+                                            and f"{rejected} rejected by lead" in m["text"]), None))
+    assert not any(block["type"] == "actions" for block in plan_message["blocks"])  # no more buttons
+    assert "empty input is the caller's bug" in json.dumps(world.jira.comments("STAT-8")[-1])
+
+    merged = post_jira_story(world, "STAT-9", "mean() of nothing")
+    task = world.wait_for(merged, {"AWAITING_APPROVAL"})
+    world.api("POST", f"/tasks/{merged}/approve", json={"plan_version": task["plan_version"]})
+    task = world.wait_for(merged, {"COMPLETED"})
+    assert world.jira.status("STAT-9") == "In Review"  # COMPLETED -> "Ready for Review"
+    number = pr_number(task)
+    pull = world.github.merge(REPO_NAME, number, by="alice")
+    payload = {"action": "closed", "number": number, "pull_request": pull, "sender": {"login": "alice", "type": "User"},
+               "repository": {"full_name": REPO_NAME, "clone_url": f"file://{world.remote}",
+                              "html_url": f"{world.github.url}/{REPO_NAME}"}}
+    body = json.dumps(payload).encode()
+    answer = httpx.post(f"{world.url}/webhooks/github", content=body, timeout=30, headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": os.urandom(8).hex(),
+        "X-Hub-Signature-256": sign_github(CREDENTIALS.secrets["github"], body)})
+    assert answer.json()["detail"] == "merged", answer.text
+    shown = world.api("GET", f"/tasks/{merged}")
+    assert (shown["outcome"], shown["outcome_by"]) == ("merged", "alice")
+    eventually(lambda: world.jira.status("STAT-9") == "Done")
+    eventually(lambda: any(m["thread_ts"] and "merged by alice" in m["text"] for m in world.slack.messages))
 
 
 def test_revise_makes_a_new_plan_version(world: World) -> None:

@@ -15,6 +15,7 @@ from fixfleet.intake import (
     CommandRequest,
     Ignored,
     ParseError,
+    PullRequestChanged,
     Ping,
     SlackAction,
     TaskRequest,
@@ -75,7 +76,9 @@ def expected_class(event: str, action: str | None) -> type:
     if (event, action) in {("issue_comment", "created"), ("issue_comment", "edited"),
                            ("pull_request_review_comment", "created")}:
         return CommandRequest
-    # issues without the fixfleet label, pull_request events, deleted comments, and reviews
+    if event == "pull_request" and action in ("closed", "reopened"):
+        return PullRequestChanged  # the outcome of the task whose pull request it is, if any
+    # issues without the fixfleet label, other pull_request events, deleted comments, and reviews
     # whose body is null (the corpus has only those) carry nothing to act on.
     return Ignored
 
@@ -92,6 +95,20 @@ def test_every_github_payload_parses(path, settings):
     assert isinstance(result, expected_class(event, payload.get("action")))
     if isinstance(result, Ignored):
         assert result.reason
+
+
+def test_a_merged_pull_request_says_who_merged_it_and_when(settings):
+    payload = github("pull_request.closed.payload.json")
+    payload["pull_request"] |= {"merged": True, "merged_at": "2030-01-01T10:00:00Z", "head": {"ref": "fixfleet/FF-12"},
+                                "merged_by": {"login": "alice"}}
+    result = parse_github("pull_request", payload, settings)
+    assert isinstance(result, PullRequestChanged)
+    assert (result.state.outcome, result.state.by, result.state.at.year) == ("merged", "alice", 2030)
+    assert str(result.where) == f"Codertocat/Hello-World#{payload['pull_request']['number']}"
+    unmerged = parse_github("pull_request", github("pull_request.closed.payload.json"), settings)
+    assert (unmerged.state.outcome, unmerged.state.by) == ("closed", "Codertocat")  # the sender closed it
+    reopened = parse_github("pull_request", github("pull_request.reopened.payload.json"), settings)
+    assert reopened.state.outcome == "open"
 
 
 def test_issue_labeled_fixfleet_becomes_a_task(settings):
@@ -543,7 +560,8 @@ def test_odd_github_json_never_crashes():
     for path in one_per_kind(GITHUB_FILES):
         event = path.name.split(".")[0]
         for payload in mutated(load(path), max_depth=3):
-            assert isinstance(parse_github(event, payload, settings), TaskRequest | CommandRequest | Ignored | Ping)
+            assert isinstance(parse_github(event, payload, settings),
+                              TaskRequest | CommandRequest | PullRequestChanged | Ignored | Ping)
 
 
 def test_odd_sentry_jira_slack_json_never_crashes(settings):

@@ -41,7 +41,6 @@ from fixfleet.integrations.slack import (
     SlackNotFoundError,
     SlackNotifier,
 )
-from fixfleet.integrations.tracker import Stage
 from fixfleet.models import Priority, Source, Task, TaskStatus
 from fixfleet.providers import connect, reset_skip_log
 from fixfleet.redact import Redactor
@@ -111,7 +110,7 @@ def fake_sentry() -> Iterator[FakeSentry]:
 
 @pytest.fixture
 async def sentry(fake_sentry: FakeSentry) -> AsyncIterator[SentryClient]:
-    client = SentryClient(SENTRY_TOKEN, f"{fake_sentry.url}/api/0", **FAST)
+    client = SentryClient(SENTRY_TOKEN, f"{fake_sentry.url}/api/0", "acme", **FAST)
     yield client
     await client.aclose()
 
@@ -418,12 +417,13 @@ async def test_jira_search_pages_by_token_and_returns_the_fields_asked(jira: Jir
 
 
 async def test_jira_as_a_tracker_comments_once_and_moves_to_review(jira: JiraClient, fake_jira: FakeJira) -> None:
-    tracker = JiraTracker(jira)
+    tracker = JiraTracker(jira, {"COMPLETED": "In Review"})
     assert tracker.issue_of(TASK.model_copy(update={"external_ids": {"jira": "OPS-7"}})) == "OPS-7"
     assert tracker.issue_of(TASK) is None
     for _ in range(2):  # a retried step
         await tracker.comment("OPS-7", "fixfleet pushed a tested fix", marker="FF-1-done")
-        await tracker.move("OPS-7", Stage.IN_REVIEW)
+        await tracker.move("OPS-7", "COMPLETED")
+        await tracker.move("OPS-7", "EXECUTING")  # not mapped: nothing
     assert [adf_to_text(c["body"]).splitlines()[0] for c in fake_jira.issue_comments["OPS-7"]] == ["fixfleet pushed a tested fix"]
     assert fake_jira.status("OPS-7") == "In Review" and len(fake_jira.calls_to(r"/transitions$", "POST")) == 1
 
@@ -441,7 +441,7 @@ async def test_sentry_latest_event_frames(sentry: SentryClient, fake_sentry: Fak
     ]
     assert details["exceptions"][0]["type"] == "ZeroDivisionError" and details["title"].startswith("ZeroDivisionError")
     assert (await sentry.latest_event_details(4242))["frames"] == details["frames"]
-    assert fake_sentry.calls[-1].path == "/api/0/issues/4242/events/latest/"
+    assert fake_sentry.calls[-1].path == "/api/0/organizations/acme/issues/4242/events/latest/"  # as Sentry publishes it
 
 
 async def test_sentry_frames_read_alike_from_a_webhook_and_the_api(sentry: SentryClient) -> None:
@@ -477,7 +477,7 @@ async def test_sentry_project_issues_follow_the_link_cursor(sentry: SentryClient
 
 
 async def test_sentry_wrong_token(fake_sentry: FakeSentry) -> None:
-    client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", **FAST)
+    client = SentryClient("sntrys_wrong_0123456789", f"{fake_sentry.url}/api/0", "acme", **FAST)
     try:
         with pytest.raises(AuthenticationError) as caught:
             await client.latest_event_details("4242")

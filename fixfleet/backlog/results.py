@@ -3,6 +3,7 @@ read from the task's audit trail (every transition is an event with its time).""
 
 from __future__ import annotations
 
+import statistics
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel
 
 from fixfleet.backlog.api import RemoteEvent, RemoteTask
 from fixfleet.backlog.items import BacklogItem
-from fixfleet.models import TERMINAL, TaskStatus
+from fixfleet.models import TERMINAL, PullOutcome, TaskStatus
+from fixfleet.store.outcomes import duration
 
 S = TaskStatus
 # The stage a task is in while in each status. Waiting in a queue for an agent is "queued",
@@ -43,6 +45,11 @@ class TaskResult(BaseModel):
     bulk_approved: bool
     created_at: datetime
     ended_at: datetime | None  # when it reached its final status; None while it runs
+    # What became of a completed task's pull request (the forge says; fixfleet/loops.py records it).
+    pr_outcome: str | None = None  # merged, closed (unmerged) or open
+    merged_by: str | None = None
+    merged_at: datetime | None = None
+    time_to_merge_s: float | None = None  # from the task's completion to the merge
 
     def row(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -73,7 +80,26 @@ def result_of(item: BacklogItem, task: RemoteTask, events: list[RemoteEvent], no
         attempts=task.attempts, failure=_failure(task, moves), approved_by=approval.actor if approval else None,
         bulk_approved=bool(approval and approval.reason.startswith(BULK_NOTE)),
         created_at=started, ended_at=ended if task.status in TERMINAL else None,
+        pr_outcome=task.outcome.value if task.outcome else None,
+        merged_by=task.outcome_by if task.outcome == PullOutcome.MERGED else None,
+        merged_at=task.outcome_at if task.outcome == PullOutcome.MERGED else None,
+        time_to_merge_s=round(task.merge_seconds, 3) if task.merge_seconds is not None else None,
     )
+
+
+def merge_summary(results: list[TaskResult]) -> str | None:
+    """"2 of 3 completed merged (merge rate 67 % of decided), median time to merge 2h05m"; None
+    while nothing completed."""
+    completed = [r for r in results if r.status == S.COMPLETED]
+    if not completed:
+        return None
+    merged = [r for r in completed if r.pr_outcome == PullOutcome.MERGED]
+    closed = [r for r in completed if r.pr_outcome == PullOutcome.CLOSED]
+    decided = len(merged) + len(closed)
+    rate = f"merge rate {100 * len(merged) / decided:.0f} % of decided" if decided else "none decided yet"
+    times = sorted(r.time_to_merge_s for r in merged if r.time_to_merge_s is not None)
+    median = f", median time to merge {duration(statistics.median(times))}" if times else ""
+    return f"{len(merged)} of {len(completed)} completed merged, {len(closed)} closed unmerged ({rate}){median}"
 
 
 def _failure(task: RemoteTask, moves: list[RemoteEvent]) -> str | None:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fixfleet.backlog.api import ApiError, RemoteTask, TaskApi
 from fixfleet.backlog.preview import Action, Entry, Plan, recheck
-from fixfleet.backlog.results import BULK_NOTE, TaskResult, result_of
+from fixfleet.backlog.results import BULK_NOTE, TaskResult, merge_summary, result_of
 from fixfleet.backlog.tables import as_table
 from fixfleet.config import Settings, load_settings
 from fixfleet.models import TaskStatus
@@ -282,6 +282,7 @@ class BacklogRun:
         parts = [f"{progress.submitted} submitted, {progress.resumed} resumed, {len(self.plan.skipped)} skipped"]
         parts += [f"{len(self.refused)} refused by fixfleet"] if self.refused else []
         parts += [", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))] if statuses else []
+        parts += [merged] if (merged := merge_summary(results)) else []
         parts.append(f"spent ${progress.spent_usd:.2f}")
         message = "; ".join(parts)
         if exhausted:

@@ -44,7 +44,7 @@ async def load_sentry(organization: str, project: str, *, query: str = "is:unres
     settings = settings if settings is not None else load_settings()
     async with _client("sentry", client, settings) as sentry:
         issues = await sentry.project_issues(organization, project, query=query, limit=limit)
-        traces = await _latest_exceptions(sentry, issues, concurrency) if stack_traces else {}
+        traces = await _latest_exceptions(sentry, organization, issues, concurrency) if stack_traces else {}
     return [_sentry_item(issue, traces.get(str(issue.get("id")), []), repos, settings) for issue in issues
             if as_str(issue.get("id"))]
 
@@ -62,13 +62,13 @@ async def _client(service: str, given: Any, settings: Settings) -> AsyncIterator
         yield made
 
 
-async def _latest_exceptions(sentry: SentryClient, issues: list[dict[str, Any]],
+async def _latest_exceptions(sentry: SentryClient, organization: str, issues: list[dict[str, Any]],
                              concurrency: int) -> dict[str, list[dict[str, Any]]]:
     gate = asyncio.Semaphore(max(concurrency, 1))
 
     async def one(issue_id: str) -> tuple[str, list[dict[str, Any]]]:
         async with gate:
-            return issue_id, (await sentry.latest_event_details(issue_id))["exceptions"]
+            return issue_id, (await sentry.latest_event_details(issue_id, organization))["exceptions"]
 
     ids = [str(i["id"]) for i in issues if as_str(i.get("id"))]
     return dict(await asyncio.gather(*(one(issue_id) for issue_id in ids)))

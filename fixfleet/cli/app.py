@@ -25,6 +25,7 @@ from fixfleet.redact import Redactor, redact_logs
 from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.services import Services, ServiceUnavailable, open_services
 from fixfleet.store import StoreError
+from fixfleet.store.outcomes import duration, outcome_line
 from fixfleet.takeover import Liveness
 from fixfleet.workspace.sandbox import SandboxUnavailable
 
@@ -165,6 +166,9 @@ def status(
         out.print(f"[bold]{task.key}[/bold] {task.title}\n{task.status} · {task.priority} · {task.repo}")
         if task.branch or task.pr_url:
             out.print(f"branch {task.branch or '-'} · PR {task.pr_url or '-'}")
+        if task.outcome:
+            took = f" after {duration(task.merge_seconds)}" if task.merge_seconds is not None else ""
+            out.print(f"pull request {outcome_line(task.outcome, task.outcome_by)}{took}", highlight=False)
         out.print(f"attempts {task.attempts} · plan v{task.plan_version} · cost ${task.cost_usd:.4f}")
         table = Table("when", "from", "to", "actor", "reason")
         for e in events:
@@ -203,8 +207,22 @@ def platform_status(as_json: bool) -> None:
         for t in view.tasks:
             tasks.add_row(t.key, t.status, t.repo, t.title, t.updated_at[:19].replace("T", " "))
         out.print(tasks if view.tasks else "no tasks")
+        out.print(outcomes_line(view.outcomes), highlight=False)
 
     emit(as_json, view.model_dump(mode="json"), render)
+
+
+def outcomes_line(figures: dict[str, Any]) -> str:
+    """"pull requests of 4 completed tasks: 2 merged, 1 closed unmerged, 1 open · merge rate 67 % · median
+    time to merge 1h02m"."""
+    if not figures.get("completed"):
+        return "pull requests: no completed task yet"
+    rate = figures.get("merge_rate")
+    median = figures.get("median_merge_s")
+    return (f"pull requests of {figures['completed']} completed tasks: {figures['merged']} merged, "
+            f"{figures['closed']} closed unmerged, {figures['open']} open · merge rate "
+            f"{'-' if rate is None else f'{100 * rate:.0f} %'} · median time to merge "
+            f"{'-' if median is None else duration(median)}")
 
 
 def _duration(seconds: float | None) -> str:

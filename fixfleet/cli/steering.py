@@ -27,6 +27,7 @@ from fixfleet.commands.handlers import CommandResult, Commands, NeedsTask
 from fixfleet.commands.notices import ForgeOwnerNotice
 from fixfleet.models import Priority
 from fixfleet.providers import connect
+from fixfleet.loops import Loops
 from fixfleet.redact import Redactor
 from fixfleet.services import Services
 
@@ -42,7 +43,9 @@ def run_command(name: str, ref: str | None, actor: str, as_json: bool, **args: A
         async with connect(settings, Redactor.from_settings(settings)) as providers:
             try:
                 approvals = Approvals(services.store, settings, providers.forges)
-                commands = Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges))
+                loops = Loops(settings, services.store, providers)
+                commands = Commands(services.store, approvals, notice=ForgeOwnerNotice(providers.forges),
+                                    on_decision=loops.decided)
                 return await commands.run(Principal(kind="cli", name=actor or getpass.getuser()), name,
                                           task_ref=ref, args=args)
             except (Refused, NeedsTask) as refusal:

@@ -67,11 +67,19 @@ class Invocation:
     seen_at: datetime | None  # when the person wrote the command (a GitHub comment's time)
 
 
+DecisionHook = Callable[[Task], Awaitable[None]]
+TOLD = frozenset({TaskStatus.APPROVED, TaskStatus.REVISING, TaskStatus.REJECTED, TaskStatus.CANCELLED})
+
+
 class Commands:
     """The one handler of every command (`run`): every channel calls it, whatever it came from."""
 
-    def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None) -> None:
-        self.store, self.approvals, self.notice = store, approvals, notice
+    def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None,
+                 on_decision: DecisionHook | None = None) -> None:
+        """`on_decision`: told of a task a command approved, sent back, rejected or cancelled
+        (fixfleet/loops.py: the chat's buttons replaced by the decision, a closed task's draft pull
+        request closed; its sweep finishes that when this call is lost)."""
+        self.store, self.approvals, self.notice, self.on_decision = store, approvals, notice, on_decision
         self.specs = default_commands()
 
     async def run(self, principal: Principal, name: str, *, task_ref: str | int | None = None,
@@ -91,9 +99,14 @@ class Commands:
         task = await self.store.get_task(task_ref)
         call = Invocation(principal, task, args, seen_at)
         if spec.name in DECISIONS:  # the decision checks (and audits) its own permission
-            return await DECISIONS[spec.name](self, call)
-        await self._authorize(call, spec.scope, spec.name)
-        return await HANDLERS[spec.name](self, call)
+            result = await DECISIONS[spec.name](self, call)
+        else:
+            await self._authorize(call, spec.scope, spec.name)
+            result = await HANDLERS[spec.name](self, call)
+        decided = result.task is not None and result.task.status in TOLD and task.status != result.task.status
+        if decided and self.on_decision is not None:
+            await self.on_decision(result.task)
+        return result
 
     async def _authorize(self, call: Invocation, scope: Scope, name: str) -> None:
         try:

@@ -12,19 +12,19 @@ What crosses the seam is typed: repositories and threads as `ForgeRepo` / `Forge
 them back with `pull_of` / `threads_of`.
 
 Every write is idempotent: a step retried after a crash changes nothing twice. Steps still to
-come take one method each here, on refs: closing a pull request and deleting its branch
-(reject, cancel), labels, reviewers from CODEOWNERS, a reaction to a command's comment.
+come take one method each here, on refs.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from fixfleet.forges.refs import ForgeRef, ForgeRepo
-from fixfleet.models import Task
+from fixfleet.models import PullOutcome, Task
 
 
 class ForgeError(Exception):
@@ -38,6 +38,16 @@ class PullRequest(BaseModel):
 
     ref: ForgeRef
     url: str | None = None  # its web page
+
+
+class PullState(BaseModel):
+    """Where a pull request stands: open, merged (by whom, when) or closed unmerged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: PullOutcome
+    by: str | None = None  # who merged it (closed: who closed it, when the forge says)
+    at: datetime | None = None  # when it was merged or closed
 
 
 class Forge(ABC):
@@ -81,6 +91,29 @@ class Forge(ABC):
     @abstractmethod
     async def permission(self, repo_url: str, user: str) -> str:
         """`user`'s permission on the repository: admin, maintain, write, triage, read or none."""
+
+    async def pull_state(self, ref: ForgeRef) -> PullState:
+        """Whether the pull request is open, merged or closed unmerged."""
+        raise ForgeError(f"{ref}: {self.kind} has no pull requests")
+
+    async def close_pull(self, ref: ForgeRef, reason: str, *, marker: str, delete_branch: bool) -> None:
+        """Say why on the pull request (once per `marker`), close it, and delete its head branch
+        (`delete_branch`); each step does nothing when already done."""
+        raise ForgeError(f"{ref}: {self.kind} has no pull requests")
+
+    async def request_reviewers(self, ref: ForgeRef, users: list[str], teams: list[str]) -> None:
+        """Ask these people (logins) and teams (`org/team`) to review the pull request."""
+
+    async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
+        """Say a command in comment `comment_id` on the thread was read (GitHub: a +1 reaction)."""
+
+    async def add_labels(self, ref: ForgeRef, labels: list[str]) -> None:
+        """Put these labels on the pull request or issue (the ones it has stay)."""
+        raise ForgeError(f"{ref}: {self.kind} has no labels")
+
+    async def set_state_label(self, ref: ForgeRef, label: str, *, prefix: str) -> None:
+        """`label` on the pull request, and no other label starting with `prefix` (the task's state)."""
+        raise ForgeError(f"{ref}: {self.kind} has no labels")
 
 
 def _ref(text: str | None) -> ForgeRef | None:

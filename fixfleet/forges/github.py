@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
-from fixfleet.forges.base import Forge, PullRequest
+from fixfleet.forges.base import Forge, PullRequest, PullState
 from fixfleet.forges.github_api import GitHubClient
 from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, ForgeRef, ForgeRepo, host_of
+from fixfleet.models import PullOutcome
 
 _GITHUB_URL = re.compile(
     r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)(?P<name>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
@@ -55,3 +58,57 @@ class GitHubForge(Forge):
     async def permission(self, repo_url: str, user: str) -> str:
         repo = self.repo_of(repo_url)
         return await self.client.permission(repo.name, user) if repo else "none"
+
+    async def pull_state(self, ref: ForgeRef) -> PullState:
+        return pull_state(await self.client.get_pull(ref.repo.name, ref.number))
+
+    async def close_pull(self, ref: ForgeRef, reason: str, *, marker: str, delete_branch: bool) -> None:
+        pull = await self.client.get_pull(ref.repo.name, ref.number)
+        if pull.get("merged"):
+            return  # merged meanwhile: nothing to close, and its branch is history now
+        await self.client.upsert_comment(ref.repo.name, ref.number, marker, reason)
+        if pull.get("state") == "open":
+            await self.client.close_pull(ref.repo.name, ref.number)
+        head = pull.get("head") or {}
+        branch = head.get("ref")
+        same_repo = ((head.get("repo") or {}).get("full_name") or ref.repo.name).lower() == ref.repo.name.lower()
+        if delete_branch and same_repo and isinstance(branch, str) and branch.startswith("fixfleet/"):
+            await self.client.delete_branch(ref.repo.name, branch)
+
+    async def request_reviewers(self, ref: ForgeRef, users: list[str], teams: list[str]) -> None:
+        if users or teams:
+            await self.client.request_reviewers(ref.repo.name, ref.number, users,
+                                                [t.split("/", 1)[1] for t in teams if "/" in t])
+
+    async def acknowledge(self, ref: ForgeRef, comment_id: str) -> None:
+        if comment_id.isdigit():  # an issue comment's id (a review's is answered by the reply alone)
+            await self.client.react(ref.repo.name, int(comment_id))
+
+    async def add_labels(self, ref: ForgeRef, labels: list[str]) -> None:
+        await self.client.add_labels(ref.repo.name, ref.number, labels)
+
+    async def set_state_label(self, ref: ForgeRef, label: str, *, prefix: str) -> None:
+        pull = await self.client.get_pull(ref.repo.name, ref.number)
+        names = [str(item.get("name")) for item in pull.get("labels") or [] if isinstance(item, dict)]
+        for name in names:
+            if name.startswith(prefix) and name != label:
+                await self.client.remove_label(ref.repo.name, ref.number, name)
+        if label not in names:
+            await self.client.add_labels(ref.repo.name, ref.number, [label])
+
+
+def pull_state(pull: dict[str, Any]) -> PullState:
+    """A pull request as the REST API (or a `pull_request` webhook) shows it, as a PullState."""
+    if pull.get("merged") or pull.get("merged_at"):
+        return PullState(outcome=PullOutcome.MERGED, by=(pull.get("merged_by") or {}).get("login"),
+                         at=_time(pull.get("merged_at")))
+    if pull.get("state") == "closed":
+        return PullState(outcome=PullOutcome.CLOSED, at=_time(pull.get("closed_at")))
+    return PullState(outcome=PullOutcome.OPEN)
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None

@@ -1,6 +1,7 @@
 """GitHub's REST API (plus the one GraphQL mutation REST lacks), as the GitHub forge
 (fixfleet/forges/github.py) uses it: a user's permission, the default branch, pull requests
-(create, update, mark ready) and issue comments. The platform's git pushes the branches itself.
+(create, update, mark ready, close), labels, deleting a branch, and issue comments. The
+platform's git pushes the branches itself.
 
 Every write is idempotent, so a step retried after a crash changes nothing twice: `create_pull`
 returns the open PR of the branch, `upsert_comment` finds its own comment by a hidden marker.
@@ -130,6 +131,24 @@ class GitHubClient(ApiClient):
         response = await self._call("POST", f"/repos/{repo_full_name}/issues/{issue_number}/comments", json={"body": body})
         return self._json(response)
 
+    async def remove_label(self, repo_full_name: str, issue_number: int, name: str) -> None:
+        """Take a label off an issue or pull request (gone already: nothing)."""
+        url = f"/repos/{_repo(repo_full_name)}/issues/{int(issue_number)}/labels/{quote(name, safe='')}"
+        try:
+            await self._call("DELETE", url)
+        except NotFoundError:
+            pass
+
+    async def request_reviewers(self, repo_full_name: str, number: int, users: list[str],
+                                team_slugs: list[str]) -> dict[str, Any]:
+        url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}/requested_reviewers"
+        return self._json(await self._call("POST", url, json={"reviewers": users, "team_reviewers": team_slugs}))
+
+    async def react(self, repo_full_name: str, comment_id: int, content: str = "+1") -> dict[str, Any]:
+        """A reaction to an issue comment (GitHub answers 200 when it is there already)."""
+        url = f"/repos/{_repo(repo_full_name)}/issues/comments/{int(comment_id)}/reactions"
+        return self._json(await self._call("POST", url, json={"content": content}))
+
     # --- the repository -----------------------------------------------------------------------
 
     async def get_repo(self, repo_full_name: str) -> dict[str, Any]:
@@ -181,6 +200,25 @@ class GitHubClient(ApiClient):
             return await self.get_pull(repo_full_name, number)
         url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}"
         return self._json(await self._call("PATCH", url, json=changes))
+
+    async def close_pull(self, repo_full_name: str, number: int) -> dict[str, Any]:
+        url = f"/repos/{_repo(repo_full_name)}/pulls/{int(number)}"
+        return self._json(await self._call("PATCH", url, json={"state": "closed"}))
+
+    async def delete_branch(self, repo_full_name: str, branch: str) -> bool:
+        """Delete the branch; False when it was gone already (GitHub: 422 "Reference does not exist")."""
+        try:
+            await self._call("DELETE", f"/repos/{_repo(repo_full_name)}/git/refs/heads/{quote(branch, safe='/')}")
+        except IntegrationError as exc:
+            if exc.status in (404, 422):
+                return False
+            raise
+        return True
+
+    async def add_labels(self, repo_full_name: str, issue_number: int, labels: list[str]) -> list[dict[str, Any]]:
+        """Add labels to an issue or pull request (GitHub makes the ones the repository lacks)."""
+        url = f"/repos/{_repo(repo_full_name)}/issues/{int(issue_number)}/labels"
+        return self._json(await self._call("POST", url, json={"labels": labels}))
 
     async def mark_ready(self, repo_full_name: str, pull: dict[str, Any] | int) -> dict[str, Any]:
         """Take a draft pull request out of draft (GraphQL: REST cannot). `pull` is the PR as

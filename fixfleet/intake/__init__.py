@@ -7,13 +7,13 @@ Only a payload that is not even a JSON object raises `ParseError` (the app answe
 """
 
 from fixfleet.intake.delivery import delivery_id
-from fixfleet.intake.events import (CommandRequest, Ignored, ParsedEvent, ParseError, Ping, SlackAction, TaskRequest,
-                                    UrlVerification)
+from fixfleet.intake.events import (CommandRequest, Ignored, ParsedEvent, ParseError, Ping, PullRequestChanged,
+                                    SlackAction, TaskRequest, UrlVerification)
 from fixfleet.intake.github import parse_github
 from fixfleet.intake.jira import parse_jira
 from fixfleet.intake.sentry import parse_sentry
 from fixfleet.intake.slack import parse_slack_command, parse_slack_event, parse_slack_interaction
 
-__all__ = ["CommandRequest", "Ignored", "ParseError", "ParsedEvent", "Ping", "SlackAction", "TaskRequest",
+__all__ = ["CommandRequest", "Ignored", "ParseError", "ParsedEvent", "Ping", "PullRequestChanged", "SlackAction", "TaskRequest",
            "UrlVerification", "delivery_id", "parse_github", "parse_jira", "parse_sentry", "parse_slack_command",
            "parse_slack_event", "parse_slack_interaction"]

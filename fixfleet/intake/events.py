@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from fixfleet.forges.base import PullState
 from fixfleet.forges.refs import ForgeRef
 from fixfleet.models import NewTask, Source
 
@@ -57,6 +58,15 @@ class CommandRequest(_Event):
     slack_thread_ts: str | None = None
 
 
+class PullRequestChanged(_Event):
+    """A pull request was closed (merged or not) or reopened: the outcome of the task whose pull
+    request it is."""
+
+    where: ForgeRef
+    state: PullState
+    sender: str | None = None  # who closed or reopened it
+
+
 class SlackAction(_Event):
     action: Literal["approve", "reject"]
     task_key: str
@@ -80,4 +90,4 @@ class Ping(_Event):
     """A source checking that the endpoint is alive (GitHub `ping`, Slack `ssl_check`)."""
 
 
-ParsedEvent = TaskRequest | CommandRequest | SlackAction | UrlVerification | Ignored | Ping
+ParsedEvent = TaskRequest | CommandRequest | PullRequestChanged | SlackAction | UrlVerification | Ignored | Ping

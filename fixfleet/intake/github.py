@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from fixfleet.forges.github import pull_state
 from fixfleet.forges.refs import ISSUE_KEY, ForgeRef, ForgeRepo, host_of
 from fixfleet.formats.access import as_int, as_list, as_str, dig, obj
 from fixfleet.intake.access import one_line, require_object, task_request
-from fixfleet.intake.events import CommandRequest, Ignored, Ping, TaskRequest
+from fixfleet.intake.events import CommandRequest, Ignored, Ping, PullRequestChanged, TaskRequest
 from fixfleet.models import Priority, Source
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ _PRIORITY_WORD = {
 _TASK_BRANCH = re.compile(r"^fixfleet/(?:ff-)?(\d+)(?:$|[^\d])", re.I)
 
 
-def parse_github(event: str, payload: Any, settings: Settings) -> TaskRequest | CommandRequest | Ignored | Ping:
+def parse_github(event: str, payload: Any,
+                 settings: Settings) -> TaskRequest | CommandRequest | PullRequestChanged | Ignored | Ping:
     """`event` is the `X-GitHub-Event` header."""
     payload = require_object(payload)
     if event == "ping":
@@ -245,7 +247,24 @@ def _holds_command(body: Any) -> bool:
     return isinstance(body, str) and bool(parse_commands(body))
 
 
+def _github_pull_request(payload: dict[str, Any], settings: Settings) -> PullRequestChanged | Ignored:
+    """`closed` (merged or not) and `reopened`: what became of a pull request fixfleet may have opened."""
+    action = as_str(payload.get("action"))
+    if action not in ("closed", "reopened"):
+        return Ignored(reason=f"pull_request.{action}: only closed or reopened pull requests are read")
+    pull = obj(payload.get("pull_request"))
+    ref = thread_ref(payload, as_int(pull.get("number")))
+    if ref is None:
+        return Ignored(reason="pull_request event without repository.full_name or pull_request.number")
+    state = pull_state(pull | ({"state": "open", "merged": False} if action == "reopened" else {}))
+    sender = as_str(dig(payload, "sender", "login"))
+    if state.by is None and sender and action == "closed":
+        state = state.model_copy(update={"by": sender})  # closed unmerged: the sender closed it
+    return PullRequestChanged(where=ref, state=state, sender=sender)
+
+
 _GITHUB_HANDLERS = {
+    "pull_request": _github_pull_request,
     "issues": _github_issue,
     "issue_comment": _github_issue_comment,
     "pull_request_review_comment": _github_review_comment,

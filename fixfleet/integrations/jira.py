@@ -9,6 +9,7 @@ step comments once.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from typing import Any, Unpack
 from urllib.parse import quote
@@ -23,8 +24,9 @@ from fixfleet.integrations.base import (
     RejectedError,
     secret_value,
 )
-from fixfleet.integrations.tracker import Stage, Tracker
+from fixfleet.integrations.tracker import Tracker, log_once
 
+log = logging.getLogger(__name__)
 MAX_COMMENT_PAGES = 40
 MAX_SEARCH_PAGES = 200  # 20,000 issues at 100 a page: a backlog, not a data export
 SEARCH_FIELDS = ["summary", "description", "priority", "project", "status", "issuetype", "labels"]
@@ -205,6 +207,45 @@ class JiraClient(ApiClient):
         body = {"body": text_to_adf(text, marker=marker)}
         return self._json(await self._call("POST", f"/issue/{quote(key)}/comment", json=body))
 
+    async def upsert_comment(self, key: str, text: str, marker: str) -> dict[str, Any]:
+        """One comment per `marker`, edited in place when its text changed (PUT .../comment/{id})."""
+        tag = marker_text(marker)
+        body = {"body": text_to_adf(text, marker=marker)}
+        for comment in await self.comments(key):
+            if tag in adf_to_text(comment.get("body")):
+                if comment.get("body") == body["body"]:
+                    return comment
+                url = f"/issue/{quote(key)}/comment/{quote(str(comment['id']))}"
+                return self._json(await self._call("PUT", url, json=body))
+        return self._json(await self._call("POST", f"/issue/{quote(key)}/comment", json=body))
+
+    async def remote_link(self, key: str, url: str, title: str) -> dict[str, Any]:
+        """A remote link from the issue to `url`; its globalId (the URL) makes a second call update it."""
+        body = {"globalId": f"fixfleet:{url}", "application": {"type": "fixfleet", "name": "fixfleet"},
+                "object": {"url": url, "title": title[:255]}}
+        return self._json(await self._call("POST", f"/issue/{quote(key)}/remotelink", json=body))
+
+    async def remote_links(self, key: str) -> list[dict[str, Any]]:
+        return self._json(await self._call("GET", f"/issue/{quote(key)}/remotelink")) or []
+
+    async def ticket_context(self, key: str) -> dict[str, Any]:
+        """What the planner is shown of a ticket: its description, comments (the last 20, not
+        fixfleet's own), components, labels and the Sentry issues linked to it."""
+        fields = (await self.get_issue(key, fields=["description", "components", "labels"])).get("fields") or {}
+        comments = [adf_to_text(c.get("body")) for c in await self.comments(key)]
+        links = [str((link.get("object") or {}).get("url") or "") for link in await self.remote_links(key)]
+        return {
+            "description": adf_to_text(fields.get("description"))[:20000],
+            "comments": [c[:4000] for c in comments if "[fixfleet:" not in c][-20:],
+            "components": [str(c.get("name")) for c in fields.get("components") or [] if isinstance(c, dict)],
+            "labels": list(fields.get("labels") or []),
+            "sentry_links": [url for url in links if "sentry" in url],
+        }
+
+    async def add_label(self, key: str, label: str) -> None:
+        """Add a label (the issue's others stay): PUT /issue/{key} with an `update` operation."""
+        await self._call("PUT", f"/issue/{quote(key)}", json={"update": {"labels": [{"add": label}]}})
+
     async def transitions(self, key: str) -> list[dict[str, Any]]:
         return self._json(await self._call("GET", f"/issue/{quote(key)}/transitions")).get("transitions") or []
 
@@ -232,16 +273,38 @@ class JiraClient(ApiClient):
 
 
 class JiraTracker(Tracker):
-    """Jira as a task's tracker: comments once per step, transitions by the names below."""
+    """Jira as a task's tracker: comments (the analysis kept up to date per marker), a remote link
+    to the pull request, the `fixfleet` label, and transitions by the operator's mapping
+    (FIXFLEET_JIRA_TRANSITIONS: step -> a transition's name, or the status it leads to). A step's
+    transition missing from the issue's workflow is logged once per project with the available
+    ones, and never fails the task."""
 
     key = "jira"
-    TRANSITIONS = {Stage.IN_REVIEW: "In Review"}  # a transition, or the status it leads to
 
-    def __init__(self, client: JiraClient) -> None:
+    def __init__(self, client: JiraClient, transitions: dict[str, str] | None = None) -> None:
         self.client = client
+        self.transitions = {step.upper(): name for step, name in (transitions or {}).items() if name}
 
     async def comment(self, issue: str, text: str, *, marker: str) -> None:
         await self.client.add_comment(issue, text, marker=marker)
 
-    async def move(self, issue: str, stage: Stage) -> None:
-        await self.client.transition(issue, self.TRANSITIONS[stage])
+    async def upsert_comment(self, issue: str, text: str, *, marker: str) -> None:
+        await self.client.upsert_comment(issue, text, marker=marker)
+
+    async def move(self, issue: str, step: str) -> None:
+        name = self.transitions.get(step.upper())
+        if not name:
+            return
+        try:
+            await self.client.transition(issue, name)
+        except TransitionNotFoundError as exc:
+            project = issue.rsplit("-", 1)[0]
+            log_once(log, ("jira-transition", project, step), "jira %s: no transition %r for %s (mapped in "
+                     "FIXFLEET_JIRA_TRANSITIONS); available: %s", project, name, step,
+                     ", ".join(exc.available) or "none")
+
+    async def link(self, issue: str, url: str, title: str) -> None:
+        await self.client.remote_link(issue, url, title)
+
+    async def label(self, issue: str, label: str) -> None:
+        await self.client.add_label(issue, label)

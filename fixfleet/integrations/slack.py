@@ -63,13 +63,19 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def plan_blocks(task_key: str, plan_version: int | None, title: str, summary: str, pr_url: str | None) -> list[dict[str, Any]]:
+def _link(url: str, label: str) -> str:
+    return f"<{url.replace('|', '%7C').replace('>', '%3E')}|{label}>"
+
+
+def plan_blocks(task_key: str, plan_version: int | None, title: str, summary: str, pr_url: str | None,
+                task_url: str | None = None) -> list[dict[str, Any]]:
     """A section with the plan and an actions block with Approve (primary) and Reject buttons
     whose value is `slack_action_value(task_key, plan_version)`, as the ingress parses it."""
     value = slack_action_value(task_key, plan_version)
     version = f" · plan v{plan_version}" if plan_version is not None else ""
     head = f"*{escape(task_key)}{version}: {escape(title)}*"
-    link = f"\n<{pr_url.replace('|', '%7C').replace('>', '%3E')}|Pull request>" if pr_url else ""
+    links = [_link(url, label) for url, label in ((pr_url, "Pull request"), (task_url, "Task page")) if url]
+    link = "\n" + " · ".join(links) if links else ""
     room = MAX_SECTION_TEXT - len(head) - len(link) - 1
     text = head + ("\n" + _clip(escape(summary.strip()), max(room, 0)) if summary.strip() and room > 1 else "") + link
     return [
@@ -138,11 +144,11 @@ class SlackClient(ApiClient):
         return await self.api("chat.postMessage", payload)
 
     async def post_plan(self, channel: str, task_key: str, plan_version: int | None, title: str,
-                        summary: str, pr_url: str | None) -> str:
+                        summary: str, pr_url: str | None, task_url: str | None = None) -> str:
         """The plan message with Approve / Reject; returns its `ts` (keep it to update the message)."""
         version = f" v{plan_version}" if plan_version is not None else ""
         fallback = f"{task_key}: plan{version} awaits approval: {title}"
-        answer = await self.post_message(channel, fallback, plan_blocks(task_key, plan_version, title, summary, pr_url))
+        answer = await self.post_message(channel, fallback, plan_blocks(task_key, plan_version, title, summary, pr_url, task_url))
         return str(answer["ts"])
 
     async def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -158,17 +164,26 @@ class SlackNotifier(Notifier):
     """Slack as the platform's chat: plan messages go to `channel` (FIXFLEET_SLACK_CHANNEL; none:
     plans are not posted), command answers wherever the command was given."""
 
-    def __init__(self, client: SlackClient, channel: str | None) -> None:
-        self.client, self.channel = client, channel
+    def __init__(self, client: SlackClient, channel: str | None, public_url: str | None = None) -> None:
+        """`public_url` (FIXFLEET_PUBLIC_URL): where people reach fixfleet; messages link the task's page."""
+        self.client, self.channel, self.public_url = client, channel, public_url
+
+    def task_url(self, task: Task) -> str | None:
+        return f"{self.public_url.rstrip('/')}/ui/tasks/{task.key}" if self.public_url else None
 
     async def plan_ready(self, task: Task, version: int, summary: str, link: str | None) -> dict[str, Any]:
         if not self.channel:
             return {}
-        return {PLAN_MESSAGE: await self.client.post_plan(self.channel, task.key, version, task.title, summary, link)}
+        return {PLAN_MESSAGE: await self.client.post_plan(self.channel, task.key, version, task.title, summary, link,
+                                                          self.task_url(task))}
 
     async def task_changed(self, task: Task, text: str) -> None:
+        """The plan message becomes `text`: its blocks are replaced (Slack keeps a message's old
+        blocks, buttons included, when an update names none), so Approve / Reject go."""
         if self.channel and (ts := task.context.get(PLAN_MESSAGE)):
-            await self.client.update(self.channel, ts, text)
+            page = f"\n{_link(url, 'Task page')}" if (url := self.task_url(task)) else ""
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION_TEXT - len(page)] + page}}]
+            await self.client.update(self.channel, ts, text, blocks)
 
     async def task_reply(self, task: Task, text: str) -> None:
         if self.channel and (ts := task.context.get(PLAN_MESSAGE)):

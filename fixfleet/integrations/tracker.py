@@ -1,25 +1,41 @@
-"""The tracker seam: an issue tracker a task came from or is linked to (Jira; Sentry-like error
-trackers next), told how the task goes.
+"""The tracker seam: an issue tracker a task came from or is linked to (Jira, Sentry), told how
+the task goes.
 
 A task names its issue in one external id (`key`). Every write is idempotent (a comment is made
-once per marker), so a step retried after a crash says nothing twice. Steps still to come take
-one method each here: a remote link to the pull request, resolving an error in the next release,
-moving the issue on when the pull request is merged.
+once per marker, or kept up to date per marker where the tracker can edit), so a step retried
+after a crash says nothing twice. A tracker that lacks a step (Sentry has no transitions, Jira no
+"resolved in next release") does nothing for it.
+
+Steps are named by the task's states (`TaskStatus` values) plus MERGED and CLOSED (what became of
+the pull request): `move(issue, step)` moves the issue as the operator mapped that step.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
-from enum import StrEnum
 from typing import ClassVar
 
 from fixfleet.models import Task
 
+MERGED, CLOSED = "MERGED", "CLOSED"  # steps after COMPLETED: what became of the pull request
 
-class Stage(StrEnum):
-    """Where a task's issue stands, in the platform's words; each tracker maps it to its own."""
+_said: set[tuple[str, ...]] = set()
+_said_lock = threading.Lock()
 
-    IN_REVIEW = "in review"  # a tested fix waits for review
+
+def log_once(logger: logging.Logger, key: tuple[str, ...], message: str, *args: object) -> None:
+    """Warn once per process for `key` (an integration's failure of one kind); later ones at debug."""
+    with _said_lock:
+        first = key not in _said
+        _said.add(key)
+    (logger.warning if first else logger.debug)(message, *args)
+
+
+def reset_log_once() -> None:
+    with _said_lock:
+        _said.clear()
 
 
 class Tracker(ABC):
@@ -32,6 +48,18 @@ class Tracker(ABC):
     async def comment(self, issue: str, text: str, *, marker: str) -> None:
         """Comment `text` on the issue once per `marker`."""
 
-    @abstractmethod
-    async def move(self, issue: str, stage: Stage) -> None:
-        """Move the issue to `stage` (nothing when it is there already)."""
+    async def upsert_comment(self, issue: str, text: str, *, marker: str) -> None:
+        """One comment per `marker`, kept up to date (a tracker that cannot edit comments once)."""
+        await self.comment(issue, text, marker=marker)
+
+    async def move(self, issue: str, step: str) -> None:
+        """Move the issue as the operator mapped `step` (nothing when unmapped or already there)."""
+
+    async def link(self, issue: str, url: str, title: str) -> None:
+        """Link the issue to `url` (the task's pull request), once per URL."""
+
+    async def label(self, issue: str, label: str) -> None:
+        """Put `label` on the issue."""
+
+    async def fixed(self, issue: str, text: str, *, marker: str) -> None:
+        """The fix was merged: mark the issue so (Sentry: resolved in the next release) and say `text`."""

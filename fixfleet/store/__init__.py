@@ -9,18 +9,21 @@ from fixfleet.store.errors import (
            StoreError,
            TaskNotFound,
 )
+from fixfleet.store.outcomes import MERGE_BUCKETS, OutcomeFigures
 from fixfleet.store.reads import TaskFilter
 from fixfleet.store.records import Delivery, OutboxItem, TaskState, parse_ref
 from fixfleet.store.sessions import SessionNotFound
 from fixfleet.store.tasks import OUTBOX_CHANNEL, Hold, Store
 
 __all__ = [
+           "MERGE_BUCKETS",
            "OUTBOX_CHANNEL",
            "Delivery",
            "Hold",
            "IllegalTransition",
            "OutboxItem",
            "Outcome",
+           "OutcomeFigures",
            "Refusal",
            "SessionNotFound",
            "StaleVersion",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fakes.base import Call, FakeService, Reply
+from tests.fakes.published import PublishedApi
 
 
 @dataclass
@@ -29,11 +30,33 @@ class Fault:
 
 
 class FakeAPI(FakeService):
+    published_api: str | None = None  # tests/fakes/apis/<name>.json: what every request is checked against
+
     def __init__(self) -> None:
         super().__init__()
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
         self.crashes: list[Exception] = []
+        self.unpublished: list[str] = []  # requests refused for not being in the provider's published API
+        self.published = PublishedApi.load(self.published_api) if self.published_api else None
+
+    def check_published(self, call: Call) -> Reply | None:
+        """404 (no such operation) or 422 (a body the schema refuses) for a request the provider does
+        not publish; recorded in `unpublished` too."""
+        if self.published is None:
+            return None
+        problem = self.published.check(call.method, call.path, call.body)
+        if problem is None:
+            return None
+        self.unpublished.append(problem)
+        return Reply(422 if "body breaks" in problem else 404, {"message": problem})
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop; a request the provider does not publish fails the test even where the client
+        took the refusal quietly (a 404 read as "none")."""
+        self.stop()
+        if self.unpublished and exc[0] is None:
+            raise AssertionError(f"requests not in the published API: {self.unpublished}")
 
     def stop(self) -> None:
         """Like FakeService.stop, without waiting out serve_forever's 0.5 s poll: a connection
@@ -102,6 +125,8 @@ class FakeAPI(FakeService):
             injected = self._injected(call)
             if injected is not None:
                 return injected
+            if (refused := self.check_published(call)) is not None:
+                return refused
             if not self.authorized(call):
                 return self.unauthorized(call)
             try:

@@ -57,12 +57,15 @@ class Repo:
 
 
 class FakeGitHub(FakeAPI):
+    published_api = "github"
+
     def __init__(self, token: str, *, bot_login: str = "fixfleet[bot]") -> None:
         super().__init__()
         self.token = token
         self.bot_login = bot_login
         self.permissions: dict[tuple[str, str], str] = {}  # (owner/repo, login) -> role
         self.comments: list[dict] = []
+        self.reactions: list[dict] = []  # {"comment_id", "content"}
         self.repos: dict[str, Repo] = {}
         self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self.git_remotes: dict[str, Path] = {}
@@ -77,6 +80,11 @@ class FakeGitHub(FakeAPI):
         self.route("POST", rf"{REPO}/pulls", self._create_pull)
         self.route("GET", rf"{REPO}/pulls/(?P<number>\d+)", self._get_pull)
         self.route("PATCH", rf"{REPO}/pulls/(?P<number>\d+)", self._update_pull)
+        self.route("POST", rf"{REPO}/issues/(?P<number>\d+)/labels", self._add_labels)
+        self.route("POST", rf"{REPO}/issues/comments/(?P<id>\d+)/reactions", self._react)
+        self.route("DELETE", rf"{REPO}/issues/(?P<number>\d+)/labels/(?P<name>[^/]+)", self._remove_label)
+        self.route("POST", rf"{REPO}/pulls/(?P<number>\d+)/requested_reviewers", self._request_reviewers)
+        self.route("DELETE", rf"{REPO}/git/refs/heads/(?P<branch>.+)", self._delete_branch)
         self.route("POST", r"/graphql", self._graphql)
 
     def authorized(self, call: Call) -> bool:
@@ -131,6 +139,19 @@ class FakeGitHub(FakeAPI):
 
     def pull(self, full_name: str, number: int) -> dict[str, Any]:
         return self._pull_view(self.repos[full_name.lower()], self.pulls[(full_name.lower(), number)])
+
+    def merge(self, full_name: str, number: int, by: str, at: str = "2026-01-02T03:04:05Z") -> dict[str, Any]:
+        """A person merged the pull request (outside the API); returns it as a webhook shows it."""
+        with self.lock:
+            pr = self.pulls[(full_name.lower(), number)]
+            pr.update(state="closed", merged=True, merged_by=by, merged_at=at, closed_at=at)
+            return self.pull(full_name, number)
+
+    def close_unmerged(self, full_name: str, number: int, at: str = "2026-01-02T03:04:05Z") -> dict[str, Any]:
+        with self.lock:
+            pr = self.pulls[(full_name.lower(), number)]
+            pr.update(state="closed", closed_at=at)
+            return self.pull(full_name, number)
 
     def comments_on(self, full_name: str, number: int) -> list[dict]:
         return [c for c in self.comments if c["repo"].lower() == full_name.lower() and c["issue"] == number]
@@ -212,6 +233,11 @@ class FakeGitHub(FakeAPI):
         return {
             "id": pr["id"], "node_id": pr["node_id"], "number": pr["number"], "state": pr["state"],
             "draft": pr["draft"], "title": pr["title"], "body": pr["body"],
+            "merged": pr.get("merged", False), "merged_at": pr.get("merged_at"), "closed_at": pr.get("closed_at"),
+            "merged_by": {"login": pr["merged_by"], "type": "User"} if pr.get("merged_by") else None,
+            "labels": [{"name": name} for name in pr.get("labels", [])],
+            "requested_reviewers": [{"login": login} for login in pr.get("requested_reviewers", [])],
+            "requested_teams": [{"slug": slug} for slug in pr.get("requested_teams", [])],
             "html_url": f"https://github.com/{repo.full_name}/pull/{pr['number']}",
             "url": f"{self.url}/repos/{repo.full_name}/pulls/{pr['number']}",
             "user": {"login": self.bot_login},
@@ -289,11 +315,68 @@ class FakeGitHub(FakeAPI):
                 return _validation(f"Invalid request: {key} must be a string.")
         if body.get("state") not in (None, "open", "closed"):
             return _validation("Invalid request: state must be open or closed.")
+        if body.get("state") == "closed" and pr["state"] == "open":
+            pr["closed_at"] = "2026-01-02T03:04:05Z"
         for key in ("title", "body", "state"):
             if key in body:
                 pr[key] = body[key]
         # Like GitHub's REST API, a `draft` field here is ignored: only GraphQL takes a PR out of draft.
         return Reply(200, self._pull_view(repo, pr))
+
+    def _add_labels(self, call: Call, m: re.Match) -> Reply:
+        body = call.body if isinstance(call.body, dict) else {}
+        labels = body.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(name, str) and name for name in labels):
+            return _validation("Invalid request: labels must be an array of strings.")
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        if pr is None:
+            return self._not_found()
+        pr["labels"] = list(dict.fromkeys([*pr.get("labels", []), *labels]))
+        return Reply(200, [{"name": name, "color": "ededed"} for name in pr["labels"]])
+
+    def _request_reviewers(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        if repo is None or pr is None:
+            return self._not_found()
+        body = call.body if isinstance(call.body, dict) else {}
+        users, teams = body.get("reviewers", []), body.get("team_reviewers", [])
+        if not all(isinstance(x, str) for x in [*users, *teams]):
+            return _validation("Invalid request: reviewers must be strings.")
+        unknown = [u for u in users if (repo.full_name.lower(), u.lower()) not in self.permissions]
+        if unknown:  # GitHub: only collaborators may be asked
+            return _validation("Reviews may only be requested from collaborators. One or more of the users or teams "
+                               "you specified is not a collaborator of the " + repo.full_name + " repository.")
+        pr["requested_reviewers"] = list(dict.fromkeys([*pr.get("requested_reviewers", []), *users]))
+        pr["requested_teams"] = list(dict.fromkeys([*pr.get("requested_teams", []), *teams]))
+        return Reply(201, self._pull_view(repo, pr))
+
+    def _remove_label(self, call: Call, m: re.Match) -> Reply:
+        pr = self.pulls.get((f"{m['owner']}/{m['repo']}".lower(), int(m["number"])))
+        name = unquote(m["name"])
+        if pr is None or name not in pr.get("labels", []):
+            return Reply(404, {"message": "Label does not exist", "documentation_url": "https://docs.github.com/rest"})
+        pr["labels"].remove(name)
+        return Reply(200, [{"name": label} for label in pr["labels"]])
+
+    def _react(self, call: Call, m: re.Match) -> Reply:
+        content = call.body.get("content") if isinstance(call.body, dict) else None
+        if content not in ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"):
+            return _validation("Validation Failed", {"field": "content", "code": "invalid"})
+        self.reactions.append({"comment_id": int(m["id"]), "content": content})
+        return Reply(201, {"id": next(self._ids), "content": content, "user": {"login": self.bot_login}})
+
+    def _delete_branch(self, call: Call, m: re.Match) -> Reply:
+        repo = self._repo(m)
+        if repo is None:
+            return self._not_found()
+        branch = unquote(m["branch"])
+        if branch not in repo.refs and not self._in_git_remote(repo.full_name, branch):
+            return _validation("Reference does not exist")
+        repo.refs.pop(branch)
+        if (git_dir := self.git_remotes.get(repo.full_name)) is not None:
+            subprocess.run(["git", "--git-dir", str(git_dir), "update-ref", "-d", f"refs/heads/{branch}"], check=True)
+        return Reply(204)
 
     # --- GraphQL --------------------------------------------------------------------------------
 

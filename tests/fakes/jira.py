@@ -98,12 +98,15 @@ def jql_matcher(jql: str) -> Callable[[dict[str, Any]], bool]:
 
 
 class FakeJira(FakeAPI):
+    published_api = "jira"
+
     def __init__(self, email: str, token: str) -> None:
         super().__init__()
         self.email, self.token = email, token
         self.issues: dict[str, dict[str, Any]] = {}
         self.issue_comments: dict[str, list[dict[str, Any]]] = {}
         self.transition_log: list[tuple[str, str, str]] = []  # (key, from status, to status)
+        self.remote_links: dict[str, list[dict[str, Any]]] = {}  # issue key -> its remote links
         self.comment_page_size = 50  # Jira's maxResults cap is larger; tests shrink it to page
         self.search_page_size = 100  # Jira caps a page of issues with fields at 100; tests shrink it
         self._ids = itertools.count(10000)
@@ -112,6 +115,10 @@ class FakeJira(FakeAPI):
         self.route("POST", rf"{ISSUE}/comment", self._add_comment)
         self.route("GET", rf"{ISSUE}/transitions", self._list_transitions)
         self.route("POST", rf"{ISSUE}/transitions", self._transition)
+        self.route("PUT", rf"{ISSUE}/comment/(?P<id>\d+)", self._edit_comment)
+        self.route("POST", rf"{ISSUE}/remotelink", self._remote_link)
+        self.route("GET", rf"{ISSUE}/remotelink", self._list_remote_links)
+        self.route("PUT", ISSUE, self._edit_issue)
         self.route("GET", rf"{API}/search/jql", self._search)
         self.route("POST", rf"{API}/search/jql", self._search)
 
@@ -198,6 +205,55 @@ class FakeJira(FakeAPI):
                    "created": "2024-01-01T00:00:00.000+0000"}
         self.issue_comments[m["key"]].append(comment)
         return Reply(201, comment)
+
+    def _edit_comment(self, call: Call, m: re.Match) -> Reply:
+        if self._issue(m) is None:
+            return self._missing()
+        body = call.body.get("body") if isinstance(call.body, dict) else None
+        if not isinstance(body, dict) or body.get("type") != "doc" or adf_problem(body) is not None:
+            return _errors(400, comment="Comment body is not valid!")
+        for comment in self.issue_comments[m["key"]]:
+            if comment["id"] == m["id"]:
+                comment["body"] = body
+                comment["updated"] = "2024-01-01T00:00:01.000+0000"
+                return Reply(200, comment)
+        return _errors(404, "Can not find a comment for the id")
+
+    def _remote_link(self, call: Call, m: re.Match) -> Reply:
+        """Jira's create-or-update: a link with the same globalId is updated, not added."""
+        if self._issue(m) is None:
+            return self._missing()
+        body = call.body if isinstance(call.body, dict) else {}
+        target = body.get("object")
+        if not isinstance(target, dict) or not isinstance(target.get("url"), str) or not isinstance(target.get("title"), str):
+            return _errors(400, object="'object' with 'url' and 'title' is required")
+        links = self.remote_links.setdefault(m["key"], [])
+        for index, link in enumerate(links):
+            if body.get("globalId") and link.get("globalId") == body["globalId"]:
+                links[index] = {**body, "id": link["id"]}
+                return Reply(200, {"id": link["id"], "self": f"{self.url}{API}/issue/{m['key']}/remotelink/{link['id']}"})
+        link_id = next(self._ids)
+        links.append({**body, "id": link_id})
+        return Reply(201, {"id": link_id, "self": f"{self.url}{API}/issue/{m['key']}/remotelink/{link_id}"})
+
+    def _list_remote_links(self, call: Call, m: re.Match) -> Reply:
+        if self._issue(m) is None:
+            return self._missing()
+        return Reply(200, self.remote_links.get(m["key"], []))
+
+    def _edit_issue(self, call: Call, m: re.Match) -> Reply:
+        issue = self._issue(m)
+        if issue is None:
+            return self._missing()
+        update = call.body.get("update") if isinstance(call.body, dict) else None
+        if not isinstance(update, dict) or set(update) - {"labels"}:
+            return _errors(400, "the fake edits labels only")
+        for operation in update.get("labels", []):
+            if not isinstance(operation, dict) or set(operation) - {"add", "remove", "set"}:
+                return _errors(400, labels="Field 'labels' operations: add, remove or set")
+            if "add" in operation and operation["add"] not in issue["fields"]["labels"]:
+                issue["fields"]["labels"].append(operation["add"])
+        return Reply(204)
 
     def _available(self, issue: dict[str, Any]) -> list[dict[str, Any]]:
         current = issue["fields"]["status"]["name"]

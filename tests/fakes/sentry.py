@@ -1,4 +1,5 @@
-"""Sentry REST stand-in: an issue's latest event (`GET /api/0/issues/{id}/events/latest/`), a project's issues
+"""Sentry REST stand-in: an issue's latest event (`GET /api/0/organizations/{org}/issues/{id}/events/latest/`),
+an issue (read, updated: resolved in the next release), its comments, a project's issues
 (`GET /api/0/projects/{org}/{project}/issues/?query=...`, paged by the Link header's cursors as
 Sentry pages), Bearer auth.
 
@@ -39,6 +40,8 @@ def api_frame(frame: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeSentry(FakeAPI):
+    published_api = "sentry"
+
     def __init__(self, token: str, organization: str = "acme") -> None:
         super().__init__()
         self.token, self.organization = token, organization
@@ -46,8 +49,14 @@ class FakeSentry(FakeAPI):
         self.events: dict[str, dict[str, Any]] = {}  # issue id -> latest event
         self.issue_page_size = 100  # Sentry's page; tests shrink it to page
         self._ids = itertools.count(4000)
-        self.route("GET", rf"{API}/issues/(?P<id>\d+)/events/latest/", self._latest_event)
+        issue = rf"{API}/organizations/(?P<org>[\w.-]+)/issues/(?P<id>\d+)/"  # as Sentry's published API names them
+        self.route("GET", rf"{issue}events/latest/", self._latest_event)
         self.route("GET", rf"{API}/projects/(?P<org>[\w.-]+)/(?P<project>[\w.-]+)/issues/", self._project_issues)
+        self.route("PUT", issue, self._update_issue)
+        self.route("GET", issue, self._get_issue)
+        self.route("GET", rf"{issue}comments/", self._list_comments)
+        self.route("POST", rf"{issue}comments/", self._add_comment)
+        self.notes: dict[str, list[dict[str, Any]]] = {}  # issue id -> its comments (Sentry's "notes")
 
     def authorized(self, call: Call) -> bool:
         return call.headers.get("authorization") == f"Bearer {self.token}"
@@ -79,8 +88,12 @@ class FakeSentry(FakeAPI):
         self.events[issue_id] = {
             "id": uuid.uuid4().hex, "eventID": uuid.uuid4().hex, "groupID": issue_id, "title": title,
             "message": "" if frames is not None else title, "platform": "python", "entries": entries,
-            "tags": [{"key": "level", "value": "error"}], "dateCreated": "2024-01-02T00:00:00Z",
+            "tags": [{"key": "level", "value": "error"}, {"key": "environment", "value": "production"}],
+            "dateCreated": "2024-01-02T00:00:00Z", "release": {"version": "api@1.4.2"},
         }
+        self.events[issue_id]["entries"].append({"type": "breadcrumbs", "data": {"values": [
+            {"category": "http", "level": "info", "message": "GET /totals?count=0", "timestamp": "2024-01-02T00:00:00Z"},
+        ]}})
         return issue
 
     @staticmethod
@@ -88,7 +101,7 @@ class FakeSentry(FakeAPI):
         return Reply(404, {"detail": "The requested resource does not exist"})
 
     def _latest_event(self, call: Call, m: re.Match) -> Reply:
-        event = self.events.get(m["id"])
+        event = self.events.get(m["id"]) if m["org"] == self.organization else None
         return Reply(200, event) if event else self._missing()
 
     def _project_issues(self, call: Call, m: re.Match) -> Reply:
@@ -109,3 +122,40 @@ class FakeSentry(FakeAPI):
         return (f'<{self.url}{path}?&cursor={before}>; rel="previous"; results="{str(start > 0).lower()}"; '
                 f'cursor="{before}", <{self.url}{path}?&cursor={after}>; rel="next"; '
                 f'results="{str(start + size < total).lower()}"; cursor="{after}"')
+
+    # --- updating an issue, its comments ----------------------------------------------------------
+
+    STATUSES = ("resolved", "resolvedInNextRelease", "unresolved", "ignored")
+
+    def _get_issue(self, call: Call, m: re.Match) -> Reply:
+        issue = self.issues.get(m["id"]) if m["org"] == self.organization else None
+        return Reply(200, issue) if issue else self._missing()
+
+    def _update_issue(self, call: Call, m: re.Match) -> Reply:
+        issue = self.issues.get(m["id"])
+        if issue is None:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        body = call.body if isinstance(call.body, dict) else {}
+        status = body.get("status")
+        if status is not None and status not in self.STATUSES:
+            return Reply(400, {"status": [f'"{status}" is not a valid choice.']})
+        if status == "resolvedInNextRelease":  # Sentry answers with the resolution it made
+            issue["status"], issue["statusDetails"] = "resolved", {"inNextRelease": True}
+        elif status is not None:
+            issue["status"], issue["statusDetails"] = status, body.get("statusDetails") or {}
+        return Reply(200, {"status": issue["status"], "statusDetails": issue.get("statusDetails", {})})
+
+    def _list_comments(self, call: Call, m: re.Match) -> Reply:
+        if m["id"] not in self.issues:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        return Reply(200, self.notes.get(m["id"], []))
+
+    def _add_comment(self, call: Call, m: re.Match) -> Reply:
+        if m["id"] not in self.issues:
+            return Reply(404, {"detail": "The requested resource does not exist"})
+        text = call.body.get("text") if isinstance(call.body, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return Reply(400, {"text": ["This field is required."]})
+        note = {"id": str(next(self._ids)), "type": "note", "data": {"text": text}, "user": {"name": "fixfleet"}}
+        self.notes.setdefault(m["id"], []).insert(0, note)  # newest first, as Sentry lists activity
+        return Reply(201, note)

@@ -78,6 +78,8 @@ def blocks_problem(blocks: Any) -> str | None:
 
 
 class FakeSlack(FakeAPI):
+    published_api = "slack"
+
     def __init__(self, token: str, channels: tuple[str, ...] = ("C0PLANS",)) -> None:
         super().__init__()
         self.token = token
@@ -108,6 +110,8 @@ class FakeSlack(FakeAPI):
             injected = self._injected(call)
             if injected is not None:
                 return injected
+            if (refused := self.check_published(call)) is not None:
+                return refused
             if call.path.startswith("/api/"):
                 auth = call.headers.get("authorization")
                 if not auth:

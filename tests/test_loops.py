@@ -26,7 +26,7 @@ from fixfleet.store import Store
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
 from tests.ingress_world import GITHUB_TOKEN, REPO, bearer, configured, post_github
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 S = TaskStatus
 TO_COMPLETED = (S.PLANNING, S.AWAITING_APPROVAL, S.APPROVED, S.EXECUTING, S.COMPLETED)

@@ -48,7 +48,6 @@ from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 from fixfleet.workspace.verify import Verifier
 
 log = logging.getLogger(__name__)
-MIRROR_BUDGET_BYTES = 20 * 1024**3
 # The environments a job holds (eviction leaves them alone), released when the job ends.
 _held_environments: contextvars.ContextVar[list[Environment] | None] = contextvars.ContextVar(
     "held_environments", default=None)
@@ -85,12 +84,12 @@ class AgentLoop:
         self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
         self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
         self.tokens = TokenManager(self.settings)
-        self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token,
-                                           history=self.git_history)
-        legacy = self.workspaces.root / "envs"  # environments were an agent's before they were the node's
-        if legacy.is_dir():
-            await asyncio.to_thread(remove_tree, legacy)
         cache = EnvCache(self.settings.cache_root, max_bytes=int(self.settings.cache_max_gb * 1024**3))
+        self.workspaces = WorkspaceManager(self.home / "workspaces", None, self.settings.github_token, cache=cache,
+                                           holder=self.name, history=self.git_history)
+        for legacy in ("envs", "mirrors"):  # environments and mirrors were an agent's before they were the node's
+            if (self.workspaces.root / legacy).is_dir():
+                await asyncio.to_thread(remove_tree, self.workspaces.root / legacy)
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
                                                self.settings.suite_command, cache=cache, holder=self.name)
         self.verifier = Verifier(self.workspaces, self.environments, self.sandbox,

@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     suite_command: str | None = None  # default whole-suite command for Python repositories that name none
     # Where agents and repository code run: "on" (bubblewrap, required) or "off" (trusted local experiments only).
     sandbox: str = "on"
-    # The node's repository environments, shared by every agent process on it (default: <home>/cache),
-    # and their size budget: idle environments are evicted least recently used first above it.
+    # The node's repository environments and git mirrors, shared by every agent process on it (default:
+    # <home>/cache), and their one size budget: idle ones are evicted least recently used first above it.
     cache_dir: Path | None = None
     cache_max_gb: float = Field(20.0, gt=0)
     # Per repository URL, what its `.fixfleet.yml` would say (for repositories the operator cannot change).

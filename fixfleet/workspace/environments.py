@@ -142,7 +142,7 @@ class EnvironmentBuilder:
         self.workspaces, self.sandbox = workspaces, sandbox
         self.configs = dict(configs or {})  # operator settings per repository URL
         self.default_suite_command = default_suite_command
-        self.cache = cache or EnvCache(workspaces.root / "env-cache")
+        self.cache = cache or workspaces.cache
         self.holder = holder or f"pid {os.getpid()}"  # who holds a lease: shown to whoever looks
 
     async def plan_for(self, url: str, files: Mapping[str, bytes]) -> SetupPlan:

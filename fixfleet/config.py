@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     delivery_retention_days: float = Field(30.0, ge=0)
     retention_check_s: float = Field(3600.0, gt=0)
     reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres
+    # How often each agent sweeps its node for the homes, checkouts, session and temp directories of
+    # owners that are gone (fixfleet/workspace/sweeper.py); it also sweeps when it starts.
+    sweep_every_s: float = Field(600.0, gt=0)
 
     @property
     def claimed_stale_s(self) -> float:

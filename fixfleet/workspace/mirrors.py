@@ -45,7 +45,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.repos import InvalidRepo, check_git_url
-from fixfleet.workspace import private_git
+from fixfleet.workspace import private_git, sweeper
 from fixfleet.workspace.env_cache import EnvCache, Entry, Lease
 from fixfleet.workspace.git import (
     GitCredentials,
@@ -386,6 +386,7 @@ class WorkspaceManager:
                     if spare is not None and spare.git_dir is not None:
                         await asyncio.to_thread(remove_tree, spare.git_dir)  # used (moved) or not: gone
             state.live.add(target)  # keeps the lease until it is discarded
+            sweeper.claim(target, self.holder)  # this process's: the sweeper leaves it while it lives
         self._schedule_spares(state)
         return Checkout(path=target, sha=sha, repo_url=url, from_spare=spare is not None)
 
@@ -397,6 +398,7 @@ class WorkspaceManager:
             await asyncio.to_thread(remove_tree, checkout.path)
         finally:
             state.live.discard(checkout.path)
+            sweeper.release(checkout.path)
             self._release_if_idle(state)
 
     def _check_owned(self, path: Path) -> None:

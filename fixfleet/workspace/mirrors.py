@@ -65,9 +65,13 @@ FETCH_REFSPECS = (
     "+HEAD:refs/remotes/origin/HEAD",
 )
 DEFAULT_BRANCH_REF = "refs/remotes/origin/HEAD"
-# manyFiles = index v4 + untracked cache: cheaper checkouts of a large tree.
+# manyFiles = index v4 + untracked cache: cheaper checkouts of a large tree. No automatic gc (it
+# may detach a process that keeps the agent's descriptors): `_fetch` runs one itself, in the
+# foreground under the mirror's lock, once commits and fetches have left enough behind.
 MIRROR_CONFIG = (("feature.manyFiles", "true"), ("core.logAllRefUpdates", "false"),
                  ("advice.detachedHead", "false"), ("gc.auto", "0"))
+LOOSE_OBJECTS_MAX = 2000  # then a gc packs them (and drops unreachable ones older than two weeks)
+PACKS_MAX = 50
 CONTROL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 ZERO_OID = "0" * 40
 FILE_MODES = {"100644", "100755", "120000"}
@@ -112,6 +116,7 @@ class WorkspaceStats:
     spare_hits: int = 0
     spare_misses: int = 0
     evictions: int = 0
+    gcs: int = 0
 
 
 @dataclass
@@ -546,6 +551,20 @@ class WorkspaceManager:
     async def _fetch(self, mirror: Path, url: str) -> None:
         await self.git.run("fetch", "--quiet", "--prune", "--no-tags", "--no-write-fetch-head",
                            "--", url, *FETCH_REFSPECS, cwd=mirror, url=url)
+        await self._collect_garbage(mirror)
+
+    async def _collect_garbage(self, mirror: Path) -> None:
+        """A mirror lives for months: each task's commits and each fetch leave loose objects and
+        small packs. Past a bound, one gc (with the mirror's lock held) packs them."""
+        try:
+            counts = dict(line.split(": ", 1) for line in
+                          (await self.git.run("count-objects", "-v", cwd=mirror)).splitlines() if ": " in line)
+            if int(counts.get("count", 0)) <= LOOSE_OBJECTS_MAX and int(counts.get("packs", 0)) <= PACKS_MAX:
+                return
+            await self.git.run("gc", "--quiet", cwd=mirror, background=True)
+            self.stats.gcs += 1
+        except (GitError, ValueError) as error:  # a mirror that could not be packed still serves
+            log.warning("gc of mirror %s failed: %s", mirror.parent.name, error)
 
     async def _check_branch(self, branch: str) -> None:
         validate_ref_text(branch, "branch name")

@@ -63,6 +63,8 @@ class Sample:
     executors: int
     homes: int  # agent homes on disk (a replica that is gone leaves one until the sweeper takes it)
     idle: bool = False  # taken at the end of an idle gap: nothing in flight
+    disk_parts: dict[str, float] = field(default_factory=dict)  # MB per place: where growth comes from
+    rss_parts: dict[str, float] = field(default_factory=dict)  # MB per kind of process
 
 
 @dataclass
@@ -91,23 +93,54 @@ def temp_dirs(ray_temp: Path | None) -> list[Path]:
     return found + [Path(p) for pattern in ("ff-model-*", "ff-egress-*") for p in glob.glob(f"{temp}/{pattern}")]
 
 
-def disk_mb(paths: list[Path]) -> float:
+def disk_parts(home: Path, ray_temp: Path | None) -> dict[str, float]:
+    """MB on disk per place: the node cache's mirrors and the rest of it, the agents' homes, the
+    rest of the home, Ray's logs and the rest of its temp dir, the sessions' socket directories."""
     from fixfleet.workspace.trees import disk_usage
 
-    return sum(disk_usage(path).bytes for path in paths) / 1e6
+    def mb(path: Path) -> float:
+        return disk_usage(path).bytes / 1e6
+
+    cache, agents = home / "cache", home / "agents"
+    parts = {"mirrors": mb(cache / "mirrors"), "cache_other": mb(cache) - mb(cache / "mirrors"),
+             "agent_homes": mb(agents)}
+    parts["home_other"] = mb(home) - parts["mirrors"] - parts["cache_other"] - parts["agent_homes"]
+    if ray_temp is not None:
+        logs = sum(mb(p) for p in ray_temp.glob("ray/session_*/logs"))
+        parts |= {"ray_logs": logs, "ray_other": mb(ray_temp) - logs}
+    parts["sockets"] = sum(mb(p) for p in temp_dirs(None))
+    return {name: round(value, 3) for name, value in parts.items()}
 
 
-def processes_figures() -> tuple[float, int]:
+def kind_of(process: psutil.Process) -> str:
+    """What a process of the platform is, for the memory breakdown."""
+    try:
+        title = " ".join(process.cmdline())[:300]
+        name = process.name()
+    except psutil.Error:
+        return "gone"
+    for marker in ("ServeReplica:fixfleet:executor", "ServeReplica:fixfleet:planner", "ServeReplica:fixfleet:relay",
+                   "ServeReplica:fixfleet:ingress", "ServeController", "ProxyActor", "gcs_server", "raylet",
+                   "dashboard", "log_monitor", "runtime_env", "monitor.py", "claude", "bwrap", "pytest"):
+        if marker in title:
+            return marker.removeprefix("ServeReplica:fixfleet:")
+    return "ray::IDLE" if "ray::IDLE" in title else name
+
+
+def processes_figures() -> tuple[float, int, dict[str, float]]:
     """Resident memory (MB) and open descriptors of every process this one started: the
     platform (Ray's processes, the replicas, their sessions); the bench's own process is left out."""
-    rss, fds = 0, 0
+    rss, fds, parts = 0, 0, {}
     for process in psutil.Process().children(recursive=True):
         try:
-            rss += process.memory_info().rss
+            mine = process.memory_info().rss
             fds += process.num_fds()
         except psutil.Error:
             continue
-    return rss / 1e6, fds
+        rss += mine
+        kind = kind_of(process)
+        parts[kind] = round(parts.get(kind, 0.0) + mine / 1e6, 1)
+    return rss / 1e6, fds, parts
 
 
 def executor_replicas() -> int:
@@ -120,13 +153,14 @@ def executor_replicas() -> int:
 
 async def sample(soak: Soak, store: Any, home: Path, ray_temp: Path | None, *, idle: bool = False) -> Sample:
     statuses = await task_statuses(store, soak)
-    disk = await asyncio.to_thread(disk_mb, [home, *temp_dirs(ray_temp)])
-    rss, fds = await asyncio.to_thread(processes_figures)
+    disks = await asyncio.to_thread(disk_parts, home, ray_temp)
+    disk = sum(disks.values())
+    rss, fds, rss_parts = await asyncio.to_thread(processes_figures)
     conns = await store.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
     executors = await asyncio.to_thread(executor_replicas)
     homes = sum(1 for p in (home / "agents").glob("*") if p.is_dir())
     taken = Sample(round(time.monotonic() - soak.started, 1), sum(s in ENDED for s in statuses.values()),
-                   round(disk, 2), round(rss, 1), fds, int(conns), executors, homes, idle)
+                   round(disk, 2), round(rss, 1), fds, int(conns), executors, homes, idle, disks, rss_parts)
     soak.samples.append(taken)
     return taken
 
@@ -136,13 +170,14 @@ async def task_statuses(store: Any, soak: Soak) -> dict[str, str]:
     return {row["key"]: row["status"] for row in rows}
 
 
-def per_100(samples: list[Sample], figure: str, warmup: int) -> float | None:
-    """The least-squares slope of `figure` against tasks ended, per 100 tasks, over the idle
-    samples after `warmup` tasks (all samples after it when fewer than two were idle)."""
+def per_100(samples: list[Sample], figure: str, warmup: int, part: str | None = None) -> float | None:
+    """The least-squares slope of `figure` (or its `part`) against tasks ended, per 100 tasks,
+    over the idle samples after `warmup` tasks (all samples after it when fewer than two were idle)."""
     chosen = [s for s in samples if s.idle and s.ended >= warmup]
     if len({s.ended for s in chosen}) < 2:
         chosen = [s for s in samples if s.ended >= warmup]
-    xs, ys = [s.ended for s in chosen], [float(getattr(s, figure)) for s in chosen]
+    value = (lambda s: getattr(s, figure)) if part is None else (lambda s: getattr(s, figure).get(part, 0.0))
+    xs, ys = [s.ended for s in chosen], [float(value(s)) for s in chosen]
     if len(set(xs)) < 2:
         return None
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -276,7 +311,15 @@ def summarize(soak: Soak, lost: int, duplicated: int) -> dict[str, Any]:
             "warmup_tasks": warmup, "wall_s": round(time.monotonic() - soak.started),
             "scale_ups": sum(m > 0 for m in moves), "scale_downs": sum(m < 0 for m in moves),
             "executors_seen": sorted({s.executors for s in soak.samples}),
-            "agent_homes_max": max((s.homes for s in soak.samples), default=0)}
+            "agent_homes_max": max((s.homes for s in soak.samples), default=0),
+            "disk_mb_per_100_by_place": breakdown(soak, "disk_parts", warmup),
+            "rss_mb_per_100_by_process": breakdown(soak, "rss_parts", warmup)}
+
+
+def breakdown(soak: Soak, figure: str, warmup: int) -> dict[str, float | None]:
+    names = sorted({name for s in soak.samples if s.idle for name in getattr(s, figure)})
+    slopes = {name: per_100(soak.samples, figure, warmup, name) for name in names}
+    return dict(sorted(slopes.items(), key=lambda item: -abs(item[1] or 0)))
 
 
 def plot(soak: Soak, path: Path) -> None:
@@ -334,6 +377,8 @@ def main() -> None:
           f"{summary['pg_conns_max']}")
     print(f"from start to end: disk {first.disk_mb} -> {last.disk_mb} MB, rss {first.rss_mb} -> {last.rss_mb} MB, "
           f"fds {first.fds} -> {last.fds}, agent homes {first.homes} -> {last.homes} (at most {summary['agent_homes_max']})")
+    print(f"disk growth per 100 tasks by place (MB): {summary['disk_mb_per_100_by_place']}")
+    print(f"memory growth per 100 tasks by process (MB): {summary['rss_mb_per_100_by_process']}")
     print(f"lost {summary['lost']} · duplicated {summary['duplicated']} · plot {picture}")
     print(json.dumps(summary))
 

@@ -65,6 +65,7 @@ class Sample:
     idle: bool = False  # taken at the end of an idle gap: nothing in flight
     disk_parts: dict[str, float] = field(default_factory=dict)  # MB per place: where growth comes from
     rss_parts: dict[str, float] = field(default_factory=dict)  # MB per kind of process
+    fds_parts: dict[str, float] = field(default_factory=dict)  # open descriptors per kind of process
 
 
 @dataclass
@@ -127,20 +128,21 @@ def kind_of(process: psutil.Process) -> str:
     return "ray::IDLE" if "ray::IDLE" in title else name
 
 
-def processes_figures() -> tuple[float, int, dict[str, float]]:
+def processes_figures() -> tuple[float, int, dict[str, float], dict[str, float]]:
     """Resident memory (MB) and open descriptors of every process this one started: the
-    platform (Ray's processes, the replicas, their sessions); the bench's own process is left out."""
-    rss, fds, parts = 0, 0, {}
+    platform (Ray's processes, the replicas, their sessions); the bench's own process is left out.
+    Also both per kind of process."""
+    rss, fds, parts, fd_parts = 0, 0, {}, {}
     for process in psutil.Process().children(recursive=True):
         try:
-            mine = process.memory_info().rss
-            fds += process.num_fds()
+            mine, open_fds = process.memory_info().rss, process.num_fds()
         except psutil.Error:
             continue
-        rss += mine
+        rss, fds = rss + mine, fds + open_fds
         kind = kind_of(process)
         parts[kind] = round(parts.get(kind, 0.0) + mine / 1e6, 1)
-    return rss / 1e6, fds, parts
+        fd_parts[kind] = fd_parts.get(kind, 0) + open_fds
+    return rss / 1e6, fds, parts, fd_parts
 
 
 def executor_replicas() -> int:
@@ -155,12 +157,12 @@ async def sample(soak: Soak, store: Any, home: Path, ray_temp: Path | None, *, i
     statuses = await task_statuses(store, soak)
     disks = await asyncio.to_thread(disk_parts, home, ray_temp)
     disk = sum(disks.values())
-    rss, fds, rss_parts = await asyncio.to_thread(processes_figures)
+    rss, fds, rss_parts, fds_parts = await asyncio.to_thread(processes_figures)
     conns = await store.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
     executors = await asyncio.to_thread(executor_replicas)
     homes = sum(1 for p in (home / "agents").glob("*") if p.is_dir())
     taken = Sample(round(time.monotonic() - soak.started, 1), sum(s in ENDED for s in statuses.values()),
-                   round(disk, 2), round(rss, 1), fds, int(conns), executors, homes, idle, disks, rss_parts)
+                   round(disk, 2), round(rss, 1), fds, int(conns), executors, homes, idle, disks, rss_parts, fds_parts)
     soak.samples.append(taken)
     return taken
 
@@ -313,7 +315,8 @@ def summarize(soak: Soak, lost: int, duplicated: int) -> dict[str, Any]:
             "executors_seen": sorted({s.executors for s in soak.samples}),
             "agent_homes_max": max((s.homes for s in soak.samples), default=0),
             "disk_mb_per_100_by_place": breakdown(soak, "disk_parts", warmup),
-            "rss_mb_per_100_by_process": breakdown(soak, "rss_parts", warmup)}
+            "rss_mb_per_100_by_process": breakdown(soak, "rss_parts", warmup),
+            "fds_per_100_by_process": breakdown(soak, "fds_parts", warmup)}
 
 
 def breakdown(soak: Soak, figure: str, warmup: int) -> dict[str, float | None]:
@@ -379,6 +382,7 @@ def main() -> None:
           f"fds {first.fds} -> {last.fds}, agent homes {first.homes} -> {last.homes} (at most {summary['agent_homes_max']})")
     print(f"disk growth per 100 tasks by place (MB): {summary['disk_mb_per_100_by_place']}")
     print(f"memory growth per 100 tasks by process (MB): {summary['rss_mb_per_100_by_process']}")
+    print(f"open descriptors' growth per 100 tasks by process: {summary['fds_per_100_by_process']}")
     print(f"lost {summary['lost']} · duplicated {summary['duplicated']} · plot {picture}")
     print(json.dumps(summary))
 

@@ -158,8 +158,9 @@ def test_logs_of_gone_workers_in_a_live_ray_session_go_after_their_retention(
     processes.append(live := subprocess.Popen(["sleep", "600"]))
     gone = subprocess.Popen(["true"])
     gone.wait()
+    (logs / "old").mkdir()  # where Ray's log monitor moves a dead worker's files
     old_gone = [logs / f"worker-ab12-ffffffff-{gone.pid}.err", logs / f"worker-ab12-ffffffff-{gone.pid}.err.1",
-                logs / f"python-core-worker-ab12_{gone.pid}.log"]
+                logs / f"python-core-worker-ab12_{gone.pid}.log", logs / "old" / f"worker-ab13-ffffffff-{gone.pid}.out"]
     kept = [logs / f"worker-cd34-ffffffff-{live.pid}.err", logs / "raylet.out", logs / "gcs_server.out"]
     recent_gone = logs / f"worker-ef56-ffffffff-{gone.pid}.out"
     for path in (*old_gone, *kept, recent_gone):

@@ -179,7 +179,12 @@ class Sweeper:
                 self._prune_worker_logs(latest / "logs", report)
 
     def _prune_worker_logs(self, logs: Path, report: SweepReport) -> None:
-        """The log files of a live session's workers that are gone, once old enough."""
+        """In a live session: the log files of workers that are gone, once old enough (Ray's log
+        monitor moves them to `old/`)."""
+        for directory in (logs, logs / "old"):
+            self._prune_worker_log_files(directory, report)
+
+    def _prune_worker_log_files(self, logs: Path, report: SweepReport) -> None:
         cutoff = time.time() - self.log_retention_s
         for entry in _children(logs, WORKER_LOG_PREFIXES, files=True):
             match = WORKER_LOG_PID.search(entry.name)

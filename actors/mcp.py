@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from fixfleet.config import PROJECT_ROOT, Settings
+from fixfleet.config import DATA_DIR, Settings
 
-DEFAULT_TEMPLATE = PROJECT_ROOT / "skills" / "mcp.json"
+DEFAULT_TEMPLATE = DATA_DIR / "skills" / "mcp.json"
 WORKTREE_VAR = "WORKTREE"
 # Only these settings can reach an MCP server: a template must not be able to pull, say,
 # the model key or a webhook secret into a third-party process.

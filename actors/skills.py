@@ -17,9 +17,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from fixfleet.config import PROJECT_ROOT
+from fixfleet.config import DATA_DIR
 
-SKILLS_ROOT = PROJECT_ROOT / "skills"
+SKILLS_ROOT = DATA_DIR / "skills"
 ROLE_DIRS: dict[str, str] = {"planner": "planning", "executor": "executor"}
 SKILL_FILE = "SKILL.md"
 

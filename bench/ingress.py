@@ -8,7 +8,7 @@ issue id, so each one makes a task: verify, parse, one Postgres transaction (del
 audit + outbox rows), 202; the outbox relay in the app's lifespan publishes it to the Redis
 stream. The same app runs (a) as the Serve deployment of cluster/serve_config.yaml, deployed the
 way `serve run cluster/serve_config.yaml` does it on a private local Ray node with the node
-environment of `serve_app.deployment.SERVE_NODE_ENV`, and (b) under plain uvicorn in a
+environment of `fixfleet.platform.SERVE_NODE_ENV`, and (b) under plain uvicorn in a
 subprocess. Both are up side by side (own database, own Redis db each); the load alternates
 between them in slices (A B B A ...) so that the background load of a shared machine touches
 both alike. The load generator is a process of its own (aiohttp on uvloop, `--concurrency`
@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fixfleet.ports import free_port
-from tests.shared import SHARED
+from tests.corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
-ALERT = SHARED / "corpus" / "sentry-webhooks" / "event_alert.triggered.json"
+ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 CONFIG = ROOT / "cluster" / "serve_config.yaml"
 REPO = "https://github.com/example/front-end"
 
@@ -282,7 +282,7 @@ def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[st
 def serve_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
     """The Serve config file deployed as `serve run` does it, on a private local Ray node, without
     the agent pools (uvicorn has none either: what is measured is the ingress and its relay)."""
-    from serve_app.deployment import LOCAL_NODE_ENV, SERVE_NODE_ENV, load_config, running_config
+    from fixfleet.platform import LOCAL_NODE_ENV, SERVE_NODE_ENV, load_config, running_config
 
     port = free_port()
     config = load_config(args.config, http_port=port, http_host="127.0.0.1", env_vars=env,
@@ -356,7 +356,7 @@ def main() -> None:
     parser.add_argument("--max-ongoing", type=int, default=None, help="override max_ongoing_requests")
     parser.add_argument("--ray-cpus", type=float, default=None, help="logical CPUs of the local Ray node")
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
-                        help="haproxy (default): SERVE_NODE_ENV of serve_app/deployment.py, HAProxy in front of "
+                        help="haproxy (default): SERVE_NODE_ENV of fixfleet/platform.py, HAProxy in front of "
                         "the replicas' own HTTP servers; proxy: Serve's Python HTTP proxy actor")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                         help="more environment of the Ray node (RAY_SERVE_* knobs); repeatable")

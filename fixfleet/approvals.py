@@ -23,12 +23,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from fixfleet.commands.loader import Scope
 from fixfleet.config import Settings
 from fixfleet.forges.refs import ForgeRef
 from fixfleet.forges.registry import Forges
 from fixfleet.models import Task, TaskStatus
 from fixfleet.store import Store
+
+
+class Scope(StrEnum):
+    """Who may run a command (definitions.yaml names one per command); the same names as the scopes of API tokens."""
+
+    READ = "read"
+    SUBMIT = "submit"
+    APPROVE = "approve"
 
 
 class Decision(StrEnum):

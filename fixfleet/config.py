@@ -6,8 +6,11 @@ the URLs and third-party credentials keep the names their own tools use.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,27 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from fixfleet.workspace.egress import parse_networks
-from fixfleet.workspace.repo_config import RepoConfig
+from fixfleet.repo_schema import RepoConfig
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_HOME = Path("~/.local/share/fixfleet").expanduser()
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What the repository's top-level folders hold that the installed package needs: the agents'
+# skills (skills/) and the Serve config (cluster/serve_config.yaml). In a checkout fixfleet/data
+# links to them; a wheel holds copies (package data), so an installed fixfleet never looks for
+# the source tree.
+DATA_DIR = Path(str(resources.files("fixfleet").joinpath("data")))
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs or single addresses; raises ValueError naming the bad entry."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address range like 10.96.0.0/12") from None
+    return tuple(networks)
 
 
 def _env(name: str) -> Any:

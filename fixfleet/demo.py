@@ -23,7 +23,7 @@ import httpx
 
 from fixfleet.config import Settings
 from fixfleet.platform import Platform, PlatformOptions
-from serve_app.signatures import sign_sentry
+from fixfleet.intake.signatures import sign_sentry
 
 BUGGY_MEAN = '''"""Averages."""
 

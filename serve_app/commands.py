@@ -26,7 +26,10 @@ from serve_app.schemas import WebhookOut
 log = logging.getLogger(__name__)
 
 
-class CommandHandler:
+class ChatCommands:
+    """The chat side of the commands: reads them out of a comment or a Slack message, finds the
+    task and who asks, hands each to the one handler (`Commands`), and answers in the thread."""
+
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.store = ctx.services.store

@@ -22,8 +22,6 @@ from fixfleet.providers import Providers, connect
 from fixfleet.redact import Redactor, redact_logs
 from fixfleet.services import Services, open_services
 from fixfleet.session_upkeep import run_session_upkeep
-from serve_app.console.recorded import RecordedSessions
-from serve_app.console.transcripts import SessionReader
 from serve_app.tokens import ApiToken, load_tokens
 
 log = logging.getLogger(__name__)
@@ -39,7 +37,6 @@ class AppContext:
     metrics: Metrics
     credentials: TokenManager
     commands: Commands
-    sessions: SessionReader  # the agents' sessions as the console reads them
 
 
 @asynccontextmanager
@@ -64,7 +61,6 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             tokens=tokens,
             metrics=Metrics(),
             credentials=TokenManager(settings),
-            sessions=RecordedSessions(services.store),
         )
         stop = asyncio.Event()
         background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop))]

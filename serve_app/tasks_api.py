@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from fixfleet.approvals import Decision, Principal
+from fixfleet.approvals import Decision, Principal, Scope
 from fixfleet.commands import parse_invocation, unknown_reply
 from fixfleet.commands.handlers import NeedsTask
 from fixfleet.models import (
@@ -34,7 +34,7 @@ from serve_app.schemas import (
     TaskPage,
     WhoAmIOut,
 )
-from serve_app.tokens import ApiToken, Scope, find_token
+from serve_app.tokens import ApiToken, find_token
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 tokens_router = APIRouter(tags=["tasks"])

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Literal
 
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
-Scope = Literal["read", "submit", "approve"]
+from fixfleet.approvals import Scope  # the one set of scopes: the commands' and the tokens'
 
 
 class ApiToken(BaseModel):

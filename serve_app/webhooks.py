@@ -41,10 +41,10 @@ from fixfleet.intake import (
 )
 from fixfleet.repos import InvalidRepo, validate_repo
 from fixfleet.store import Delivery, Outcome
-from serve_app.commands import CommandHandler
+from serve_app.commands import ChatCommands
 from serve_app.context import AppContext, get_ctx
 from serve_app.schemas import ErrorOut, WebhookOut
-from serve_app.signatures import (
+from fixfleet.intake.signatures import (
     SignatureError,
     verify_github,
     verify_jira,
@@ -217,7 +217,7 @@ async def route_event(
     if not await ctx.services.store.record_delivery(delivery):
         ctx.metrics.count("webhooks", source, "duplicate")
         return WebhookOut(status="duplicate")
-    handler = CommandHandler(ctx)
+    handler = ChatCommands(ctx)
     if isinstance(event, SlackAction):
         outcome = await handler.slack_action(event, background)
     else:

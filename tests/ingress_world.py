@@ -13,9 +13,9 @@ import httpx
 from fixfleet.config import Settings
 from fixfleet.models import NewTask, Source, TaskStatus
 from fixfleet.store import Store
-from serve_app.signatures import sign_github
+from fixfleet.intake.signatures import sign_github
 from tests.fakes.github import FakeGitHub
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 GITHUB_SECRET, SENTRY_SECRET, SLACK_SECRET = "gh-secret", "sentry-secret", "slack-secret"
 GITHUB_TOKEN = "ghp_ingress_test_token"

@@ -119,7 +119,7 @@ def run(settings: ScaleRun, root: Path, postgres_url: str, redis_server_url: str
 def _experiment(settings: ScaleRun, cluster: Any, repo: str, database: str, planner_url: str, executor_url: str,
                 say: Any) -> Observed:
     from fixfleet.ports import free_port
-    from serve_app.deployment import CONFIG_PATH, load_config, running_config
+    from fixfleet.platform import CONFIG_PATH, load_config, running_config
 
     config = load_config(CONFIG_PATH, http_host="127.0.0.1", http_port=free_port(), num_replicas=1, args={
         "planners_min": 1, "planners_max": 2 if settings.through_planner else 1,

@@ -23,7 +23,7 @@ from redis import Redis
 
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from serve_app.signatures import sign_jira
+from fixfleet.intake.signatures import sign_jira
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e

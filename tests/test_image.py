@@ -365,7 +365,7 @@ def test_lock_pins_every_dependency_exactly() -> None:
         assert name in pins, f"{requirement.name} is not in the lock"
         assert requirement.specifier.contains(Version(pins[name]), prereleases=True), \
             f"the lock pins {name}=={pins[name]}, which pyproject's {line!r} does not allow"
-    assert "fixfleet" not in pins, "the project itself is installed from the source (--no-deps)"
+    assert "fixfleet" not in pins, "the project itself is installed from its wheel (--no-deps)"
     header = LOCK.read_text().split("\n\n")[0]
     assert LOCK_COMMAND in header, "the lock's header says how to regenerate it"
 
@@ -439,7 +439,7 @@ def test_install_python_script_usage() -> None:
 class Built:
     root: Path  # stands for the image's /
     prefix: Path  # the environment (the image's /opt/fixfleet/venv)
-    source: Path  # the project's source (the image's /opt/fixfleet/src)
+    source: Path  # the project's source (the build stage's /opt/fixfleet/src: its wheel is built there)
     log: str
 
     def run(self, *argv: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -472,11 +472,11 @@ def _replay_build_stage(instructions: list[Instruction], root: Path) -> str:
             for source in sources:
                 origin = ROOT / source
                 if origin.is_dir():
-                    for file in origin.rglob("*"):
+                    for file in origin.rglob("*"):  # symbolic links are not followed, and kept: as COPY does
                         rel = file.relative_to(ROOT).as_posix()
-                        if file.is_file() and not ignored(rel, patterns):
+                        if (file.is_file() or file.is_symlink()) and not ignored(rel, patterns):
                             (target / file.relative_to(origin)).parent.mkdir(parents=True, exist_ok=True)
-                            shutil.copy2(file, target / file.relative_to(origin))
+                            shutil.copy2(file, target / file.relative_to(origin), follow_symlinks=False)
                 else:
                     into = target / origin.name if dest.endswith("/") or len(sources) > 1 else target
                     into.parent.mkdir(parents=True, exist_ok=True)
@@ -507,13 +507,14 @@ def test_install_python_builds_the_locked_environment(built: Built) -> None:
     assert (built.prefix / "bin" / "python").exists() and (built.prefix / "pyvenv.cfg").is_file()
     version = built.run(built.prefix / "bin" / "python", "-c", "import sys; print(sys.version_info[:2])")
     assert version.stdout.strip() == "(3, 11)"
-    # Exactly the lock, plus fixfleet itself (editable, from the source).
+    # Exactly the lock, plus fixfleet itself (from its wheel: not editable, nothing read from the source).
     frozen = built.run(*_uv(), "pip", "freeze", "--python", built.prefix / "bin" / "python")
     assert frozen.returncode == 0, frozen.stderr
     lines = frozen.stdout.splitlines()
-    editable = [line for line in lines if line.startswith("-e ")]
-    assert len(editable) == 1 and Path(editable[0].split("file://")[-1]) == built.source
-    assert _lock_pins("\n".join(line for line in lines if not line.startswith("-e "))) == _lock_pins()
+    assert not [line for line in lines if line.startswith("-e ")], "fixfleet is installed editable"
+    project = [line for line in lines if canonicalize_name(re.split(r"[ =@]", line)[0]) == "fixfleet"]
+    assert len(project) == 1, lines
+    assert _lock_pins("\n".join(line for line in lines if line not in project)) == _lock_pins()
 
 
 @pytest.mark.image
@@ -554,15 +555,17 @@ def test_bundled_claude_cli_answers(built: Built) -> None:
 @pytest.mark.image
 def test_installed_fixfleet_finds_its_skills_and_serve_config(built: Built) -> None:
     probe = ("import importlib.util; from actors.skills import SKILLS_ROOT; from actors.mcp import DEFAULT_TEMPLATE; "
-             "print(importlib.util.find_spec('serve_app.deployment').origin, SKILLS_ROOT, DEFAULT_TEMPLATE, sep='\\n')")
+             "from fixfleet.platform import CONFIG_PATH; print(importlib.util.find_spec('serve_app.deployment').origin, "
+             "SKILLS_ROOT, DEFAULT_TEMPLATE, CONFIG_PATH, sep='\\n')")
     done = built.run(built.prefix / "bin" / "python", "-I", "-c", probe)
     assert done.returncode == 0, done.stderr
-    deployment, skills, template = map(Path, done.stdout.split())
-    assert deployment.is_relative_to(built.source), "fixfleet runs from the image's source, not this checkout"
-    assert skills == built.source / "skills" and (skills / "planning").is_dir() and (skills / "executor").is_dir()
-    assert template.is_file()
-    # serve_app.deployment.CONFIG_PATH: cluster/serve_config.yaml beside the packages (bench and `serve run` read it).
-    assert (deployment.resolve().parents[1] / "cluster" / "serve_config.yaml").is_file()
+    deployment, skills, template, config = map(Path, done.stdout.split())
+    site = built.prefix.resolve()
+    assert deployment.resolve().is_relative_to(site), "fixfleet runs from the environment, not a source tree"
+    assert skills.resolve().is_relative_to(site) and (skills / "planning").is_dir() and (skills / "executor").is_dir()
+    assert template.is_file() and template.resolve().is_relative_to(site)
+    # cluster/serve_config.yaml, package data (load_config reads it; `serve run` takes the file itself).
+    assert config.is_file() and config.resolve().is_relative_to(site)
 
 
 @pytest.mark.image

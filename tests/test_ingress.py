@@ -20,7 +20,7 @@ from fixfleet.config import Settings
 from fixfleet.metrics import FLUSH_S
 from fixfleet.models import TaskStatus
 from fixfleet.store import Store
-from serve_app.signatures import sign_sentry, sign_slack
+from fixfleet.intake.signatures import sign_sentry, sign_slack
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
 from tests.ingress_world import (
@@ -36,7 +36,7 @@ from tests.ingress_world import (
     post_github,
     wait_for_comments,
 )
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 
 @pytest.fixture
@@ -461,7 +461,7 @@ def test_schemathesis_finds_no_server_error(api: str) -> None:
 
 
 async def test_jira_ip_allowlist(settings: Settings, store: Store) -> None:
-    from serve_app.signatures import sign_jira
+    from fixfleet.intake.signatures import sign_jira
 
     payload = {"webhookEvent": "jira:issue_created", "issue": {"key": "OPS-1", "fields": {
         "summary": "boom", "project": {"key": "OPS"}, "labels": ["fixfleet"]}}}

@@ -28,7 +28,7 @@ from fixfleet.intake import (
 from fixfleet.formats.adf import adf_to_text
 from fixfleet.formats.slack import slack_action_value
 from fixfleet.models import Priority, Source
-from tests.shared import CORPUS
+from tests.corpus import CORPUS
 
 GITHUB_FILES = sorted((CORPUS / "github-webhooks").glob("*.json"))
 SENTRY_DIR = CORPUS / "sentry-webhooks"

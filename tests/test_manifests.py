@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from fixfleet.config import Settings
-from serve_app.deployment import SERVE_NODE_ENV
-from tests.shared import SHARED
+from fixfleet.platform import SERVE_NODE_ENV
+from tests.corpus import KUBERAY
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
-SCHEMAS = SHARED / "schemas" / "kuberay-v1.7.0"
+SCHEMAS = KUBERAY
 KUBERNETES = "1.33"
 AGENT_GROUPS = {"planner": "planning_slot", "executor": "executor_slot"}
 

@@ -26,16 +26,11 @@ from redis import Redis
 
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from serve_app.deployment import (
-    CONFIG_PATH,
-    DEPLOYMENT_NAME,
-    LocalServe,
-    build_app,
-    load_config,
-    running_config,
-)
-from serve_app.signatures import sign_sentry
-from tests.shared import CORPUS
+from fixfleet.intake.signatures import sign_sentry
+from fixfleet.platform import APP_IMPORT_PATH, CONFIG_PATH, DEPLOYMENT_NAME, LocalServe, load_config, running_config
+from serve_app import deployment
+from serve_app.deployment import build_app
+from tests.corpus import CORPUS
 
 ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 SERVE_REDIS_DB = 12  # not the suite's 13: the replica's outbox relay writes here
@@ -50,9 +45,9 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
     raw = yaml.safe_load(CONFIG_PATH.read_text())
     config = ServeDeploySchema.model_validate(raw)  # what `serve deploy` and a RayService's serveConfigV2 accept
     (app,) = config.applications
-    assert app.import_path == "serve_app.deployment:build_app"
+    assert app.import_path == APP_IMPORT_PATH == "serve_app.deployment:build_app"  # the launcher deploys the same
     assert app.route_prefix == "/"
-    assert [d.name for d in app.deployments] == [DEPLOYMENT_NAME]
+    assert [d.name for d in app.deployments] == [DEPLOYMENT_NAME] == [deployment.DEPLOYMENT_NAME]
     assert config.http_options.port == 8000 and config.logging_config.enable_access_log is False
     # Secrets and URLs come from the pod (a Kubernetes secret), never from this file.
     assert not (app.runtime_env or {}).get("env_vars")  # it would override the operator's pod variables

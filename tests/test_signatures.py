@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.signatures import (
+from fixfleet.intake.signatures import (
     SignatureError,
     sign_github,
     sign_jira,

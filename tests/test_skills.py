@@ -12,7 +12,7 @@ import pytest
 from actors.session_models import ExecutionReport, PlanOutput
 from actors.skills import SKILLS_ROOT, SkillError, install_skills, load_skills, parse_skill
 
-PLANNING = ["discovery", "execution", "jira-enrichment", "plan-changes"]
+PLANNING = ["discovery", "jira-enrichment", "plan-changes", "submit-plan"]
 EXECUTOR = ["code-review", "execution", "git-operations", "tdd-workflow"]
 
 
@@ -53,7 +53,7 @@ def test_every_skill_ends_with_its_output_section(path: Path) -> None:
 
 
 def test_plan_skill_shows_every_submit_plan_field() -> None:
-    text = skill_text("planning", "execution")
+    text = skill_text("planning", "submit-plan")
     assert "submit_plan" in text
     for name in PlanOutput.model_fields:
         assert f"`{name}`" in text
@@ -152,7 +152,7 @@ def test_install_puts_exactly_the_roles_skills_in_place(tmp_path: Path) -> None:
         assert (config / "skills" / name / "SKILL.md").read_text() == skill_text("executor", name)
 
 
-def test_switching_role_replaces_a_skill_of_the_same_name(tmp_path: Path) -> None:
+def test_switching_role_leaves_none_of_the_other_roles_skills(tmp_path: Path) -> None:
     config = tmp_path / "claude"
     install_skills("executor", config)
     (config / "skills" / "execution" / "extra.md").write_text("left over")
@@ -160,9 +160,9 @@ def test_switching_role_replaces_a_skill_of_the_same_name(tmp_path: Path) -> Non
     assert install_skills("planner", config) == PLANNING
 
     assert installed(config) == PLANNING
-    execution = config / "skills" / "execution"
-    assert (execution / "SKILL.md").read_text() == skill_text("planning", "execution")
-    assert not (execution / "extra.md").exists()
+    assert not (config / "skills" / "execution").exists()
+    for name in PLANNING:
+        assert (config / "skills" / name / "SKILL.md").read_text() == skill_text("planning", name)
 
 
 def test_edited_copy_is_restored_on_reinstall(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from fixfleet.errors import Interrupted
 from fixfleet.models import NewTask, Priority, Source, TaskStatus
 from fixfleet.queue import Job
 from fixfleet.store import Outcome, Store
-from serve_app.signatures import sign_slack
+from fixfleet.intake.signatures import sign_slack
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
 from tests.ingress_world import (

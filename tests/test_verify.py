@@ -320,6 +320,23 @@ async def test_failures_already_on_the_base_commit_are_listed_not_blamed(root: P
     assert refused.stage == "green" and "test_mul_by_zero_was_broken_by_a_dependency" in str(refused)
 
 
+async def test_a_suite_that_fails_with_no_failing_test_is_judged_by_its_exit_code(root: Path, workspaces: WorkspaceManager,
+                                                                               verifier: Verifier) -> None:
+    """The fix makes the test process exit 3 after every test passed (an exit handler, as an
+    unhandled error between tests does in a JS runner): the report names no failure, the base
+    commit's suite exits 0, so the change is refused and the output says why."""
+    url, sha = make_remote(root / "exits", BASE)
+    await workspaces.resolve(url)
+    exits = FIXED + "\nimport atexit, os\natexit.register(os._exit, 3)\n"
+
+    refused = await refusal(verifier, url, change(sha, {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": exits}),
+                            "exits")
+
+    assert refused.stage == "suite"
+    assert "exits 3 with the change although no test of its report fails" in str(refused)
+    assert refused.evidence["fail_to_pass"] == ["tests/test_add.py::test_add"] and refused.evidence["suite"]["exit_code"] == 3
+
+
 async def test_a_test_that_flips_when_run_again_neither_proves_nor_blocks(root: Path, workspaces: WorkspaceManager,
                                                                           verifier: Verifier) -> None:
     url, sha = make_remote(root / "flaky", BASE | {"tests/test_order.py": ORDER_DEPENDENT})

@@ -563,7 +563,6 @@ class GitHttpsServer:
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    pytest.importorskip("cryptography")  # present here; not a declared dependency
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

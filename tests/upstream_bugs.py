@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import statistics
+from collections import Counter
 import shutil
 import time
 import os
@@ -298,6 +299,7 @@ class Outcome:
     new_failures: list[str] = field(default_factory=list)  # suite failures the base commit did not have
     preexisting_failures: list[str] = field(default_factory=list)  # failing on the base commit already
     flaky: list[str] = field(default_factory=list)  # flipped between runs of the same tree
+    cross_check: str | None = None  # the path the RED->GREEN tests were run again by
     reason: str = ""
     overhead_s: float | None = None
     env_cold_s: float | None = None
@@ -367,6 +369,7 @@ def read_evidence(outcome: Outcome, evidence: dict[str, Any]) -> None:
         outcome.new_failures = [f"(the suite exited {outcome.suite})"]
     outcome.preexisting_failures = _names(evidence.get("preexisting_failures"))
     outcome.flaky = _names(evidence.get("flaky"))
+    outcome.cross_check = (evidence.get("cross_check") or {}).get("method")
 
 
 def _names(value: Any) -> list[str]:
@@ -429,6 +432,7 @@ def summary(outcomes: list[Outcome], missing: int) -> dict[str, Any]:
         "evidence_ok": sum(o.evidence_ok for o in outcomes), "missing": missing,
         "preexisting": sum(bool(o.preexisting_failures) for o in outcomes),
         "flaky": sum(bool(o.flaky) for o in outcomes),
+        "cross_check": dict(Counter(o.cross_check for o in outcomes if o.cross_check)),
         "env_cold_s": round(statistics.median(colds), 2) if colds else None,
         "env_warm_s": round(max(warms), 4) if warms else None,
         "overhead_p50_s": round(statistics.median(overheads), 2) if overheads else None,

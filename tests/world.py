@@ -26,7 +26,7 @@ from fixfleet.platform import Platform, PlatformOptions
 from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
-from serve_app.signatures import sign_github, sign_sentry
+from fixfleet.intake.signatures import sign_github, sign_sentry
 from tests.slate import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira

@@ -4,13 +4,13 @@
 #   cluster/image/install-python.sh PREFIX [deps|project|all]
 #
 #   deps     the pinned dependencies of cluster/image/requirements.txt, exactly (uv pip sync)
-#   project  fixfleet itself from the checkout this script is in (--no-deps), then checks the result
+#   project  fixfleet itself, a wheel built from the checkout this script is in (--no-deps), then checks the result
 #   all      both (the default); cluster/Dockerfile runs `deps` before it copies the source, so a
 #            change of the code does not reinstall Ray
 #
-# The project is installed editable: fixfleet reads its agents' skills (skills/) and the Serve
-# config (cluster/serve_config.yaml) beside its packages (PROJECT_ROOT in fixfleet/config.py), so the
-# checkout stays where it is (/opt/fixfleet/src in the image) and must not move after the install.
+# The project is installed from its wheel, not editable: everything fixfleet reads (the agents'
+# skills, the Serve config, migrations, templates) is package data in site-packages, so the
+# checkout is needed only while the wheel is built (the image leaves it in the build stage).
 #
 # Environment: PYTHON   the interpreter, Python 3.11 (default python3.11)
 #              UV       uv's executable (default: the environment's own, the one on PATH, else
@@ -69,10 +69,10 @@ fi
 
 [[ -x $VENV_PYTHON ]] || die "no environment at $PREFIX: run the deps phase first"
 [[ -f $PROJECT/pyproject.toml ]] || die "no project at $PROJECT (pyproject.toml is missing)"
-"$UV" pip install --python "$VENV_PYTHON" --no-deps --editable "$PROJECT"
-if [[ ${UV_COMPILE_BYTECODE:-0} == 1 ]]; then  # the editable source is not in site-packages
-  "$VENV_PYTHON" -m compileall -q "$PROJECT"/fixfleet "$PROJECT"/actors "$PROJECT"/serve_app "$PROJECT"/bench
-fi
+wheels=$(mktemp -d)
+"$UV" build --quiet --wheel --out-dir "$wheels" "$PROJECT"
+"$UV" pip install --python "$VENV_PYTHON" --no-deps --reinstall-package fixfleet "$wheels"/fixfleet-*.whl
+rm -rf -- "$wheels" "$PROJECT/build"
 
 # On a login shell's PATH too: KubeRay starts Ray with `bash -lc`, and Debian's /etc/profile resets
 # PATH; the image links this file into /etc/profile.d.
@@ -110,8 +110,8 @@ done = subprocess.run([str(BUNDLED_CLI), "--version"], capture_output=True, text
 if done.returncode != 0 or "Claude Code" not in done.stdout:
     sys.exit(f"install-python.sh: {BUNDLED_CLI} --version failed ({done.returncode}): "
              f"{done.stdout}{done.stderr}")
-if SKILLS_ROOT.resolve() != (project / "skills").resolve() or not SKILLS_ROOT.is_dir():
-    sys.exit(f"install-python.sh: fixfleet looks for its skills at {SKILLS_ROOT}, not in {project}/skills")
+if not SKILLS_ROOT.resolve().is_relative_to(prefix.resolve()) or not (SKILLS_ROOT / "planning").is_dir():
+    sys.exit(f"install-python.sh: fixfleet looks for its skills at {SKILLS_ROOT}, not in the installed package")
 if not Path(_uv_binary()).is_relative_to(prefix.resolve()):
     sys.exit(f"install-python.sh: fixfleet would use the uv at {_uv_binary()}, not the one in {prefix}")
 print(f"install-python.sh: ok: {done.stdout.strip()} at {BUNDLED_CLI}")

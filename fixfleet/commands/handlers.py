@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from fixfleet.approvals import Approvals, Decision, Principal, Refused
-from fixfleet.commands.loader import Scope, default_commands
+from fixfleet.approvals import Approvals, Decision, Principal, Refused, Scope
+from fixfleet.commands.loader import default_commands
 from fixfleet.commands.parser import help_text
 from fixfleet.forges.refs import PULL_KEY
 from fixfleet.integrations.slack import PLAN_MESSAGE
@@ -68,6 +68,8 @@ class Invocation:
 
 
 class Commands:
+    """The one handler of every command (`run`): every channel calls it, whatever it came from."""
+
     def __init__(self, store: Store, approvals: Approvals, *, notice: OwnerNotice | None = None) -> None:
         self.store, self.approvals, self.notice = store, approvals, notice
         self.specs = default_commands()

@@ -18,20 +18,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fixfleet.approvals import Scope
+
 DEFINITIONS = "definitions.yaml"
 WORD = r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$"  # lowercase words joined by hyphens: `rerun-tests`
 
 
 class CommandDefinitionError(ValueError):
     """definitions.yaml is malformed; the message names the file and the offending entry."""
-
-
-class Scope(StrEnum):
-    """Who may run a command; the same names as the scopes of API tokens."""
-
-    READ = "read"
-    SUBMIT = "submit"
-    APPROVE = "approve"
 
 
 class ArgKind(StrEnum):

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from fixfleet.commands.loader import ArgKind, ArgSpec, CommandSpec, Scope, default_commands
+from fixfleet.approvals import Scope
+from fixfleet.commands.loader import ArgKind, ArgSpec, CommandSpec, default_commands
 from fixfleet.models import Priority
 
 DEFAULT_MENTIONS = ("agent", "fixfleet")

@@ -1,4 +1,4 @@
-"""From a verified webhook payload to a typed event, per source.
+"""From a webhook request to a typed event, per source: its signature (signatures.py), then its payload.
 
 Every `parse_*` takes JSON that has already passed its signature check and returns one of
 `TaskRequest`, `CommandRequest`, `SlackAction`, `Ignored` or `Ping`. Odd-but-valid JSON (missing

@@ -9,11 +9,10 @@ from fixfleet.store.errors import (
            StoreError,
            TaskNotFound,
 )
-from fixfleet.store.holding import Hold
 from fixfleet.store.reads import TaskFilter
 from fixfleet.store.records import Delivery, OutboxItem, TaskState, parse_ref
 from fixfleet.store.sessions import SessionNotFound
-from fixfleet.store.tasks import OUTBOX_CHANNEL, Store
+from fixfleet.store.tasks import OUTBOX_CHANNEL, Hold, Store
 
 __all__ = [
            "OUTBOX_CHANNEL",

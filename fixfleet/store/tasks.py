@@ -46,7 +46,6 @@ from fixfleet.store.errors import (
     StoreError,
     TaskNotFound,
 )
-from fixfleet.store.holding import Hold
 from fixfleet.store.queueing import QueueRows
 from fixfleet.store.reads import TaskReads
 from fixfleet.store.records import (
@@ -416,3 +415,19 @@ async def _outcome(result: Awaitable[list[tuple[Task, Outcome]]]) -> tuple[Task,
         return (await result)[0]
     except Exception as exc:
         return exc
+
+
+class Hold:
+    """The held task and the one transition that ends the hold, on the hold's transaction."""
+
+    def __init__(self, store: Store, conn: asyncpg.Connection, task: Task) -> None:
+        self.store, self.conn, self.task = store, conn, task
+        self.moved_to: TaskStatus | None = None
+
+    async def transition(self, target: TaskStatus, *, actor: str, reason: str = "",
+                         data: dict[str, Any] | None = None, changes: dict[str, Any] | None = None,
+                         context: dict[str, Any] | None = None) -> Task:
+        task = await self.store._transition(self.conn, self.task.id, target, actor=actor, reason=reason, data=data,
+                                            expected_version=self.task.version, changes=changes, context=context)
+        self.moved_to, self.task = target, task
+        return task

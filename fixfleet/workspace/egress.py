@@ -44,10 +44,11 @@ from urllib.parse import urlsplit
 import psutil
 from pydantic import BaseModel, Field
 
+from fixfleet.config import IPNetwork, parse_networks
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_PORTS = frozenset({80, 443})
@@ -174,17 +175,6 @@ def is_public(address: IPAddress) -> bool:
         return True
     site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
     return address.is_global and not site_local
-
-
-def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs or single addresses; raises ValueError naming the bad entry."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{entry!r} is not an address range like 10.96.0.0/12") from None
-    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -457,6 +447,10 @@ class EgressProxy:
             await self._serve(reader, writer)
         except _Refused as refused:
             self._refuse(writer, refused)
+        except asyncio.CancelledError:
+            # close() cut the connection: end quietly (3.11's stream callback would log the
+            # cancellation of a connection task as an error with its traceback)
+            pass
         except Exception as error:  # a bug must cost one connection, not the proxy
             log.exception("egress proxy: unexpected %s", type(error).__name__)
         finally:

@@ -24,13 +24,12 @@ pure functions over bytes, nothing of the repository runs here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
+from fixfleet.repo_schema import Network, RepoConfig
 from fixfleet.workspace.setup_node import detect_node
 from fixfleet.workspace.setup_plan import (
     CONFIG_FILE,
@@ -56,66 +55,6 @@ SPEC_FILES = (*REQUIREMENT_FILES, "pyproject.toml", "setup.py", "setup.cfg", "to
               "package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml",
               "pnpm-workspace.yaml", ".npmrc", ".yarnrc", ".yarnrc.yml", ".nvmrc", ".node-version",
               "Makefile", "makefile", CONFIG_FILE)
-# Set by the platform, or able to run code before the repository's own: not for a repository to choose.
-RESERVED_ENV = {"PATH", "HOME", "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS", "PYTHONSTARTUP", "NODE_OPTIONS",
-                "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Network(_Strict):
-    setup: list[str] | None = None  # None: the registries the detected setup needs
-    test: list[str] = Field(default_factory=list)
-
-    @field_validator("setup", "test")
-    @classmethod
-    def _domains(cls, values: list[str] | None) -> list[str] | None:
-        for value in values or []:
-            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?", value):
-                raise ValueError(f"{value!r} is not a domain name (like pypi.org or *.example.com)")
-        return values
-
-
-class RepoConfig(_Strict):
-    """What the repository (or the operator) says; anything left out is detected."""
-
-    language: Literal["python", "node"] | None = None
-    python: str | None = None
-    setup: list[str] | None = None
-    test_runner: Runner | None = None
-    suite_command: str | None = None
-    generated: list[str] = Field(default_factory=list)
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    network: Network = Field(default_factory=Network)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("python")
-    @classmethod
-    def _version_or_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"3\.\d{1,2}|/[A-Za-z0-9._/-]+", value):
-            raise ValueError(f"{value!r} is not a Python version like \"3.12\" (or, for the operator, a path)")
-        return value
-
-    @field_validator("generated")
-    @classmethod
-    def _laid_files(cls, paths: list[str]) -> list[str]:
-        for path in paths:
-            if refused := never_laid(path):
-                raise ValueError(f"{path!r} may not be laid into checkouts: {refused}")
-        return paths
-
-    @field_validator("env")
-    @classmethod
-    def _names(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.upper() in RESERVED_ENV \
-                    or name.upper().startswith("LD_"):
-                raise ValueError(f"{name!r} may not be set")
-        return env
-
-
 def parse_config(text: str | bytes, where: str = CONFIG_FILE) -> RepoConfig:
     try:
         data = yaml.safe_load(text) or {}

@@ -6,47 +6,26 @@ repository's `.fixfleet.yml` and the operator's settings in repo_config.py."""
 from __future__ import annotations
 
 import json
-import re
 import tomllib
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from fixfleet.errors import PermanentError
+from fixfleet.repo_schema import CONFIG_FILE, NEVER_LAID, NEVER_LAID_PATTERN, Runner, Timeouts, never_laid
 
-CONFIG_FILE = ".fixfleet.yml"
+__all__ = ["CONFIG_FILE", "NEVER_LAID", "NEVER_LAID_PATTERN", "Runner", "Timeouts", "never_laid"]  # their home: fixfleet/repo_schema.py
+
 PYPI = ["pypi.org", "files.pythonhosted.org"]
 NPM = ["registry.npmjs.org"]
 # yarn lockfiles name registry.yarnpkg.com, the npm registry under yarn's name
 YARN = [*NPM, "registry.yarnpkg.com"]
 TEST_EXTRAS = ("tests", "test", "testing", "dev")  # in order of preference
-Runner = Literal["pytest", "unittest", "node", "mocha", "jest", "vitest"]
-
-# Files a setup makes are laid into checkouts only when the repository's config names them,
-# and never these: they run code at interpreter or test start, or decide how tests run.
-NEVER_LAID = frozenset({
-    "conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml",
-    "tox.ini", "setup.cfg", "setup.py",
-    "pyproject.toml", "noxfile.py", "package.json", CONFIG_FILE, ".npmrc", ".yarnrc", ".yarnrc.yml",
-    ".pnpmfile.cjs", "pnpm-workspace.yaml", ".babelrc", ".swcrc", "Makefile", "makefile"})
-NEVER_LAID_PATTERN = re.compile(
-    r"\.pth$|^\.mocharc|^\.babelrc|^tsconfig[\w.-]*\.json$"
-    r"|^(jest|vitest|vite|vitest\.workspace|vitest\.projects|babel|karma|playwright|cypress|webpack|rollup|esbuild)"
-    r"\.config\.[\w.]+$|^(jest|vitest|babel)\.[\w.-]*\.[cm]?[jt]s$")
-
 
 class InvalidRepoConfig(ValueError, PermanentError):
     """`.fixfleet.yml` (or the operator's setting) is not valid, or the repository cannot be
     planned; the message says where. Permanent: someone has to fix the file first. Still a
     ValueError for callers that catch one."""
-
-
-class Timeouts(BaseModel):
-    model_config = {"extra": "forbid"}
-    setup_s: float = Field(900, gt=0)
-    test_s: float = Field(600, gt=0)
-    suite_s: float = Field(1800, gt=0)
 
 
 class SetupPlan(BaseModel):
@@ -84,18 +63,6 @@ class SetupPlan(BaseModel):
 def _first_line(step: str) -> str:
     first, *rest = step.splitlines() or [""]
     return first + (f"  # and {len(rest)} more lines" if rest else "")
-
-
-def never_laid(path: str) -> str | None:
-    """Why a file a setup made may never be laid into a checkout, or None when it may be."""
-    if not path or "\\" in path or "\0" in path:
-        return "not a plain relative path"
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or str(pure) != path or ".." in pure.parts or pure.parts[0] in (".git", "node_modules"):
-        return "not a plain path inside the repository"
-    if pure.name in NEVER_LAID or NEVER_LAID_PATTERN.search(pure.name):
-        return f"{pure.name} runs code or configures how tests run"
-    return None
 
 
 def toml_document(data: bytes | None) -> dict[str, Any]:

@@ -263,7 +263,9 @@ class _Proof:
     async def _judge(self, evidence: Evidence, red: TestReport, green: TestReport, suite: TestReport | None,
                      tests: list[str], red_flaky: set[str]) -> Evidence:
         suite_failing = failing(suite) if suite is not None else []
-        unjudged = suite is None and evidence.suite.exit_code != 0  # no per-test report: the exit code is all
+        # no per-test report, or one that names no failure while the runner still fails (an unhandled
+        # error between tests, a hook of the runner): the exit code, compared with the base's, decides
+        unjudged = evidence.suite.exit_code != 0 and not suite_failing
         baseline = None
         if failing(green, tests) or suite_failing or unjudged:
             baseline, reused = await self.baseline()
@@ -293,8 +295,9 @@ class _Proof:
             raise EvidenceError("the change breaks tests that passed on the base commit: "
                                 + ", ".join(evidence.new_failures[:10]), evidence.model_dump(), stage="suite")
         if unjudged and (baseline is None or baseline.exit_code == 0):
-            raise EvidenceError("the full test suite fails with the change (it passed on the base commit)",
-                                evidence.model_dump(), stage="suite")
+            raise EvidenceError(f"the full test suite exits {evidence.suite.exit_code} with the change although no test "
+                                "of its report fails, and it passed on the base commit: "
+                                f"{evidence.suite.output_tail[-600:] or '(no output)'}", evidence.model_dump(), stage="suite")
         evidence.cross_check = await self.cross_check(evidence, red, tests)
         evidence.test_seconds = round(self.run_seconds, 2)
         if not evidence.cross_check.agreed:

@@ -20,9 +20,10 @@ from fixfleet.overview import gather
 from fixfleet.store import TaskFilter
 from serve_app.console import views
 from serve_app.console.auth import Viewer, sessions, viewer
+from serve_app.console.recorded import RecordedSessions
 from serve_app.console.render import environment
 from serve_app.console.transcript_html import message_list
-from serve_app.console.transcripts import SESSION_ID, SessionInfo
+from serve_app.console.transcripts import SESSION_ID, SessionInfo, SessionReader
 from serve_app.context import AppContext, get_ctx
 from serve_app.errors import validation_reason
 
@@ -34,6 +35,11 @@ TRANSCRIPT_PAGE = 2000  # messages on one transcript page
 MAX_BLOCK_CHARS = 20_000  # text longer than this (a whole file read) is cut on the transcript page
 INLINE_CHARS = 600  # a folded block (tool call, result, thinking) longer than this is fetched when opened
 BLOCK_LIMIT = 500_000  # a block read on its own, at most
+
+
+def recorded_sessions(ctx: AppContext) -> SessionReader:
+    """The agents' sessions as the console reads them: their records in the store."""
+    return RecordedSessions(ctx.services.store)
 
 
 def render(name: str, *, status: int = 200, headers: dict[str, str] | None = None, **values: Any) -> HTMLResponse:
@@ -115,7 +121,7 @@ async def task_list_rows(request: Request, since: str = "", _: Viewer = Depends(
 async def task_view(ctx: AppContext, who: Viewer, key: str) -> dict[str, Any]:
     store = ctx.services.store
     task = await store.get_task(key)
-    events, found = await asyncio.gather(store.events(task.id), ctx.sessions.sessions_of(task.id))
+    events, found = await asyncio.gather(store.events(task.id), recorded_sessions(ctx).sessions_of(task.id))
     scopes = {spec.name: str(spec.scope) for spec in ctx.commands.specs.commands}
     return {"task": task, "events": events, "sessions": found,
             "plans": views.plans(task, events), "evidence": views.evidence_of(task),
@@ -150,7 +156,7 @@ async def task_poll(key: str, live: str = "", acts: str = "", who: Viewer = Depe
 
 
 async def session_of(ctx: AppContext, task: Task, session_id: str) -> SessionInfo:
-    for found in await ctx.sessions.sessions_of(task.id):
+    for found in await recorded_sessions(ctx).sessions_of(task.id):
         if found.id == session_id:
             return found
     raise SessionNotFound(f"{task.key} has no session {session_id[:80]!r}")
@@ -166,7 +172,7 @@ async def transcript(key: str, session_id: str, after: int = 0, who: Viewer = De
     task = await ctx.services.store.get_task(key)
     session = await session_of(ctx, task, session_id)
     after = max(0, after)
-    messages = await ctx.sessions.messages(session.id, after=after, limit=TRANSCRIPT_PAGE + 1)
+    messages = await recorded_sessions(ctx).messages(session.id, after=after, limit=TRANSCRIPT_PAGE + 1)
     more, messages = len(messages) > TRANSCRIPT_PAGE, messages[:TRANSCRIPT_PAGE]
     last = messages[-1].seq if messages else after
     flash = await sessions(ctx).take_flash(who)
@@ -182,7 +188,7 @@ async def transcript_more(key: str, session_id: str, after: int = 0, _: Viewer =
     """Messages written since `after`, and the next poll while the session runs."""
     task = await ctx.services.store.get_task(key)
     session = await session_of(ctx, task, session_id)
-    messages = await ctx.sessions.messages(session.id, after=max(0, after), limit=TRANSCRIPT_PAGE)
+    messages = await recorded_sessions(ctx).messages(session.id, after=max(0, after), limit=TRANSCRIPT_PAGE)
     if not messages and session.running:
         return Response(status_code=204)
     last = messages[-1].seq if messages else after
@@ -197,7 +203,7 @@ async def transcript_block(key: str, session_id: str, seq: int, index: int, requ
     asks for the text alone), or a page of its own."""
     task = await ctx.services.store.get_task(key)
     session = await session_of(ctx, task, session_id)
-    found = await ctx.sessions.messages(session.id, after=max(0, seq - 1), limit=1)
+    found = await recorded_sessions(ctx).messages(session.id, after=max(0, seq - 1), limit=1)
     if not found or found[0].seq != seq or not 0 <= index < len(found[0].blocks):
         raise SessionNotFound(f"{task.key}'s session {session.id[:40]} has no message {seq} with a part {index}")
     message, block = found[0], found[0].blocks[index]

@@ -29,8 +29,8 @@ import redis
 
 from fixfleet.config import Settings
 from fixfleet.ports import free_port
-from serve_app.signatures import sign_github, sign_sentry
-from tests.shared import CORPUS
+from fixfleet.intake.signatures import sign_github, sign_sentry
+from tests.corpus import CORPUS
 from tests.slate import TABLES
 
 GITHUB_SECRET, SENTRY_SECRET = "chaos-github-secret", "chaos-sentry-secret"

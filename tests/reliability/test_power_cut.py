@@ -35,7 +35,7 @@ from fixfleet.demo import make_sample_repo, sentry_alert
 from fixfleet.ports import free_port
 from fixfleet.processes import server_processes
 from fixfleet.replay import ReplayServer
-from serve_app.signatures import sign_sentry
+from fixfleet.intake.signatures import sign_sentry
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.slack import FakeSlack

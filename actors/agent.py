@@ -11,13 +11,13 @@ import contextvars
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
-import psutil
 from claude_agent_sdk import SdkMcpTool
 
 from actors.credentials import TokenManager
@@ -33,6 +33,7 @@ from fixfleet.processes import ProcessRef, this_node
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.sessions import SessionOwner
+from fixfleet.takeover import Liveness
 from fixfleet.worker import Worker
 from fixfleet.workspace.env_cache import EnvCache
 from fixfleet.workspace.environments import (
@@ -45,10 +46,10 @@ from fixfleet.workspace.baselines import BaselineStore
 from fixfleet.workspace.limits import SandboxLimits
 from fixfleet.workspace.mirrors import Checkout, WorkspaceManager, remove_tree
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
+from fixfleet.workspace.sweeper import Sweeper, claim, kill_processes_in
 from fixfleet.workspace.verify import Verifier
 
 log = logging.getLogger(__name__)
-MIRROR_BUDGET_BYTES = 20 * 1024**3
 # The environments a job holds (eviction leaves them alone), released when the job ends.
 _held_environments: contextvars.ContextVar[list[Environment] | None] = contextvars.ContextVar(
     "held_environments", default=None)
@@ -76,7 +77,12 @@ class AgentLoop:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        reap_orphans(self.home)
+        kill_processes_in(self.home)  # what a previous run of this agent left running
+        self.sweeper = Sweeper(self.settings.home, temp_dirs(self.settings.home))
+        # A previous run of this agent that died is gone: its home goes (with every other one whose owner is).
+        await asyncio.to_thread(self.sweeper.sweep)
+        self.home.mkdir(parents=True, exist_ok=True)
+        claim(self.home, self.name)
         self.sandbox = Sandbox(self.home / "sandbox", enabled=self.settings.sandbox_enabled,
                                limits=SandboxLimits.from_settings(self.settings))
         await self.sandbox.check()  # where the sandbox cannot start, agents refuse to run: it says why
@@ -85,12 +91,12 @@ class AgentLoop:
         self.services: Services = await self._stack.enter_async_context(open_services(self.settings, pool_size=4))
         self.store, self.queue = self.services.store, self.services.queues[self.queue_name]
         self.tokens = TokenManager(self.settings)
-        self.workspaces = WorkspaceManager(self.home / "workspaces", MIRROR_BUDGET_BYTES, self.settings.github_token,
-                                           history=self.git_history)
-        legacy = self.workspaces.root / "envs"  # environments were an agent's before they were the node's
-        if legacy.is_dir():
-            await asyncio.to_thread(remove_tree, legacy)
         cache = EnvCache(self.settings.cache_root, max_bytes=int(self.settings.cache_max_gb * 1024**3))
+        self.workspaces = WorkspaceManager(self.home / "workspaces", None, self.settings.github_token, cache=cache,
+                                           holder=self.name, history=self.git_history)
+        for legacy in ("envs", "mirrors"):  # environments and mirrors were an agent's before they were the node's
+            if (self.workspaces.root / legacy).is_dir():
+                await asyncio.to_thread(remove_tree, self.workspaces.root / legacy)
         self.environments = EnvironmentBuilder(self.workspaces, self.sandbox, self.settings.repo_configs,
                                                self.settings.suite_command, cache=cache, holder=self.name)
         self.verifier = Verifier(self.workspaces, self.environments, self.sandbox,
@@ -103,7 +109,8 @@ class AgentLoop:
         self._stack.push_async_callback(self.publisher.aclose)
         self.worker = Worker(self.queue, self.store, self._handle_counted, self.name, on_give_up=self.publisher.task_failed)
         await self._beat()  # the agent is listed (and healthy) from its first moment
-        self._tasks = [asyncio.create_task(self.worker.run(self._stop)), asyncio.create_task(self._heartbeat())]
+        self._tasks = [asyncio.create_task(self.worker.run(self._stop)), asyncio.create_task(self._heartbeat()),
+                       asyncio.create_task(self._sweep_periodically())]
 
     async def drain(self, timeout_s: float) -> None:
         """Stop claiming, let the task in hand finish (up to `timeout_s`), then stop: what a
@@ -148,6 +155,19 @@ class AgentLoop:
         while True:
             await asyncio.sleep(max(1.0, self.settings.lease_s / 3))
             await self._beat()
+
+    async def _sweep_periodically(self) -> None:
+        """Every FIXFLEET_SWEEP_EVERY_S: reclaim what agents and processes that are gone left on
+        this node (one agent at a time sweeps; the others skip). A home on a shared disk whose
+        owner ran on another node goes when the heartbeats say its agent is gone."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_every_s)
+            try:
+                liveness = await Liveness.look(self.services.redis, None, stale_after_s=self.settings.agent_lost_s)
+                self.sweeper.gone_agent = liveness.gone
+                await asyncio.to_thread(self.sweeper.sweep)
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("%s: the sweep failed (%s); trying again in %ss", self.name, exc, self.settings.sweep_every_s)
 
     async def _beat(self) -> None:
         with suppress(Exception):  # Redis away: the beat goes stale and the health check says so
@@ -341,18 +361,9 @@ def stale_entry(job: Job, task: Task) -> str | None:
     return None
 
 
-def reap_orphans(home: Path) -> list[int]:
-    """Kill what a previous incarnation of this agent left running (a claude CLI working in
-    one of its worktrees when the actor was killed): it must not touch the next attempt."""
-    reaped = []
-    for process in psutil.process_iter(["pid", "cwd"]):
-        try:
-            cwd = process.info["cwd"]
-            if cwd and process.pid != os.getpid() and Path(cwd).is_relative_to(home):
-                process.kill()
-                reaped.append(process.pid)
-        except (psutil.Error, ValueError):
-            continue
-    if reaped:
-        log.warning("killed %d process(es) left by a previous run of this agent: %s", len(reaped), reaped)
-    return reaped
+def temp_dirs(home: Path) -> list[Path]:
+    """Where the platform's processes make temporary directories on this node."""
+    found = [Path(tempfile.gettempdir()), home / "temp"]
+    if socket_dir := os.environ.get("FIXFLEET_SOCKET_DIR"):
+        found.append(Path(socket_dir))
+    return found

@@ -81,6 +81,7 @@ from actors.transcript import Transcriber
 from fixfleet.config import Settings
 from fixfleet.redact import Redactor
 from fixfleet.sessions import NewSession, SessionEnd, SessionStatus
+from fixfleet.workspace import sweeper
 from fixfleet.workspace.limits import growth_watch
 from fixfleet.workspace.model_proxy import ModelProxy
 from fixfleet.workspace.sandbox import HOME, WORKSPACE, Bridge, Sandbox, SandboxSpec
@@ -160,12 +161,14 @@ class SessionRunner:
             self.model_proxy = None
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+            sweeper.release(self._socket_dir)
 
     async def _start_model_proxy(self) -> None:
         if self.model_proxy is not None:
             return
         # Unix socket paths are short (107 bytes): a private directory of its own under /tmp.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ff-model-", dir=os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")))
+        sweeper.claim(self._socket_dir)
 
         def credential() -> tuple[str, str]:
             current = self.credentials.current()
@@ -262,6 +265,8 @@ class _Session:
     async def _run(self) -> SessionResult:
         started = time.monotonic()
         error: str | None = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sweeper.claim(self.dir)  # a killed agent's session directory is the sweeper's
         skills = install_skills(self.request.role, self.claude_dir)  # a broken SKILL.md raises: a deployment bug
         loop = asyncio.get_running_loop()
         # The watchdog kills the sandbox rather than cancelling the SDK's tasks: the CLI's stdout
@@ -288,6 +293,7 @@ class _Session:
             if self.dummy_key and self.runner.model_proxy is not None:
                 self.runner.model_proxy.remove_session(self.dummy_key)
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            sweeper.release(self.dir)
         return self._result(started, error)
 
     async def _converse(self, options: ClaudeAgentOptions) -> None:

@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     suite_command: str | None = None  # default whole-suite command for Python repositories that name none
     # Where agents and repository code run: "on" (bubblewrap, required) or "off" (trusted local experiments only).
     sandbox: str = "on"
-    # The node's repository environments, shared by every agent process on it (default: <home>/cache),
-    # and their size budget: idle environments are evicted least recently used first above it.
+    # The node's repository environments and git mirrors, shared by every agent process on it (default:
+    # <home>/cache), and their one size budget: idle ones are evicted least recently used first above it.
     cache_dir: Path | None = None
     cache_max_gb: float = Field(20.0, gt=0)
     # Per repository URL, what its `.fixfleet.yml` would say (for repositories the operator cannot change).
@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     delivery_retention_days: float = Field(30.0, ge=0)
     retention_check_s: float = Field(3600.0, gt=0)
     reconcile_s: float = Field(60.0, gt=0)  # how often the queues are checked against Postgres
+    # How often each agent sweeps its node for the homes, checkouts, session and temp directories of
+    # owners that are gone (fixfleet/workspace/sweeper.py); it also sweeps when it starts.
+    sweep_every_s: float = Field(600.0, gt=0)
 
     @property
     def claimed_stale_s(self) -> float:

@@ -36,6 +36,13 @@ BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
 # -- helpers ------------------------------------------------------------------------------
 
 
+def used_long_ago(mirror: Path) -> None:
+    """Make a mirror the least recently used one on the node."""
+    last_used = mirror.parent / "last_used"
+    last_used.touch()
+    os.utime(last_used, (1, 1))
+
+
 def worktree_paths(mirror: Path) -> list[str]:
     listing = git("worktree", "list", "--porcelain", cwd=mirror)
     return [line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")]
@@ -95,7 +102,7 @@ async def test_concurrent_calls_share_one_clone(manager: WorkspaceManager, upstr
     assert len(set(mirrors)) == 1
     assert manager.stats.clones == 1
     assert manager.stats.fetches == 0  # the five latecomers joined the clone in flight
-    assert not list(manager.mirrors_dir.glob(".partial-*"))
+    assert not list(manager.mirrors_dir.glob("*/.partial-*"))
 
 
 async def test_fetch_prunes_deleted_upstream_branches(manager: WorkspaceManager, upstream: Upstream) -> None:
@@ -112,7 +119,7 @@ async def test_failed_clone_leaves_nothing_behind(manager: WorkspaceManager, tmp
     with pytest.raises(WorkspaceError) as raised:
         await manager.ensure_mirror((tmp_path / "missing.git").as_uri())
     assert "does not appear to be a git repository" in raised.value.stderr
-    assert not list(manager.mirrors_dir.iterdir())
+    assert not list(manager.mirrors_dir.glob("*/git")) and not list(manager.mirrors_dir.glob("*/.partial-*"))
 
 
 async def test_files_are_read_from_the_mirror_as_data(manager: WorkspaceManager, upstream: Upstream) -> None:
@@ -374,9 +381,9 @@ async def test_lru_eviction_spares_mirrors_with_live_checkouts(cold_manager: Wor
     mirror_b = await cold_manager.ensure_mirror(repos["b"].url)
     mirror_c = await cold_manager.ensure_mirror(repos["c"].url)
     mirror_a = await cold_manager.ensure_mirror(repos["a"].url)
-    (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')  # back to oldest
+    used_long_ago(mirror_a)  # back to oldest
 
-    sizes = {path: disk_usage(path) for path in (mirror_a, mirror_b, mirror_c)}
+    sizes = {path: disk_usage(path.parent) for path in (mirror_a, mirror_b, mirror_c)}
     cold_manager.disk_budget_bytes = sum(sizes.values()) - 1
 
     evicted = await cold_manager.enforce_budget()
@@ -387,7 +394,7 @@ async def test_lru_eviction_spares_mirrors_with_live_checkouts(cold_manager: Wor
 
     # Once the checkout is gone, a is fair game.
     await cold_manager.discard(live)
-    (mirror_a / "fixfleet-mirror.json").write_text('{"last_used": 1}')
+    used_long_ago(mirror_a)
     cold_manager.disk_budget_bytes = sizes[mirror_c]
     assert await cold_manager.enforce_budget() == [mirror_a]
 
@@ -399,21 +406,22 @@ async def test_lru_eviction_spares_mirrors_with_live_checkouts(cold_manager: Wor
 async def test_a_checkout_outlives_its_evicted_mirror(tmp_path: Path, upstream: Upstream) -> None:
     before = WorkspaceManager(tmp_path / "agent", BIG_BUDGET, warm_spares=0)
     checkout = await before.checkout(upstream.url, await before.resolve(upstream.url), "FF-12")
+    await before.close()  # the agent is gone: its lease with it
     after = WorkspaceManager(tmp_path / "agent", 1, warm_spares=0)  # restart, tiny budget
     assert len(await after.enforce_budget()) == 1
     assert (checkout.path / "src/app.py").read_text() == "print('v1')\n"  # a plain tree needs no mirror
 
 
-async def test_spares_count_against_the_budget(tmp_path: Path, upstream: Upstream) -> None:
+async def test_an_evicted_mirror_takes_its_spares_along(tmp_path: Path, upstream: Upstream) -> None:
     workspace = WorkspaceManager(tmp_path / "agent", BIG_BUDGET)
     try:
         first = await workspace.warm(upstream.url)
-        assert (workspace.spares_dir / first.name).is_dir()
+        assert (workspace.spares_dir / first.parent.name).is_dir()
         other = make_upstream(tmp_path / "other")
         workspace.disk_budget_bytes = 1  # everything not in use must go
         second = await workspace.warm(other.url)
-        assert not first.exists() and not (workspace.spares_dir / first.name).exists()
-        assert list(workspace.mirrors_dir.iterdir()) == [second]
+        assert not first.exists() and not (workspace.spares_dir / first.parent.name).exists()
+        assert list(workspace.mirrors_dir.glob("*/git")) == [second]
         assert len(list(workspace.spares_dir.rglob("README.md"))) == 1  # second's spare
     finally:
         await workspace.close()
@@ -456,7 +464,7 @@ async def test_a_hung_remote_times_out_and_its_processes_are_killed(tmp_path: Pa
         with pytest.raises(WorkspaceError, match="timed out"):
             await workspace.ensure_mirror(f"http://127.0.0.1:{port}/acme/api.git")
         assert processes_mentioning(f"127.0.0.1:{port}") == []
-        assert not list(workspace.mirrors_dir.iterdir())
+        assert not list(workspace.mirrors_dir.glob("*/git"))
     finally:
         silent.close()
 
@@ -481,7 +489,7 @@ async def test_git_gets_no_platform_secret_and_no_inherited_descriptor(
 async def test_rejects_bad_commits_and_names(manager: WorkspaceManager, upstream: Upstream, name: str) -> None:
     with pytest.raises(WorkspaceError, match="invalid"):
         await manager.checkout(upstream.url, name, "FF-13")
-    assert not list(manager.mirrors_dir.iterdir())  # rejected before any fetch
+    assert not list(manager.mirrors_dir.glob("*/git"))  # rejected before any fetch
 
 
 @pytest.mark.parametrize("branch", [
@@ -491,7 +499,7 @@ async def test_rejects_bad_commits_and_names(manager: WorkspaceManager, upstream
 async def test_rejects_bad_branch_names(manager: WorkspaceManager, upstream: Upstream, branch: str) -> None:
     with pytest.raises(WorkspaceError, match="invalid"):
         await manager.resolve(upstream.url, branch, branch=True)
-    assert not list(manager.mirrors_dir.iterdir())  # rejected before any fetch
+    assert not list(manager.mirrors_dir.glob("*/git"))  # rejected before any fetch
 
 
 @pytest.mark.parametrize("url", [
@@ -504,7 +512,7 @@ async def test_rejects_bad_urls(manager: WorkspaceManager, url: str) -> None:
     with pytest.raises(WorkspaceError, match="invalid repository URL") as raised:
         await manager.ensure_mirror(url)
     assert "hunter2" not in str(raised.value) and TOKEN not in str(raised.value)
-    assert not list(manager.mirrors_dir.iterdir())
+    assert not list(manager.mirrors_dir.glob("*/git"))
 
 
 @pytest.mark.parametrize("base", ["--output=/tmp/pwned", "-", "main@{1}"])

@@ -1,6 +1,7 @@
-"""The node's environment cache: one environment per dependency hash, shared by every agent
-process on the node and by verification, built once, evicted least recently used first and
-never while anyone uses it.
+"""The node's cache: the repositories' environments (one per dependency hash) and their git
+mirrors (one per repository), shared by every agent process on the node and by verification,
+made once, evicted least recently used first under one budget (FIXFLEET_CACHE_MAX_GB) and
+never while anyone uses them.
 
     <root>/envs/<repo>/<digest>/env/        what the sandbox mounts read-only at /env
     <root>/envs/<repo>/<digest>/meta.json   how it was made (written by the platform, outside /env)
@@ -10,6 +11,10 @@ never while anyone uses it.
     <root>/envs/<repo>/<digest>.lock        held while it is built, leased or evicted
     <root>/packages/<repo>/                 the repository's download caches (uv, npm, pnpm, yarn,
                                             Poetry), written only by builds of base commits
+    <root>/mirrors/<key>/git/               a repository's bare mirror (fixfleet/workspace/mirrors.py)
+    <root>/mirrors/<key>/meta.json          written once the clone is complete: the mirror is ready
+    <root>/mirrors/<key>/leases/, last_used as for an environment
+    <root>/mirrors/<key>.lock               held while it is cloned, fetched, written, leased or evicted
     <root>/tmp/                             builds in progress, private caches, the trash
 
 A lease is a file its holder keeps locked (flock): the kernel drops the lock when the process
@@ -33,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fixfleet.workspace.mirrors import disk_usage, remove_tree
+from fixfleet.workspace import trees
+from fixfleet.workspace.trees import remove_tree
 
 log = logging.getLogger(__name__)
 LOCK_POLL_S = 0.2
@@ -41,11 +47,12 @@ LOCK_POLL_S = 0.2
 
 @dataclass(frozen=True)
 class Entry:
-    """Where one environment lives (whether or not it exists)."""
+    """Where one environment or mirror lives (whether or not it exists)."""
 
     repo: str
     digest: str
     directory: Path
+    kind: str = "env"  # or "mirror" (digest: the repository's key)
 
     @property
     def env(self) -> Path:
@@ -113,11 +120,15 @@ class EnvCache:
         self.root = Path(root).absolute()
         self.max_bytes = max_bytes  # None: no budget
         self.envs_dir, self.packages_dir, self.tmp_dir = self.root / "envs", self.root / "packages", self.root / "tmp"
-        for directory in (self.envs_dir, self.packages_dir, self.tmp_dir):
+        self.mirrors_dir = self.root / "mirrors"
+        for directory in (self.envs_dir, self.packages_dir, self.tmp_dir, self.mirrors_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
     def entry(self, repo: str, digest: str) -> Entry:
         return Entry(repo, digest, self.envs_dir / repo / digest)
+
+    def mirror_entry(self, key: str) -> Entry:
+        return Entry(key, key, self.mirrors_dir / key, kind="mirror")
 
     def package_cache(self, repo: str) -> Path:
         path = self.packages_dir / repo
@@ -125,14 +136,17 @@ class EnvCache:
         return path
 
     def entries(self) -> list[Entry]:
-        """Every ready environment on the node."""
+        """Every ready environment and mirror on the node."""
         found = []
         for repo in _subdirectories(self.envs_dir):
             for directory in _subdirectories(repo):
                 entry = self.entry(repo.name, directory.name)
                 if entry.ready:
                     found.append(entry)
-        return found
+        return found + [m for m in self._mirror_entries() if m.ready]
+
+    def _mirror_entries(self) -> list[Entry]:
+        return [self.mirror_entry(directory.name) for directory in _subdirectories(self.mirrors_dir)]
 
     # -- locks and leases ----------------------------------------------------------------
 
@@ -150,8 +164,8 @@ class EnvCache:
 
     @staticmethod
     def lease(entry: Entry, holder: str) -> Lease:
-        """Take a lease; the caller holds the environment's lock."""
-        entry.leases.mkdir(exist_ok=True)
+        """Take a lease; the caller holds the entry's lock."""
+        entry.leases.mkdir(parents=True, exist_ok=True)
         path = entry.leases / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.json"
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # a new file: nobody else has it
@@ -202,8 +216,8 @@ class EnvCache:
     # -- the budget ----------------------------------------------------------------------
 
     def evict(self) -> list[Entry]:
-        """Remove idle environments, least recently used first, until the cache fits its
-        budget; then the download caches of repositories with no environment left. Blocking
+        """Remove idle environments and mirrors, least recently used first, until the cache fits
+        its budget; then the download caches of repositories with no environment left. Blocking
         (walks and deletes): run it in a thread. Another process evicting: nothing to do."""
         if self.max_bytes is None:
             return []
@@ -211,6 +225,7 @@ class EnvCache:
             if not mine:
                 return []
             self._sweep_scratch()
+            self._sweep_unready_mirrors()
             return self._evict_over_budget()
 
     def _evict_over_budget(self) -> list[Entry]:
@@ -225,13 +240,13 @@ class EnvCache:
             if self._remove_if_idle(entry):
                 evicted.append(entry)
                 total -= sizes[entry.digest]
-        left = {e.repo for e in entries if e not in evicted}
+        left = {e.repo for e in entries if e not in evicted and e.kind == "env"}
         for repo, size in sorted(packages.items(), key=lambda item: -item[1]):
             if total > self.max_bytes and repo not in left:
                 remove_tree(self.packages_dir / repo)
                 total -= size
         if total > self.max_bytes:
-            log.warning("environment cache over budget: %d > %d bytes, every environment left is in use",
+            log.warning("node cache over budget: %d > %d bytes, every environment and mirror left is in use",
                         total, self.max_bytes)
         return evicted
 
@@ -241,9 +256,19 @@ class EnvCache:
                 return False
             trash = self.tmp_dir / f"trash-{uuid.uuid4().hex[:8]}"
             os.rename(entry.directory, trash)
-        log.info("evicted the environment %s of %s (least recently used, cache over budget)", entry.digest, entry.repo)
+        log.info("evicted the %s %s of %s (least recently used, cache over budget)", entry.kind, entry.digest, entry.repo)
         remove_tree(trash)
         return True
+
+    def _sweep_unready_mirrors(self) -> None:
+        """Remove mirror directories whose clone never completed (a failed URL, a crash) and
+        that nobody holds."""
+        for entry in self._mirror_entries():
+            if entry.ready:
+                continue
+            with _held_or_skipped(entry.lock_file) as mine:
+                if mine and not entry.ready and not self.holders(entry):
+                    remove_tree(entry.directory)
 
     def _sweep_scratch(self) -> None:
         """Remove what builds of dead processes left in tmp/ (their lock files are free)."""
@@ -258,6 +283,11 @@ class EnvCache:
                 if mine:
                     remove_tree(path)
                     lock.unlink(missing_ok=True)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated on disk under `path`."""
+    return trees.disk_usage(path).bytes
 
 
 def _try_flock(descriptor: int) -> bool:

@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from fixfleet.config import Settings, get_settings
 from fixfleet.errors import PermanentError
+from fixfleet.workspace import sweeper
 from fixfleet.workspace.changes import ChangeRefused, apply_files
 from fixfleet.workspace.egress import EgressPolicy, EgressProxy
 from fixfleet.workspace.env_cache import Entry, EnvCache, Lease
@@ -142,7 +143,7 @@ class EnvironmentBuilder:
         self.workspaces, self.sandbox = workspaces, sandbox
         self.configs = dict(configs or {})  # operator settings per repository URL
         self.default_suite_command = default_suite_command
-        self.cache = cache or EnvCache(workspaces.root / "env-cache")
+        self.cache = cache or workspaces.cache
         self.holder = holder or f"pid {os.getpid()}"  # who holds a lease: shown to whoever looks
 
     async def plan_for(self, url: str, files: Mapping[str, bytes]) -> SetupPlan:
@@ -330,6 +331,7 @@ async def network_access(domains: list[str], policy: EgressPolicy | None = None)
         return
     policy = policy or await platform_egress_policy(get_settings())
     socket_dir = Path(tempfile.mkdtemp(prefix="ff-egress-", dir=os.environ.get("FIXFLEET_SOCKET_DIR", "/tmp")))
+    sweeper.claim(socket_dir)
     try:
         async with EgressProxy(socket_dir / "egress.sock", domains, policy=policy) as proxy:
             url = f"http://127.0.0.1:{PROXY_PORT}"
@@ -338,6 +340,7 @@ async def network_access(domains: list[str], policy: EgressPolicy | None = None)
                           env | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}, proxy)
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
+        sweeper.release(socket_dir)
 
 
 async def platform_egress_policy(settings: Settings) -> EgressPolicy:

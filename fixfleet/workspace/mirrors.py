@@ -1,12 +1,17 @@
 """Warm workspaces: a bare mirror per repository, plain checkouts for the agents, commits made as data.
 
-An agent actor keeps, under its data directory:
+The mirrors are the node's, shared by its agents (fixfleet/workspace/env_cache.py, beside the
+repositories' environments, under the same budget and leases):
 
-    root/mirrors/<repo>/     bare mirror: cloned once, `git fetch --prune` afterwards
+    <cache>/mirrors/<repo>/git    bare mirror: cloned once, `git fetch --prune` afterwards
+
+An agent holds a lease on a mirror while it uses it (an operation in flight, a checkout handed
+out): the node's eviction leaves it alone then. Whatever writes a mirror's refs or worktree
+registry (a clone, a fetch, a worktree added or moved) holds its lock, across processes. An
+agent actor keeps, under its own data directory:
+
     root/spares/<repo>/<id>  spare checkouts made ahead of time at the default branch
     root/checkouts/<name>    plain trees handed to a session or a verification run
-
-The repositories' environments are the node's, not an agent's (fixfleet/workspace/env_cache.py).
 
 The trust boundary: the platform's git only ever runs in its mirrors, which no sandbox mounts.
 A checkout is a plain tree, no `.git` in it: made as a git worktree (fast, and a spare can be
@@ -24,6 +29,7 @@ here blocks the loop (directory walks and deletes go to a thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,14 +38,15 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fixfleet.repos import InvalidRepo, check_git_url
-from fixfleet.workspace import private_git
+from fixfleet.workspace import private_git, sweeper
+from fixfleet.workspace.env_cache import EnvCache, Entry, Lease
 from fixfleet.workspace.git import (
     GitCredentials,
     GitError,
@@ -58,11 +65,14 @@ FETCH_REFSPECS = (
     "+HEAD:refs/remotes/origin/HEAD",
 )
 DEFAULT_BRANCH_REF = "refs/remotes/origin/HEAD"
-# manyFiles = index v4 + untracked cache: cheaper checkouts of a large tree.
+# manyFiles = index v4 + untracked cache: cheaper checkouts of a large tree. No automatic gc (it
+# may detach a process that keeps the agent's descriptors): `_fetch` runs one itself, in the
+# foreground under the mirror's lock, once commits and fetches have left enough behind.
 MIRROR_CONFIG = (("feature.manyFiles", "true"), ("core.logAllRefUpdates", "false"),
                  ("advice.detachedHead", "false"), ("gc.auto", "0"))
+LOOSE_OBJECTS_MAX = 2000  # then a gc packs them (and drops unreachable ones older than two weeks)
+PACKS_MAX = 50
 CONTROL_CHARS = re.compile(r"[\x00-\x20\x7f]")
-META_FILE = "fixfleet-mirror.json"
 ZERO_OID = "0" * 40
 FILE_MODES = {"100644", "100755", "120000"}
 
@@ -106,6 +116,7 @@ class WorkspaceStats:
     spare_hits: int = 0
     spare_misses: int = 0
     evictions: int = 0
+    gcs: int = 0
 
 
 @dataclass
@@ -121,11 +132,12 @@ class MirrorState:
     """What this process knows about one mirror; the disk stays the source of truth."""
 
     key: str
-    path: Path
-    # Held by anything that writes the mirror's refs or worktree registry: git is not safe
-    # against a concurrent `worktree add` walking the same registry.
+    entry: Entry
+    # Held (with the entry's file lock) by anything that writes the mirror's refs or worktree
+    # registry: git is not safe against a concurrent `worktree add` walking the same registry.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pins: int = 0  # operations in flight that need the mirror to stay
+    lease: Lease | None = None  # held while pinned or a checkout is out: eviction leaves it alone
     live: set[Path] = field(default_factory=set)  # checkouts handed out, not yet discarded
     spares: list[Spare] = field(default_factory=list)
     spare_task: asyncio.Task[None] | None = None
@@ -133,9 +145,13 @@ class MirrorState:
     generation: int = 0  # completed clones/fetches
     spares_swept: bool = False
 
-    def busy(self) -> bool:
-        building = self.spare_task is not None and not self.spare_task.done()
-        return self.pins > 0 or self.lock.locked() or bool(self.live) or building
+    @property
+    def path(self) -> Path:
+        return self.entry.directory / "git"
+
+    def idle(self) -> bool:
+        """Nothing of this process needs the mirror now (a spare build pins it while it runs)."""
+        return self.pins == 0 and not self.lock.locked() and not self.live
 
 
 def validate_url(url: str) -> str:
@@ -180,30 +196,23 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def read_last_used(mirror: Path) -> float:
-    try:
-        return float(json.loads((mirror / META_FILE).read_text())["last_used"])
-    except (OSError, ValueError, KeyError, TypeError):
-        try:
-            return mirror.stat().st_mtime
-        except OSError:
-            return 0.0
-
-
 class WorkspaceManager:
-    """Mirror cache, spares and checkouts under one root directory (one manager per actor)."""
+    """Spares and checkouts under one root directory (one manager per actor), over the node's
+    mirrors in `cache` (default: a cache of its own under root/cache, budget `disk_budget_bytes`)."""
 
-    def __init__(self, root: Path, disk_budget_bytes: int, github_token: SecretStr | None = None, *,
+    def __init__(self, root: Path, disk_budget_bytes: int | None = None, github_token: SecretStr | None = None, *,
+                 cache: EnvCache | None = None, holder: str | None = None,
                  token_hosts: Collection[str] = ("github.com",), warm_spares: int = 1,
                  fetch_max_age_s: float = 0.0, network_timeout_s: float = 900.0,
                  local_timeout_s: float = 300.0, branch_prefix: str = "fixfleet/", history: int = 0):
         self.root = Path(root).absolute()
-        self.mirrors_dir = self.root / "mirrors"
+        self.cache = cache or EnvCache(self.root / "cache", max_bytes=disk_budget_bytes)
+        self.holder = holder or f"workspace-{os.getpid()}"
+        self.mirrors_dir = self.cache.mirrors_dir
         self.spares_dir = self.root / "spares"
         self.checkouts_dir = self.root / "checkouts"
         self.trash_dir = self.root / "trash"
         self.tmp_dir = self.root / "tmp"
-        self.disk_budget_bytes = disk_budget_bytes
         self.warm_spares = warm_spares
         self.fetch_max_age_s = fetch_max_age_s
         self.branch_prefix = branch_prefix
@@ -212,10 +221,50 @@ class WorkspaceManager:
         self.git = GitRunner(GitCredentials(github_token, token_hosts),
                              network_timeout_s=network_timeout_s, local_timeout_s=local_timeout_s)
         self._states: dict[str, MirrorState] = {}
-        self._evict_lock = asyncio.Lock()
-        for directory in (self.mirrors_dir, self.spares_dir, self.checkouts_dir,
-                          self.trash_dir, self.tmp_dir):
+        for directory in (self.spares_dir, self.checkouts_dir, self.trash_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def disk_budget_bytes(self) -> int | None:
+        """The node cache's budget (mirrors and environments together)."""
+        return self.cache.max_bytes
+
+    @disk_budget_bytes.setter
+    def disk_budget_bytes(self, value: int | None) -> None:
+        self.cache.max_bytes = value
+
+    # -- holding a mirror ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, state: MirrorState) -> AsyncIterator[None]:
+        """The mirror is needed until the block ends: leased (eviction leaves it alone)."""
+        state.pins += 1
+        try:
+            await self._hold(state)
+            yield
+        finally:
+            state.pins -= 1
+            self._release_if_idle(state)
+
+    async def _hold(self, state: MirrorState) -> None:
+        if state.lease is None or not state.lease.held:
+            async with self.cache.locked(state.entry):  # no eviction between the check and the lease
+                if state.lease is None or not state.lease.held:
+                    state.lease = self.cache.lease(state.entry, self.holder)
+        with contextlib.suppress(OSError):
+            state.entry.touch()  # its last use, for the least-recently-used order
+
+    def _release_if_idle(self, state: MirrorState) -> None:
+        if state.idle() and state.lease is not None:
+            state.lease.release()
+            state.lease = None
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, state: MirrorState) -> AsyncIterator[None]:
+        """The right to write the mirror's refs and worktree registry: this process's coroutines
+        one at a time (the asyncio lock), other processes on the node too (the entry's flock)."""
+        async with state.lock, self.cache.locked(state.entry):
+            yield
 
     # -- mirrors and refs ----------------------------------------------------------------
 
@@ -223,12 +272,9 @@ class WorkspaceManager:
         """The repository's mirror, cloned on first use and fetched (coalesced) afterwards."""
         url = validate_url(url)
         state = self._state(url)
-        state.pins += 1
-        try:
+        async with self._pinned(state):
             await self._refresh(state, url)
-            await self.enforce_budget()  # while pinned: never evicts the mirror it returns
-        finally:
-            state.pins -= 1
+            await self.enforce_budget()  # while leased: never evicts the mirror it returns
         self._schedule_spares(state)
         return state.path
 
@@ -252,8 +298,7 @@ class WorkspaceManager:
         if branch:
             await self._check_branch(ref or "")
         state = self._state(url)
-        state.pins += 1
-        try:
+        async with self._pinned(state):
             if await self._refresh(state, url):
                 await self.enforce_budget()
             candidates = [f"refs/remotes/origin/{ref}"] if branch else self._base_candidates(ref)
@@ -261,8 +306,6 @@ class WorkspaceManager:
             if sha is None and ref is not None:  # pushed after our last fetch (by another actor)
                 await self._refresh(state, url, force=True)
                 sha = await self._first_commit(state, candidates)
-        finally:
-            state.pins -= 1
         if sha is None:
             what = f"branch {ref!r}" if branch else f"base {ref or 'default branch'!r}"
             raise WorkspaceError(f"{what} not found on the remote")
@@ -283,8 +326,9 @@ class WorkspaceManager:
     async def list_tree(self, url: str, sha: str) -> dict[str, TreeEntry]:
         """Every file of the commit: path -> mode and blob id (submodules left out)."""
         state = self._state(validate_url(url))
-        out = await self.git.run_bytes("ls-tree", "-r", "-z", "--full-tree", "--end-of-options", sha,
-                                       cwd=state.path)
+        async with self._pinned(state):
+            out = await self.git.run_bytes("ls-tree", "-r", "-z", "--full-tree", "--end-of-options", sha,
+                                           cwd=state.path)
         entries = {}
         for record in filter(None, out.split(b"\0")):
             meta, _, path = record.partition(b"\t")
@@ -299,8 +343,9 @@ class WorkspaceManager:
             return {}
         state = self._state(validate_url(url))
         wanted = [p for p in paths if "\n" not in p]
-        out = await self.git.run_bytes("cat-file", "--batch", cwd=state.path,
-                                       stdin="".join(f"{sha}:{p}\n" for p in wanted).encode())
+        async with self._pinned(state):
+            out = await self.git.run_bytes("cat-file", "--batch", cwd=state.path,
+                                           stdin="".join(f"{sha}:{p}\n" for p in wanted).encode())
         found, offset = {}, 0
         for path in wanted:
             end = out.index(b"\n", offset)
@@ -326,9 +371,8 @@ class WorkspaceManager:
         validate_ref_text(sha, "commit")
         state = self._state(url)
         target = self.checkouts_dir / safe_name(name, salt=state.key)
-        state.pins += 1
-        try:
-            async with state.lock:
+        async with self._pinned(state):
+            async with self._writing(state):
                 await self._clear_stale(state, target)
                 spare = None
                 try:
@@ -346,10 +390,8 @@ class WorkspaceManager:
                 finally:
                     if spare is not None and spare.git_dir is not None:
                         await asyncio.to_thread(remove_tree, spare.git_dir)  # used (moved) or not: gone
-            state.live.add(target)
-        finally:
-            state.pins -= 1
-        self._touch(state, url)
+            state.live.add(target)  # keeps the lease until it is discarded
+            sweeper.claim(target, self.holder)  # this process's: the sweeper leaves it while it lives
         self._schedule_spares(state)
         return Checkout(path=target, sha=sha, repo_url=url, from_spare=spare is not None)
 
@@ -361,6 +403,8 @@ class WorkspaceManager:
             await asyncio.to_thread(remove_tree, checkout.path)
         finally:
             state.live.discard(checkout.path)
+            sweeper.release(checkout.path)
+            self._release_if_idle(state)
 
     def _check_owned(self, path: Path) -> None:
         """A Checkout may come back from a database or a request: only ours get deleted."""
@@ -376,26 +420,25 @@ class WorkspaceManager:
         validate_ref_text(parent, "commit")
         index = self.tmp_dir / f"index-{uuid.uuid4().hex}"
         env = {"GIT_INDEX_FILE": str(index)}
-        state.pins += 1
         try:
-            await self.git.run("read-tree", "--end-of-options", parent, cwd=state.path, env=env)
-            lines = []
-            for path, change in files.items():
-                if change.content is None:
-                    lines.append(f"0 {ZERO_OID}\t{path}")
-                    continue
-                if change.mode not in FILE_MODES:
-                    raise WorkspaceError(f"invalid file mode {change.mode} for {path}")
-                oid = (await self.git.run("hash-object", "-w", "--stdin", cwd=state.path,
-                                          stdin=change.content)).strip()
-                lines.append(f"{change.mode} {oid}\t{path}")
-            await self.git.run("update-index", "--index-info", cwd=state.path, env=env,
-                               stdin="".join(line + "\n" for line in lines).encode())
-            tree = (await self.git.run("write-tree", cwd=state.path, env=env)).strip()
-            return (await self.git.run("commit-tree", tree, "-p", parent, "-F", "-", cwd=state.path,
-                                       stdin=message.encode())).strip()
+            async with self._pinned(state):
+                await self.git.run("read-tree", "--end-of-options", parent, cwd=state.path, env=env)
+                lines = []
+                for path, change in files.items():
+                    if change.content is None:
+                        lines.append(f"0 {ZERO_OID}\t{path}")
+                        continue
+                    if change.mode not in FILE_MODES:
+                        raise WorkspaceError(f"invalid file mode {change.mode} for {path}")
+                    oid = (await self.git.run("hash-object", "-w", "--stdin", cwd=state.path,
+                                              stdin=change.content)).strip()
+                    lines.append(f"{change.mode} {oid}\t{path}")
+                await self.git.run("update-index", "--index-info", cwd=state.path, env=env,
+                                   stdin="".join(line + "\n" for line in lines).encode())
+                tree = (await self.git.run("write-tree", cwd=state.path, env=env)).strip()
+                return (await self.git.run("commit-tree", tree, "-p", parent, "-F", "-", cwd=state.path,
+                                           stdin=message.encode())).strip()
         finally:
-            state.pins -= 1
             index.unlink(missing_ok=True)
 
     async def push(self, url: str, sha: str, branch: str, *, expected: str | None) -> str:
@@ -408,108 +451,71 @@ class WorkspaceManager:
             raise WorkspaceError(f"refused to push {branch!r}: only {self.branch_prefix}* branches are fixfleet's")
         validate_ref_text(sha, "commit")
         state = self._state(url)
-        state.pins += 1
-        try:
+        async with self._pinned(state):
             lease = f"--force-with-lease=refs/heads/{branch}:{expected or ''}"
             await self.git.run("push", "--porcelain", "--no-verify", lease, "--", url,
                                f"{sha}:refs/heads/{branch}", cwd=state.path, url=url)
             # Pushing to a URL (not a named remote) leaves remote-tracking refs alone.
-            await self.git.run("update-ref", f"refs/remotes/origin/{branch}", sha, cwd=state.path)
-        finally:
-            state.pins -= 1
-        self._touch(state, url)
+            async with self._writing(state):
+                await self.git.run("update-ref", f"refs/remotes/origin/{branch}", sha, cwd=state.path)
         return sha
 
     # -- eviction ------------------------------------------------------------------------
 
     async def enforce_budget(self) -> list[Path]:
-        """Evict least recently used mirrors (with their spares and environments) until the
-        total fits the disk budget; never one in use (pinned, handed-out checkouts, building)."""
-        async with self._evict_lock:
-            recorded = {key: sum(spare.size for spare in state.spares)
-                        for key, state in self._states.items() if state.spares_swept}
-            scan = await asyncio.to_thread(self._scan_mirrors, recorded)
-            total = sum(footprint for _, _, footprint in scan)
-            evicted: list[Path] = []
-            for path, _, footprint in sorted(scan, key=lambda item: item[1]):
-                if total <= self.disk_budget_bytes:
-                    break
-                state = self._states.get(path.name)
-                if state is not None and state.busy():
-                    continue
-                self._evict(path)
-                evicted.append(path)
-                total -= footprint
-            if total > self.disk_budget_bytes:
-                log.warning("workspace over budget: %d > %d bytes, nothing left to evict",
-                            total, self.disk_budget_bytes)
-        if evicted:
-            await asyncio.to_thread(self._empty_trash)
-        return evicted
+        """Fit the node cache into its budget (fixfleet/workspace/env_cache.py): least recently
+        used environments and mirrors go first, never one that any agent on the node holds.
+        Returns the mirrors evicted; this agent's spares of them go too."""
+        evicted = [entry for entry in await asyncio.to_thread(self.cache.evict) if entry.kind == "mirror"]
+        for entry in evicted:
+            state = self._states.pop(entry.digest, None)
+            if state is not None:
+                state.spares.clear()
+            spares = self.spares_dir / entry.digest
+            if spares.exists():
+                await asyncio.to_thread(remove_tree, spares)
+            self.stats.evictions += 1
+        return [entry.directory / "git" for entry in evicted]
 
     async def close(self) -> None:
-        """Stop background spare builds (their git processes are killed)."""
+        """Stop background spare builds (their git processes are killed); give up the leases."""
         tasks = [s.spare_task for s in self._states.values() if s.spare_task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _scan_mirrors(self, spare_bytes: dict[str, int]) -> list[tuple[Path, float, int]]:
-        """(mirror, last used, bytes with its spares) per mirror. Spare sizes
-        measured when they were built are reused: walking every spare on every check costs."""
-        found = []
-        for mirror in self.mirrors_dir.iterdir():
-            if mirror.name.startswith(".") or not mirror.is_dir():
-                continue
-            spares = self.spares_dir / mirror.name
-            footprint = disk_usage(mirror)
-            if mirror.name in spare_bytes:
-                footprint += spare_bytes[mirror.name]
-            elif spares.is_dir():
-                footprint += disk_usage(spares)
-            found.append((mirror, read_last_used(mirror), footprint))
-        return found
-
-    def _evict(self, mirror: Path) -> None:
-        """Synchronous on purpose: no other coroutine can start using it half way."""
-        log.info("evicting mirror %s (least recently used, over budget)", mirror.name)
-        self._states.pop(mirror.name, None)
-        for path in (mirror, self.spares_dir / mirror.name):
-            if path.exists():
-                os.rename(path, self.trash_dir / f"{path.name}-{uuid.uuid4().hex[:8]}")
-        self.stats.evictions += 1
-
-    def _empty_trash(self) -> None:
-        for path in self.trash_dir.iterdir():
-            remove_tree(path)
+        for state in self._states.values():
+            if state.lease is not None:
+                state.lease.release()
+                state.lease = None
 
     # -- mirrors: clone and fetch --------------------------------------------------------
 
     def _state(self, url: str) -> MirrorState:
         key = repo_key(url)
         if key not in self._states:
-            self._states[key] = MirrorState(key=key, path=self.mirrors_dir / key)
+            self._states[key] = MirrorState(key=key, entry=self.cache.mirror_entry(key))
         return self._states[key]
+
 
     async def _refresh(self, state: MirrorState, url: str, *, force: bool = False) -> bool:
         """Clone or fetch, shared by every caller that asked while it was queued or running.
         `force` insists on a fetch that started after the call. True if it cloned."""
         asked_at, seen_generation = time.monotonic(), state.generation
-        async with state.lock:
-            if self._fresh_enough(state, asked_at, seen_generation, force):
+        async with self._writing(state):
+            present = state.entry.ready and (state.path / "HEAD").exists()
+            if present and self._fresh_enough(state, asked_at, seen_generation, force):
                 self.stats.fetches_coalesced += 1
                 return False
             state.last_fetch_started = time.monotonic()
-            cloned = not (state.path / "HEAD").exists()
-            if cloned:
+            if not present:  # never cloned here, or evicted since: another agent's spares are of no use
+                state.spares.clear()
                 await self._clone(state, url)
                 self.stats.clones += 1
             else:
                 await self._fetch(state.path, url)
                 self.stats.fetches += 1
             state.generation += 1
-        self._touch(state, url)
-        return cloned
+        return not present
 
     def _fresh_enough(self, state: MirrorState, asked_at: float, seen_generation: int, force: bool) -> bool:
         started = state.last_fetch_started
@@ -520,16 +526,23 @@ class WorkspaceManager:
         return started is not None and started >= asked_at - self.fetch_max_age_s
 
     async def _clone(self, state: MirrorState, url: str) -> None:
-        """Clone into a temporary directory, renamed into place only once complete."""
-        partial = self.mirrors_dir / f".partial-{state.key}-{uuid.uuid4().hex[:8]}"
+        """Clone into a temporary directory, renamed into place only once complete (with the
+        mirror's lock held: any other partial one is a dead process's)."""
+        for leftover in state.entry.directory.glob(".partial-*"):
+            await asyncio.to_thread(remove_tree, leftover)
+        state.entry.meta_file.unlink(missing_ok=True)
+        partial = state.entry.directory / f".partial-{uuid.uuid4().hex[:8]}"
         try:
             await self.git.run("init", "--quiet", "--bare", "--", str(partial))
             for key, value in MIRROR_CONFIG:
                 await self.git.run("config", "--", key, value, cwd=partial)
             await self._fetch(partial, url)
             if state.path.exists():  # a broken leftover without HEAD: set it aside
-                os.rename(state.path, self.trash_dir / f"{state.key}-{uuid.uuid4().hex[:8]}")
+                os.rename(state.path, self.cache.tmp_dir / f"trash-{uuid.uuid4().hex[:8]}")
             os.rename(partial, state.path)
+            meta = state.entry.meta_file.with_suffix(".tmp")
+            meta.write_text(json.dumps({"url": self.git.credentials.redact(url), "cloned": time.time()}))
+            os.replace(meta, state.entry.meta_file)  # ready: the node's eviction counts it from now
         except BaseException:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, partial, True))
             raise
@@ -538,15 +551,20 @@ class WorkspaceManager:
     async def _fetch(self, mirror: Path, url: str) -> None:
         await self.git.run("fetch", "--quiet", "--prune", "--no-tags", "--no-write-fetch-head",
                            "--", url, *FETCH_REFSPECS, cwd=mirror, url=url)
+        await self._collect_garbage(mirror)
 
-    def _touch(self, state: MirrorState, url: str) -> None:
-        """Record last use (persisted, so LRU order survives a restart)."""
-        if not state.path.is_dir():
-            return
-        meta = state.path / META_FILE
-        partial = meta.with_suffix(".tmp")
-        partial.write_text(json.dumps({"url": self.git.credentials.redact(url), "last_used": time.time()}))
-        os.replace(partial, meta)
+    async def _collect_garbage(self, mirror: Path) -> None:
+        """A mirror lives for months: each task's commits and each fetch leave loose objects and
+        small packs. Past a bound, one gc (with the mirror's lock held) packs them."""
+        try:
+            counts = dict(line.split(": ", 1) for line in
+                          (await self.git.run("count-objects", "-v", cwd=mirror)).splitlines() if ": " in line)
+            if int(counts.get("count", 0)) <= LOOSE_OBJECTS_MAX and int(counts.get("packs", 0)) <= PACKS_MAX:
+                return
+            await self.git.run("gc", "--quiet", cwd=mirror, background=True)
+            self.stats.gcs += 1
+        except (GitError, ValueError) as error:  # a mirror that could not be packed still serves
+            log.warning("gc of mirror %s failed: %s", mirror.parent.name, error)
 
     async def _check_branch(self, branch: str) -> None:
         validate_ref_text(branch, "branch name")
@@ -650,18 +668,16 @@ class WorkspaceManager:
         state.spare_task = asyncio.create_task(self._fill_spares(state), name=f"spares:{state.key}")
 
     async def _fill_spares(self, state: MirrorState) -> None:
-        state.pins += 1
         try:
-            while len(state.spares) < self.warm_spares:
-                async with state.lock:
-                    if not state.spares_swept:
-                        await self._sweep_spares(state)
-                    state.spares.append(await self._build_spare(state))
-            await self.enforce_budget()
+            async with self._pinned(state):
+                while len(state.spares) < self.warm_spares:
+                    async with self._writing(state):
+                        if not state.spares_swept:
+                            await self._sweep_spares(state)
+                        state.spares.append(await self._build_spare(state))
+                await self.enforce_budget()
         except GitError as error:
             log.warning("could not build a spare checkout for %s: %s", state.key, error)
-        finally:
-            state.pins -= 1
 
     async def _sweep_spares(self, state: MirrorState) -> None:
         """Spares left by an earlier process may be half built: discard them."""

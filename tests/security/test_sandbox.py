@@ -80,7 +80,7 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
     other_checkout = home / "agents" / "executor-2" / "workspaces" / "checkouts" / "FF-9-exec"
     other_checkout.mkdir(parents=True)
     (other_checkout / "secret.py").write_text("SECRET = 1\n")
-    mirror = home / "agents" / "executor-2" / "workspaces" / "mirrors" / "acme"
+    mirror = home / "cache" / "mirrors" / "acme-0123456789" / "git"  # the node's mirrors
     (mirror / "hooks").mkdir(parents=True)
     tag = uuid.uuid4().hex[:8]
     ray_log = Path("/tmp/ray") / f"fixfleet-canary-{tag}" / "logs" / "runtime_env_agent.log"

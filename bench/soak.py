@@ -39,16 +39,10 @@ from typing import Any
 
 import psutil
 
+from tests.scaling import PLAN  # what the demo planner submits: the executor's prompt quotes it
+
 OUT_DIR = Path(__file__).resolve().parent / "out"
 REDIS_DB = 15  # unless REDIS_URL names a database of its own (the suite uses 13, bench.scale 14)
-PLAN = {  # what the demo planner would submit: the executor's prompt quotes it
-    "repository": "statskit", "confidence": 0.92,
-    "affected_files": [{"path": "statskit/mean.py", "reason": "mean() divides by len(values), 0 for an empty list"}],
-    "root_cause": "statskit.mean.mean() divides by len(values); for an empty list that is 0.",
-    "steps": ["Add a test asserting mean([]) returns 0.0", "Return 0.0 from mean() when values is empty"],
-    "tests_to_add": [{"path": "tests/test_mean.py::test_mean_of_empty_list", "description": "mean([]) == 0.0"}],
-    "test_command": "python -m pytest -q tests/test_mean.py", "risk": "low",
-}
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED"}
 
 

@@ -5,8 +5,16 @@ Redis every second and before it answers a scrape, so a scrape sees every replic
 to about a second old. Gauges (tasks by status, queue depths, agents by role and state, the
 model credential's time left) are read from Postgres and Redis at scrape time, and so are the
 outcomes of completed tasks' pull requests (ai_agent_outcomes_total, ai_agent_time_to_merge_seconds:
-counted over the tasks the store keeps). The agents' own
-metrics (ai_agent_*) go through Ray's metrics (actors/metrics.py).
+counted over the tasks the store keeps).
+
+The seed's metric contract is served here too, with the seed's label values, read at scrape time
+like the gauges: ai_agent_tasks_started_total{agent}, ai_agent_tasks_completed_total{agent,status},
+ai_agent_task_duration_seconds{agent,status} and ai_agent_errors_total{agent,error_type} from the
+audit trail (`agent` planning|executor, `status` success|failed, `error_type`
+timeout|session|setup|verification|other: fixfleet/store/agent_figures.py), and
+ai_agent_queue_length{queue_name} (planning_queue|execution_queue: waiting, in hand or delayed)
+from the queues' depths. The agents' own metrics (ai_agent_*, agent planner|executor) go through
+Ray's metrics (actors/metrics.py), which Ray exports with a `ray_` prefix.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from redis.asyncio import Redis
 
 from fixfleet.overview import heartbeats
-from fixfleet.queue import Queue
+from fixfleet.queue import Depth, Queue
 from fixfleet.store import Store
+from fixfleet.store.agent_figures import DURATION_BUCKETS as AGENT_DURATION_BUCKETS
 
 COUNTERS = {  # name -> (metric, help, labels)
     "webhooks": ("fixfleet_webhooks", "Webhook deliveries by source and outcome", ("source", "outcome")),
@@ -66,8 +75,8 @@ class Metrics:
         await self.flush(redis)
         families: list[Metric] = [await _counter(redis, name) for name in COUNTERS]
         depth = GaugeMetricFamily("fixfleet_queue_depth", "Queue entries by queue and state", labels=["queue", "state"])
-        for name, queue in queues.items():
-            found = await queue.depth()
+        depths = {name: await queue.depth() for name, queue in queues.items()}
+        for name, found in depths.items():
             for state in ("waiting", "pending", "delayed", "dead"):
                 depth.add_metric([name, state], getattr(found, state))
         tasks = GaugeMetricFamily("fixfleet_tasks", "Tasks by status", labels=["status"])
@@ -78,7 +87,7 @@ class Metrics:
         now = time.time()
         for (role, state), n in Counter((b.role, b.state(now, 3 * lease_s)) for b in await heartbeats(redis)).items():
             agents.add_metric([role, state], n)
-        families += [depth, tasks, agents, *await outcome_families(store)]
+        families += [depth, tasks, agents, *await outcome_families(store), *await agent_families(store, depths)]
         if credential_seconds_left is not None:
             families.append(GaugeMetricFamily("fixfleet_model_credential_seconds_left",
                                               "Seconds until the model credential expires", value=credential_seconds_left))
@@ -97,6 +106,34 @@ async def outcome_families(store: Store) -> list[Metric]:
                                   "Seconds from a task's completion to its pull request's merge",
                                   buckets=buckets, sum_value=figures.merge_seconds_sum)
     return [outcomes, merge]
+
+
+async def agent_families(store: Store, depths: dict[str, Depth]) -> list[Metric]:
+    """The seed's five agent metrics with the seed's label values: steps begun and ended, their
+    durations and the failures by kind from the audit trail; the queues' lengths from their depths."""
+    figures = await store.agent_figures()
+    started = CounterMetricFamily("ai_agent_tasks_started", "Steps begun (a task entering PLANNING or EXECUTING)",
+                                  labels=["agent"])
+    for agent, n in figures.started.items():
+        started.add_metric([agent], n)
+    completed = CounterMetricFamily("ai_agent_tasks_completed", "Steps ended: success (a plan awaiting approval, "
+                                    "a completed fix) or failed", labels=["agent", "status"])
+    for (agent, status), n in figures.completed.items():
+        completed.add_metric([agent, status], n)
+    duration = HistogramMetricFamily("ai_agent_task_duration_seconds", "Seconds from a step's start to its end",
+                                     labels=["agent", "status"])
+    for (agent, status), found in figures.durations.items():
+        buckets = [(f"{bound:g}", n) for bound, n in zip(AGENT_DURATION_BUCKETS, found.buckets, strict=True)]
+        duration.add_metric([agent, status], [*buckets, ("+Inf", found.count)], found.seconds_sum)
+    errors = CounterMetricFamily("ai_agent_errors", "Failed attempts (retried or final) by kind",
+                                 labels=["agent", "error_type"])
+    for (agent, error_type), n in figures.errors.items():
+        errors.add_metric([agent, error_type], n)
+    length = GaugeMetricFamily("ai_agent_queue_length", "Tasks waiting, in hand or delayed, by queue",
+                               labels=["queue_name"])
+    for name, found in depths.items():
+        length.add_metric([f"{name}_queue"], found.work)
+    return [started, completed, duration, errors, length]
 
 
 async def _counter(redis: Redis, name: str) -> CounterMetricFamily:

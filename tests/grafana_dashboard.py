@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "cluster" / "grafana" / "fixfleet.json"
-METRIC = re.compile(r"\b((?:fixfleet|ray)_[a-zA-Z0-9_:]+)")
+METRIC = re.compile(r"\b((?:fixfleet|ray|ai_agent)_[a-zA-Z0-9_:]+)")  # ai_agent_*: the ingress's own
 # Recorded only when something goes wrong (or with a credential that expires): a healthy run
 # exports no series for them, so the live comparison cannot see them.
 FAILURE_ONLY = {

@@ -41,7 +41,11 @@ def test_it_shows_what_a_user_watches() -> None:
     for wanted in ("fixfleet_tasks", "ray_ai_agent_tasks_completed_total", "ray_ai_agent_task_duration_seconds_bucket",
                    "fixfleet_queue_depth", "ray_ai_agent_pool_target_replicas", "ray_ai_agent_scale_decisions_total",
                    "ray_ai_agent_cost_usd_total", "ray_ai_agent_tokens_total", "fixfleet_webhooks_total",
-                   "ray_ai_agent_errors_total", "ray_serve_deployment_replica_healthy"):
+                   "ray_ai_agent_errors_total", "ray_serve_deployment_replica_healthy",
+                   # the seed's names, as the ingress serves them (agent planning|executor)
+                   "ai_agent_tasks_started_total", "ai_agent_tasks_completed_total",
+                   "ai_agent_task_duration_seconds_bucket", "ai_agent_errors_total", "ai_agent_queue_length",
+                   "ai_agent_outcomes_total"):
         assert wanted in names, wanted
 
 

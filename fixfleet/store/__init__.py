@@ -1,6 +1,7 @@
 """The durable store: Postgres is the truth (tasks, their audit trail, deliveries, the outbox,
 the records of Claude sessions)."""
 
+from fixfleet.store.agent_figures import AgentFigures
 from fixfleet.store.creation import Outcome
 from fixfleet.store.errors import (
            IllegalTransition,
@@ -16,6 +17,7 @@ from fixfleet.store.sessions import SessionNotFound
 from fixfleet.store.tasks import OUTBOX_CHANNEL, Hold, Store
 
 __all__ = [
+           "AgentFigures",
            "MERGE_BUCKETS",
            "OUTBOX_CHANNEL",
            "Delivery",

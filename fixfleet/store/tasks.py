@@ -46,6 +46,7 @@ from fixfleet.store.errors import (
     StoreError,
     TaskNotFound,
 )
+from fixfleet.store.agent_figures import AgentRecords
 from fixfleet.store.outcomes import OutcomeRecords
 from fixfleet.store.queueing import QueueRows
 from fixfleet.store.reads import TaskReads
@@ -67,7 +68,7 @@ _CHANGEABLE = {"plan", "plan_version", "branch", "pr_url", "attempts", "external
 _TEXTUAL = {"plan", "pr_url", "branch", "owner"}  # what may carry words an agent or a sender chose
 
 
-class Store(TaskReads, QueueRows, SessionRecords, OutcomeRecords):
+class Store(TaskReads, QueueRows, SessionRecords, OutcomeRecords, AgentRecords):
     def __init__(self, pool: asyncpg.Pool, redactor: Redactor | None = None) -> None:
         self.pool = pool
         self.redactor = redactor or Redactor()

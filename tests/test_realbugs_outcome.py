@@ -46,7 +46,8 @@ def test_a_failing_suite_in_old_evidence_counts_as_a_new_failure() -> None:
 def test_evidence_with_base_results_keeps_preexisting_and_flaky_apart_from_new_failures() -> None:
     evidence = {"red": _run(1), "green": _run(0), "suite": _run(1), "red_to_green": ["old"],
                 "fail_to_pass": ["tests/test_frames.py::test_text_fragmented"], "new_failures": [],
-                "preexisting_failures": ["tests.sync.test_client"], "flaky": {"tests/test_conn.py::test_keepalive": 2}}
+                "preexisting_failures": ["tests.sync.test_client"], "flaky": {"tests/test_conn.py::test_keepalive": 2},
+                "cross_check": {"method": "direct call, without the runner", "agreed": True}}
 
     outcome = outcome_of(BUG, {"status": "COMPLETED"}, _events(evidence))
 
@@ -54,7 +55,9 @@ def test_evidence_with_base_results_keeps_preexisting_and_flaky_apart_from_new_f
     assert outcome.evidence_ok  # the suite failed, but by nothing the change brought
     assert outcome.preexisting_failures == ["tests.sync.test_client"]
     assert outcome.flaky == ["tests/test_conn.py::test_keepalive"]
+    assert outcome.cross_check == "direct call, without the runner"
     figures = summary([outcome, Outcome("other", "FAILED", reason="GREEN check failed")], missing=1)
     assert figures | {"overhead_p50_s": None} == {
         "bugs": 2, "completed": 1, "evidence_ok": 1, "missing": 1, "preexisting": 1, "flaky": 1,
-        "env_cold_s": None, "env_warm_s": None, "overhead_p50_s": None}
+        "cross_check": {"direct call, without the runner": 1}, "env_cold_s": None, "env_warm_s": None,
+        "overhead_p50_s": None}

@@ -121,6 +121,7 @@ def test_config_masks_every_secret(env: dict[str, str]) -> None:
     assert config["home"] == env["FIXFLEET_HOME"]
 
 
+@pytest.mark.e2e  # a fresh home's initdb: about 20 s, the default suite's ceiling
 def test_embedded_default_round_trip(tmp_path: Path) -> None:
     """No DATABASE_URL or REDIS_URL: private servers start under FIXFLEET_HOME and serve the CLI."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("FIXFLEET_")}

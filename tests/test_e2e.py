@@ -376,9 +376,20 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     print(json.dumps({"pause_stopped_s": round(pause_s, 2), "cancel_stopped_s": round(cancel_s, 2)}))
     assert pause_s < 25 and cancel_s < 25  # let go before the slow answer (30 s) came: stopped, not finished
     assert world.api("GET", f"/tasks/{key}")["status"] == "CANCELLED"
-    assert world.branch_log(branch) == [f"docs: plan v1 for {key}"]  # the plan only: nothing was pushed
-    pr_calls = [c for c in world.github.calls[calls_before:] if c.method != "GET"]
-    assert pr_calls == [], [(c.method, c.path) for c in pr_calls]  # no PR update, no comment, no ready
+    # nothing was pushed after the plan, and the cancel closed the loop: the reason on the thread,
+    # the draft closed, its branch (the plan alone) deleted. No ready-for-review, no body with
+    # evidence, no other comment.
+    assert world.branch_log(branch) == []
+    writes = [c for c in world.github.calls[calls_before:] if c.method != "GET"]
+    comments = [c.body["body"] for c in writes if c.method == "POST" and c.path.endswith("/comments")]
+    assert len(comments) == 1 and f"{key} was cancelled" in comments[0], comments
+    patches = [c.body for c in writes if c.method == "PATCH" and "/pulls/" in c.path]
+    assert patches == [{"state": "closed"}], patches
+    deleted = [c.path for c in writes if c.method == "DELETE" and "/git/refs/" in c.path]
+    assert deleted == [f"/repos/{REPO_NAME}/git/refs/heads/{branch}"], deleted
+    others = [(c.method, c.path) for c in writes if c.path.split("/")[-1] not in ("comments", "labels")
+              and "/pulls/" not in c.path and "/git/refs/" not in c.path and "/labels/" not in c.path]
+    assert others == [], others
     stops = [e for e in world.events(key) if e["reason"].startswith("stopped:")]
     assert [e["actor"].split("-")[0] for e in stops] == ["executor", "executor"], world.events(key)
     sessions = [s for s in world.api("GET", f"/tasks/{key}/sessions") if s["role"] == "executor"]

@@ -149,7 +149,7 @@ def test_a_hostile_executor_cannot_turn_the_platforms_git_against_it(world: Worl
     assert "GITHUB_TOKEN" not in "\n".join(log)
     changed = world.git("diff", "--name-only", f"main..{task['branch']}").split()
     assert sorted(changed) == ["PLAN.md", "statskit/mean.py", "tests/test_mean_empty.py"]
-    mirrors = list(world.platform.settings.home.rglob("mirrors/*/config"))
+    mirrors = list(world.platform.settings.home.rglob("mirrors/*/git/config"))  # the node's mirrors
     assert mirrors and not [p for p in mirrors if any(
         poison in p.read_text() for poison in ("hooksPath", "fsmonitor", "filter", "insteadOf", "sshCommand"))]
     assert not list(world.platform.settings.home.rglob("mirrors/*/hooks/pre-commit"))

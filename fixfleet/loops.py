@@ -32,6 +32,7 @@ from fixfleet.store import Store
 
 log = logging.getLogger(__name__)
 ACTOR = "fixfleet:loops"
+MERGE_TELL_LOCKS = 0x666978_6d00000000  # + a task id: one advisory lock per task telling its merge
 SWEEP_S = 15.0  # how often ended tasks' pull requests and untold merges are looked for
 ENDED_WITHIN_S = 7 * 86400.0  # ended tasks older than this are left alone (retention purges them)
 CHECKS_PER_SWEEP = 20
@@ -93,7 +94,18 @@ class Loops:
 
     async def tell_merged(self, task: Task) -> None:
         """A merged fix: the trackers moved (MERGED) and marked fixed (Sentry: resolved in the next
-        release unless FIXFLEET_SENTRY_RESOLVE_ON_MERGE=false), a reply in the chat's thread."""
+        release unless FIXFLEET_SENTRY_RESOLVE_ON_MERGE=false), a reply in the chat's thread. Once:
+        the webhook's call and the sweep's may meet, so one holds the task's lock and the other
+        finds it told (or busy, and the next sweep looks again)."""
+        async with self.store.try_lock(MERGE_TELL_LOCKS + task.id) as mine:
+            if not mine:
+                return
+            current = await self.store.get_task(task.id)
+            if current.context.get("merge_told_at"):
+                return
+            await self._tell_merged(current)
+
+    async def _tell_merged(self, task: Task) -> None:
         link = task.pr_url or str(self.providers.forges.for_repo(task.repo).pull_of(task) or task.branch or "")
         who = f" by {task.outcome_by}" if task.outcome_by else ""
         text = f"{task.key}: the fix was merged{who}: {link}"

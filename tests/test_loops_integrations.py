@@ -6,6 +6,8 @@ planner; and each service down in turn: the step goes on, the failure logged onc
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -163,6 +165,23 @@ async def test_a_merge_moves_jira_to_done_and_resolves_sentry_in_the_next_releas
     assert any(merged.pr_url in n["data"]["text"] and "merged by alice" in n["data"]["text"] for n in notes)
     assert any(m["thread_ts"] and "merged by alice" in m["text"] for m in slack.messages)
     await loops.sweep()  # told once
+    assert len(sentry.calls_to(r"/organizations/acme/issues/4242/$", "PUT")) == 1
+
+
+async def test_a_merge_told_by_the_webhook_and_the_sweep_at_once_is_told_once(
+        store: Store, world: Settings, providers: Providers, fakes) -> None:
+    github, jira, sentry, slack = fakes
+    task = await planned(store, Publisher(world, store, providers), github)
+    for target in (S.APPROVED, S.EXECUTING, S.COMPLETED):
+        task = await store.transition(task.id, target, actor="t")
+    await store.record_outcome(task.id, PullOutcome.MERGED, by="alice", at=None, actor="t")
+    merged = await store.get_task(task.id)
+    webhook, sweeper = Loops(world, store, providers), Loops(world, store, providers)
+
+    await asyncio.gather(webhook.tell_merged(merged), sweeper.sweep(), webhook.tell_merged(merged))
+    await sweeper.sweep()  # whichever stood aside finds it told
+
+    assert len([m for m in slack.messages if m["thread_ts"] and "merged by alice" in m["text"]]) == 1
     assert len(sentry.calls_to(r"/organizations/acme/issues/4242/$", "PUT")) == 1
 
 

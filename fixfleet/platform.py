@@ -83,12 +83,15 @@ class PlatformOptions:
     executor_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def ray_log_rotation(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+def ray_log_settings(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """Ray's own logs and every worker's stdout/stderr (the platform's JSON lines) rotate at
     FIXFLEET_LOG_MAX_BYTES, FIXFLEET_LOG_BACKUPS kept (measured with Ray 2.60: a worker that wrote
-    600 kB to stderr with a 100 kB limit left 100 + 100 + 6 kB); an operator's own values win.
+    600 kB to stderr with a 100 kB limit left 100 + 100 + 6 kB), and Ray's C++ parts (GCS, raylet,
+    each worker's core log) log warnings and errors only: at info they wrote most of the disk a
+    soak grew by (bench.soak). An operator's own values win (RAY_BACKEND_LOG_LEVEL=info to debug).
     The files of workers that are gone are the sweeper's (fixfleet/workspace/sweeper.py)."""
-    wanted = {"RAY_ROTATION_MAX_BYTES": str(settings.log_max_bytes), "RAY_ROTATION_BACKUP_COUNT": str(settings.log_backups)}
+    wanted = {"RAY_ROTATION_MAX_BYTES": str(settings.log_max_bytes), "RAY_ROTATION_BACKUP_COUNT": str(settings.log_backups),
+              "RAY_BACKEND_LOG_LEVEL": "warning"}
     return {name: environ.get(name) or value for name, value in wanted.items()}
 
 
@@ -107,7 +110,7 @@ class Platform:
         database_url, redis_url = resolve_urls(self.settings, self.embedded)
         env = self.options.env | {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                                   "FIXFLEET_HOME": str(self.settings.home)}
-        env = ray_log_rotation(self.settings, os.environ) | env
+        env = ray_log_settings(self.settings, os.environ) | env
         # Local Ray workers inherit the driver's environment: secrets reach them that way, never
         # through runtime_env, whose env_vars Ray writes in clear into its world-readable logs. A
         # cluster's nodes take theirs from the cluster (a Kubernetes Secret), not from this process.

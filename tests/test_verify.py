@@ -350,6 +350,30 @@ async def test_a_test_that_flips_when_run_again_neither_proves_nor_blocks(root: 
     assert evidence.baseline["flaky"] == ["tests/test_order.py::test_only_passes_alone"]
 
 
+COMPANY_DEPENDENT = """def test_passes_in_the_base_suite_only(request):
+    # stands for a flaky test that failed every run with the change: it fails on the base too
+    assert len(request.session.items) == 2
+"""
+
+
+async def test_a_test_failing_with_the_change_and_again_on_the_base_is_flaky_not_new(
+        root: Path, workspaces: WorkspaceManager, verifier: Verifier) -> None:
+    """It passed in the base run and failed in every run with the change (the test the change
+    adds to an existing file changes its company); run again on the base commit, it fails there
+    too: flaky, named, and it does not block the fix."""
+    url, sha = make_remote(root / "company", BASE | {"tests/test_company.py": COMPANY_DEPENDENT})
+    await workspaces.resolve(url)
+    with_add = BASE["tests/test_mul.py"].replace("from calc import mul", "from calc import add, mul") + \
+        "\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+    evidence = await verify(verifier, url, change(sha, {"tests/test_mul.py": with_add, "src/calc/__init__.py": FIXED}),
+                            "company")
+
+    assert evidence.fail_to_pass == ["tests/test_mul.py::test_add"]
+    assert evidence.flaky == ["tests/test_company.py::test_passes_in_the_base_suite_only"]
+    assert evidence.new_failures == [] and evidence.baseline["failing"] == []
+
+
 async def test_the_change_is_held_to_the_approved_plan(calc: Repo, verifier: Verifier) -> None:
     good = {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}
     plan = ["src/calc/__init__.py"]

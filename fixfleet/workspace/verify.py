@@ -280,6 +280,7 @@ class _Proof:
         if suite is not None:
             broken = [i for i in new_failures(suite, known, excused=excused) if i not in blocking]
             flaky |= await self.flips(self.suite_kind, broken, suite)
+            flaky |= await self.fails_on_base([i for i in broken if i not in flaky], suite)
         flaky |= set(suite_failing) & set(baseline.flaky if baseline else ())  # flipped in the base run too
         evidence.preexisting_failures, evidence.flaky = sorted(pre), sorted(flaky)
         red_check = red_verdict(red, tests, preexisting=pre, flaky=flaky)
@@ -429,8 +430,23 @@ class _Proof:
 
     async def flips(self, kind: str, ids: Collection[str], report: TestReport, *, reruns: int | None = None) -> set[str]:
         """The failing `ids` that pass when run again (at most `reruns` times each) on tree `kind`."""
+        return await self._rerun_until(kind, ids, report, ("passed",), reruns)
+
+    async def fails_on_base(self, ids: Collection[str], report: TestReport) -> set[str]:
+        """Of the tests that passed in the base run and keep failing with the change, those that
+        fail when run again on the base commit too: flaky (a test failing about half the time
+        can fail three runs in a row), since the change is not what fails them."""
+        if not ids:
+            return set()
+        if "base" not in self.trees:
+            await self.tree("base", {}, await self.base_environment())
+        return await self._rerun_until("base", ids, report, FAILING, None)
+
+    async def _rerun_until(self, kind: str, ids: Collection[str], report: TestReport, outcomes: Collection[str],
+                           reruns: int | None) -> set[str]:
+        """The `ids` whose outcome is one of `outcomes` in one of at most `reruns` runs on tree `kind`."""
         by_id = {t.id: t for t in report.tests}
-        pending, flipped = set(ids), set()
+        pending, found = set(ids), set()
         for _ in range(self.verifier.reruns if reruns is None else reruns):
             if not pending:
                 break
@@ -439,10 +455,10 @@ class _Proof:
             if not targets:
                 break
             _, again = await self.tests(kind, targets)
-            passed = {t.id for t in again.tests if t.outcome == "passed"} & pending
-            flipped |= passed
-            pending -= passed
-        return flipped
+            hit = {t.id for t in again.tests if t.outcome in outcomes} & pending
+            found |= hit
+            pending -= hit
+        return found
 
     # -- the base run ----------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class RepoConfig(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     network: Network = Field(default_factory=Network)
     env: dict[str, str] = Field(default_factory=dict)
+    # tests the repository's developers know to be flaky (ids as the runner names them): they
+    # neither prove nor block a change, and the evidence names them
+    flaky_tests: list[str] = Field(default_factory=list, max_length=500)
 
     @field_validator("python")
     @classmethod

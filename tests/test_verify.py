@@ -374,6 +374,22 @@ async def test_a_test_failing_with_the_change_and_again_on_the_base_is_flaky_not
     assert evidence.new_failures == [] and evidence.baseline["failing"] == []
 
 
+async def test_tests_the_repository_names_flaky_neither_prove_nor_block(root: Path, workspaces: WorkspaceManager,
+                                                                      verifier: Verifier) -> None:
+    """`.fixfleet.yml` names a test its developers know to be flaky: it fails with the change
+    (here every time, the worst a flaky test can do) and is listed as flaky, not as a new failure."""
+    known = "from calc import add\n\n\ndef test_known_flaky():\n    assert add(2, 3) == -1\n"
+    url, sha = make_remote(root / "quarantine", BASE | {
+        "tests/test_known.py": known, ".fixfleet.yml": "flaky_tests: [tests/test_known.py::test_known_flaky]\n"})
+    await workspaces.resolve(url)
+
+    evidence = await verify(verifier, url, change(sha, {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}),
+                            "quarantine")
+
+    assert evidence.fail_to_pass == ["tests/test_add.py::test_add"]
+    assert evidence.flaky == ["tests/test_known.py::test_known_flaky"] and evidence.new_failures == []
+
+
 async def test_the_change_is_held_to_the_approved_plan(calc: Repo, verifier: Verifier) -> None:
     good = {"tests/test_add.py": TEST_ADD, "src/calc/__init__.py": FIXED}
     plan = ["src/calc/__init__.py"]

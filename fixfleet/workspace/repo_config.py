@@ -15,6 +15,7 @@ A repository says it in `.fixfleet.yml` at its root:
       setup: [pypi.org, files.pythonhosted.org]   # default: the registries the setup uses
       test: []                                    # default: none
     env: {TZ: UTC}                   # non-secret variables for setup and tests
+    flaky_tests: [tests/test_net.py::test_retry]  # known flaky: neither prove nor block a change
 
 The operator may set the same per repository URL (FIXFLEET_REPO_CONFIGS) for repositories it
 cannot change; that wins over the file. What either leaves out is detected from the
@@ -93,7 +94,7 @@ def resolve(files: Mapping[str, bytes], settings_config: RepoConfig | None = Non
         or (default_suite_command if language == "python" else None), "timeouts": config.timeouts,
         "setup_domains": config.network.setup if config.network.setup is not None else detected.setup_domains,
         "test_domains": config.network.test, "env": config.env, "source": source, "reasons": reasons + laid_why,
-        "generated": generated,
+        "generated": generated, "flaky_tests": config.flaky_tests,
         # the named setup installs the dependencies; the detected manager is not fetched for it
         "package_manager": detected.package_manager if config.setup is None else None})
 

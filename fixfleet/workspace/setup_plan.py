@@ -50,6 +50,7 @@ class SetupPlan(BaseModel):
     node_engines: str | None = None  # package.json's engines.node (an npm range)
     package_manager: str | None = None  # what installs the dependencies ("uv", "poetry", "pnpm@9.15.0", ...)
     generated: list[str] = Field(default_factory=list)  # setup-made files checkouts receive
+    flaky_tests: list[str] = Field(default_factory=list)  # known flaky: they neither prove nor block
 
     def describe(self) -> str:
         lines = [f"{self.language} environment ({self.source}): " + "; ".join(self.reasons)]

@@ -274,6 +274,8 @@ class _Proof:
         edited = await self._edited(red, green)
         pre = set(preexisting_failures(set(failing(red, tests)) | set(failing(green, tests)) | set(suite_failing),
                                        known, edited))
+        known_flaky = set(self.env.plan.flaky_tests) & (set(failing(red, tests)) | set(failing(green, tests)) | set(suite_failing))
+        red_flaky |= known_flaky  # named flaky by the repository's config: neither proves nor blocks
         excused = pre | red_flaky | set(baseline.flaky if baseline else ())
         blocking = [i for i in failing(green, tests) if i not in excused]
         flaky = red_flaky | await self.flips("green", blocking, green)

@@ -97,6 +97,14 @@ async def planned(store: Store, publisher: Publisher, github: FakeGitHub, *, ver
     return task
 
 
+async def completed(store: Store, publisher: Publisher, github: FakeGitHub) -> Task:
+    """`planned`, then approved, executed and COMPLETED (its pull request ready, not merged yet)."""
+    task = await planned(store, publisher, github)
+    for target in (S.APPROVED, S.EXECUTING, S.COMPLETED):
+        task = await store.transition(task.id, target, actor="t")
+    return task
+
+
 def number(task: Task) -> int:
     return int(task.external_ids["github_pr"].split("#")[1])
 
@@ -151,9 +159,7 @@ async def test_a_reject_comments_on_jira_and_replaces_the_buttons(store: Store, 
 async def test_a_merge_moves_jira_to_done_and_resolves_sentry_in_the_next_release(
         store: Store, world: Settings, providers: Providers, fakes) -> None:
     github, jira, sentry, slack = fakes
-    task = await planned(store, Publisher(world, store, providers), github)
-    for target in (S.APPROVED, S.EXECUTING, S.COMPLETED):
-        task = await store.transition(task.id, target, actor="t")
+    task = await completed(store, Publisher(world, store, providers), github)
     loops = Loops(world, store, providers)
     merged = await loops.pull_changed(task.external_ids["github_pr"], (await providers.forges.for_repo(REPO).pull_state(
         providers.forges.for_repo(REPO).pull_of(task))).model_copy(update={"outcome": PullOutcome.MERGED, "by": "alice"}))
@@ -171,9 +177,7 @@ async def test_a_merge_moves_jira_to_done_and_resolves_sentry_in_the_next_releas
 async def test_a_merge_told_by_the_webhook_and_the_sweep_at_once_is_told_once(
         store: Store, world: Settings, providers: Providers, fakes) -> None:
     github, jira, sentry, slack = fakes
-    task = await planned(store, Publisher(world, store, providers), github)
-    for target in (S.APPROVED, S.EXECUTING, S.COMPLETED):
-        task = await store.transition(task.id, target, actor="t")
+    task = await completed(store, Publisher(world, store, providers), github)
     await store.record_outcome(task.id, PullOutcome.MERGED, by="alice", at=None, actor="t")
     merged = await store.get_task(task.id)
     webhook, sweeper = Loops(world, store, providers), Loops(world, store, providers)
@@ -188,9 +192,7 @@ async def test_a_merge_told_by_the_webhook_and_the_sweep_at_once_is_told_once(
 async def test_sentry_resolution_can_be_turned_off(store: Store, world: Settings, providers: Providers, fakes) -> None:
     github, _, sentry, _ = fakes
     off = world.model_copy(update={"sentry_resolve_on_merge": False})
-    task = await planned(store, Publisher(off, store, providers), github)
-    for target in (S.APPROVED, S.EXECUTING, S.COMPLETED):
-        task = await store.transition(task.id, target, actor="t")
+    task = await completed(store, Publisher(off, store, providers), github)
     await store.record_outcome(task.id, PullOutcome.MERGED, by="alice", at=None, actor="t")
     await Loops(off, store, providers).sweep()
     assert sentry.issues["4242"]["status"] == "unresolved" and not sentry.calls_to(r"/organizations/acme/issues/4242/$", "PUT")

@@ -25,7 +25,6 @@ eviction) holds the environment's lock file, so an eviction never races a new ho
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fixfleet.workspace import trees
+from fixfleet.workspace.locks import file_lock, held_if_free, try_flock
 from fixfleet.workspace.trees import remove_tree
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,8 @@ class EnvCache:
     async def locked(self, entry: Entry) -> AsyncIterator[None]:
         """The environment's lock, waited for without blocking the event loop."""
         entry.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(entry.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            while not _try_flock(descriptor):
-                await asyncio.sleep(LOCK_POLL_S)
+        async with file_lock(entry.lock_file, poll_s=LOCK_POLL_S):
             yield
-        finally:
-            os.close(descriptor)  # closing releases the lock
 
     @staticmethod
     def lease(entry: Entry, holder: str) -> Lease:
@@ -183,7 +178,7 @@ class EnvCache:
             except OSError:  # released meanwhile, or not a plain file
                 continue
             try:
-                if _try_flock(descriptor):  # nobody holds it: its process is gone
+                if try_flock(descriptor):  # nobody holds it: its process is gone
                     with contextlib.suppress(OSError):
                         os.unlink(path)
                     continue
@@ -221,7 +216,7 @@ class EnvCache:
         (walks and deletes): run it in a thread. Another process evicting: nothing to do."""
         if self.max_bytes is None:
             return []
-        with _held_or_skipped(self.root / "evict.lock") as mine:
+        with held_if_free(self.root / "evict.lock") as mine:
             if not mine:
                 return []
             self._sweep_scratch()
@@ -251,7 +246,7 @@ class EnvCache:
         return evicted
 
     def _remove_if_idle(self, entry: Entry) -> bool:
-        with _held_or_skipped(entry.lock_file) as mine:  # being built or leased right now: not idle
+        with held_if_free(entry.lock_file) as mine:  # being built or leased right now: not idle
             if not mine or not entry.ready or self.holders(entry):
                 return False
             trash = self.tmp_dir / f"trash-{uuid.uuid4().hex[:8]}"
@@ -266,7 +261,7 @@ class EnvCache:
         for entry in self._mirror_entries():
             if entry.ready:
                 continue
-            with _held_or_skipped(entry.lock_file) as mine:
+            with held_if_free(entry.lock_file) as mine:
                 if mine and not entry.ready and not self.holders(entry):
                     remove_tree(entry.directory)
 
@@ -279,7 +274,7 @@ class EnvCache:
             lock = path.with_name(path.name + ".lock")
             if not lock.exists():
                 continue
-            with _held_or_skipped(lock) as mine:
+            with held_if_free(lock) as mine:
                 if mine:
                     remove_tree(path)
                     lock.unlink(missing_ok=True)
@@ -288,24 +283,6 @@ class EnvCache:
 def disk_usage(path: Path) -> int:
     """Bytes allocated on disk under `path`."""
     return trees.disk_usage(path).bytes
-
-
-def _try_flock(descriptor: int) -> bool:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-@contextlib.contextmanager
-def _held_or_skipped(path: Path) -> Iterator[bool]:
-    """The lock at `path` if it is free now (True), else nothing (False)."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        yield _try_flock(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _size(entry: Entry) -> int:

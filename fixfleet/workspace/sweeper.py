@@ -26,20 +26,20 @@ The node's caches (mirrors, environments) are not swept: their leases and evicti
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from fixfleet.processes import ProcessRef, server_processes, this_node
+from fixfleet.workspace.locks import held_if_free
 from fixfleet.workspace.trees import disk_usage, remove_tree
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Sweeper:
         report = SweepReport()
         agents = self.home / "agents"
         agents.mkdir(parents=True, exist_ok=True)
-        with _try_lock(agents / ".sweep.lock") as mine:
+        with held_if_free(agents / ".sweep.lock") as mine:
             if not mine:
                 report.skipped = True
                 return report
@@ -291,16 +291,3 @@ def _config_value(config: Path, key: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-@contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            yield True
-        except BlockingIOError:
-            yield False
-    finally:
-        os.close(descriptor)

@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 from fixfleet.workspace.baselines import Baseline, BaselineStore, baseline_key
 from fixfleet.workspace.changes import ChangeSet, apply_files
 from fixfleet.workspace.environments import Environment, EnvironmentBuilder, Network, SetupFailed, network_access
-from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceManager, remove_tree
+from fixfleet.workspace.mirrors import Checkout, FileContent, TreeEntry, WorkspaceManager, remove_tree
 from fixfleet.workspace.repo_config import SPEC_FILES, Timeouts
 from fixfleet.workspace.runners import (HELPERS_DIR, HELPERS_MOUNT, Collected, ForgedReport, TestCase, TestReport,
                                         make_runner)
@@ -205,6 +205,7 @@ class _Proof:
         self.suite_kind = "green"  # the tree the whole suite ran on
         self.held: list[Environment] = [env]
         self._base_env: Environment | None = None
+        self._base_tree: dict[str, TreeEntry] | None = None
         self.collection_errors: dict[str, str] = {}  # changed files the runner could not load, and why
         self._copies = 0
         self.run_seconds = 0.0  # spent inside the repository's test runs
@@ -272,13 +273,13 @@ class _Proof:
             evidence.baseline = baseline.summary(reused=reused)
         known = baseline.tests if baseline else None
         edited = await self._edited(red, green)
-        pre = set(preexisting_failures(set(failing(red, tests)) | set(failing(green, tests)) | set(suite_failing),
-                                       known, edited))
-        known_flaky = set(self.env.plan.flaky_tests) & (set(failing(red, tests)) | set(failing(green, tests)) | set(suite_failing))
-        red_flaky |= known_flaky  # named flaky by the repository's config: neither proves nor blocks
-        excused = pre | red_flaky | set(baseline.flaky if baseline else ())
+        all_failing = set(failing(red, tests)) | set(failing(green, tests)) | set(suite_failing)
+        pre = set(preexisting_failures(all_failing, known, edited))
+        # named flaky by the repository's config, or flipped in RED: neither proves nor blocks
+        flaky = red_flaky | (set(self.env.plan.flaky_tests) & all_failing)
+        excused = pre | flaky | set(baseline.flaky if baseline else ())
         blocking = [i for i in failing(green, tests) if i not in excused]
-        flaky = red_flaky | await self.flips("green", blocking, green)
+        flaky |= await self.flips("green", blocking, green)
         if suite is not None:
             broken = [i for i in new_failures(suite, known, excused=excused) if i not in blocking]
             flaky |= await self.flips(self.suite_kind, broken, suite)
@@ -344,7 +345,7 @@ class _Proof:
         """The tree the whole suite runs on: the change without the test files it adds. Those
         are judged by RED, GREEN and the cross-check; in the suite's one process a new test
         module could patch the code under test back at import and hide what the fix breaks."""
-        base = await self.verifier.workspaces.list_tree(self.url, self.change.base_sha)
+        base = await self.base_tree()
         added = [p for p in tests if p not in base]
         if not added:
             return "green"
@@ -464,6 +465,12 @@ class _Proof:
 
     # -- the base run ----------------------------------------------------------------------------
 
+    async def base_tree(self) -> dict[str, TreeEntry]:
+        """The base commit's files (path -> mode and blob), listed once per proof."""
+        if self._base_tree is None:
+            self._base_tree = await self.verifier.workspaces.list_tree(self.url, self.change.base_sha)
+        return self._base_tree
+
     async def base_environment(self) -> Environment:
         """The base commit's own environment: this proof's, unless the change edits dependency
         files (its environment was built from them then; the base's is fetched and held)."""
@@ -478,7 +485,7 @@ class _Proof:
         """The suite's results on the base commit, in the base's environment: (base run, reused)."""
         verifier = self.verifier
         env = await self.base_environment()
-        tree = await verifier.workspaces.list_tree(self.url, self.change.base_sha)
+        tree = await self.base_tree()
         command = self.env.plan.suite_command or " ".join(self.runner.suite_argv())
         key = baseline_key(tree, env.hash, command)
 

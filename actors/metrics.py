@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fixfleet.store.agent_figures import DURATION_BUCKETS
+
 log = logging.getLogger(__name__)
-DURATION_BOUNDARIES = [5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600]
+DURATION_BOUNDARIES = list(DURATION_BUCKETS)  # the ingress's ai_agent_task_duration_seconds uses the same
 
 
 class AgentMetrics:

@@ -24,7 +24,7 @@ ERROR_KINDS = (("timeout", "timeout|timed out"), ("session", "session"),
                ("setup", "setup|setting up|environment"),
                ("verification", "verif|evidence|red check|green check|change refused|breaks tests"))
 ERROR_TYPES = (*(kind for kind, _ in ERROR_KINDS), "other")
-# Seconds: the step-duration histogram's buckets (as the agents' own Ray histogram).
+# Seconds: the step-duration histogram's buckets (the agents' own Ray histogram, actors/metrics.py, too).
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 
 _KIND = "CASE " + " ".join(f"WHEN detail ~* '{pattern}' THEN '{kind}'" for kind, pattern in ERROR_KINDS) + " ELSE 'other' END"

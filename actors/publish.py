@@ -18,7 +18,7 @@ from typing import Any
 from fixfleet.config import Settings
 from fixfleet.forges.base import Forge, PullRequest
 from fixfleet.forges.refs import ISSUE_KEY, ForgeRef
-from fixfleet.integrations.tracker import log_once
+from fixfleet.integrations.tracker import log_once, quietly
 from fixfleet.models import Task
 from fixfleet.plan_doc import SANDBOX_OFF, render_evidence
 from fixfleet.providers import Providers, connect
@@ -58,14 +58,14 @@ class Publisher:
         pull = await self._draft_pull(forge, task, branch, version, plan)
         pr_url = pull.url if pull else None
         if pull:
-            await self._quietly(forge.kind, "labels", forge.add_labels(pull.ref, ["fixfleet", f"priority: {task.priority}"]))
+            await quietly(log, forge.kind, "labels", forge.add_labels(pull.ref, ["fixfleet", f"priority: {task.priority}"]))
             await self._state_label(forge, pull.ref, "awaiting approval")
             if version > 1:
                 await forge.upsert_comment(pull.ref, f"{task.key}-plan-v{version}", revised_text(task, plan, version))
         await self._tell_analysis(task, plan, version, pr_url or f"branch `{branch}`", pr_url)
         context = await self._plan_message(task, version, summary, pr_url)
         if self.notifier and version > 1:
-            await self._quietly("slack", "reply", self.notifier.task_reply(
+            await quietly(log, "slack", "reply", self.notifier.task_reply(
                 task.model_copy(update={"context": task.context | context}), revised_text(task, plan, version)))
         external_ids = {forge.pull_key: str(pull.ref)} if pull and forge.pull_key else {}
         return PlanPublished(pr_url, external_ids, context)
@@ -127,11 +127,11 @@ class Publisher:
         text = analysis_text(task, plan, version, where)
         for tracker in self.trackers:
             if issue := tracker.issue_of(task):
-                await self._quietly(tracker.key, "comment", tracker.upsert_comment(issue, text, marker=f"{task.key}-analysis"))
+                await quietly(log, tracker.key, "comment", tracker.upsert_comment(issue, text, marker=f"{task.key}-analysis"))
                 if pr_url:
-                    await self._quietly(tracker.key, "link", tracker.link(issue, pr_url, f"fixfleet {task.key}: {task.title}"))
-                await self._quietly(tracker.key, "label", tracker.label(issue, "fixfleet"))
-                await self._quietly(tracker.key, "move", tracker.move(issue, "AWAITING_APPROVAL"))
+                    await quietly(log, tracker.key, "link", tracker.link(issue, pr_url, f"fixfleet {task.key}: {task.title}"))
+                await quietly(log, tracker.key, "label", tracker.label(issue, "fixfleet"))
+                await quietly(log, tracker.key, "move", tracker.move(issue, "AWAITING_APPROVAL"))
 
     async def task_started(self, task: Task, step: str) -> None:
         """A step began (PLANNING, EXECUTING): the PR's state label, the trackers moved by their
@@ -141,20 +141,11 @@ class Publisher:
             await self._state_label(forge, pull, "fixing")
         for tracker in self.trackers:
             if issue := tracker.issue_of(task):
-                await self._quietly(tracker.key, "move", tracker.move(issue, step))
+                await quietly(log, tracker.key, "move", tracker.move(issue, step))
 
     async def _state_label(self, forge: Forge, pull: ForgeRef, state: str) -> None:
         """The PR's `fixfleet: <state>` label, replacing the one before."""
-        await self._quietly(forge.kind, "labels", forge.set_state_label(pull, f"{STATE_LABEL}{state}", prefix=STATE_LABEL))
-
-    @staticmethod
-    async def _quietly(service: str, step: str, call: Any) -> None:
-        """A step nobody waits for (a label, a transition): its failure is logged once per kind."""
-        try:
-            await call
-        except Exception as exc:
-            log_once(log, (service, step, type(exc).__name__), "%s %s failed: %s: %s", service, step,
-                     type(exc).__name__, exc)
+        await quietly(log, forge.kind, "labels", forge.set_state_label(pull, f"{STATE_LABEL}{state}", prefix=STATE_LABEL))
 
     async def fix_ready(self, task: Task, evidence: dict[str, Any], commits: list[str], cost_usd: float) -> str | None:
         body = render_evidence(task, evidence, commits=commits, cost_usd=cost_usd)
@@ -163,7 +154,7 @@ class Publisher:
             await forge.update_pull(pull, body=body, ready=True)
             await self._state_label(forge, pull, "ready for review")
             users, teams = reviewers_of(task, self.settings.github_bot_login)
-            await self._quietly(forge.kind, "reviewers", forge.request_reviewers(pull, users, teams))
+            await quietly(log, forge.kind, "reviewers", forge.request_reviewers(pull, users, teams))
             await forge.upsert_comment(pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
         where = task.pr_url or task.branch
         await self._tell_trackers(task, f"fixfleet pushed a tested fix for {task.key}: {where}", f"{task.key}-done",
@@ -216,15 +207,15 @@ class Publisher:
     async def _tell_trackers(self, task: Task, text: str, marker: str, *, move_to: str | None = None) -> None:
         for tracker in self.trackers:
             if issue := tracker.issue_of(task):
-                await self._quietly(tracker.key, "comment", tracker.comment(issue, text, marker=marker))
+                await quietly(log, tracker.key, "comment", tracker.comment(issue, text, marker=marker))
                 if move_to is not None:
-                    await self._quietly(tracker.key, "move", tracker.move(issue, move_to))
+                    await quietly(log, tracker.key, "move", tracker.move(issue, move_to))
 
     async def _chat_update(self, task: Task, text: str) -> None:
         """The plan message says where the task is now, and its thread tells the stage."""
         if self.notifier:
-            await self._quietly("slack", "update", self.notifier.task_changed(task, text))
-            await self._quietly("slack", "reply", self.notifier.task_reply(task, text))
+            await quietly(log, "slack", "update", self.notifier.task_changed(task, text))
+            await quietly(log, "slack", "reply", self.notifier.task_reply(task, text))
 
 
 def fixes_line(forge: Forge, task: Task) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 from fixfleet.config import Settings
 from fixfleet.forges.base import ForgeError, PullState
 from fixfleet.forges.refs import PULL_KEY
-from fixfleet.integrations.tracker import MERGED, log_once
+from fixfleet.integrations.tracker import MERGED, log_once, quietly
 from fixfleet.models import ENDED_UNFINISHED, PullOutcome, Task, TaskStatus
 from fixfleet.providers import Providers
 from fixfleet.store import Store
@@ -194,16 +194,8 @@ class Loops:
 
     @staticmethod
     async def _attempt(service: str, step: str, call: Any) -> bool:
-        """Run one integration step; a failure is logged once per service, step and kind, never raised."""
-        try:
-            await call
-            return True
-        except ForgeError:
-            return True  # the forge has no such thing (a plain git remote): nothing to do
-        except Exception as exc:
-            log_once(log, (service, step, type(exc).__name__), "%s %s failed: %s: %s", service, step,
-                     type(exc).__name__, exc)
-            return False
+        """One integration step (a ForgeError: the forge has no such thing, a plain git remote)."""
+        return await quietly(log, service, step, call, nothing_to_do=(ForgeError,))
 
 
 DECISIONS = {TaskStatus.APPROVED: "approved", TaskStatus.REVISING: "sent back for revision",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from typing import ClassVar
 
 from fixfleet.models import Task
@@ -31,6 +32,22 @@ def log_once(logger: logging.Logger, key: tuple[str, ...], message: str, *args: 
         first = key not in _said
         _said.add(key)
     (logger.warning if first else logger.debug)(message, *args)
+
+
+async def quietly(logger: logging.Logger, service: str, step: str, call: Awaitable[object], *,
+                  nothing_to_do: tuple[type[BaseException], ...] = ()) -> bool:
+    """Run one integration step nobody waits for (a label, a transition, a comment): True when it
+    went through (or raised one of `nothing_to_do`: the service has no such thing); a failure is
+    logged once per service, step and kind, never raised."""
+    try:
+        await call
+        return True
+    except nothing_to_do:
+        return True
+    except Exception as exc:
+        log_once(logger, (service, step, type(exc).__name__), "%s %s failed: %s: %s", service, step,
+                 type(exc).__name__, exc)
+        return False
 
 
 def reset_log_once() -> None:

@@ -2,7 +2,10 @@
 the chat (Slack), each through its seam (fixfleet/forges, fixfleet/integrations).
 
 Every step is idempotent (existing PRs and marked comments are updated, not duplicated), so
-an agent that takes over a task after a crash does not say anything twice. Trackers and the
+an agent that takes over a task after a crash does not say anything twice. Only the pull request
+itself (opened, its body, ready for review) is the task's path: comments, labels, reviewers, the
+trackers and the chat are told through `quietly`, so an outage of any of them is logged once and
+never fails the task. Trackers and the
 chat are optional: unconfigured means skipped (fixfleet/providers.py says so once in the log).
 The forge is GitHub when the repository is on GitHub and a token is set; otherwise a plain git
 remote, where the pushed branch is the whole publication and approvals come from Slack, the
@@ -18,7 +21,8 @@ from typing import Any
 from fixfleet.config import Settings
 from fixfleet.forges.base import Forge, PullRequest
 from fixfleet.forges.refs import ISSUE_KEY, ForgeRef
-from fixfleet.integrations.tracker import log_once, quietly
+from fixfleet.integrations.tracker import quietly
+from fixfleet.logs import log_once
 from fixfleet.models import Task
 from fixfleet.plan_doc import SANDBOX_OFF, render_evidence
 from fixfleet.providers import Providers, connect
@@ -61,7 +65,8 @@ class Publisher:
             await quietly(log, forge.kind, "labels", forge.add_labels(pull.ref, ["fixfleet", f"priority: {task.priority}"]))
             await self._state_label(forge, pull.ref, "awaiting approval")
             if version > 1:
-                await forge.upsert_comment(pull.ref, f"{task.key}-plan-v{version}", revised_text(task, plan, version))
+                await quietly(log, forge.kind, "comment", forge.upsert_comment(
+                    pull.ref, f"{task.key}-plan-v{version}", revised_text(task, plan, version)))
         await self._tell_analysis(task, plan, version, pr_url or f"branch `{branch}`", pr_url)
         context = await self._plan_message(task, version, summary, pr_url)
         if self.notifier and version > 1:
@@ -155,7 +160,8 @@ class Publisher:
             await self._state_label(forge, pull, "ready for review")
             users, teams = reviewers_of(task, self.settings.github_bot_login)
             await quietly(log, forge.kind, "reviewers", forge.request_reviewers(pull, users, teams))
-            await forge.upsert_comment(pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review.")
+            await quietly(log, forge.kind, "comment", forge.upsert_comment(
+                pull, f"{task.key}-done", f"{task.key}: tests pass; the PR is ready for review."))
         where = task.pr_url or task.branch
         await self._tell_trackers(task, f"fixfleet pushed a tested fix for {task.key}: {where}", f"{task.key}-done",
                                   move_to="COMPLETED")
@@ -168,7 +174,7 @@ class Publisher:
                 f"`{run.get('command', '')}`).\n\n```\n{str(run.get('output_tail', ''))[-3000:]}\n```")
         forge = self.forges.for_repo(task.repo)
         if pull := forge.pull_of(task):
-            await forge.upsert_comment(pull, f"{task.key}-rerun", text)
+            await quietly(log, forge.kind, "comment", forge.upsert_comment(pull, f"{task.key}-rerun", text))
         await self._chat_update(task, f"{task.key}: the test suite {verdict} on {task.pr_url or task.branch}")
 
     async def question_answered(self, task: Task, questions: list[str], answer: str, asked_at: str) -> None:
@@ -188,7 +194,7 @@ class Publisher:
         text = f"fixfleet gave up on {task.key}: {reason[:500]}"
         forge = self.forges.for_repo(task.repo)
         if pull := forge.pull_of(task):
-            await forge.upsert_comment(pull, f"{task.key}-failed", text)
+            await quietly(log, forge.kind, "comment", forge.upsert_comment(pull, f"{task.key}-failed", text))
             await self._state_label(forge, pull, "failed")
         await self._tell_trackers(task, text, f"{task.key}-failed", move_to="FAILED")
         await self._chat_update(task, text)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar
@@ -23,6 +25,10 @@ _agent: ContextVar[str | None] = ContextVar("agent", default=None)
 _task: ContextVar[str | None] = ContextVar("task", default=None)
 _repo: ContextVar[str | None] = ContextVar("repo", default=None)
 _process = {"component": None, "agent": None}  # this process's defaults, for threads and new tasks alike
+LOUD_EVERY_S = 3600.0  # log_once: the same failure is warned about again after this long
+_said: dict[tuple[str, ...], list[float]] = {}  # key -> [when last warned, how many quiet since]
+_said_lock = threading.Lock()
+_clock = time.monotonic
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,3 +87,29 @@ def bind_task(task: str, repo: str) -> None:
     """Name the task in hand once it is known (inside `task_context`)."""
     _task.set(task)
     _repo.set(repo)
+
+
+def log_once(logger: logging.Logger, key: tuple[str, ...], message: str, *args: object) -> None:
+    """Warn once for `key` (an integration's failure of one kind): the same again within
+    LOUD_EVERY_S goes to debug, so an outage that fails every call says so once, and one that
+    comes back hours later is told again (with how many went quiet meanwhile)."""
+    now = _clock()
+    with _said_lock:
+        seen = _said.get(key)
+        loud = seen is None or now - seen[0] >= LOUD_EVERY_S
+        quiet = int(seen[1]) if seen and loud else 0
+        if loud:
+            _said[key] = [now, 0]
+        else:
+            seen[1] += 1  # type: ignore[index]
+    if not loud:
+        logger.debug(message, *args)
+    elif quiet:
+        logger.warning(message + " (%d more like it since the last warning)", *args, quiet)
+    else:
+        logger.warning(message, *args)
+
+
+def reset_log_once() -> None:
+    with _said_lock:
+        _said.clear()

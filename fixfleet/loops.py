@@ -6,8 +6,9 @@
 - a merged fix told: the trackers (Jira moved by its MERGED mapping, Sentry resolved in the
   next release with a comment linking the pull request) and the chat's thread;
 - a rejected or cancelled task's draft pull request closed with the reason, its `fixfleet/*`
-  branch deleted (FIXFLEET_KEEP_CLOSED_BRANCHES keeps it), the trackers commented and moved, the
-  chat's plan message replaced by the decision.
+  branch deleted (FIXFLEET_KEEP_CLOSED_BRANCHES keeps it; on a plain git remote, where the
+  branch is the whole publication, git deletes it), the trackers commented and moved, the chat's
+  plan message replaced by the decision.
 
 Every step is idempotent and marked done in the task's context only when the forge step went
 through, so the sweep (`run`) finishes what a crash or an outage left; an integration that is
@@ -25,10 +26,13 @@ from typing import Any
 from fixfleet.config import Settings
 from fixfleet.forges.base import ForgeError, PullState
 from fixfleet.forges.refs import PULL_KEY
-from fixfleet.integrations.tracker import MERGED, log_once, quietly
+from fixfleet.integrations.tracker import MERGED, quietly
+from fixfleet.logs import log_once
 from fixfleet.models import ENDED_UNFINISHED, PullOutcome, Task, TaskStatus
 from fixfleet.providers import Providers
 from fixfleet.store import Store
+from fixfleet.workspace.branches import delete_remote_branch
+from fixfleet.workspace.git import GitCredentials, GitRunner
 
 log = logging.getLogger(__name__)
 ACTOR = "fixfleet:loops"
@@ -41,6 +45,7 @@ CHECKS_PER_SWEEP = 20
 class Loops:
     def __init__(self, settings: Settings, store: Store, providers: Providers) -> None:
         self.settings, self.store, self.providers = settings, store, providers
+        self.git = GitRunner(GitCredentials(settings.github_token), network_timeout_s=120)  # as the agents push
         self._jobs: set[asyncio.Task[None]] = set()
 
     # --- what became of the pull request ----------------------------------------------------
@@ -120,8 +125,9 @@ class Loops:
 
     async def close_ended(self, task: Task) -> bool:
         """A REJECTED or CANCELLED task: its draft pull request closed with the reason and its branch
-        deleted, the trackers commented (and moved by the state's mapping), the chat's plan message
-        replaced by the decision. True when the forge's part is done (or there was none)."""
+        deleted (a plain git remote: the branch deleted there with git), the trackers commented
+        (and moved by the state's mapping), the chat's plan message replaced by the decision. True
+        when the forge's part is done (or there was none)."""
         if task.status not in ENDED_UNFINISHED or task.context.get("pull_closed_at"):
             return True
         decision = await self._decision(task)
@@ -132,6 +138,9 @@ class Loops:
                 pull, f"{task.key} was {decision}. fixfleet closed this draft pull request"
                 + ("." if self.settings.keep_closed_branches else " and deleted its branch."),
                 marker=f"{task.key}-closed", delete_branch=not self.settings.keep_closed_branches))
+        elif forge.pull_key is None and task.branch and not self.settings.keep_closed_branches:
+            # A plain git remote: the pushed branch was the publication, and git alone deletes it.
+            closed = await self._attempt(forge.kind, "delete-branch", delete_remote_branch(self.git, task.repo, task.branch))
         for tracker in self.providers.trackers:
             if issue := tracker.issue_of(task):
                 await self._attempt(tracker.key, "comment", tracker.comment(
@@ -176,7 +185,7 @@ class Loops:
 
     async def sweep(self) -> None:
         """One pass: ended tasks' pull requests closed, outcomes checked, merges told."""
-        for task in await self.store.ended_with_open_pulls(PULL_KEY, within_s=ENDED_WITHIN_S):
+        for task in await self.store.ended_unclosed(PULL_KEY, within_s=ENDED_WITHIN_S):
             await self.close_ended(task)
         await self.check_outcomes()
         for task in await self.store.merged_untold():

@@ -23,7 +23,7 @@ from redis import Redis
 
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from fixfleet.intake.signatures import sign_github, sign_jira
+from fixfleet.formats.adf import adf_to_text
 from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e
@@ -70,40 +70,13 @@ def test_sentry_alert_to_a_ready_pull_request(world: World) -> None:
 
 def test_jira_ticket_to_the_same_end(world: World) -> None:
     world.script()
-    world.jira.add_issue("STAT-7", summary="mean() crashes on empty input")
-    payload = {"webhookEvent": "jira:issue_created", "timestamp": int(time.time() * 1000),
-               "issue": {"key": "STAT-7", "id": "10007", "fields": {
-                   "summary": "mean() crashes on empty input", "project": {"key": "STAT"}, "labels": [],
-                   "priority": {"name": "High"}, "issuetype": {"name": "Bug"},
-                   "description": {"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
-                       {"type": "text", "text": "statskit.mean([]) raises ZeroDivisionError"}]}]}}}}
-    body = json.dumps(payload).encode()
-    answer = httpx.post(f"{world.url}/webhooks/jira", content=body, timeout=30, headers={
-        "Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": "jira-delivery-7",
-        "X-Hub-Signature": sign_jira(CREDENTIALS.secrets["jira"], body)})
-    assert answer.status_code == 202, answer.text
-    key = answer.json()["task"]
+    key = world.post_jira_story("STAT-7", "mean() crashes on empty input")
     task = world.wait_for(key, {"AWAITING_APPROVAL"})
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     world.wait_for(key, {"COMPLETED"})
     comments = " ".join(json.dumps(c) for c in world.jira.comments("STAT-7"))
     assert "fixfleet analysis of" in comments and "tested fix" in comments
     assert world.jira.status("STAT-7") != "To Do"
-
-
-def post_jira_story(world: World, issue: str, summary: str) -> str:
-    world.jira.add_issue(issue, summary=summary)
-    payload = {"webhookEvent": "jira:issue_created", "timestamp": int(time.time() * 1000),
-               "issue": {"key": issue, "id": issue.split("-")[1], "fields": {
-                   "summary": summary, "project": {"key": "STAT"}, "labels": [], "priority": {"name": "High"},
-                   "issuetype": {"name": "Bug"}, "description": {"type": "doc", "version": 1, "content": [
-                       {"type": "paragraph", "content": [{"type": "text", "text": "statskit.mean([]) raises"}]}]}}}}
-    body = json.dumps(payload).encode()
-    answer = httpx.post(f"{world.url}/webhooks/jira", content=body, timeout=30, headers={
-        "Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": f"jira-delivery-{issue}",
-        "X-Hub-Signature": sign_jira(CREDENTIALS.secrets["jira"], body)})
-    assert answer.status_code == 202, answer.text
-    return answer.json()["task"]
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 30) -> Any:
@@ -117,9 +90,11 @@ def eventually(check: Callable[[], Any], timeout_s: float = 30) -> Any:
 def test_reject_and_merge_close_the_loops_with_github_jira_and_slack(world: World) -> None:
     """Issue #22: a rejected task's draft PR is closed and its branch deleted, the Slack buttons
     replaced by the decision, the Jira ticket commented; a merged one's outcome is recorded from
-    the webhook and moves the ticket to Done, with a reply in the Slack thread."""
+    the webhook and moves the ticket to Done, with a reply in the Slack thread. Each Jira story
+    gets its analysis, a remote link to the PR and the label, and exactly the transitions
+    FIXFLEET_JIRA_TRANSITIONS maps, in the order of the steps."""
     world.script()
-    rejected = post_jira_story(world, "STAT-8", "mean() crashes on an empty list")
+    rejected = world.post_jira_story("STAT-8", "mean() crashes on an empty list")
     task = world.wait_for(rejected, {"AWAITING_APPROVAL"})
     number = pr_number(task)
     assert {label["name"] for label in world.github.pull(REPO_NAME, number)["labels"]} >= {"fixfleet"}
@@ -132,26 +107,32 @@ def test_reject_and_merge_close_the_loops_with_github_jira_and_slack(world: Worl
                                             and f"{rejected} rejected by lead" in m["text"]), None))
     assert not any(block["type"] == "actions" for block in plan_message["blocks"])  # no more buttons
     assert "empty input is the caller's bug" in json.dumps(world.jira.comments("STAT-8")[-1])
+    assert transitions(world, "STAT-8") == ["In Progress"]  # PLANNING; REJECTED is not mapped
 
-    merged = post_jira_story(world, "STAT-9", "mean() of nothing")
+    merged = world.post_jira_story("STAT-9", "mean() of nothing")
     task = world.wait_for(merged, {"AWAITING_APPROVAL"})
     world.api("POST", f"/tasks/{merged}/approve", json={"plan_version": task["plan_version"]})
     task = world.wait_for(merged, {"COMPLETED"})
     assert world.jira.status("STAT-9") == "In Review"  # COMPLETED -> "Ready for Review"
     number = pr_number(task)
-    pull = world.github.merge(REPO_NAME, number, by="alice")
-    payload = {"action": "closed", "number": number, "pull_request": pull, "sender": {"login": "alice", "type": "User"},
-               "repository": {"full_name": REPO_NAME, "clone_url": f"file://{world.remote}",
-                              "html_url": f"{world.github.url}/{REPO_NAME}"}}
-    body = json.dumps(payload).encode()
-    answer = httpx.post(f"{world.url}/webhooks/github", content=body, timeout=30, headers={
-        "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": os.urandom(8).hex(),
-        "X-Hub-Signature-256": sign_github(CREDENTIALS.secrets["github"], body)})
+    answer = world.merged(number, by="alice")
     assert answer.json()["detail"] == "merged", answer.text
     shown = world.api("GET", f"/tasks/{merged}")
     assert (shown["outcome"], shown["outcome_by"]) == ("merged", "alice")
     eventually(lambda: world.jira.status("STAT-9") == "Done")
     eventually(lambda: any(m["thread_ts"] and "merged by alice" in m["text"] for m in world.slack.messages))
+    # PLANNING -> "Start Progress", COMPLETED -> "Ready for Review", MERGED -> "Done": in that order, once each
+    assert transitions(world, "STAT-9") == ["In Progress", "In Review", "Done"], world.jira.transition_log
+    said = [adf_to_text(c["body"]) for c in world.jira.comments("STAT-9")]
+    assert [text.split(" ", 3)[:3] for text in said] == [["fixfleet", "analysis", "of"], ["fixfleet", "pushed", "a"]], said
+    assert "Root cause:" in said[0] and task["pr_url"] in said[0] and task["pr_url"] in said[1]
+    assert [link["object"]["url"] for link in world.jira.remote_links["STAT-9"]] == [task["pr_url"]]
+    assert "fixfleet" in world.jira.issues["STAT-9"]["fields"]["labels"]
+
+
+def transitions(world: World, issue: str) -> list[str]:
+    """The statuses the Jira stand-in moved `issue` to, in the order it was asked."""
+    return [to for key, _, to in world.jira.transition_log if key == issue]
 
 
 def test_revise_makes_a_new_plan_version(world: World) -> None:

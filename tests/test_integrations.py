@@ -41,6 +41,7 @@ from fixfleet.integrations.slack import (
     SlackNotFoundError,
     SlackNotifier,
 )
+from fixfleet.logs import reset_log_once
 from fixfleet.models import Priority, Source, Task, TaskStatus
 from fixfleet.providers import connect, reset_skip_log
 from fixfleet.redact import Redactor
@@ -269,12 +270,17 @@ async def test_unreachable_api_is_unavailable() -> None:
         await client.aclose()
 
 
-async def test_500_forever_raises_after_the_attempts(github: GitHubClient, fake_github: FakeGitHub) -> None:
+async def test_500_forever_raises_after_the_attempts_and_the_retries_are_said_once(
+        github: GitHubClient, fake_github: FakeGitHub, caplog: pytest.LogCaptureFixture) -> None:
+    reset_log_once()
     fake_github.fail_next(r"^/repos/acme/api$", 500, times=None)
-    with pytest.raises(UnavailableError) as caught:
-        await github.default_branch(REPO)
+    for _ in range(2):  # a service that is down: every call fails after its retries
+        with pytest.raises(UnavailableError) as caught:
+            await github.default_branch(REPO)
     assert isinstance(caught.value, IntegrationError) and caught.value.status == 500
-    assert len(fake_github.calls_to(r"^/repos/acme/api$")) == FAST["attempts"]
+    assert len(fake_github.calls_to(r"^/repos/acme/api$")) == 2 * FAST["attempts"]
+    said = [r.getMessage() for r in caplog.records if r.name == "fixfleet.integrations.http" and r.levelno >= logging.WARNING]
+    assert said == ["github answered 500; retrying in 0.0s"]  # not once a retry: 2 calls, 4 retries
 
 
 async def test_429_forever_is_rate_limited_error(slack: SlackClient, fake_slack: FakeSlack) -> None:

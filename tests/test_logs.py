@@ -66,3 +66,26 @@ def test_a_secret_in_a_message_or_traceback_never_reaches_the_line(lines: io.Str
     assert SECRET not in text
     assert [line["level"] for line in read(lines)] == ["ERROR", "ERROR"]
     assert "RuntimeError" in read(lines)[1]["error"]
+
+
+def test_a_failure_of_one_kind_is_warned_once_an_hour_and_counted_meanwhile(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(logs, "_clock", lambda: now[0])
+    logs.reset_log_once()
+    log = logging.getLogger("fixfleet.test_once")
+    caplog.set_level(logging.DEBUG, logger="fixfleet.test_once")
+
+    def say(step: str) -> None:
+        logs.log_once(log, ("jira", step, "UnavailableError"), "jira %s failed: 503", step)
+
+    for _ in range(3):  # an outage: every call fails alike
+        say("comment")
+    say("move")  # another step: its own warning
+    now[0] += logs.LOUD_EVERY_S  # the next outage, an hour later, is told again
+    say("comment")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "jira comment failed: 503"), ("DEBUG", "jira comment failed: 503"),
+        ("DEBUG", "jira comment failed: 503"), ("WARNING", "jira move failed: 503"),
+        ("WARNING", "jira comment failed: 503 (2 more like it since the last warning)")]
+    logs.reset_log_once()

@@ -18,12 +18,16 @@ from redis.asyncio import Redis
 
 from fixfleet.config import Settings
 from fixfleet.forges.github_api import GitHubClient
+from fixfleet.logs import reset_log_once
 from fixfleet.loops import Loops
 from fixfleet.models import NewTask, PullOutcome, Source, Task, TaskStatus
 from fixfleet.providers import connect
 from fixfleet.redact import Redactor
 from fixfleet.store import Store
+from fixfleet.workspace.branches import delete_remote_branch
+from fixfleet.workspace.git import GitError
 from tests.fakes.github import FakeGitHub
+from tests.gitrepos import Upstream, make_upstream
 from tests.ingress_server import running_ingress
 from tests.ingress_world import GITHUB_TOKEN, REPO, bearer, configured, post_github
 from tests.corpus import CORPUS
@@ -201,6 +205,55 @@ async def test_cancel_keeps_the_branch_when_told_and_a_forge_outage_is_retried_b
     assert "not needed any more" in github.comments_on("acme/api", number)[0]["body"]
 
 
+async def plain_remote_task(store: Store, upstream: Upstream, target: S) -> Task:
+    """A task on a plain git remote (no forge API: its pushed branch is the publication), ended as `target`."""
+    task, _ = await store.create_task(NewTask(source=Source.API, repo=upstream.url, title="boom"))
+    branch = f"fixfleet/{task.key}"
+    upstream.commit({"PLAN.md": "plan v1\n"}, branch=branch, message=f"docs: plan v1 for {task.key}")
+    for step in (S.PLANNING, S.AWAITING_APPROVAL):
+        task = await store.transition(task.id, step, actor="test", changes={"branch": branch})
+    return await store.transition(task.id, target, actor="cli:ops", reason="not this way")
+
+
+@pytest.mark.parametrize("target", [S.REJECTED, S.CANCELLED])
+async def test_a_plain_git_remotes_branch_is_deleted_on_reject_and_cancel_and_only_fixfleets(
+        loops: Loops, store: Store, tmp_path: Path, target: S) -> None:
+    upstream = make_upstream(tmp_path / "remote")
+    upstream.commit({"notes.md": "mine\n"}, branch="feature/mine")
+    task = await plain_remote_task(store, upstream, target)
+    assert loops.providers.forges.for_repo(task.repo).kind == "git"
+    assert await loops.close_ended(task)
+    assert not upstream.has(task.branch) and upstream.has("main") and upstream.has("feature/mine")
+    assert "pull_closed_at" in (await store.get_task(task.id)).context
+    await loops.sweep()  # nothing left to do: the sweep does not come back to it
+    assert await delete_remote_branch(loops.git, upstream.url, task.branch) is False  # gone: nothing to delete
+    with pytest.raises(GitError, match="only fixfleet/"):
+        await delete_remote_branch(loops.git, upstream.url, "feature/mine")
+    assert upstream.has("feature/mine")
+
+
+async def test_a_plain_git_remotes_branch_is_kept_when_told_and_an_unreachable_one_is_retried_by_the_sweep(
+        loop_settings: Settings, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    upstream = make_upstream(tmp_path / "remote")
+    kept = await plain_remote_task(store, upstream, S.CANCELLED)
+    keep = loop_settings.model_copy(update={"keep_closed_branches": True})
+    async with connect(keep, Redactor()) as providers:
+        assert await Loops(keep, store, providers).close_ended(kept)
+    assert upstream.has(kept.branch)
+
+    task = await plain_remote_task(store, upstream, S.REJECTED)
+    reset_log_once()
+    hidden = upstream.bare.rename(tmp_path / "away.git")  # the remote is unreachable for a while
+    async with connect(loop_settings, Redactor()) as providers:
+        loops = Loops(loop_settings, store, providers)
+        assert not await loops.close_ended(task)
+        assert "pull_closed_at" not in (await store.get_task(task.id)).context
+        assert [r.getMessage() for r in caplog.records if "git delete-branch failed" in r.getMessage()]
+        hidden.rename(upstream.bare)
+        await loops.sweep()
+    assert not upstream.has(task.branch) and "pull_closed_at" in (await store.get_task(task.id)).context
+
+
 # --- how the figures read ------------------------------------------------------------------------------
 
 
@@ -240,7 +293,6 @@ def test_a_command_in_a_github_comment_is_acknowledged_with_a_reaction(api: str,
 async def test_the_periodic_check_says_nothing_it_does_not_know(loop_settings: Settings, store: Store,
                                                                 github: FakeGitHub,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    from fixfleet.integrations.tracker import reset_log_once
 
     reset_log_once()
     plain, _ = await store.create_task(NewTask(source=Source.CLI, repo="file:///srv/git/tool.git", title="plain"))

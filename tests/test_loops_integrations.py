@@ -21,7 +21,7 @@ from fixfleet.commands.handlers import Commands
 from fixfleet.config import Settings
 from fixfleet.formats.adf import adf_to_text
 from fixfleet.integrations.jira import text_to_adf
-from fixfleet.integrations.tracker import reset_log_once
+from fixfleet.logs import reset_log_once
 from fixfleet.loops import Loops
 from fixfleet.models import NewTask, PullOutcome, Source, Task, TaskStatus
 from fixfleet.providers import Providers, connect
@@ -251,16 +251,21 @@ async def test_the_planner_is_given_the_jira_ticket(store: Store, world: Setting
     assert "The Jira ticket could not be read" in planner_prompt(await Publisher(world, store, providers).fetch_context(other), [])
 
 
-@pytest.mark.parametrize("down", ["jira", "slack", "sentry"])
+@pytest.mark.parametrize("down", ["jira", "slack", "sentry", "github"])
 async def test_each_integration_down_leaves_the_plan_published_and_is_logged_once(
         store: Store, world: Settings, providers: Providers, fakes, down: str, caplog: pytest.LogCaptureFixture) -> None:
+    """GitHub "down" is its comments, labels and review requests: the pull request itself is the
+    task's path, and the fix is ready for review without them."""
     github, jira, sentry, slack = fakes
-    {"jira": jira, "slack": slack, "sentry": sentry}[down].fail_next(r".", status=503, times=None)
+    only = r"/issues/(\d+/)?(comments|labels)|/requested_reviewers" if down == "github" else r"."
+    {"jira": jira, "slack": slack, "sentry": sentry, "github": github}[down].fail_next(only, status=503, times=None)
     publisher = Publisher(world, store, providers)
-    task = await planned(store, publisher, github)
+    task = await planned(store, publisher, github, versions=2)  # a revised plan is announced on the PR too
     assert task.status == S.AWAITING_APPROVAL and github.pull("acme/api", number(task))["state"] == "open"
     run = {"command": "pytest", "exit_code": 0, "output_tail": "1 passed"}
     await publisher.fix_ready(task, {"red": run, "green": run, "suite": run, "fail_to_pass": ["t"]}, ["abc"], 0.0)
+    assert not github.pull("acme/api", number(task))["draft"]  # ready for review, whatever was down
+    await publisher.tests_rerun(task, "abc123", "passes", run)
     await publisher.task_failed(task.id, "just to say it twice")
     failures = [r for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith(down)]
     assert failures and len({r.getMessage().split(":")[0] for r in failures}) == len(failures)  # once per step

@@ -1,5 +1,6 @@
 """The whole platform for end-to-end tests: real Ray, Postgres, Redis, git, the claude CLI and
-bubblewrap; GitHub, Slack, Jira and the model are local stand-ins. One world per test module.
+bubblewrap; GitHub, Slack, Jira (and, when asked, Sentry's REST API) and the model are local
+stand-ins. One world per test module.
 
     with platform_world(root, database_url, redis_url, Credentials(...)) as world:
         key = world.post_alert()
@@ -13,7 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,15 @@ from fixfleet.platform import Platform, PlatformOptions
 from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
-from fixfleet.intake.signatures import sign_github, sign_sentry
+from fixfleet.intake.signatures import sign_github, sign_jira, sign_sentry
 from tests.slate import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
+from tests.fakes.sentry import FakeSentry
 from tests.fakes.slack import FakeSlack
 
 REPO_NAME, CHANNEL = "acme/statskit", "C0PLANS"
+SENTRY_ORG, SENTRY_TOKEN = "acme", "sntrys_e2e_token"
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
@@ -61,6 +64,7 @@ class World:
     executor_model: ReplayServer
     platform: Platform
     credentials: Credentials
+    sentry: FakeSentry | None = None  # platform_world(..., sentry=True): Sentry's REST API too
 
     def script(self, planner: str | dict = "demo_planner", executor: str | dict = "demo_executor") -> None:
         for server, scenario in ((self.planner_model, planner), (self.executor_model, executor)):
@@ -90,13 +94,53 @@ class World:
         raise AssertionError(f"{key} stuck at {task['status']}: {[(e['to_status'], e['reason']) for e in events[-5:]]}; "
                              f"agents {self.platform.agents()}; health {health}")
 
-    def post_alert(self, alert: dict[str, Any] | None = None) -> str:
+    def post_alert(self, alert: dict[str, Any] | None = None, *, resource: str = "event_alert") -> str:
+        """A signed Sentry webhook (`resource`: its Sentry-Hook-Resource) that makes a task; its key."""
         body = json.dumps(alert or sentry_alert(self.remote)).encode()
         answer = httpx.post(f"{self.url}/webhooks/sentry", content=body, timeout=30, headers={
-            "Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": os.urandom(8).hex(),
+            "Content-Type": "application/json", "Sentry-Hook-Resource": resource, "Request-ID": os.urandom(8).hex(),
             "Sentry-Hook-Signature": sign_sentry(self.credentials.secrets["sentry"], body)})
         assert answer.status_code == 202, answer.text
         return answer.json()["task"]
+
+    def post_jira_story(self, issue: str, summary: str) -> str:
+        """A Jira ticket of project STAT (made on the Jira stand-in too) and its signed
+        `jira:issue_created` webhook; the task's key."""
+        self.jira.add_issue(issue, summary=summary)
+        payload = {"webhookEvent": "jira:issue_created", "timestamp": int(time.time() * 1000),
+                   "issue": {"key": issue, "id": issue.split("-")[1], "fields": {
+                       "summary": summary, "project": {"key": "STAT"}, "labels": [], "priority": {"name": "High"},
+                       "issuetype": {"name": "Bug"}, "description": {"type": "doc", "version": 1, "content": [
+                           {"type": "paragraph", "content": [{"type": "text", "text": "statskit.mean([]) raises"}]}]}}}}
+        body = json.dumps(payload).encode()
+        answer = httpx.post(f"{self.url}/webhooks/jira", content=body, timeout=30, headers={
+            "Content-Type": "application/json", "X-Atlassian-Webhook-Identifier": f"jira-delivery-{issue}",
+            "X-Hub-Signature": sign_jira(self.credentials.secrets["jira"], body)})
+        assert answer.status_code == 202, answer.text
+        return answer.json()["task"]
+
+    def merged(self, number: int, by: str) -> httpx.Response:
+        """`by` merges pull request `number` on GitHub, which sends its `pull_request` closed webhook."""
+        pull = self.github.merge(REPO_NAME, number, by=by)
+        payload = {"action": "closed", "number": number, "pull_request": pull, "sender": {"login": by, "type": "User"},
+                   "repository": {"full_name": REPO_NAME, "clone_url": f"file://{self.remote}",
+                                  "html_url": f"{self.github.url}/{REPO_NAME}"}}
+        body = json.dumps(payload).encode()
+        return httpx.post(f"{self.url}/webhooks/github", content=body, timeout=30, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": os.urandom(8).hex(),
+            "X-Hub-Signature-256": sign_github(self.credentials.secrets["github"], body)})
+
+    def log_lines(self, task: str | None = None) -> list[dict[str, Any]]:
+        """The platform's JSON log lines (every Ray worker's stderr: ingress, relay, agents), those
+        logged while `task` (a key) was in hand when it is given."""
+        assert self.platform.ray_temp_dir is not None
+        found = []
+        for path in sorted((self.platform.ray_temp_dir / "ray" / "session_latest" / "logs").glob("worker-*.err")):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    with suppress(ValueError):
+                        found.append(json.loads(line))
+        return [line for line in found if task is None or line.get("task") == task]
 
     def comment(self, number: int, author: str, text: str, *, repo: str = REPO_NAME) -> httpx.Response:
         """A comment on pull request `number` of `repo` (another repository sends its webhooks here too)."""
@@ -134,20 +178,22 @@ def pr_number(task: dict[str, Any]) -> int:
 
 @contextmanager
 def platform_world(root: Path, database_url: str, redis_url: str, credentials: Credentials,
-                   extra_env: dict[str, str] | None = None, *, executors: int = 1) -> Iterator[World]:
-    """The sample repository behind a git remote, the stand-ins, and the platform configured for them."""
+                   extra_env: dict[str, str] | None = None, *, executors: int = 1, sentry: bool = False) -> Iterator[World]:
+    """The sample repository behind a git remote, the stand-ins, and the platform configured for them
+    (`sentry`: Sentry's REST API too, so the platform reads events and resolves issues there)."""
     clean_slate(database_url, redis_url)
     remote = make_sample_repo(root)
     saved_env = dict(os.environ)
     c = credentials
     with FakeGitHub(c.github_token) as github, FakeSlack(c.slack_token, channels=(CHANNEL,)) as slack, \
-            FakeJira(c.jira_email, c.jira_token) as jira:
+            FakeJira(c.jira_email, c.jira_token) as jira, ExitStack() as more:
+        fake_sentry = more.enter_context(FakeSentry(SENTRY_TOKEN, SENTRY_ORG)) if sentry else None
         github.add_repo(REPO_NAME)
         github.link_git_remote(REPO_NAME, remote)  # the branches are pushed to the git remote
         github.grant(REPO_NAME, "maintainer", "write")
         github.grant(REPO_NAME, "visitor", "read")
         planner_model, executor_model = ReplayServer("demo_planner").start(), ReplayServer("demo_executor").start()
-        env = world_env(root, remote, github, slack, jira, credentials, extra_env)
+        env = world_env(root, remote, github, slack, jira, credentials, extra_env) | sentry_env(fake_sentry)
         settings = Settings(database_url=database_url, redis_url=redis_url, home=root / "home")
         options = PlatformOptions(http_port=free_port(), executors=executors, env=env,
                                   planner_overrides={"anthropic_base_url": planner_model.url},
@@ -156,7 +202,7 @@ def platform_world(root: Path, database_url: str, redis_url: str, credentials: C
         try:
             platform.start(progress=lambda line: None)
             yield World(platform.url, remote, root, github, slack, jira, planner_model, executor_model, platform,
-                        credentials)
+                        credentials, fake_sentry)
         finally:
             platform.stop()
             planner_model.stop()
@@ -184,3 +230,11 @@ def world_env(root: Path, remote: Path, github: FakeGitHub, slack: FakeSlack, ji
         "FIXFLEET_MCP_CONFIG": str(root / "no-mcp.json"), "FIXFLEET_MAX_ATTEMPTS": "1", "FIXFLEET_LEASE_S": "4",
         "ANTHROPIC_API_KEY": c.model_key, **(extra_env or {}),
     }
+
+
+def sentry_env(sentry: FakeSentry | None) -> dict[str, str]:
+    """The platform's settings for Sentry's REST API on the stand-in (none without one)."""
+    if sentry is None:
+        return {}
+    return {"SENTRY_AUTH_TOKEN": SENTRY_TOKEN, "FIXFLEET_SENTRY_API_URL": f"{sentry.url}/api/0",
+            "FIXFLEET_SENTRY_ORG": SENTRY_ORG}

@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from fixfleet.logs import log_once
+
 log = logging.getLogger(__name__)
 RETRIED = {429, 500, 502, 503, 504}
 
@@ -43,7 +45,9 @@ async def request(
         if response.status_code not in RETRIED or attempt == attempts:
             break
         wait = _retry_after(response) or backoff_s * 2 ** (attempt - 1)
-        log.warning("%s answered %s; retrying in %.1fs", service, response.status_code, wait)
+        # Once per service and status: a service that is down would say it at every retry of every call.
+        log_once(log, (service, "retry", str(response.status_code)), "%s answered %s; retrying in %.1fs", service,
+                 response.status_code, wait)
         await asyncio.sleep(min(wait, max_wait_s))
     if response.is_error:
         raise IntegrationError(service, f"{method} {url} -> {response.status_code}: {response.text[:300]}", response.status_code)

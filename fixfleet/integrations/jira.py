@@ -24,7 +24,8 @@ from fixfleet.integrations.base import (
     RejectedError,
     secret_value,
 )
-from fixfleet.integrations.tracker import Tracker, log_once
+from fixfleet.integrations.tracker import Tracker
+from fixfleet.logs import log_once
 
 log = logging.getLogger(__name__)
 MAX_COMMENT_PAGES = 40

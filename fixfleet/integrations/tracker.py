@@ -13,25 +13,14 @@ the pull request): `move(issue, step)` moves the issue as the operator mapped th
 from __future__ import annotations
 
 import logging
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from typing import ClassVar
 
+from fixfleet.logs import log_once
 from fixfleet.models import Task
 
 MERGED, CLOSED = "MERGED", "CLOSED"  # steps after COMPLETED: what became of the pull request
-
-_said: set[tuple[str, ...]] = set()
-_said_lock = threading.Lock()
-
-
-def log_once(logger: logging.Logger, key: tuple[str, ...], message: str, *args: object) -> None:
-    """Warn once per process for `key` (an integration's failure of one kind); later ones at debug."""
-    with _said_lock:
-        first = key not in _said
-        _said.add(key)
-    (logger.warning if first else logger.debug)(message, *args)
 
 
 async def quietly(logger: logging.Logger, service: str, step: str, call: Awaitable[object], *,
@@ -48,11 +37,6 @@ async def quietly(logger: logging.Logger, service: str, step: str, call: Awaitab
         log_once(logger, (service, step, type(exc).__name__), "%s %s failed: %s: %s", service, step,
                  type(exc).__name__, exc)
         return False
-
-
-def reset_log_once() -> None:
-    with _said_lock:
-        _said.clear()
 
 
 class Tracker(ABC):

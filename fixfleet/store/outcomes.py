@@ -106,11 +106,11 @@ class OutcomeRecords:
             median_merge_s=row["median"], merge_seconds_sum=float(row["total"]),
             merge_buckets=[(b, row[f"b{i}"]) for i, b in enumerate(MERGE_BUCKETS)])
 
-    async def ended_with_open_pulls(self, pull_key: str, *, within_s: float, limit: int = 50) -> list[Task]:
-        """REJECTED or CANCELLED tasks with a pull request not yet closed by fixfleet
+    async def ended_unclosed(self, pull_key: str, *, within_s: float, limit: int = 50) -> list[Task]:
+        """REJECTED or CANCELLED tasks with a pull request or a branch not yet closed by fixfleet
         (`context.pull_closed_at`), ended within `within_s`."""
         rows = await self.pool.fetch(
-            "SELECT * FROM tasks WHERE status IN ('REJECTED', 'CANCELLED') AND external_ids ? $1"
+            "SELECT * FROM tasks WHERE status IN ('REJECTED', 'CANCELLED') AND (external_ids ? $1 OR branch IS NOT NULL)"
             " AND NOT context ? 'pull_closed_at' AND updated_at > now() - make_interval(secs => $2)"
             " ORDER BY id LIMIT $3", pull_key, within_s, limit)
         return [task_from_row(r) for r in rows]

@@ -4,8 +4,9 @@ webhook without a trace is planned from the event the platform fetched, and reso
 release when its pull request is merged; each integration down in turn leaves the task to
 complete, its failure logged once with its cause.
 
-One platform serves the module. Each outage is of its own service, because an integration's
-failure is logged once per process and kind (fixfleet/integrations/tracker.py's log_once).
+One platform serves the module. Each outage is of its own service: a failure of one kind is
+warned about once an hour per process (fixfleet/logs.py's log_once), so a second outage of the
+same service would be told at debug level only.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from redis import Redis
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
 from fixfleet.formats.adf import adf_to_text
-from tests.world import REPO_NAME, Credentials, World, platform_world, pr_number
+from tests.world import REPO_NAME, Credentials, World, eventually, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_e2e_token", slack_token="xoxb-e2e-token", jira_token="jira-e2e-token",
@@ -77,14 +77,6 @@ def test_jira_ticket_to_the_same_end(world: World) -> None:
     comments = " ".join(json.dumps(c) for c in world.jira.comments("STAT-7"))
     assert "fixfleet analysis of" in comments and "tested fix" in comments
     assert world.jira.status("STAT-7") != "To Do"
-
-
-def eventually(check: Callable[[], Any], timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert found, "not within the time allowed"
-    return found
 
 
 def test_reject_and_merge_close_the_loops_with_github_jira_and_slack(world: World) -> None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import pytest
 
 from fixfleet.demo import sentry_alert
 from tests.fakes.faults import FakeAPI
-from tests.world import Credentials, World, platform_world, pr_number
+from tests.fakes.sentry import FakeSentry
+from tests.world import Credentials, World, eventually, platform_world, pr_number
 
 pytestmark = pytest.mark.e2e
 CREDENTIALS = Credentials(github_token="ghp_loops_token", slack_token="xoxb-loops-token", jira_token="jira-loops-token",
@@ -47,7 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url
         yield world
 
 
-def sentry(world: World) -> Any:
+def sentry(world: World) -> FakeSentry:
     assert world.sentry is not None
     return world.sentry
 
@@ -76,14 +76,6 @@ def approved_to_completion(world: World, key: str) -> dict[str, Any]:
     task = world.wait_for(key, {"AWAITING_APPROVAL"})
     world.api("POST", f"/tasks/{key}/approve", json={"plan_version": task["plan_version"]})
     return world.wait_for(key, {"COMPLETED"})
-
-
-def eventually(check: Callable[[], Any], timeout_s: float = 40) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert found, "not within the time allowed"
-    return found
 
 
 # --- Sentry: context before planning, resolved on merge --------------------------------------

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +170,15 @@ class World:
 
     def branch_file(self, branch: str, path: str) -> str:
         return self.git("show", f"{branch}:{path}")
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 30) -> Any:
+    """`check()`'s first truthy answer within `timeout_s` (what the platform does after it answered)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert found, "not within the time allowed"
+    return found
 
 
 def pr_number(task: dict[str, Any]) -> int:

@@ -1,4 +1,4 @@
-"""What every agent is: a loop over its queue with warm workspaces and a Claude session runner.
+"""What every agent is: a loop over its queue with warm workspaces and the Claude sessions it runs (actors/session.py).
 
 `AgentLoop` is plain Python (testable without Ray); `actors/planner.py` and `actors/executor.py`
 give it a `handle(job)`; `serve_app/agents.py` runs each as the replicas of a Serve deployment.
@@ -23,7 +23,7 @@ from claude_agent_sdk import SdkMcpTool
 from actors.credentials import TokenManager
 from actors.metrics import AgentMetrics
 from actors.publish import Publisher
-from actors.runner import SessionRunner
+from actors.session import ClaudeSessions
 from actors.session_models import SessionFailedForGood, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.errors import Interrupted
@@ -102,9 +102,9 @@ class AgentLoop:
         self.verifier = Verifier(self.workspaces, self.environments, self.sandbox,
                                  BaselineStore(self.settings.cache_root / "baselines"),
                                  reruns=self.settings.verify_reruns)
-        self.runner = SessionRunner(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
+        self.claude = ClaudeSessions(self.home / "session", self.settings, self.tokens, sandbox=self.sandbox,
                                     mcp_template=self.settings.mcp_config, records=self.store)
-        self._stack.push_async_callback(self.runner.close)
+        self._stack.push_async_callback(self.claude.close)
         self.publisher = Publisher(self.settings, self.store)
         self._stack.push_async_callback(self.publisher.aclose)
         self.worker = Worker(self.queue, self.store, self._handle_counted, self.name, on_give_up=self.publisher.task_failed)
@@ -215,7 +215,7 @@ class AgentLoop:
                 await watching
             return handling.result()
         stop = watching.result()
-        killed = self.runner.stop_sessions(f"stopped: {stop}")  # at once: a cancelled session's CLI must not take another step
+        killed = self.claude.stop_sessions(f"stopped: {stop}")  # at once: a cancelled session's CLI must not take another step
         log.info("%s: %s; killed %d session process(es)", self.name, stop, killed)
         handling.cancel()
         await asyncio.wait({handling}, timeout=60)  # the session's sandbox dies at once; its cleanup follows
@@ -294,7 +294,7 @@ class AgentLoop:
                 held.append(env)
         except SetupFailed as exc:
             await self.store.record_event(task.id, actor=self.name, reason=f"setup failed: {exc.message}",
-                                          data={"setup_log_tail": self.runner.redactor.text(exc.log_tail)})
+                                          data={"setup_log_tail": self.claude.redactor.text(exc.log_tail)})
             raise
         await self.store.record_event(
             task.id, actor=self.name, reason=f"environment {'reused' if env.reused else 'built'}",
@@ -322,7 +322,7 @@ class AgentLoop:
             task_id=task.id, attempt=task.attempts, agent=self.name,
             plan_version=task.plan_version + 1 if writes_plan else task.plan_version or None)})
         async with network_access(domains) as network:  # the domains the repository allows its tests
-            result = await self.runner.run(request, network.apply(spec), tools)
+            result = await self.claude.run(request, network.apply(spec), tools)
         await self.add_cost(task.id, result.cost_usd, result.input_tokens + result.output_tokens)
         self.metrics.session(result.cost_usd, result.input_tokens, result.output_tokens)
         await self.store.record_event(task.id, actor=self.name, reason=f"{self.role} session: {result.subtype}",

@@ -97,7 +97,7 @@ class Executor(AgentLoop):
             await self.workspaces.discard(checkout)
         evidence = await self._verify(task, change, report, work)
         commits = await self._commit(task, change, evidence, report.get("summary", ""))
-        proof = self.runner.redactor.value(evidence.model_dump())
+        proof = self.claude.redactor.value(evidence.model_dump())
         diff = unified_diff(change, await self.workspaces.read_files(task.repo, base, change.paths))
         # Recorded before the push: a retry after a push whose completion was lost finds it.
         await self.store.update_fields(task.id, context={"pushing": {"commits": commits, "evidence": proof},
@@ -134,7 +134,7 @@ class Executor(AgentLoop):
             log.warning("%s: rerun-tests of %s could not run", self.name, task.key, exc_info=True)
             await self.side_job_done(task, RERUN, f"rerun-tests could not run: {exc}; ask again")
             return
-        result = self.runner.redactor.value(run.model_dump()) | {"sha": head, "at": datetime.now(UTC).isoformat()}
+        result = self.claude.redactor.value(run.model_dump()) | {"sha": head, "at": datetime.now(UTC).isoformat()}
         verdict = "passes" if run.exit_code == 0 else f"fails (exit {run.exit_code})"
         await self.side_job_done(task, RERUN, f"rerun-tests: the suite {verdict}", result)
         await self.publisher.tests_rerun(task, head, verdict, result)
@@ -154,7 +154,7 @@ class Executor(AgentLoop):
             tree = await self.workspaces.list_tree(task.repo, work.base)
             change = await asyncio.to_thread(extract, work.tree, work.base, tree, before=work.before,
                                              mount_points=work.placed)
-            leaking = [c.path for c in change.files if c.content and self.runner.redactor.knows(
+            leaking = [c.path for c in change.files if c.content and self.claude.redactor.knows(
                 c.content.decode("utf-8", "replace"))]
             if leaking:
                 raise ChangeRefused(f"{', '.join(leaking)} hold(s) one of the platform's secrets")
@@ -180,7 +180,7 @@ class Executor(AgentLoop):
 
     async def _refused(self, task: Task, stage: str, reason: str, evidence: dict[str, Any], text: str = "") -> None:
         """Audit the refusal and keep it for the next attempt's prompt."""
-        redact = self.runner.redactor
+        redact = self.claude.redactor
         await self.store.record_event(task.id, actor=self.name, reason=reason,
                                       data={"evidence": redact.value(evidence), "stage": stage})
         await self.store.update_fields(task.id, context={"last_refusal": {
@@ -217,13 +217,13 @@ class Executor(AgentLoop):
             await self.store.record_event(task.id, actor=self.name,
                                           reason=f"verify_change {work.checks}/{limit}: {outcome}",
                                           data={"seconds": round(time.monotonic() - started, 2)})
-            return _text(self.runner.redactor.text(answer))
+            return _text(self.claude.redactor.text(answer))
 
         return verify_change
 
     async def _commit(self, task: Task, change: ChangeSet, evidence: Evidence, summary: str) -> list[str]:
         """Two conventional commits made from the verified data: the tests, then the fix."""
-        summary = self.runner.redactor.text(summary)
+        summary = self.claude.redactor.text(summary)
         subject = summary.strip().splitlines()[0][:60] if summary.strip() else "fix the reported bug"
         tests = await self.workspaces.commit(task.repo, change.base_sha, change.subset(evidence.test_files),
                                              f"test: reproduce {task.key}")

@@ -1,6 +1,6 @@
 """What an agent may do: one policy per session, consulted before every tool call.
 
-The runner asks it from two places: a PreToolUse hook (the CLI calls it for every tool call,
+The session (actors/session.py) asks it from two places: a PreToolUse hook (the CLI calls it for every tool call,
 including reads it would otherwise auto-approve) and the `can_use_tool` permission callback
 (tool calls the CLI would prompt for). A denial's reason goes back to the agent as the tool's
 error, so it can change course; each one is recorded in the session result.

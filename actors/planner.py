@@ -77,7 +77,7 @@ class Planner(AgentLoop):
             await self.workspaces.discard(checkout)
         users, teams = owners_for(codeowners, [str(f.get("path")) for f in plan.get("affected_files", [])
                                                if isinstance(f, dict) and f.get("path")])
-        plan = self.runner.redactor.value(plan)  # PLAN.md, the PR, Jira and Slack quote it
+        plan = self.claude.redactor.value(plan)  # PLAN.md, the PR, Jira and Slack quote it
         version = task.plan_version + 1
         document = render_plan(task, plan, version, setup=env.plan.describe(), sandboxed=self.sandbox.enabled)
         commit = await self.workspaces.commit(task.repo, base, {"PLAN.md": FileContent(content=document.encode())},
@@ -137,7 +137,7 @@ class Planner(AgentLoop):
             await self.side_job_done(task, EXPLAIN, "explain: no open question")
             return
         try:
-            answer = self.runner.redactor.value(await self._answer(task, questions))
+            answer = self.claude.redactor.value(await self._answer(task, questions))
         except Exception as exc:  # told to whoever asked, with the reason
             log.warning("%s: the question about %s could not be answered", self.name, task.key, exc_info=True)
             await self.side_job_done(task, EXPLAIN, f"explain: the question could not be answered: {exc}; ask again")

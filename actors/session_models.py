@@ -1,4 +1,4 @@
-"""Typed inputs and outputs of one Claude Code session (see actors/runner.py)."""
+"""Typed inputs and outputs of one Claude Code session (see actors/session.py)."""
 
 from __future__ import annotations
 

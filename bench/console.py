@@ -3,7 +3,7 @@
 - pages: the console's pages with a big store behind them. `--tasks` tasks (10,000: every state,
   each with its audit rows; the finished ones with a plan, evidence and a diff) and
   `--store-messages` session messages (200,000: sessions of 2,000 messages each, kept the way the
-  platform keeps them today: each session's audit row and the runner's JSONL transcript, read
+  platform keeps them today: each session's audit row and the JSONL transcript of actors/session.py, read
   through the console's SessionReader). The ingress runs under uvicorn in a subprocess (uvloop,
   httptools, as bench.ingress runs it; without the outbox relay, as a Serve replica); one signed-in client asks for one page after another: the
   task list (filters and pages in turn), a task page (plans, evidence, diff, sessions, timeline) and a
@@ -11,7 +11,7 @@
 
 - recording: what recording a session costs it. One scripted session (the real claude CLI in its
   sandbox against the scripted model: `--turns` turns, each a line of text and a Bash call whose
-  output is a few KB) on one warm runner, run once without recording and once with it (the
+  output is a few KB) on one warm ClaudeSessions, run once without recording and once with it (the
   session's row, every message redacted and written by the background writer into Postgres),
   after a warm-up run. Prints both wall times and the ratio; goal: recording adds under 5 %.
   One run of each by default (`--pairs N` alternates N pairs and averages): on a shared machine,
@@ -49,7 +49,7 @@ import httpx
 import psutil
 
 from actors.credentials import TokenManager
-from actors.runner import SessionRunner
+from actors.session import ClaudeSessions
 from actors.session_models import SessionLimits, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.models import NewTask
@@ -94,24 +94,24 @@ async def recording_overhead(database_url: str, args: argparse.Namespace) -> dic
                                  limits=SessionLimits(max_turns=args.turns + 5, max_budget_usd=50.0, timeout_s=600),
                                  require_structured_output=False)
         recorded = request.model_copy(update={"owner": SessionOwner(task_id=task.id, attempt=1, agent="bench")})
-        # One warm runner for both: a request without an owner is not recorded.
-        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
+        # One warm ClaudeSessions for both: a request without an owner is not recorded.
+        claude = ClaudeSessions(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
                                model="claude-sonnet-4-5", mcp_template=root / "mcp.json", records=store)
         runs: dict[str, list[float]] = {"without": [], "with": []}
         try:
-            await runner.run(request)  # warm-up: the CLI's files in the page cache, the model proxy up
+            await claude.run(request)  # warm-up: the CLI's files in the page cache, the model proxy up
             for pair in range(args.pairs):  # alternating, so that a drift of the machine hits both
                 for name in ("without", "with") if pair % 2 == 0 else ("with", "without"):
                     server.clear()
                     started = time.monotonic()
-                    result = await runner.run(recorded if name == "with" else request)
+                    result = await claude.run(recorded if name == "with" else request)
                     runs[name].append(time.monotonic() - started)
                     if result.outcome != "success":
                         raise SystemExit(f"the {name} session failed: {result.subtype}: {result.error}")
                     if name == "with":
                         record = await store.get_session(result.record_id)  # type: ignore[arg-type]
         finally:
-            await runner.close()
+            await claude.close()
             await store.close()
     seconds = {name: sum(times) / len(times) for name, times in runs.items()}
     ratio = seconds["with"] / seconds["without"]
@@ -264,7 +264,7 @@ def session_messages(count: int) -> list[Any]:
 
 
 class StoredRecording:
-    """Sessions recorded in the session store (fixfleet/store/sessions.py), as the runner records them."""
+    """Sessions recorded in the session store (fixfleet/store/sessions.py), as actors/session.py records them."""
 
     def __init__(self, store: Store, home: Path, messages: list[Any]) -> None:
         from datetime import UTC, datetime

@@ -1,7 +1,7 @@
 """How fast a Claude Code session starts: `python -m bench.runtime [--sessions 20]`.
 
 Runs one-turn sessions of the real claude CLI against the scripted model server, one after
-the other on one warm runner (as an agent actor would), and measures from `run()` to the
+the other on one warm ClaudeSessions (as an agent actor would), and measures from `run()` to the
 first request at the model server, and to the result. Goal: p95 to first request <= 1.0 s.
 The last line printed is one JSON object.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from actors.credentials import TokenManager
-from actors.runner import SessionRunner
+from actors.session import ClaudeSessions
 from fixfleet.workspace.sandbox import Sandbox
 from actors.session_models import SessionLimits, SessionRequest
 from fixfleet.config import Settings
@@ -50,20 +50,20 @@ async def measure(sessions: int, root: Path) -> tuple[list[float], list[float]]:
     with ReplayServer("one_turn") as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url,
                             anthropic_api_key="sk-ant-api03-bench-0000000000")
-        runner = SessionRunner(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
+        claude = ClaudeSessions(root / "agent", settings, TokenManager(settings), sandbox=Sandbox(root / "sandbox"),
                                model="claude-sonnet-4-5", mcp_template=template)
         request = SessionRequest(role="executor", worktree=tree, prompt="Say hello.",
                                  limits=LIMITS, require_structured_output=False)
         for _ in range(sessions):
             server.clear()
             started = time.monotonic()
-            outcome = await runner.run(request)
+            outcome = await claude.run(request)
             finished = time.monotonic()
             if outcome.outcome != "success" or server.first_request_at() is None:
                 raise SystemExit(f"session failed: {outcome.subtype}: {outcome.error}")
             first_request.append(server.first_request_at() - started)  # type: ignore[operator]
             result.append(finished - started)
-        await runner.close()
+        await claude.close()
     return first_request, result
 
 

@@ -1,5 +1,5 @@
 """What the console tests share: tokens, tasks in the states a reviewer meets, agent sessions as
-the session runner records them, and a signed-in HTTP client."""
+actors/session.py records them, and a signed-in HTTP client."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from claude_agent_sdk import (
 )
 from redis.asyncio import Redis
 
-from actors.runner import _Session
+from actors.session import _Session
 from actors.transcript import Transcriber
 from fixfleet.config import Settings
 from fixfleet.models import NewTask, Source, Task, TaskStatus
@@ -106,11 +106,11 @@ async def planned_task(store: Store, **kwargs: Any) -> Task:
     return await post_plan(store, await new_task(store, **kwargs), plan)
 
 
-# --- agent sessions, recorded as actors/runner.py records them ----------------------------------
+# --- agent sessions, recorded as actors/session.py records them ----------------------------------
 
 
 def transcript_line(message: Any) -> str:
-    """The session runner's own transcript line for an SDK message (redacted, one JSON object)."""
+    """actors/session.py's own transcript line for an SDK message (redacted, one JSON object)."""
     return _Session._transcript_line(SimpleNamespace(redactor=Redactor()), message)  # type: ignore[arg-type]
 
 
@@ -148,7 +148,7 @@ async def beat(redis: Redis, task: Task | None, *, agent: str = PLANNER, role: s
 
 class Recording:
     """An agent's session of a task as the platform records it, for the console to read: the
-    session's row, its messages as the session runner's transcriber makes them, its end and the
+    session's row, its messages as actors/session.py's transcriber makes them, its end and the
     audit row run_session writes (actors/agent.py). The console's tests go through this class only."""
 
     def __init__(self, store: Store, redis: Redis, home: Path, task: Task, *, agent: str = PLANNER,

@@ -540,8 +540,8 @@ def test_ray_is_the_pinned_version(built: Built) -> None:
 
 @pytest.mark.image
 def test_bundled_claude_cli_answers(built: Built) -> None:
-    """The CLI fixfleet binds into the agents' sandbox (actors.runner.BUNDLED_CLI) is there and runs."""
-    probe = ("import subprocess; from actors.runner import BUNDLED_CLI; print(BUNDLED_CLI); "
+    """The CLI fixfleet binds into the agents' sandbox (actors.session.BUNDLED_CLI) is there and runs."""
+    probe = ("import subprocess; from actors.session import BUNDLED_CLI; print(BUNDLED_CLI); "
              "print(subprocess.run([str(BUNDLED_CLI), '--version'], capture_output=True, text=True).stdout)")
     done = built.run(built.prefix / "bin" / "python", "-I", "-c", probe)
     assert done.returncode == 0, done.stderr

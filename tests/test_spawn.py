@@ -8,7 +8,7 @@ from pathlib import Path
 
 import uvloop
 
-from fixfleet.workspace.git import GitRunner
+from fixfleet.workspace.git import Git
 from fixfleet.workspace.sandbox import Sandbox, SandboxSpec
 
 LIST_FDS = "ls /proc/self/fd"
@@ -24,7 +24,7 @@ def test_git_and_the_sandbox_inherit_no_descriptor_under_uvloop(tmp_path: Path) 
     os.set_inheritable(write_end, True)  # as a socket of the actor's Redis connection may be
 
     async def children() -> tuple[set[int], set[int]]:
-        git_child = await GitRunner.spawn(["sh", "-c", LIST_FDS], None, {"PATH": "/usr/bin:/bin"})
+        git_child = await Git.spawn(["sh", "-c", LIST_FDS], None, {"PATH": "/usr/bin:/bin"})
         out, _ = await git_child.communicate()
         (tmp_path / "tree").mkdir()
         sandboxed = await Sandbox(tmp_path / "state").run(SandboxSpec(workspace=tmp_path / "tree"),

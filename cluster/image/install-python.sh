@@ -98,7 +98,7 @@ import sys
 from pathlib import Path
 
 prefix, project = Path(sys.argv[1]), Path(sys.argv[2])
-from actors.runner import BUNDLED_CLI  # where fixfleet finds the CLI it runs in the sandbox
+from actors.session import BUNDLED_CLI  # where fixfleet finds the CLI it runs in the sandbox
 from actors.skills import SKILLS_ROOT
 from fixfleet.workspace.environments import _uv_binary  # the uv it binds into the sandbox
 

@@ -1,6 +1,6 @@
 """The one way the platform runs git: hardened, with nothing of the platform's but what git needs.
 
-Every git command of fixfleet goes through `GitRunner.run`:
+Every git command of fixfleet goes through `Git.run`:
 - an environment built from an allowlist (locale, proxies, CA bundle, ssh agent), never the
   platform's own: no token, database URL or webhook secret can reach git or anything it starts;
 - no system or global config (`GIT_CONFIG_NOSYSTEM`, `GIT_CONFIG_GLOBAL=/dev/null`), hooks and
@@ -113,7 +113,7 @@ class GitCredentials:
         return self._redactor.text(text)
 
 
-class GitRunner:
+class Git:
     """Runs git; stdout on success, GitError (redacted stderr tail) otherwise."""
 
     def __init__(self, credentials: GitCredentials | None = None, *,

@@ -50,7 +50,7 @@ from fixfleet.workspace.env_cache import EnvCache, Entry, Lease
 from fixfleet.workspace.git import (
     GitCredentials,
     GitError,
-    GitRunner,
+    Git,
     RepositoryUnavailable,
 )
 from fixfleet.workspace.trees import remove_tree
@@ -218,7 +218,7 @@ class WorkspaceManager:
         self.branch_prefix = branch_prefix
         self.history = history  # commits in the agent's own repository of a checkout (0: none)
         self.stats = WorkspaceStats()
-        self.git = GitRunner(GitCredentials(github_token, token_hosts),
+        self.git = Git(GitCredentials(github_token, token_hosts),
                              network_timeout_s=network_timeout_s, local_timeout_s=local_timeout_s)
         self._states: dict[str, MirrorState] = {}
         for directory in (self.spares_dir, self.checkouts_dir, self.trash_dir, self.tmp_dir):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fixfleet.workspace.git import GitRunner
+from fixfleet.workspace.git import Git
 
 
-async def build(git: GitRunner, mirror: Path, staging: Path, sha: str, depth: int, *, background: bool = False) -> None:
+async def build(git: Git, mirror: Path, staging: Path, sha: str, depth: int, *, background: bool = False) -> None:
     """A bare repository at `staging` with the last `depth` commits of `sha`, marked shallow."""
     await git.run("init", "--quiet", "--bare", "--", str(staging), background=background)
     objects = await git.run_bytes("rev-list", "--objects", f"--max-count={depth}", "--end-of-options", sha,
@@ -33,7 +33,7 @@ async def build(git: GitRunner, mirror: Path, staging: Path, sha: str, depth: in
     (staging / "shallow").write_text("".join(f"{commit}\n" for commit in shallow))
 
 
-async def extend(git: GitRunner, mirror: Path, staging: Path, built_at: str, sha: str) -> bool:
+async def extend(git: Git, mirror: Path, staging: Path, built_at: str, sha: str) -> bool:
     """Add `sha` to a repository built at `built_at`, when `built_at` is its only parent (the plan's
     commit on the branch a spare was made from). False: not that case, build afresh."""
     if sha == built_at:
@@ -60,6 +60,6 @@ def install(staging: Path, checkout: Path, sha: str, branch: str | None, index: 
     os.rename(staging, checkout / ".git")
 
 
-async def _pack(git: GitRunner, mirror: Path, staging: Path, objects: bytes, background: bool) -> None:
+async def _pack(git: Git, mirror: Path, staging: Path, objects: bytes, background: bool) -> None:
     await git.run("pack-objects", "--quiet", "--window=0", "--depth=0", "--",
                   str(staging / "objects" / "pack" / "pack"), cwd=mirror, stdin=objects, background=background)

@@ -161,7 +161,7 @@ def workspace_leftovers(agents: list[AgentLoop]) -> list[str]:
     found = []
     for agent in agents:
         found += [f"{agent.name}: checkout {p.name}" for p in agent.workspaces.checkouts_dir.iterdir()]
-        sessions = agent.runner.sessions_dir
+        sessions = agent.claude.sessions_dir
         found += [f"{agent.name}: session {p.name}" for p in sessions.iterdir()] if sessions.is_dir() else []
         for mirror in agent.workspaces.mirrors_dir.glob("*/git"):  # the node's: shared by the agents
             if (mirror / "HEAD").exists():

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from actors.credentials import TokenManager
-from actors.runner import SessionRunner
+from actors.session import ClaudeSessions
 from actors.session_models import SessionLimits, SessionRequest
 from fixfleet.config import Settings
 from fixfleet.replay import ReplayServer
@@ -193,7 +193,7 @@ def run_hostile_session(target: Target, role: str, turns: list[dict], spec_for=N
     with ReplayServer(scenario) as server:
         settings = Settings(_env_file=None, anthropic_base_url=server.url, anthropic_api_key=CANARIES["ANTHROPIC_API_KEY"],
                             github_token=CANARIES["GITHUB_TOKEN"])
-        runner = SessionRunner(target.root / "agent", settings, TokenManager(settings), sandbox=Sandbox(target.root / "sb"),
+        claude = ClaudeSessions(target.root / "agent", settings, TokenManager(settings), sandbox=Sandbox(target.root / "sb"),
                                mcp_template=_no_mcp(target.root))
         request = SessionRequest(role=role, worktree=workspace, prompt="Fix the bug in README.md",
                                  limits=SessionLimits(max_turns=10, max_budget_usd=1, timeout_s=60),
@@ -202,9 +202,9 @@ def run_hostile_session(target: Target, role: str, turns: list[dict], spec_for=N
 
         async def session() -> None:
             try:
-                await runner.run(request, spec)
+                await claude.run(request, spec)
             finally:
-                await runner.close()
+                await claude.close()
 
         asyncio.run(session())
     return server, workspace

@@ -19,7 +19,7 @@ import pytest
 
 from actors.credentials import NoCredentialError, TokenManager
 from actors.permissions import PermissionPolicy, parse_shell
-from actors.runner import SessionRunner
+from actors.session import ClaudeSessions
 from actors.session_models import SessionLimits, SessionRequest, SessionResult
 from fixfleet.config import Settings
 from fixfleet.models import NewTask
@@ -132,30 +132,30 @@ def run_session(root: Path, scenario: str | Scenario, role: str, limits: Session
 
         async def session() -> None:
             store = await Store.connect(database_url, max_size=4) if database_url else None
-            runner = SessionRunner(root / "agent", settings, TokenManager(settings),
+            claude = ClaudeSessions(root / "agent", settings, TokenManager(settings),
                                    sandbox=Sandbox(root / "sandbox", limits=sandbox_limits),
                                    model="claude-sonnet-4-5", mcp_template=template, records=store,
                                    **runner_options)  # type: ignore[arg-type]
             try:
                 if store is None:
-                    done.result = await runner.run(request, spec)
+                    done.result = await claude.run(request, spec)
                     return
                 task, _ = await store.create_task(NewTask(repo=f"file://{repo}", title="add() subtracts"))
                 owned = request.model_copy(update={"owner": SessionOwner(task_id=task.id, attempt=1, agent="runner-test")})
-                running = asyncio.create_task(runner.run(owned, spec))
+                running = asyncio.create_task(claude.run(owned, spec))
                 while not running.done():  # what a reader of the store sees while the session runs
                     sessions = await store.task_sessions(task.id)
                     if sessions and sessions[0].status == "running":
                         done.seen_running.append(sessions[0].messages)
                         recorded = await store.session_messages(sessions[0].id) if stop_on else []
                         if any(m.kind == stop_on for m in recorded):
-                            runner.stop_sessions(f"stopped: FF-{task.id} was CANCELLED")
+                            claude.stop_sessions(f"stopped: FF-{task.id} was CANCELLED")
                     await asyncio.sleep(0.1)
                 done.result = running.result()
                 done.record = await store.get_session(done.result.record_id)
                 done.messages = await store.session_messages(done.record.id, limit=5000)
             finally:
-                await runner.close()
+                await claude.close()
                 if store is not None:
                     await store.close()
 
@@ -512,8 +512,8 @@ def test_a_refused_credential_fails_for_good_and_a_transient_error_does_not(tmp_
 
 def test_no_credential_refuses_to_start(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, anthropic_api_key=None, claude_code_oauth_token=None)
-    runner = SessionRunner(tmp_path / "agent", settings, TokenManager(settings, secret_file=None),
+    claude = ClaudeSessions(tmp_path / "agent", settings, TokenManager(settings, secret_file=None),
                            sandbox=Sandbox(tmp_path / "sandbox"))
     request = SessionRequest(role="executor", worktree=tmp_path, prompt="anything")
     with pytest.raises(NoCredentialError):
-        asyncio.run(runner.run(request))
+        asyncio.run(claude.run(request))

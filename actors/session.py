@@ -1,7 +1,7 @@
 """One Claude Code session: claude-agent-sdk driving the bundled claude CLI inside the sandbox.
 
-    runner = SessionRunner(home=data_dir, settings=settings, credentials=token_manager, sandbox=sandbox)
-    result = await runner.run(SessionRequest(role="executor", worktree=tree, prompt="Fix ..."), spec)
+    claude = ClaudeSessions(home=data_dir, settings=settings, credentials=token_manager, sandbox=sandbox)
+    result = await claude.run(SessionRequest(role="executor", worktree=tree, prompt="Fix ..."), spec)
 
 What a session gets, and why:
 - the sandbox (fixfleet/workspace/sandbox.py): the CLI and everything it starts run in
@@ -19,7 +19,7 @@ What a session gets, and why:
 - max turns and budget enforced by the CLI, wall-clock timeout enforced here by killing the
   sandbox (and with it everything in it); so is the sandbox's disk quota (the checkout and the
   session's home may grow by FIXFLEET_SANDBOX_CHECKOUT_BYTES);
-- its record in the store, when the request names its owner (a task) and the runner has a store:
+- its record in the store, when the request names its owner (a task) and ClaudeSessions has a store:
   the session's row before the CLI starts, every message redacted as it comes
   (actors/transcript.py), written in the background (actors/recorder.py), the outcome at the end;
   a session stopped by a cancel or a pause is marked cut short with the reason;
@@ -113,7 +113,7 @@ class CredentialSource(Protocol):
     def current(self) -> Any: ...
 
 
-class SessionRunner:
+class ClaudeSessions:
     def __init__(self, home: Path, settings: Settings, credentials: CredentialSource, *, sandbox: Sandbox,
                  model: str | None = None, deny_patterns: list[str] | None = None,
                  api_max_retries: int | None = None, mcp_template: Path | None = None,
@@ -181,29 +181,29 @@ class SessionRunner:
 class _Session:
     """The state of one run: options, policy, record, watchdog, result."""
 
-    def __init__(self, runner: SessionRunner, request: SessionRequest, credential: Any, spec: SandboxSpec,
+    def __init__(self, claude: ClaudeSessions, request: SessionRequest, credential: Any, spec: SandboxSpec,
                  tools: Sequence[SdkMcpTool[Any]] = ()) -> None:
-        self.runner = runner
+        self.claude = claude
         self.request = request
         self.credential = credential
         self.spec = spec
         self.tools = list(tools)
-        self.limits = request.limits or SessionLimits.from_settings(runner.settings)
+        self.limits = request.limits or SessionLimits.from_settings(claude.settings)
         self.worktree = Path(os.path.realpath(request.worktree))
-        self.sandboxed = runner.sandbox.enabled
+        self.sandboxed = claude.sandbox.enabled
         self.cwd = WORKSPACE if self.sandboxed else str(self.worktree)  # the path the agent sees
         self.session_id = str(uuid.uuid4())
-        self.dir = runner.sessions_dir / self.session_id
+        self.dir = claude.sessions_dir / self.session_id
         self.claude_dir = self.dir / "home"  # the CLI's HOME and CLAUDE_CONFIG_DIR, this session only
-        self.redactor = runner.redactor.with_secrets([credential.value.get_secret_value()])
+        self.redactor = claude.redactor.with_secrets([credential.value.get_secret_value()])
         self.policy = PermissionPolicy(
             role=request.role, worktree=Path(self.cwd),
             readable=[Path(HOME if self.sandboxed else self.claude_dir) / "skills"],
-            deny_patterns=runner.deny_patterns,
+            deny_patterns=claude.deny_patterns,
             extra_tools={self.output_tool_name} | {f"mcp__{OUTPUT_SERVER}__{t.name}" for t in self.tools})
-        self.transcript_path = (runner.transcripts_dir / f"{self.session_id}.jsonl"
-                                if runner.settings.session_jsonl else None)
-        self.transcriber = Transcriber(self.redactor, runner.settings.session_message_max_bytes)
+        self.transcript_path = (claude.transcripts_dir / f"{self.session_id}.jsonl"
+                                if claude.settings.session_jsonl else None)
+        self.transcriber = Transcriber(self.redactor, claude.settings.session_message_max_bytes)
         self.recorder = self._recorder()
         self.stopped: str | None = None  # why the platform killed the session (a cancel, a pause)
         self.structured_output: dict[str, Any] | None = None
@@ -227,11 +227,11 @@ class _Session:
     # -- the run -----------------------------------------------------------------------------
 
     def _recorder(self) -> SessionRecorder | None:
-        owner, records = self.request.owner, self.runner.records
+        owner, records = self.request.owner, self.claude.records
         if owner is None or records is None:
             return None
         return SessionRecorder(records, NewSession(
-            **owner.model_dump(), role=self.request.role, purpose=self.request.purpose, model=self.runner.model,
+            **owner.model_dump(), role=self.request.role, purpose=self.request.purpose, model=self.claude.model,
             cli_session_id=self.session_id))
 
     async def run(self) -> SessionResult:
@@ -274,7 +274,7 @@ class _Session:
         watchdog = loop.call_later(self.limits.timeout_s, self._on_timeout)
         try:
             async with McpBridge(self._external_mcp_servers(), self.redactor) as bridge, \
-                    growth_watch(self._watched(), self.runner.sandbox.limits.checkout_bytes, self.kill) as over_quota:
+                    growth_watch(self._watched(), self.claude.sandbox.limits.checkout_bytes, self.kill) as over_quota:
                 self.over_quota = over_quota
                 async with asyncio.timeout(self.limits.timeout_s + KILL_GRACE_S):
                     await self._converse(self._options(skills, bridge))
@@ -289,9 +289,9 @@ class _Session:
         finally:
             watchdog.cancel()
             self._kill(self._cli_tree() + self.descendants)  # leftovers too
-            await self.runner.sandbox.release(self.session_id)
-            if self.dummy_key and self.runner.model_proxy is not None:
-                self.runner.model_proxy.remove_session(self.dummy_key)
+            await self.claude.sandbox.release(self.session_id)
+            if self.dummy_key and self.claude.model_proxy is not None:
+                self.claude.model_proxy.remove_session(self.dummy_key)
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
             sweeper.release(self.dir)
         return self._result(started, error)
@@ -347,7 +347,7 @@ class _Session:
             cwd=str(self.worktree),
             cli_path=str(self._write_launcher()),
             env={},  # the launcher starts from an empty environment whatever the SDK merges in
-            model=self.runner.model,
+            model=self.claude.model,
             tools=CLI_TOOLS[self.request.role],
             skills=skills,
             setting_sources=["user"],  # only our own CLI home: a repository's .claude/settings.json could run hooks
@@ -367,9 +367,9 @@ class _Session:
         """The SaaS servers serve discovery: the planner's only."""
         if self.request.role != "planner":
             return {}
-        if self.runner.mcp_template is None:
-            return render_mcp_servers(self.runner.settings, self.worktree)
-        return render_mcp_servers(self.runner.settings, self.worktree, self.runner.mcp_template)
+        if self.claude.mcp_template is None:
+            return render_mcp_servers(self.claude.settings, self.worktree)
+        return render_mcp_servers(self.claude.settings, self.worktree, self.claude.mcp_template)
 
     def _write_launcher(self) -> Path:
         """The CLI's launcher for this session: bubblewrap, started with an empty environment
@@ -378,11 +378,11 @@ class _Session:
                                    home=self.claude_dir, env=self._cli_env(),
                                    read_only={**self.spec.read_only, CLI_INSIDE: BUNDLED_CLI})
         if self.sandboxed:
-            assert self.runner.model_proxy is not None
-            spec.bridges = [*spec.bridges, Bridge(socket=self.runner.model_proxy.socket_path, port=MODEL_PORT)]
-            command = shlex.join(self.runner.sandbox.argv(spec, [CLI_INSIDE], run_id=self.session_id))
+            assert self.claude.model_proxy is not None
+            spec.bridges = [*spec.bridges, Bridge(socket=self.claude.model_proxy.socket_path, port=MODEL_PORT)]
+            command = shlex.join(self.claude.sandbox.argv(spec, [CLI_INSIDE], run_id=self.session_id))
         else:  # FIXFLEET_SANDBOX=off: a trusted local experiment, the CLI with the real key
-            variables = self.runner.sandbox.environment(spec) | self._unsandboxed_env()
+            variables = self.claude.sandbox.environment(spec) | self._unsandboxed_env()
             command = shlex.join([f"{k}={v}" for k, v in variables.items()] + [str(BUNDLED_CLI)])
         launcher = self.dir / "launch"
         launcher.parent.mkdir(parents=True, exist_ok=True)
@@ -395,20 +395,20 @@ class _Session:
     def _cli_env(self) -> dict[str, str]:
         env = dict(self.spec.env) | CLI_ENV | {"CLAUDE_CONFIG_DIR": HOME if self.sandboxed else str(self.claude_dir),
                                                "PWD": self.cwd}
-        if self.runner.api_max_retries is not None:
-            env["CLAUDE_CODE_MAX_RETRIES"] = str(self.runner.api_max_retries)
+        if self.claude.api_max_retries is not None:
+            env["CLAUDE_CODE_MAX_RETRIES"] = str(self.claude.api_max_retries)
         if self.tools:  # a platform tool (a verification) may take as long as the session may
             env["MCP_TOOL_TIMEOUT"] = str(int(self.limits.timeout_s * 1000))
         if self.sandboxed:
-            assert self.runner.model_proxy is not None
-            self.dummy_key = self.runner.model_proxy.add_session()
+            assert self.claude.model_proxy is not None
+            self.dummy_key = self.claude.model_proxy.add_session()
             env |= {"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_PORT}", "ANTHROPIC_API_KEY": self.dummy_key}
         return env
 
     def _unsandboxed_env(self) -> dict[str, str]:
         env = {"HOME": str(self.claude_dir), self.credential.env_var: self.credential.value.get_secret_value()}
-        if self.runner.settings.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = self.runner.settings.anthropic_base_url
+        if self.claude.settings.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = self.claude.settings.anthropic_base_url
         return env
 
     def _system_prompt(self, skills: list[str]) -> str:

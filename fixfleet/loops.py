@@ -32,7 +32,7 @@ from fixfleet.models import ENDED_UNFINISHED, PullOutcome, Task, TaskStatus
 from fixfleet.providers import Providers
 from fixfleet.store import Store
 from fixfleet.workspace.branches import delete_remote_branch
-from fixfleet.workspace.git import GitCredentials, GitRunner
+from fixfleet.workspace.git import Git, GitCredentials
 
 log = logging.getLogger(__name__)
 ACTOR = "fixfleet:loops"
@@ -45,7 +45,7 @@ CHECKS_PER_SWEEP = 20
 class Loops:
     def __init__(self, settings: Settings, store: Store, providers: Providers) -> None:
         self.settings, self.store, self.providers = settings, store, providers
-        self.git = GitRunner(GitCredentials(settings.github_token), network_timeout_s=120)  # as the agents push
+        self.git = Git(GitCredentials(settings.github_token), network_timeout_s=120)  # as the agents push
         self._jobs: set[asyncio.Task[None]] = set()
 
     # --- what became of the pull request ----------------------------------------------------

@@ -2,7 +2,7 @@
 where no forge API can, a rejected or cancelled task's `fixfleet/*` branch is removed this way
 (fixfleet/loops.py).
 
-Git runs through the one hardened runner (fixfleet/workspace/git.py), in a scratch bare
+Git runs through the one hardened `Git` (fixfleet/workspace/git.py), in a scratch bare
 repository of its own (`git push` needs one; nothing else is in it, and no agent can reach it).
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fixfleet.workspace.git import GitError, GitRunner
+from fixfleet.workspace.git import Git, GitError
 from fixfleet.workspace.mirrors import validate_ref_text, validate_url
 
 
-async def delete_remote_branch(git: GitRunner, url: str, branch: str, *, prefix: str = "fixfleet/") -> bool:
+async def delete_remote_branch(git: Git, url: str, branch: str, *, prefix: str = "fixfleet/") -> bool:
     """Delete `branch` on the remote at `url`, only if it is one of fixfleet's (`prefix`) and
     only as it is now (a push that lands meanwhile is not lost: the delete is refused then).
     True when it was deleted, False when it was not there (deleted already)."""

@@ -83,15 +83,39 @@ class PlatformOptions:
     executor_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def ray_log_settings(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """Ray's own logs and every worker's stdout/stderr (the platform's JSON lines) rotate at
-    FIXFLEET_LOG_MAX_BYTES, FIXFLEET_LOG_BACKUPS kept (measured with Ray 2.60: a worker that wrote
-    600 kB to stderr with a 100 kB limit left 100 + 100 + 6 kB), and Ray's C++ parts (GCS, raylet,
-    each worker's core log) log warnings and errors only: at info they wrote most of the disk a
-    soak grew by (bench.soak). An operator's own values win (RAY_BACKEND_LOG_LEVEL=info to debug).
+# What Ray remembers about work that is over, bounded: with the executor pool scaling all day, every
+# replica that ever lived left something behind in a long-lived process (bench.soak's breakdown by
+# process). Each is also set on the cluster's nodes (cluster/rayservice.yaml; tests/test_manifests.py).
+RAY_BOUNDS = {
+    # The GCS keeps the events of this many tasks (default 100,000: hours of health checks and
+    # metric pushes, each an actor task), this many dead actors (default 100,000) and dead workers.
+    "RAY_task_events_max_num_task_in_gcs": "10000",
+    "RAY_maximum_gcs_destroyed_actor_cached_count": "200",
+    "RAY_maximum_gcs_dead_worker_cached_count": "200",
+    # Ray's log monitor keeps every worker log it ever opened open (a dead worker's too) until it
+    # holds this many (default 200), then closes them all and moves the dead ones' aside.
+    "RAY_LOG_MONITOR_MAX_OPEN_FILES": "40",
+    # The Serve controller tags its metrics with each replica's id and keeps those series (and a
+    # cache entry per replica) for good; without the tag they are per deployment, which is all
+    # cluster/grafana/fixfleet.json reads (sum by deployment).
+    "RAY_SERVE_CONTROLLER_METRICS_INCLUDE_HIGH_CARDINALITY_TAGS": "0",
+    # glibc gives each thread of a process its own heap arena (up to 8 per core) and returns little
+    # of it: Ray's processes run 30-40 threads each, and their resident memory crept up while idle.
+    "MALLOC_ARENA_MAX": "2",
+}
+
+
+def ray_node_settings(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of this node's Ray processes (they inherit the driver's) for a platform that
+    runs for months. Ray's own logs and every worker's stdout/stderr (the platform's JSON lines)
+    rotate at FIXFLEET_LOG_MAX_BYTES, FIXFLEET_LOG_BACKUPS kept (measured with Ray 2.60: a worker that
+    wrote 600 kB to stderr with a 100 kB limit left 100 + 100 + 6 kB), and Ray's C++ parts (GCS,
+    raylet, each worker's core log) log warnings and errors only: at info they wrote most of the disk
+    a soak grew by (bench.soak). What Ray remembers of the past is bounded (RAY_BOUNDS). An
+    operator's own values win (RAY_BACKEND_LOG_LEVEL=info to debug).
     The files of workers that are gone are the sweeper's (fixfleet/workspace/sweeper.py)."""
     wanted = {"RAY_ROTATION_MAX_BYTES": str(settings.log_max_bytes), "RAY_ROTATION_BACKUP_COUNT": str(settings.log_backups),
-              "RAY_BACKEND_LOG_LEVEL": "warning"}
+              "RAY_BACKEND_LOG_LEVEL": "warning", **RAY_BOUNDS}
     return {name: environ.get(name) or value for name, value in wanted.items()}
 
 
@@ -110,7 +134,7 @@ class Platform:
         database_url, redis_url = resolve_urls(self.settings, self.embedded)
         env = self.options.env | {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                                   "FIXFLEET_HOME": str(self.settings.home)}
-        env = ray_log_settings(self.settings, os.environ) | env
+        env = ray_node_settings(self.settings, os.environ) | env
         # Local Ray workers inherit the driver's environment: secrets reach them that way, never
         # through runtime_env, whose env_vars Ray writes in clear into its world-readable logs. A
         # cluster's nodes take theirs from the cluster (a Kubernetes Secret), not from this process.

@@ -1,5 +1,9 @@
 """Throwaway git repositories for tests: a bare remote standing for the forge, a seed clone to
-push commits from, and a git config of the test's own (no user config leaks in)."""
+push commits from, and a git config of the test's own (no user config leaks in).
+
+The fixtures `isolated_git` (a test's own git config) and `upstream` (a forge repository in the
+test's tmp_path) serve a module that imports them and marks
+`pytestmark = pytest.mark.usefixtures("isolated_git")`."""
 
 from __future__ import annotations
 
@@ -74,3 +78,16 @@ def own_git_config(directory: Path) -> Iterator[None]:
             patch.setenv(f"GIT_{role}_NAME", "Test")
             patch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
         yield
+
+
+@pytest.fixture
+def isolated_git(tmp_path: Path) -> Iterator[None]:
+    """The test's own git config, in its tmp_path."""
+    with own_git_config(tmp_path):
+        yield
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    """A forge repository (README.md, src/app.py on main) in the test's tmp_path."""
+    return make_upstream(tmp_path / "forge")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fixfleet.config import Settings
-from fixfleet.platform import SERVE_NODE_ENV
+from fixfleet.platform import RAY_BOUNDS, SERVE_NODE_ENV
 from tests.corpus import KUBERAY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +198,7 @@ def test_every_node_has_the_serve_environment_and_the_workspace(rayservice: dict
     for name, _spec, container in containers(rayservice):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert SERVE_NODE_ENV.items() <= env.items(), name
+        assert RAY_BOUNDS.items() <= env.items(), name  # what Ray remembers, bounded as on a local node
         assert env["FIXFLEET_HOME"].startswith(next(m["mountPath"] for m in container["volumeMounts"]
                                                      if m["name"] == "home")), name
 

@@ -12,28 +12,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fixfleet.workspace.env_cache import EnvCache
 from fixfleet.workspace.mirrors import WorkspaceManager
-from tests.gitrepos import Upstream, make_upstream, own_git_config
+from tests.gitrepos import Upstream, isolated_git, make_upstream, upstream  # noqa: F401 - the fixtures
 
 BIG_BUDGET = 10**12
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def isolated_git(tmp_path: Path) -> Iterator[None]:
-    with own_git_config(tmp_path):
-        yield
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    return make_upstream(tmp_path / "forge")
+pytestmark = pytest.mark.usefixtures("isolated_git")  # every test: its own git config
 
 
 def agent_process(cache: Path, home: Path, url: str, name: str) -> subprocess.Popen[str]:

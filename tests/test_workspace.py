@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.gitrepos import Upstream, git, make_upstream, own_git_config
+from tests.gitrepos import Upstream, git, isolated_git, make_upstream, upstream  # noqa: F401 - the fixtures
 from fixfleet.errors import PermanentError
 from fixfleet.workspace.git import PushRefused, RepositoryUnavailable
 from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceError, WorkspaceManager, disk_usage
@@ -31,6 +31,7 @@ from fixfleet.workspace.mirrors import Checkout, FileContent, WorkspaceError, Wo
 BIG_BUDGET = 10**12
 TOKEN = "ghp_FAKEtoken0123456789abcdefSECRET"
 BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+pytestmark = pytest.mark.usefixtures("isolated_git")  # every test: its own git config
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -54,17 +55,6 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
         if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
             hits.append(path)
     return hits
-
-
-@pytest.fixture(autouse=True)
-def isolated_git(tmp_path: Path) -> Iterator[None]:
-    with own_git_config(tmp_path):
-        yield
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    return make_upstream(tmp_path / "forge")
 
 
 @pytest.fixture

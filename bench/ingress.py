@@ -9,7 +9,9 @@ audit + outbox rows), 202; the outbox relay in the app's lifespan publishes it t
 stream. The same app runs (a) as the Serve deployment of cluster/serve_config.yaml, deployed the
 way `serve run cluster/serve_config.yaml` does it on a private local Ray node with the node
 environment of `fixfleet.platform.SERVE_NODE_ENV`, and (b) under plain uvicorn in a
-subprocess. Both are up side by side (own database, own Redis db each); the load alternates
+subprocess, with as many worker processes as Serve runs ingress replicas and at the niceness Ray
+gives its workers (so the replicas'): the same number of event loops, the same share of a busy
+machine. Both are up side by side (own database, own Redis db each); the load alternates
 between them in slices (A B B A ...) so that the background load of a shared machine touches
 both alike. The load generator is a process of its own (aiohttp on uvloop, `--concurrency`
 keep-alive connections).
@@ -257,12 +259,49 @@ def wait_healthy(url: str, timeout_s: float, alive: Any = None) -> None:
         time.sleep(0.2)
 
 
+# Ray starts every worker process niced by RayConfig's worker_niceness (so the Serve replicas,
+# the relay, HAProxy): next to Postgres, the load generator and whatever else runs on a shared
+# machine, a process at nice 15 gets a small share of a busy CPU, one at nice 0 a full one.
+# uvicorn runs at the same niceness, made explicit on the Ray node, so that both sides compete
+# alike (at 15 against 0, Serve measured 0.71-0.75 of uvicorn; with both at 0, 1.10).
+RAY_WORKER_NICENESS = "RAY_worker_niceness"
+RAY_DEFAULT_WORKER_NICENESS = 15  # Ray's default (ray_config_def.h)
+
+
+def serve_node_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of the Serve side's Ray node (its niceness spelled out)."""
+    from fixfleet.platform import LOCAL_NODE_ENV, SERVE_NODE_ENV
+
+    env = dict(LOCAL_NODE_ENV) | (SERVE_NODE_ENV if args.ingress == "haproxy" else {})
+    env[RAY_WORKER_NICENESS] = str(RAY_DEFAULT_WORKER_NICENESS)
+    for item in args.serve_env:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+def ingress_replicas(args: argparse.Namespace) -> int:
+    """How many ingress replicas the Serve side runs: --replicas, else the config file's number."""
+    from fixfleet.platform import DEPLOYMENT_NAME, load_config
+
+    if args.replicas is not None:
+        return args.replicas
+    for app in load_config(args.config).applications:
+        for deployment in app.deployments:
+            if deployment.name == DEPLOYMENT_NAME and isinstance(deployment.num_replicas, int):
+                return deployment.num_replicas
+    return 1
+
+
 @contextmanager
 def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
-    """The same app under plain uvicorn (one process, uvloop + httptools), in a subprocess."""
+    """The same app under plain uvicorn (uvloop + httptools) in a subprocess: as many worker
+    processes as Serve runs ingress replicas, each with its relay, at the Ray workers' niceness."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "serve_app.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    niceness = serve_node_env(args)[RAY_WORKER_NICENESS]
+    command = ["nice", "-n", niceness, sys.executable, "-m", "uvicorn", "serve_app.app:create_app", "--factory",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(ingress_replicas(args)),
+               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
     process = subprocess.Popen(command, cwd=ROOT, env=clean | env)
     url = f"http://127.0.0.1:{port}"
@@ -282,17 +321,13 @@ def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[st
 def serve_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
     """The Serve config file deployed as `serve run` does it, on a private local Ray node, without
     the agent pools (uvicorn has none either: what is measured is the ingress and its relay)."""
-    from fixfleet.platform import LOCAL_NODE_ENV, SERVE_NODE_ENV, load_config, running_config
+    from fixfleet.platform import load_config, running_config
 
     port = free_port()
     config = load_config(args.config, http_port=port, http_host="127.0.0.1", env_vars=env,
                          num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
                          args={"planners_max": 0, "executors_max": 0})  # the ingress and its relay only
-    node_env = dict(LOCAL_NODE_ENV) | (SERVE_NODE_ENV if args.ingress == "haproxy" else {})
-    for item in args.serve_env:
-        name, _, value = item.partition("=")
-        node_env[name] = value
-    with running_config(config, node_env=node_env, num_cpus=args.ray_cpus) as local:
+    with running_config(config, node_env=serve_node_env(args), num_cpus=args.ray_cpus) as local:
         wait_healthy(local.url, 120)
         yield local.url
 
@@ -352,7 +387,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=4, help="alternate the targets this many times")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each slice")
     parser.add_argument("--target", choices=("both", "serve", "uvicorn"), default="both")
-    parser.add_argument("--replicas", type=int, default=None, help="override num_replicas of the config")
+    parser.add_argument("--replicas", type=int, default=None,
+                        help="override num_replicas of the config (uvicorn runs as many workers)")
     parser.add_argument("--max-ongoing", type=int, default=None, help="override max_ongoing_requests")
     parser.add_argument("--ray-cpus", type=float, default=None, help="logical CPUs of the local Ray node")
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",

@@ -45,7 +45,7 @@ MAX_EXTERNAL_FILTERS = 100
 
 def caller(scope: Scope | None):
     """The token presented, if valid and (when `scope` is given) holding that scope."""
-    def check(
+    async def check(  # async: a plain def would run in a worker thread (see get_ctx)
         ctx: AppContext = Depends(get_ctx),
         authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
     ) -> ApiToken:
@@ -90,7 +90,7 @@ async def whoami(token: ApiToken = Depends(caller(None))) -> WhoAmIOut:
     return WhoAmIOut(name=token.name, scopes=list(token.scopes))
 
 
-def external_filters(
+async def external_filters(  # async: no worker thread (see get_ctx)
     external: Annotated[list[str] | None, Query(
         description=f"Only tasks carrying this external id, as key:id (e.g. sentry_issue:123, jira:OPS-7); "
                     f"repeat for any of several, at most {MAX_EXTERNAL_FILTERS}")] = None,

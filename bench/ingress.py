@@ -295,26 +295,55 @@ def ingress_replicas(args: argparse.Namespace) -> int:
 
 @contextmanager
 def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]:
-    """The same app under plain uvicorn (uvloop + httptools) in a subprocess: as many worker
-    processes as Serve runs ingress replicas, each with its relay, at the Ray workers' niceness."""
+    """The same app under plain uvicorn (uvloop + httptools): as many worker processes as Serve
+    runs ingress replicas, each with its relay, at the Ray workers' niceness."""
+    import psutil
+
     port = free_port()
     niceness = serve_node_env(args)[RAY_WORKER_NICENESS]
-    command = ["nice", "-n", niceness, sys.executable, "-m", "uvicorn", "serve_app.app:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(ingress_replicas(args)),
-               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    command = ["nice", "-n", niceness, sys.executable, "-m", "bench.ingress", "--uvicorn-worker", str(port)]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FIXFLEET_")}
-    process = subprocess.Popen(command, cwd=ROOT, env=clean | env)
-    url = f"http://127.0.0.1:{port}"
+    workers = [subprocess.Popen(command, cwd=ROOT, env=clean | env) for _ in range(ingress_replicas(args))]
+
+    def listening() -> bool:  # every worker up (a worker listens once its app has started)
+        return all(any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                       for c in psutil.Process(w.pid).net_connections("tcp")) for w in workers)
+
     try:
-        wait_healthy(url, 60, alive=lambda: process.poll() is None)
+        deadline = time.monotonic() + 60
+        while not listening():
+            if any(w.poll() is not None for w in workers) or time.monotonic() > deadline:
+                raise RuntimeError("the uvicorn workers did not start")
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, 60)
         yield url
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for worker in workers:
+            worker.send_signal(signal.SIGINT)
+        for worker in workers:
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+def uvicorn_worker(port: int) -> None:
+    """One uvicorn worker on a socket of its own bound with SO_REUSEPORT: the kernel spreads the
+    connections over the workers by their addresses. (uvicorn's --workers share one listening
+    socket, and a burst of keep-alive connections went nearly all to the worker that was in
+    accept(): 32/0 or 31/1 per slice.)"""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config("serve_app.app:create_app", factory=True, log_level="warning", loop="uvloop",
+                            http="httptools")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextmanager
@@ -398,6 +427,7 @@ def main() -> None:
                         help="more environment of the Ray node (RAY_SERVE_* knobs); repeatable")
     parser.add_argument("--config", type=Path, default=CONFIG, help="the Serve config file to deploy")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)  # internal: be the load generator
+    parser.add_argument("--uvicorn-worker", type=int, help=argparse.SUPPRESS)  # internal: be a uvicorn worker
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -405,6 +435,9 @@ def main() -> None:
         import uvloop
 
         uvloop.run(generate(args.generate, args.out))
+        return
+    if args.uvicorn_worker:
+        uvicorn_worker(args.uvicorn_worker)
         return
 
     results = run(args)

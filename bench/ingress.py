@@ -270,9 +270,11 @@ RAY_DEFAULT_WORKER_NICENESS = 15  # Ray's default (ray_config_def.h)
 
 def serve_node_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment of the Serve side's Ray node (its niceness spelled out)."""
-    from fixfleet.platform import LOCAL_NODE_ENV, SERVE_NODE_ENV
+    from fixfleet.platform import SERVE_NODE_ENV, local_node_env
 
-    env = dict(LOCAL_NODE_ENV) | (SERVE_NODE_ENV if args.ingress == "haproxy" else {})
+    env = local_node_env()
+    if args.ingress != "haproxy":
+        env = {name: value for name, value in env.items() if name not in SERVE_NODE_ENV}
     env[RAY_WORKER_NICENESS] = str(RAY_DEFAULT_WORKER_NICENESS)
     for item in args.serve_env:
         name, _, value = item.partition("=")

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from fixfleet.config import DATA_DIR, Settings
 from fixfleet.embedded import EmbeddedServers
 from fixfleet.overview import Heartbeat, heartbeats
+from fixfleet.ports import free_port
 from fixfleet.processes import ProcessRef
 from fixfleet.services import resolve_urls
 from fixfleet.workspace.limits import SandboxLimits
@@ -68,6 +69,16 @@ SERVE_NODE_ENV = {
 }
 # Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.
 LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+# HAProxy's stats page and Prometheus listener bind these ports on every interface; Ray's defaults
+# (8404, 9101) are fixed, so a second local platform on the machine had its HAProxy die at start.
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def local_node_env() -> dict[str, str]:
+    """The node environment of a local platform: SERVE_NODE_ENV + LOCAL_NODE_ENV, and HAProxy's
+    own listeners on ports free now (unless the caller's environment names them)."""
+    ports = {name: os.environ.get(name) or str(free_port(host="0.0.0.0")) for name in HAPROXY_PORTS}
+    return {**SERVE_NODE_ENV, **LOCAL_NODE_ENV, **ports}
 
 
 @dataclass
@@ -305,7 +316,7 @@ def running_config(
 
     The node's GCS takes a random free port (never Redis's 6379); it offers `resources` (the agent
     slots) and starts the dashboard (and with it the State API) only when `dashboard` is set.
-    `node_env` (default: SERVE_NODE_ENV + LOCAL_NODE_ENV) is the environment of the node's
+    `node_env` (default: `local_node_env()`) is the environment of the node's
     processes, as the pod env is in a cluster; it is set only while the node starts. On exit
     Serve and Ray are shut down and any process of the node still alive after 15 s is killed.
     """
@@ -314,7 +325,7 @@ def running_config(
     if address is not None:
         context = ray.init(address=address, namespace=SERVE_NAMESPACE, logging_level="warning", log_to_driver=False)
     else:
-        env = {**SERVE_NODE_ENV, **LOCAL_NODE_ENV} if node_env is None else node_env
+        env = local_node_env() if node_env is None else node_env
         saved = {name: os.environ.get(name) for name in env}
         os.environ.update(env)  # the raylet inherits it, and every worker it starts
         try:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -158,6 +160,31 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
     # The relay put it on the planning stream (Redis db of this test) and a planner replica claimed it.
     planned_by = asyncio.run(claimed_by(serve_database, task["id"], "PLANNING", timeout_s=60))
     assert planned_by.startswith("planner-"), planned_by
+
+
+# A second platform, ingress only, in a process of its own: its own Ray node, HAProxy and port.
+SECOND_PLATFORM = """
+import json, sys, httpx
+from fixfleet.platform import load_config, running_config
+config = load_config(http_host="127.0.0.1", http_port=int(sys.argv[1]), env_vars=json.loads(sys.argv[2]),
+                     args={"planners_max": 0, "executors_max": 0})
+with running_config(config) as local:
+    print("health", httpx.get(local.url + "/health", timeout=30).status_code, flush=True)
+"""
+
+
+@pytest.mark.e2e
+def test_a_second_platform_on_the_machine_starts_beside_the_first(served: LocalServe, serve_database: str,
+                                                                  serve_redis: str, tmp_path: Path) -> None:
+    """HAProxy's stats and metrics listeners once took Ray's fixed ports (8404, 9101) on every
+    interface: with one platform up, the next one's HAProxy died at start ("HAProxy crashed
+    during startup"). Both answer now, each on its own port."""
+    env_vars = {"DATABASE_URL": serve_database, "REDIS_URL": serve_redis, "FIXFLEET_HOME": str(tmp_path / "home"),
+                "FIXFLEET_SENTRY_CLIENT_SECRET": SECRET}
+    second = subprocess.run([sys.executable, "-c", SECOND_PLATFORM, str(free_port()), json.dumps(env_vars)],
+                            capture_output=True, text=True, timeout=300)
+    assert "health 200" in second.stdout, second.stderr[-3000:]
+    assert httpx.get(f"{served.url}/health", timeout=30).status_code == 200  # the first one still serves
 
 
 @pytest.mark.e2e

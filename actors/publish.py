@@ -20,7 +20,7 @@ from typing import Any
 
 from fixfleet.config import Settings
 from fixfleet.forges.base import Forge, PullRequest
-from fixfleet.forges.refs import ISSUE_KEY, ForgeRef
+from fixfleet.forge_refs import ISSUE_KEY, ForgeRef
 from fixfleet.integrations.tracker import quietly
 from fixfleet.logs import log_once
 from fixfleet.models import Task

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Literal
 
 from fixfleet.config import Settings
-from fixfleet.forges.refs import ForgeRef
+from fixfleet.forge_refs import ForgeRef
 from fixfleet.forges.registry import Forges
 from fixfleet.models import Task, TaskStatus
 from fixfleet.store import Store

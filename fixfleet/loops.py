@@ -25,7 +25,7 @@ from typing import Any
 
 from fixfleet.config import Settings
 from fixfleet.forges.base import ForgeError, PullState
-from fixfleet.forges.refs import PULL_KEY
+from fixfleet.forge_refs import PULL_KEY
 from fixfleet.integrations.tracker import MERGED, quietly
 from fixfleet.logs import log_once
 from fixfleet.models import ENDED_UNFINISHED, PullOutcome, Task, TaskStatus

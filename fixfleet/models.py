@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, THREAD
+from fixfleet.forge_refs import ISSUE_KEY, PULL_KEY, THREAD
 
 
 class TaskStatus(StrEnum):

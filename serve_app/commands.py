@@ -15,7 +15,7 @@ from fastapi import BackgroundTasks
 from fixfleet.approvals import Principal, Refused
 from fixfleet.commands import ParsedCommand, parse_commands, unknown_reply
 from fixfleet.commands.handlers import Commands, NeedsTask
-from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY
+from fixfleet.forge_refs import ISSUE_KEY, PULL_KEY
 from fixfleet.intake import CommandRequest, SlackAction
 from fixfleet.integrations.notifier import ChatThread
 from fixfleet.models import Task

@@ -13,7 +13,7 @@ from fixfleet.forges.base import ForgeError
 from fixfleet.forges.git_remote import PlainGitRemote
 from fixfleet.forges.github import GitHubForge
 from fixfleet.forges.github_api import GitHubClient
-from fixfleet.forges.refs import ForgeRef, ForgeRepo, host_of
+from fixfleet.forge_refs import ForgeRef, ForgeRepo, host_of
 from fixfleet.forges.registry import Forges
 from fixfleet.models import Priority, Source, Task, TaskStatus, check_external_id
 from tests.fakes.github import FakeGitHub

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from fixfleet.approvals import Approvals, Decision, Principal, Refused, Scope
 from fixfleet.commands.loader import default_commands
 from fixfleet.commands.parser import help_text
-from fixfleet.forges.refs import PULL_KEY
+from fixfleet.forge_refs import PULL_KEY
 from fixfleet.integrations.slack import PLAN_MESSAGE
 from fixfleet.models import (
     EXPLAIN,

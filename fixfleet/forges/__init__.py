@@ -1,3 +1,3 @@
 """Forges: where a repository's changes are reviewed. The interface is fixfleet/forges/base.py;
-GitHub and a plain git remote implement it; refs.py names repositories and threads. (Nothing is
-imported here: fixfleet.models reads the thread format from refs.py, below everything else.)"""
+GitHub and a plain git remote implement it. How repositories and threads are named is
+fixfleet/forge_refs.py, a layer below, since the task model checks those names too."""

@@ -7,7 +7,7 @@ fixfleet/providers.py, which builds them all):
   is the whole publication, and approvals come from Slack, the API or the CLI.
 
 What crosses the seam is typed: repositories and threads as `ForgeRepo` / `ForgeRef`
-(fixfleet/forges/refs.py, the one place they are parsed and formatted), pull requests as
+(fixfleet/forge_refs.py, the one place they are parsed and formatted), pull requests as
 `PullRequest`. A task keeps its threads as external ids (`pull_key`, `issue_key`); a forge reads
 them back with `pull_of` / `threads_of`.
 
@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from fixfleet.forges.refs import ForgeRef, ForgeRepo
+from fixfleet.forge_refs import ForgeRef, ForgeRepo
 from fixfleet.models import PullOutcome, Task
 
 

@@ -5,7 +5,7 @@ repository and no thread, and the operations on threads are never reached."""
 from __future__ import annotations
 
 from fixfleet.forges.base import Forge, ForgeError, PullRequest
-from fixfleet.forges.refs import ForgeRef, ForgeRepo
+from fixfleet.forge_refs import ForgeRef, ForgeRepo
 
 
 class PlainGitRemote(Forge):

@@ -11,7 +11,7 @@ from typing import Any
 
 from fixfleet.forges.base import Forge, PullRequest, PullState
 from fixfleet.forges.github_api import GitHubClient
-from fixfleet.forges.refs import ISSUE_KEY, PULL_KEY, ForgeRef, ForgeRepo, host_of
+from fixfleet.forge_refs import ISSUE_KEY, PULL_KEY, ForgeRef, ForgeRepo, host_of
 from fixfleet.models import PullOutcome
 
 _GITHUB_URL = re.compile(

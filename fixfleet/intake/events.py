@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from fixfleet.forges.base import PullState
-from fixfleet.forges.refs import ForgeRef
+from fixfleet.forge_refs import ForgeRef
 from fixfleet.models import NewTask, Source
 
 MAX_TITLE = 500  # NewTask.title's limit

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from fixfleet.forges.github import pull_state
-from fixfleet.forges.refs import ISSUE_KEY, ForgeRef, ForgeRepo, host_of
+from fixfleet.forge_refs import ISSUE_KEY, ForgeRef, ForgeRepo, host_of
 from fixfleet.formats.access import as_int, as_list, as_str, dig, obj
 from fixfleet.intake.access import one_line, require_object, task_request
 from fixfleet.intake.events import CommandRequest, Ignored, Ping, PullRequestChanged, TaskRequest

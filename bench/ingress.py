@@ -321,8 +321,8 @@ def uvicorn_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[st
         wait_healthy(url, 60)
         yield url
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGINT)
+        for worker in workers:  # uvicorn shuts down gracefully on SIGTERM (SIGINT ends in a KeyboardInterrupt traceback)
+            worker.send_signal(signal.SIGTERM)
         for worker in workers:
             try:
                 worker.wait(timeout=20)

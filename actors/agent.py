@@ -34,7 +34,7 @@ from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.sessions import SessionOwner
 from fixfleet.takeover import Liveness
-from fixfleet.worker import Worker
+from fixfleet.worker import Worker, cancel_and_wait
 from fixfleet.workspace.env_cache import EnvCache
 from fixfleet.workspace.environments import (
     Environment,
@@ -137,9 +137,8 @@ class AgentLoop:
     async def stop(self) -> None:
         self._stop.set()
         for task in self._tasks:
-            task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+            with suppress(Exception):
+                await cancel_and_wait(task)
         with suppress(Exception):
             await self.services.redis.hdel(AGENTS_KEY, self.name)
         await self.workspaces.close()  # spare checkouts still building must not outlive the agent
@@ -210,9 +209,7 @@ class AgentLoop:
         done, _ = await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
         adopt_binding(context)  # the lines logged from here on name the task the handler bound
         if handling in done:
-            watching.cancel()
-            with suppress(asyncio.CancelledError):
-                await watching
+            await cancel_and_wait(watching)
             return handling.result()
         stop = watching.result()
         killed = self.claude.stop_sessions(f"stopped: {stop}")  # at once: a cancelled session's CLI must not take another step

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import Any, TypeVar
 
 from fixfleet.errors import Interrupted, PermanentError
@@ -92,16 +91,12 @@ class Worker:
         beating = asyncio.create_task(self._beat(job))
         done, _ = await asyncio.wait({handling, beating}, return_when=asyncio.FIRST_COMPLETED)
         if beating in done:  # the claim was lost: stop working on someone else's entry
-            handling.cancel()
-            with suppress(asyncio.CancelledError):
-                try:
-                    await handling
-                except Exception:  # the new holder owns the outcome; what this one raised while stopping is a line
-                    log.warning("%s: task %s failed while being stopped", self.consumer, job.task_id, exc_info=True)
+            try:
+                await cancel_and_wait(handling)
+            except Exception:  # the new holder owns the outcome; what this one raised while stopping is a line
+                log.warning("%s: task %s failed while being stopped", self.consumer, job.task_id, exc_info=True)
             beating.result()
-        beating.cancel()
-        with suppress(asyncio.CancelledError):
-            await beating
+        await cancel_and_wait(beating)
         handling.result()
 
     async def _beat(self, job: Job) -> None:
@@ -153,6 +148,19 @@ class Worker:
                 await self.on_give_up(job.task_id, reason)
             except Exception as exc:  # the failure is recorded; a lost notification must not hide it
                 log.warning("task %s: failure notification not sent: %s", job.task_id, exc, exc_info=True)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, again_after_s: float = 1.0) -> None:
+    """Cancel `task` and wait for its end, cancelling it again every `again_after_s` until it
+    ends; then raise what it raised, unless that was the cancellation. A cancellation that
+    reaches a library at the wrong moment can be swallowed (seen in the e2e suite: the lease
+    heartbeat, inside a Redis call, went on beating; the worker waited for it for good, and the
+    lease it kept renewing hid the stuck job from every other agent)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=again_after_s)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error
 
 
 def find_in_chain(exc: BaseException, kind: type[E]) -> E | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
 
 from fixfleet.errors import Interrupted, PermanentError
@@ -124,3 +126,42 @@ def test_the_cause_chain_is_followed_only_through_explicit_causes() -> None:
     implicit = WrappingFailure("failed while handling another")
     implicit.__context__ = permanent  # an error raised while handling it is not caused by it
     assert find_in_chain(implicit, PermanentError) is None
+
+
+class SwallowsOneCancellation(Queue):
+    """The fault seen in the e2e suite: a cancellation that reaches the Redis call of the lease
+    heartbeat at the wrong moment is swallowed, and the heartbeat goes on."""
+
+    swallowed = 0
+
+    async def heartbeat(self, job: Job) -> None:
+        try:
+            await asyncio.sleep(0.5)  # inside "the call" when the worker cancels the heartbeat
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+        await super().heartbeat(job)
+
+
+async def test_a_heartbeat_that_swallows_its_cancellation_does_not_hold_the_job(redis: Redis, store: Store) -> None:
+    """Before, the worker waited for its heartbeat for good and the heartbeat renewed the lease for
+    good: the job was never failed, and no other agent could take it."""
+    queue = SwallowsOneCancellation(redis, "planning", lease_s=0.3, max_attempts=1)
+    task, _ = await store.create_task(NewTask(repo="file:///tmp/repo", title="refused"))
+    await queue.enqueue(task.id)
+
+    async def refused(job: Job) -> None:
+        await asyncio.sleep(0.2)  # the heartbeat (every 0.1 s) is in its call now
+        raise RuntimeError("verification failed: the change breaks the suite")
+
+    running = asyncio.create_task(Worker(queue, store, refused, "w").run_once(block_s=0))
+    await asyncio.wait({running}, timeout=30)  # about a second with the fault; for good without the fix
+    if not running.done():
+        running.cancel()  # cancels the heartbeat it awaits a second time: that one ends it
+        await asyncio.wait({running}, timeout=5)
+        raise AssertionError("the worker is still waiting for its heartbeat to stop")
+    assert running.result() is not None
+    assert queue.swallowed == 1  # the fault did happen
+    assert (await store.get_task(task.id)).status == TaskStatus.FAILED
+    assert (await queue.depth()).dead == 1

@@ -274,7 +274,7 @@ class _Session:
         watchdog = loop.call_later(self.limits.timeout_s, self._on_timeout)
         try:
             async with McpBridge(self._external_mcp_servers(), self.redactor) as bridge, \
-                    growth_watch(self._watched(), self.claude.sandbox.limits.checkout_bytes, self.kill) as over_quota:
+                    growth_watch(self._watched(), self.claude.sandbox.limits.checkout_bytes, self._kill_over_quota) as over_quota:
                 self.over_quota = over_quota
                 async with asyncio.timeout(self.limits.timeout_s + KILL_GRACE_S):
                     await self._converse(self._options(skills, bridge))
@@ -489,6 +489,10 @@ class _Session:
         """Kill the session's sandbox and everything in it now; `reason` goes in its record."""
         self.stopped = reason
         return self._kill(self._cli_tree())
+
+    def _kill_over_quota(self) -> None:
+        """Past the disk quota: the sandbox dies now; the result gives the quota's reason (over_quota)."""
+        self._kill(self._cli_tree())
 
     def _watched(self) -> dict[str, Path]:
         """What the sandbox writes on the host's disk, watched against its quota."""

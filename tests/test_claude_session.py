@@ -456,6 +456,9 @@ def test_a_checkout_outgrowing_its_quota_ends_the_session_with_the_reason(tmp_pa
     print(f"{session.result.subtype}: {session.result.error} ({written / 1024**2:.0f} MiB written)")
     assert (session.result.outcome, session.result.subtype) == ("error", "error_during_execution")
     assert "the checkout grew by more than 8388608 bytes" in (session.result.error or "")
+    # Killed at the watcher's next look (every 2 s or so, at 20 MiB/s): before, the kill raised in
+    # the watcher (a missing argument) and the loop wrote 960 MiB until the session's own end.
+    assert written < 400 * 1024**2
     assert leftovers(session.result.session_id) == []
 
 

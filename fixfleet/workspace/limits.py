@@ -284,4 +284,6 @@ async def growth_watch(paths: Mapping[str, Path], limit_bytes: int,
     finally:
         if watcher is not None:
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            (failure,) = await asyncio.gather(watcher, return_exceptions=True)
+            if isinstance(failure, Exception):  # the quota went unwatched: say so (a kill that raised, once)
+                log.error("the disk quota watcher failed", exc_info=failure)

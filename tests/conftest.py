@@ -23,12 +23,33 @@ from fixfleet.services import make_queues
 from fixfleet.store import Store
 from tests.slate import empty_tables
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 set, which would fix the width of the
+# CLI's rich consoles (made at import) at 80 columns; the tests give each CLI call its own width.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 # Tests commit in throwaway repositories: give git an identity on machines with none.
 for _name, _value in {"GIT_AUTHOR_NAME": "fixfleet tests", "GIT_AUTHOR_EMAIL": "tests@fixfleet.invalid",
                       "GIT_COMMITTER_NAME": "fixfleet tests", "GIT_COMMITTER_EMAIL": "tests@fixfleet.invalid"}.items():
     os.environ.setdefault(_name, _value)
 
 TEST_REDIS_DB = 13  # a database of its own so the suite never touches real data
+# pytest-xdist's further workers (gw1, gw2, ...) take these, so that no two flush each other's
+# data (10-12, 14, 15 are the benchmarks', test_serve's and the demo test's).
+XDIST_REDIS_DBS = (9, 8, 7, 6, 5, 4, 3)
+
+
+FAST_SUITE = "not (e2e or chaos or cluster or image)"  # pyproject.toml's addopts -m
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (addopts) asks here. The fast default suite: a worker per core, at most four,
+    since it waits on git, the sandbox and Postgres far more than it computes (in one process it
+    kept two cores 37% busy). A marked suite (`-m e2e`, ...): one process, as each of its modules
+    starts whole platforms."""
+    if config.option.markexpr != FAST_SUITE:
+        return 0
+    return min(os.cpu_count() or 1, 1 + len(XDIST_REDIS_DBS), 4)
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +80,11 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 def redis_url(redis_server_url: str) -> str:
     """db 13, unless REDIS_URL names another non-zero database: runs side by side on one server
     (worktrees, CI shards) each name their own, and the suite flushes only that one. db 0 (where
-    real data usually lives) is never used."""
+    real data usually lives) is never used. The second and later xdist workers take one each of
+    XDIST_REDIS_DBS."""
     named = named_redis_db(os.environ.get("REDIS_URL"))
-    return redis_db_url(redis_server_url, named or TEST_REDIS_DB)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+    return redis_db_url(redis_server_url, XDIST_REDIS_DBS[worker - 1] if worker else named or TEST_REDIS_DB)
 
 
 @pytest.fixture

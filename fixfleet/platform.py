@@ -122,11 +122,13 @@ def ray_node_settings(settings: Settings, environ: Mapping[str, str]) -> dict[st
     rotate at FIXFLEET_LOG_MAX_BYTES, FIXFLEET_LOG_BACKUPS kept (measured with Ray 2.60: a worker that
     wrote 600 kB to stderr with a 100 kB limit left 100 + 100 + 6 kB), and Ray's C++ parts (GCS,
     raylet, each worker's core log) log warnings and errors only: at info they wrote most of the disk
-    a soak grew by (bench.soak). What Ray remembers of the past is bounded (RAY_BOUNDS). An
-    operator's own values win (RAY_BACKEND_LOG_LEVEL=info to debug).
+    a soak grew by (bench.soak). gRPC's core logs errors only: at its default it wrote a line
+    ("Other threads are currently calling into gRPC, skipping fork() handlers") to a worker's log
+    at every process the agents start, 136 for one demo task. What Ray remembers of the past is
+    bounded (RAY_BOUNDS). An operator's own values win (RAY_BACKEND_LOG_LEVEL=info to debug).
     The files of workers that are gone are the sweeper's (fixfleet/workspace/sweeper.py)."""
     wanted = {"RAY_ROTATION_MAX_BYTES": str(settings.log_max_bytes), "RAY_ROTATION_BACKUP_COUNT": str(settings.log_backups),
-              "RAY_BACKEND_LOG_LEVEL": "warning", **RAY_BOUNDS}
+              "RAY_BACKEND_LOG_LEVEL": "warning", "GRPC_VERBOSITY": "ERROR", **RAY_BOUNDS}
     return {name: environ.get(name) or value for name, value in wanted.items()}
 
 

@@ -100,7 +100,8 @@ def test_ray_logs_rotate_at_the_platforms_limits_unless_the_operator_set_them() 
 
     settings = load_settings(log_max_bytes=2 * 1024**2, log_backups=3)
     assert ray_node_settings(settings, {}) == {"RAY_ROTATION_MAX_BYTES": str(2 * 1024**2), "RAY_ROTATION_BACKUP_COUNT": "3",
-                                               "RAY_BACKEND_LOG_LEVEL": "warning", **RAY_BOUNDS}
+                                               "RAY_BACKEND_LOG_LEVEL": "warning", "GRPC_VERBOSITY": "ERROR",
+                                               **RAY_BOUNDS}
     assert ray_node_settings(settings, {"RAY_ROTATION_BACKUP_COUNT": "9"})["RAY_ROTATION_BACKUP_COUNT"] == "9"
     assert ray_node_settings(settings, {"RAY_BACKEND_LOG_LEVEL": "info"})["RAY_BACKEND_LOG_LEVEL"] == "info"
     assert ray_node_settings(settings, {"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"

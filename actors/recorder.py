@@ -34,6 +34,7 @@ from fixfleet.sessions import (
     SessionMessage,
     SessionRecord,
 )
+from fixfleet.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,8 @@ class SessionRecorder:
         deadline = time.monotonic() + timeout_s
         if self._writer is not None:
             done, _ = await asyncio.wait({self._writer}, timeout=max(0.1, timeout_s - 2))
-            if not done:
-                self._writer.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._writer
+            if not done:  # a writer stuck in a store call: a cancellation lost there must not hold the close
+                await cancel_and_wait(self._writer)
         self.dropped += len(self._buffer)
         self._buffer.clear()
         if self.record is None:

@@ -365,10 +365,10 @@ LIST_QUERIES = ["", "status=COMPLETED", "status=AWAITING_APPROVAL", "repo=https:
 
 
 def ingress_app() -> Any:
-    """The ingress as a Serve replica runs it: the outbox relay and the reconciler run elsewhere."""
+    """The ingress as a Serve replica runs it: the reconciler and the other once-only jobs run elsewhere."""
     from serve_app.app import create_app
 
-    return create_app(relay=False)
+    return create_app(singletons=False)
 
 
 @contextmanager

@@ -43,8 +43,12 @@ class OutboxRelay:
         roster: Roster | None = None,
         takeover_every_s: float = 5.0,
         agent_lost_s: float = 180.0,
+        listen: bool = True,
     ) -> None:
         self.store, self.queues, self.poll_s, self.batch = store, queues, poll_s, batch
+        # Without `listen`, only this process's commits (and the poll) wake the relay: a Serve
+        # ingress replica relays what it commits itself, and the relay deployment hears the rest.
+        self.listen = listen
         # After a wake-up, wait this long so commits arriving together go out as one batch: a
         # batch costs four round trips however many rows it carries.
         self.gather_s = gather_s
@@ -82,25 +86,32 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until stopped: woken by commits in this process, by NOTIFY from other
-        processes' commits, and by a poll as the fallback."""
-        async with self.store.pool.acquire() as listener:
-            await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
-            self.store.relay_wake = self._wake.set
+        processes' commits (when it listens), and by a poll as the fallback."""
+        self.store.relay_wake = self._wake.set
+        try:
+            if not self.listen:
+                return await self._relay_until(stop)
+            async with self.store.pool.acquire() as listener:
+                await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
+                try:
+                    await self._relay_until(stop)
+                finally:
+                    with suppress(Exception):
+                        await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+        finally:
+            self.store.relay_wake = None
+
+    async def _relay_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()  # before draining: a commit during the drain wakes us again
             try:
-                while not stop.is_set():
-                    self._wake.clear()  # before draining: a commit during the drain wakes us again
-                    try:
-                        await self.drain()
-                        await self._reconcile_when_due()
-                    except Exception as exc:  # an outage of Postgres or Redis pauses the relay, never ends it
-                        log.warning("outbox relay: %s; retrying", exc, exc_info=True)
-                    await wait_any(self._wake, stop, timeout=self.poll_s)
-                    if self._wake.is_set() and not stop.is_set():
-                        await asyncio.sleep(self.gather_s)
-            finally:
-                self.store.relay_wake = None
-                with suppress(Exception):
-                    await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+                await self.drain()
+                await self._reconcile_when_due()
+            except Exception as exc:  # an outage of Postgres or Redis pauses the relay, never ends it
+                log.warning("outbox relay: %s; retrying", exc, exc_info=True)
+            await wait_any(self._wake, stop, timeout=self.poll_s)
+            if self._wake.is_set() and not stop.is_set():
+                await asyncio.sleep(self.gather_s)
 
     async def _reconcile_when_due(self) -> None:
         if self.reconcile_every_s is None:

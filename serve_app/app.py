@@ -39,13 +39,14 @@ ERROR_STATUS = {StaleApproval: 409, TaskNotFound: 404, SessionNotFound: 404, Ill
                 IntegrationError: 502}
 
 
-def create_app(settings: Settings | None = None, *, relay: bool = True) -> FastAPI:
-    """`relay`: run the outbox relay in this process (uvicorn); the Serve app has a Relay deployment."""
+def create_app(settings: Settings | None = None, *, singletons: bool = True) -> FastAPI:
+    """`singletons`: also run the platform's once-only jobs here (uvicorn, tests); the Serve
+    application runs them in its Relay deployment (serve_app/context.py's app_context)."""
     app = FastAPI(
         title="fixfleet",
         version="0.1.0",
         description="Production errors and tickets in, tested pull requests out.",
-        lifespan=lifespan_for(settings, relay=relay),
+        lifespan=lifespan_for(settings, singletons=singletons),
     )
     outage = {503: {"model": ErrorOut, **OPENAPI_503}}  # any route may meet an outage: documented on each
     for router in (webhooks.router, tasks_api.router, tasks_api.tokens_router, sessions_api.router, ops.router):

@@ -42,9 +42,12 @@ class AppContext:
 
 
 @asynccontextmanager
-async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterator[AppContext]:
-    """What the routes need. `relay`: also run the outbox relay, the reconciler and the session
-    upkeep here (plain uvicorn, tests); in the Serve application the Relay deployment runs them, once."""
+async def app_context(settings: Settings, *, singletons: bool = True) -> AsyncIterator[AppContext]:
+    """What the routes need, and the outbox relay for what this process commits (woken directly:
+    no NOTIFY per commit, no other process in a webhook's path to its queue). `singletons`: also
+    the jobs a platform runs once (the reconciler, the session upkeep, closing the loops), and the
+    relay hears every process's commits (plain uvicorn, tests); in the Serve application the Relay
+    deployment runs them."""
     tokens = load_tokens(settings.api_tokens)
     if settings.jira_webhook_secret is None and settings.jira_allow_unsigned:
         log.warning("FIXFLEET_JIRA_ALLOW_UNSIGNED=true: Jira webhooks are accepted unsigned, from anyone who can "
@@ -68,11 +71,11 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             credentials=TokenManager(settings),
         )
         stop = asyncio.Event()
-        background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop))]
-        if relay:
-            background.append(asyncio.create_task(OutboxRelay(
-                services.store, services.queues, poll_s=settings.outbox_poll_s, reconcile_every_s=settings.reconcile_s,
-                claimed_stale_s=settings.claimed_stale_s).run(stop)))
+        once = {"reconcile_every_s": settings.reconcile_s, "claimed_stale_s": settings.claimed_stale_s} if singletons else {}
+        relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s, listen=singletons, **once)
+        background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop)),
+                      asyncio.create_task(relay.run(stop))]
+        if singletons:
             background.append(asyncio.create_task(run_session_upkeep(services.store, settings, stop)))
             background.append(asyncio.create_task(loops.run(stop)))
         try:
@@ -85,10 +88,10 @@ async def app_context(settings: Settings, *, relay: bool = True) -> AsyncIterato
             await providers.aclose()
 
 
-def lifespan_for(settings: Settings | None, *, relay: bool = True):
+def lifespan_for(settings: Settings | None, *, singletons: bool = True):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with app_context(settings or load_settings(), relay=relay) as ctx:
+        async with app_context(settings or load_settings(), singletons=singletons) as ctx:
             app.state.ctx = ctx
             # What the app holds once it is up lives as long as it does: Python's full collections
             # then walk only what requests made. Walking the whole heap took 100-300 ms on a busy

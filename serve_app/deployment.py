@@ -31,9 +31,10 @@ DEPLOYMENT_NAME = "ingress"
 
 
 def ingress_app() -> FastAPI:
-    """The ingress replicas' FastAPI app, built on each replica; the Relay deployment relays."""
+    """The ingress replicas' FastAPI app, built on each replica: it relays what it commits; the
+    Relay deployment runs the platform's once-only jobs and relays the other processes' commits."""
     logs.configure("ingress")
-    return create_app(relay=False)
+    return create_app(singletons=False)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=200)

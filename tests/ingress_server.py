@@ -18,9 +18,10 @@ from serve_app.app import create_app
 
 
 @contextmanager
-def running_ingress(settings: Settings) -> Iterator[str]:
+def running_ingress(settings: Settings, *, singletons: bool = True) -> Iterator[str]:
+    """`singletons=False`: the app as a Serve ingress replica runs it (serve_app/deployment.py)."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(create_app(settings, singletons=singletons), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

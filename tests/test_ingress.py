@@ -5,6 +5,7 @@ The app runs under a real uvicorn with the real store and queues; GitHub is a lo
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -19,7 +21,7 @@ from redis.asyncio import Redis
 from fixfleet.config import Settings
 from fixfleet.metrics import FLUSH_S
 from fixfleet.models import TaskStatus
-from fixfleet.store import Store
+from fixfleet.store import OUTBOX_CHANNEL, Store
 from fixfleet.intake.signatures import sign_sentry, sign_slack
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
@@ -88,6 +90,30 @@ async def test_sentry_alert_becomes_one_queued_task(api: str, store: Store, queu
     while (await queues["planning"].depth()).waiting == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert {task_id for task_id, _ in await queues["planning"].entries()} == {task.id}
+
+
+async def test_an_ingress_replica_brings_its_webhooks_to_the_queue_itself_without_notify(
+    settings: Settings, github: FakeGitHub, store: Store, queues, database_url: str, tmp_path: Path
+) -> None:
+    """As a Serve ingress replica runs the app (the once-only jobs and the relay deployment
+    elsewhere, not running here): the task still reaches its queue, relayed by the replica that
+    committed it, and no commit sent a NOTIFY (Postgres serialises the commits that notify)."""
+    heard: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(OUTBOX_CHANNEL, lambda *args: heard.append(args[-1]))
+    try:
+        with running_ingress(configured(settings, github, tmp_path), singletons=False) as url:
+            accepted = post_sentry(url, sentry_alert(), "req-1")
+            assert accepted.status_code == 202, accepted.text
+            task = await store.get_task(accepted.json()["task"])
+            deadline = time.monotonic() + 5
+            while not await queues["planning"].entries() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert {task_id for task_id, _ in await queues["planning"].entries()} == {task.id}
+        await asyncio.sleep(0.2)  # a NOTIFY would have been delivered by now
+        assert heard == []
+    finally:
+        await listener.close()
 
 
 async def test_repeat_alert_attaches_to_the_open_task(api: str, store: Store) -> None:

@@ -145,7 +145,7 @@ class AgentLoop:
         await self._stack.aclose()
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "busy_since": self.busy_since,
+        return {"name": self.name, "role": self.role, "busy_with": self.worker.busy_with, "busy_since": self.worker.busy_since,
                 "draining": self._stop.is_set(), "done": self.done, "failed": self.failed, "pid": os.getpid(),
                 "started": self._process.started, "node": this_node(), "at": time.time()}
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import hmac
 import json
@@ -366,10 +367,23 @@ def serve_target(env: dict[str, str], args: argparse.Namespace) -> Iterator[str]
 TARGETS = {"uvicorn": (uvicorn_target, 10), "serve": (serve_target, 11)}  # name -> (start it, Redis db)
 
 
+@contextmanager
+def alone_on_this_machine() -> Iterator[None]:
+    """One run at a time: the Redis dbs are fixed, so a second run at once flushed the first's
+    and its checks counted the other's stream entries as duplicates."""
+    with open(Path(tempfile.gettempdir()) / "fixfleet-bench-ingress.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit("bench.ingress: another run is under way on this machine (it uses the same "
+                             "Redis dbs 10 and 11); run again when it has ended") from None
+        yield
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Both targets up side by side, each on its own database and Redis db; alternating load; checks."""
     names = list(TARGETS) if args.target == "both" else [args.target]
-    with ExitStack() as servers:
+    with alone_on_this_machine(), ExitStack() as servers:
         server, redis_server = server_urls(servers)
         results = measure(names, server, redis_server, args)
     for result in results.values():

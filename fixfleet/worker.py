@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,7 +42,10 @@ class Worker:
         self.queue, self.store, self.handler, self.consumer = queue, store, handler, consumer
         self.on_give_up = on_give_up  # told (task id, reason) when a task is failed for good
         self.heartbeat_s = max(0.05, queue.lease_s / 3)
+        # The job in hand, from its claim to its ack: an agent's heartbeat shows both, so a job held
+        # far longer than its work could take (a worker stuck after its handler) shows as such.
         self.busy_with: int | None = None
+        self.busy_since: float | None = None
 
     async def run(self, stop: asyncio.Event, *, block_s: float = 1.0) -> None:
         """Consume until stopped; an outage of Redis or Postgres pauses the loop, never ends it."""
@@ -63,7 +67,7 @@ class Worker:
             await self._give_up(job, "expired: the task waited past its TTL and was not run")
             await self.queue.ack(job)
             return job
-        self.busy_with = job.task_id
+        self.busy_with, self.busy_since = job.task_id, time.time()
         try:
             await self._handle_with_heartbeat(job)
         except LeaseLost as exc:
@@ -73,7 +77,7 @@ class Worker:
         else:
             await self.queue.ack(job)
         finally:
-            self.busy_with = None
+            self.busy_with = self.busy_since = None
         return job
 
     async def _after_failure(self, job: Job, exc: Exception) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from redis.asyncio import Redis
 
@@ -165,3 +166,23 @@ async def test_a_heartbeat_that_swallows_its_cancellation_does_not_hold_the_job(
     assert queue.swallowed == 1  # the fault did happen
     assert (await store.get_task(task.id)).status == TaskStatus.FAILED
     assert (await queue.depth()).dead == 1
+
+
+async def test_the_job_in_hand_is_shown_with_its_start_until_it_is_acked(redis: Redis, store: Store) -> None:
+    """What an agent's heartbeat shows (`fixfleet status`: busy for how long): the worker's hold
+    of its job, from the claim to the ack, not only the handler's run, so a worker stuck after
+    its handler shows a job held for ever longer instead of a busy agent with no start."""
+    queue = Queue(redis, "planning", lease_s=3)
+    task, _ = await store.create_task(NewTask(repo="file:///tmp/repo", title="t"))
+    await queue.enqueue(task.id)
+    seen: list[tuple[int | None, float | None]] = []
+
+    async def handler(job: Job) -> None:
+        seen.append((worker.busy_with, worker.busy_since))
+
+    worker = Worker(queue, store, handler, "w")
+    claimed_after = time.time()
+    await worker.run_once(block_s=0)
+    (busy_with, busy_since), = seen
+    assert busy_with == task.id and busy_since is not None and claimed_after <= busy_since <= time.time()
+    assert (worker.busy_with, worker.busy_since) == (None, None)  # acked: nothing in hand

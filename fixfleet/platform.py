@@ -58,7 +58,7 @@ CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipp
 # bench/ingress.py on 2 cores, full path (signed Sentry webhook -> Postgres transaction -> outbox
 # -> Redis stream), Serve/uvicorn req/s ratio on a shared, noisy machine: Serve's Python proxy
 # 0.36-0.43; HAProxy 0.60-0.83; HAProxy + throughput-optimized 0.74-0.78; with the two HAProxy
-# settings below and each ingress replica relaying its own commits, 0.81-0.86. What is left is
+# settings below and each ingress replica relaying its own commits, 0.79-0.86. What is left is
 # Serve's own work per request in a replica (about 0.25 ms of CPU beside a uvicorn worker's 0.8
 # for the whole request) and HAProxy's hop (0.075 ms).
 SERVE_NODE_ENV = {

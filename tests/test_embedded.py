@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from fixfleet.embedded import DB_FILE, EmbeddedServers, stop_postgres, stop_redis
+from fixfleet.embedded import AOF_FILE, DB_FILE, EmbeddedServers, stop_postgres, stop_redis
 from fixfleet.processes import Handle, Handles, ProcessRef, server_processes
 
 # A process that uses the home's servers, writes a mark in each, and then crashes (os._exit: no
@@ -153,3 +154,34 @@ def test_a_user_still_running_keeps_the_servers_up(home: Path) -> None:
         first.stop()
         second.stop()
     assert not servers_of(home)
+
+
+def test_a_restart_compacts_the_append_only_file_and_keeps_what_is_live(tmp_path: Path) -> None:
+    servers = EmbeddedServers(tmp_path, aof_rewrite_bytes=1024**2)
+    client = redis.Redis.from_url(servers.redis_url())
+    client.xadd("fixfleet:execution:normal", {"job": "kept"})
+    for n in range(80):  # 4 MB of commands whose keys are gone again, as a day of work leaves them
+        client.set(f"scratch:{n}", b"x" * 50_000)
+        client.delete(f"scratch:{n}")
+    servers.stop()
+    grown = (tmp_path / "redis" / AOF_FILE).stat().st_size
+    assert grown > 3 * 1024**2
+
+    servers = EmbeddedServers(tmp_path, aof_rewrite_bytes=1024**2)
+    client = redis.Redis.from_url(servers.redis_url())
+    try:
+        deadline = time.monotonic() + 60
+        while (tmp_path / "redis" / AOF_FILE).stat().st_size >= grown and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while client.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "redis" / AOF_FILE).stat().st_size < 64 * 1024
+        assert [fields[b"job"] for _, fields in client.xrange("fixfleet:execution:normal")] == [b"kept"]
+    finally:
+        servers.stop()
+    servers = EmbeddedServers(tmp_path)  # and the compacted file is what the next start loads
+    try:
+        entries = redis.Redis.from_url(servers.redis_url()).xrange("fixfleet:execution:normal")
+        assert [fields[b"job"] for _, fields in entries] == [b"kept"]
+    finally:
+        servers.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 from rich.console import Console
 from rich.live import Live
@@ -14,6 +15,9 @@ from fixfleet.services import open_services
 
 
 def run_up(settings: Settings, options: PlatformOptions, console: Console) -> None:
+    # Ctrl-C (SIGINT) stops it however it was started: a script's background job (`fixfleet up &`)
+    # inherits SIGINT ignored, and Python and asyncio then never turn it into a stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     platform = Platform(settings, options)
     try:
         platform.start(progress=lambda line: console.print(f"[cyan]up:[/cyan] {line}"))

@@ -71,8 +71,14 @@ class Operator:
     def up(self) -> None:
         with open(self.log, "ab") as out:
             command = [sys.executable, "-m", "tests.reliability.up_process", json.dumps(self.spec)]
-            self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            # Started as a script's background job starts it (`fixfleet up &`): with SIGINT ignored,
+            # which the child inherits; ctrl_c() must stop it all the same.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=out,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+            finally:
+                signal.signal(signal.SIGINT, previous)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"fixfleet up exited: {self.log.read_text()[-3000:]}"

@@ -65,7 +65,7 @@ class AgentLoop:
         self.home: Path = settings.home / "agents" / name
         self.done = 0
         self.failed = 0
-        self.busy_since: float | None = None
+        self.handling_since: float | None = None  # this agent's handler's run (its metrics); the heartbeat shows the worker's claim-to-ack
         self.last_beat: float | None = None
         self.held: Task | None = None  # the task as this agent claimed it: a change it did not make stops the work
         self.metrics = AgentMetrics(self.role)
@@ -174,7 +174,7 @@ class AgentLoop:
             self.last_beat = time.time()
 
     async def _handle_counted(self, job: Job) -> None:
-        self.busy_since = time.time()
+        self.handling_since = time.time()
         self.metrics.started()
         held = _held_environments.set([])  # the handler's child task shares this list
         with task_context(f"#{job.task_id}"):
@@ -186,12 +186,12 @@ class AgentLoop:
                 raise
             except Exception as exc:
                 self.failed += 1
-                self.metrics.finished("failed", time.time() - self.busy_since, exc)
-                log.warning("%s failed the job after %.1f s: %s", self.name, time.time() - self.busy_since,
+                self.metrics.finished("failed", time.time() - self.handling_since, exc)
+                log.warning("%s failed the job after %.1f s: %s", self.name, time.time() - self.handling_since,
                             type(exc).__name__)
                 raise
             finally:
-                busy_for, self.busy_since, self.held = time.time() - self.busy_since, None, None
+                busy_for, self.handling_since, self.held = time.time() - self.handling_since, None, None
                 for env in _held_environments.get() or []:
                     env.release()
                 _held_environments.reset(held)
@@ -218,7 +218,7 @@ class AgentLoop:
         await asyncio.wait({handling}, timeout=60)  # the session's sandbox dies at once; its cleanup follows
         with suppress(Exception):
             await self.store.record_event(job.task_id, actor=self.name, reason=f"stopped: {stop}",
-                                          data={"after_s": round(time.time() - (self.busy_since or time.time()), 3)})
+                                          data={"after_s": round(time.time() - (self.handling_since or time.time()), 3)})
         raise stop
 
     async def _watch_control(self, task_id: int) -> Interrupted:

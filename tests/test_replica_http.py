@@ -13,7 +13,7 @@ from ray.serve._private.http_util import (
 )
 
 from fixfleet.platform import SERVE_NODE_ENV
-from serve_app import replica_http
+from serve_app import replica_http, webhooks
 
 
 def headers_seen_by_serve(path: str) -> dict[bytes, bytes]:
@@ -31,12 +31,14 @@ def headers_seen_by_serve(path: str) -> dict[bytes, bytes]:
     return dict(seen["headers"])
 
 
-@pytest.mark.parametrize("path", ["/webhooks/sentry", "/webhooks/github", "/webhooks/slack/events"])
-def test_serve_neither_cancels_nor_times_out_a_webhook(path: str) -> None:
-    headers = headers_seen_by_serve(path)
-    assert parse_disconnect_disabled_header(headers) is True
-    assert parse_request_timeout_header(headers, default_timeout_s=30.0) is None
-    assert headers[b"content-type"] == b"application/json"  # the sender's own headers are kept
+def test_serve_neither_cancels_nor_times_out_any_webhook_route_of_the_app() -> None:
+    paths = [route.path for route in webhooks.router.routes]
+    assert len(paths) >= 6
+    for path in paths:
+        headers = headers_seen_by_serve(path)
+        assert parse_disconnect_disabled_header(headers) is True, path
+        assert parse_request_timeout_header(headers, default_timeout_s=30.0) is None, path
+        assert headers[b"content-type"] == b"application/json"  # the sender's own headers are kept
 
 
 @pytest.mark.parametrize("path", ["/api/tasks", "/ui/", "/health", "/webhooksx"])

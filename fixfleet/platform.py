@@ -79,8 +79,8 @@ SERVE_NODE_ENV = {
     # HAProxy's threads: Ray's default of 4 contends with the replicas on a 2-CPU node (the
     # pods' limit in cluster/rayservice.yaml); 2 measured better than 4 and than 1 here.
     "RAY_SERVE_HAPROXY_NBTHREAD": "2",
-    # A webhook is never cancelled halfway by its sender hanging up or by Serve's timeout, and
-    # Serve skips its per-request watch tasks for them (serve_app/replica_http.py).
+    # An ingress replica's server hands webhooks straight to the replica's app, past Serve's
+    # per-request path (serve_app/replica_http.py: a quarter of a webhook's CPU).
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.replica_http:middlewares",
 }
 # Local runs only (tests, benchmarks): no 30 s hold on shutdown for load balancers to deregister.

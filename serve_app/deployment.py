@@ -18,6 +18,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
 from fixfleet import logs
 from fixfleet.config import Settings, load_settings
+from serve_app import replica_http
 from serve_app.agents import (
     DRAIN_MARGIN_S,
     ExecutorReplica,
@@ -32,9 +33,12 @@ DEPLOYMENT_NAME = "ingress"
 
 def ingress_app() -> FastAPI:
     """The ingress replicas' FastAPI app, built on each replica: it relays what it commits; the
-    Relay deployment runs the platform's once-only jobs and relays the other processes' commits."""
+    Relay deployment runs the platform's once-only jobs and relays the other processes' commits.
+    The replica's HTTP server hands it webhooks directly (serve_app/replica_http.py)."""
     logs.configure("ingress")
-    return create_app(singletons=False)
+    app = create_app(singletons=False)
+    replica_http.serve_webhooks_with(app)
+    return app
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=200)

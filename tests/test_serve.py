@@ -132,6 +132,8 @@ def test_signed_sentry_alert_through_serve(served: LocalServe, serve_database: s
 
         first = client.post("/webhooks/sentry", content=body, headers=headers(body, request_id))
         assert first.status_code == 202, first.text
+        # Serve's request path answers with its request id; a webhook went straight to the replica's app.
+        assert "x-request-id" in health.headers and "x-request-id" not in first.headers
         assert first.json()["status"] == "created"
         key = first.json()["task"]
         assert key.startswith("FF-")

@@ -9,9 +9,7 @@ delete the application while they wait, then let them go.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,12 @@ import pytest
 from ray import serve
 from redis import Redis
 
-from fixfleet.intake.signatures import sign_sentry
 from fixfleet.platform import load_config, running_config
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from tests.corpus import CORPUS
+from tests.reliability.harness import SENTRY_SECRET, sentry_alert
 
-ALERT = CORPUS / "sentry-webhooks" / "event_alert.triggered.json"
 DRAIN_REDIS_DB = 15  # the suite has 13 and 3-9, the Serve test 12, the demo and benches 10, 11, 14
-SECRET = "drain-test-secret"
 REPLICAS = 2
 WEBHOOKS = 8
 
@@ -49,14 +44,6 @@ def drain_redis(redis_server_url: str) -> Iterator[str]:
         client.flushdb()
         yield url
         client.flushdb()
-
-
-def signed_alert(issue: int) -> tuple[bytes, dict[str, str]]:
-    payload = json.loads(ALERT.read_text())
-    payload["data"]["event"]["issue_id"] = str(issue)
-    body = json.dumps(payload).encode()
-    return body, {"Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert",
-                  "Sentry-Hook-Signature": sign_sentry(SECRET, body), "Request-ID": f"drain-{uuid.uuid4()}"}
 
 
 async def wait_until(read: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str,
@@ -91,8 +78,9 @@ async def webhooks_across_a_stop(url: str, database: str) -> list[httpx.Response
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             base = int(time.time() * 1000)
-            sending = [asyncio.create_task(client.post("/webhooks/sentry", content=body, headers=headers))
-                       for body, headers in (signed_alert(base + n) for n in range(WEBHOOKS))]
+            alerts = [sentry_alert(base + n, f"drain-{base + n}") for n in range(WEBHOOKS)]
+            sending = [asyncio.create_task(client.post(alert.path, content=alert.body, headers=alert.headers))
+                       for alert in alerts]
             await wait_until(backends, lambda rows: any(row["wait_event_type"] == "Lock" for row in rows),
                              "a webhook waiting on the lock")
             await asyncio.sleep(1.0)  # the others arrive meanwhile (each replica writes one batch at a time)
@@ -116,7 +104,7 @@ def test_webhooks_in_flight_when_the_ingress_stops_are_answered_and_stored(drain
     config = load_config(http_host="127.0.0.1", http_port=free_port(), num_replicas=REPLICAS,
                          args={"planners_max": 0, "executors_max": 0},
                          env_vars={"DATABASE_URL": drain_database, "REDIS_URL": drain_redis,
-                                   "FIXFLEET_SENTRY_CLIENT_SECRET": SECRET,
+                                   "FIXFLEET_SENTRY_CLIENT_SECRET": SENTRY_SECRET,
                                    "FIXFLEET_DEFAULT_REPO": "https://github.com/fixfleet-tests/drain",
                                    "FIXFLEET_REPO_ALLOWLIST": '["https://github.com/fixfleet-tests/*"]',
                                    "FIXFLEET_HOME": str(tmp_path / "home")})

@@ -13,8 +13,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from fixfleet.processes import ProcessRef, this_node
 from fixfleet.queue import Job
 from fixfleet.services import AGENTS_KEY, Services, open_services
 from fixfleet.sessions import SessionOwner
+from fixfleet.store import Hold
 from fixfleet.takeover import Liveness
 from fixfleet.worker import Worker, cancel_and_wait
 from fixfleet.workspace.env_cache import EnvCache
@@ -68,6 +69,7 @@ class AgentLoop:
         self.handling_since: float | None = None  # this agent's handler's run (its metrics); the heartbeat shows the worker's claim-to-ack
         self.last_beat: float | None = None
         self.held: Task | None = None  # the task as this agent claimed it: a change it did not make stops the work
+        self.handed_on = False  # this agent made its own step's transition: others may move the task now
         self.metrics = AgentMetrics(self.role)
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
@@ -192,6 +194,7 @@ class AgentLoop:
                 raise
             finally:
                 busy_for, self.handling_since, self.held = time.time() - self.handling_since, None, None
+                self.handed_on = False
                 for env in _held_environments.get() or []:
                     env.release()
                 _held_environments.reset(held)
@@ -222,7 +225,10 @@ class AgentLoop:
         raise stop
 
     async def _watch_control(self, task_id: int) -> Interrupted:
-        """Wait until the task this agent holds moves without it: cancelled, paused, taken over."""
+        """Wait until the task this agent holds moves without it: cancelled, paused, taken over,
+        or moved and moved back between two looks (a pause and a resume within a second: the
+        version tells). Once the agent made its own step's transition (`holding`), only a cancel
+        or a pause stops what it still does (the planner's base run); an approval does not."""
         while True:
             await asyncio.sleep(self.settings.control_poll_s)
             held = self.held
@@ -233,8 +239,11 @@ class AgentLoop:
             except Exception:  # the database away: the work goes on, the next look may see it
                 log.warning("%s could not look at task %s's state", self.name, task_id, exc_info=True)
                 continue
-            if status in STOPPED or (status == held.status and version != held.version):
-                return Interrupted(task_id, status, f"{held.key} was {'taken over' if status == held.status else status}")
+            if status in STOPPED:
+                return Interrupted(task_id, status, f"{held.key} was {status}")
+            if version != held.version and not self.handed_on:
+                moved = "taken over" if status == held.status else f"moved to {status} meanwhile"
+                return Interrupted(task_id, status, f"{held.key} was {moved} (version {version}, claimed at {held.version})")
 
     async def handle(self, job: Job) -> None:  # pragma: no cover - each role implements it
         raise NotImplementedError
@@ -251,6 +260,15 @@ class AgentLoop:
         if task.status != target:  # a step begins: the trackers move by their mapping (never fatal)
             await self.publisher.task_started(self.held, target.value)
         return self.held
+
+    @asynccontextmanager
+    async def holding(self, task: Task) -> AsyncIterator[Hold]:
+        """The store's hold on `task` as claimed, for the side effects and the transition that end
+        this agent's step; once that transition is made the task is handed on (`_watch_control`)."""
+        async with self.store.holding(task) as hold:
+            yield hold
+            if hold.moved_to is not None:
+                self.handed_on = True  # before the commit: the watch never sees the new version first
 
     async def claimable(self, job: Job, states: set[TaskStatus]) -> Task | None:
         task = await self.store.get_task(job.task_id)

@@ -108,7 +108,7 @@ class Executor(AgentLoop):
                         proof: dict[str, Any]) -> None:
         """Push, publish and complete, holding the task: a cancel or pause that came first stops
         this before the push; one that comes meanwhile waits and finds the task COMPLETED."""
-        async with self.store.holding(task) as hold:  # `task` as claimed: a pause since then stops this
+        async with self.holding(task) as hold:  # `task` as claimed: a pause since then stops this
             task = hold.task
             if head != commits[-1]:
                 await self.workspaces.push(task.repo, commits[-1], branch, expected=head)

@@ -92,7 +92,7 @@ class Planner(AgentLoop):
     async def _publish(self, task: Task, branch: str, head: str | None, commit: str, pushing: dict[str, Any]) -> None:
         """Push the plan's commit (unless the branch has it already), publish it and ask a human."""
         plan, version = pushing["plan"], pushing["version"]
-        async with self.store.holding(task) as hold:  # as claimed: a cancel waits, or stops this
+        async with self.holding(task) as hold:  # as claimed: a cancel waits, or stops this
             task = hold.task
             if head != commit:
                 await self.workspaces.push(task.repo, commit, branch, expected=head)

@@ -52,6 +52,20 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(os.cpu_count() or 1, 1 + len(XDIST_REDIS_DBS), 4)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran against a whole platform (tests/world.py's `world`) reports the
+    platform's last log lines: the agents' side of what the test saw, kept in CI's output."""
+    report = yield
+    world = getattr(item, "funcargs", {}).get("world")
+    if report.failed and call.when == "call" and hasattr(world, "last_log_lines"):
+        try:
+            report.sections.append(("the platform's last log lines", "\n".join(world.last_log_lines())))
+        except Exception as exc:  # noqa: BLE001 - the report stands without them
+            report.sections.append(("the platform's last log lines", f"not read: {exc!r}"))
+    return report
+
+
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
     servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))

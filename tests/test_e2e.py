@@ -248,9 +248,10 @@ def test_killed_executor_task_completes_once_elsewhere(world: World) -> None:
     assert [e["event"] for e in live][:2] == ["session", "message"] and live[0]["data"]["status"] == "running"
     before_kill = world.api("GET", f"/sessions/{running['id']}")["messages"]
     deadline = time.monotonic() + 10  # the agent's heartbeat says what it holds every lease/3 seconds
-    while not (busy := [a for a in world.platform.agents() if a.busy_with == task["id"]]) and time.monotonic() < deadline:
+    while not (busy := [a for a in world.platform.agents() if (a.role, a.busy_with) == ("executor", task["id"])]) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert busy and busy[0].role == "executor", world.platform.agents()
+    assert busy, world.platform.agents()
     os.kill(busy[0].pid, signal.SIGKILL)  # the executor replica, mid-session: Serve starts another
     world.script()
     task = world.wait_for(key, {"COMPLETED"}, timeout_s=240)
@@ -322,9 +323,15 @@ def wait_mid_session(world: World, key: str) -> dict[str, Any]:
     return task
 
 
-def seconds_until_the_agent_lets_go(world: World, task_id: int, since: float) -> float:
+def seconds_until_sessions_cut_short(world: World, key: str, count: int, since: float) -> float:
+    """Seconds from `since` until `count` of the task's executor sessions are recorded cut short
+    (the platform killed them), at most 30. Not the agents' heartbeats: they come every lease/3
+    seconds, so an agent not yet seen busy would look as if it had let go at once."""
     deadline = since + 30
-    while any(a.busy_with == task_id for a in world.platform.agents()) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        sessions = world.api("GET", f"/tasks/{key}/sessions")
+        if len([s for s in sessions if (s["role"], s["status"]) == ("executor", "cut_short")]) >= count:
+            break
         time.sleep(0.2)
     return time.monotonic() - since
 
@@ -337,14 +344,14 @@ def test_pause_and_cancel_stop_a_running_executor_and_nothing_is_pushed(world: W
     asked = time.monotonic()
     paused = world.api("POST", f"/tasks/{key}/pause", json={"reason": "release freeze"})
     assert paused["status"] == "PAUSED"
-    pause_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
+    pause_s = seconds_until_sessions_cut_short(world, key, 1, asked)
     world.executor_model.clear()
     assert world.api("POST", f"/tasks/{key}/resume")["status"] == "APPROVED"
     wait_mid_session(world, key)
     calls_before = len(world.github.calls)
     asked = time.monotonic()
     assert world.api("POST", f"/tasks/{key}/cancel", json={"reason": "wrong approach"})["status"] == "CANCELLED"
-    cancel_s = seconds_until_the_agent_lets_go(world, task["id"], asked)
+    cancel_s = seconds_until_sessions_cut_short(world, key, 2, asked)
     time.sleep(max(0.0, asked + 35 - time.monotonic()))  # past the slow answer: a session left running would push now
     print(json.dumps({"pause_stopped_s": round(pause_s, 2), "cancel_stopped_s": round(cancel_s, 2)}))
     assert pause_s < 25 and cancel_s < 25  # let go before the slow answer (30 s) came: stopped, not finished

@@ -142,6 +142,12 @@ class World:
                         found.append(json.loads(line))
         return [line for line in found if task is None or line.get("task") == task]
 
+    def last_log_lines(self, count: int = 80) -> list[str]:
+        """The platform's last log lines, in time order: what a failed test's report shows."""
+        lines = sorted(self.log_lines(), key=lambda line: line.get("time") or "")
+        return [f"{line.get('time')} {line.get('level')} {line.get('agent') or line.get('component')} "
+                f"[{line.get('task') or '-'}] {line.get('message', '')[:400]}" for line in lines[-count:]]
+
     def comment(self, number: int, author: str, text: str, *, repo: str = REPO_NAME) -> httpx.Response:
         """A comment on pull request `number` of `repo` (another repository sends its webhooks here too)."""
         clone = f"file://{self.remote}" if repo == REPO_NAME else f"https://github.com/{repo}.git"

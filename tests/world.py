@@ -143,8 +143,10 @@ class World:
         return [line for line in found if task is None or line.get("task") == task]
 
     def last_log_lines(self, count: int = 80) -> list[str]:
-        """The platform's last log lines, in time order: what a failed test's report shows."""
-        lines = sorted(self.log_lines(), key=lambda line: line.get("time") or "")
+        """The platform's last log lines in time order, without the HTTP clients' request lines:
+        what a failed test's report shows."""
+        lines = sorted((line for line in self.log_lines() if line.get("logger") != "httpx"),
+                       key=lambda line: line.get("time") or "")
         return [f"{line.get('time')} {line.get('level')} {line.get('agent') or line.get('component')} "
                 f"[{line.get('task') or '-'}] {line.get('message', '')[:400]}" for line in lines[-count:]]
 

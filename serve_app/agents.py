@@ -58,7 +58,8 @@ class AgentReplica:
         name = f"{self.loop_class.role}-{serve.get_replica_context().replica_id.unique_id}"
         self.loop = self.loop_class(name, replica_settings(overrides, self.loop_class.role, name))
         await self.loop.start()
-        log.info("%s consumes the %s stream", name, self.loop.queue_name)
+        log.info("%s consumes the %s stream (event loop: %s)", name, self.loop.queue_name,
+                 type(asyncio.get_running_loop()).__module__)
 
     async def check_health(self) -> None:
         problem = self.loop.problem()

@@ -35,6 +35,7 @@ from fixfleet.retention import Retention
 from fixfleet.services import Services, open_services
 from fixfleet.session_upkeep import run_session_upkeep
 from serve_app.autoscaling import DEPTH_METRIC
+from serve_app.loop_thread import LoopThread
 from serve_app.roster import ServeRoster, this_application
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class AgentReplica:
     async def __init__(self, overrides: dict[str, Any] | None = None) -> None:
         name = f"{self.loop_class.role}-{serve.get_replica_context().replica_id.unique_id}"
         self.loop = self.loop_class(name, replica_settings(overrides, self.loop_class.role, name))
-        await self.loop.start()
+        self.thread = LoopThread(name)  # the agent's work runs there, not on Serve's uvloop
+        await self.thread.run(self.loop.start())
         log.info("%s consumes the %s stream (event loop: %s)", name, self.loop.queue_name,
-                 type(asyncio.get_running_loop()).__module__)
+                 type(self.thread.loop).__module__)
 
     async def check_health(self) -> None:
         problem = self.loop.problem()
@@ -72,10 +74,11 @@ class AgentReplica:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The queue's depth as this replica sees it: the policy's source where the controller
         cannot reach Redis itself (serve_app/autoscaling.py)."""
-        return {DEPTH_METRIC: (await self.loop.queue.depth()).work}
+        return {DEPTH_METRIC: (await self.thread.run(self.loop.queue.depth())).work}
 
     async def __del__(self) -> None:
-        await self.loop.drain(self.loop.settings.session_timeout_s + DRAIN_MARGIN_S / 2)
+        await self.thread.run(self.loop.drain(self.loop.settings.session_timeout_s + DRAIN_MARGIN_S / 2))
+        self.thread.close()
 
 
 class PlannerReplica(AgentReplica):

@@ -29,14 +29,6 @@ from serve_app.app import create_app
 from serve_app.autoscaling import QueueDepthPolicy
 
 DEPLOYMENT_NAME = "ingress"
-# An agent replica runs its loop on asyncio's own event loop, not uvloop (Ray's default where it is
-# installed): uvloop starts a subprocess (git, the sandbox, the claude CLI) with libuv's fork and
-# waits on the loop's thread until the child has exec'd; in a Ray worker, with its many threads,
-# that wait now and then held the agent's loop still (py-spy: the loop thread in
-# create_subprocess_exec for 19 s and more; in one e2e run an executor's heartbeat stopped for
-# minutes and its task stuck). asyncio starts a child with CPython's _posixsubprocess (vfork,
-# then exec, no Python in between).
-AGENT_PROCESS_ENV = {"RAY_USE_UVLOOP": "0"}
 
 
 def ingress_app() -> FastAPI:
@@ -98,8 +90,7 @@ def agent_deployment(cls: type, name: str, queue: str, slot: str, settings: Sett
         "queue": queue, "minimum": minimum, "maximum": maximum, "tasks_per_replica": tasks_per_replica,
         "scale_down_after_s": settings.scale_down_after_s})
     return serve.deployment(
-        cls, name=name, ray_actor_options={"num_cpus": 0, "resources": {slot: 1},
-                                           "runtime_env": {"env_vars": AGENT_PROCESS_ENV}},
+        cls, name=name, ray_actor_options={"num_cpus": 0, "resources": {slot: 1}},
         autoscaling_config=AutoscalingConfig(min_replicas=minimum, max_replicas=maximum, initial_replicas=minimum,
                                              upscale_delay_s=0, downscale_delay_s=0,
                                              policy=policy),

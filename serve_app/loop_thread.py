@@ -3,10 +3,10 @@
 Ray installs uvloop in its workers, and Serve runs a replica's code on a uvloop loop. uvloop
 starts a subprocess (git, the sandbox, the claude CLI: an agent starts many) with libuv's fork
 and waits on the loop's thread until the child has exec'd; in a Ray worker, with its many
-threads, that wait now and then held an agent's loop still (py-spy: the loop thread inside
-create_subprocess_exec for 19 s and more; in one e2e run an executor's heartbeat stopped for
-minutes and its task stuck). asyncio's own loop starts a child with CPython's _posixsubprocess
-(vfork, then exec, no Python in between) and watches it from a thread.
+threads, that wait held an agent's loop (py-spy during a CI run: a planner's loop thread inside
+create_subprocess_exec in every dump over 8 s; in one e2e run an executor's heartbeat, due every
+1.3 s, stopped for minutes and its task stuck). asyncio's own loop starts a child with CPython's
+_posixsubprocess (vfork, then exec, no Python in between) and watches it from a thread.
 
 The replica's methods, on Serve's loop, hand the agent's coroutines over with `run`.
 """

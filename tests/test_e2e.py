@@ -432,8 +432,8 @@ def test_a_retry_after_a_lost_completion_finishes_without_a_second_session(world
 
 def test_the_agents_start_their_processes_from_asyncios_own_loop(world: World) -> None:
     """uvloop starts a child with libuv's fork and waits for its exec on the loop's thread; in a
-    Ray worker's threaded process that wait now and then held an agent still (heartbeat gone,
-    task stuck). The agents' git, sandbox and CLI start from asyncio's loop."""
+    Ray worker's threaded process that wait held an agent's loop (once its heartbeat stopped for
+    minutes and its task stuck). The agents' git, sandbox and CLI start from asyncio's loop."""
     started = [line["message"] for line in world.log_lines() if " consumes the " in line.get("message", "")]
     assert {message.split("-")[0] for message in started} == {"planner", "executor"}, started
     assert all("(event loop: asyncio." in message for message in started), started

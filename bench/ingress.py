@@ -82,6 +82,7 @@ async def run_phase(url: str, key: bytes, template: bytes, warmup: float, second
     """`concurrency` keep-alive connections posting back to back: `warmup` s unmeasured, then `seconds`."""
     import aiohttp
 
+    measured_before = len(result["latencies"])
     t0 = time.perf_counter()
     measure_from, stop_at = t0 + warmup, t0 + warmup + seconds
     issue_base = int(time.time() * 1000) * 1000
@@ -118,13 +119,15 @@ async def run_phase(url: str, key: bytes, template: bytes, warmup: float, second
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await asyncio.gather(*(worker(w, session) for w in range(concurrency)))
     result["seconds"] += seconds
+    result["slices"].append(round((len(result["latencies"]) - measured_before) / seconds, 1))
 
 
 async def generate(plan_path: Path, out: Path) -> None:
     """Run the plan's phases one after another; per target: req/s, latencies, accepted deliveries."""
     plan = json.loads(plan_path.read_text())
     template = body_template()
-    results = {name: {"latencies": [], "statuses": Counter(), "failures": Counter(), "accepted": [], "seconds": 0.0}
+    results = {name: {"latencies": [], "statuses": Counter(), "failures": Counter(), "accepted": [], "seconds": 0.0,
+                      "slices": []}
                for name in plan["targets"]}
     for n, (name, warmup, seconds) in enumerate(plan["phases"]):
         target = plan["targets"][name]
@@ -141,6 +144,7 @@ async def generate(plan_path: Path, out: Path) -> None:
             "statuses": {str(k): v for k, v in r["statuses"].items()},
             "failures": dict(r["failures"]),
             "accepted": r["accepted"],
+            "slices": r["slices"],  # req/s of each slice, in order
         }
     out.write_text(json.dumps(summary))
 

@@ -23,7 +23,7 @@ import httpx
 
 from fixfleet.config import Settings
 from fixfleet.platform import Platform, PlatformOptions
-from fixfleet.intake.signatures import sign_sentry
+from fixfleet.intake.signatures import sentry_headers
 
 BUGGY_MEAN = '''"""Averages."""
 
@@ -154,9 +154,8 @@ class Demo:
 
     def _post_alert(self, url: str) -> str:
         body = json.dumps(sentry_alert(self.root / "statskit")).encode()
-        headers = {"Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert",
-                   "Request-ID": uuid.uuid4().hex, "Sentry-Hook-Signature": sign_sentry(self.sentry_secret, body)}
-        answer = httpx.post(f"{url}/webhooks/sentry", content=body, headers=headers, timeout=30)
+        answer = httpx.post(f"{url}/webhooks/sentry", content=body, timeout=30,
+                            headers=sentry_headers(self.sentry_secret, body, uuid.uuid4().hex))
         if answer.status_code != 202:
             raise DemoFailed(f"the Sentry alert was not accepted: {answer.status_code} {answer.text[:300]}")
         key = answer.json()["task"]

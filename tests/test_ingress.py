@@ -23,7 +23,7 @@ from fixfleet.config import Settings
 from fixfleet.metrics import FLUSH_S
 from fixfleet.models import TaskStatus
 from fixfleet.store import OUTBOX_CHANNEL, Store
-from fixfleet.intake.signatures import sign_sentry, sign_slack
+from fixfleet.intake.signatures import sentry_headers, sign_slack
 from serve_app.context import YOUNG_COLLECTION_EVERY
 from tests.fakes.github import FakeGitHub
 from tests.ingress_server import running_ingress
@@ -66,9 +66,8 @@ def sentry_alert(issue_id: str = "1117540176") -> dict[str, Any]:
 
 def post_sentry(url: str, payload: dict, request_id: str, *, secret: str = SENTRY_SECRET, resource: str = "event_alert") -> httpx.Response:
     body = json.dumps(payload).encode()
-    headers = {"Content-Type": "application/json", "Sentry-Hook-Resource": resource, "Request-ID": request_id,
-               "Sentry-Hook-Signature": sign_sentry(secret, body)}
-    return httpx.post(f"{url}/webhooks/sentry", content=body, headers=headers, timeout=10)
+    return httpx.post(f"{url}/webhooks/sentry", content=body, headers=sentry_headers(secret, body, request_id, resource),
+                      timeout=10)
 
 
 async def count(store: Store, table: str) -> int:
@@ -137,8 +136,7 @@ async def test_repeat_alert_attaches_to_the_open_task(api: str, store: Store) ->
 )
 async def test_bad_requests_are_refused_and_store_nothing(api: str, store: Store, change: dict, status: int, reason: str) -> None:
     body = json.dumps(sentry_alert()).encode()
-    headers = {"Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": "r",
-               "Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, body)}
+    headers = sentry_headers(SENTRY_SECRET, body, "r")
     for name, value in change.items():
         headers.pop(name)
         if value is not None:
@@ -150,11 +148,10 @@ async def test_bad_requests_are_refused_and_store_nothing(api: str, store: Store
 
 async def test_oversized_and_malformed_bodies(api: str, store: Store) -> None:
     huge = b"{" + b" " * (1024 * 1024 + 10) + b"}"
-    headers = {"Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": "r"}
-    too_big = httpx.post(f"{api}/webhooks/sentry", content=huge, headers=headers | {"Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, huge)})
+    too_big = httpx.post(f"{api}/webhooks/sentry", content=huge, headers=sentry_headers(SENTRY_SECRET, huge, "r"))
     assert too_big.status_code == 413
     broken = b'{"action": "triggered",'
-    malformed = httpx.post(f"{api}/webhooks/sentry", content=broken, headers=headers | {"Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, broken)})
+    malformed = httpx.post(f"{api}/webhooks/sentry", content=broken, headers=sentry_headers(SENTRY_SECRET, broken, "r"))
     assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["detail"]
     assert await count(store, "tasks") == 0
 
@@ -540,9 +537,8 @@ def test_a_deeply_nested_body_is_a_400_not_a_500(api: str) -> None:
         nested = [nested]
     nested = json.dumps({"action": "triggered", "data": {"event": {"x": nested}}}).encode()
     for body in (b'{"a": ' + deep + b"}", nested):
-        answer = httpx.post(f"{api}/webhooks/sentry", content=body, timeout=30, headers={
-            "Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": "deep",
-            "Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, body)})
+        answer = httpx.post(f"{api}/webhooks/sentry", content=body, timeout=30,
+                            headers=sentry_headers(SENTRY_SECRET, body, "deep"))
         assert answer.status_code == 400 and "nests deeper" in answer.json()["detail"], answer.text
 
 

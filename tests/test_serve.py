@@ -28,7 +28,7 @@ from redis import Redis
 
 from fixfleet.ports import free_port
 from fixfleet.scratch import create_database, drop_database, redis_db_url
-from fixfleet.intake.signatures import sign_sentry
+from fixfleet.intake.signatures import sentry_headers
 from fixfleet.platform import APP_IMPORT_PATH, CONFIG_PATH, DEPLOYMENT_NAME, LocalServe, load_config, running_config
 from serve_app import deployment
 from serve_app.deployment import build_app
@@ -66,12 +66,7 @@ def event_alert() -> bytes:
 
 
 def headers(body: bytes, request_id: str) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "Sentry-Hook-Resource": "event_alert",
-        "Sentry-Hook-Signature": sign_sentry(SECRET, body),
-        "Request-ID": request_id,
-    }
+    return sentry_headers(SECRET, body, request_id)
 
 
 @pytest.fixture(scope="module")

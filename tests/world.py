@@ -27,7 +27,7 @@ from fixfleet.platform import Platform, PlatformOptions
 from fixfleet.ports import free_port
 from fixfleet.replay import ReplayServer
 from fixfleet.replay.scenario import Scenario
-from fixfleet.intake.signatures import sign_github, sign_jira, sign_sentry
+from fixfleet.intake.signatures import sentry_headers, sign_github, sign_jira
 from tests.slate import clean_slate
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
@@ -97,9 +97,8 @@ class World:
     def post_alert(self, alert: dict[str, Any] | None = None, *, resource: str = "event_alert") -> str:
         """A signed Sentry webhook (`resource`: its Sentry-Hook-Resource) that makes a task; its key."""
         body = json.dumps(alert or sentry_alert(self.remote)).encode()
-        answer = httpx.post(f"{self.url}/webhooks/sentry", content=body, timeout=30, headers={
-            "Content-Type": "application/json", "Sentry-Hook-Resource": resource, "Request-ID": os.urandom(8).hex(),
-            "Sentry-Hook-Signature": sign_sentry(self.credentials.secrets["sentry"], body)})
+        answer = httpx.post(f"{self.url}/webhooks/sentry", content=body, timeout=30,
+                            headers=sentry_headers(self.credentials.secrets["sentry"], body, os.urandom(8).hex(), resource))
         assert answer.status_code == 202, answer.text
         return answer.json()["task"]
 

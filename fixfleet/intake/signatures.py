@@ -54,6 +54,12 @@ def sign_sentry(secret: str, body: bytes) -> str:
     return _hmac_hex(secret, body)
 
 
+def sentry_headers(secret: str, body: bytes, request_id: str, resource: str = "event_alert") -> dict[str, str]:
+    """The headers of a webhook Sentry would send: its resource, delivery id and signature."""
+    return {"Content-Type": "application/json", "Sentry-Hook-Resource": resource, "Request-ID": request_id,
+            "Sentry-Hook-Signature": sign_sentry(secret, body)}
+
+
 def sign_jira(secret: str, body: bytes) -> str:
     """The `X-Hub-Signature` value Jira Cloud would send."""
     return "sha256=" + _hmac_hex(secret, body)

@@ -29,7 +29,7 @@ import redis
 
 from fixfleet.config import Settings
 from fixfleet.ports import free_port
-from fixfleet.intake.signatures import sign_github, sign_sentry
+from fixfleet.intake.signatures import sentry_headers, sign_github
 from tests.corpus import CORPUS
 from tests.slate import TABLES
 
@@ -214,9 +214,8 @@ def sentry_alert(issue_id: int, delivery: str) -> Webhook:
     payload = copy.deepcopy(_corpus("sentry-webhooks/event_alert.triggered.json"))
     payload["data"]["event"]["issue_id"] = str(issue_id)
     body = json.dumps(payload).encode()
-    headers = {"Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": delivery,
-               "Sentry-Hook-Signature": sign_sentry(SENTRY_SECRET, body)}
-    return Webhook("/webhooks/sentry", body, headers, delivery, f"sentry_issue:{issue_id}")
+    return Webhook("/webhooks/sentry", body, sentry_headers(SENTRY_SECRET, body, delivery), delivery,
+                   f"sentry_issue:{issue_id}")
 
 
 def github_issue(number: int, delivery: str, action: str = "opened") -> Webhook:

@@ -35,7 +35,7 @@ from fixfleet.demo import make_sample_repo, sentry_alert
 from fixfleet.ports import free_port
 from fixfleet.processes import server_processes
 from fixfleet.replay import ReplayServer
-from fixfleet.intake.signatures import sign_sentry
+from fixfleet.intake.signatures import sentry_headers
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jira import FakeJira
 from tests.fakes.slack import FakeSlack
@@ -187,9 +187,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 def post_alert(operator: Operator, remote: Path) -> str:
     body = json.dumps(sentry_alert(remote)).encode()
-    answer = httpx.post(f"{operator.url}/webhooks/sentry", content=body, timeout=60, headers={
-        "Content-Type": "application/json", "Sentry-Hook-Resource": "event_alert", "Request-ID": os.urandom(8).hex(),
-        "Sentry-Hook-Signature": sign_sentry(CREDENTIALS.secrets["sentry"], body)})
+    answer = httpx.post(f"{operator.url}/webhooks/sentry", content=body, timeout=60,
+                        headers=sentry_headers(CREDENTIALS.secrets["sentry"], body, os.urandom(8).hex()))
     assert answer.status_code == 202, answer.text
     return answer.json()["task"]
 

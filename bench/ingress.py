@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -47,6 +45,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from fixfleet.intake.signatures import sentry_headers
 from fixfleet.ports import free_port
 from tests.corpus import CORPUS
 
@@ -77,7 +76,7 @@ def body_template() -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def run_phase(url: str, key: bytes, template: bytes, warmup: float, seconds: float, concurrency: int,
+async def run_phase(url: str, secret: str, template: bytes, warmup: float, seconds: float, concurrency: int,
                     tag: str, result: dict[str, Any]) -> None:
     """`concurrency` keep-alive connections posting back to back: `warmup` s unmeasured, then `seconds`."""
     import aiohttp
@@ -93,12 +92,7 @@ async def run_phase(url: str, key: bytes, template: bytes, warmup: float, second
             n += 1
             request_id = f"bench-{tag}-{w}-{n}"
             body = template.replace(b"__ISSUE__", str(issue_base + w * 10_000_000 + n).encode())
-            headers = {
-                "Content-Type": "application/json",
-                "Sentry-Hook-Resource": "event_alert",
-                "Sentry-Hook-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
-                "Request-ID": request_id,
-            }
+            headers = sentry_headers(secret, body, request_id)
             start = time.perf_counter()
             try:
                 async with session.post(url, data=body, headers=headers) as response:
@@ -131,7 +125,7 @@ async def generate(plan_path: Path, out: Path) -> None:
                for name in plan["targets"]}
     for n, (name, warmup, seconds) in enumerate(plan["phases"]):
         target = plan["targets"][name]
-        await run_phase(target["url"], target["secret"].encode(), template, warmup, seconds, plan["concurrency"],
+        await run_phase(target["url"], target["secret"], template, warmup, seconds, plan["concurrency"],
                         f"{uuid.uuid4().hex[:6]}-{n}", results[name])
     summary = {}
     for name, r in results.items():

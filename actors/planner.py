@@ -144,11 +144,11 @@ class Planner(AgentLoop):
             return
         record = {"questions": questions, "at": datetime.now(UTC).isoformat(), **answer}
         await self.side_job_done(task, EXPLAIN, QUESTION_ANSWERED, record)
-        try:
-            await self.publisher.question_answered(task, questions, answer["answer"], task.context.get(EXPLAIN.asked, ""))
-        except Exception as exc:  # the answer is on the task (`explain`); a forge or Slack outage must not lose it
-            log.warning("%s: the answer about %s was not posted", self.name, task.key, exc_info=True)
-            await self.store.record_event(task.id, actor=self.name, reason=f"explain: the answer was not posted: {exc}")
+        # The answer is on the task (`explain`) whatever happens here: an outage only costs the post.
+        if missed := await self.publisher.question_answered(task, questions, answer["answer"],
+                                                            task.context.get(EXPLAIN.asked, "")):
+            await self.store.record_event(task.id, actor=self.name, reason=f"explain: the answer is on the task but "
+                                          f"could not be posted to {' or '.join(missed)} (see the log)")
 
     async def _answer(self, task: Task, questions: list[str]) -> dict[str, Any]:
         head = await self.workspaces.branch_head(task.repo, task.branch) if task.branch else None

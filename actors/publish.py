@@ -177,17 +177,21 @@ class Publisher:
             await quietly(log, forge.kind, "comment", forge.upsert_comment(pull, f"{task.key}-rerun", text))
         await self._chat_update(task, f"{task.key}: the test suite {verdict} on {task.pr_url or task.branch}")
 
-    async def question_answered(self, task: Task, questions: list[str], answer: str, asked_at: str) -> None:
+    async def question_answered(self, task: Task, questions: list[str], answer: str, asked_at: str) -> list[str]:
         """The planner's answer, quoting the question(s), where the task is discussed: a PR comment
-        and a reply in the task's chat thread (one each per question asked, however often sent)."""
+        and a reply in the task's chat thread (one each per question asked, however often sent).
+        Returns where it could not be posted (each failure logged once, as for every step)."""
         quoted = "\n".join(f"> {q}" for q in questions)
         text = f"{task.key}: the planner's answer\n\n{quoted}\n\n{answer}"
         forge = self.forges.for_repo(task.repo)
+        missed = []
         if pull := forge.pull_of(task):
             marker = f"{task.key}-answer-{''.join(filter(str.isdigit, asked_at))}"  # one comment per question asked
-            await forge.upsert_comment(pull, marker, text)
-        if self.notifier:
-            await self.notifier.task_reply(task, text)
+            if not await quietly(log, forge.kind, "answer", forge.upsert_comment(pull, marker, text)):
+                missed.append("the pull request")
+        if self.notifier and not await quietly(log, "slack", "answer", self.notifier.task_reply(task, text)):
+            missed.append("the chat thread")
+        return missed
 
     async def task_failed(self, task_id: int, reason: str) -> None:
         task = await self.store.get_task(task_id)

@@ -267,9 +267,26 @@ async def test_each_integration_down_leaves_the_plan_published_and_is_logged_onc
     assert not github.pull("acme/api", number(task))["draft"]  # ready for review, whatever was down
     await publisher.tests_rerun(task, "abc123", "passes", run)
     await publisher.task_failed(task.id, "just to say it twice")
+    missed = await publisher.question_answered(task, ["why div?"], "a zero count", "2026-12-05T10:00:00Z")
+    assert missed == (["the pull request"] if down == "github" else [])  # Slack down: no thread to answer in
+    if down != "slack":  # GitHub down does not keep the answer from the chat thread
+        assert any(m["thread_ts"] and "a zero count" in m["text"] for m in slack.messages)
     failures = [r for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith(down)]
     assert failures and len({r.getMessage().split(":")[0] for r in failures}) == len(failures)  # once per step
     assert all("503" in r.getMessage() or "Unavailable" in r.getMessage() for r in failures)
+
+
+async def test_an_answer_the_chat_could_not_take_still_reaches_the_pull_request_and_says_so(
+        store: Store, world: Settings, providers: Providers, fakes, caplog: pytest.LogCaptureFixture) -> None:
+    github, _, _, slack = fakes
+    publisher = Publisher(world, store, providers)
+    task = await planned(store, publisher, github)  # its plan is in the chat, with a thread
+    slack.fail_next(r".", status=503, times=None)
+    assert await publisher.question_answered(task, ["why div?"], "a zero count", "t1") == ["the chat thread"]
+    comments = github.comments_on("acme/api", number(task))
+    assert any("a zero count" in c["body"] for c in comments)
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.levelno == logging.WARNING] == ["slack answer failed"]
+    assert not [r for r in caplog.records if r.exc_info]  # an outage is a line, not a traceback
 
 
 def test_codeowners_name_the_owners_of_the_files_a_plan_touches() -> None:

@@ -125,7 +125,7 @@ class Loops:
 
     async def close_ended(self, task: Task) -> bool:
         """A REJECTED or CANCELLED task: its draft pull request closed with the reason and its branch
-        deleted (a plain git remote: the branch deleted there with git), the trackers commented
+        deleted (without a pull request, the branch alone), the trackers commented
         (and moved by the state's mapping), the chat's plan message replaced by the decision. True
         when the forge's part is done (or there was none)."""
         if task.status not in ENDED_UNFINISHED or task.context.get("pull_closed_at"):
@@ -138,9 +138,13 @@ class Loops:
                 pull, f"{task.key} was {decision}. fixfleet closed this draft pull request"
                 + ("." if self.settings.keep_closed_branches else " and deleted its branch."),
                 marker=f"{task.key}-closed", delete_branch=not self.settings.keep_closed_branches))
-        elif forge.pull_key is None and task.branch and not self.settings.keep_closed_branches:
-            # A plain git remote: the pushed branch was the publication, and git alone deletes it.
-            closed = await self._attempt(forge.kind, "delete-branch", delete_remote_branch(self.git, task.repo, task.branch))
+        elif task.branch and not self.settings.keep_closed_branches:
+            # No pull request: on a plain git remote the pushed branch was the publication (git
+            # deletes it, as git pushed it); on GitHub the task ended between the push of its plan
+            # and the opening of its pull request (the API deletes it).
+            closed = await self._attempt(forge.kind, "delete-branch", (
+                delete_remote_branch(self.git, task.repo, task.branch) if forge.pull_key is None
+                else forge.delete_branch(task.repo, task.branch)))
         for tracker in self.providers.trackers:
             if issue := tracker.issue_of(task):
                 await self._attempt(tracker.key, "comment", tracker.comment(

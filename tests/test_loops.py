@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from fixfleet.config import Settings
+from fixfleet.forges.base import ForgeError
 from fixfleet.forges.github_api import GitHubClient
 from fixfleet.logs import reset_log_once
 from fixfleet.loops import Loops
@@ -203,6 +204,27 @@ async def test_cancel_keeps_the_branch_when_told_and_a_forge_outage_is_retried_b
     assert github.pull("acme/api", number)["state"] == "closed"
     assert f"fixfleet/{task.key}" in github.repos["acme/api"].refs  # kept
     assert "not needed any more" in github.comments_on("acme/api", number)[0]["body"]
+
+
+async def test_a_github_task_that_ended_before_its_pull_request_has_its_branch_deleted(
+        loops: Loops, store: Store, github: FakeGitHub) -> None:
+    """Cancelled between the push of its plan and the opening of its draft pull request: no pull
+    request to close, but the pushed branch would stay on GitHub for good."""
+    task, _ = await store.create_task(NewTask(source=Source.GITHUB, repo=REPO, title="boom",
+                                              external_ids={"github_issue": "acme/api#101"}))
+    branch = f"fixfleet/{task.key}"
+    github.push("acme/api", branch, {"PLAN.md": "plan"})
+    github.push("acme/api", "feature/mine", {"notes.md": "mine"})
+    task = await store.transition(task.id, S.PLANNING, actor="test", changes={"branch": branch})
+    task = await store.transition(task.id, S.CANCELLED, actor="cli:ops", reason="not needed any more")
+    assert loops.providers.forges.for_repo(REPO).pull_of(task) is None
+    assert await loops.close_ended(task)
+    assert branch not in github.repos["acme/api"].refs and "feature/mine" in github.repos["acme/api"].refs
+    assert "pull_closed_at" in (await store.get_task(task.id)).context
+    forge = loops.providers.forges.for_repo(REPO)
+    assert await forge.delete_branch(REPO, branch) is False  # gone: nothing to delete
+    with pytest.raises(ForgeError, match="only fixfleet/"):
+        await forge.delete_branch(REPO, "feature/mine")
 
 
 async def plain_remote_task(store: Store, upstream: Upstream, target: S) -> Task:

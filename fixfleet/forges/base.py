@@ -101,6 +101,11 @@ class Forge(ABC):
         (`delete_branch`); each step does nothing when already done."""
         raise ForgeError(f"{ref}: {self.kind} has no pull requests")
 
+    async def delete_branch(self, repo_url: str, branch: str) -> bool:
+        """Delete fixfleet's branch (`fixfleet/*` only) on the repository, through the forge's API;
+        False when it was gone already."""
+        raise ForgeError(f"{repo_url}: {self.kind} deletes no branches (git does)")
+
     async def request_reviewers(self, ref: ForgeRef, users: list[str], teams: list[str]) -> None:
         """Ask these people (logins) and teams (`org/team`) to review the pull request."""
 

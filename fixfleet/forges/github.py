@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from fixfleet.forges.base import Forge, PullRequest, PullState
+from fixfleet.forges.base import Forge, ForgeError, PullRequest, PullState
 from fixfleet.forges.github_api import GitHubClient
 from fixfleet.forge_refs import ISSUE_KEY, PULL_KEY, ForgeRef, ForgeRepo, host_of
 from fixfleet.models import PullOutcome
@@ -58,6 +58,12 @@ class GitHubForge(Forge):
     async def permission(self, repo_url: str, user: str) -> str:
         repo = self.repo_of(repo_url)
         return await self.client.permission(repo.name, user) if repo else "none"
+
+    async def delete_branch(self, repo_url: str, branch: str) -> bool:
+        repo = self.repo_of(repo_url)
+        if repo is None or not branch.startswith("fixfleet/"):
+            raise ForgeError(f"refused to delete {branch!r} of {repo_url}: only fixfleet/* branches on GitHub")
+        return await self.client.delete_branch(repo.name, branch)
 
     async def pull_state(self, ref: ForgeRef) -> PullState:
         return pull_state(await self.client.get_pull(ref.repo.name, ref.number))

@@ -21,6 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
+from fixfleet.pgtext import storable
+
 SessionRole = Literal["planner", "executor"]
 SessionPurpose = Literal["work", "answer"]
 MESSAGE_LIMIT_BYTES = 16 * 1024  # the default cut (FIXFLEET_SESSION_MESSAGE_MAX_BYTES)
@@ -125,7 +127,7 @@ class SessionRecord(NewSession):
 def clip(text: str, limit: int) -> tuple[str, int]:
     """`text` cut to at most `limit` UTF-8 bytes (never inside a character), and its whole size.
     What Postgres text cannot hold (NUL, a lone surrogate from a tool's output) becomes U+FFFD."""
-    encoded = text.replace("\x00", "\ufffd").encode(errors="replace")
+    encoded = storable(text).encode()
     if len(encoded) > limit:
         return encoded[:limit].decode(errors="ignore"), len(encoded)
     return encoded.decode(), len(encoded)

@@ -346,6 +346,20 @@ async def test_task_api_scopes_and_lifecycle(api: str, store: Store) -> None:
     assert cancelled.json()["status"] == "CANCELLED"
 
 
+async def test_text_postgres_cannot_hold_is_stored_not_answered_500(api: str, store: Store) -> None:
+    """A NUL in an alert's message or in a cancel's reason (the API fuzzer's find: POST
+    /tasks/{ref}/cancel answered 500) is stored as U+FFFD like any character Postgres refuses."""
+    alert = sentry_alert("31337")
+    alert["data"]["event"]["title"] = "ValueError: bad byte \x00 in input"
+    accepted = post_sentry(api, alert, "nul-1")
+    assert accepted.status_code == 202, accepted.text
+    key = accepted.json()["task"]
+    assert "bad byte \ufffd in input" in (await store.get_task(key)).title
+    cancelled = httpx.post(f"{api}/tasks/{key}/cancel", json={"reason": "dup\u0000 of FF-1"}, headers=bearer("tok-submit"))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED", cancelled.text
+    assert (await store.events(key))[-1].reason == "dup\ufffd of FF-1"
+
+
 async def test_a_submitted_task_carries_its_external_ids_and_is_found_by_them(api: str, store: Store) -> None:
     new = {"repo": REPO, "title": "KeyError in checkout", "external_ids": {"sentry_issue": "4242", "jira": "OPS-7"}}
     created = httpx.post(f"{api}/tasks", json=new, headers=bearer("tok-submit"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 
@@ -108,7 +109,8 @@ async def test_deliveries_in_one_batch_new_repeated_and_seen_before(store: Store
 
 async def test_a_task_postgres_refuses_fails_alone(store: Store) -> None:
     good = [NewTask(repo="file:///r", title=f"good {i}") for i in range(5)]
-    bad = NewTask(repo="file:///r", title="nul \x00 byte")  # Postgres text cannot hold NUL
+    too_big = os.urandom(6000).hex()  # Postgres refuses a key of the one-open-task index over 2,704 bytes
+    bad = NewTask(repo="file:///r", title="too big", external_ids={"sentry_issue": too_big})
     results = await asyncio.gather(*(store.create_task(n) for n in [*good[:3], bad, *good[3:]]), return_exceptions=True)
     assert isinstance(results[3], asyncpg.PostgresError)
     assert [t.title for t, _ in results[:3] + results[4:]] == [n.title for n in good]
@@ -128,3 +130,18 @@ async def test_linking_deliveries_goes_through_the_primary_key_whatever_plan_pos
         finally:
             await conn.execute("RESET plan_cache_mode")
     assert "Seq Scan on webhook_deliveries" not in plan and "Conflict Arbiter Indexes: webhook_deliveries_pkey" in plan, plan
+
+
+async def test_text_postgres_cannot_hold_is_stored_as_a_replacement_character(store: Store) -> None:
+    """A NUL or a lone surrogate (valid JSON: "\\u0000", "\\ud800") in a title, a reason or a
+    context made Postgres refuse the row, and the request that carried it was answered 500
+    (found by the API fuzzer: a cancel reason)."""
+    task, _ = await store.create_task(NewTask(repo="file:///r", title="boom\x00", body="b\x00",
+                                              external_ids={"sentry_issue": "1\x00"}),
+                                      delivery=Delivery("sentry", "d\x00\udc00"))
+    moved = await store.transition(task.id, TaskStatus.CANCELLED, actor="api:lead", reason="dup\x00\udad5",
+                                   context={"note": {"k\x00": ["\ud800", "ok 😀", "\\u0000 as typed"]}})
+    assert (moved.title, moved.body, moved.external_ids) == ("boom\ufffd", "b\ufffd", {"sentry_issue": "1\ufffd"})
+    assert moved.context["note"] == {"k\ufffd": ["\ufffd", "ok 😀", "\\u0000 as typed"]}
+    assert (await store.events(task.id))[-1].reason == "dup\ufffd\ufffd"
+    assert await store.pool.fetchval("SELECT delivery_id FROM webhook_deliveries") == "d\ufffd\ufffd"

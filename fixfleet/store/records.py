@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from fixfleet.models import WORK, NewTask, Task, TaskStatus
+from fixfleet.pgtext import storable, storable_json
 from fixfleet.store.errors import TaskNotFound
 
 
@@ -71,7 +72,8 @@ class TaskState:
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     for codec in ("json", "jsonb"):
-        await conn.set_type_codec(codec, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(codec, encoder=storable_json, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("text", encoder=storable, decoder=str, schema="pg_catalog", format="text")
 
 
 def task_from_row(row: asyncpg.Record) -> Task:
@@ -94,5 +96,6 @@ def parse_ref(ref: int | str) -> int:
 
 
 def columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows turned into one list per column: the arrays an unnest($1, $2, ...) takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
+    """Rows turned into one list per column: the arrays an unnest($1, $2, ...) takes (text made
+    storable here: a text[] argument's elements do not go through the text codec)."""
+    return [[storable(v) if isinstance(v, str) else v for v in column] for column in zip(*rows, strict=True)]

@@ -44,6 +44,15 @@ LINK_DELIVERIES = (
 )
 
 
+# The tasks of deliveries seen before (a sender's retry), each found through the keys: a lateral
+# lookup per delivery, which no cached plan can turn into a scan of every delivery and task stored.
+FIND_DELIVERED = (
+    "SELECT k.source AS delivery_source, k.delivery_id, t.* FROM unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
+    " CROSS JOIN LATERAL (SELECT t.* FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id"
+    "  WHERE d.source = k.source AND d.delivery_id = k.delivery_id LIMIT 1) t"
+)
+
+
 async def create_delivered(conn: asyncpg.Connection, batch: list[Creation], notify: str | None) -> list[Made]:
     """Tasks from deliveries, in one transaction: a delivery seen before returns its first task."""
     keys = [c.delivery_key for c in batch if c.delivery_key]
@@ -116,13 +125,7 @@ async def open_task_for(db: asyncpg.Pool | asyncpg.Connection, new: NewTask) -> 
 async def _delivery_tasks(conn: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Task]:
     if not keys:
         return {}
-    rows = await conn.fetch(
-        "SELECT d.source AS delivery_source, d.delivery_id, t.* FROM webhook_deliveries d"
-        " JOIN tasks t ON t.id = d.task_id"
-        " JOIN unnest($1::text[], $2::text[]) AS k(source, delivery_id)"
-        " ON d.source = k.source AND d.delivery_id = k.delivery_id",
-        *columns(keys),
-    )
+    rows = await conn.fetch(FIND_DELIVERED, *columns(keys))
     return {(r["delivery_source"], r["delivery_id"]): task_from_row(r) for r in rows}
 
 

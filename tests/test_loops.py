@@ -217,11 +217,11 @@ async def test_a_github_task_that_ended_before_its_pull_request_has_its_branch_d
     github.push("acme/api", "feature/mine", {"notes.md": "mine"})
     task = await store.transition(task.id, S.PLANNING, actor="test", changes={"branch": branch})
     task = await store.transition(task.id, S.CANCELLED, actor="cli:ops", reason="not needed any more")
-    assert loops.providers.forges.for_repo(REPO).pull_of(task) is None
+    forge = loops.providers.forges.for_repo(REPO)
+    assert forge.pull_of(task) is None
     assert await loops.close_ended(task)
     assert branch not in github.repos["acme/api"].refs and "feature/mine" in github.repos["acme/api"].refs
     assert "pull_closed_at" in (await store.get_task(task.id)).context
-    forge = loops.providers.forges.for_repo(REPO)
     assert await forge.delete_branch(REPO, branch) is False  # gone: nothing to delete
     with pytest.raises(ForgeError, match="only fixfleet/"):
         await forge.delete_branch(REPO, "feature/mine")

@@ -63,8 +63,8 @@ CONFIG_PATH = DATA_DIR / "serve_config.yaml"  # cluster/serve_config.yaml, shipp
 # 0.80-0.92 (mean 0.84 against 0.83 in the same session: within the noise of a machine whose speed
 # varied 1.7x that day); with webhooks handed straight to the app (serve_app/replica_http.py),
 # 0.84-1.02 (16 runs, mean 0.907); with the controller's loop and HAProxy's log below and the
-# deliveries linked through their key (fixfleet/store/creation.py), 0.906-0.936 (5 runs, mean
-# 0.919; ~1,500 against ~1,650 req/s). Per-process CPU under load then: the two ingress replicas
+# deliveries linked through their key (fixfleet/store/creation.py), 0.906-0.939 (9 runs, mean
+# 0.924; ~1,500 against ~1,650 req/s). Per-process CPU under load then: the two ingress replicas
 # 0.77 ms a webhook (uvicorn's workers 0.7-0.8: the same app), HAProxy 0.06 ms, and Ray's own
 # processes (controller, fallback proxy, relay, GCS, raylet, dashboard) about 6% of a core.
 SERVE_NODE_ENV = {
